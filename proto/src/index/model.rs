@@ -1,0 +1,311 @@
+//! The format-independent layer index.
+
+use crate::blob::BlobError;
+use crate::digest::{Digest, DigestError};
+use serde::{Deserialize, Serialize};
+
+/// Errors from building, loading or using a layer index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Reading the blob failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// A TOC, chunk or blob did not match its digest.
+    #[error(transparent)]
+    Digest(#[from] DigestError),
+    /// The layer's bytes do not follow its format.
+    #[error("malformed {format} layer {blob}: {reason}")]
+    Malformed {
+        /// The format being parsed ("estargz", "tar+gzip", …).
+        format: &'static str,
+        /// The layer blob.
+        blob: Digest,
+        /// What was wrong, with the offending value.
+        reason: String,
+    },
+    /// An entry's path is absolute or climbs out of the root with `..`.
+    #[error("entry path {path:?} in layer {blob} escapes the root")]
+    UnsafePath {
+        /// The layer blob.
+        blob: Digest,
+        /// The path as found in the layer.
+        path: String,
+    },
+    /// A chunk could not be decompressed.
+    #[error("decoding chunk at blob offset {offset} of layer {blob}: {reason}")]
+    Decode {
+        /// The layer blob.
+        blob: Digest,
+        /// The chunk's offset in the blob.
+        offset: u64,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A stored index could not be encoded or decoded.
+    #[error("stored index {what}: {reason}")]
+    Encoding {
+        /// The index file or layer concerned.
+        what: String,
+        /// The serializer's message.
+        reason: String,
+    },
+}
+
+/// How a layer blob is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LayerFormat {
+    /// Uncompressed tar: file bytes are stored raw at known offsets.
+    Tar,
+    /// One gzip stream over a tar; random reads resume from [`Checkpoint`]s.
+    TarGzip,
+    /// zstd over a tar without a TOC.
+    TarZstd,
+    /// eStargz: a gzip member per file chunk plus `stargz.index.json`.
+    Estargz,
+    /// containers/storage zstd:chunked: a zstd frame per file chunk plus a TOC.
+    ZstdChunked,
+}
+
+/// The type of an index entry. `Whiteout` and `Opaque` are OCI markers already
+/// decoded from `.wh.NAME` and `.wh..wh..opq`; they are never shown as files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file; its bytes are described by chunks.
+    Reg,
+    /// A symbolic link; the target is in [`Entry::link`].
+    Symlink,
+    /// A hard link to the entry whose path is in [`Entry::link`].
+    Hardlink,
+    /// A character device.
+    Char,
+    /// A block device.
+    Block,
+    /// A named pipe.
+    Fifo,
+    /// `.wh.NAME`: deletes `path` from the layers below.
+    Whiteout,
+    /// `.wh..wh..opq`: the directory at `path` hides everything below it.
+    Opaque,
+}
+
+/// One file, directory or marker in a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the layer root, cleaned by [`clean_path`]: no leading `/` or
+    /// `./`, no `.`/`..` components, no trailing `/`. The root itself is `""`.
+    pub path: String,
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Permission and special bits (`0o7777`), without the file-type bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Sub-second part of the modification time.
+    pub mtime_nsec: u32,
+    /// Uncompressed size for regular files, 0 otherwise.
+    pub size: u64,
+    /// Symlink target (as stored), or the cleaned path of a hard link's target.
+    pub link: String,
+    /// Device major number (char and block devices).
+    pub dev_major: u32,
+    /// Device minor number (char and block devices).
+    pub dev_minor: u32,
+    /// Extended attributes, in the order found.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// Index of this file's first chunk in [`LayerIndex::chunks`].
+    pub first_chunk: u32,
+    /// Number of chunks; their file offsets cover `0..size` in order.
+    pub chunk_count: u32,
+}
+
+impl Entry {
+    /// A bare entry with zeroed metadata, for builders to fill in.
+    pub fn new(path: String, kind: EntryKind) -> Entry {
+        Entry {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            link: String::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            xattrs: Vec::new(),
+            first_chunk: 0,
+            chunk_count: 0,
+        }
+    }
+}
+
+/// How a chunk's bytes are stored in the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkEncoding {
+    /// Stored as-is: the chunk is exactly `blob_offset..blob_offset+blob_len`.
+    Raw,
+    /// A gzip member starts at `blob_offset`; after inflating, drop `skip` bytes
+    /// (eStargz `innerOffset`) and keep `len`.
+    Gzip {
+        /// Uncompressed bytes to drop before the chunk starts.
+        skip: u64,
+    },
+    /// A zstd frame starts at `blob_offset`; after decoding drop `skip` bytes.
+    Zstd {
+        /// Uncompressed bytes to drop before the chunk starts.
+        skip: u64,
+    },
+    /// Resume the layer's deflate stream at checkpoint `checkpoint` (whose data starts
+    /// at `blob_offset`), inflate, drop `skip` bytes and keep `len`.
+    Checkpoint {
+        /// Index into [`LayerIndex::checkpoints`].
+        checkpoint: u32,
+        /// Uncompressed bytes between the checkpoint and the chunk.
+        skip: u64,
+    },
+}
+
+/// A piece of a regular file and where to find it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// First blob byte to fetch.
+    pub blob_offset: u64,
+    /// How many blob bytes to fetch (enough to decode the whole chunk).
+    pub blob_len: u64,
+    /// Where the chunk starts within the file.
+    pub file_offset: u64,
+    /// Uncompressed length of the chunk.
+    pub len: u64,
+    /// sha256 of the chunk's uncompressed bytes: nothing is served until it matches.
+    pub digest: Digest,
+    /// How to turn the fetched bytes into the chunk.
+    pub encoding: ChunkEncoding,
+}
+
+/// A point in a gzip layer's deflate stream from which inflation can resume (zran).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Offset in the blob of the first whole compressed byte after the checkpoint.
+    pub blob_offset: u64,
+    /// Bits (0–7) of the byte just before `blob_offset` that still belong to the
+    /// stream after the checkpoint (zlib `inflatePrime`).
+    pub bits: u8,
+    /// Offset in the uncompressed tar stream.
+    pub stream_offset: u64,
+    /// The up-to-32 KiB of uncompressed output that precedes the checkpoint.
+    pub window: Vec<u8>,
+}
+
+/// Everything needed to list a layer and read any file of it lazily.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerIndex {
+    /// The layer blob (compressed) digest.
+    pub blob: Digest,
+    /// The layer blob's size.
+    pub blob_size: u64,
+    /// How the blob is laid out.
+    pub format: LayerFormat,
+    /// Entries in layer order (as in the tar).
+    pub entries: Vec<Entry>,
+    /// All regular files' chunks; each entry owns a contiguous run.
+    pub chunks: Vec<Chunk>,
+    /// Resume points for [`ChunkEncoding::Checkpoint`] chunks.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Indexes into `entries` of the files the producer marked for prefetch
+    /// (eStargz entries before `.prefetch.landmark`), in blob order.
+    pub prefetch: Vec<u32>,
+}
+
+impl LayerIndex {
+    /// The chunks of `entry` (empty for anything but a regular file).
+    pub fn chunks_of(&self, entry: &Entry) -> &[Chunk] {
+        let start = entry.first_chunk as usize;
+        let end = start.saturating_add(entry.chunk_count as usize);
+        self.chunks.get(start..end).unwrap_or(&[])
+    }
+
+    /// Serializes the index for the local store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
+        postcard::to_stdvec(self).map_err(|e| IndexError::Encoding {
+            what: self.blob.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Loads an index written by [`LayerIndex::to_bytes`].
+    pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<LayerIndex, IndexError> {
+        postcard::from_bytes(bytes).map_err(|e| IndexError::Encoding {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Cleans a path found in a layer: strips leading `/` and `./`, drops `.` and empty
+/// components and a trailing `/`. Returns `None` if any component is `..`, since a
+/// layer must never name anything outside its root.
+pub fn clean_path(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    for part in raw.split('/') {
+        match part {
+            "" | "." => continue,
+            ".." => return None,
+            p => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(p);
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_normalizes_and_refuses_escapes() {
+        assert_eq!(clean_path("./usr/bin/"), Some("usr/bin".into()));
+        assert_eq!(clean_path("/etc//passwd"), Some("etc/passwd".into()));
+        assert_eq!(clean_path("./"), Some(String::new()));
+        assert_eq!(clean_path("a/./b"), Some("a/b".into()));
+        assert_eq!(clean_path("../etc/passwd"), None);
+        assert_eq!(clean_path("a/../../b"), None);
+    }
+
+    #[test]
+    fn index_round_trips_through_bytes() {
+        let mut e = Entry::new("bin/sh".into(), EntryKind::Reg);
+        e.size = 3;
+        e.chunk_count = 1;
+        e.xattrs.push(("user.k".into(), b"v".to_vec()));
+        let idx = LayerIndex {
+            blob: Digest::of(b"blob"),
+            blob_size: 10,
+            format: LayerFormat::Tar,
+            entries: vec![e.clone()],
+            chunks: vec![Chunk {
+                blob_offset: 512,
+                blob_len: 3,
+                file_offset: 0,
+                len: 3,
+                digest: Digest::of(b"abc"),
+                encoding: ChunkEncoding::Raw,
+            }],
+            checkpoints: vec![],
+            prefetch: vec![],
+        };
+        let back = LayerIndex::from_bytes("test", &idx.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, idx);
+        assert_eq!(back.chunks_of(&e).len(), 1);
+    }
+}

@@ -1,0 +1,1 @@
+//! Harness for Skiff's end-to-end tests.
