@@ -1,0 +1,42 @@
+//! One module per subcommand; each has an `Args` (clap) and a `run` returning the
+//! process exit status.
+
+pub mod images;
+pub mod inspect;
+pub mod mount;
+pub mod pull;
+pub mod run;
+
+use std::path::PathBuf;
+
+/// Options every subcommand takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Where Skiff keeps its store, indexes and cache.
+    #[arg(
+        long,
+        env = "SKIFF_ROOT",
+        default_value = "/var/lib/skiff",
+        global = true
+    )]
+    pub root: PathBuf,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// Sets up `tracing` on stderr: `RUST_LOG` if set, else a level from `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
