@@ -6,8 +6,12 @@
 //! (eStargz, zstd:chunked, plain tar / tar+gzip with checkpoints) produce it, and
 //! `skiff-fs` consumes it.
 
+pub mod checkpoint;
+pub mod decode;
 pub mod model;
+pub mod tar;
 
+pub use decode::decode_chunk;
 pub use model::{
     clean_path, Checkpoint, Chunk, ChunkEncoding, Entry, EntryKind, IndexError, LayerFormat,
     LayerIndex,

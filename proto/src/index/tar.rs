@@ -1,0 +1,368 @@
+//! Indexing a tar stream: one pass that records every entry and, for regular files,
+//! chunks with their stream offsets and digests.
+//!
+//! For an uncompressed tar layer stream offsets are blob offsets, so the result is the
+//! index ([`index_tar`]). Compressed formats reuse [`walk_tar`] on the decompressed
+//! stream and then map stream offsets to where the bytes live in the blob.
+
+use super::model::{
+    clean_path, Chunk, ChunkEncoding, Entry, EntryKind, IndexError, LayerFormat, LayerIndex,
+};
+use crate::blob::BlobReader;
+use crate::digest::{Digest, Hasher};
+use std::io::Read;
+
+/// Files are cut into chunks of at most this many bytes (as eStargz does), so a read
+/// fetches and verifies no more than this around the bytes it wants.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+
+/// The whiteout prefix of OCI layers.
+const WHITEOUT_PREFIX: &str = ".wh.";
+/// The opaque-directory marker of OCI layers.
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// Entries and chunks of a tar stream. Chunks are [`ChunkEncoding::Raw`] with
+/// `blob_offset` set to the offset in the (uncompressed) tar stream.
+pub struct TarWalk {
+    /// Entries in stream order.
+    pub entries: Vec<Entry>,
+    /// Chunks of regular files, in stream order.
+    pub chunks: Vec<Chunk>,
+}
+
+/// Indexes an uncompressed tar layer in one streaming pass over the blob.
+pub fn index_tar(blob: &dyn BlobReader) -> Result<LayerIndex, IndexError> {
+    let digest = blob.digest();
+    let walk = walk_tar(blob.stream()?, digest, "tar", DEFAULT_CHUNK_SIZE)?;
+    Ok(LayerIndex {
+        blob: digest,
+        blob_size: blob.size(),
+        format: LayerFormat::Tar,
+        entries: walk.entries,
+        chunks: walk.chunks,
+        checkpoints: Vec::new(),
+        prefetch: Vec::new(),
+    })
+}
+
+/// Walks a tar stream, turning headers into [`Entry`]s (whiteouts decoded, paths
+/// cleaned) and hashing file contents chunk by chunk.
+pub fn walk_tar(
+    reader: impl Read,
+    blob: Digest,
+    format: &'static str,
+    chunk_size: u64,
+) -> Result<TarWalk, IndexError> {
+    let malformed = |reason: String| IndexError::Malformed {
+        format,
+        blob,
+        reason,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = Vec::new();
+    let mut chunks = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let iter = archive
+        .entries()
+        .map_err(|e| malformed(format!("reading tar: {e}")))?;
+    for item in iter {
+        let mut tar_entry = item.map_err(|e| malformed(format!("reading tar header: {e}")))?;
+        let header = tar_entry.header();
+        let tar_type = header.entry_type();
+        let kind = match tar_type {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::Reg,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink,
+            tar::EntryType::Link => EntryKind::Hardlink,
+            tar::EntryType::Char => EntryKind::Char,
+            tar::EntryType::Block => EntryKind::Block,
+            tar::EntryType::Fifo => EntryKind::Fifo,
+            // Global pax headers and other metadata-only records carry no file.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
+            other => {
+                return Err(malformed(format!(
+                    "unsupported tar entry type {:?}",
+                    other.as_byte() as char
+                )))
+            }
+        };
+        let raw_path = tar_entry
+            .path()
+            .map_err(|e| malformed(format!("bad entry path: {e}")))?;
+        let raw_path = raw_path
+            .to_str()
+            .ok_or_else(|| malformed(format!("non-UTF-8 entry path {raw_path:?}")))?
+            .to_string();
+        let path = clean_path(&raw_path).ok_or_else(|| IndexError::UnsafePath {
+            blob,
+            path: raw_path.clone(),
+        })?;
+        let mut entry = Entry::new(path, kind);
+        let (name, parent) = match entry.path.rsplit_once('/') {
+            Some((parent, name)) => (name.to_string(), parent.to_string()),
+            None => (entry.path.clone(), String::new()),
+        };
+        if name == OPAQUE_MARKER {
+            entry.path = parent;
+            entry.kind = EntryKind::Opaque;
+            entries.push(entry);
+            continue;
+        }
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if target.is_empty() || target == "." || target == ".." {
+                return Err(malformed(format!("bad whiteout name {raw_path:?}")));
+            }
+            entry.path = if parent.is_empty() {
+                target.to_string()
+            } else {
+                format!("{parent}/{target}")
+            };
+            entry.kind = EntryKind::Whiteout;
+            entries.push(entry);
+            continue;
+        }
+
+        let header = tar_entry.header();
+        entry.mode = header
+            .mode()
+            .map_err(|e| malformed(format!("{raw_path}: bad mode: {e}")))?
+            & 0o7777;
+        entry.uid = to_u32(
+            header
+                .uid()
+                .map_err(|e| malformed(format!("{raw_path}: bad uid: {e}")))?,
+        )
+        .ok_or_else(|| malformed(format!("{raw_path}: uid out of range")))?;
+        entry.gid = to_u32(
+            header
+                .gid()
+                .map_err(|e| malformed(format!("{raw_path}: bad gid: {e}")))?,
+        )
+        .ok_or_else(|| malformed(format!("{raw_path}: gid out of range")))?;
+        let mtime = header
+            .mtime()
+            .map_err(|e| malformed(format!("{raw_path}: bad mtime: {e}")))?;
+        entry.mtime = i64::try_from(mtime)
+            .map_err(|_| malformed(format!("{raw_path}: mtime out of range")))?;
+        if matches!(kind, EntryKind::Char | EntryKind::Block) {
+            entry.dev_major = header.device_major().ok().flatten().unwrap_or(0);
+            entry.dev_minor = header.device_minor().ok().flatten().unwrap_or(0);
+        }
+        match kind {
+            EntryKind::Symlink => {
+                let target = tar_entry
+                    .link_name()
+                    .map_err(|e| malformed(format!("{raw_path}: bad link: {e}")))?;
+                let target = target
+                    .ok_or_else(|| malformed(format!("{raw_path}: symlink without target")))?;
+                entry.link = target
+                    .to_str()
+                    .ok_or_else(|| malformed(format!("{raw_path}: non-UTF-8 link")))?
+                    .to_string();
+            }
+            EntryKind::Hardlink => {
+                let target = tar_entry
+                    .link_name()
+                    .map_err(|e| malformed(format!("{raw_path}: bad link: {e}")))?;
+                let target = target
+                    .ok_or_else(|| malformed(format!("{raw_path}: hard link without target")))?;
+                let target = target
+                    .to_str()
+                    .ok_or_else(|| malformed(format!("{raw_path}: non-UTF-8 link")))?;
+                entry.link = clean_path(target).ok_or_else(|| IndexError::UnsafePath {
+                    blob,
+                    path: target.to_string(),
+                })?;
+            }
+            _ => {}
+        }
+        if let Some(pax) = tar_entry
+            .pax_extensions()
+            .map_err(|e| malformed(format!("{raw_path}: bad pax header: {e}")))?
+        {
+            for ext in pax {
+                let ext = ext.map_err(|e| malformed(format!("{raw_path}: bad pax record: {e}")))?;
+                let Ok(key) = ext.key() else { continue };
+                if let Some(xattr) = key.strip_prefix("SCHILY.xattr.") {
+                    entry
+                        .xattrs
+                        .push((xattr.to_string(), ext.value_bytes().to_vec()));
+                } else if key == "mtime" {
+                    if let Some((secs, nsec)) = ext.value().ok().and_then(parse_pax_time) {
+                        entry.mtime = secs;
+                        entry.mtime_nsec = nsec;
+                    }
+                }
+            }
+        }
+        if kind == EntryKind::Reg {
+            let size = tar_entry.size();
+            let data_offset = tar_entry.raw_file_position();
+            entry.size = size;
+            entry.first_chunk =
+                u32::try_from(chunks.len()).map_err(|_| malformed("too many chunks".into()))?;
+            let mut file_offset = 0u64;
+            while file_offset < size {
+                let len = (size - file_offset).min(chunk_size);
+                let mut hasher = Hasher::new();
+                let mut left = len;
+                while left > 0 {
+                    let want = left.min(buf.len() as u64) as usize;
+                    let got = tar_entry
+                        .read(&mut buf[..want])
+                        .map_err(|e| malformed(format!("{raw_path}: reading data: {e}")))?;
+                    if got == 0 {
+                        return Err(malformed(format!(
+                            "{raw_path}: data truncated at {} of {size} bytes",
+                            size - left
+                        )));
+                    }
+                    hasher.update(&buf[..got]);
+                    left -= got as u64;
+                }
+                chunks.push(Chunk {
+                    blob_offset: data_offset + file_offset,
+                    blob_len: len,
+                    file_offset,
+                    len,
+                    digest: hasher.finish(),
+                    encoding: ChunkEncoding::Raw,
+                });
+                file_offset += len;
+            }
+            entry.chunk_count = u32::try_from(chunks.len() - entry.first_chunk as usize)
+                .map_err(|_| malformed("too many chunks".into()))?;
+        }
+        entries.push(entry);
+    }
+    // The tar crate stops at the end-of-archive marker; what follows is padding.
+    let mut rest = archive.into_inner();
+    let _ = std::io::copy(&mut rest, &mut std::io::sink());
+    Ok(TarWalk { entries, chunks })
+}
+
+fn to_u32(v: u64) -> Option<u32> {
+    u32::try_from(v).ok()
+}
+
+/// Parses a pax time `SECS[.FRACTION]`.
+fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs = secs.parse::<i64>().ok()?;
+    let mut nsec = 0u32;
+    for (i, c) in frac.chars().take(9).enumerate() {
+        nsec += c.to_digit(10)? * 10u32.pow(8 - i as u32);
+    }
+    Some((secs, nsec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::FileBlob;
+    use crate::index::decode::decode_chunk;
+    use std::io::Write;
+
+    fn header() -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
+    fn build_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, "etc/", &[][..]).unwrap();
+        let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let mut h = header();
+        h.set_mode(0o640);
+        h.set_uid(1000);
+        h.set_gid(50);
+        h.set_size(big.len() as u64);
+        b.append_data(&mut h, "./etc/big", &big[..]).unwrap();
+        let mut h = header();
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "etc/.wh.gone", &[][..]).unwrap();
+        b.append_data(&mut h, "var/.wh..wh..opq", &[][..]).unwrap();
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "etc/link", "/etc/big").unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn indexes_a_tar_and_reads_chunks_back() {
+        let data = build_tar();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        let blob = FileBlob::open(Digest::of(&data), f.path()).unwrap();
+        let idx = index_tar(&blob).unwrap();
+        let kinds: Vec<_> = idx
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("etc", EntryKind::Dir),
+                ("etc/big", EntryKind::Reg),
+                ("etc/gone", EntryKind::Whiteout),
+                ("var", EntryKind::Opaque),
+                ("etc/link", EntryKind::Symlink)
+            ]
+        );
+        let big = &idx.entries[1];
+        assert_eq!(
+            (big.mode, big.uid, big.gid, big.size),
+            (0o640, 1000, 50, 9 << 20)
+        );
+        assert_eq!(idx.entries[4].link, "/etc/big");
+        let chunks = idx.chunks_of(big);
+        assert_eq!(chunks.len(), 3);
+        let mut content = Vec::new();
+        for c in chunks {
+            let raw = blob.read_at(c.blob_offset, c.blob_len).unwrap();
+            content.extend(decode_chunk(&idx, c, &raw).unwrap());
+        }
+        let expect: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 253) as u8).collect();
+        assert!(content == expect);
+        // A flipped byte is refused.
+        let mut raw = blob
+            .read_at(chunks[0].blob_offset, chunks[0].blob_len)
+            .unwrap();
+        raw[7] ^= 1;
+        assert!(matches!(
+            decode_chunk(&idx, &chunks[0], &raw),
+            Err(IndexError::Digest(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_paths_that_escape() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header();
+        h.set_size(1);
+        h.set_mode(0o644);
+        // Builder refuses `..`, so write the name into the header directly.
+        h.as_gnu_mut().unwrap().name[..10].copy_from_slice(b"../escaped");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let r = walk_tar(&data[..], Digest::of(&data), "tar", DEFAULT_CHUNK_SIZE);
+        assert!(
+            matches!(r, Err(IndexError::UnsafePath { .. })),
+            "{:?}",
+            r.err()
+        );
+    }
+}
