@@ -80,6 +80,7 @@ pub struct Descriptor {
     /// The blob's media type.
     pub media_type: String,
     /// The blob's digest.
+    #[serde(with = "crate::digest::as_text")]
     pub digest: Digest,
     /// The blob's size in bytes.
     pub size: u64,
@@ -497,6 +498,12 @@ mod tests {
             vec![Descriptor::of(MEDIA_DOCKER_LAYER_GZIP, b"x")],
         );
         let bytes = m.to_bytes();
+        // Digests are written as OCI text, not as byte arrays.
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(&format!("\"digest\":\"{}\"", Digest::of(b"x"))),
+            "{text}"
+        );
         match ManifestKind::parse(None, &bytes).unwrap() {
             ManifestKind::Manifest(back) => {
                 assert_eq!(back, m);

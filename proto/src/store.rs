@@ -48,14 +48,17 @@ pub struct ImageRecord {
     /// The normalized reference (`registry/repo:tag`).
     pub reference: String,
     /// The index digest, when the reference named an index.
+    #[serde(with = "crate::digest::as_text::option", default)]
     pub index_digest: Option<Digest>,
     /// The platform manifest's digest.
+    #[serde(with = "crate::digest::as_text")]
     pub manifest_digest: Digest,
     /// The manifest's media type.
     pub manifest_media_type: String,
     /// The platform (`os/arch[/variant]`).
     pub platform: String,
     /// The config digest.
+    #[serde(with = "crate::digest::as_text")]
     pub config_digest: Digest,
     /// Sum of the layers' compressed sizes.
     pub size: u64,
