@@ -300,3 +300,24 @@ pub async fn push_index(
         .expect("pushing index");
     (digest, images)
 }
+
+/// Writes `image` as an OCI image layout (`oci-layout`, `index.json`, `blobs/`) in
+/// `dir`, tagged `tag` (for `skopeo copy oci:DIR:TAG …`).
+pub fn write_oci_layout(dir: &std::path::Path, tag: &str, image: &BuiltImage) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("layout dirs");
+    let put = |data: &[u8]| {
+        std::fs::write(blobs.join(Digest::of(data).hex()), data).expect("layout blob");
+    };
+    for l in &image.layers {
+        put(&l.blob);
+    }
+    put(&image.config);
+    put(&image.manifest_bytes);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
+    let mut d = Descriptor::of(MEDIA_OCI_MANIFEST, &image.manifest_bytes);
+    d.annotations
+        .insert("org.opencontainers.image.ref.name".into(), tag.into());
+    std::fs::write(dir.join("index.json"), Index::oci(vec![d]).to_bytes()).expect("index.json");
+}

@@ -107,6 +107,15 @@ async fn chunked_upload_and_skip_existing_blob() {
         Some(350_000)
     );
     assert_eq!(c.get_blob("chunky", digest).await.unwrap(), data);
+    // The same from a file, streamed in chunks.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let fdata = pseudo_random(4, 250_001);
+    std::fs::write(file.path(), &fdata).unwrap();
+    let fdigest = skiff_proto::Digest::of(&fdata);
+    c.push_blob_file("chunky", fdigest, file.path())
+        .await
+        .unwrap();
+    assert_eq!(c.get_blob("chunky", fdigest).await.unwrap(), fdata);
     // A second push is only a HEAD.
     let before = c.stats().requests();
     c.push_blob("chunky", data).await.unwrap();

@@ -286,7 +286,7 @@ impl Client {
         let resp = self
             .send(Req::new(Method::GET, self.url("")?, None))
             .await?;
-        self.expect(resp, &[StatusCode::OK], &Subject::Other, None)
+        self.expect(&Method::GET, resp, &[StatusCode::OK], &Subject::Other, None)
             .await?;
         Ok(())
     }
@@ -592,6 +592,7 @@ impl Client {
     /// Turns a response with a status outside `ok` into the right error.
     pub(crate) async fn expect(
         &self,
+        method: &Method,
         resp: Response,
         ok: &[StatusCode],
         subject: &Subject,
@@ -620,7 +621,7 @@ impl Client {
             },
             (StatusCode::FORBIDDEN, _, _) => RegistryError::Denied { url, message },
             _ => RegistryError::Status {
-                method: "request".into(),
+                method: method.to_string(),
                 url,
                 status: status.as_u16(),
                 message,
@@ -646,7 +647,13 @@ impl Client {
         );
         let resp = self.send(req).await?;
         let resp = self
-            .expect(resp, &[StatusCode::OK], &subject, Some(repository))
+            .expect(
+                &Method::GET,
+                resp,
+                &[StatusCode::OK],
+                &subject,
+                Some(repository),
+            )
             .await?;
         let content_type = resp
             .headers()
@@ -722,7 +729,8 @@ impl Client {
             ok.push(StatusCode::PARTIAL_CONTENT);
         }
         let resp = self.send(req).await?;
-        self.expect(resp, &ok, &subject, Some(repository)).await
+        self.expect(&Method::GET, resp, &ok, &subject, Some(repository))
+            .await
     }
 
     /// Reads `len` bytes at `offset` of a blob with one Range GET. The bytes are raw

@@ -21,7 +21,13 @@ impl Client {
             return Ok(None);
         }
         let resp = self
-            .expect(resp, &[StatusCode::OK], &subject, Some(repository))
+            .expect(
+                &Method::HEAD,
+                resp,
+                &[StatusCode::OK],
+                &subject,
+                Some(repository),
+            )
             .await?;
         Ok(resp
             .headers()
@@ -35,9 +41,45 @@ impl Client {
     /// blob's digest.
     pub async fn push_blob(&self, repository: &str, data: Bytes) -> Result<Digest> {
         let digest = Digest::of(&data);
-        if self.blob_exists(repository, digest).await? == Some(data.len() as u64) {
+        let size = data.len() as u64;
+        self.upload(repository, digest, size, Source::Memory(data))
+            .await?;
+        Ok(digest)
+    }
+
+    /// Uploads the file at `path`, which holds blob `digest`, without loading it into
+    /// memory (PATCH chunks for large files). Skipped if the repository has it.
+    pub async fn push_blob_file(
+        &self,
+        repository: &str,
+        digest: Digest,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let io = |source| RegistryError::Io {
+            what: format!("reading {} to upload", path.display()),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let size = file.metadata().await.map_err(io)?.len();
+        self.upload(
+            repository,
+            digest,
+            size,
+            Source::File(file, path.to_path_buf()),
+        )
+        .await
+    }
+
+    async fn upload(
+        &self,
+        repository: &str,
+        digest: Digest,
+        size: u64,
+        mut source: Source,
+    ) -> Result<()> {
+        if self.blob_exists(repository, digest).await? == Some(size) {
             tracing::debug!(%digest, "blob already present; skipping upload");
-            return Ok(digest);
+            return Ok(());
         }
         let start = self.url(&format!("{repository}/blobs/uploads/"))?;
         let mut req = Req::new(Method::POST, start.clone(), Some(repository));
@@ -47,6 +89,7 @@ impl Client {
         let resp = self.send(req).await?;
         let resp = self
             .expect(
+                &Method::POST,
                 resp,
                 &[StatusCode::ACCEPTED],
                 &Subject::Other,
@@ -55,11 +98,12 @@ impl Client {
             .await?;
         let mut location = upload_location(&start, &resp)?;
 
-        let chunk = self.options().upload_chunk_size.max(1);
-        let final_body = if data.len() > chunk {
-            let mut offset = 0usize;
-            while offset < data.len() {
-                let end = offset.saturating_add(chunk).min(data.len());
+        let chunk = self.options().upload_chunk_size.max(1) as u64;
+        let final_body = if size > chunk {
+            let mut offset = 0u64;
+            while offset < size {
+                let end = offset.saturating_add(chunk).min(size);
+                let body = source.read(offset, end - offset).await?;
                 let mut req = Req::new(Method::PATCH, location.clone(), Some(repository));
                 req.access = Access::Push;
                 req.headers.insert(
@@ -69,10 +113,11 @@ impl Client {
                 if let Ok(v) = HeaderValue::from_str(&format!("{}-{}", offset, end - 1)) {
                     req.headers.insert(header::CONTENT_RANGE, v);
                 }
-                req.body = Some(data.slice(offset..end));
+                req.body = Some(body);
                 let resp = self.send(req).await?;
                 let resp = self
                     .expect(
+                        &Method::PATCH,
                         resp,
                         &[StatusCode::ACCEPTED],
                         &Subject::Other,
@@ -84,7 +129,7 @@ impl Client {
             }
             Bytes::new()
         } else {
-            data
+            source.read(0, size).await?
         };
 
         location
@@ -99,13 +144,14 @@ impl Client {
         req.body = Some(final_body);
         let resp = self.send(req).await?;
         self.expect(
+            &Method::PUT,
             resp,
             &[StatusCode::CREATED],
             &Subject::Blob(digest),
             Some(repository),
         )
         .await?;
-        Ok(digest)
+        Ok(())
     }
 
     /// PUTs a manifest (or index) under `reference` (a tag, or its digest). Returns the
@@ -128,7 +174,13 @@ impl Client {
         req.body = Some(Bytes::copy_from_slice(bytes));
         let resp = self.send(req).await?;
         let resp = self
-            .expect(resp, &[StatusCode::CREATED], &subject, Some(repository))
+            .expect(
+                &Method::PUT,
+                resp,
+                &[StatusCode::CREATED],
+                &subject,
+                Some(repository),
+            )
             .await?;
         if let Some(said) = resp
             .headers()
@@ -174,4 +226,32 @@ fn upload_location(base: &Url, resp: &Response) -> Result<Url> {
         url: base.to_string(),
         message: format!("bad upload Location {location:?}: {e}"),
     })
+}
+
+/// Where upload bytes come from.
+enum Source {
+    Memory(Bytes),
+    File(tokio::fs::File, std::path::PathBuf),
+}
+
+impl Source {
+    async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        match self {
+            Source::Memory(b) => {
+                let (start, end) = (offset as usize, offset.saturating_add(len) as usize);
+                Ok(b.slice(start.min(b.len())..end.min(b.len())))
+            }
+            Source::File(f, path) => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let io = |source| RegistryError::Io {
+                    what: format!("reading {} to upload", path.display()),
+                    source,
+                };
+                f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+                let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+                f.read_exact(&mut buf).await.map_err(io)?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
 }
