@@ -113,6 +113,46 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Serde helpers writing a [`Digest`] as its `sha256:<hex>` text (for JSON documents
+/// such as OCI descriptors), while the derived impls stay compact bytes (for indexes).
+/// Use `#[serde(with = "crate::digest::as_text")]`.
+pub mod as_text {
+    use super::Digest;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes as `sha256:<hex>`.
+    pub fn serialize<S: Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(d)
+    }
+
+    /// Parses `sha256:<hex>`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Digest, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<Digest>`.
+    pub mod option {
+        use super::Digest;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serializes `Some` as `sha256:<hex>`, `None` as null.
+        pub fn serialize<S: Serializer>(d: &Option<Digest>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.collect_str(d),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Parses an optional `sha256:<hex>`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Digest>, D::Error> {
+            let text = Option::<String>::deserialize(d)?;
+            text.map(|t| t.parse().map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
 /// Incremental sha256 for streamed content.
 #[derive(Default, Clone)]
 pub struct Hasher(Sha256);

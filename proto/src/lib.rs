@@ -9,7 +9,11 @@
 
 pub mod blob;
 pub mod digest;
+pub mod image;
 pub mod index;
+pub mod reference;
+pub mod registry;
+pub mod store;
 
 pub use blob::{BlobError, BlobReader, FileBlob};
 pub use digest::{Digest, DigestError};

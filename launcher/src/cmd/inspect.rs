@@ -1,15 +1,137 @@
-//! `skiff inspect`.
+//! `skiff inspect`: an image's resolved digest, platform, layers and config.
 
+use super::pull::human;
+use super::registry_args::{runtime, Format, RegistryArgs};
 use super::Global;
+use anyhow::Context;
+use serde_json::json;
+use skiff_proto::image::{self, Manifest, Platform, ResolvedImage};
+use skiff_proto::reference::Reference;
+use skiff_proto::store::Store;
 
 /// Arguments of `skiff inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Image reference.
-    pub image: Option<String>,
+    pub image: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Read the image from the local store (as pulled) instead of the registry.
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Runs `skiff inspect`.
-pub fn run(_global: &Global, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("skiff inspect is not implemented yet")
+pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    let reference = Reference::parse(&args.image)?;
+    let image = if args.local {
+        load_local(global, &reference)?
+    } else {
+        let platform = args.registry.platform()?;
+        let client = args.registry.client_for(&reference)?;
+        runtime()?
+            .block_on(client.resolve(&reference, platform.as_ref()))
+            .with_context(|| format!("resolving {reference}"))?
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&image))?),
+        Format::Text => print_text(&image),
+    }
+    Ok(0)
+}
+
+/// Rebuilds a [`ResolvedImage`] from what `skiff pull` stored.
+fn load_local(global: &Global, reference: &Reference) -> anyhow::Result<ResolvedImage> {
+    let store = Store::open(&global.root)?;
+    let record = store
+        .image(&reference.to_string())?
+        .with_context(|| format!("{reference} is not in the local store (run skiff pull first)"))?;
+    let manifest_bytes = store.read_blob(&record.manifest_digest)?;
+    let manifest = Manifest::from_slice("stored manifest", &manifest_bytes)?;
+    let config_bytes = store.read_blob(&manifest.config.digest)?;
+    let config = image::parse_config(manifest.config.digest, &config_bytes)?;
+    let index_bytes = match &record.index_digest {
+        Some(d) => Some(store.read_blob(d)?),
+        None => None,
+    };
+    Ok(ResolvedImage {
+        reference: reference.clone(),
+        index_digest: record.index_digest,
+        index_bytes,
+        manifest_digest: record.manifest_digest,
+        manifest_media_type: record.manifest_media_type,
+        manifest_bytes,
+        manifest,
+        platform: record
+            .platform
+            .parse::<Platform>()
+            .unwrap_or_else(|_| image::config_platform(&config)),
+        config_bytes,
+        config,
+    })
+}
+
+/// The JSON document `--format json` prints.
+pub fn to_json(image: &ResolvedImage) -> serde_json::Value {
+    let config: serde_json::Value =
+        serde_json::from_slice(&image.config_bytes).unwrap_or(serde_json::Value::Null);
+    json!({
+        "reference": image.reference.to_string(),
+        "digest": image.manifest_digest.to_string(),
+        "indexDigest": image.index_digest.map(|d| d.to_string()),
+        "mediaType": image.manifest_media_type,
+        "platform": image.platform.to_string(),
+        "size": image.total_layer_size(),
+        "configDigest": image.manifest.config.digest.to_string(),
+        "layers": image.layers().iter().map(|l| json!({
+            "digest": l.digest.to_string(),
+            "size": l.size,
+            "mediaType": l.media_type,
+            "annotations": l.annotations,
+        })).collect::<Vec<_>>(),
+        "annotations": image.manifest.annotations,
+        "config": config,
+    })
+}
+
+fn print_text(image: &ResolvedImage) {
+    println!("Reference:  {}", image.reference);
+    println!("Digest:     {}", image.manifest_digest);
+    if let Some(d) = &image.index_digest {
+        println!("Index:      {d}");
+    }
+    println!("Media type: {}", image.manifest_media_type);
+    println!("Platform:   {}", image.platform);
+    println!("Config:     {}", image.manifest.config.digest);
+    let cfg = image.config.config();
+    if let Some(c) = cfg {
+        if let Some(e) = c.entrypoint() {
+            println!("Entrypoint: {e:?}");
+        }
+        if let Some(cmd) = c.cmd() {
+            println!("Cmd:        {cmd:?}");
+        }
+        if let Some(env) = c.env() {
+            for e in env {
+                println!("Env:        {e}");
+            }
+        }
+        if let Some(w) = c.working_dir() {
+            println!("WorkingDir: {w}");
+        }
+        if let Some(u) = c.user() {
+            println!("User:       {u}");
+        }
+    }
+    println!(
+        "Layers:     {} ({} total)",
+        image.layers().len(),
+        human(image.total_layer_size())
+    );
+    for l in image.layers() {
+        println!("  {}  {:>10}  {}", l.digest, human(l.size), l.media_type);
+    }
 }

@@ -5,6 +5,7 @@ pub mod images;
 pub mod inspect;
 pub mod mount;
 pub mod pull;
+pub mod registry_args;
 pub mod run;
 
 use std::path::PathBuf;

@@ -1,0 +1,87 @@
+//! Registry flags shared by every subcommand that talks to a registry
+//! (`pull`, `inspect`, and later `mount`/`run`): `#[command(flatten)]` them.
+
+use anyhow::{bail, Context};
+use skiff_proto::image::Platform;
+use skiff_proto::reference::Reference;
+use skiff_proto::registry::{Client, ClientOptions, Credentials};
+use std::io::Read;
+
+/// How to reach and authenticate to the image's registry.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Platform to pick from a multi-platform image, as os/arch[/variant]
+    /// (default: this machine's, e.g. linux/amd64).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Reach this registry (host[:port]) over plain HTTP. Repeatable. Loopback
+    /// registries (localhost, 127.0.0.0/8, ::1) always use plain HTTP.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// User name for the registry (password from --password-stdin). Without it,
+    /// credentials come from $DOCKER_CONFIG/config.json or ~/.docker/config.json.
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+}
+
+impl RegistryArgs {
+    /// The `--platform` asked for, parsed.
+    pub fn platform(&self) -> anyhow::Result<Option<Platform>> {
+        self.platform
+            .as_deref()
+            .map(|p| p.parse::<Platform>())
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Client options from the flags (reads the password from stdin if asked).
+    pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
+        let credentials = match (&self.username, self.password_stdin) {
+            (Some(user), true) => {
+                let mut password = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut password)
+                    .context("reading the password from stdin")?;
+                let password = password.trim_end_matches(['\n', '\r']);
+                if password.is_empty() {
+                    bail!("--password-stdin: standard input held no password");
+                }
+                Some(Credentials::basic(user, password))
+            }
+            _ => None,
+        };
+        Ok(ClientOptions {
+            credentials,
+            insecure_registries: self.insecure_registries.clone(),
+            ..ClientOptions::default()
+        })
+    }
+
+    /// A client for the registry `reference` names.
+    pub fn client_for(&self, reference: &Reference) -> anyhow::Result<Client> {
+        Client::new(reference.registry(), self.client_options()?)
+            .with_context(|| format!("setting up a client for {}", reference.registry()))
+    }
+}
+
+/// A tokio runtime for one command (small: the work is network-bound).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Output format of `inspect` and `images`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// JSON on one document.
+    Json,
+}

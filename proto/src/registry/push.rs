@@ -1,0 +1,257 @@
+//! Pushing: blob uploads (monolithic POST+PUT, or chunked PATCH for large blobs),
+//! manifest PUTs and tags.
+
+use super::client::{Access, Client, Req, Subject};
+use super::error::{RegistryError, Result};
+use crate::digest::Digest;
+use bytes::Bytes;
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+impl Client {
+    /// The size of a blob if the repository has it (`HEAD`), `None` if not.
+    pub async fn blob_exists(&self, repository: &str, digest: Digest) -> Result<Option<u64>> {
+        let url = self.url(&format!("{repository}/blobs/{digest}"))?;
+        let subject = Subject::Blob(digest);
+        let mut req = Req::new(Method::HEAD, url, Some(repository));
+        req.access = Access::Push;
+        let resp = self.send(req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self
+            .expect(
+                &Method::HEAD,
+                resp,
+                &[StatusCode::OK],
+                &subject,
+                Some(repository),
+            )
+            .await?;
+        Ok(resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// Uploads `data` as a blob unless the repository already has it. Blobs larger than
+    /// [`super::ClientOptions::upload_chunk_size`] go up in PATCH chunks. Returns the
+    /// blob's digest.
+    pub async fn push_blob(&self, repository: &str, data: Bytes) -> Result<Digest> {
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+        self.upload(repository, digest, size, Source::Memory(data))
+            .await?;
+        Ok(digest)
+    }
+
+    /// Uploads the file at `path`, which holds blob `digest`, without loading it into
+    /// memory (PATCH chunks for large files). Skipped if the repository has it.
+    pub async fn push_blob_file(
+        &self,
+        repository: &str,
+        digest: Digest,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let io = |source| RegistryError::Io {
+            what: format!("reading {} to upload", path.display()),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let size = file.metadata().await.map_err(io)?.len();
+        self.upload(
+            repository,
+            digest,
+            size,
+            Source::File(file, path.to_path_buf()),
+        )
+        .await
+    }
+
+    async fn upload(
+        &self,
+        repository: &str,
+        digest: Digest,
+        size: u64,
+        mut source: Source,
+    ) -> Result<()> {
+        if self.blob_exists(repository, digest).await? == Some(size) {
+            tracing::debug!(%digest, "blob already present; skipping upload");
+            return Ok(());
+        }
+        let start = self.url(&format!("{repository}/blobs/uploads/"))?;
+        let mut req = Req::new(Method::POST, start.clone(), Some(repository));
+        req.access = Access::Push;
+        req.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self.send(req).await?;
+        let resp = self
+            .expect(
+                &Method::POST,
+                resp,
+                &[StatusCode::ACCEPTED],
+                &Subject::Other,
+                Some(repository),
+            )
+            .await?;
+        let mut location = upload_location(&start, &resp)?;
+
+        let chunk = self.options().upload_chunk_size.max(1) as u64;
+        let final_body = if size > chunk {
+            let mut offset = 0u64;
+            while offset < size {
+                let end = offset.saturating_add(chunk).min(size);
+                let body = source.read(offset, end - offset).await?;
+                let mut req = Req::new(Method::PATCH, location.clone(), Some(repository));
+                req.access = Access::Push;
+                req.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                if let Ok(v) = HeaderValue::from_str(&format!("{}-{}", offset, end - 1)) {
+                    req.headers.insert(header::CONTENT_RANGE, v);
+                }
+                req.body = Some(body);
+                let resp = self.send(req).await?;
+                let resp = self
+                    .expect(
+                        &Method::PATCH,
+                        resp,
+                        &[StatusCode::ACCEPTED],
+                        &Subject::Other,
+                        Some(repository),
+                    )
+                    .await?;
+                location = upload_location(&location, &resp)?;
+                offset = end;
+            }
+            Bytes::new()
+        } else {
+            source.read(0, size).await?
+        };
+
+        location
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut req = Req::new(Method::PUT, location, Some(repository));
+        req.access = Access::Push;
+        req.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        req.body = Some(final_body);
+        let resp = self.send(req).await?;
+        self.expect(
+            &Method::PUT,
+            resp,
+            &[StatusCode::CREATED],
+            &Subject::Blob(digest),
+            Some(repository),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// PUTs a manifest (or index) under `reference` (a tag, or its digest). Returns the
+    /// manifest's digest, checked against the registry's `Docker-Content-Digest`.
+    pub async fn push_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        let url = self.url(&format!("{repository}/manifests/{reference}"))?;
+        let subject = Subject::Manifest(format!("{}/{repository}:{reference}", self.registry()));
+        let mut req = Req::new(Method::PUT, url, Some(repository));
+        req.access = Access::Push;
+        if let Ok(v) = HeaderValue::from_str(media_type) {
+            req.headers.insert(header::CONTENT_TYPE, v);
+        }
+        req.body = Some(Bytes::copy_from_slice(bytes));
+        let resp = self.send(req).await?;
+        let resp = self
+            .expect(
+                &Method::PUT,
+                resp,
+                &[StatusCode::CREATED],
+                &subject,
+                Some(repository),
+            )
+            .await?;
+        if let Some(said) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok())
+        {
+            if said != digest {
+                return Err(crate::digest::DigestError::Mismatch {
+                    what: format!("pushed manifest {repository}:{reference}"),
+                    expected: digest,
+                    actual: said,
+                }
+                .into());
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Points tag `new_tag` at the manifest `existing` (tag or digest) names.
+    pub async fn tag(&self, repository: &str, existing: &str, new_tag: &str) -> Result<Digest> {
+        let (bytes, content_type, _) = self.get_manifest(repository, existing).await?;
+        let media_type = match content_type {
+            Some(ct) => ct,
+            None => crate::image::MEDIA_OCI_MANIFEST.to_string(),
+        };
+        self.push_manifest(repository, new_tag, &media_type, &bytes)
+            .await
+    }
+}
+
+/// The upload URL from a `Location` header (possibly relative).
+fn upload_location(base: &Url, resp: &Response) -> Result<Url> {
+    let location = resp
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| RegistryError::BadResponse {
+            url: base.to_string(),
+            message: "upload response has no Location header".into(),
+        })?;
+    base.join(location).map_err(|e| RegistryError::BadResponse {
+        url: base.to_string(),
+        message: format!("bad upload Location {location:?}: {e}"),
+    })
+}
+
+/// Where upload bytes come from.
+enum Source {
+    Memory(Bytes),
+    File(tokio::fs::File, std::path::PathBuf),
+}
+
+impl Source {
+    async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        match self {
+            Source::Memory(b) => {
+                let (start, end) = (offset as usize, offset.saturating_add(len) as usize);
+                Ok(b.slice(start.min(b.len())..end.min(b.len())))
+            }
+            Source::File(f, path) => {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let io = |source| RegistryError::Io {
+                    what: format!("reading {} to upload", path.display()),
+                    source,
+                };
+                f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+                let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+                f.read_exact(&mut buf).await.map_err(io)?;
+                Ok(Bytes::from(buf))
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The local store under the skiff root: content-addressed blobs and image records.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>        manifests, configs, layers (verified before rename)
+//! <root>/images/<hex of name>.json one ImageRecord per pulled reference
+//! <root>/tmp/                      partial downloads (same filesystem, for rename)
+//! ```
+//! Every write goes to a temporary file in `<root>/tmp` and is renamed into place, so a
+//! crash never leaves a half-written blob under its digest.
+
+use crate::blob::{BlobError, FileBlob};
+use crate::digest::Digest;
+use serde::{Deserialize, Serialize};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Errors from the local store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// File system access under the root failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Content handed to the store did not match its digest.
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestError),
+    /// An image record did not parse.
+    #[error("image record {path}: {source}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What the store remembers about one pulled reference.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The normalized reference (`registry/repo:tag`).
+    pub reference: String,
+    /// The index digest, when the reference named an index.
+    #[serde(with = "crate::digest::as_text::option", default)]
+    pub index_digest: Option<Digest>,
+    /// The platform manifest's digest.
+    #[serde(with = "crate::digest::as_text")]
+    pub manifest_digest: Digest,
+    /// The manifest's media type.
+    pub manifest_media_type: String,
+    /// The platform (`os/arch[/variant]`).
+    pub platform: String,
+    /// The config digest.
+    #[serde(with = "crate::digest::as_text")]
+    pub config_digest: Digest,
+    /// Sum of the layers' compressed sizes.
+    pub size: u64,
+    /// Number of layers.
+    pub layers: usize,
+    /// Seconds since the epoch when pulled.
+    pub pulled_at: u64,
+}
+
+/// The local store rooted at one directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        for dir in ["blobs/sha256", "images", "tmp"] {
+            let p = root.join(dir);
+            std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
+        }
+        Ok(Store { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where blob `digest` lives (whether or not it is there).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether the store holds blob `digest` with exactly `size` bytes.
+    pub fn has_blob(&self, digest: &Digest, size: u64) -> bool {
+        std::fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Opens a stored blob for random access.
+    pub fn open_blob(&self, digest: &Digest) -> Result<FileBlob, BlobError> {
+        FileBlob::open(*digest, self.blob_path(digest))
+    }
+
+    /// Reads a stored blob whole (manifests, configs) and verifies it.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(digest);
+        let data = std::fs::read(&p).map_err(io_err("reading", &p))?;
+        digest.verify(&format!("stored blob {}", p.display()), &data)?;
+        Ok(data)
+    }
+
+    /// A fresh temporary file in the store's tmp dir (same filesystem as blobs).
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        let dir = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix("partial-")
+            .tempfile_in(&dir)
+            .map_err(io_err("creating temp file in", &dir))
+    }
+
+    /// Moves a fully written and already verified temp file into place as `digest`.
+    pub fn commit_blob(
+        &self,
+        digest: &Digest,
+        temp: tempfile::NamedTempFile,
+    ) -> Result<PathBuf, StoreError> {
+        let dest = self.blob_path(digest);
+        temp.as_file()
+            .sync_all()
+            .map_err(io_err("syncing", temp.path()))?;
+        temp.persist(&dest).map_err(|e| StoreError::Io {
+            what: "renaming into",
+            path: dest.clone(),
+            source: e.error,
+        })?;
+        Ok(dest)
+    }
+
+    /// Stores `data` as blob `digest` after verifying it.
+    pub fn write_blob(&self, digest: &Digest, data: &[u8]) -> Result<PathBuf, StoreError> {
+        digest.verify("blob to store", data)?;
+        if self.has_blob(digest, data.len() as u64) {
+            return Ok(self.blob_path(digest));
+        }
+        let mut tmp = self.temp_file()?;
+        tmp.write_all(data).map_err(io_err("writing", &self.root))?;
+        self.commit_blob(digest, tmp)
+    }
+
+    fn record_path(&self, reference: &str) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{}.json", Digest::of(reference.as_bytes()).hex()))
+    }
+
+    /// Records (or replaces) what `record.reference` points to.
+    pub fn put_image(&self, record: &ImageRecord) -> Result<(), StoreError> {
+        let path = self.record_path(&record.reference);
+        let json = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Record {
+            path: path.clone(),
+            source,
+        })?;
+        let mut tmp = self.temp_file()?;
+        tmp.write_all(&json).map_err(io_err("writing", &path))?;
+        tmp.persist(&path).map_err(|e| StoreError::Io {
+            what: "renaming into",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// The record for `reference`, if pulled.
+    pub fn image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let path = self.record_path(reference);
+        match std::fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|source| StoreError::Record { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// All image records, sorted by reference.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let entry = entry.map_err(io_err("listing", &dir))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let data = std::fs::read(&path).map_err(io_err("reading", &path))?;
+                let rec = serde_json::from_slice(&data)
+                    .map_err(|source| StoreError::Record { path, source })?;
+                out.push(rec);
+            }
+        }
+        out.sort_by(|a: &ImageRecord, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_verified_and_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let d = Digest::of(b"hello");
+        assert!(!store.has_blob(&d, 5));
+        assert!(store.write_blob(&d, b"hellO").is_err());
+        store.write_blob(&d, b"hello").unwrap();
+        assert!(store.has_blob(&d, 5));
+        assert_eq!(store.read_blob(&d).unwrap(), b"hello");
+        let rec = ImageRecord {
+            reference: "localhost:5000/a:b".into(),
+            index_digest: None,
+            manifest_digest: d,
+            manifest_media_type: "m".into(),
+            platform: "linux/amd64".into(),
+            config_digest: d,
+            size: 5,
+            layers: 1,
+            pulled_at: 0,
+        };
+        store.put_image(&rec).unwrap();
+        assert_eq!(
+            store.image("localhost:5000/a:b").unwrap(),
+            Some(rec.clone())
+        );
+        assert_eq!(store.images().unwrap(), vec![rec]);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}

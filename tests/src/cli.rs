@@ -1,0 +1,66 @@
+//! Running the `skiff` binary from tests.
+//!
+//! The binary lives in another package, so Cargo does not build it for this one's
+//! tests. [`skiff_bin`] runs `cargo build -p skiff` once per test process (a no-op when
+//! it is fresh; `$CARGO` is set by `cargo test`) and returns
+//! `<target>/debug/skiff`, found next to the test executable (`target/debug/deps/..`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Path of a fresh `skiff` binary (built on first use).
+pub fn skiff_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // target/<profile>/deps/<test> → target/<profile>/skiff
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable is under target/<profile>/deps");
+        let bin = profile_dir.join("skiff");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "skiff", "--manifest-path"])
+            .arg(&manifest);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build -p skiff");
+        assert!(status.success(), "cargo build -p skiff failed");
+        assert!(bin.exists(), "{} missing after cargo build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// The `skiff` binary with its own store root.
+pub struct Skiff {
+    /// `--root` for every command.
+    pub root: PathBuf,
+}
+
+impl Skiff {
+    /// A `skiff` using `root` as its store.
+    pub fn new(root: &Path) -> Skiff {
+        Skiff {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// A command with `--root` set and no inherited Docker config.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(skiff_bin());
+        c.arg("--root").arg(&self.root);
+        c.env("DOCKER_CONFIG", self.root.join("no-docker-config"));
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `skiff <args>` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running skiff")
+    }
+}
