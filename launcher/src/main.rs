@@ -1,6 +1,7 @@
 //! `skiff`: start containers from registry images without pulling them first.
 
 mod cmd;
+mod container;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

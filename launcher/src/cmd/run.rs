@@ -1,15 +1,158 @@
-//! `skiff run`.
+//! `skiff run`: run a command in a new container.
+//!
+//! Until image resolution and the FUSE mount are wired in, the root filesystem comes
+//! from `--rootfs DIR` and the image's process config from `--image-config FILE`.
 
 use super::Global;
+use crate::container::{self, ContainerSpec, RunOptions};
+use anyhow::Context;
+use std::path::PathBuf;
 
 /// Arguments of `skiff run`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Image reference.
-    pub image: Option<String>,
+    /// Run on this root filesystem directory instead of an image (then every positional
+    /// argument is the command).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// The image's OCI config JSON (Entrypoint, Cmd, Env, WorkingDir, User) for --rootfs.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    pub image_config: Option<PathBuf>,
+    /// Set environment variables (K=V, or K to copy the host's value).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (K=V lines, # comments).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Overwrite the image's entrypoint ("" clears it).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Working directory inside the container (created if missing).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: name|uid[:group|gid], looked up in the container's files.
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Container hostname (default: the first 12 hex digits of its id).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Network: "none" (default; own namespace with loopback only) or "host".
+    #[arg(long, alias = "net", value_name = "MODE")]
+    pub network: Option<String>,
+    /// Keep all capabilities skiff has and skip no_new_privs.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Resource limit, NAME=SOFT[:HARD] (e.g. nofile=1024:2048).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// Bind mount a host path: HOST:CONTAINER[:ro|rw].
+    #[arg(long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs at this container path.
+    #[arg(long, value_name = "PATH")]
+    pub tmpfs: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Number of CPUs (CFS quota), e.g. 0.5.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes (-1 for unlimited).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Allocate a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Remove the container's state when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Name the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND]"
+    )]
+    pub args: Vec<String>,
+}
+
+/// A new container id: 64 hex digits, like Docker's.
+fn new_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// Runs `skiff run`.
-pub fn run(_global: &Global, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("skiff run is not implemented yet")
+pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    let Some(rootfs) = args.rootfs.clone() else {
+        anyhow::bail!(
+            "running an image is not wired in yet; use --rootfs DIR [--image-config FILE]"
+        );
+    };
+    let image_config = match &args.image_config {
+        Some(path) => Some(
+            oci_spec::image::ImageConfiguration::from_file(path)
+                .with_context(|| format!("reading image config {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let env_files = args
+        .env_file
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p).with_context(|| format!("reading env file {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = RunOptions {
+        command: args.args.clone(),
+        entrypoint: args.entrypoint.clone(),
+        env: args.env.clone(),
+        env_files,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: args.hostname.clone(),
+        network: args.network.clone(),
+        privileged: args.privileged,
+        ulimits: args.ulimit.clone(),
+        volumes: args.volume.clone(),
+        tmpfs: args.tmpfs.clone(),
+        read_only: args.read_only,
+        memory: args.memory.clone(),
+        cpus: args.cpus.clone(),
+        pids_limit: args.pids_limit,
+        tty: args.tty,
+        interactive: args.interactive,
+    };
+    let id = new_id();
+    let state_dir = global.root.join("containers").join(&id);
+    let spec = ContainerSpec::new(
+        image_config.as_ref().and_then(|c| c.config().as_ref()),
+        &opts,
+        id,
+        state_dir.clone(),
+    )?;
+    let rootfs =
+        std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
+    let result = container::run(&spec, &rootfs);
+    if args.rm || result.is_err() {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    match result {
+        Ok(status) => Ok(status.code()),
+        Err(e) => {
+            eprintln!("skiff: {e}");
+            Ok(e.exit_code())
+        }
+    }
 }
