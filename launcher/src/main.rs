@@ -36,7 +36,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Like docker, a usage error exits 125 (clap's default would be 2).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
     cmd::init_tracing(cli.global.verbose);
     let result = match cli.command {
         Command::Pull(a) => cmd::pull::run(&cli.global, a),

@@ -95,6 +95,17 @@ fn new_id() -> String {
 
 /// Runs `skiff run`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    // clap takes everything from the first positional on as the command; a leading
+    // dash there is a mistyped flag, not a program, unless `--` said otherwise (as in
+    // `--entrypoint /bin/sh -- -c 'echo hi'`).
+    let dashdash = std::env::args().any(|a| a == "--");
+    if let Some(first) = args
+        .args
+        .first()
+        .filter(|a| a.starts_with('-') && !dashdash)
+    {
+        anyhow::bail!("unknown flag: {first}\nSee 'skiff run --help'.");
+    }
     let Some(rootfs) = args.rootfs.clone() else {
         anyhow::bail!(
             "running an image is not wired in yet; use --rootfs DIR [--image-config FILE]"

@@ -32,6 +32,25 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
+/// The v1 controller names (super options that are not controllers, like `xattr`
+/// or `name=systemd`, are left out).
+const V1_CONTROLLERS: &[&str] = &[
+    "blkio",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "memory",
+    "misc",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "pids",
+    "rdma",
+];
+
 /// Which cgroup layout the host has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
@@ -65,9 +84,7 @@ pub fn detect_layout(mountinfo: &str) -> Result<Layout, CgroupError> {
             "cgroup" => {
                 let controllers: Vec<String> = super_opts
                     .split(',')
-                    .filter(|o| {
-                        !matches!(*o, "rw" | "ro") && !o.contains('=') && !o.starts_with("clone")
-                    })
+                    .filter(|o| V1_CONTROLLERS.contains(o))
                     .map(str::to_string)
                     .collect();
                 v1.push((controllers, PathBuf::from(mount_point)));
