@@ -199,7 +199,7 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pid1 = wait_for_child_of(child.id());
+    let pid1 = common::wait_for_child_of(child.id());
     // SAFETY: kill on a pid we just found.
     unsafe { libc::kill(pid1, libc::SIGKILL) };
     let status = child.wait().unwrap();
@@ -234,23 +234,4 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
     let status = runc.wait().unwrap();
     let _ = Command::new("runc").args(["delete", "-f", &id]).output();
     assert_eq!(status.code(), Some(137));
-}
-
-/// Waits until process `pid` has a child and returns it.
-pub fn wait_for_child_of(pid: u32) -> i32 {
-    for _ in 0..1000 {
-        let path = format!("/proc/{pid}/task/{pid}/children");
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            if let Some(c) = s.split_whitespace().next() {
-                let c: i32 = c.parse().unwrap();
-                // Wait until it has exec'd (no longer a skiff process).
-                let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
-                if !exe.to_string_lossy().contains("skiff") {
-                    return c;
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("skiff {pid} never started a container");
 }

@@ -206,3 +206,22 @@ impl Image {
         c
     }
 }
+
+/// Waits until process `pid` has a child and returns it.
+pub fn wait_for_child_of(pid: u32) -> i32 {
+    for _ in 0..1000 {
+        let path = format!("/proc/{pid}/task/{pid}/children");
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if let Some(c) = s.split_whitespace().next() {
+                let c: i32 = c.parse().unwrap();
+                // Wait until it has exec'd (no longer a skiff process).
+                let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
+                if !exe.to_string_lossy().contains("skiff") {
+                    return c;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("skiff {pid} never started a container");
+}
