@@ -33,6 +33,14 @@ enum Command {
     Umount(cmd::mount::UmountArgs),
     /// Run a container from an image.
     Run(cmd::run::Args),
+    /// List containers.
+    Ps(cmd::ps::Args),
+    /// Print a detached container's output.
+    Logs(cmd::logs::Args),
+    /// Stop running containers (SIGTERM, then SIGKILL).
+    Stop(cmd::stop::Args),
+    /// Remove containers.
+    Rm(cmd::rm::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +60,10 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(&cli.global, a),
         Command::Umount(a) => cmd::mount::umount(&cli.global, a),
         Command::Run(a) => cmd::run::run(&cli.global, a),
+        Command::Ps(a) => cmd::ps::run(&cli.global, a),
+        Command::Logs(a) => cmd::logs::run(&cli.global, a),
+        Command::Stop(a) => cmd::stop::run(&cli.global, a),
+        Command::Rm(a) => cmd::rm::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

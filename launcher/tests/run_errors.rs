@@ -9,14 +9,34 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// No mounts left; like `docker ps -a`, a container that failed to start stays listed
+/// (exited, with its error) unless --rm was given, and nothing of it runs.
 fn assert_clean(r: &Rootfs) {
     r.assert_no_mounts();
-    // --rm or a failed start leaves no state behind.
     let containers = r.state.join("containers");
-    let left: Vec<_> = std::fs::read_dir(&containers)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "leftover state: {left:?}");
+    for entry in std::fs::read_dir(&containers)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("state.json")).unwrap())
+                .unwrap();
+        assert_eq!(state["status"], "exited", "{state}");
+        assert!(state["error"].is_string(), "{state}");
+        let pid1 = state["pid1"]["pid"].as_i64();
+        assert!(pid1.is_none(), "never started: {state}");
+    }
+    // With --rm nothing is left at all.
+    let before = std::fs::read_dir(&containers)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let out = r.skiff(&["--rm", "-u", "nobody-here", "true"]);
+    assert_eq!(code(&out), 125);
+    let after = std::fs::read_dir(&containers)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(before, after, "--rm leaves no state");
 }
 
 #[test]

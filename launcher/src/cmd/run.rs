@@ -4,9 +4,10 @@
 //! from `--rootfs DIR` and the image's process config from `--image-config FILE`.
 
 use super::Global;
+use crate::container::state::{self, ContainerState, ProcessId, Status};
 use crate::container::{self, ContainerSpec, RunOptions};
 use anyhow::Context;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `skiff run`.
 #[derive(clap::Args, Debug)]
@@ -75,6 +76,9 @@ pub struct Args {
     /// Name the container.
     #[arg(long)]
     pub name: Option<String>,
+    /// Run in the background and print the container id (see `skiff logs`).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
     #[arg(
         trailing_var_arg = true,
@@ -145,25 +149,159 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         tty: args.tty,
         interactive: args.interactive,
     };
+    if args.detach && args.tty {
+        anyhow::bail!("-d with -t is not supported yet");
+    }
     let id = new_id();
-    let state_dir = global.root.join("containers").join(&id);
+    let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
+    // Listing also cleans up after any skiff that was killed.
+    if state::list(&global.root)?.iter().any(|s| s.name == name) {
+        anyhow::bail!("the container name {name:?} is already in use");
+    }
+    let state_dir = state::containers_dir(&global.root).join(&id);
     let spec = ContainerSpec::new(
         image_config.as_ref().and_then(|c| c.config().as_ref()),
         &opts,
-        id,
+        id.clone(),
         state_dir.clone(),
     )?;
     let rootfs =
         std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
-    let result = container::run(&spec, &rootfs);
-    if args.rm || result.is_err() {
+    let mut record = ContainerState {
+        id: id.clone(),
+        name,
+        command: spec.args.clone(),
+        rootfs: rootfs.clone(),
+        created: state::now(),
+        status: Status::Created,
+        monitor: ProcessId::of(std::process::id() as i32),
+        pid1: None,
+        exit_code: None,
+        detached: args.detach,
+        error: None,
+    };
+    record.save(&global.root)?;
+    if args.detach {
+        return detach(global, &spec, &rootfs, record, args.rm);
+    }
+    let code = supervise(global, &spec, &rootfs, &mut record);
+    if args.rm {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
-    match result {
-        Ok(status) => Ok(status.code()),
+    Ok(code)
+}
+
+/// Runs the container to its end, keeping its state file current; returns skiff's
+/// exit status (printing a start-up error).
+fn supervise(
+    global: &Global,
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    record: &mut ContainerState,
+) -> u8 {
+    let root = global.root.clone();
+    let mut on_start = |pid: i32| {
+        record.status = Status::Running;
+        record.pid1 = ProcessId::of(pid);
+        if let Err(e) = record.save(&root) {
+            tracing::warn!("{e}");
+        }
+    };
+    let result = container::run_with(spec, rootfs, &mut on_start);
+    record.status = Status::Exited;
+    let code = match result {
+        Ok(status) => status.code(),
         Err(e) => {
             eprintln!("skiff: {e}");
-            Ok(e.exit_code())
+            record.error = Some(e.to_string());
+            e.exit_code()
+        }
+    };
+    record.exit_code = Some(code);
+    if let Err(e) = record.save(&global.root) {
+        tracing::warn!("{e}");
+    }
+    code
+}
+
+/// `-d`: a monitor process (new session, output to container.log) runs the container;
+/// this process waits until it has started, prints the id and exits.
+fn detach(
+    global: &Global,
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    mut record: ContainerState,
+    rm: bool,
+) -> anyhow::Result<u8> {
+    use nix::unistd::{fork, ForkResult};
+    let log = ContainerState::log_path(&global.root, &record.id);
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: skiff is single-threaded here; the child only runs the container.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(ready_r);
+            let _ = nix::unistd::setsid();
+            // SAFETY: dup2 onto the standard fds of this single-threaded process.
+            unsafe {
+                if let Ok(null) = std::fs::File::open("/dev/null") {
+                    libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0);
+                }
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log_file), 1);
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log_file), 2);
+            }
+            drop(log_file);
+            record.monitor = ProcessId::of(std::process::id() as i32);
+            let root = global.root.clone();
+            let ready = std::cell::RefCell::new(Some(ready_w));
+            let mut on_start = |pid: i32| {
+                record.status = Status::Running;
+                record.pid1 = ProcessId::of(pid);
+                let _ = record.save(&root);
+                if let Some(w) = ready.borrow_mut().take() {
+                    let _ = nix::unistd::write(&w, b"r");
+                }
+            };
+            let result = container::run_with(spec, rootfs, &mut on_start);
+            record.status = Status::Exited;
+            match result {
+                Ok(status) => record.exit_code = Some(status.code()),
+                Err(e) => {
+                    eprintln!("skiff: {e}");
+                    record.error = Some(e.to_string());
+                    record.exit_code = Some(e.exit_code());
+                }
+            }
+            let _ = record.save(&root);
+            if rm {
+                let _ = std::fs::remove_dir_all(state::containers_dir(&root).join(&record.id));
+            }
+            drop(ready);
+            // SAFETY: end the monitor without running the parent's destructors twice.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { .. } => {
+            drop(ready_w);
+            drop(log_file);
+            let mut byte = [0u8; 1];
+            let started = matches!(nix::unistd::read(&ready_r, &mut byte), Ok(1));
+            if started {
+                println!("{}", record.id);
+                return Ok(0);
+            }
+            // The monitor ended before PID 1 ran: report its error.
+            let path = ContainerState::path(&global.root, &record.id);
+            let (msg, code) = match ContainerState::load(&path) {
+                Ok(s) => (
+                    s.error
+                        .unwrap_or_else(|| "container failed to start".into()),
+                    s.exit_code.unwrap_or(125),
+                ),
+                Err(_) => ("container failed to start".to_string(), 125),
+            };
+            eprintln!("skiff: {msg}");
+            Ok(code)
         }
     }
 }

@@ -252,6 +252,43 @@ impl Drop for Cgroup {
     }
 }
 
+/// Removes the cgroups of container `id` left behind by a skiff that was killed:
+/// every `skiff-<id>` directory in the hierarchies (killing what is left in them).
+pub fn remove_stale(id: &str) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Ok(proc_cgroup) = std::fs::read_to_string("/proc/self/cgroup") else {
+        return;
+    };
+    let name = format!("skiff-{id}");
+    let mut dirs = Vec::new();
+    match detect_layout(&mountinfo) {
+        Ok(Layout::V2(m)) => dirs.push(m.join(own_path(&proc_cgroup, "")).join(&name)),
+        Ok(Layout::V1(v1)) => {
+            for (ctrls, m) in v1 {
+                if let Some(c) = ctrls.first() {
+                    dirs.push(m.join(own_path(&proc_cgroup, c)).join(&name));
+                }
+            }
+        }
+        Ok(Layout::Hybrid { v1, unified }) => {
+            dirs.push(unified.join(own_path(&proc_cgroup, "")).join(&name));
+            for (ctrls, m) in v1 {
+                if let Some(c) = ctrls.first() {
+                    dirs.push(m.join(own_path(&proc_cgroup, c)).join(&name));
+                }
+            }
+        }
+        Err(_) => {}
+    }
+    dirs.retain(|d| d.exists());
+    let mut cg = Cgroup { dirs };
+    if let Err(e) = cg.destroy() {
+        tracing::warn!("removing stale cgroup: {e}");
+    }
+}
+
 /// SIGKILLs every task left in a cgroup directory.
 fn kill_all(dir: &Path) {
     if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {

@@ -14,6 +14,7 @@ pub mod cgroups;
 pub mod process;
 pub mod rootfs;
 pub mod spec;
+pub mod state;
 pub mod sys;
 pub mod terminal;
 pub mod users;
@@ -194,6 +195,15 @@ fn fail_child(err_w: &OwnedFd, e: &process::InitError) -> ! {
 /// for it. Returns PID 1's status; skiff's own output is nothing. Signals to skiff are
 /// forwarded while it runs; cgroups and the namespaces' mounts are gone when it returns.
 pub fn run(spec: &ContainerSpec, rootfs: &Path) -> Result<ExitStatus, RunError> {
+    run_with(spec, rootfs, &mut |_| {})
+}
+
+/// [`run`], calling `on_start` with PID 1's host pid once it has exec'd the program.
+pub fn run_with(
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    on_start: &mut dyn FnMut(i32),
+) -> Result<ExitStatus, RunError> {
     if !rootfs.is_dir() {
         return Err(RunError::BadRootfs(rootfs.display().to_string()));
     }
@@ -210,7 +220,7 @@ pub fn run(spec: &ContainerSpec, rootfs: &Path) -> Result<ExitStatus, RunError> 
         None
     };
     let old_mask = block_handled_signals()?;
-    let result = spawn_and_wait(spec, rootfs, &etc_dir, cgroup.as_ref(), &old_mask);
+    let result = spawn_and_wait(spec, rootfs, &etc_dir, cgroup.as_ref(), &old_mask, on_start);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     if let Some(cg) = cgroup.as_mut() {
         cg.destroy()?;
@@ -224,6 +234,7 @@ fn spawn_and_wait(
     etc_dir: &Path,
     cgroup: Option<&cgroups::Cgroup>,
     old_mask: &SigSet,
+    on_start: &mut dyn FnMut(i32),
 ) -> Result<ExitStatus, RunError> {
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -317,6 +328,7 @@ fn spawn_and_wait(
                 let _ = waitpid(pid, None);
                 return Err(e);
             }
+            on_start(pid.as_raw());
             wait_forwarding(pid, term.as_mut())
         }
     }
