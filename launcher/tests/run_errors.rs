@@ -264,6 +264,28 @@ fn host_network_and_privileged() {
 }
 
 #[test]
+fn device_access_is_limited_to_the_defaults() {
+    let r = Rootfs::new();
+    // CAP_MKNOD is in Docker's set, so a node can be made; the devices cgroup stops it
+    // from being opened. /dev/fuse (10:229) needs no capability to open, so only the
+    // cgroup makes the difference; --privileged lifts it.
+    let script = "mkdir -p /t && rm -f /t/fuse && mknod /t/fuse c 10 229 && echo made; \
+                  (exec 3<>/t/fuse) 2>/dev/null && echo opened || echo denied; \
+                  echo x > /dev/null && echo null-ok";
+    let out = r.skiff(&["--rm", "sh", "-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "made\ndenied\nnull-ok\n"
+    );
+    let out = r.skiff(&["--rm", "--privileged", "sh", "-c", script]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "made\nopened\nnull-ok\n"
+    );
+    let _ = std::fs::remove_dir_all(r.rootfs.join("t"));
+}
+
+#[test]
 fn signals_are_forwarded_to_pid1() {
     let r = Rootfs::new();
     let mut child = r

@@ -128,7 +128,14 @@ fn own_path(proc_cgroup: &str, controller: &str) -> String {
 impl Cgroup {
     /// Creates the container's cgroups, sets `limits` and returns them; the container's
     /// PID 1 is added with [`Cgroup::add`] before it runs anything.
-    pub fn create(id: &str, limits: &Resources) -> Result<Cgroup, CgroupError> {
+    /// With `restrict_devices`, a v1 devices controller (if mounted) limits device
+    /// access to Docker's default list; on pure v2 that needs eBPF, which skiff does
+    /// not do yet.
+    pub fn create(
+        id: &str,
+        limits: &Resources,
+        restrict_devices: bool,
+    ) -> Result<Cgroup, CgroupError> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(io(Path::new("/proc/self/mountinfo")))?;
         let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup")
@@ -162,6 +169,16 @@ impl Cgroup {
             Layout::V1(_) => None,
         };
 
+        if restrict_devices {
+            if let Some(dir) = v1_dir("devices") {
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                cg.dirs.push(dir.clone());
+                write(&dir.join("devices.deny"), "a")?;
+                for rule in DEFAULT_DEVICE_RULES {
+                    write(&dir.join("devices.allow"), rule)?;
+                }
+            }
+        }
         let mut set =
             |ctrl: &'static str, v1_file: &[(&str, String)], v2_file: &[(&str, String)]| {
                 if let Some(dir) = v1_dir(ctrl) {
@@ -251,6 +268,23 @@ impl Drop for Cgroup {
         }
     }
 }
+
+/// Devices a container may use (runc's and Docker's defaults): mknod of any, and
+/// read/write of null, zero, full, random, urandom, tty, console, ptmx, ptys, tun.
+const DEFAULT_DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
 
 /// Removes the cgroups of container `id` left behind by a skiff that was killed:
 /// every `skiff-<id>` directory in the hierarchies (killing what is left in them).

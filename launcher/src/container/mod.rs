@@ -214,8 +214,12 @@ pub fn run_with(
     }
     let etc_dir = spec.state_dir.join("etc");
     write_etc_files(spec, &etc_dir)?;
-    let mut cgroup = if spec.resources != spec::Resources::default() {
-        Some(cgroups::Cgroup::create(&spec.id, &spec.resources)?)
+    let mut cgroup = if spec.resources != spec::Resources::default() || !spec.privileged {
+        Some(cgroups::Cgroup::create(
+            &spec.id,
+            &spec.resources,
+            !spec.privileged,
+        )?)
     } else {
         None
     };
