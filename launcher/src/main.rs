@@ -1,6 +1,7 @@
 //! `skiff`: start containers from registry images without pulling them first.
 
 mod cmd;
+mod container;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,10 +33,25 @@ enum Command {
     Umount(cmd::mount::UmountArgs),
     /// Run a container from an image.
     Run(cmd::run::Args),
+    /// List containers.
+    Ps(cmd::ps::Args),
+    /// Print a detached container's output.
+    Logs(cmd::logs::Args),
+    /// Stop running containers (SIGTERM, then SIGKILL).
+    Stop(cmd::stop::Args),
+    /// Remove containers.
+    Rm(cmd::rm::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Like docker, a usage error exits 125 (clap's default would be 2).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
     cmd::init_tracing(cli.global.verbose);
     let result = match cli.command {
         Command::Pull(a) => cmd::pull::run(&cli.global, a),
@@ -44,6 +60,10 @@ fn main() -> ExitCode {
         Command::Mount(a) => cmd::mount::run(&cli.global, a),
         Command::Umount(a) => cmd::mount::umount(&cli.global, a),
         Command::Run(a) => cmd::run::run(&cli.global, a),
+        Command::Ps(a) => cmd::ps::run(&cli.global, a),
+        Command::Logs(a) => cmd::logs::run(&cli.global, a),
+        Command::Stop(a) => cmd::stop::run(&cli.global, a),
+        Command::Rm(a) => cmd::rm::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

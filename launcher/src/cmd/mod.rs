@@ -3,10 +3,14 @@
 
 pub mod images;
 pub mod inspect;
+pub mod logs;
 pub mod mount;
+pub mod ps;
 pub mod pull;
 pub mod registry_args;
+pub mod rm;
 pub mod run;
+pub mod stop;
 
 use std::path::PathBuf;
 

@@ -1,15 +1,307 @@
-//! `skiff run`.
+//! `skiff run`: run a command in a new container.
+//!
+//! Until image resolution and the FUSE mount are wired in, the root filesystem comes
+//! from `--rootfs DIR` and the image's process config from `--image-config FILE`.
 
 use super::Global;
+use crate::container::state::{self, ContainerState, ProcessId, Status};
+use crate::container::{self, ContainerSpec, RunOptions};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `skiff run`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Image reference.
-    pub image: Option<String>,
+    /// Run on this root filesystem directory instead of an image (then every positional
+    /// argument is the command).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// The image's OCI config JSON (Entrypoint, Cmd, Env, WorkingDir, User) for --rootfs.
+    #[arg(long, value_name = "FILE", requires = "rootfs")]
+    pub image_config: Option<PathBuf>,
+    /// Set environment variables (K=V, or K to copy the host's value).
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (K=V lines, # comments).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Overwrite the image's entrypoint ("" clears it).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Working directory inside the container (created if missing).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: name|uid[:group|gid], looked up in the container's files.
+    #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// Container hostname (default: the first 12 hex digits of its id).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Network: "none" (default; own namespace with loopback only) or "host".
+    #[arg(long, alias = "net", value_name = "MODE")]
+    pub network: Option<String>,
+    /// Keep all capabilities skiff has and skip no_new_privs.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Resource limit, NAME=SOFT[:HARD] (e.g. nofile=1024:2048).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
+    /// Bind mount a host path: HOST:CONTAINER[:ro|rw].
+    #[arg(long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs at this container path.
+    #[arg(long, value_name = "PATH")]
+    pub tmpfs: Vec<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Memory limit (e.g. 64m, 1g).
+    #[arg(short = 'm', long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Number of CPUs (CFS quota), e.g. 0.5.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes (-1 for unlimited).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Allocate a pseudo-terminal.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Remove the container's state when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Name the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run in the background and print the container id (see `skiff logs`).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND]"
+    )]
+    pub args: Vec<String>,
+}
+
+/// A new container id: 64 hex digits, like Docker's.
+fn new_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// Runs `skiff run`.
-pub fn run(_global: &Global, _args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("skiff run is not implemented yet")
+pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    // clap takes everything from the first positional on as the command; a leading
+    // dash there is a mistyped flag, not a program, unless `--` said otherwise (as in
+    // `--entrypoint /bin/sh -- -c 'echo hi'`).
+    let dashdash = std::env::args().any(|a| a == "--");
+    if let Some(first) = args
+        .args
+        .first()
+        .filter(|a| a.starts_with('-') && !dashdash)
+    {
+        anyhow::bail!("unknown flag: {first}\nSee 'skiff run --help'.");
+    }
+    let Some(rootfs) = args.rootfs.clone() else {
+        anyhow::bail!(
+            "running an image is not wired in yet; use --rootfs DIR [--image-config FILE]"
+        );
+    };
+    let image_config = match &args.image_config {
+        Some(path) => Some(
+            oci_spec::image::ImageConfiguration::from_file(path)
+                .with_context(|| format!("reading image config {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let env_files = args
+        .env_file
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p).with_context(|| format!("reading env file {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = RunOptions {
+        command: args.args.clone(),
+        entrypoint: args.entrypoint.clone(),
+        env: args.env.clone(),
+        env_files,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: args.hostname.clone(),
+        network: args.network.clone(),
+        privileged: args.privileged,
+        ulimits: args.ulimit.clone(),
+        volumes: args.volume.clone(),
+        tmpfs: args.tmpfs.clone(),
+        read_only: args.read_only,
+        memory: args.memory.clone(),
+        cpus: args.cpus.clone(),
+        pids_limit: args.pids_limit,
+        tty: args.tty,
+        interactive: args.interactive,
+    };
+    if args.detach && args.tty {
+        anyhow::bail!("-d with -t is not supported yet");
+    }
+    let id = new_id();
+    let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
+    // Listing also cleans up after any skiff that was killed.
+    if state::list(&global.root)?.iter().any(|s| s.name == name) {
+        anyhow::bail!("the container name {name:?} is already in use");
+    }
+    let state_dir = state::containers_dir(&global.root).join(&id);
+    let spec = ContainerSpec::new(
+        image_config.as_ref().and_then(|c| c.config().as_ref()),
+        &opts,
+        id.clone(),
+        state_dir.clone(),
+    )?;
+    let rootfs =
+        std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
+    let mut record = ContainerState {
+        id: id.clone(),
+        name,
+        command: spec.args.clone(),
+        rootfs: rootfs.clone(),
+        created: state::now(),
+        status: Status::Created,
+        monitor: ProcessId::of(std::process::id() as i32),
+        pid1: None,
+        exit_code: None,
+        detached: args.detach,
+        error: None,
+    };
+    record.save(&global.root)?;
+    if args.detach {
+        return detach(global, &spec, &rootfs, record, args.rm);
+    }
+    let code = supervise(global, &spec, &rootfs, &mut record);
+    if args.rm {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    Ok(code)
+}
+
+/// Runs the container to its end, keeping its state file current; returns skiff's
+/// exit status (printing a start-up error).
+fn supervise(
+    global: &Global,
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    record: &mut ContainerState,
+) -> u8 {
+    let root = global.root.clone();
+    let mut on_start = |pid: i32| {
+        record.status = Status::Running;
+        record.pid1 = ProcessId::of(pid);
+        if let Err(e) = record.save(&root) {
+            tracing::warn!("{e}");
+        }
+    };
+    let result = container::run_with(spec, rootfs, &mut on_start);
+    record.status = Status::Exited;
+    let code = match result {
+        Ok(status) => status.code(),
+        Err(e) => {
+            eprintln!("skiff: {e}");
+            record.error = Some(e.to_string());
+            e.exit_code()
+        }
+    };
+    record.exit_code = Some(code);
+    if let Err(e) = record.save(&global.root) {
+        tracing::warn!("{e}");
+    }
+    code
+}
+
+/// `-d`: a monitor process (new session, output to container.log) runs the container;
+/// this process waits until it has started, prints the id and exits.
+fn detach(
+    global: &Global,
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    mut record: ContainerState,
+    rm: bool,
+) -> anyhow::Result<u8> {
+    use nix::unistd::{fork, ForkResult};
+    let log = ContainerState::log_path(&global.root, &record.id);
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: skiff is single-threaded here; the child only runs the container.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(ready_r);
+            let _ = nix::unistd::setsid();
+            // SAFETY: dup2 onto the standard fds of this single-threaded process.
+            unsafe {
+                if let Ok(null) = std::fs::File::open("/dev/null") {
+                    libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0);
+                }
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log_file), 1);
+                libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&log_file), 2);
+            }
+            drop(log_file);
+            record.monitor = ProcessId::of(std::process::id() as i32);
+            let root = global.root.clone();
+            let ready = std::cell::RefCell::new(Some(ready_w));
+            let mut on_start = |pid: i32| {
+                record.status = Status::Running;
+                record.pid1 = ProcessId::of(pid);
+                let _ = record.save(&root);
+                if let Some(w) = ready.borrow_mut().take() {
+                    let _ = nix::unistd::write(&w, b"r");
+                }
+            };
+            let result = container::run_with(spec, rootfs, &mut on_start);
+            record.status = Status::Exited;
+            match result {
+                Ok(status) => record.exit_code = Some(status.code()),
+                Err(e) => {
+                    eprintln!("skiff: {e}");
+                    record.error = Some(e.to_string());
+                    record.exit_code = Some(e.exit_code());
+                }
+            }
+            let _ = record.save(&root);
+            if rm {
+                let _ = std::fs::remove_dir_all(state::containers_dir(&root).join(&record.id));
+            }
+            drop(ready);
+            // SAFETY: end the monitor without running the parent's destructors twice.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { .. } => {
+            drop(ready_w);
+            drop(log_file);
+            let mut byte = [0u8; 1];
+            let started = matches!(nix::unistd::read(&ready_r, &mut byte), Ok(1));
+            if started {
+                println!("{}", record.id);
+                return Ok(0);
+            }
+            // The monitor ended before PID 1 ran: report its error.
+            let path = ContainerState::path(&global.root, &record.id);
+            let (msg, code) = match ContainerState::load(&path) {
+                Ok(s) => (
+                    s.error
+                        .unwrap_or_else(|| "container failed to start".into()),
+                    s.exit_code.unwrap_or(125),
+                ),
+                Err(_) => ("container failed to start".to_string(), 125),
+            };
+            eprintln!("skiff: {msg}");
+            Ok(code)
+        }
+    }
 }

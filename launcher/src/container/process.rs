@@ -1,0 +1,191 @@
+//! The container side: what the new PID 1 does between fork and exec. Every step is a
+//! named function over [`Syscall`], in the order runc's `standard_init` uses.
+
+use super::rootfs;
+use super::spec::{ContainerSpec, NetworkMode};
+use super::sys::{docker_default_capabilities, Syscall};
+use super::users;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Exit status docker uses when the runtime itself fails.
+pub const EXIT_SETUP: u8 = 125;
+/// Exit status when the command exists but cannot be run.
+pub const EXIT_CANNOT_INVOKE: u8 = 126;
+/// Exit status when the command is not found.
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// A failure inside the container before exec: the exit status skiff should return and
+/// the message to print.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct InitError {
+    /// 125, 126 or 127 (docker's meanings).
+    pub code: u8,
+    /// What failed, with which input.
+    pub message: String,
+}
+
+impl InitError {
+    fn setup(what: &str, e: impl std::fmt::Display) -> InitError {
+        InitError {
+            code: EXIT_SETUP,
+            message: format!("{what}: {e}"),
+        }
+    }
+}
+
+/// Everything the container init needs, prepared by the parent before fork.
+pub struct InitConfig<'a> {
+    /// The container.
+    pub spec: &'a ContainerSpec,
+    /// Host path of the root filesystem.
+    pub rootfs: &'a Path,
+    /// Host directory with resolv.conf, hostname and hosts.
+    pub etc_dir: &'a Path,
+    /// Default RLIMIT_NOFILE (soft = hard), never above the hard limit skiff has.
+    pub default_nofile: u64,
+    /// pty slave path for `-t` (bound to /dev/console).
+    pub console: Option<&'a Path>,
+}
+
+/// Sets up the container and returns the program to exec: (path, argv, envp).
+pub fn prepare(
+    sys: &dyn Syscall,
+    cfg: &InitConfig<'_>,
+) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
+    let spec = cfg.spec;
+    sys.set_hostname(&spec.hostname)
+        .map_err(|e| InitError::setup("setting hostname", e))?;
+    if spec.network == NetworkMode::Isolated {
+        sys.set_loopback_up()
+            .map_err(|e| InitError::setup("network", e))?;
+    }
+    rootfs::prepare(sys, cfg.rootfs, spec, cfg.etc_dir, cfg.console)
+        .map_err(|e| InitError::setup("preparing rootfs", e))?;
+    rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
+
+    // The user is looked up in the container's own files, after pivot_root.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let user = users::resolve(&spec.user, &passwd, &group).map_err(|e| InitError {
+        code: EXIT_SETUP,
+        message: e.to_string(),
+    })?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+
+    let cwd = PathBuf::from(&spec.cwd);
+    std::fs::create_dir_all(&cwd)
+        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
+
+    set_rlimits(sys, spec, cfg.default_nofile)?;
+    let caps = docker_default_capabilities();
+    if !spec.privileged {
+        sys.drop_bounding(&caps)
+            .map_err(|e| InitError::setup("dropping capabilities", e))?;
+    }
+    sys.set_identity(user.uid, user.gid, &user.additional_gids)
+        .map_err(|e| InitError::setup(&format!("switching to user {:?}", spec.user), e))?;
+    let effective = match (spec.privileged, user.uid) {
+        (true, 0) => None,
+        (false, 0) => Some(caps),
+        (_, _) => Some(Default::default()),
+    };
+    sys.set_capabilities(effective.as_ref())
+        .map_err(|e| InitError::setup("setting capabilities", e))?;
+    if !spec.privileged {
+        sys.set_no_new_privs()
+            .map_err(|e| InitError::setup("setting no_new_privs", e))?;
+    }
+    nix::unistd::chdir(&cwd).map_err(|e| InitError {
+        code: EXIT_CANNOT_INVOKE,
+        message: format!(
+            "chdir to cwd (\"{}\") set in config.json failed: {e}",
+            spec.cwd
+        ),
+    })?;
+
+    let path_var = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("");
+    let program = find_executable(&spec.args[0], path_var)?;
+    let to_c =
+        |s: &str| CString::new(s).map_err(|_| InitError::setup("argument contains a NUL byte", s));
+    let argv = spec
+        .args
+        .iter()
+        .map(|a| to_c(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
+    let program = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| InitError::setup("program path contains a NUL byte", program.display()))?;
+    Ok((program, argv, envp))
+}
+
+/// Applies the default RLIMIT_NOFILE (unless `--ulimit nofile` is given) and the
+/// `--ulimit` values.
+fn set_rlimits(
+    sys: &dyn Syscall,
+    spec: &ContainerSpec,
+    default_nofile: u64,
+) -> Result<(), InitError> {
+    let nofile = libc::RLIMIT_NOFILE as u32;
+    if !spec.rlimits.iter().any(|r| r.resource == nofile) {
+        sys.set_rlimit(nofile, default_nofile, default_nofile)
+            .map_err(|e| InitError::setup("setting resource limits", e))?;
+    }
+    for r in &spec.rlimits {
+        sys.set_rlimit(r.resource, r.soft, r.hard)
+            .map_err(|e| InitError::setup("setting resource limits", e))?;
+    }
+    Ok(())
+}
+
+/// Finds `name` the way `exec.LookPath` does in runc: as given when it has a slash,
+/// else in each `PATH` directory.
+pub fn find_executable(name: &str, path_var: &str) -> Result<PathBuf, InitError> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+            && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return match std::fs::metadata(&p) {
+            Err(_) => Err(InitError {
+                code: EXIT_NOT_FOUND,
+                message: format!("exec: \"{name}\": stat {name}: no such file or directory"),
+            }),
+            Ok(_) if !is_exec(&p) => Err(InitError {
+                code: EXIT_CANNOT_INVOKE,
+                message: format!("exec: \"{name}\": permission denied"),
+            }),
+            Ok(_) => Ok(p),
+        };
+    }
+    let mut denied = false;
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        if is_exec(&candidate) {
+            return Ok(candidate);
+        }
+        denied |= candidate.is_file();
+    }
+    Err(if denied {
+        InitError {
+            code: EXIT_CANNOT_INVOKE,
+            message: format!("exec: \"{name}\": permission denied"),
+        }
+    } else {
+        InitError {
+            code: EXIT_NOT_FOUND,
+            message: format!("exec: \"{name}\": executable file not found in $PATH"),
+        }
+    })
+}

@@ -1,0 +1,448 @@
+//! The container's filesystem view: the rootfs bind-mounted onto itself, the standard
+//! kernel filesystems and device nodes, the user's mounts, `pivot_root`, then runc's
+//! read-only and masked paths.
+
+use super::spec::ContainerSpec;
+use super::sys::{SysError, Syscall};
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::{makedev, Mode, SFlag};
+use std::path::{Component, Path, PathBuf};
+
+/// Errors from setting up the root filesystem.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A kernel call failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// Creating a directory, file or symlink inside the rootfs failed.
+    #[error("preparing {path}: {source}")]
+    Io {
+        /// The path inside the rootfs.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
+    move |source| RootfsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Paths runc's default spec masks (`runc spec`, `maskedPaths`).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// Paths runc's default spec makes read-only (`runc spec`, `readonlyPaths`).
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The runtime files skiff provides in every container, by container path.
+pub const ETC_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hostname", "/etc/hosts"];
+
+/// Resolves `path` (absolute, inside the container) under `root`, following symlinks
+/// as if `root` were `/`, so no symlink in the image can point a mount outside the
+/// rootfs (what runc's securejoin does).
+pub fn secure_join(root: &Path, path: &Path) -> PathBuf {
+    let mut resolved = PathBuf::new(); // relative to root
+    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
+    let mut links = 0;
+    // Components still to walk, in order (stack of reversed components).
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(p) = pending.pop() {
+        todo.extend(p.components().rev().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        }));
+    }
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&part);
+        match std::fs::read_link(root.join(&candidate)) {
+            Ok(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                todo.extend(target.components().rev().filter_map(|c| match c {
+                    Component::Normal(n) => Some(n.to_os_string()),
+                    Component::ParentDir => Some("..".into()),
+                    _ => None,
+                }));
+            }
+            _ => resolved = candidate,
+        }
+    }
+    root.join(resolved)
+}
+
+/// Creates `path` as a directory (with parents) if missing.
+fn ensure_dir(path: &Path) -> Result<(), RootfsError> {
+    std::fs::create_dir_all(path).map_err(io(path))
+}
+
+/// Creates `path` as an empty file (and its parents) if missing.
+fn ensure_file(path: &Path) -> Result<(), RootfsError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map(drop)
+        .map_err(io(path))
+}
+
+/// One mount of a kernel filesystem, as in runc's default spec.
+struct KernelMount {
+    destination: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+fn kernel_mounts() -> Vec<KernelMount> {
+    let nosuid = MsFlags::MS_NOSUID;
+    let nne = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    vec![
+        KernelMount {
+            destination: "/proc",
+            fstype: "proc",
+            flags: MsFlags::empty(),
+            data: None,
+        },
+        KernelMount {
+            destination: "/dev",
+            fstype: "tmpfs",
+            flags: nosuid | MsFlags::MS_STRICTATIME,
+            data: Some("mode=755,size=65536k"),
+        },
+        KernelMount {
+            destination: "/dev/pts",
+            fstype: "devpts",
+            flags: nosuid | MsFlags::MS_NOEXEC,
+            data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        },
+        KernelMount {
+            destination: "/dev/shm",
+            fstype: "tmpfs",
+            flags: nne,
+            data: Some("mode=1777,size=65536k"),
+        },
+        KernelMount {
+            destination: "/dev/mqueue",
+            fstype: "mqueue",
+            flags: nne,
+            data: None,
+        },
+        KernelMount {
+            destination: "/sys",
+            fstype: "sysfs",
+            flags: nne | MsFlags::MS_RDONLY,
+            data: None,
+        },
+    ]
+}
+
+/// Device nodes every container gets: (name, major, minor), mode 0666, owned by root.
+pub const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Symlinks in /dev: (link, target).
+const DEV_SYMLINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("core", "/proc/kcore"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// Mounts everything below `rootfs` and pivots into it. Runs in the container's new
+/// mount namespace, before the process gives up root. `etc_dir` holds the generated
+/// resolv.conf, hostname and hosts files; `console` is the pty slave for `-t`.
+pub fn prepare(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    spec: &ContainerSpec,
+    etc_dir: &Path,
+    console: Option<&Path>,
+) -> Result<(), RootfsError> {
+    // Nothing we mount may propagate back to the host.
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )?;
+    // pivot_root needs the new root to be a mount point.
+    let root_str = rootfs.to_string_lossy();
+    sys.mount(
+        Some(&root_str),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+
+    for m in kernel_mounts() {
+        let target = secure_join(rootfs, Path::new(m.destination));
+        ensure_dir(&target)?;
+        sys.mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data)?;
+    }
+
+    for name in ETC_FILES {
+        let file = Path::new(name).file_name().unwrap_or_default();
+        let source = etc_dir.join(file);
+        let target = secure_join(rootfs, Path::new(name));
+        ensure_file(&target)?;
+        bind(sys, &source, &target, false)?;
+    }
+
+    for b in &spec.binds {
+        let target = secure_join(rootfs, &b.destination);
+        if b.source.is_dir() {
+            ensure_dir(&target)?;
+        } else {
+            ensure_file(&target)?;
+        }
+        bind(sys, &b.source, &target, b.read_only)?;
+    }
+    for t in &spec.tmpfs {
+        let target = secure_join(rootfs, t);
+        ensure_dir(&target)?;
+        sys.mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )?;
+    }
+
+    let dev = rootfs.join("dev");
+    let old_umask = nix::sys::stat::umask(Mode::empty());
+    for (name, major, minor) in DEVICES {
+        sys.mknod(
+            &dev.join(name),
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(*major, *minor),
+        )?;
+    }
+    nix::sys::stat::umask(old_umask);
+    for (link, target) in DEV_SYMLINKS {
+        if *link == "core" && !Path::new("/proc/kcore").exists() {
+            continue;
+        }
+        let path = dev.join(link);
+        std::os::unix::fs::symlink(target, &path).map_err(io(&path))?;
+    }
+    if let Some(console) = console {
+        let target = dev.join("console");
+        ensure_file(&target)?;
+        bind(sys, console, &target, false)?;
+    }
+
+    sys.pivot_root(rootfs)?;
+    Ok(())
+}
+
+/// Bind-mounts `source` on `target`, read-only if asked.
+fn bind(
+    sys: &dyn Syscall,
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<(), RootfsError> {
+    let src = source.to_string_lossy();
+    sys.mount(
+        Some(&src),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if read_only {
+        sys.mount(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// After `pivot_root`: runc's read-only paths, then its masked paths, then the
+/// read-only root if asked. Missing paths are skipped, as runc does.
+pub fn finalize(sys: &dyn Syscall, read_only_root: bool) -> Result<(), RootfsError> {
+    for p in READONLY_PATHS {
+        let path = Path::new(p);
+        if !path.exists() {
+            continue;
+        }
+        bind(sys, path, path, false)?;
+        sys.mount(
+            None,
+            path,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_REC,
+            None,
+        )?;
+    }
+    for p in MASKED_PATHS {
+        let path = Path::new(p);
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => {
+                sys.mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None)?
+            }
+            Ok(_) => sys.mount(Some("/dev/null"), path, None, MsFlags::MS_BIND, None)?,
+            Err(_) => continue,
+        }
+    }
+    if read_only_root {
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Unmounts, lazily, whatever is still mounted at `path` (used for cleanup on the host).
+pub fn detach(sys: &dyn Syscall, path: &Path) -> Result<(), SysError> {
+    sys.umount(path, MntFlags::MNT_DETACH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{ContainerSpec, RunOptions};
+    use super::super::sys::recording::Recorder;
+    use super::*;
+
+    #[test]
+    fn secure_join_keeps_symlinks_inside_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", root.join("etc/hosts")).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("etc/up")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("rel")).unwrap();
+        assert_eq!(
+            secure_join(root, Path::new("/etc/hosts")),
+            root.join("etc/shadow")
+        );
+        assert_eq!(secure_join(root, Path::new("/etc/up/x")), root.join("x"));
+        assert_eq!(secure_join(root, Path::new("/../../a")), root.join("a"));
+        assert_eq!(secure_join(root, Path::new("/rel/b")), root.join("sub/b"));
+    }
+
+    #[test]
+    fn prepare_mounts_in_runc_order_then_pivots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        let opts = RunOptions {
+            command: vec!["true".into()],
+            volumes: vec![format!("{}:/data:ro", etc.display())],
+            tmpfs: vec!["/scratch".into()],
+            ..Default::default()
+        };
+        let spec = ContainerSpec::new(None, &opts, "id".into(), dir.path().into()).unwrap();
+        let rec = Recorder::default();
+        prepare(&rec, &root, &spec, &etc, None).unwrap();
+        let calls = rec.calls.borrow();
+        let targets: Vec<String> = calls
+            .iter()
+            .filter(|c| c.starts_with("mount ") && !c.contains("remount"))
+            .map(|c| {
+                c.split(' ')
+                    .nth(2)
+                    .unwrap()
+                    .trim_start_matches(root.to_str().unwrap())
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "/",
+                "",
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/etc/resolv.conf",
+                "/etc/hostname",
+                "/etc/hosts",
+                "/data",
+                "/scratch"
+            ]
+        );
+        assert!(calls
+            .iter()
+            .any(|c| c.contains("/data -") && c.contains("remount-bind ro")));
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("mknod")).count(),
+            DEVICES.len()
+        );
+        assert!(calls.iter().any(|c| c.ends_with("/dev/null 666 1:3")));
+        assert_eq!(
+            calls.last().unwrap(),
+            &format!("pivot_root {}", root.display())
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("dev/ptmx")).unwrap(),
+            PathBuf::from("pts/ptmx")
+        );
+        assert!(root.join("etc/hosts").is_file());
+    }
+}

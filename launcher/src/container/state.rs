@@ -1,0 +1,275 @@
+//! What `skiff ps`, `logs`, `stop` and `rm` know about containers: one directory per
+//! container under `<root>/containers/<id>/` with `state.json` (and `container.log`
+//! for detached ones). A container whose monitoring skiff died (SIGKILL) is noticed
+//! by the next command: its PID 1 is killed, its cgroups removed, its state marked.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Errors reading or writing container state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing a state file failed.
+    #[error("container state {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A state file is not valid JSON of the expected shape.
+    #[error("container state {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: serde_json::Error,
+    },
+    /// No container has this id, id prefix or name.
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// An id prefix matches more than one container.
+    #[error("multiple containers match {0:?}; give more of the id")]
+    Ambiguous(String),
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being set up.
+    Created,
+    /// PID 1 is running.
+    Running,
+    /// PID 1 has exited.
+    Exited,
+}
+
+/// A process identity that survives pid reuse: pid plus its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    /// Host pid.
+    pub pid: i32,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22).
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// Identifies a live process.
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        Some(ProcessId {
+            pid,
+            start_time: start_time(pid)?,
+        })
+    }
+
+    /// Whether this very process still exists (and is not a zombie).
+    pub fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 of /proc/PID/stat, or None if the process is gone or a zombie.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// One container's recorded state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// Full id.
+    pub id: String,
+    /// `--name`, or the id's first 12 digits.
+    pub name: String,
+    /// argv of PID 1.
+    pub command: Vec<String>,
+    /// Root filesystem path on the host.
+    pub rootfs: PathBuf,
+    /// Seconds since the epoch at creation.
+    pub created: u64,
+    /// Life stage.
+    pub status: Status,
+    /// The skiff process that waits for PID 1.
+    pub monitor: Option<ProcessId>,
+    /// The container's PID 1 (host pid).
+    pub pid1: Option<ProcessId>,
+    /// PID 1's exit status (128+N for signal N) once exited.
+    pub exit_code: Option<u8>,
+    /// Detached (`-d`): output goes to `container.log`.
+    pub detached: bool,
+    /// Why it failed to start, if it did.
+    pub error: Option<String>,
+}
+
+/// The directory holding every container's state.
+pub fn containers_dir(root: &Path) -> PathBuf {
+    root.join("containers")
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ContainerState {
+    /// The state file of container `id`.
+    pub fn path(root: &Path, id: &str) -> PathBuf {
+        containers_dir(root).join(id).join("state.json")
+    }
+
+    /// The log file of a detached container.
+    pub fn log_path(root: &Path, id: &str) -> PathBuf {
+        containers_dir(root).join(id).join("container.log")
+    }
+
+    /// Writes the state atomically (temp file + rename).
+    pub fn save(&self, root: &Path) -> Result<(), StateError> {
+        let path = Self::path(root, &self.id);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(|source| StateError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Reads one state file.
+    pub fn load(path: &Path) -> Result<ContainerState, StateError> {
+        let bytes = std::fs::read(path).map_err(|source| StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Whether the container is recorded as running but its monitor is gone.
+    pub fn is_stale(&self) -> bool {
+        matches!(self.status, Status::Running | Status::Created)
+            && !self.monitor.is_some_and(|m| m.alive())
+    }
+
+    /// Cleans up after a monitor that died: kills PID 1 if it still runs, removes the
+    /// container's cgroups, records the container as exited (status 137, unknown).
+    pub fn clean_stale(&mut self, root: &Path) -> Result<(), StateError> {
+        if let Some(p) = self.pid1.filter(|p| p.alive()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        super::cgroups::remove_stale(&self.id);
+        self.status = Status::Exited;
+        self.exit_code.get_or_insert(137);
+        self.error
+            .get_or_insert_with(|| "skiff was killed while the container ran".to_string());
+        self.save(root)
+    }
+}
+
+/// Every container's state (stale ones cleaned up first), oldest first.
+pub fn list(root: &Path) -> Result<Vec<ContainerState>, StateError> {
+    let dir = containers_dir(root);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(StateError::Io { path: dir, source }),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path().join("state.json");
+        let Ok(mut state) = ContainerState::load(&path) else {
+            continue; // being created, or not ours
+        };
+        if state.is_stale() {
+            state.clean_stale(root)?;
+        }
+        out.push(state);
+    }
+    out.sort_by_key(|s| (s.created, s.id.clone()));
+    Ok(out)
+}
+
+/// Finds a container by full id, unique id prefix, or name.
+pub fn find(root: &Path, key: &str) -> Result<ContainerState, StateError> {
+    let all = list(root)?;
+    if let Some(s) = all.iter().find(|s| s.id == key || s.name == key) {
+        return Ok(s.clone());
+    }
+    let mut matches = all.into_iter().filter(|s| s.id.starts_with(key));
+    match (matches.next(), matches.next()) {
+        (Some(s), None) => Ok(s),
+        (Some(_), Some(_)) => Err(StateError::Ambiguous(key.to_string())),
+        _ => Err(StateError::NotFound(key.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(id: &str, name: &str) -> ContainerState {
+        ContainerState {
+            id: id.into(),
+            name: name.into(),
+            command: vec!["true".into()],
+            rootfs: "/r".into(),
+            created: 1,
+            status: Status::Running,
+            monitor: None,
+            pid1: None,
+            exit_code: None,
+            detached: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn save_list_find_and_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let mut live = state("aaa111", "web");
+        live.monitor = ProcessId::of(std::process::id() as i32);
+        live.save(root).unwrap();
+        // A monitor that no longer exists: stale.
+        let mut dead = state("aab222", "db");
+        dead.monitor = Some(ProcessId {
+            pid: i32::MAX - 1,
+            start_time: 1,
+        });
+        dead.save(root).unwrap();
+
+        let all = list(root).unwrap();
+        assert_eq!(all.len(), 2);
+        let db = all.iter().find(|s| s.name == "db").unwrap();
+        assert_eq!(db.status, Status::Exited);
+        assert_eq!(db.exit_code, Some(137));
+        let web = all.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.status, Status::Running);
+
+        assert_eq!(find(root, "web").unwrap().id, "aaa111");
+        assert_eq!(find(root, "aab").unwrap().id, "aab222");
+        assert!(matches!(find(root, "aa"), Err(StateError::Ambiguous(_))));
+        assert!(matches!(find(root, "zzz"), Err(StateError::NotFound(_))));
+    }
+}
