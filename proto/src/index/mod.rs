@@ -4,10 +4,11 @@
 //!
 //! [`model`] is the one representation every format is turned into; the format readers
 //! (eStargz, zstd:chunked, plain tar / tar+gzip with checkpoints) produce it, and
-//! `skiff-fs` consumes it.
+//! `skiff-fs` consumes it. [`open_index`] picks the reader for a layer descriptor.
 
 pub mod checkpoint;
 pub mod decode;
+pub mod gzip;
 pub mod model;
 pub mod tar;
 
@@ -16,3 +17,24 @@ pub use model::{
     clean_path, Checkpoint, Chunk, ChunkEncoding, Entry, EntryKind, IndexError, LayerFormat,
     LayerIndex,
 };
+
+/// Knobs for building an index by a streaming pass.
+pub struct IndexOptions<'a> {
+    /// Largest chunk of a file, in uncompressed bytes.
+    pub chunk_size: u64,
+    /// Distance between gzip checkpoints, in uncompressed bytes.
+    pub span: u64,
+    /// Called now and then with the number of blob bytes consumed so far (e.g. to
+    /// drive an `indicatif` bar); `None` in library hot paths.
+    pub progress: Option<&'a dyn Fn(u64)>,
+}
+
+impl Default for IndexOptions<'_> {
+    fn default() -> Self {
+        IndexOptions {
+            chunk_size: tar::DEFAULT_CHUNK_SIZE,
+            span: gzip::DEFAULT_SPAN,
+            progress: None,
+        }
+    }
+}

@@ -53,6 +53,20 @@ pub fn walk_tar(
     format: &'static str,
     chunk_size: u64,
 ) -> Result<TarWalk, IndexError> {
+    walk_tar_split(reader, blob, format, chunk_size, &|_, _| None)
+}
+
+/// Like [`walk_tar`], but also ends a chunk wherever `split(start, end)` names a
+/// stream offset strictly inside `start..end` (the first such one). The gzip indexer
+/// uses it to cut chunks at checkpoints, so a chunk never needs more than one span.
+/// `split` is only asked about bytes the reader has already produced.
+pub fn walk_tar_split(
+    reader: impl Read,
+    blob: Digest,
+    format: &'static str,
+    chunk_size: u64,
+    split: &dyn Fn(u64, u64) -> Option<u64>,
+) -> Result<TarWalk, IndexError> {
     let malformed = |reason: String| IndexError::Malformed {
         format,
         blob,
@@ -98,26 +112,7 @@ pub fn walk_tar(
             path: raw_path.clone(),
         })?;
         let mut entry = Entry::new(path, kind);
-        let (name, parent) = match entry.path.rsplit_once('/') {
-            Some((parent, name)) => (name.to_string(), parent.to_string()),
-            None => (entry.path.clone(), String::new()),
-        };
-        if name == OPAQUE_MARKER {
-            entry.path = parent;
-            entry.kind = EntryKind::Opaque;
-            entries.push(entry);
-            continue;
-        }
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if target.is_empty() || target == "." || target == ".." {
-                return Err(malformed(format!("bad whiteout name {raw_path:?}")));
-            }
-            entry.path = if parent.is_empty() {
-                target.to_string()
-            } else {
-                format!("{parent}/{target}")
-            };
-            entry.kind = EntryKind::Whiteout;
+        if apply_oci_markers(&mut entry).map_err(malformed)? {
             entries.push(entry);
             continue;
         }
@@ -202,33 +197,45 @@ pub fn walk_tar(
             entry.first_chunk =
                 u32::try_from(chunks.len()).map_err(|_| malformed("too many chunks".into()))?;
             let mut file_offset = 0u64;
+            let mut chunk_start = 0u64;
+            let mut hasher = Hasher::new();
             while file_offset < size {
-                let len = (size - file_offset).min(chunk_size);
-                let mut hasher = Hasher::new();
-                let mut left = len;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let got = tar_entry
-                        .read(&mut buf[..want])
-                        .map_err(|e| malformed(format!("{raw_path}: reading data: {e}")))?;
-                    if got == 0 {
-                        return Err(malformed(format!(
-                            "{raw_path}: data truncated at {} of {size} bytes",
-                            size - left
-                        )));
-                    }
-                    hasher.update(&buf[..got]);
-                    left -= got as u64;
+                let want = (size - file_offset).min(buf.len() as u64) as usize;
+                let got = tar_entry
+                    .read(&mut buf[..want])
+                    .map_err(|e| malformed(format!("{raw_path}: reading data: {e}")))?;
+                if got == 0 {
+                    return Err(malformed(format!(
+                        "{raw_path}: data truncated at {file_offset} of {size} bytes"
+                    )));
                 }
-                chunks.push(Chunk {
-                    blob_offset: data_offset + file_offset,
-                    blob_len: len,
-                    file_offset,
-                    len,
-                    digest: hasher.finish(),
-                    encoding: ChunkEncoding::Raw,
-                });
-                file_offset += len;
+                let mut pos = 0usize;
+                while pos < got {
+                    let chunk_end = chunk_start.saturating_add(chunk_size).min(size);
+                    let mut take = ((got - pos) as u64).min(chunk_end - file_offset);
+                    let abs = data_offset + file_offset;
+                    let mut cut = file_offset + take == chunk_end;
+                    if let Some(at) = split(abs, abs + take) {
+                        if at > abs && at < abs + take {
+                            take = at - abs;
+                            cut = true;
+                        }
+                    }
+                    hasher.update(&buf[pos..pos + take as usize]);
+                    pos += take as usize;
+                    file_offset += take;
+                    if cut {
+                        chunks.push(Chunk {
+                            blob_offset: data_offset + chunk_start,
+                            blob_len: file_offset - chunk_start,
+                            file_offset: chunk_start,
+                            len: file_offset - chunk_start,
+                            digest: std::mem::take(&mut hasher).finish(),
+                            encoding: ChunkEncoding::Raw,
+                        });
+                        chunk_start = file_offset;
+                    }
+                }
             }
             entry.chunk_count = u32::try_from(chunks.len() - entry.first_chunk as usize)
                 .map_err(|_| malformed("too many chunks".into()))?;
@@ -239,6 +246,34 @@ pub fn walk_tar(
     let mut rest = archive.into_inner();
     let _ = std::io::copy(&mut rest, &mut std::io::sink());
     Ok(TarWalk { entries, chunks })
+}
+
+/// Decodes OCI whiteout markers in place: `dir/.wh.NAME` becomes a
+/// [`EntryKind::Whiteout`] for `dir/NAME`, `dir/.wh..wh..opq` an [`EntryKind::Opaque`]
+/// for `dir`. Returns whether `entry` was a marker; errors on a nameless whiteout.
+pub(crate) fn apply_oci_markers(entry: &mut Entry) -> Result<bool, String> {
+    let (parent, name) = match entry.path.rsplit_once('/') {
+        Some((parent, name)) => (parent.to_string(), name.to_string()),
+        None => (String::new(), entry.path.clone()),
+    };
+    if name == OPAQUE_MARKER {
+        entry.path = parent;
+        entry.kind = EntryKind::Opaque;
+        return Ok(true);
+    }
+    if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+        if target.is_empty() || target == "." || target == ".." {
+            return Err(format!("bad whiteout name {:?}", entry.path));
+        }
+        entry.path = if parent.is_empty() {
+            target.to_string()
+        } else {
+            format!("{parent}/{target}")
+        };
+        entry.kind = EntryKind::Whiteout;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 fn to_u32(v: u64) -> Option<u32> {
