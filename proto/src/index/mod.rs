@@ -7,10 +7,15 @@
 //! `skiff-fs` consumes it. [`open_index`] picks the reader for a layer descriptor.
 
 pub mod checkpoint;
+pub mod convert;
 pub mod decode;
+pub mod estargz;
 pub mod gzip;
 pub mod model;
 pub mod tar;
+pub mod toc;
+pub mod zstd;
+pub mod zstd_chunked;
 
 pub use decode::decode_chunk;
 pub use model::{

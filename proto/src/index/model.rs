@@ -170,6 +170,9 @@ pub enum ChunkEncoding {
         /// Uncompressed bytes between the checkpoint and the chunk.
         skip: u64,
     },
+    /// A hole (zstd:chunked `chunkType: "zeros"`): `len` zero bytes, nothing to fetch
+    /// (`blob_len` is 0).
+    Zeros,
 }
 
 /// A piece of a regular file and where to find it.
@@ -229,6 +232,12 @@ impl LayerIndex {
         let start = entry.first_chunk as usize;
         let end = start.saturating_add(entry.chunk_count as usize);
         self.chunks.get(start..end).unwrap_or(&[])
+    }
+
+    /// The most blob bytes any single chunk read fetches. Large values mean the layer
+    /// has no real random access (a single-frame tar+zstd): fetch it whole instead.
+    pub fn max_chunk_fetch(&self) -> u64 {
+        self.chunks.iter().map(|c| c.blob_len).max().unwrap_or(0)
     }
 
     /// Serializes the index for the local store.
