@@ -6,12 +6,14 @@
 //! (eStargz, zstd:chunked, plain tar / tar+gzip with checkpoints) produce it, and
 //! `skiff-fs` consumes it. [`open_index`] picks the reader for a layer descriptor.
 
+pub mod artifact;
 pub mod checkpoint;
 pub mod convert;
 pub mod decode;
 pub mod estargz;
 pub mod gzip;
 pub mod model;
+pub mod store;
 pub mod tar;
 pub mod toc;
 pub mod zstd;
@@ -41,5 +43,77 @@ impl Default for IndexOptions<'_> {
             span: gzip::DEFAULT_SPAN,
             progress: None,
         }
+    }
+}
+
+/// Media types of uncompressed tar layers.
+const TAR_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar",
+];
+/// Media types of tar+gzip layers.
+const GZIP_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+/// Media types of tar+zstd layers.
+const ZSTD_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+];
+
+/// Builds the index of the layer `descriptor` names, reading it through `blob`.
+///
+/// The reader is chosen from the annotations first — eStargz by
+/// `containerd.io/snapshot/stargz/toc.digest` (TOC fetched from the tail and verified),
+/// zstd:chunked by its `manifest-position` annotation (TOC fetched and verified) — and
+/// otherwise from the media type: tar, tar+gzip (streaming pass with checkpoints,
+/// incl. Docker's `rootfs.diff.tar.gzip`) or tar+zstd (streaming pass; see
+/// [`zstd::needs_whole_blob`] for single-frame layers). Callers should cache the
+/// result in a [`store::IndexStore`].
+pub fn open_index(
+    descriptor: &oci_spec::image::Descriptor,
+    blob: &dyn crate::blob::BlobReader,
+) -> Result<LayerIndex, IndexError> {
+    open_index_with(descriptor, blob, &IndexOptions::default())
+}
+
+/// [`open_index`] with explicit options (chunk size, span, progress callback).
+pub fn open_index_with(
+    descriptor: &oci_spec::image::Descriptor,
+    blob: &dyn crate::blob::BlobReader,
+    opts: &IndexOptions,
+) -> Result<LayerIndex, IndexError> {
+    let named = descriptor.digest().to_string();
+    if named != blob.digest().to_string() {
+        return Err(IndexError::WrongBlob {
+            expected: named,
+            actual: blob.digest(),
+        });
+    }
+    let no_annotations = std::collections::HashMap::new();
+    let annotations = descriptor.annotations().as_ref().unwrap_or(&no_annotations);
+    let media_type = descriptor.media_type().to_string();
+    if estargz::is_estargz(annotations) {
+        return estargz::index_estargz(blob, annotations);
+    }
+    if zstd_chunked::is_zstd_chunked(annotations) {
+        return zstd_chunked::index_zstd_chunked(blob, annotations);
+    }
+    let mt = media_type.as_str();
+    if TAR_TYPES.contains(&mt) {
+        tar::index_tar(blob)
+    } else if GZIP_TYPES.contains(&mt) {
+        gzip::index_tar_gzip(blob, opts)
+    } else if ZSTD_TYPES.contains(&mt) {
+        zstd::index_tar_zstd(blob, opts)
+    } else {
+        Err(IndexError::UnsupportedMediaType {
+            blob: blob.digest(),
+            media_type,
+        })
     }
 }

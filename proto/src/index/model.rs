@@ -41,6 +41,31 @@ pub enum IndexError {
         /// What the decoder said.
         reason: String,
     },
+    /// Reading or writing the local index store failed.
+    #[error("index store file {path}: {source}")]
+    Store {
+        /// The file or directory concerned.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layer's media type is not one Skiff can index.
+    #[error("layer {blob} has media type {media_type:?}, which Skiff cannot index")]
+    UnsupportedMediaType {
+        /// The layer blob.
+        blob: Digest,
+        /// The descriptor's media type.
+        media_type: String,
+    },
+    /// The blob handed in is not the one the descriptor names.
+    #[error("descriptor names layer {expected} but the blob reader reads {actual}")]
+    WrongBlob {
+        /// The descriptor's digest.
+        expected: String,
+        /// The reader's digest.
+        actual: Digest,
+    },
     /// A stored index could not be encoded or decoded.
     #[error("stored index {what}: {reason}")]
     Encoding {
