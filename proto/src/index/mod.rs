@@ -117,3 +117,6 @@ pub fn open_index_with(
         })
     }
 }
+
+#[cfg(test)]
+mod robustness_tests;

@@ -107,10 +107,13 @@ pub fn walk_tar_split(
             .to_str()
             .ok_or_else(|| malformed(format!("non-UTF-8 entry path {raw_path:?}")))?
             .to_string();
-        let path = clean_path(&raw_path).ok_or_else(|| IndexError::UnsafePath {
-            blob,
-            path: raw_path.clone(),
-        })?;
+        // Absolute paths are refused like `..`: no producer writes them legitimately.
+        let path = clean_path(&raw_path)
+            .filter(|_| !raw_path.starts_with('/'))
+            .ok_or_else(|| IndexError::UnsafePath {
+                blob,
+                path: raw_path.clone(),
+            })?;
         let mut entry = Entry::new(path, kind);
         if apply_oci_markers(&mut entry).map_err(malformed)? {
             entries.push(entry);
