@@ -97,7 +97,7 @@ fn manifest(layout: &Path, tag: &str) -> ImageManifest {
                 .is_some_and(|n| n == tag)
         })
         .unwrap_or_else(|| panic!("no tag {tag} in {}", layout.display()));
-    ImageManifest::from_file(blob_path(layout, &m.digest().to_string())).unwrap()
+    ImageManifest::from_file(blob_path(layout, m.digest().as_ref())).unwrap()
 }
 
 /// Builds the source image (one layer, made by umoci) and its reference rootfs.
@@ -347,7 +347,7 @@ fn layer_of(layout: &Path, tag: &str) -> (Descriptor, PathBuf) {
     let m = manifest(layout, tag);
     assert_eq!(m.layers().len(), 1);
     let d = m.layers()[0].clone();
-    let p = blob_path(layout, &d.digest().to_string());
+    let p = blob_path(layout, d.digest().as_ref());
     (d, p)
 }
 
@@ -620,10 +620,9 @@ fn write_single_layer_image(
     conv: &skiff_proto::index::convert::ConvertedLayer,
 ) {
     let m = manifest(src, "base");
-    let mut config: serde_json::Value = serde_json::from_slice(
-        &fs::read(blob_path(src, &m.config().digest().to_string())).unwrap(),
-    )
-    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob_path(src, m.config().digest().as_ref())).unwrap())
+            .unwrap();
     config["rootfs"]["diff_ids"] = serde_json::json!([conv.diff_id.to_string()]);
     let config = serde_json::to_vec(&config).unwrap();
     let blobs = dst.join("blobs/sha256");

@@ -36,6 +36,12 @@ pub struct IndexOptions<'a> {
     pub progress: Option<&'a dyn Fn(u64)>,
 }
 
+/// A progress callback for [`IndexOptions::progress`] (or the converter) that drives
+/// an `indicatif` bar; set the bar's length to the blob (or input) size first.
+pub fn bar_progress(bar: &indicatif::ProgressBar) -> impl Fn(u64) + '_ {
+    move |n| bar.set_position(n)
+}
+
 impl Default for IndexOptions<'_> {
     fn default() -> Self {
         IndexOptions {
