@@ -27,6 +27,18 @@ pub enum ConvertError {
     /// The input is not a tar Skiff can convert.
     #[error("converting layer to eStargz: input tar: {0}")]
     BadInput(String),
+    /// Reading the source blob failed.
+    #[error(transparent)]
+    Blob(#[from] crate::blob::BlobError),
+    /// The source blob did not match its digest.
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestError),
+    /// The source layer's media type is not tar, tar+gzip or tar+zstd.
+    #[error("cannot convert a layer of media type {0:?}")]
+    UnsupportedMediaType(String),
+    /// The image config is not the JSON expected.
+    #[error("rewriting image config: {0}")]
+    Config(String),
 }
 
 /// Options of [`convert_to_estargz`].
@@ -90,6 +102,95 @@ struct Planned {
     data_start: u64,
     size: u64,
     toc: TocEntry,
+}
+
+/// Converts one layer blob of an image (`media_type` tar, tar+gzip or tar+zstd, incl.
+/// Docker's) to eStargz written to `out`, verifying the source blob's digest as it
+/// streams. The caller pushes the result as a `tar+gzip` layer with
+/// [`ConvertedLayer::annotations`], and puts [`ConvertedLayer::diff_id`] in the config
+/// (see [`set_diff_ids`]).
+pub fn convert_layer(
+    blob: &dyn crate::blob::BlobReader,
+    media_type: &str,
+    out: impl Write,
+    opts: &EstargzOptions,
+    progress: Option<&dyn Fn(u64)>,
+) -> Result<ConvertedLayer, ConvertError> {
+    let mut hashing = HashingReader {
+        inner: blob.stream()?,
+        hasher: Hasher::new(),
+    };
+    let mut spool = tempfile::tempfile()?;
+    if media_type.ends_with("tar") {
+        io::copy(&mut hashing, &mut spool)?;
+    } else if media_type.ends_with("gzip") {
+        io::copy(
+            &mut flate2::read::MultiGzDecoder::new(&mut hashing),
+            &mut spool,
+        )?;
+    } else if media_type.ends_with("zstd") {
+        io::copy(
+            &mut zstd::stream::read::Decoder::new(&mut hashing)?,
+            &mut spool,
+        )?;
+    } else {
+        return Err(ConvertError::UnsupportedMediaType(media_type.to_string()));
+    }
+    // Hash whatever the decoder left unread, then compare.
+    io::copy(&mut hashing, &mut io::sink())?;
+    let actual = std::mem::take(&mut hashing.hasher).finish();
+    if actual != blob.digest() {
+        return Err(ConvertError::Digest(crate::digest::DigestError::Mismatch {
+            what: format!("source layer {}", blob.digest()),
+            expected: blob.digest(),
+            actual,
+        }));
+    }
+    spool.seek(SeekFrom::Start(0))?;
+    convert_to_estargz(&mut spool, out, opts, progress)
+}
+
+/// Hashes everything read through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Replaces `rootfs.diff_ids` in an image config, keeping every other field as is.
+pub fn set_diff_ids(config: &[u8], diff_ids: &[Digest]) -> Result<Vec<u8>, ConvertError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(config).map_err(|e| ConvertError::Config(e.to_string()))?;
+    let rootfs = v
+        .get_mut("rootfs")
+        .and_then(|r| r.as_object_mut())
+        .ok_or_else(|| ConvertError::Config("no rootfs object".into()))?;
+    let old = rootfs
+        .get("diff_ids")
+        .and_then(|d| d.as_array())
+        .map_or(0, Vec::len);
+    if old != diff_ids.len() {
+        return Err(ConvertError::Config(format!(
+            "config lists {old} diff_ids, image has {} layers",
+            diff_ids.len()
+        )));
+    }
+    rootfs.insert(
+        "diff_ids".into(),
+        diff_ids
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    serde_json::to_vec(&v).map_err(|e| ConvertError::Config(e.to_string()))
 }
 
 /// Converts an uncompressed tar stream (read once, spooled to a temporary file) to
@@ -488,4 +589,82 @@ fn copy_range(
         left -= n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::{BlobReader, FileBlob};
+    use crate::index::estargz::index_estargz;
+    use crate::index::{decode_chunk, EntryKind};
+
+    #[test]
+    fn converts_a_gzip_layer_and_refuses_a_wrong_digest() {
+        let mut b = tar::Builder::new(Vec::new());
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(5);
+        b.append_data(&mut h, "bin/tool", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut src = tempfile::NamedTempFile::new().unwrap();
+        src.write_all(&gz).unwrap();
+        let blob = FileBlob::open(Digest::of(&gz), src.path()).unwrap();
+        let mut out = Vec::new();
+        let opts = EstargzOptions {
+            chunk_size: 30_000,
+            ..Default::default()
+        };
+        let layer = convert_layer(
+            &blob,
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            &mut out,
+            &opts,
+            None,
+        )
+        .unwrap();
+        let mut dst = tempfile::NamedTempFile::new().unwrap();
+        dst.write_all(&out).unwrap();
+        let eblob = FileBlob::open(layer.blob_digest, dst.path()).unwrap();
+        let ann = layer.annotations().into_iter().collect();
+        let idx = index_estargz(&eblob, &ann).unwrap();
+        let e = idx
+            .entries
+            .iter()
+            .find(|e| e.kind == EntryKind::Reg)
+            .unwrap();
+        assert_eq!((e.path.as_str(), e.mode, e.mtime), ("bin/tool", 0o755, 5));
+        assert_eq!(idx.chunks_of(e).len(), 4);
+        let mut got = Vec::new();
+        for c in idx.chunks_of(e) {
+            got.extend(
+                decode_chunk(&idx, c, &eblob.read_at(c.blob_offset, c.blob_len).unwrap()).unwrap(),
+            );
+        }
+        assert!(got == data);
+
+        let wrong = FileBlob::open(Digest::of(b"other"), src.path()).unwrap();
+        let err = convert_layer(
+            &wrong,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Vec::new(),
+            &opts,
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConvertError::Digest(_)), "{err}");
+
+        let config = br#"{"architecture":"amd64","rootfs":{"type":"layers","diff_ids":["sha256:00"]},"x":1}"#;
+        let new = set_diff_ids(config, &[layer.diff_id]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&new).unwrap();
+        assert_eq!(v["rootfs"]["diff_ids"][0], layer.diff_id.to_string());
+        assert_eq!(v["x"], 1);
+        assert!(set_diff_ids(config, &[]).is_err());
+    }
 }
