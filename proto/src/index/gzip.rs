@@ -41,7 +41,7 @@ pub fn index_tar_gzip(
     let split = |a: u64, b: u64| {
         let cps = checkpoints.borrow();
         let i = cps.partition_point(|c| c.stream_offset <= a);
-        cps.get(i).map(|c| c.stream_offset).filter(|&s| s < b)
+        cps.get(i).map(|c| c.stream_offset).filter(|&s| s <= b)
     };
     let walk = walk_tar_split(inflater, digest, "tar+gzip", opts.chunk_size, &split)?;
     let checkpoints = Rc::try_unwrap(checkpoints)
@@ -268,7 +268,14 @@ impl<'a, R: Read> IndexingInflater<'a, R> {
                             }
                         }
                     }
-                    if self.out_start < self.out_end {
+                    // At a member's end (after its last block, or its trailer), read on
+                    // through the next member's header first: a checkpoint there must be
+                    // recorded before the output before it is handed out.
+                    let last_block_done = self.inf.data_type() & 192 == 192;
+                    if self.out_start < self.out_end
+                        && self.state != State::Between
+                        && !last_block_done
+                    {
                         return Ok(());
                     }
                 }
@@ -391,7 +398,23 @@ mod tests {
             assert_eq!(e.size, data.len() as u64);
             let mut got = Vec::new();
             for c in idx.chunks_of(e) {
-                assert!(c.len <= span + opts.chunk_size);
+                // A chunk never crosses a checkpoint: it inflates at most one span.
+                let ChunkEncoding::Checkpoint { checkpoint, skip } = c.encoding else {
+                    panic!("not a checkpoint chunk");
+                };
+                let cp = checkpoint as usize;
+                if let Some(next) = idx.checkpoints.get(cp + 1) {
+                    let start = idx.checkpoints[cp].stream_offset + skip;
+                    assert!(
+                        start + c.len <= next.stream_offset,
+                        "{name}: chunk {start}+{} crosses checkpoint {cp} {:?}",
+                        c.len,
+                        idx.checkpoints
+                            .iter()
+                            .map(|c| c.stream_offset)
+                            .collect::<Vec<_>>()
+                    );
+                }
                 let raw = blob.read_at(c.blob_offset, c.blob_len).unwrap();
                 got.extend(decode_chunk(&idx, c, &raw).unwrap());
             }

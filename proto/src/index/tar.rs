@@ -57,7 +57,7 @@ pub fn walk_tar(
 }
 
 /// Like [`walk_tar`], but also ends a chunk wherever `split(start, end)` names a
-/// stream offset strictly inside `start..end` (the first such one). The gzip indexer
+/// stream offset in `start+1..=end` (the first such one). The gzip indexer
 /// uses it to cut chunks at checkpoints, so a chunk never needs more than one span.
 /// `split` is only asked about bytes the reader has already produced.
 pub fn walk_tar_split(
@@ -219,7 +219,7 @@ pub fn walk_tar_split(
                     let abs = data_offset + file_offset;
                     let mut cut = file_offset + take == chunk_end;
                     if let Some(at) = split(abs, abs + take) {
-                        if at > abs && at < abs + take {
+                        if at > abs && at <= abs + take {
                             take = at - abs;
                             cut = true;
                         }

@@ -68,7 +68,7 @@ pub fn index_tar_zstd(
     let split = |a: u64, b: u64| {
         let f = frames.borrow();
         let i = f.partition_point(|f| f.stream_offset <= a);
-        f.get(i).map(|f| f.stream_offset).filter(|&s| s < b)
+        f.get(i).map(|f| f.stream_offset).filter(|&s| s <= b)
     };
     let walk = walk_tar_split(reader, digest, "tar+zstd", opts.chunk_size, &split)?;
     let frames = frames.borrow();
