@@ -582,10 +582,15 @@ fn own_estargz_converter_output_matches_umoci_and_stays_a_tar_gz() {
     // umoci unpacks an image made of it to the same tree (plus the eStargz files).
     let esgz_layout = fx.dir.path().join("esgz-img");
     write_single_layer_image(&fx.layout(), &esgz_layout, &bytes, &layer);
+    let copied = fx.dir.path().join("esgz-copy");
+    run(Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!("oci:{}:esgz", esgz_layout.display()))
+        .arg(format!("oci:{}:esgz", copied.display())));
     let unpacked = fx.dir.path().join("esgz-ref");
     run(Command::new("umoci")
         .args(["unpack", "--image"])
-        .arg(format!("{}:esgz", esgz_layout.display()))
+        .arg(format!("{}:esgz", copied.display()))
         .arg(&unpacked));
     for extra in ["stargz.index.json", ".prefetch.landmark"] {
         fs::remove_file(unpacked.join("rootfs").join(extra)).unwrap();

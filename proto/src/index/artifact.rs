@@ -141,3 +141,50 @@ pub fn decode_index_blob(layer: &Digest, bytes: &[u8]) -> Result<LayerIndex, Ind
     }
     Ok(idx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::model::LayerFormat;
+
+    #[test]
+    fn artifact_manifest_refers_to_the_image_and_finds_layers() {
+        let layer = Digest::of(b"layer");
+        let idx = LayerIndex {
+            blob: layer,
+            blob_size: 5,
+            format: LayerFormat::TarGzip,
+            entries: vec![],
+            chunks: vec![],
+            checkpoints: vec![],
+            prefetch: vec![],
+        };
+        let blob = index_blob(&idx).unwrap();
+        let image = Digest::of(b"manifest");
+        let subject = Descriptor::new(MediaType::ImageManifest, 123, oci_digest(&image));
+        let m = index_artifact_manifest(&subject, &[blob]).unwrap();
+        let json: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["artifactType"], INDEX_ARTIFACT_TYPE);
+        assert_eq!(json["subject"]["digest"], image.to_string());
+        assert_eq!(
+            json["config"]["mediaType"],
+            "application/vnd.oci.empty.v1+json"
+        );
+        assert_eq!(json["config"]["digest"], Digest::of(b"{}").to_string());
+        assert_eq!(json["layers"][0]["mediaType"], INDEX_LAYER_MEDIA_TYPE);
+        assert_eq!(
+            json["layers"][0]["annotations"][LAYER_DIGEST_ANNOTATION],
+            layer.to_string()
+        );
+        assert_eq!(
+            referrers_fallback_tag(&image),
+            format!("sha256-{}", image.hex())
+        );
+        let d = find_layer_index(&m, &layer).unwrap();
+        assert!(find_layer_index(&m, &Digest::of(b"other")).is_none());
+        let bytes = index_blob(&idx).unwrap().bytes;
+        assert_eq!(d.digest().to_string(), Digest::of(&bytes).to_string());
+        assert_eq!(decode_index_blob(&layer, &bytes).unwrap(), idx);
+        assert!(decode_index_blob(&Digest::of(b"other"), &bytes).is_err());
+    }
+}

@@ -2,7 +2,8 @@
 //! mount never rebuilds an index it already has.
 //!
 //! File layout: `SKIFFIDX`, a little-endian u32 format version, the sha256 of the
-//! payload, then the postcard-encoded [`LayerIndex`]. A file with another version is
+//! payload, then the payload: the postcard-encoded [`LayerIndex`], zstd-compressed
+//! (paths and checkpoint windows compress well). A file with another version is
 //! treated as absent (rebuilt); one whose payload does not match its digest, or that
 //! describes another blob, is an error. Writes go to a temporary file in the same
 //! directory that is synced and renamed into place, so readers see all or nothing.
@@ -15,12 +16,18 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"SKIFFIDX";
 /// Bumped whenever [`LayerIndex`]'s encoding changes.
 pub const FORMAT_VERSION: u32 = 1;
+/// Largest decoded index accepted (the input may come from a registry).
+pub const MAX_DECODED: u64 = 1 << 30;
 const HEADER_LEN: usize = 8 + 4 + 32;
 
 /// Encodes an index in the store's file format (also the blob pushed as an index
 /// artifact layer).
 pub fn encode(index: &LayerIndex) -> Result<Vec<u8>, IndexError> {
-    let payload = index.to_bytes()?;
+    let payload =
+        zstd::encode_all(&index.to_bytes()?[..], 3).map_err(|e| IndexError::Encoding {
+            what: index.blob.to_string(),
+            reason: format!("compressing: {e}"),
+        })?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -46,7 +53,16 @@ pub fn decode(what: &str, bytes: &[u8]) -> Result<Option<LayerIndex>, IndexError
     sum.copy_from_slice(&bytes[12..44]);
     let payload = &bytes[HEADER_LEN..];
     Digest::from_bytes(sum).verify(what, payload)?;
-    LayerIndex::from_bytes(what, payload).map(Some)
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(payload)
+        .and_then(|d| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(d, MAX_DECODED + 1), &mut raw)
+        })
+        .map_err(|e| bad(format!("decompressing: {e}")))?;
+    if raw.len() as u64 > MAX_DECODED {
+        return Err(bad(format!("decodes to more than {MAX_DECODED} bytes")));
+    }
+    LayerIndex::from_bytes(what, &raw).map(Some)
 }
 
 /// A directory of stored indexes.
