@@ -246,6 +246,12 @@ fn populate(root: &Path) {
         );
     }
     w("empty", b"", 0o644);
+    // A long run of zeros: zstd:chunked stores it as a `chunkType: "zeros"` chunk.
+    w(
+        "data/holes",
+        &[vec![1u8; 1000], vec![0u8; 3 << 20], vec![2u8; 1000]].concat(),
+        0o644,
+    );
     let long = format!("deep/{}/{}", "d".repeat(80), "long-name-".repeat(12));
     w(&long, b"long name\n", 0o644);
     let private = root.join("private");
@@ -466,6 +472,12 @@ fn zstd_chunked_from_skopeo_matches_umoci() {
     let (desc, path) = layer_of(&dst, "zc");
     let (idx, blob) = index_and_check(&desc, &path, &fx.rootfs(), "zstd:chunked (skopeo)");
     assert_eq!(idx.format, LayerFormat::ZstdChunked);
+    assert!(
+        idx.chunks
+            .iter()
+            .any(|c| c.encoding == skiff_proto::index::ChunkEncoding::Zeros),
+        "skopeo wrote no zeros chunk for data/holes"
+    );
     // The TOC cost exactly one range read.
     let fresh = RangeOnly::open(blob.digest(), &path);
     open_index(&desc, &fresh).unwrap();

@@ -237,8 +237,8 @@ pub(crate) fn convert(
                 let end = match flavor {
                     Flavor::ZstdChunked => pending[i + 1..]
                         .iter()
-                        .find(|q| !q.zeros)
                         .map(|q| q.offset)
+                        .find(|&o| o > p.offset)
                         .unwrap_or(end_offset),
                     Flavor::Estargz => 0,
                 };
