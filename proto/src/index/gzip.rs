@@ -2,7 +2,7 @@
 //! checkpoints, so that any later read fetches one range from the nearest checkpoint
 //! and inflates at most one span.
 //!
-//! While the tar walker consumes the inflated stream, [`IndexingInflater`] stops
+//! While the tar walker consumes the inflated stream, `IndexingInflater` stops
 //! zlib at every deflate block boundary (`Z_BLOCK`) and, every `span` bytes of output,
 //! records a [`Checkpoint`]: the compressed offset, the bit offset and the window of
 //! the 32 KiB of output before it. Chunks are cut at checkpoints, so each chunk lies

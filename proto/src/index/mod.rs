@@ -3,8 +3,26 @@
 //! requests and verified chunk by chunk.
 //!
 //! [`model`] is the one representation every format is turned into; the format readers
-//! (eStargz, zstd:chunked, plain tar / tar+gzip with checkpoints) produce it, and
-//! `skiff-fs` consumes it. [`open_index`] picks the reader for a layer descriptor.
+//! produce it, and `skiff-fs` consumes it (`entries`, [`LayerIndex::chunks_of`],
+//! [`decode_chunk`]). [`open_index`] picks the reader for a layer descriptor:
+//!
+//! | layer | reader | blob reads to build | a chunk read fetches |
+//! |---|---|---|---|
+//! | eStargz (`…stargz/toc.digest` annotation) | [`estargz`] | 1 `read_at` of the tail (2 if the TOC is > 256 KiB) | its gzip member |
+//! | zstd:chunked (`…zstd-chunked.manifest-position`) | [`zstd_chunked`] | 1 `read_at` of the TOC | its zstd frame |
+//! | tar | [`tar`] | one `stream()` | exactly the bytes |
+//! | tar+gzip (incl. Docker's) | [`gzip`] | one `stream()` | checkpoint → next checkpoint (≤ one span, 4 MiB of output by default) |
+//! | tar+zstd | [`zstd`] | one `stream()` | its frame; a single-frame layer has no random access: see [`zstd::needs_whole_blob`] |
+//!
+//! Every chunk carries the sha256 of its uncompressed bytes and [`decode_chunk`] returns
+//! nothing unverified. TOCs are verified against their annotations before use. Indexes
+//! are kept in an [`store::IndexStore`] keyed by layer digest, and can be published as
+//! an OCI artifact ([`artifact`]: manifest contents, referrers fallback tag, lookup).
+//! [`convert`] writes eStargz (`skiff convert`).
+//!
+//! For a remote [`crate::blob::BlobReader`]: building a plain-layer index reads the
+//! blob once through `stream()` (override it with one streaming GET); TOC formats only
+//! use `read_at`.
 
 pub mod artifact;
 pub mod checkpoint;

@@ -1,6 +1,6 @@
 //! The JSON table of contents shared (with small differences) by eStargz
 //! (`stargz.index.json`) and zstd:chunked (containers/storage's manifest): both descend
-//! from CRFS. This module parses it and turns it into [`LayerIndex`] entries and chunks.
+//! from CRFS. This module parses it and turns it into [`super::LayerIndex`] entries and chunks.
 
 use super::model::{clean_path, Chunk, ChunkEncoding, Entry, EntryKind, IndexError};
 use super::tar::apply_oci_markers;
