@@ -672,3 +672,120 @@ fn write_single_layer_image(
     });
     fs::write(dst.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+/// The whiteout markers (`.wh.*` names) GNU tar lists in a layer blob.
+fn markers_listed_by_tar(layer: &Path) -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(gzip -dc {0} 2>/dev/null || zstd -dc {0}) | tar -tf -",
+            layer.display()
+        ))
+        .output()
+        .unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .filter(|l| l.rsplit('/').next().is_some_and(|n| n.starts_with(".wh.")))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The same markers as the index decoded them, turned back into names.
+fn markers_in_index(idx: &LayerIndex) -> Vec<String> {
+    let mut v: Vec<String> = idx
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let join = |dir: &str, name: &str| {
+                if dir.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{dir}/{name}")
+                }
+            };
+            match e.kind {
+                EntryKind::Opaque => Some(join(&e.path, ".wh..wh..opq")),
+                EntryKind::Whiteout => {
+                    let (dir, name) = e.path.rsplit_once('/').unwrap_or(("", &e.path));
+                    Some(join(dir, &format!(".wh.{name}")))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn whiteouts_survive_every_format() {
+    if !tools_or_skip(&["umoci", "skopeo", "tar", "gzip", "zstd"]) {
+        return;
+    }
+    let fx = Fixture::new();
+    // A second layer that deletes a file and a directory and replaces another
+    // directory's content.
+    let bundle = fx.dir.path().join("second");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:base", fx.layout().display()))
+        .arg(&bundle));
+    let root = bundle.join("rootfs");
+    fs::remove_file(root.join("etc/small")).unwrap();
+    fs::remove_dir_all(root.join("data/d3")).unwrap();
+    fs::remove_dir_all(root.join("data/e1")).unwrap();
+    fs::create_dir(root.join("data/e1")).unwrap();
+    fs::write(root.join("data/e1/new"), b"new\n").unwrap();
+    run(Command::new("umoci")
+        .args(["repack", "--image"])
+        .arg(format!("{}:base", fx.layout().display()))
+        .arg(&bundle));
+    let second = |layout: &Path, tag: &str| {
+        let m = manifest(layout, tag);
+        assert_eq!(m.layers().len(), 2);
+        let d = m.layers()[1].clone();
+        let p = blob_path(layout, d.digest().as_ref());
+        (d, p)
+    };
+    let check = |what: &str, d: &Descriptor, p: &Path| {
+        let blob = RangeOnly::open(d.digest().to_string().parse().unwrap(), p);
+        let idx = open_index(d, &blob).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let expected = markers_listed_by_tar(p);
+        assert!(
+            expected.contains(&"etc/.wh.small".to_string()),
+            "{what}: {expected:?}"
+        );
+        assert_eq!(markers_in_index(&idx), expected, "{what}");
+        eprintln!(
+            "{what}: {} whiteout markers match GNU tar's listing",
+            expected.len()
+        );
+    };
+    let (d, p) = second(&fx.layout(), "base");
+    check("tar+gzip (umoci)", &d, &p);
+    let zc = fx.dir.path().join("zc");
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-compress-format",
+        "zstd:chunked",
+        "--dest-compress",
+        &format!("oci:{}:base", fx.layout().display()),
+        &format!("oci:{}:zc", zc.display()),
+    ]));
+    let (d, p) = second(&zc, "zc");
+    check("zstd:chunked (skopeo)", &d, &p);
+    if tools_or_skip(&["containerd", "ctr", "ctr-remote"]) {
+        let dst = fx.dir.path().join("esgz");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts/estargz-convert.sh");
+        run(Command::new(script)
+            .arg(fx.layout())
+            .arg("base")
+            .arg(&dst)
+            .arg(fx.dir.path().join("ctd")));
+        let (d, p) = second(&dst, "esgz");
+        check("estargz (ctr-remote)", &d, &p);
+    }
+}

@@ -58,6 +58,7 @@ fn sample_files() -> Vec<(String, Vec<u8>)> {
             (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect(),
         ),
         ("etc/.wh.gone".into(), Vec::new()),
+        ("var/.wh..wh..opq".into(), Vec::new()),
         ("z".into(), vec![9u8; 5000]),
     ]
 }
@@ -209,6 +210,10 @@ fn own_estargz_and_generated_zstd_chunked_read_back() {
         .entries
         .iter()
         .any(|e| e.kind == EntryKind::Whiteout && e.path == "etc/gone"));
+    assert!(idx
+        .entries
+        .iter()
+        .any(|e| e.kind == EntryKind::Opaque && e.path == "var"));
     assert_eq!(idx.prefetch.len(), 1);
     assert_eq!(idx.entries[idx.prefetch[0] as usize].path, "z");
 
@@ -217,6 +222,19 @@ fn own_estargz_and_generated_zstd_chunked_read_back() {
     let idx = index_zstd_chunked(&blob, &ann).unwrap();
     assert_eq!(read_all(&idx, &blob).unwrap(), expected_regular());
     assert!(idx.chunks.len() > 8);
+    let markers: Vec<_> = idx
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque))
+        .map(|e| (e.kind, e.path.as_str()))
+        .collect();
+    assert_eq!(
+        markers,
+        vec![
+            (EntryKind::Whiteout, "etc/gone"),
+            (EntryKind::Opaque, "var")
+        ]
+    );
 }
 
 #[test]
