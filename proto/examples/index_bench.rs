@@ -211,11 +211,12 @@ fn main() {
 
     println!();
     println!(
-        "{:<24} {:>9} {:>8} {:>9} {:>8} {:>6} {:>11} {:>12}",
+        "{:<24} {:>9} {:>8} {:>9} {:>8} {:>8} {:>6} {:>11} {:>12}",
         "format",
         "blob MiB",
         "build s",
         "index KiB",
+        "mem KiB",
         "entries",
         "chunks",
         "read bytes",
@@ -257,11 +258,12 @@ fn main() {
             .max()
             .unwrap_or(0);
         println!(
-            "{:<24} {:>9.1} {:>8.2} {:>9} {:>8} {:>6} {:>11} {:>12}   ({}, {} B)",
+            "{:<24} {:>9.1} {:>8.2} {:>9} {:>8} {:>8} {:>6} {:>11} {:>12}   ({}, {} B)",
             name,
             blob.size() as f64 / (1 << 20) as f64,
             build.as_secs_f64(),
             size >> 10,
+            idx.memory_size() >> 10,
             idx.entries.len(),
             idx.chunks.len(),
             fetched,

@@ -265,6 +265,35 @@ impl LayerIndex {
         self.chunks.iter().map(|c| c.blob_len).max().unwrap_or(0)
     }
 
+    /// Approximate bytes of memory the index occupies (structs plus heap data), to
+    /// size caches and to check the index stays compact.
+    pub fn memory_size(&self) -> usize {
+        use std::mem::size_of;
+        let entries: usize = self
+            .entries
+            .iter()
+            .map(|e| {
+                size_of::<Entry>()
+                    + e.path.capacity()
+                    + e.link.capacity()
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| size_of::<(String, Vec<u8>)>() + k.capacity() + v.capacity())
+                        .sum::<usize>()
+            })
+            .sum();
+        let checkpoints: usize = self
+            .checkpoints
+            .iter()
+            .map(|c| size_of::<Checkpoint>() + c.window.capacity())
+            .sum();
+        size_of::<LayerIndex>()
+            + entries
+            + self.chunks.capacity() * size_of::<Chunk>()
+            + checkpoints
+            + self.prefetch.capacity() * 4
+    }
+
     /// Serializes the index for the local store.
     pub fn to_bytes(&self) -> Result<Vec<u8>, IndexError> {
         postcard::to_stdvec(self).map_err(|e| IndexError::Encoding {

@@ -386,6 +386,34 @@ mod tests {
     }
 
     #[test]
+    fn a_50000_file_layer_index_stays_compact() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..50_000u32 {
+            let mut h = header();
+            h.set_size(100);
+            h.set_mode(0o644);
+            let name = format!("usr/share/package-{}/some/deeper/dir/file-{i}.txt", i % 500);
+            b.append_data(&mut h, name, &[b'x'; 100][..]).unwrap();
+        }
+        let data = b.into_inner().unwrap();
+        let walk = walk_tar(&data[..], Digest::of(&data), "tar", DEFAULT_CHUNK_SIZE).unwrap();
+        let idx = LayerIndex {
+            blob: Digest::of(&data),
+            blob_size: data.len() as u64,
+            format: LayerFormat::Tar,
+            entries: walk.entries,
+            chunks: walk.chunks,
+            checkpoints: vec![],
+            prefetch: vec![],
+        };
+        assert_eq!(idx.entries.len(), 50_000);
+        let mem = idx.memory_size();
+        // About 250 bytes per file: far from "hundreds of MB".
+        assert!(mem < 20 << 20, "{mem} bytes for 50,000 files");
+        assert!(idx.to_bytes().unwrap().len() < 10 << 20);
+    }
+
+    #[test]
     fn refuses_paths_that_escape() {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = header();
