@@ -456,7 +456,14 @@ impl<W: Write> Writer<W> {
         chunk_size: u64,
         toc: &mut Toc,
     ) -> Result<(), ConvertError> {
-        let mut header = vec![0u8; (p.data_start - p.header_start) as usize];
+        let header_len = p
+            .data_start
+            .checked_sub(p.header_start)
+            .filter(|&n| n <= 64 << 20)
+            .ok_or_else(|| {
+                ConvertError::BadInput(format!("{}: implausible header records", p.toc.name))
+            })?;
+        let mut header = vec![0u8; header_len as usize];
         input.seek(SeekFrom::Start(p.header_start))?;
         input.read_exact(&mut header)?;
         self.tar(&header)?;

@@ -578,6 +578,29 @@ proptest! {
     }
 
     #[test]
+    fn estargz_converter_survives_mutated_tars(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let mut data = sample_tar();
+        let len = data.len();
+        for (i, v) in flips {
+            let at = i.index(len);
+            let at = if at % 2 == 0 { at } else { at % 512 };
+            data[at] ^= v | 1;
+        }
+        let mut out = Vec::new();
+        let opts = EstargzOptions { chunk_size: 50_000, level: 1, prefetch: vec!["z".into()] };
+        if let Ok(layer) = convert_stream_to_estargz(&data[..], &mut out, &opts, None) {
+            // Whatever it accepted, it wrote a readable eStargz.
+            let ann = layer.annotations().into_iter().collect();
+            let blob = MemBlob::new(out);
+            let idx = estargz::index_estargz(&blob, &ann);
+            prop_assert!(idx.is_ok(), "{:?}", idx.err());
+            prop_assert!(read_all(&idx.unwrap(), &blob).is_ok());
+        }
+    }
+
+    #[test]
     fn gzip_index_survives_mutations(
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         cut in any::<prop::sample::Index>(),
