@@ -478,6 +478,13 @@ fn zstd_chunked_from_skopeo_matches_umoci() {
             .any(|c| c.encoding == skiff_proto::index::ChunkEncoding::Zeros),
         "skopeo wrote no zeros chunk for data/holes"
     );
+    // Without its annotations the same blob is a multi-frame tar+zstd: the streaming
+    // pass still gives per-file random access.
+    let mut bare = desc.clone();
+    bare.set_annotations(None);
+    let (plain, _) = index_and_check(&bare, &path, &fx.rootfs(), "zstd:chunked as tar+zstd");
+    assert_eq!(plain.format, LayerFormat::TarZstd);
+    assert!(!skiff_proto::index::zstd::needs_whole_blob(&plain));
     // The TOC cost exactly one range read.
     let fresh = RangeOnly::open(blob.digest(), &path);
     open_index(&desc, &fresh).unwrap();
