@@ -33,6 +33,14 @@ pub fn decode_chunk(index: &LayerIndex, chunk: &Chunk, raw: &[u8]) -> Result<Vec
                 zstd::stream::read::Decoder::new(raw).map_err(|e| decode_err(e.to_string()))?;
             read_skip_take(dec, skip, len).map_err(|e| decode_err(e.to_string()))?
         }
+        ChunkEncoding::Zeros => {
+            if len > super::toc::MAX_CHUNK_LEN as usize {
+                return Err(decode_err(format!(
+                    "zero chunk of {len} bytes is too large"
+                )));
+            }
+            vec![0u8; len]
+        }
         ChunkEncoding::Checkpoint { checkpoint, skip } => {
             let cp = index
                 .checkpoints
@@ -60,7 +68,8 @@ fn read_skip_take(mut r: impl Read, skip: u64, len: usize) -> std::io::Result<Ve
             format!("stream ended after {skipped} of {skip} bytes to skip"),
         ));
     }
-    let mut out = Vec::with_capacity(len);
+    // `len` comes from a TOC: do not trust it for the allocation.
+    let mut out = Vec::with_capacity(len.min(16 << 20));
     r.take(len as u64).read_to_end(&mut out)?;
     if out.len() != len {
         return Err(std::io::Error::new(

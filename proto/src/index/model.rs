@@ -41,6 +41,31 @@ pub enum IndexError {
         /// What the decoder said.
         reason: String,
     },
+    /// Reading or writing the local index store failed.
+    #[error("index store file {path}: {source}")]
+    Store {
+        /// The file or directory concerned.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layer's media type is not one Skiff can index.
+    #[error("layer {blob} has media type {media_type:?}, which Skiff cannot index")]
+    UnsupportedMediaType {
+        /// The layer blob.
+        blob: Digest,
+        /// The descriptor's media type.
+        media_type: String,
+    },
+    /// The blob handed in is not the one the descriptor names.
+    #[error("descriptor names layer {expected} but the blob reader reads {actual}")]
+    WrongBlob {
+        /// The descriptor's digest.
+        expected: String,
+        /// The reader's digest.
+        actual: Digest,
+    },
     /// A stored index could not be encoded or decoded.
     #[error("stored index {what}: {reason}")]
     Encoding {
@@ -170,6 +195,9 @@ pub enum ChunkEncoding {
         /// Uncompressed bytes between the checkpoint and the chunk.
         skip: u64,
     },
+    /// A hole (zstd:chunked `chunkType: "zeros"`): `len` zero bytes, nothing to fetch
+    /// (`blob_len` is 0).
+    Zeros,
 }
 
 /// A piece of a regular file and where to find it.
@@ -229,6 +257,41 @@ impl LayerIndex {
         let start = entry.first_chunk as usize;
         let end = start.saturating_add(entry.chunk_count as usize);
         self.chunks.get(start..end).unwrap_or(&[])
+    }
+
+    /// The most blob bytes any single chunk read fetches. Large values mean the layer
+    /// has no real random access (a single-frame tar+zstd): fetch it whole instead.
+    pub fn max_chunk_fetch(&self) -> u64 {
+        self.chunks.iter().map(|c| c.blob_len).max().unwrap_or(0)
+    }
+
+    /// Approximate bytes of memory the index occupies (structs plus heap data), to
+    /// size caches and to check the index stays compact.
+    pub fn memory_size(&self) -> usize {
+        use std::mem::size_of;
+        let entries: usize = self
+            .entries
+            .iter()
+            .map(|e| {
+                size_of::<Entry>()
+                    + e.path.capacity()
+                    + e.link.capacity()
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| size_of::<(String, Vec<u8>)>() + k.capacity() + v.capacity())
+                        .sum::<usize>()
+            })
+            .sum();
+        let checkpoints: usize = self
+            .checkpoints
+            .iter()
+            .map(|c| size_of::<Checkpoint>() + c.window.capacity())
+            .sum();
+        size_of::<LayerIndex>()
+            + entries
+            + self.chunks.capacity() * size_of::<Chunk>()
+            + checkpoints
+            + self.prefetch.capacity() * 4
     }
 
     /// Serializes the index for the local store.

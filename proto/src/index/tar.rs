@@ -53,6 +53,20 @@ pub fn walk_tar(
     format: &'static str,
     chunk_size: u64,
 ) -> Result<TarWalk, IndexError> {
+    walk_tar_split(reader, blob, format, chunk_size, &|_, _| None)
+}
+
+/// Like [`walk_tar`], but also ends a chunk wherever `split(start, end)` names a
+/// stream offset in `start+1..=end` (the first such one). The gzip indexer
+/// uses it to cut chunks at checkpoints, so a chunk never needs more than one span.
+/// `split` is only asked about bytes the reader has already produced.
+pub fn walk_tar_split(
+    reader: impl Read,
+    blob: Digest,
+    format: &'static str,
+    chunk_size: u64,
+    split: &dyn Fn(u64, u64) -> Option<u64>,
+) -> Result<TarWalk, IndexError> {
     let malformed = |reason: String| IndexError::Malformed {
         format,
         blob,
@@ -93,31 +107,15 @@ pub fn walk_tar(
             .to_str()
             .ok_or_else(|| malformed(format!("non-UTF-8 entry path {raw_path:?}")))?
             .to_string();
-        let path = clean_path(&raw_path).ok_or_else(|| IndexError::UnsafePath {
-            blob,
-            path: raw_path.clone(),
-        })?;
+        // Absolute paths are refused like `..`: no producer writes them legitimately.
+        let path = clean_path(&raw_path)
+            .filter(|_| !raw_path.starts_with('/'))
+            .ok_or_else(|| IndexError::UnsafePath {
+                blob,
+                path: raw_path.clone(),
+            })?;
         let mut entry = Entry::new(path, kind);
-        let (name, parent) = match entry.path.rsplit_once('/') {
-            Some((parent, name)) => (name.to_string(), parent.to_string()),
-            None => (entry.path.clone(), String::new()),
-        };
-        if name == OPAQUE_MARKER {
-            entry.path = parent;
-            entry.kind = EntryKind::Opaque;
-            entries.push(entry);
-            continue;
-        }
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if target.is_empty() || target == "." || target == ".." {
-                return Err(malformed(format!("bad whiteout name {raw_path:?}")));
-            }
-            entry.path = if parent.is_empty() {
-                target.to_string()
-            } else {
-                format!("{parent}/{target}")
-            };
-            entry.kind = EntryKind::Whiteout;
+        if apply_oci_markers(&mut entry).map_err(malformed)? {
             entries.push(entry);
             continue;
         }
@@ -202,33 +200,45 @@ pub fn walk_tar(
             entry.first_chunk =
                 u32::try_from(chunks.len()).map_err(|_| malformed("too many chunks".into()))?;
             let mut file_offset = 0u64;
+            let mut chunk_start = 0u64;
+            let mut hasher = Hasher::new();
             while file_offset < size {
-                let len = (size - file_offset).min(chunk_size);
-                let mut hasher = Hasher::new();
-                let mut left = len;
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let got = tar_entry
-                        .read(&mut buf[..want])
-                        .map_err(|e| malformed(format!("{raw_path}: reading data: {e}")))?;
-                    if got == 0 {
-                        return Err(malformed(format!(
-                            "{raw_path}: data truncated at {} of {size} bytes",
-                            size - left
-                        )));
-                    }
-                    hasher.update(&buf[..got]);
-                    left -= got as u64;
+                let want = (size - file_offset).min(buf.len() as u64) as usize;
+                let got = tar_entry
+                    .read(&mut buf[..want])
+                    .map_err(|e| malformed(format!("{raw_path}: reading data: {e}")))?;
+                if got == 0 {
+                    return Err(malformed(format!(
+                        "{raw_path}: data truncated at {file_offset} of {size} bytes"
+                    )));
                 }
-                chunks.push(Chunk {
-                    blob_offset: data_offset + file_offset,
-                    blob_len: len,
-                    file_offset,
-                    len,
-                    digest: hasher.finish(),
-                    encoding: ChunkEncoding::Raw,
-                });
-                file_offset += len;
+                let mut pos = 0usize;
+                while pos < got {
+                    let chunk_end = chunk_start.saturating_add(chunk_size).min(size);
+                    let mut take = ((got - pos) as u64).min(chunk_end - file_offset);
+                    let abs = data_offset + file_offset;
+                    let mut cut = file_offset + take == chunk_end;
+                    if let Some(at) = split(abs, abs + take) {
+                        if at > abs && at <= abs + take {
+                            take = at - abs;
+                            cut = true;
+                        }
+                    }
+                    hasher.update(&buf[pos..pos + take as usize]);
+                    pos += take as usize;
+                    file_offset += take;
+                    if cut {
+                        chunks.push(Chunk {
+                            blob_offset: data_offset + chunk_start,
+                            blob_len: file_offset - chunk_start,
+                            file_offset: chunk_start,
+                            len: file_offset - chunk_start,
+                            digest: std::mem::take(&mut hasher).finish(),
+                            encoding: ChunkEncoding::Raw,
+                        });
+                        chunk_start = file_offset;
+                    }
+                }
             }
             entry.chunk_count = u32::try_from(chunks.len() - entry.first_chunk as usize)
                 .map_err(|_| malformed("too many chunks".into()))?;
@@ -239,6 +249,34 @@ pub fn walk_tar(
     let mut rest = archive.into_inner();
     let _ = std::io::copy(&mut rest, &mut std::io::sink());
     Ok(TarWalk { entries, chunks })
+}
+
+/// Decodes OCI whiteout markers in place: `dir/.wh.NAME` becomes a
+/// [`EntryKind::Whiteout`] for `dir/NAME`, `dir/.wh..wh..opq` an [`EntryKind::Opaque`]
+/// for `dir`. Returns whether `entry` was a marker; errors on a nameless whiteout.
+pub(crate) fn apply_oci_markers(entry: &mut Entry) -> Result<bool, String> {
+    let (parent, name) = match entry.path.rsplit_once('/') {
+        Some((parent, name)) => (parent.to_string(), name.to_string()),
+        None => (String::new(), entry.path.clone()),
+    };
+    if name == OPAQUE_MARKER {
+        entry.path = parent;
+        entry.kind = EntryKind::Opaque;
+        return Ok(true);
+    }
+    if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+        if target.is_empty() || target == "." || target == ".." {
+            return Err(format!("bad whiteout name {:?}", entry.path));
+        }
+        entry.path = if parent.is_empty() {
+            target.to_string()
+        } else {
+            format!("{parent}/{target}")
+        };
+        entry.kind = EntryKind::Whiteout;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 fn to_u32(v: u64) -> Option<u32> {
@@ -345,6 +383,34 @@ mod tests {
             decode_chunk(&idx, &chunks[0], &raw),
             Err(IndexError::Digest(_))
         ));
+    }
+
+    #[test]
+    fn a_50000_file_layer_index_stays_compact() {
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..50_000u32 {
+            let mut h = header();
+            h.set_size(100);
+            h.set_mode(0o644);
+            let name = format!("usr/share/package-{}/some/deeper/dir/file-{i}.txt", i % 500);
+            b.append_data(&mut h, name, &[b'x'; 100][..]).unwrap();
+        }
+        let data = b.into_inner().unwrap();
+        let walk = walk_tar(&data[..], Digest::of(&data), "tar", DEFAULT_CHUNK_SIZE).unwrap();
+        let idx = LayerIndex {
+            blob: Digest::of(&data),
+            blob_size: data.len() as u64,
+            format: LayerFormat::Tar,
+            entries: walk.entries,
+            chunks: walk.chunks,
+            checkpoints: vec![],
+            prefetch: vec![],
+        };
+        assert_eq!(idx.entries.len(), 50_000);
+        let mem = idx.memory_size();
+        // About 250 bytes per file: far from "hundreds of MB".
+        assert!(mem < 20 << 20, "{mem} bytes for 50,000 files");
+        assert!(idx.to_bytes().unwrap().len() < 10 << 20);
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! The local index store: one file per layer, keyed by the layer blob's digest, so a
+//! mount never rebuilds an index it already has.
+//!
+//! File layout: `SKIFFIDX`, a little-endian u32 format version, the sha256 of the
+//! payload, then the payload: the postcard-encoded [`LayerIndex`], zstd-compressed
+//! (paths and checkpoint windows compress well). A file with another version is
+//! treated as absent (rebuilt); one whose payload does not match its digest, or that
+//! describes another blob, is an error. Writes go to a temporary file in the same
+//! directory that is synced and renamed into place, so readers see all or nothing.
+
+use super::model::{IndexError, LayerIndex};
+use crate::digest::Digest;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"SKIFFIDX";
+/// Bumped whenever [`LayerIndex`]'s encoding changes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest decoded index accepted (the input may come from a registry).
+pub const MAX_DECODED: u64 = 1 << 30;
+const HEADER_LEN: usize = 8 + 4 + 32;
+
+/// Encodes an index in the store's file format (also the blob pushed as an index
+/// artifact layer).
+pub fn encode(index: &LayerIndex) -> Result<Vec<u8>, IndexError> {
+    let payload =
+        zstd::encode_all(&index.to_bytes()?[..], 3).map_err(|e| IndexError::Encoding {
+            what: index.blob.to_string(),
+            reason: format!("compressing: {e}"),
+        })?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(Digest::of(&payload).as_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Decodes [`encode`]'s output. `Ok(None)` for another format version.
+pub fn decode(what: &str, bytes: &[u8]) -> Result<Option<LayerIndex>, IndexError> {
+    let bad = |reason: String| IndexError::Encoding {
+        what: what.to_string(),
+        reason,
+    };
+    if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+        return Err(bad("not a Skiff index file".into()));
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != FORMAT_VERSION {
+        return Ok(None);
+    }
+    let mut sum = [0u8; 32];
+    sum.copy_from_slice(&bytes[12..44]);
+    let payload = &bytes[HEADER_LEN..];
+    Digest::from_bytes(sum).verify(what, payload)?;
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(payload)
+        .and_then(|d| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(d, MAX_DECODED + 1), &mut raw)
+        })
+        .map_err(|e| bad(format!("decompressing: {e}")))?;
+    if raw.len() as u64 > MAX_DECODED {
+        return Err(bad(format!("decodes to more than {MAX_DECODED} bytes")));
+    }
+    LayerIndex::from_bytes(what, &raw).map(Some)
+}
+
+/// A directory of stored indexes.
+#[derive(Debug, Clone)]
+pub struct IndexStore {
+    dir: PathBuf,
+}
+
+impl IndexStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<IndexStore, IndexError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| IndexError::Store {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(IndexStore { dir })
+    }
+
+    /// Where the index of `blob` lives.
+    pub fn path_for(&self, blob: &Digest) -> PathBuf {
+        self.dir.join(format!("sha256-{}.idx", blob.hex()))
+    }
+
+    /// Loads the index of `blob`, or `None` if none is stored (or it has an older
+    /// format).
+    pub fn load(&self, blob: &Digest) -> Result<Option<LayerIndex>, IndexError> {
+        let path = self.path_for(blob);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(IndexError::Store { path, source }),
+        };
+        let what = path.display().to_string();
+        let index = decode(&what, &bytes)?;
+        if let Some(idx) = &index {
+            if idx.blob != *blob {
+                return Err(IndexError::Encoding {
+                    what,
+                    reason: format!("holds the index of {}, not {blob}", idx.blob),
+                });
+            }
+        }
+        Ok(index)
+    }
+
+    /// Stores `index` atomically under its blob digest.
+    pub fn save(&self, index: &LayerIndex) -> Result<PathBuf, IndexError> {
+        let path = self.path_for(&index.blob);
+        let bytes = encode(index)?;
+        let io_err = |source| IndexError::Store {
+            path: path.clone(),
+            source,
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_err)?;
+        tmp.write_all(&bytes).map_err(io_err)?;
+        tmp.as_file().sync_all().map_err(io_err)?;
+        tmp.persist(&path).map_err(|e| io_err(e.error))?;
+        Ok(path)
+    }
+
+    /// The stored index of `blob`, building and storing it with `build` if absent.
+    pub fn get_or_build(
+        &self,
+        blob: &Digest,
+        build: impl FnOnce() -> Result<LayerIndex, IndexError>,
+    ) -> Result<LayerIndex, IndexError> {
+        if let Some(idx) = self.load(blob)? {
+            return Ok(idx);
+        }
+        let idx = build()?;
+        self.save(&idx)?;
+        Ok(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::model::LayerFormat;
+
+    fn sample() -> LayerIndex {
+        LayerIndex {
+            blob: Digest::of(b"layer"),
+            blob_size: 5,
+            format: LayerFormat::TarGzip,
+            entries: vec![],
+            chunks: vec![],
+            checkpoints: vec![],
+            prefetch: vec![],
+        }
+    }
+
+    #[test]
+    fn saves_loads_and_refuses_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(dir.path()).unwrap();
+        let idx = sample();
+        assert!(store.load(&idx.blob).unwrap().is_none());
+        let path = store.save(&idx).unwrap();
+        assert_eq!(store.load(&idx.blob).unwrap(), Some(idx.clone()));
+        let mut calls = 0;
+        store
+            .get_or_build(&idx.blob, || {
+                calls += 1;
+                Ok(sample())
+            })
+            .unwrap();
+        assert_eq!(calls, 0, "a stored index must not be rebuilt");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            store.load(&idx.blob),
+            Err(IndexError::Digest(_)) | Err(IndexError::Encoding { .. })
+        ));
+        // An index stored under the wrong name is refused.
+        std::fs::write(store.path_for(&Digest::of(b"other")), encode(&idx).unwrap()).unwrap();
+        assert!(store.load(&Digest::of(b"other")).is_err());
+    }
+}
