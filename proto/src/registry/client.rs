@@ -931,7 +931,7 @@ impl Client {
                 }
             };
         let manifest = match ManifestKind::parse(manifest_ct.as_deref(), &manifest_bytes)? {
-            ManifestKind::Manifest(m) => m,
+            ManifestKind::Manifest(m) => *m,
             ManifestKind::Index(_) => {
                 return Err(RegistryError::BadResponse {
                     url: format!("{reference}@{manifest_digest}"),
