@@ -394,19 +394,43 @@ impl Client {
                 req
             }
         };
-        self.stats.add_request();
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| terr(format!("request failed: {e}")))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| terr(format!("reading reply: {e}")))?;
-        if !status.is_success() {
-            return Err(terr(format!("status {status}: {}", excerpt(&body))));
-        }
+        // Transient failures of the token endpoint are retried like registry requests.
+        let mut attempt = 0u32;
+        let body = loop {
+            attempt += 1;
+            let last = match request.try_clone() {
+                Some(r) => {
+                    self.stats.add_request();
+                    match r.send().await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            match resp.bytes().await {
+                                Ok(body) if status.is_success() => break body,
+                                Ok(body)
+                                    if status.is_server_error()
+                                        || status == StatusCode::TOO_MANY_REQUESTS =>
+                                {
+                                    format!("status {status}: {}", excerpt(&body))
+                                }
+                                Ok(body) => {
+                                    return Err(terr(format!(
+                                        "status {status}: {}",
+                                        excerpt(&body)
+                                    )))
+                                }
+                                Err(e) => format!("reading reply: {e}"),
+                            }
+                        }
+                        Err(e) => format!("request failed: {e}"),
+                    }
+                }
+                None => return Err(terr("token request cannot be repeated".into())),
+            };
+            if attempt >= self.options.retry.max_attempts.max(1) {
+                return Err(terr(format!("giving up after {attempt} attempts: {last}")));
+            }
+            tokio::time::sleep(self.options.retry.delay(attempt)).await;
+        };
         let reply: TokenReply =
             serde_json::from_slice(&body).map_err(|e| terr(format!("malformed reply: {e}")))?;
         let token = reply
