@@ -25,6 +25,10 @@ use url::Url;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
+/// Largest manifest or index accepted (containerd uses 4 MiB; be a little lenient).
+const MAX_MANIFEST_SIZE: usize = 8 << 20;
+/// Largest blob [`Client::get_blob`] buffers (configs are KiBs; this is generous).
+const MAX_SMALL_BLOB_SIZE: usize = 64 << 20;
 /// Most bytes of an error body quoted in messages.
 const ERROR_BODY_LIMIT: usize = 512;
 
@@ -689,14 +693,7 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Network {
-                method: "GET".into(),
-                url: url.to_string(),
-                source,
-            })?;
+        let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &url).await?;
         let what = format!("manifest {}/{repository}:{reference}", self.registry);
         let digest = match reference.parse::<Digest>() {
             Ok(expected) => {
@@ -714,18 +711,11 @@ impl Client {
         Ok((bytes, content_type, digest))
     }
 
-    /// Fetches a small blob whole (configs, indexes) and verifies it.
+    /// Fetches a small blob whole (configs, indexes; at most 64 MiB) and verifies it.
     pub async fn get_blob(&self, repository: &str, digest: Digest) -> Result<Bytes> {
         let resp = self.blob_get(repository, digest, None).await?;
-        let url = resp.url().to_string();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Network {
-                method: "GET".into(),
-                url,
-                source,
-            })?;
+        let url = resp.url().clone();
+        let bytes = read_capped(resp, MAX_SMALL_BLOB_SIZE, &url).await?;
         self.stats.add_bytes(bytes.len() as u64);
         digest.verify(
             &format!("blob {digest} from {}/{repository}", self.registry),
@@ -988,9 +978,37 @@ impl Client {
     }
 }
 
-/// Reads at most a little of an error body.
+/// Reads a whole body, refusing more than `cap` bytes (a registry must not make us
+/// buffer without bound).
+async fn read_capped(mut resp: Response, cap: usize, url: &Url) -> Result<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if buf.len().saturating_add(c.len()) > cap {
+                    return Err(RegistryError::BadResponse {
+                        url: url.to_string(),
+                        message: format!("body is larger than the {cap}-byte limit"),
+                    });
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(source) => {
+                return Err(RegistryError::Network {
+                    method: "GET".into(),
+                    url: url.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Reads an error body (they are small; failures read as empty).
 async fn read_limited(resp: Response) -> Bytes {
-    resp.bytes().await.unwrap_or_default()
+    let url = resp.url().clone();
+    read_capped(resp, 64 << 10, &url).await.unwrap_or_default()
 }
 
 /// The first `errors[].code` of a distribution-spec error body.
