@@ -58,7 +58,7 @@ async fn bearer_token_flow() {
     });
     let reg = Registry::start_with(RegistryOptions {
         auth: issuer.registry_auth(),
-        storage: None,
+        ..Default::default()
     });
     let c = client_with(&reg.host(), Some(Credentials::basic("bob", "builder")));
     push_and_pull(&c, &reg.host(), "tok/app").await;
@@ -100,7 +100,7 @@ async fn bearer_anonymous_access_token_and_short_expiry() {
     });
     let reg = Registry::start_with(RegistryOptions {
         auth: issuer.registry_auth(),
-        storage: None,
+        ..Default::default()
     });
     let c = client_with(&reg.host(), None);
     push_and_pull(&c, &reg.host(), "anon/app").await;
@@ -121,7 +121,7 @@ async fn bearer_token_refreshed_when_refused() {
     });
     let reg = Registry::start_with(RegistryOptions {
         auth: issuer.registry_auth(),
-        storage: None,
+        ..Default::default()
     });
     let c = client_with(&reg.host(), None);
     let err = c.get_manifest("fresh/app", "v1").await.unwrap_err();
@@ -157,7 +157,7 @@ async fn flaky_token_endpoint_is_retried() {
             issuer: name,
             rootcertbundle,
         },
-        storage: None,
+        ..Default::default()
     });
     proxy.add_rule(Rule::new("/token", Fault::Status(503), Some(1)));
     proxy.add_rule(Rule::new("/token", Fault::Drop, Some(1)));
