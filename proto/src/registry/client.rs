@@ -464,6 +464,7 @@ impl Client {
         let scope = Self::scope(req.repository, req.access);
         let mut attempt: u32 = 0;
         let mut auth_tries: u32 = 0;
+        let mut retry_after: Option<Duration> = None;
         // A blob whose redirect target we remember goes straight there, once.
         let mut cached_target = req
             .redirect_key
@@ -535,6 +536,15 @@ impl Client {
                         });
                     }
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        // Honor Retry-After (in seconds), within the policy's longest delay.
+                        retry_after = resp
+                            .headers()
+                            .get(header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(|secs| {
+                                Duration::from_secs(secs).min(self.options.retry.max_delay)
+                            });
                         format!("status {status}")
                     } else {
                         return Ok(resp);
@@ -553,7 +563,9 @@ impl Client {
                     last,
                 });
             }
-            let delay = self.options.retry.delay(attempt);
+            let delay = retry_after
+                .take()
+                .unwrap_or_else(|| self.options.retry.delay(attempt));
             tracing::info!(url = %req.url, attempt, ?delay, error = %last, "retrying");
             tokio::time::sleep(delay).await;
         }
