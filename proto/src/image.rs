@@ -264,8 +264,8 @@ impl Index {
 /// What kind of document a manifest response holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManifestKind {
-    /// An image manifest.
-    Manifest(Manifest),
+    /// An image manifest (boxed: it is much larger than an index).
+    Manifest(Box<Manifest>),
     /// An index / manifest list.
     Index(Index),
 }
@@ -293,12 +293,14 @@ impl ManifestKind {
                 Index::from_slice("image index", bytes).map(ManifestKind::Index)
             }
             Some(MEDIA_OCI_MANIFEST) | Some(MEDIA_DOCKER_MANIFEST) => {
-                Manifest::from_slice("image manifest", bytes).map(ManifestKind::Manifest)
+                Manifest::from_slice("image manifest", bytes)
+                    .map(|m| ManifestKind::Manifest(Box::new(m)))
             }
             None if peek.manifests.is_some() => {
                 Index::from_slice("image index", bytes).map(ManifestKind::Index)
             }
-            None => Manifest::from_slice("image manifest", bytes).map(ManifestKind::Manifest),
+            None => Manifest::from_slice("image manifest", bytes)
+                .map(|m| ManifestKind::Manifest(Box::new(m))),
             Some(other) => Err(ImageError::UnsupportedManifest(other.to_string())),
         }
     }
@@ -506,7 +508,7 @@ mod tests {
         );
         match ManifestKind::parse(None, &bytes).unwrap() {
             ManifestKind::Manifest(back) => {
-                assert_eq!(back, m);
+                assert_eq!(*back, m);
                 assert_eq!(back.layers[0].layer_type(), LayerMediaType::TarGzip);
             }
             other => panic!("{other:?}"),

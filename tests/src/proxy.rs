@@ -183,7 +183,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Reads one request: head (until CRLFCRLF) and body (Content-Length or chunked).
-fn read_request(conn: &mut TcpStream) -> io::Result<(String, Vec<(String, String)>, Vec<u8>)> {
+/// Request line, headers, body.
+type Request = (String, Vec<(String, String)>, Vec<u8>);
+
+fn read_request(conn: &mut TcpStream) -> io::Result<Request> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 65536];
     let head_end = loop {

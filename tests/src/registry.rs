@@ -39,6 +39,9 @@ pub struct RegistryOptions {
     /// Storage directory to use instead of a fresh one (to share storage between two
     /// registries, e.g. one behind auth and one without).
     pub storage: Option<PathBuf>,
+    /// Address to listen on instead of 127.0.0.1 (e.g. a non-loopback address, to test
+    /// that Skiff insists on HTTPS there unless told the registry is insecure).
+    pub bind_ip: Option<std::net::IpAddr>,
 }
 
 /// A running `docker-registry`. Stopped (killed and reaped) on drop.
@@ -62,7 +65,7 @@ impl Registry {
                 username: username.into(),
                 password: password.into(),
             },
-            storage: None,
+            ..Default::default()
         })
     }
 
@@ -106,7 +109,10 @@ impl Registry {
         // Retry on the rare race where the free port is taken before the registry binds.
         for _ in 0..5 {
             let port = crate::free_port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            let ip = options
+                .bind_ip
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+            let addr = SocketAddr::new(ip, port);
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
@@ -145,7 +151,7 @@ impl Registry {
         self.addr
     }
 
-    /// `127.0.0.1:PORT`, the registry part of references.
+    /// `IP:PORT` (usually `127.0.0.1:PORT`), the registry part of references.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }

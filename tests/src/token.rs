@@ -135,6 +135,11 @@ impl TokenIssuer {
         }
     }
 
+    /// The issuer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The token endpoint (`realm`).
     pub fn realm(&self) -> String {
         format!("http://{}/token", self.addr)

@@ -5,7 +5,8 @@ use skiff_proto::image::Platform;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::{Client, ClientOptions, Credentials, RegistryError};
 use skiff_tests::fixtures::{self, build_image, push_built};
-use skiff_tests::registry::{Registry, RegistryOptions};
+use skiff_tests::proxy::{Fault, FaultProxy, Rule};
+use skiff_tests::registry::{Auth, Registry, RegistryOptions};
 use skiff_tests::test_client_options;
 use skiff_tests::token::{IssuerOptions, TokenIssuer, SERVICE};
 
@@ -57,7 +58,7 @@ async fn bearer_token_flow() {
     });
     let reg = Registry::start_with(RegistryOptions {
         auth: issuer.registry_auth(),
-        storage: None,
+        ..Default::default()
     });
     let c = client_with(&reg.host(), Some(Credentials::basic("bob", "builder")));
     push_and_pull(&c, &reg.host(), "tok/app").await;
@@ -99,7 +100,7 @@ async fn bearer_anonymous_access_token_and_short_expiry() {
     });
     let reg = Registry::start_with(RegistryOptions {
         auth: issuer.registry_auth(),
-        storage: None,
+        ..Default::default()
     });
     let c = client_with(&reg.host(), None);
     push_and_pull(&c, &reg.host(), "anon/app").await;
@@ -120,7 +121,7 @@ async fn bearer_token_refreshed_when_refused() {
     });
     let reg = Registry::start_with(RegistryOptions {
         auth: issuer.registry_auth(),
-        storage: None,
+        ..Default::default()
     });
     let c = client_with(&reg.host(), None);
     let err = c.get_manifest("fresh/app", "v1").await.unwrap_err();
@@ -133,4 +134,44 @@ async fn bearer_token_refreshed_when_refused() {
         "{err}"
     );
     assert_eq!(issuer.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_token_endpoint_is_retried() {
+    let issuer = TokenIssuer::start(IssuerOptions::default());
+    // The registry sends clients to a proxy in front of the issuer.
+    let proxy = FaultProxy::start(issuer.addr());
+    let Auth::Token {
+        service,
+        issuer: name,
+        rootcertbundle,
+        ..
+    } = issuer.registry_auth()
+    else {
+        unreachable!()
+    };
+    let reg = Registry::start_with(RegistryOptions {
+        auth: Auth::Token {
+            realm: format!("{}/token", proxy.base_url()),
+            service,
+            issuer: name,
+            rootcertbundle,
+        },
+        ..Default::default()
+    });
+    proxy.add_rule(Rule::new("/token", Fault::Status(503), Some(1)));
+    proxy.add_rule(Rule::new("/token", Fault::Drop, Some(1)));
+    let c = client_with(&reg.host(), None);
+    push_and_pull(&c, &reg.host(), "flaky/token").await;
+    assert!(proxy.count(Some("GET"), "/token") >= 3);
+
+    // A token endpoint that never recovers gives a clear error naming it.
+    proxy.add_rule(Rule::new("/token", Fault::Status(503), None));
+    let fresh = client_with(&reg.host(), None);
+    let err = fresh.get_manifest("flaky/token", "v1").await.unwrap_err();
+    assert!(matches!(err, RegistryError::Token { .. }), "{err}");
+    assert!(
+        err.to_string().contains("giving up after 4 attempts"),
+        "{err}"
+    );
 }

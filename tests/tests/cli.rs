@@ -236,3 +236,39 @@ async fn pull_selects_platform() {
     assert!(blob_file(root.path(), &arm_layer).exists());
     assert!(!blob_file(root.path(), &amd_layer).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_only_for_loopback_or_insecure_registries() {
+    let Some(ip) = skiff_tests::non_loopback_ipv4() else {
+        eprintln!("skipping: no non-loopback IPv4 address on this machine");
+        return;
+    };
+    let reg = Registry::start_with(skiff_tests::registry::RegistryOptions {
+        bind_ip: Some(ip),
+        ..Default::default()
+    });
+    let c = skiff_proto::registry::Client::new(
+        &reg.host(),
+        skiff_proto::registry::ClientOptions {
+            insecure_registries: vec![reg.host()],
+            ..skiff_tests::test_client_options()
+        },
+    )
+    .unwrap();
+    let image = build_image(
+        fixtures::sample_layers(),
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(&c, "lan/app", "v1", &image).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let reference = reg.reference("lan/app:v1");
+    // Not loopback and not named insecure: Skiff speaks TLS, which this registry lacks.
+    let out = skiff.run(&["inspect", &reference]);
+    assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
+    assert!(stderr(&out).contains("https://"), "{}", stderr(&out));
+    let out = skiff.run(&["pull", "--insecure-registry", &reg.host(), &reference]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&image.digest.to_string()));
+}

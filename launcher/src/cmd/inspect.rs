@@ -26,15 +26,10 @@ pub struct Args {
 
 /// Runs `skiff inspect`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
-    let reference = Reference::parse(&args.image)?;
     let image = if args.local {
-        load_local(global, &reference)?
+        load_local(global, &Reference::parse(&args.image)?)?
     } else {
-        let platform = args.registry.platform()?;
-        let client = args.registry.client_for(&reference)?;
-        runtime()?
-            .block_on(client.resolve(&reference, platform.as_ref()))
-            .with_context(|| format!("resolving {reference}"))?
+        args.registry.resolve(&runtime()?, &args.image)?.1
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&image))?),

@@ -67,6 +67,25 @@ impl RegistryArgs {
     }
 }
 
+impl RegistryArgs {
+    /// Parses `image`, makes a client for its registry and resolves it (platform from
+    /// `--platform`) on `rt`. Keep `rt` alive while layers are read through
+    /// [`skiff_proto::registry::RemoteBlob`]s made from the returned client.
+    pub fn resolve(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        image: &str,
+    ) -> anyhow::Result<(std::sync::Arc<Client>, skiff_proto::image::ResolvedImage)> {
+        let reference = Reference::parse(image)?;
+        let platform = self.platform()?;
+        let client = std::sync::Arc::new(self.client_for(&reference)?);
+        let resolved = rt
+            .block_on(client.resolve(&reference, platform.as_ref()))
+            .with_context(|| format!("resolving {reference}"))?;
+        Ok((client, resolved))
+    }
+}
+
 /// A tokio runtime for one command (small: the work is network-bound).
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -25,6 +25,10 @@ use url::Url;
 
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
+/// Largest manifest or index accepted (containerd uses 4 MiB; be a little lenient).
+const MAX_MANIFEST_SIZE: usize = 8 << 20;
+/// Largest blob [`Client::get_blob`] buffers (configs are KiBs; this is generous).
+const MAX_SMALL_BLOB_SIZE: usize = 64 << 20;
 /// Most bytes of an error body quoted in messages.
 const ERROR_BODY_LIMIT: usize = 512;
 
@@ -394,19 +398,43 @@ impl Client {
                 req
             }
         };
-        self.stats.add_request();
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| terr(format!("request failed: {e}")))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| terr(format!("reading reply: {e}")))?;
-        if !status.is_success() {
-            return Err(terr(format!("status {status}: {}", excerpt(&body))));
-        }
+        // Transient failures of the token endpoint are retried like registry requests.
+        let mut attempt = 0u32;
+        let body = loop {
+            attempt += 1;
+            let last = match request.try_clone() {
+                Some(r) => {
+                    self.stats.add_request();
+                    match r.send().await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            match resp.bytes().await {
+                                Ok(body) if status.is_success() => break body,
+                                Ok(body)
+                                    if status.is_server_error()
+                                        || status == StatusCode::TOO_MANY_REQUESTS =>
+                                {
+                                    format!("status {status}: {}", excerpt(&body))
+                                }
+                                Ok(body) => {
+                                    return Err(terr(format!(
+                                        "status {status}: {}",
+                                        excerpt(&body)
+                                    )))
+                                }
+                                Err(e) => format!("reading reply: {e}"),
+                            }
+                        }
+                        Err(e) => format!("request failed: {e}"),
+                    }
+                }
+                None => return Err(terr("token request cannot be repeated".into())),
+            };
+            if attempt >= self.options.retry.max_attempts.max(1) {
+                return Err(terr(format!("giving up after {attempt} attempts: {last}")));
+            }
+            tokio::time::sleep(self.options.retry.delay(attempt)).await;
+        };
         let reply: TokenReply =
             serde_json::from_slice(&body).map_err(|e| terr(format!("malformed reply: {e}")))?;
         let token = reply
@@ -436,6 +464,7 @@ impl Client {
         let scope = Self::scope(req.repository, req.access);
         let mut attempt: u32 = 0;
         let mut auth_tries: u32 = 0;
+        let mut retry_after: Option<Duration> = None;
         // A blob whose redirect target we remember goes straight there, once.
         let mut cached_target = req
             .redirect_key
@@ -507,6 +536,15 @@ impl Client {
                         });
                     }
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        // Honor Retry-After (in seconds), within the policy's longest delay.
+                        retry_after = resp
+                            .headers()
+                            .get(header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(|secs| {
+                                Duration::from_secs(secs).min(self.options.retry.max_delay)
+                            });
                         format!("status {status}")
                     } else {
                         return Ok(resp);
@@ -525,7 +563,9 @@ impl Client {
                     last,
                 });
             }
-            let delay = self.options.retry.delay(attempt);
+            let delay = retry_after
+                .take()
+                .unwrap_or_else(|| self.options.retry.delay(attempt));
             tracing::info!(url = %req.url, attempt, ?delay, error = %last, "retrying");
             tokio::time::sleep(delay).await;
         }
@@ -665,14 +705,7 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Network {
-                method: "GET".into(),
-                url: url.to_string(),
-                source,
-            })?;
+        let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &url).await?;
         let what = format!("manifest {}/{repository}:{reference}", self.registry);
         let digest = match reference.parse::<Digest>() {
             Ok(expected) => {
@@ -690,18 +723,11 @@ impl Client {
         Ok((bytes, content_type, digest))
     }
 
-    /// Fetches a small blob whole (configs, indexes) and verifies it.
+    /// Fetches a small blob whole (configs, indexes; at most 64 MiB) and verifies it.
     pub async fn get_blob(&self, repository: &str, digest: Digest) -> Result<Bytes> {
         let resp = self.blob_get(repository, digest, None).await?;
-        let url = resp.url().to_string();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Network {
-                method: "GET".into(),
-                url,
-                source,
-            })?;
+        let url = resp.url().clone();
+        let bytes = read_capped(resp, MAX_SMALL_BLOB_SIZE, &url).await?;
         self.stats.add_bytes(bytes.len() as u64);
         digest.verify(
             &format!("blob {digest} from {}/{repository}", self.registry),
@@ -931,7 +957,7 @@ impl Client {
                 }
             };
         let manifest = match ManifestKind::parse(manifest_ct.as_deref(), &manifest_bytes)? {
-            ManifestKind::Manifest(m) => m,
+            ManifestKind::Manifest(m) => *m,
             ManifestKind::Index(_) => {
                 return Err(RegistryError::BadResponse {
                     url: format!("{reference}@{manifest_digest}"),
@@ -964,9 +990,37 @@ impl Client {
     }
 }
 
-/// Reads at most a little of an error body.
+/// Reads a whole body, refusing more than `cap` bytes (a registry must not make us
+/// buffer without bound).
+async fn read_capped(mut resp: Response, cap: usize, url: &Url) -> Result<Bytes> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if buf.len().saturating_add(c.len()) > cap {
+                    return Err(RegistryError::BadResponse {
+                        url: url.to_string(),
+                        message: format!("body is larger than the {cap}-byte limit"),
+                    });
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(source) => {
+                return Err(RegistryError::Network {
+                    method: "GET".into(),
+                    url: url.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Reads an error body (they are small; failures read as empty).
 async fn read_limited(resp: Response) -> Bytes {
-    resp.bytes().await.unwrap_or_default()
+    let url = resp.url().clone();
+    read_capped(resp, 64 << 10, &url).await.unwrap_or_default()
 }
 
 /// The first `errors[].code` of a distribution-spec error body.

@@ -116,6 +116,12 @@ pub fn from_docker_config(registry: &str) -> Result<Option<Credentials>> {
 /// Like [`from_docker_config`] with an explicit config file. A missing file means no
 /// credentials; an unreadable or malformed one is an error.
 pub fn from_docker_config_file(path: &Path, registry: &str) -> Result<Option<Credentials>> {
+    lookup(path, registry, None)
+}
+
+/// The lookup, with credential helpers optionally taken from `helper_dir` instead of
+/// `$PATH` (tests use this to avoid changing the process environment).
+fn lookup(path: &Path, registry: &str, helper_dir: Option<&Path>) -> Result<Option<Credentials>> {
     let err = |message: String| RegistryError::Credentials {
         registry: registry.to_string(),
         message,
@@ -130,7 +136,7 @@ pub fn from_docker_config_file(path: &Path, registry: &str) -> Result<Option<Cre
     let keys = keys_for(registry);
     // A per-registry helper wins, then entries in `auths`, then the default store.
     if let Some(helper) = keys.iter().find_map(|k| config.cred_helpers.get(k)) {
-        return run_helper(helper, registry);
+        return run_helper(helper, registry, helper_dir);
     }
     if let Some(entry) = keys.iter().find_map(|k| config.auths.get(k)) {
         if let Some(token) = entry.identitytoken.as_ref().filter(|t| !t.is_empty()) {
@@ -160,13 +166,17 @@ pub fn from_docker_config_file(path: &Path, registry: &str) -> Result<Option<Cre
         }
     }
     if let Some(store) = &config.creds_store {
-        return run_helper(store, registry);
+        return run_helper(store, registry, helper_dir);
     }
     Ok(None)
 }
 
 /// Runs `docker-credential-<helper> get` with the server URL on stdin.
-fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>> {
+fn run_helper(
+    helper: &str,
+    registry: &str,
+    helper_dir: Option<&Path>,
+) -> Result<Option<Credentials>> {
     let err = |message: String| RegistryError::Credentials {
         registry: registry.to_string(),
         message,
@@ -177,7 +187,11 @@ fn run_helper(helper: &str, registry: &str) -> Result<Option<Credentials>> {
     } else {
         registry.to_string()
     };
-    let mut child = Command::new(&program)
+    let program_path = match helper_dir {
+        Some(dir) => dir.join(&program),
+        None => PathBuf::from(&program),
+    };
+    let mut child = Command::new(&program_path)
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -241,31 +255,21 @@ mod tests {
             ),
         )
         .unwrap();
-        // PATH must contain the fake helper; this test owns that change for its process
-        // only through an explicit lookup below.
-        let old = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![helper_dir.clone()];
-        paths.extend(std::env::split_paths(&old));
-        // SAFETY: unit tests in this module are the only readers of PATH that matter;
-        // the value only gains a directory.
-        unsafe { std::env::set_var("PATH", std::env::join_paths(paths).unwrap()) };
+        let get = |registry: &str| lookup(&cfg, registry, Some(&helper_dir));
         assert_eq!(
-            from_docker_config_file(&cfg, "reg.example:5000").unwrap(),
+            get("reg.example:5000").unwrap(),
             Some(Credentials::basic("alice", "s3cret"))
         );
         assert_eq!(
-            from_docker_config_file(&cfg, "docker.io").unwrap(),
+            get("docker.io").unwrap(),
             Some(Credentials::IdentityToken("tok".into()))
         );
         assert_eq!(
-            from_docker_config_file(&cfg, "helped.example").unwrap(),
+            get("helped.example").unwrap(),
             Some(Credentials::basic("hu", "hs"))
         );
         // Falls through to credsStore, which knows nothing about it.
-        assert_eq!(
-            from_docker_config_file(&cfg, "other.example").unwrap(),
-            None
-        );
+        assert_eq!(get("other.example").unwrap(), None);
         assert_eq!(
             from_docker_config_file(&dir.path().join("missing.json"), "x").unwrap(),
             None

@@ -42,6 +42,21 @@ impl RemoteBlob {
         }
     }
 
+    /// A reader for the layer (or any blob) `desc` describes.
+    pub fn for_descriptor(
+        client: Arc<Client>,
+        repository: &str,
+        desc: &crate::image::Descriptor,
+        handle: Handle,
+    ) -> RemoteBlob {
+        RemoteBlob::new(client, repository, desc.digest, desc.size, handle)
+    }
+
+    /// The repository the blob is read from.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
     /// Requests made and bytes received by this blob reader (the client's own
     /// [`Client::stats`] count everything).
     pub fn stats(&self) -> &Arc<FetchStats> {
