@@ -61,15 +61,3 @@ pub fn test_client_options() -> skiff_proto::registry::ClientOptions {
 pub fn client(host: &str) -> skiff_proto::registry::Client {
     skiff_proto::registry::Client::new(host, test_client_options()).expect("creating client")
 }
-
-/// This machine's first non-loopback IPv4 address (from `hostname -I`), if any.
-pub fn non_loopback_ipv4() -> Option<std::net::IpAddr> {
-    let out = std::process::Command::new("hostname")
-        .arg("-I")
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.parse::<std::net::IpAddr>().ok())
-        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
-}

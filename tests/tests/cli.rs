@@ -237,12 +237,39 @@ async fn pull_selects_platform() {
     assert!(!blob_file(root.path(), &amd_layer).exists());
 }
 
+/// The registry must sit on a non-loopback address for this check, and no test may send
+/// traffic off this machine's loopback: so the check runs in a network namespace of its
+/// own (`unshare --net`) whose `lo` also carries 192.0.2.1 (TEST-NET-1), re-executing
+/// this test binary there for `plain_http_inner`.
+#[test]
+fn plain_http_only_for_loopback_or_insecure_registries() {
+    let exe = std::env::current_exe().unwrap();
+    let script = r#"ip link set lo up && ip addr add 192.0.2.1/32 dev lo && exec "$0" --exact plain_http_inner --ignored --nocapture"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", script])
+        .arg(&exe)
+        .env("SKIFF_TEST_NETNS_IP", "192.0.2.1")
+        .output()
+        .expect("running unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the inner test did not run: {text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_http_only_for_loopback_or_insecure_registries() {
-    let Some(ip) = skiff_tests::non_loopback_ipv4() else {
-        eprintln!("skipping: no non-loopback IPv4 address on this machine");
-        return;
-    };
+#[ignore = "runs only inside the network namespace set up by plain_http_only_for_loopback_or_insecure_registries"]
+async fn plain_http_inner() {
+    let ip: std::net::IpAddr = std::env::var("SKIFF_TEST_NETNS_IP")
+        .expect("SKIFF_TEST_NETNS_IP is set by the outer test")
+        .parse()
+        .unwrap();
     let reg = Registry::start_with(skiff_tests::registry::RegistryOptions {
         bind_ip: Some(ip),
         ..Default::default()
