@@ -157,6 +157,7 @@ fn probes_match_runc() {
         ("cut -d' ' -f2 /proc/self/mounts", None, (0, 0, &[])),
         ("ulimit -n; ulimit -Hn", None, (0, 0, &[])),
         ("true", None, (0, 0, &[])),
+        ("cut -d' ' -f5,6 /proc/1/stat", None, (0, 0, &[])),
         ("exit 3", None, (0, 0, &[])),
         (
             "cat /proc/net/dev | cut -d: -f1 | tail -n +3",

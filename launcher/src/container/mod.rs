@@ -378,6 +378,11 @@ fn container_main(
         unsafe { libc::_exit(process::EXIT_SETUP as i32) }
     }
     drop(go_r);
+    // Like runc, PID 1 leads its own session: a terminal's Ctrl-C reaches skiff, which
+    // forwards it, rather than hitting the container twice. (-t does this itself.)
+    if pty.is_none() {
+        let _ = nix::unistd::setsid();
+    }
     let stdio = match pty {
         Some(p) => p.attach_as_controlling(),
         None if !cfg.spec.stdin => std::fs::File::open("/dev/null").and_then(|f| {
