@@ -286,6 +286,28 @@ fn device_access_is_limited_to_the_defaults() {
 }
 
 #[test]
+fn no_descriptor_leaks_into_the_container() {
+    use std::os::unix::process::CommandExt;
+    let r = Rootfs::new();
+    let secret = std::fs::File::open("/proc/self/status").unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&secret);
+    let mut cmd = r.skiff_cmd(&["--rm", "ls", "/proc/self/fd"]);
+    // Hand skiff an inheritable fd 7, as a careless parent (or the FUSE server) might.
+    // SAFETY: dup2 in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    // 0-2 and ls's own directory fd (3).
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n3\n");
+}
+
+#[test]
 fn signals_are_forwarded_to_pid1() {
     let r = Rootfs::new();
     let mut child = r

@@ -416,6 +416,17 @@ fn container_main(
         }
     }
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    // No descriptor of skiff's (say, the FUSE server's /dev/fuse) may reach the
+    // container: mark everything above stderr close-on-exec (runc does the same).
+    // SAFETY: close_range only changes flags of this process's descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     let code = match e {
         nix::errno::Errno::ENOENT => process::EXIT_NOT_FOUND,
