@@ -177,6 +177,8 @@ fn exit_codes_and_flags_pass_through() {
     let out = r.skiff(&[
         "--rm",
         "--read-only",
+        "-w",
+        "/made/for/ro",
         "--volume",
         &ro,
         "--volume",
@@ -189,12 +191,12 @@ fn exit_codes_and_flags_pass_through() {
         "-c",
         "cat /ro/f; echo; touch /ro/x 2>/dev/null || echo ro-denied; touch /rw/y && echo rw-ok; \
          touch /etc/z 2>/dev/null || echo root-ro; touch /scratch/s && echo tmpfs-ok; \
-         ulimit -n; ulimit -Hn",
+         ulimit -n; ulimit -Hn; pwd",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "hello\nro-denied\nrw-ok\nroot-ro\ntmpfs-ok\n100\n200\n"
+        "hello\nro-denied\nrw-ok\nroot-ro\ntmpfs-ok\n100\n200\n/made/for/ro\n"
     );
     assert!(host.join("y").exists());
     assert!(!r.rootfs.join("scratch/s").exists());

@@ -64,6 +64,11 @@ pub fn prepare(
     }
     rootfs::prepare(sys, cfg.rootfs, spec, cfg.etc_dir, cfg.console)
         .map_err(|e| InitError::setup("preparing rootfs", e))?;
+    // The working directory is created while the root is still writable (--read-only
+    // comes with finalize), as Docker does.
+    let cwd = PathBuf::from(&spec.cwd);
+    std::fs::create_dir_all(&cwd)
+        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
     rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
 
     // The user is looked up in the container's own files, after pivot_root.
@@ -77,10 +82,6 @@ pub fn prepare(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
-
-    let cwd = PathBuf::from(&spec.cwd);
-    std::fs::create_dir_all(&cwd)
-        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
 
     set_rlimits(sys, spec, cfg.default_nofile)?;
     drop_privileges(sys, spec, &user)?;
