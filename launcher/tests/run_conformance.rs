@@ -141,7 +141,9 @@ const LS_DEV: &str = "ls -l /dev | sed -E 's/ [A-Z][a-z]{2} [ 0-9]{2} [0-9:]{4,5
 #[test]
 fn probes_match_runc() {
     let img = Image::build();
-    let probes: &[(&str, Option<&str>, (u32, u32, &[u32]))] = &[
+    // (script, skiff -u, the uid/gid/groups runc is given for it)
+    type Probe<'a> = (&'a str, Option<&'a str>, (u32, u32, &'a [u32]));
+    let probes: &[Probe] = &[
         ("id", None, (0, 0, &[])),
         ("hostname; cat /proc/sys/kernel/hostname", None, (0, 0, &[])),
         ("env | sort", None, (0, 0, &[])),
@@ -155,6 +157,7 @@ fn probes_match_runc() {
         ("cut -d' ' -f2 /proc/self/mounts", None, (0, 0, &[])),
         ("ulimit -n; ulimit -Hn", None, (0, 0, &[])),
         ("true", None, (0, 0, &[])),
+        ("cut -d' ' -f5,6 /proc/1/stat", None, (0, 0, &[])),
         ("exit 3", None, (0, 0, &[])),
         (
             "cat /proc/net/dev | cut -d: -f1 | tail -n +3",
@@ -223,14 +226,20 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
             .spawn()
             .unwrap()
     };
-    for _ in 0..500 {
+    let mut pid = None;
+    for _ in 0..3000 {
         let st = Command::new("runc").args(["state", &id]).output().unwrap();
-        if String::from_utf8_lossy(&st.stdout).contains("\"running\"") {
-            break;
+        if let Ok(v) = serde_json::from_slice::<Value>(&st.stdout) {
+            if v["status"] == "running" {
+                pid = v["pid"].as_i64();
+                break;
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let _ = Command::new("runc").args(["kill", &id, "KILL"]).status();
+    let pid = pid.expect("runc container running");
+    // SAFETY: kill on the runc container's PID 1.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let status = runc.wait().unwrap();
     let _ = Command::new("runc").args(["delete", "-f", &id]).output();
     assert_eq!(status.code(), Some(137));

@@ -177,6 +177,8 @@ fn exit_codes_and_flags_pass_through() {
     let out = r.skiff(&[
         "--rm",
         "--read-only",
+        "-w",
+        "/made/for/ro",
         "--volume",
         &ro,
         "--volume",
@@ -189,12 +191,12 @@ fn exit_codes_and_flags_pass_through() {
         "-c",
         "cat /ro/f; echo; touch /ro/x 2>/dev/null || echo ro-denied; touch /rw/y && echo rw-ok; \
          touch /etc/z 2>/dev/null || echo root-ro; touch /scratch/s && echo tmpfs-ok; \
-         ulimit -n; ulimit -Hn",
+         ulimit -n; ulimit -Hn; pwd",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "hello\nro-denied\nrw-ok\nroot-ro\ntmpfs-ok\n100\n200\n"
+        "hello\nro-denied\nrw-ok\nroot-ro\ntmpfs-ok\n100\n200\n/made/for/ro\n"
     );
     assert!(host.join("y").exists());
     assert!(!r.rootfs.join("scratch/s").exists());
@@ -283,6 +285,28 @@ fn device_access_is_limited_to_the_defaults() {
         "made\nopened\nnull-ok\n"
     );
     let _ = std::fs::remove_dir_all(r.rootfs.join("t"));
+}
+
+#[test]
+fn no_descriptor_leaks_into_the_container() {
+    use std::os::unix::process::CommandExt;
+    let r = Rootfs::new();
+    let secret = std::fs::File::open("/proc/self/status").unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&secret);
+    let mut cmd = r.skiff_cmd(&["--rm", "ls", "/proc/self/fd"]);
+    // Hand skiff an inheritable fd 7, as a careless parent (or the FUSE server) might.
+    // SAFETY: dup2 in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    // 0-2 and ls's own directory fd (3).
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n3\n");
 }
 
 #[test]

@@ -156,12 +156,24 @@ impl Cgroup {
         // v2 (pure or the hybrid's unified mount): the container gets its own
         // directory next to ours, for tracking and, on pure v2, for the limits.
         let v2_dir = match &layout {
-            Layout::V2(m) | Layout::Hybrid { unified: m, .. } => {
-                let parent = m.join(own_path(&proc_cgroup, ""));
+            Layout::V2(m) => {
+                // Pure v2: controllers can only be enabled for a cgroup without
+                // processes of its own, so containers go under a top-level `skiff`
+                // cgroup (runc's cgroupfs driver does the same with its path), not
+                // under skiff's own (often a busy session scope).
+                let parent = m.join("skiff");
+                std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+                enable_v2_controllers(m, limits)?;
+                enable_v2_controllers(&parent, limits)?;
                 let dir = parent.join(&name);
-                if matches!(layout, Layout::V2(_)) {
-                    enable_v2_controllers(&parent, limits)?;
-                }
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                cg.dirs.push(dir.clone());
+                Some(dir)
+            }
+            Layout::Hybrid { unified: m, .. } => {
+                // Hybrid: the unified hierarchy holds no controllers; the container
+                // gets a directory next to skiff's for tracking only.
+                let dir = m.join(own_path(&proc_cgroup, "")).join(&name);
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 cg.dirs.push(dir.clone());
                 Some(dir)
@@ -298,7 +310,7 @@ pub fn remove_stale(id: &str) {
     let name = format!("skiff-{id}");
     let mut dirs = Vec::new();
     match detect_layout(&mountinfo) {
-        Ok(Layout::V2(m)) => dirs.push(m.join(own_path(&proc_cgroup, "")).join(&name)),
+        Ok(Layout::V2(m)) => dirs.push(m.join("skiff").join(&name)),
         Ok(Layout::V1(v1)) => {
             for (ctrls, m) in v1 {
                 if let Some(c) = ctrls.first() {

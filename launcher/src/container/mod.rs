@@ -194,6 +194,7 @@ fn fail_child(err_w: &OwnedFd, e: &process::InitError) -> ! {
 /// Runs the container described by `spec` on the root filesystem at `rootfs` and waits
 /// for it. Returns PID 1's status; skiff's own output is nothing. Signals to skiff are
 /// forwarded while it runs; cgroups and the namespaces' mounts are gone when it returns.
+#[allow(dead_code)] // the plain entry point for `skiff run IMAGE` once it is wired
 pub fn run(spec: &ContainerSpec, rootfs: &Path) -> Result<ExitStatus, RunError> {
     run_with(spec, rootfs, &mut |_| {})
 }
@@ -377,6 +378,11 @@ fn container_main(
         unsafe { libc::_exit(process::EXIT_SETUP as i32) }
     }
     drop(go_r);
+    // Like runc, PID 1 leads its own session: a terminal's Ctrl-C reaches skiff, which
+    // forwards it, rather than hitting the container twice. (-t does this itself.)
+    if pty.is_none() {
+        let _ = nix::unistd::setsid();
+    }
     let stdio = match pty {
         Some(p) => p.attach_as_controlling(),
         None if !cfg.spec.stdin => std::fs::File::open("/dev/null").and_then(|f| {
@@ -410,6 +416,17 @@ fn container_main(
         }
     }
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    // No descriptor of skiff's (say, the FUSE server's /dev/fuse) may reach the
+    // container: mark everything above stderr close-on-exec (runc does the same).
+    // SAFETY: close_range only changes flags of this process's descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let e = nix::unistd::execve(&program, &argv, &envp).unwrap_err();
     let code = match e {
         nix::errno::Errno::ENOENT => process::EXIT_NOT_FOUND,

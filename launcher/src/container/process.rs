@@ -64,6 +64,11 @@ pub fn prepare(
     }
     rootfs::prepare(sys, cfg.rootfs, spec, cfg.etc_dir, cfg.console)
         .map_err(|e| InitError::setup("preparing rootfs", e))?;
+    // The working directory is created while the root is still writable (--read-only
+    // comes with finalize), as Docker does.
+    let cwd = PathBuf::from(&spec.cwd);
+    std::fs::create_dir_all(&cwd)
+        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
     rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
 
     // The user is looked up in the container's own files, after pivot_root.
@@ -78,29 +83,8 @@ pub fn prepare(
         env.push(format!("HOME={}", user.home));
     }
 
-    let cwd = PathBuf::from(&spec.cwd);
-    std::fs::create_dir_all(&cwd)
-        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
-
     set_rlimits(sys, spec, cfg.default_nofile)?;
-    let caps = docker_default_capabilities();
-    if !spec.privileged {
-        sys.drop_bounding(&caps)
-            .map_err(|e| InitError::setup("dropping capabilities", e))?;
-    }
-    sys.set_identity(user.uid, user.gid, &user.additional_gids)
-        .map_err(|e| InitError::setup(&format!("switching to user {:?}", spec.user), e))?;
-    let effective = match (spec.privileged, user.uid) {
-        (true, 0) => None,
-        (false, 0) => Some(caps),
-        (_, _) => Some(Default::default()),
-    };
-    sys.set_capabilities(effective.as_ref())
-        .map_err(|e| InitError::setup("setting capabilities", e))?;
-    if !spec.privileged {
-        sys.set_no_new_privs()
-            .map_err(|e| InitError::setup("setting no_new_privs", e))?;
-    }
+    drop_privileges(sys, spec, &user)?;
     nix::unistd::chdir(&cwd).map_err(|e| InitError {
         code: EXIT_CANNOT_INVOKE,
         message: format!(
@@ -126,6 +110,37 @@ pub fn prepare(
     let program = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| InitError::setup("program path contains a NUL byte", program.display()))?;
     Ok((program, argv, envp))
+}
+
+/// Becomes the container user with Docker's capabilities: bounding set first (needs
+/// CAP_SETPCAP, so while still root), then uid/gid/groups (keeping permitted caps),
+/// then effective/permitted (none for a non-root user, as exec would drop them
+/// anyway), then no_new_privs. `--privileged` keeps every capability and skips
+/// no_new_privs.
+pub fn drop_privileges(
+    sys: &dyn Syscall,
+    spec: &ContainerSpec,
+    user: &users::ResolvedUser,
+) -> Result<(), InitError> {
+    let caps = docker_default_capabilities();
+    if !spec.privileged {
+        sys.drop_bounding(&caps)
+            .map_err(|e| InitError::setup("dropping capabilities", e))?;
+    }
+    sys.set_identity(user.uid, user.gid, &user.additional_gids)
+        .map_err(|e| InitError::setup(&format!("switching to user {:?}", spec.user), e))?;
+    let effective = match (spec.privileged, user.uid) {
+        (true, 0) => None,
+        (false, 0) => Some(caps),
+        (_, _) => Some(Default::default()),
+    };
+    sys.set_capabilities(effective.as_ref())
+        .map_err(|e| InitError::setup("setting capabilities", e))?;
+    if !spec.privileged {
+        sys.set_no_new_privs()
+            .map_err(|e| InitError::setup("setting no_new_privs", e))?;
+    }
+    Ok(())
 }
 
 /// Applies the default RLIMIT_NOFILE (unless `--ulimit nofile` is given) and the
@@ -188,4 +203,111 @@ pub fn find_executable(name: &str, path_var: &str) -> Result<PathBuf, InitError>
             message: format!("exec: \"{name}\": executable file not found in $PATH"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::RunOptions;
+    use super::super::sys::recording::Recorder;
+    use super::*;
+
+    fn spec(opts: RunOptions) -> ContainerSpec {
+        let opts = RunOptions {
+            command: vec!["true".into()],
+            ..opts
+        };
+        ContainerSpec::new(None, &opts, "id".into(), "/tmp".into()).unwrap()
+    }
+
+    fn user(uid: u32) -> users::ResolvedUser {
+        users::ResolvedUser {
+            uid,
+            gid: uid,
+            additional_gids: vec![10],
+            home: "/".into(),
+        }
+    }
+
+    #[test]
+    fn privileges_drop_in_order() {
+        let rec = Recorder::default();
+        drop_privileges(&rec, &spec(RunOptions::default()), &user(0)).unwrap();
+        assert_eq!(
+            *rec.calls.borrow(),
+            [
+                "bounding 14",
+                "identity 0 0 [10]",
+                "caps 14",
+                "no_new_privs"
+            ]
+        );
+
+        let rec = Recorder::default();
+        drop_privileges(&rec, &spec(RunOptions::default()), &user(1000)).unwrap();
+        assert_eq!(
+            *rec.calls.borrow(),
+            [
+                "bounding 14",
+                "identity 1000 1000 [10]",
+                "caps 0",
+                "no_new_privs"
+            ]
+        );
+
+        let rec = Recorder::default();
+        let privileged = spec(RunOptions {
+            privileged: true,
+            ..Default::default()
+        });
+        drop_privileges(&rec, &privileged, &user(0)).unwrap();
+        assert_eq!(*rec.calls.borrow(), ["identity 0 0 [10]", "caps all"]);
+    }
+
+    #[test]
+    fn rlimits_default_nofile_unless_given() {
+        let rec = Recorder::default();
+        set_rlimits(&rec, &spec(RunOptions::default()), 4096).unwrap();
+        assert_eq!(*rec.calls.borrow(), ["setrlimit RLIMIT_NOFILE 4096 4096"]);
+
+        let rec = Recorder::default();
+        let s = spec(RunOptions {
+            ulimits: vec!["nofile=10:20".into(), "nproc=5".into()],
+            ..Default::default()
+        });
+        set_rlimits(&rec, &s, 4096).unwrap();
+        assert_eq!(
+            *rec.calls.borrow(),
+            [
+                "setrlimit RLIMIT_NOFILE 10 20",
+                "setrlimit RLIMIT_NPROC 5 5"
+            ]
+        );
+    }
+
+    #[test]
+    fn executable_lookup_gives_docker_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("noexec"), "").unwrap();
+        std::os::unix::fs::symlink("/bin/sh", bin.join("prog")).unwrap();
+        let path = bin.to_str().unwrap();
+        assert_eq!(find_executable("prog", path).unwrap(), bin.join("prog"));
+        assert_eq!(
+            find_executable("nothere", path).unwrap_err().code,
+            EXIT_NOT_FOUND
+        );
+        // Root may access anything, but a file without x bits is not executable.
+        assert_eq!(
+            find_executable("noexec", path).unwrap_err().code,
+            EXIT_CANNOT_INVOKE
+        );
+        let abs = bin.join("missing");
+        assert_eq!(
+            find_executable(abs.to_str().unwrap(), path)
+                .unwrap_err()
+                .code,
+            EXIT_NOT_FOUND
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::spec::ContainerSpec;
 use super::sys::{SysError, Syscall};
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use nix::sys::stat::{makedev, Mode, SFlag};
 use std::path::{Component, Path, PathBuf};
 
@@ -351,11 +351,6 @@ pub fn finalize(sys: &dyn Syscall, read_only_root: bool) -> Result<(), RootfsErr
         )?;
     }
     Ok(())
-}
-
-/// Unmounts, lazily, whatever is still mounted at `path` (used for cleanup on the host).
-pub fn detach(sys: &dyn Syscall, path: &Path) -> Result<(), SysError> {
-    sys.umount(path, MntFlags::MNT_DETACH)
 }
 
 #[cfg(test)]

@@ -42,8 +42,6 @@ pub trait Syscall {
         flags: MsFlags,
         data: Option<&str>,
     ) -> SysResult;
-    /// umount2(2).
-    fn umount(&self, target: &Path, flags: MntFlags) -> SysResult;
     /// Makes `new_root` the root: `pivot_root(new_root, new_root)`, then detaches the old
     /// root stacked below it (runc's trick: no put_old directory needed).
     fn pivot_root(&self, new_root: &Path) -> SysResult;
@@ -81,10 +79,6 @@ impl Syscall for LinuxSyscall {
     ) -> SysResult {
         nix::mount::mount(source, target, fstype, flags, data)
             .map_err(err("mount", target.display()))
-    }
-
-    fn umount(&self, target: &Path, flags: MntFlags) -> SysResult {
-        nix::mount::umount2(target, flags).map_err(err("umount", target.display()))
     }
 
     fn pivot_root(&self, new_root: &Path) -> SysResult {
@@ -292,9 +286,6 @@ pub mod recording {
                 target.display(),
                 fstype.unwrap_or("-")
             ))
-        }
-        fn umount(&self, target: &Path, _flags: MntFlags) -> SysResult {
-            self.push(format!("umount {}", target.display()))
         }
         fn pivot_root(&self, new_root: &Path) -> SysResult {
             self.push(format!("pivot_root {}", new_root.display()))
