@@ -15,6 +15,9 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     global: cmd::Global,
+    /// More logging: -v info, -vv debug, -vvv trace (same as --verbose).
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose_short: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
         }
     };
-    cmd::init_tracing(cli.global.verbose);
+    cmd::init_tracing(cli.global.verbose.saturating_add(cli.verbose_short));
     let result = match cli.command {
         Command::Pull(a) => cmd::pull::run(&cli.global, a),
         Command::Inspect(a) => cmd::inspect::run(&cli.global, a),

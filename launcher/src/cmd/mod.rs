@@ -25,8 +25,10 @@ pub struct Global {
         global = true
     )]
     pub root: PathBuf,
-    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    /// More logging (once info, twice debug, three times trace); RUST_LOG overrides.
+    /// The short `-v` is taken before the subcommand (`skiff -v pull …`), because
+    /// `skiff run -v` is a volume, as in docker.
+    #[arg(long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 }
 

@@ -47,7 +47,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME=SOFT[:HARD]")]
     pub ulimit: Vec<String>,
     /// Bind mount a host path: HOST:CONTAINER[:ro|rw].
-    #[arg(long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
     pub volume: Vec<String>,
     /// Mount a tmpfs at this container path.
     #[arg(long, value_name = "PATH")]
