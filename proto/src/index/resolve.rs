@@ -414,3 +414,11 @@ pub fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, Ind
             reason: e.to_string(),
         })
 }
+
+/// Directory of the index store under a skiff root (`<root>/indexes`).
+pub const INDEX_STORE_DIR: &str = "indexes";
+
+/// Opens (creating it if needed) the index store under the skiff root `root`.
+pub fn open_root_index_store(root: &std::path::Path) -> Result<IndexStore, IndexError> {
+    IndexStore::open(root.join(INDEX_STORE_DIR))
+}
