@@ -5,10 +5,13 @@
 
 use skiff_proto::blob::BlobReader;
 use skiff_proto::digest::Digest;
+use skiff_proto::image::MEDIA_OCI_MANIFEST;
 use skiff_proto::image::{ResolvedImage, MEDIA_OCI_LAYER_GZIP};
-use skiff_proto::index::artifact::INDEX_ARTIFACT_TYPE;
+use skiff_proto::index::artifact::{index_artifact_manifest, index_blob, INDEX_ARTIFACT_TYPE};
 use skiff_proto::index::decode_chunk;
-use skiff_proto::index::resolve::{resolve_layers, IndexSource, ResolveOptions, ResolvedLayer};
+use skiff_proto::index::resolve::{
+    oci_descriptor, resolve_layers, IndexSource, ResolveOptions, ResolvedLayer,
+};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::index::{EntryKind, LayerFormat, LayerIndex};
 use skiff_proto::reference::Reference;
@@ -114,6 +117,7 @@ fn published_index_is_found_via_tag_fallback_and_used_without_streaming() {
     let out = Skiff::new(machine_a.path()).run(&["index", "-q", "--push", &reference]);
     ok(&out, "skiff index --push");
     let stdout = text(&out.stdout);
+    eprintln!("{stdout}");
     assert!(stdout.contains("published index artifact"), "{stdout}");
     assert!(stdout.contains("TarGzip"), "{stdout}");
     assert!(stdout.contains("streaming pass"), "{stdout}");
@@ -162,6 +166,10 @@ fn published_index_is_found_via_tag_fallback_and_used_without_streaming() {
         b"in the middle\n"
     );
     let read_bytes = client.stats().bytes() - before;
+    eprintln!(
+        "published indexes: {index_bytes} bytes fetched for {layer_bytes} bytes of layers; \
+         reading a 14-byte file mid-layer fetched {read_bytes} bytes"
+    );
     assert!(
         read_bytes * 2 < big.descriptor.size,
         "{read_bytes} of {}",
@@ -240,6 +248,60 @@ fn tampered_published_index_is_refused_and_a_streaming_pass_used() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn published_index_of_another_layer_is_refused() {
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(&reg.host(), "mix:v1", plain_layers()));
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let image = resolve(&client, &reg.reference("mix:v1"));
+    let here = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, here.path());
+    // An artifact that files layer 1's (genuine, digest-correct) index under layer 0.
+    let mut forged = index_blob(&layers[1].index).unwrap();
+    forged.layer = layers[0].descriptor.digest;
+    let subject = oci_descriptor(&skiff_proto::image::Descriptor::new(
+        &image.manifest_media_type,
+        image.manifest_digest,
+        image.manifest_bytes.len() as u64,
+    ))
+    .unwrap();
+    let manifest = index_artifact_manifest(&subject, &[forged]).unwrap();
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    rt.block_on(async {
+        let forged = index_blob(&layers[1].index).unwrap();
+        client.push_blob("mix", forged.bytes.into()).await.unwrap();
+        client
+            .push_blob("mix", b"{}".to_vec().into())
+            .await
+            .unwrap();
+        let d = client
+            .push_manifest(
+                "mix",
+                &Digest::of(&manifest_bytes).to_string(),
+                MEDIA_OCI_MANIFEST,
+                &manifest_bytes,
+            )
+            .await
+            .unwrap();
+        let mut listed =
+            skiff_proto::image::Descriptor::new(MEDIA_OCI_MANIFEST, d, manifest_bytes.len() as u64);
+        listed.artifact_type = Some(INDEX_ARTIFACT_TYPE.into());
+        client
+            .add_referrer_to_fallback_tag("mix", built.digest, listed)
+            .await
+            .unwrap();
+    });
+    let fresh = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, fresh.path());
+    assert_eq!(layers[0].source, IndexSource::Streamed);
+    let why = layers[0].refused.join("; ");
+    assert!(why.contains("describes layer"), "{why}");
+    // Layer 1 is not listed in that artifact: streamed, nothing refused.
+    assert_eq!(layers[1].source, IndexSource::Streamed);
+    assert!(layers[1].refused.is_empty());
 }
 
 #[test]
@@ -366,6 +428,7 @@ fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
         &reg.reference("esgz:v1"),
     ]);
     ok(&out, "skiff convert");
+    eprintln!("{}", text(&out.stdout));
 
     // Same rootfs through ordinary tools (minus eStargz's own files).
     let src_root = unpack(&reg.reference("src:v1"), work.path(), "src");

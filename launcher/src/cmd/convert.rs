@@ -108,6 +108,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
 /// Converts `image` and pushes it as `dst`; returns the new manifest's digest.
 /// Temporary files go under `store`'s root. Blocking: call it outside the runtime
 /// `handle` belongs to.
+#[allow(clippy::too_many_arguments)]
 pub fn convert_image(
     src_client: &Arc<Client>,
     dst_client: &Arc<Client>,

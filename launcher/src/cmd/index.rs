@@ -82,7 +82,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
 fn print_layers(image: &ResolvedImage, layers: &[ResolvedLayer]) {
     println!("{} {}", image.reference, image.manifest_digest);
     println!(
-        "{:<12}  {:<12}  {:>8}  {:>8}  {:>11}  {:>10}  {:>10}  source",
+        "{:<12}  {:<12}  {:>8}  {:>8}  {:>11}  {:>10}  {:>10}  SOURCE",
         "LAYER", "FORMAT", "ENTRIES", "CHUNKS", "CHECKPOINTS", "SIZE", "INDEX"
     );
     for l in layers {

@@ -102,7 +102,7 @@ pub enum ResolveError {
         layer: Digest,
         /// Why the last source failed.
         #[source]
-        source: IndexError,
+        source: Box<IndexError>,
     },
 }
 
@@ -193,10 +193,10 @@ pub fn resolve_layers(
                 Err(ResolveError::Layer {
                     image: image.reference.to_string(),
                     layer: l.digest,
-                    source: IndexError::Encoding {
+                    source: Box::new(IndexError::Encoding {
                         what: l.digest.to_string(),
                         reason: "layer was not processed".into(),
-                    },
+                    }),
                 })
             })
         })
@@ -256,7 +256,7 @@ fn resolve_one(
     let err = |source| ResolveError::Layer {
         image: image.reference.to_string(),
         layer: layer.digest,
-        source,
+        source: Box::new(source),
     };
     let oci = oci_descriptor(layer).map_err(err)?;
     let bar = opts.progress.map(|m| {
@@ -421,4 +421,37 @@ pub const INDEX_STORE_DIR: &str = "indexes";
 /// Opens (creating it if needed) the index store under the skiff root `root`.
 pub fn open_root_index_store(root: &std::path::Path) -> Result<IndexStore, IndexError> {
     IndexStore::open(root.join(INDEX_STORE_DIR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn oci_descriptor_keeps_media_type_digest_size_and_annotations() {
+        let mut d = Descriptor::of("application/vnd.oci.image.layer.v1.tar+gzip", b"layer");
+        d.annotations = BTreeMap::from([(
+            super::super::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+            Digest::of(b"toc").to_string(),
+        )]);
+        let o = oci_descriptor(&d).unwrap();
+        assert_eq!(o.media_type().to_string(), d.media_type);
+        assert_eq!(o.digest().to_string(), d.digest.to_string());
+        assert_eq!(o.size(), 5);
+        assert_eq!(
+            o.annotations()
+                .as_ref()
+                .and_then(|a| a.get(super::super::estargz::TOC_DIGEST_ANNOTATION))
+                .cloned(),
+            Some(Digest::of(b"toc").to_string())
+        );
+    }
+
+    #[test]
+    fn root_store_lives_under_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        open_root_index_store(dir.path()).unwrap();
+        assert!(dir.path().join(INDEX_STORE_DIR).is_dir());
+    }
 }
