@@ -476,6 +476,19 @@ fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
         .map(|&i| tool_layer.entries[i as usize].path.as_str())
         .collect();
     assert_eq!(first, vec!["usr/bin/tool"]);
+    // Converting an eStargz image again copies its layers as they are.
+    ok(
+        &skiff.run(&[
+            "convert",
+            "-q",
+            &reg.reference("esgz:v1"),
+            &reg.reference("esgz2:v1"),
+        ]),
+        "skiff convert of an eStargz image",
+    );
+    let again = resolve(&client, &reg.reference("esgz2:v1"));
+    assert_eq!(again.layers(), dst.layers());
+    assert_eq!(again.config_bytes, dst.config_bytes);
     // diff_ids in the new config are the gunzipped layers' digests.
     let cfg: serde_json::Value = serde_json::from_slice(&dst.config_bytes).unwrap();
     let diff_ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();

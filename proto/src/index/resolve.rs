@@ -242,7 +242,8 @@ fn resolve_one(
     }
     if let Some(p) = published {
         refused.extend(p.problems.iter().cloned());
-        for artifact in &p.artifacts {
+        // Newest first: the fallback tag's index lists artifacts in push order.
+        for artifact in p.artifacts.iter().rev() {
             match fetch_published(client, handle, repo, artifact, layer) {
                 Ok(Some(index)) => return Ok(done(index, IndexSource::Published, refused)),
                 Ok(None) => {}
