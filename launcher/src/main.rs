@@ -30,6 +30,10 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// List the images in the local store.
     Images(cmd::images::Args),
+    /// Build (or load) every layer's lazy-read index; --push publishes them.
+    Index(cmd::index::Args),
+    /// Rewrite an image's layers to eStargz and push it under another name.
+    Convert(cmd::convert::Args),
     /// Mount an image's merged, writable root filesystem with FUSE.
     Mount(cmd::mount::Args),
     /// Unmount a filesystem mounted by `skiff mount`.
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
         Command::Pull(a) => cmd::pull::run(&cli.global, a),
         Command::Inspect(a) => cmd::inspect::run(&cli.global, a),
         Command::Images(a) => cmd::images::run(&cli.global, a),
+        Command::Index(a) => cmd::index::run(&cli.global, a),
+        Command::Convert(a) => cmd::convert::run(&cli.global, a),
         Command::Mount(a) => cmd::mount::run(&cli.global, a),
         Command::Umount(a) => cmd::mount::umount(&cli.global, a),
         Command::Run(a) => cmd::run::run(&cli.global, a),

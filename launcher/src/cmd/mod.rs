@@ -1,7 +1,9 @@
 //! One module per subcommand; each has an `Args` (clap) and a `run` returning the
 //! process exit status.
 
+pub mod convert;
 pub mod images;
+pub mod index;
 pub mod inspect;
 pub mod logs;
 pub mod mount;

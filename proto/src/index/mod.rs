@@ -31,6 +31,7 @@ pub mod decode;
 pub mod estargz;
 pub mod gzip;
 pub mod model;
+pub mod resolve;
 pub mod store;
 pub mod tar;
 pub mod toc;

@@ -9,6 +9,7 @@ mod client;
 pub mod credentials;
 pub mod error;
 mod push;
+pub mod referrers;
 mod remote_blob;
 
 pub use client::{is_loopback, Access, Client, ClientOptions, FetchStats, RetryPolicy};

@@ -136,6 +136,7 @@ impl BlobReader for RemoteBlob {
             digest: self.digest,
             size: self.size,
             stats: Arc::clone(&self.stats),
+            client_stats: Arc::clone(self.client.stats()),
         }))
     }
 }
@@ -150,6 +151,8 @@ struct VerifiedStream {
     digest: Digest,
     size: u64,
     stats: Arc<FetchStats>,
+    /// The client's counters, so [`Client::stats`] covers streamed bytes too.
+    client_stats: Arc<FetchStats>,
 }
 
 impl Read for VerifiedStream {
@@ -159,6 +162,7 @@ impl Read for VerifiedStream {
                 Some(Ok(chunk)) => {
                     self.seen = self.seen.saturating_add(chunk.len() as u64);
                     self.stats.add_bytes(chunk.len() as u64);
+                    self.client_stats.add_bytes(chunk.len() as u64);
                     if self.seen > self.size {
                         return Err(io::Error::other(format!(
                             "blob {} is longer than {} bytes",

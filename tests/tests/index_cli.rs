@@ -1,0 +1,503 @@
+//! `skiff index --push`, `skiff convert` and `resolve_layers` against a real registry:
+//! published indexes are found (tag-schema fallback on docker-registry 2.8) and used
+//! without a streaming pass, tampered ones are refused, converted images unpack to the
+//! same rootfs with umoci and read back through Range requests.
+
+use skiff_proto::blob::BlobReader;
+use skiff_proto::digest::Digest;
+use skiff_proto::image::MEDIA_OCI_MANIFEST;
+use skiff_proto::image::{ResolvedImage, MEDIA_OCI_LAYER_GZIP};
+use skiff_proto::index::artifact::{index_artifact_manifest, index_blob, INDEX_ARTIFACT_TYPE};
+use skiff_proto::index::decode_chunk;
+use skiff_proto::index::resolve::{
+    oci_descriptor, resolve_layers, IndexSource, ResolveOptions, ResolvedLayer,
+};
+use skiff_proto::index::store::IndexStore;
+use skiff_proto::index::{EntryKind, LayerFormat, LayerIndex};
+use skiff_proto::reference::Reference;
+use skiff_proto::registry::Client;
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, pseudo_random, Entry, Layer};
+use skiff_tests::proxy::{Fault, FaultProxy, Rule};
+use skiff_tests::registry::Registry;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// One large plain tar+gzip layer (incompressible files, several checkpoint spans)
+/// and a small one.
+fn plain_layers() -> Vec<Layer> {
+    vec![
+        Layer::tar_gzip(&[
+            Entry::dir("opt", 0o755),
+            Entry::file("opt/a.bin", &pseudo_random(1, 5 << 20), 0o644),
+            Entry::file("opt/small.txt", b"in the middle\n", 0o640),
+            Entry::file("opt/b.bin", &pseudo_random(2, 4 << 20), 0o755),
+        ]),
+        Layer::tar_gzip(&[
+            Entry::dir("etc", 0o755),
+            Entry::file("etc/motd", b"hello\n", 0o644),
+            Entry::symlink("etc/link", "motd"),
+        ]),
+    ]
+}
+
+/// Every regular file of `idx`, read through `blob` chunk by chunk (Range reads,
+/// each chunk verified by `decode_chunk`).
+fn read_all(idx: &LayerIndex, blob: &dyn BlobReader) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for e in idx.entries.iter().filter(|e| e.kind == EntryKind::Reg) {
+        let mut data = Vec::new();
+        for c in idx.chunks_of(e) {
+            let raw = blob.read_at(c.blob_offset, c.blob_len).unwrap();
+            data.extend(decode_chunk(idx, c, &raw).unwrap());
+        }
+        assert_eq!(data.len() as u64, e.size, "{}", e.path);
+        files.insert(e.path.clone(), data);
+    }
+    files
+}
+
+fn resolve(client: &Client, reference: &str) -> ResolvedImage {
+    let r = Reference::parse(reference).unwrap();
+    rt().block_on(client.resolve(&r, None)).unwrap()
+}
+
+fn layers_of(
+    client: &Arc<Client>,
+    rt: &tokio::runtime::Runtime,
+    image: &ResolvedImage,
+    store: &Path,
+) -> Vec<ResolvedLayer> {
+    let store = IndexStore::open(store).unwrap();
+    resolve_layers(
+        client,
+        rt.handle(),
+        image,
+        &store,
+        &ResolveOptions::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn published_index_is_found_via_tag_fallback_and_used_without_streaming() {
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "plain:v1",
+        plain_layers(),
+    ));
+    let reference = reg.reference("plain:v1");
+    let machine_a = tempfile::tempdir().unwrap();
+    let out = Skiff::new(machine_a.path()).run(&["index", "-q", "--push", &reference]);
+    ok(&out, "skiff index --push");
+    let stdout = text(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(stdout.contains("published index artifact"), "{stdout}");
+    assert!(stdout.contains("TarGzip"), "{stdout}");
+    assert!(stdout.contains("streaming pass"), "{stdout}");
+
+    // docker-registry 2.8 has no referrers API: the fallback tag lists the artifact.
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let listed = rt
+        .block_on(client.referrers("plain", built.digest, INDEX_ARTIFACT_TYPE))
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    // Another machine: a fresh root.
+    let image = resolve(&client, &reference);
+    let layer_bytes: u64 = image.total_layer_size();
+    let before = client.stats().bytes();
+    let machine_b = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, machine_b.path());
+    let index_bytes = client.stats().bytes() - before;
+    for l in &layers {
+        assert_eq!(l.source, IndexSource::Published, "{}", l.descriptor.digest);
+        assert!(l.refused.is_empty(), "{:?}", l.refused);
+        assert_eq!(l.index.format, LayerFormat::TarGzip);
+        assert!(!l.index.checkpoints.is_empty());
+    }
+    assert!(
+        index_bytes * 10 < layer_bytes,
+        "fetched {index_bytes} bytes to get indexes of {layer_bytes} bytes of layers"
+    );
+    // The small file in the middle of the big layer costs one span, not the layer.
+    let big = &layers[0];
+    let before = client.stats().bytes();
+    let e = big
+        .index
+        .entries
+        .iter()
+        .find(|e| e.path == "opt/small.txt")
+        .unwrap();
+    let chunks = big.index.chunks_of(e);
+    assert_eq!(chunks.len(), 1);
+    let raw = big
+        .blob
+        .read_at(chunks[0].blob_offset, chunks[0].blob_len)
+        .unwrap();
+    assert_eq!(
+        decode_chunk(&big.index, &chunks[0], &raw).unwrap(),
+        b"in the middle\n"
+    );
+    let read_bytes = client.stats().bytes() - before;
+    eprintln!(
+        "published indexes: {index_bytes} bytes fetched for {layer_bytes} bytes of layers; \
+         reading a 14-byte file mid-layer fetched {read_bytes} bytes"
+    );
+    assert!(
+        read_bytes * 2 < big.descriptor.size,
+        "{read_bytes} of {}",
+        big.descriptor.size
+    );
+    // Everything reads back as pushed.
+    let files = read_all(&big.index, big.blob.as_ref());
+    assert_eq!(files["opt/a.bin"], pseudo_random(1, 5 << 20));
+    assert_eq!(files["opt/b.bin"], pseudo_random(2, 4 << 20));
+    // Saved: the next resolve on machine B uses its store and fetches no blob bytes.
+    let before = client.stats().bytes();
+    let again = layers_of(&client, &rt, &image, machine_b.path());
+    assert!(again.iter().all(|l| l.source == IndexSource::Store));
+    assert_eq!(client.stats().bytes(), before);
+}
+
+#[test]
+fn tampered_published_index_is_refused_and_a_streaming_pass_used() {
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "tamper:v1",
+        plain_layers(),
+    ));
+    let reference = reg.reference("tamper:v1");
+    let root = tempfile::tempdir().unwrap();
+    ok(
+        &Skiff::new(root.path()).run(&["index", "-q", "--push", &reference]),
+        "skiff index --push",
+    );
+    // Find the index blobs the artifact lists.
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let listed = rt
+        .block_on(client.referrers("tamper", built.digest, INDEX_ARTIFACT_TYPE))
+        .unwrap();
+    let (bytes, _, _) = rt
+        .block_on(client.get_manifest("tamper", &listed[0].digest.to_string()))
+        .unwrap();
+    let artifact: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let index_blob = artifact["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A proxy flips a byte of the published index of layer 0: its digest is wrong.
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.add_rule(Rule::new(
+        &format!("/blobs/{index_blob}"),
+        Fault::CorruptByte,
+        None,
+    ));
+    let via_proxy = Arc::new(skiff_tests::client(&proxy.host()));
+    let image = resolve(&client, &reference);
+    let fresh = tempfile::tempdir().unwrap();
+    let layers = layers_of(&via_proxy, &rt, &image, fresh.path());
+    assert_eq!(layers[0].source, IndexSource::Streamed);
+    let why = layers[0].refused.join("; ");
+    assert!(
+        why.contains("published index") && why.contains("digest mismatch"),
+        "{why}"
+    );
+    assert_eq!(layers[1].source, IndexSource::Published);
+    // The fallback index is right.
+    let files = read_all(&layers[0].index, layers[0].blob.as_ref());
+    assert_eq!(files["opt/a.bin"], pseudo_random(1, 5 << 20));
+    assert_eq!(files["opt/small.txt"], b"in the middle\n");
+
+    // The CLI says so too, and still succeeds.
+    let other = tempfile::tempdir().unwrap();
+    let out =
+        Skiff::new(other.path()).run(&["index", "-q", &format!("{}/tamper:v1", proxy.host())]);
+    ok(&out, "skiff index via the corrupting proxy");
+    assert!(
+        text(&out.stderr).contains("digest mismatch"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn published_index_of_another_layer_is_refused() {
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(&reg.host(), "mix:v1", plain_layers()));
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let image = resolve(&client, &reg.reference("mix:v1"));
+    let here = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, here.path());
+    // An artifact that files layer 1's (genuine, digest-correct) index under layer 0.
+    let mut forged = index_blob(&layers[1].index).unwrap();
+    forged.layer = layers[0].descriptor.digest;
+    let subject = oci_descriptor(&skiff_proto::image::Descriptor::new(
+        &image.manifest_media_type,
+        image.manifest_digest,
+        image.manifest_bytes.len() as u64,
+    ))
+    .unwrap();
+    let manifest = index_artifact_manifest(&subject, &[forged]).unwrap();
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    rt.block_on(async {
+        let forged = index_blob(&layers[1].index).unwrap();
+        client.push_blob("mix", forged.bytes.into()).await.unwrap();
+        client
+            .push_blob("mix", b"{}".to_vec().into())
+            .await
+            .unwrap();
+        let d = client
+            .push_manifest(
+                "mix",
+                &Digest::of(&manifest_bytes).to_string(),
+                MEDIA_OCI_MANIFEST,
+                &manifest_bytes,
+            )
+            .await
+            .unwrap();
+        let mut listed =
+            skiff_proto::image::Descriptor::new(MEDIA_OCI_MANIFEST, d, manifest_bytes.len() as u64);
+        listed.artifact_type = Some(INDEX_ARTIFACT_TYPE.into());
+        client
+            .add_referrer_to_fallback_tag("mix", built.digest, listed)
+            .await
+            .unwrap();
+    });
+    let fresh = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, fresh.path());
+    assert_eq!(layers[0].source, IndexSource::Streamed);
+    let why = layers[0].refused.join("; ");
+    assert!(why.contains("describes layer"), "{why}");
+    // Layer 1 is not listed in that artifact: streamed, nothing refused.
+    assert_eq!(layers[1].source, IndexSource::Streamed);
+    assert!(layers[1].refused.is_empty());
+}
+
+#[test]
+fn malformed_manifest_and_referrers_tag_give_clear_errors() {
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(&reg.host(), "bad:v1", plain_layers()));
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+
+    // A manifest corrupted on the way is refused with a clear error.
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.add_rule(Rule::new("/manifests/", Fault::CorruptByte, None));
+    let out = skiff.run(&["index", "-q", &format!("{}/bad:v1", proxy.host())]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("resolving") && err.contains("digest mismatch"),
+        "{err}"
+    );
+
+    // A fallback tag that holds a manifest instead of an index: reported, then the
+    // layers are indexed from their blobs.
+    let client = skiff_tests::client(&reg.host());
+    let tag = format!("sha256-{}", built.digest.hex());
+    rt.block_on(client.push_manifest(
+        "bad",
+        &tag,
+        skiff_proto::image::MEDIA_OCI_MANIFEST,
+        &built.manifest_bytes,
+    ))
+    .unwrap();
+    let out = skiff.run(&["index", "-q", &reg.reference("bad:v1")]);
+    ok(&out, "skiff index with a bogus fallback tag");
+    let err = text(&out.stderr);
+    assert!(err.contains("holds a manifest, not an index"), "{err}");
+
+    // A layer with a media type Skiff cannot index.
+    let odd = vec![Layer::tar_gzip(&[Entry::file("odd", b"odd\n", 0o644)])
+        .with_media_type("application/x-not-a-layer")];
+    rt.block_on(fixtures::push_image(&reg.host(), "odd:v1", odd));
+    let out = skiff.run(&["index", "-q", &reg.reference("odd:v1")]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("application/x-not-a-layer") && err.contains("cannot index"),
+        "{err}"
+    );
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    ok(&out, &format!("{cmd:?}"));
+}
+
+/// Types, modes, owners, sizes, link targets, mtimes and content hashes of a tree.
+fn tree_summary(dir: &Path) -> String {
+    let script = "find . ! -type d -printf '%p %y %m %U %G %s %l %T@\\n' | sort; \
+                  find . -type d -printf '%p %m %U %G\\n' | sort; \
+                  find . -type f -print0 | sort -z | xargs -0 sha256sum";
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    text(&out.stdout)
+}
+
+/// `skopeo copy` the image to an OCI layout and `umoci unpack` it; returns the rootfs.
+fn unpack(reference: &str, work: &Path, name: &str) -> std::path::PathBuf {
+    let layout = work.join(format!("{name}-layout"));
+    run(Command::new("skopeo")
+        .args(["copy", "-q", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:{name}", layout.display())));
+    let bundle = work.join(format!("{name}-bundle"));
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:{name}", layout.display()))
+        .arg(&bundle));
+    bundle.join("rootfs")
+}
+
+#[test]
+fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
+    if !have("skopeo") || !have("umoci") {
+        eprintln!("skipping: needs skopeo and umoci");
+        return;
+    }
+    let reg = Registry::start();
+    let rt = rt();
+    let mut layers = fixtures::sample_layers();
+    layers.push(Layer::tar_gzip(&[
+        Entry::dir("usr", 0o755),
+        Entry::dir("usr/bin", 0o755),
+        Entry::file("usr/bin/tool", &pseudo_random(3, 3 << 20), 0o755),
+        Entry::file("usr/bin/.hidden", b"x", 0o600),
+    ]));
+    rt.block_on(fixtures::push_image(&reg.host(), "src:v1", layers));
+    let work = tempfile::tempdir().unwrap();
+    let prefetch = work.path().join("prefetch.txt");
+    std::fs::write(&prefetch, "/usr/bin/tool\netc/hostname\n").unwrap();
+    let skiff = Skiff::new(&work.path().join("root"));
+    let out = skiff.run(&[
+        "convert",
+        "-q",
+        "--chunk-size",
+        "1048576",
+        "--compression-level",
+        "6",
+        "--prefetch",
+        prefetch.to_str().unwrap(),
+        &reg.reference("src:v1"),
+        &reg.reference("esgz:v1"),
+    ]);
+    ok(&out, "skiff convert");
+    eprintln!("{}", text(&out.stdout));
+
+    // Same rootfs through ordinary tools (minus eStargz's own files).
+    let src_root = unpack(&reg.reference("src:v1"), work.path(), "src");
+    let dst_root = unpack(&reg.reference("esgz:v1"), work.path(), "esgz");
+    for extra in [
+        "stargz.index.json",
+        ".prefetch.landmark",
+        ".no.prefetch.landmark",
+    ] {
+        let _ = std::fs::remove_file(dst_root.join(extra));
+    }
+    assert_eq!(tree_summary(&src_root), tree_summary(&dst_root));
+
+    // Every converted layer is detected as eStargz, indexed from its TOC with Range
+    // reads, and each file matches the same file of the source layer.
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let src = resolve(&client, &reg.reference("src:v1"));
+    let dst = resolve(&client, &reg.reference("esgz:v1"));
+    assert_eq!(src.layers().len(), dst.layers().len());
+    let src_layers = layers_of(&client, &rt, &src, &work.path().join("idx-src"));
+    let before = client.stats().bytes();
+    let dst_layers = layers_of(&client, &rt, &dst, &work.path().join("idx-dst"));
+    let toc_bytes = client.stats().bytes() - before;
+    assert!(toc_bytes < dst.total_layer_size(), "{toc_bytes}");
+    for (s, d) in src_layers.iter().zip(&dst_layers) {
+        assert_eq!(d.source, IndexSource::Toc);
+        assert_eq!(d.index.format, LayerFormat::Estargz);
+        assert_eq!(d.descriptor.media_type, MEDIA_OCI_LAYER_GZIP);
+        let want = read_all(&s.index, s.blob.as_ref());
+        let mut got = read_all(&d.index, d.blob.as_ref());
+        for extra in [
+            "stargz.index.json",
+            ".prefetch.landmark",
+            ".no.prefetch.landmark",
+        ] {
+            got.remove(extra);
+        }
+        assert_eq!(want, got, "layer {}", s.descriptor.digest);
+    }
+    // The prefetch list went first in the layer holding it.
+    let tool_layer = &dst_layers[3].index;
+    let first: Vec<&str> = tool_layer
+        .prefetch
+        .iter()
+        .map(|&i| tool_layer.entries[i as usize].path.as_str())
+        .collect();
+    assert_eq!(first, vec!["usr/bin/tool"]);
+    // Converting an eStargz image again copies its layers as they are.
+    ok(
+        &skiff.run(&[
+            "convert",
+            "-q",
+            &reg.reference("esgz:v1"),
+            &reg.reference("esgz2:v1"),
+        ]),
+        "skiff convert of an eStargz image",
+    );
+    let again = resolve(&client, &reg.reference("esgz2:v1"));
+    assert_eq!(again.layers(), dst.layers());
+    assert_eq!(again.config_bytes, dst.config_bytes);
+    // diff_ids in the new config are the gunzipped layers' digests.
+    let cfg: serde_json::Value = serde_json::from_slice(&dst.config_bytes).unwrap();
+    let diff_ids = cfg["rootfs"]["diff_ids"].as_array().unwrap();
+    for (l, want) in dst_layers.iter().zip(diff_ids) {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut l.blob.stream().unwrap(), &mut raw).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&raw[..]), &mut tar)
+            .unwrap();
+        assert_eq!(Digest::of(&tar).to_string(), want.as_str().unwrap());
+    }
+}
