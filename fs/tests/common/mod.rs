@@ -140,6 +140,13 @@ impl BlobReader for CountingBlob {
     }
 }
 
+impl CountingBlob {
+    /// The blob's size.
+    pub fn size_hint(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
 /// Layers written to a directory, indexed, with counting readers.
 pub struct Image {
     pub dir: PathBuf,
