@@ -63,10 +63,10 @@ struct State {
 }
 
 enum Handle {
-    /// A lower file read through the fetcher (until copied up).
-    Lower { ino: u64 },
+    /// A lower file read through the fetcher (until copied up; then the upper file).
+    Lower,
     /// An upper file.
-    Upper { file: Arc<File> },
+    Upper { file: Arc<File>, ino: u64 },
     /// An open directory: its merged listing, taken at opendir.
     Dir {
         entries: Vec<(OsString, u64, FileType)>,
@@ -79,12 +79,18 @@ pub struct SkiffFs {
     fetcher: Arc<Fetcher>,
     stats: Arc<Stats>,
     upper: Option<PathBuf>,
+    upper_fd: Option<std::fs::File>,
     state: RwLock<State>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
 }
 
 type Res<T> = Result<T, Errno>;
+
+thread_local! {
+    /// Which filesystem's upper root this thread's working directory is (0: none).
+    static THREAD_CWD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 fn errno(e: io::Error) -> Errno {
     Errno::from(e)
@@ -190,7 +196,12 @@ impl SkiffFs {
                 names: vec![(ROOT_INO, OsString::new())],
             },
         );
+        let upper_fd = match &config.upper {
+            Some(up) => Some(File::open(up)?),
+            None => None,
+        };
         Ok(SkiffFs {
+            upper_fd,
             tree,
             fetcher,
             stats,
@@ -201,8 +212,32 @@ impl SkiffFs {
         })
     }
 
+    /// Makes the calling thread's working directory the upper root and returns the
+    /// path to use for it (`.`). All upper paths are relative to it, so they stay as
+    /// short as the paths users see (long paths near PATH_MAX keep working). Each
+    /// FUSE thread gets its own working directory with `unshare(CLONE_FS)`.
     fn upper_root(&self) -> Res<&Path> {
-        self.upper.as_deref().ok_or(Errno::EROFS)
+        let fd = self.upper_fd.as_ref().ok_or(Errno::EROFS)?;
+        let id = self as *const SkiffFs as usize;
+        THREAD_CWD.with(|c| -> Res<()> {
+            if c.get() == id {
+                return Ok(());
+            }
+            if c.get() == 0 {
+                // SAFETY: only affects this thread's fs context.
+                if unsafe { libc::unshare(libc::CLONE_FS) } < 0 {
+                    return Err(errno(io::Error::last_os_error()));
+                }
+            }
+            use std::os::fd::AsRawFd;
+            // SAFETY: a valid directory fd.
+            if unsafe { libc::fchdir(fd.as_raw_fd()) } < 0 {
+                return Err(errno(io::Error::last_os_error()));
+            }
+            c.set(id);
+            Ok(())
+        })?;
+        Ok(Path::new("."))
     }
 
     /// Path of `ino` relative to the root.
@@ -266,7 +301,11 @@ impl SkiffFs {
         let n = st.nodes.get(&ino).ok_or(Errno::ENOENT)?;
         if n.upper {
             let p = self.upper_path(st, ino)?;
-            let s = upper::lstat(&p).map_err(errno)?;
+            let s = match upper::lstat(&p) {
+                Ok(s) => s,
+                // Unlinked but still open: the open file still has attributes.
+                Err(e) => self.open_file_stat(ino).ok_or_else(|| errno(e))?,
+            };
             return Ok((attr_of_stat(ino, &s), UPPER_TTL));
         }
         let id = n.lower.ok_or(Errno::ENOENT)?;
@@ -586,6 +625,14 @@ impl SkiffFs {
         Ok(())
     }
 
+    fn open_file_stat(&self, ino: u64) -> Option<libc::stat> {
+        let handles = self.handles.lock();
+        handles.values().find_map(|h| match h {
+            Handle::Upper { file, ino: i } if *i == ino => nix::sys::stat::fstat(file).ok(),
+            _ => None,
+        })
+    }
+
     fn new_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, h);
@@ -695,11 +742,12 @@ impl fuser::Filesystem for SkiffFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         if let Some(fh) = fh {
-            if let Some(Handle::Upper { file }) = self.handles.lock().get(&fh.0) {
-                if let Ok(md) = file.metadata() {
-                    use std::os::unix::fs::MetadataExt;
-                    let _ = md.ino();
-                }
+            let file = match self.handles.lock().get(&fh.0) {
+                Some(Handle::Upper { file, .. }) => Some(file.clone()),
+                _ => None,
+            };
+            if let Some(s) = file.and_then(|f| nix::sys::stat::fstat(&f).ok()) {
+                return reply.attr(&UPPER_TTL, &attr_of_stat(ino.0, &s));
             }
         }
         let st = self.state.read();
@@ -740,7 +788,7 @@ impl fuser::Filesystem for SkiffFs {
             }
             if let Some(sz) = size {
                 let file = fh.and_then(|fh| match self.handles.lock().get(&fh.0) {
-                    Some(Handle::Upper { file }) => Some(file.clone()),
+                    Some(Handle::Upper { file, .. }) => Some(file.clone()),
                     _ => None,
                 });
                 match file {
@@ -944,14 +992,14 @@ impl fuser::Filesystem for SkiffFs {
             if n.upper {
                 let f = self.open_upper(&st, ino.0, flags)?;
                 Ok((
-                    self.new_handle(Handle::Upper { file: Arc::new(f) }),
+                    self.new_handle(Handle::Upper {
+                        file: Arc::new(f),
+                        ino: ino.0,
+                    }),
                     FopenFlags::empty(),
                 ))
             } else {
-                Ok((
-                    self.new_handle(Handle::Lower { ino: ino.0 }),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                ))
+                Ok((self.new_handle(Handle::Lower), FopenFlags::FOPEN_KEEP_CACHE))
             }
         })();
         match r {
@@ -972,8 +1020,8 @@ impl fuser::Filesystem for SkiffFs {
         reply: ReplyData,
     ) {
         let file = match self.handles.lock().get(&fh.0) {
-            Some(Handle::Upper { file }) => Some(file.clone()),
-            Some(Handle::Lower { .. }) => None,
+            Some(Handle::Upper { file, .. }) => Some(file.clone()),
+            Some(Handle::Lower) => None,
             _ => return reply.error(Errno::EBADF),
         };
         if let Some(f) = file {
@@ -1027,7 +1075,7 @@ impl fuser::Filesystem for SkiffFs {
         reply: ReplyWrite,
     ) {
         let file = match self.handles.lock().get(&fh.0) {
-            Some(Handle::Upper { file }) => file.clone(),
+            Some(Handle::Upper { file, .. }) => file.clone(),
             _ => return reply.error(Errno::EBADF),
         };
         let r = if flags.0 & libc::O_APPEND != 0 {
@@ -1076,7 +1124,7 @@ impl fuser::Filesystem for SkiffFs {
         reply: ReplyEmpty,
     ) {
         let file = match self.handles.lock().get(&fh.0) {
-            Some(Handle::Upper { file }) => Some(file.clone()),
+            Some(Handle::Upper { file, .. }) => Some(file.clone()),
             _ => None,
         };
         let r = match file {
@@ -1362,7 +1410,10 @@ impl fuser::Filesystem for SkiffFs {
             self.own_new(req, &pp, &p, Some(mode & 0o7777 & !umask))?;
             let (ino, attr, ttl) = self.lookup_in(&mut st, parent.0, name)?;
             let f = self.open_upper(&st, ino, flags & !libc::O_TRUNC)?;
-            let fh = self.new_handle(Handle::Upper { file: Arc::new(f) });
+            let fh = self.new_handle(Handle::Upper {
+                file: Arc::new(f),
+                ino,
+            });
             Ok((attr, ttl, fh))
         })();
         match r {
@@ -1388,7 +1439,7 @@ impl fuser::Filesystem for SkiffFs {
         reply: ReplyEmpty,
     ) {
         let file = match self.handles.lock().get(&fh.0) {
-            Some(Handle::Upper { file }) => file.clone(),
+            Some(Handle::Upper { file, .. }) => file.clone(),
             _ => return reply.error(Errno::EBADF),
         };
         use std::os::fd::AsRawFd;
