@@ -300,11 +300,13 @@ impl SkiffFs {
     fn attr(&self, st: &State, ino: u64) -> Res<(FileAttr, Duration)> {
         let n = st.nodes.get(&ino).ok_or(Errno::ENOENT)?;
         if n.upper {
-            let p = self.upper_path(st, ino)?;
-            let s = match upper::lstat(&p) {
+            let s = match self
+                .upper_path(st, ino)
+                .and_then(|p| upper::lstat(&p).map_err(errno))
+            {
                 Ok(s) => s,
                 // Unlinked but still open: the open file still has attributes.
-                Err(e) => self.open_file_stat(ino).ok_or_else(|| errno(e))?,
+                Err(e) => self.open_file_stat(ino).ok_or(e)?,
             };
             return Ok((attr_of_stat(ino, &s), UPPER_TTL));
         }
@@ -981,6 +983,9 @@ impl fuser::Filesystem for SkiffFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0;
         let acc = flags & libc::O_ACCMODE;
+        if acc == libc::O_ACCMODE {
+            return reply.error(Errno::EINVAL);
+        }
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let r = (|| -> Res<(u64, FopenFlags)> {
             if writes {
