@@ -125,6 +125,12 @@ impl ChunkCache {
         self.dir.join("chunks").join(&hex[..2]).join(hex)
     }
 
+    /// Where whole lower files assembled from cached chunks are kept (for FUSE
+    /// passthrough). They are derived data: `skiff gc` removes them all.
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir.join("files")
+    }
+
     /// Bytes currently stored on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.disk.lock().total
@@ -271,6 +277,7 @@ pub fn gc(dir: &Path, limit: u64) -> Result<(u64, u64), CacheError> {
     let (n0, b0) = cache.usage();
     let cache = ChunkCache { limit, ..cache };
     cache.evict();
+    let _ = fs::remove_dir_all(cache.files_dir());
     let (n1, b1) = cache.usage();
     Ok((n0 - n1, b0 - b1))
 }

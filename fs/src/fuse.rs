@@ -64,7 +64,7 @@ struct State {
 
 enum Handle {
     /// A lower file read through the fetcher (until copied up; then the upper file).
-    Lower,
+    Lower { ino: u64 },
     /// An upper file.
     Upper { file: Arc<File>, ino: u64 },
     /// An open directory: its merged listing, taken at opendir.
@@ -83,6 +83,21 @@ pub struct SkiffFs {
     state: RwLock<State>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Whether the kernel agreed to FUSE passthrough (set in `init`).
+    passthrough: bool,
+    /// How each open inode's file I/O is done; one mode per inode while it is open,
+    /// since the kernel refuses to mix passthrough and cached opens of one inode.
+    io_modes: Mutex<HashMap<u64, OpenMode>>,
+    /// Materialized lower files verified during this mount.
+    verified_files: Mutex<std::collections::HashSet<PathBuf>>,
+}
+
+/// The I/O mode of an open inode and how many handles use it.
+struct OpenMode {
+    backing: Option<Arc<fuser::BackingId>>,
+    /// Whether the backing file is the upper file (else a cached lower file).
+    upper: bool,
+    count: usize,
 }
 
 type Res<T> = Result<T, Errno>;
@@ -209,6 +224,9 @@ impl SkiffFs {
             state: RwLock::new(State { nodes }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            passthrough: false,
+            io_modes: Mutex::new(HashMap::new()),
+            verified_files: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -635,6 +653,133 @@ impl SkiffFs {
         })
     }
 
+    /// Picks the I/O mode for a new open of `ino` and counts the open. While the inode
+    /// is open elsewhere its mode is kept (the kernel cannot mix passthrough and cached
+    /// opens); a passthrough to a lower file cannot turn into one to the upper file
+    /// while it is open, which gives `ETXTBSY` (as writing a running binary would).
+    fn io_mode(
+        &self,
+        ino: u64,
+        upper: bool,
+        backing_file: impl FnOnce() -> Option<File>,
+        register: impl FnOnce(&File) -> io::Result<fuser::BackingId>,
+    ) -> Res<Option<Arc<fuser::BackingId>>> {
+        let mut modes = self.io_modes.lock();
+        if let Some(m) = modes.get_mut(&ino) {
+            if m.backing.is_some() && m.upper != upper {
+                return Err(Errno::ETXTBSY);
+            }
+            m.count += 1;
+            return Ok(m.backing.clone());
+        }
+        let backing = if self.passthrough {
+            backing_file().and_then(|f| match register(&f) {
+                Ok(b) => Some(Arc::new(b)),
+                Err(e) => {
+                    tracing::debug!(ino, error = %e, "passthrough refused, using the FUSE path");
+                    None
+                }
+            })
+        } else {
+            None
+        };
+        modes.insert(
+            ino,
+            OpenMode {
+                backing: backing.clone(),
+                upper,
+                count: 1,
+            },
+        );
+        Ok(backing)
+    }
+
+    /// The upper file opened read-write as a passthrough backing file (one per inode,
+    /// shared by all its opens, so it must allow every access mode).
+    fn upper_backing(&self, st: &State, ino: u64) -> Option<File> {
+        let p = self.upper_path(st, ino).ok()?;
+        if !upper::lstat(&p).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            return None;
+        }
+        OpenOptions::new().read(true).write(true).open(&p).ok()
+    }
+
+    /// A lower regular file whose chunks are all in the disk cache, as one local file
+    /// for passthrough: the chunk file itself for a one-chunk file, else a file
+    /// assembled from verified chunks under the cache's `files/`. Either is verified
+    /// once per mount before the kernel reads it directly.
+    fn materialize(&self, id: LowerId) -> Option<File> {
+        let ln = self.tree.node(id)?;
+        if !matches!(ln.entry.kind, EntryKind::Reg | EntryKind::Hardlink) || ln.entry.size == 0 {
+            return None;
+        }
+        let idx = self.tree.layers.get(ln.layer)?;
+        let chunks = idx.chunks_of(&ln.entry);
+        if chunks.is_empty() || !self.fetcher.all_on_disk(chunks) {
+            return None;
+        }
+        let cache = self.fetcher.cache();
+        let path = if chunks.len() == 1 {
+            cache.path_of(&chunks[0].digest)
+        } else {
+            let mut h = skiff_proto::digest::Hasher::new();
+            for c in chunks {
+                h.update(c.digest.as_bytes());
+                h.update(&c.file_offset.to_le_bytes());
+            }
+            cache.files_dir().join(h.finish().hex())
+        };
+        if !self.verified_files.lock().contains(&path) {
+            let ok = if chunks.len() == 1 {
+                std::fs::read(&path).is_ok_and(|d| skiff_proto::Digest::of(&d) == chunks[0].digest)
+            } else {
+                self.assemble_file(&path, chunks, ln.entry.size).is_ok()
+            };
+            if !ok {
+                return None;
+            }
+            self.verified_files.lock().insert(path.clone());
+        }
+        File::open(&path).ok()
+    }
+
+    /// Writes (or checks) the assembled file at `path` from verified cached chunks.
+    fn assemble_file(&self, path: &Path, chunks: &[Chunk], size: u64) -> io::Result<()> {
+        let cache = self.fetcher.cache();
+        if let Ok(f) = File::open(path) {
+            // Already there: verify every chunk's range.
+            let mut ok = f.metadata()?.len() == size;
+            for c in chunks {
+                if !ok {
+                    break;
+                }
+                let mut buf = vec![0u8; c.len as usize];
+                ok = f.read_exact_at(&mut buf, c.file_offset).is_ok()
+                    && skiff_proto::Digest::of(&buf) == c.digest;
+            }
+            if ok {
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        std::fs::create_dir_all(cache.files_dir())?;
+        let tmp = path.with_extension(format!(
+            "tmp{}",
+            self.next_fh.fetch_add(1, Ordering::Relaxed)
+        ));
+        let f = File::create(&tmp)?;
+        for c in chunks {
+            let Some((data, _)) = cache.get(&c.digest) else {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            };
+            f.write_all_at(&data, c.file_offset)?;
+        }
+        f.set_len(size)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
     fn new_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, h);
@@ -731,6 +876,14 @@ impl fuser::Filesystem for SkiffFs {
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         let _ = config.set_max_readahead(1 << 20);
+        // Passthrough lets the kernel read and write upper files and fully cached lower
+        // files directly. It needs CAP_SYS_ADMIN and kernel >= 6.9; without it every
+        // open simply stays on the normal FUSE path.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough = true;
+        }
         Ok(())
     }
 
@@ -987,7 +1140,7 @@ impl fuser::Filesystem for SkiffFs {
             return reply.error(Errno::EINVAL);
         }
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let r = (|| -> Res<(u64, FopenFlags)> {
+        let r = (|| -> Res<(u64, FopenFlags, Option<Arc<fuser::BackingId>>)> {
             if writes {
                 let mut st = self.state.write();
                 self.copy_up(&mut st, ino.0, flags & libc::O_TRUNC != 0)?;
@@ -996,19 +1149,41 @@ impl fuser::Filesystem for SkiffFs {
             let n = st.nodes.get(&ino.0).ok_or(Errno::ENOENT)?;
             if n.upper {
                 let f = self.open_upper(&st, ino.0, flags)?;
+                let backing = self.io_mode(
+                    ino.0,
+                    true,
+                    || self.upper_backing(&st, ino.0),
+                    |f| reply.open_backing(f),
+                )?;
                 Ok((
                     self.new_handle(Handle::Upper {
                         file: Arc::new(f),
                         ino: ino.0,
                     }),
                     FopenFlags::empty(),
+                    backing,
                 ))
             } else {
-                Ok((self.new_handle(Handle::Lower), FopenFlags::FOPEN_KEEP_CACHE))
+                let id = n.lower;
+                let backing = self.io_mode(
+                    ino.0,
+                    false,
+                    || id.and_then(|id| self.materialize(id)),
+                    |f| reply.open_backing(f),
+                )?;
+                Ok((
+                    self.new_handle(Handle::Lower { ino: ino.0 }),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                    backing,
+                ))
             }
         })();
         match r {
-            Ok((fh, fl)) => reply.opened(FileHandle(fh), fl),
+            // The kernel accepts no page-cache flags on a passthrough open.
+            Ok((fh, _, Some(b))) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b)
+            }
+            Ok((fh, fl, None)) => reply.opened(FileHandle(fh), fl),
             Err(e) => reply.error(e),
         }
     }
@@ -1026,7 +1201,7 @@ impl fuser::Filesystem for SkiffFs {
     ) {
         let file = match self.handles.lock().get(&fh.0) {
             Some(Handle::Upper { file, .. }) => Some(file.clone()),
-            Some(Handle::Lower) => None,
+            Some(Handle::Lower { .. }) => None,
             _ => return reply.error(Errno::EBADF),
         };
         if let Some(f) = file {
@@ -1116,7 +1291,16 @@ impl fuser::Filesystem for SkiffFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().remove(&fh.0);
+        let h = self.handles.lock().remove(&fh.0);
+        if let Some(Handle::Upper { ino, .. } | Handle::Lower { ino }) = h {
+            let mut modes = self.io_modes.lock();
+            if let Some(m) = modes.get_mut(&ino) {
+                m.count = m.count.saturating_sub(1);
+                if m.count == 0 {
+                    modes.remove(&ino);
+                }
+            }
+        }
         reply.ok();
     }
 
@@ -1162,16 +1346,18 @@ impl fuser::Filesystem for SkiffFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let handles = self.handles.lock();
-        let Some(Handle::Dir { entries }) = handles.get(&fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
+        // Lock order is always state before handles (attr() looks at open handles
+        // while holding the state lock), so the parent is read first.
         let parent = {
             let st = self.state.read();
             st.nodes
                 .get(&ino.0)
                 .and_then(|n| n.names.last().map(|x| x.0))
                 .unwrap_or(ROOT_INO)
+        };
+        let handles = self.handles.lock();
+        let Some(Handle::Dir { entries }) = handles.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
         };
         let dots = [
             (OsString::from("."), ino.0, FileType::Directory),
@@ -1402,7 +1588,7 @@ impl fuser::Filesystem for SkiffFs {
         reply: ReplyCreate,
     ) {
         let mut st = self.state.write();
-        let r = (|| -> Res<(FileAttr, Duration, u64)> {
+        let r = (|| -> Res<(FileAttr, Duration, u64, Option<Arc<fuser::BackingId>>)> {
             let (p, _) = self.prepare_new(&mut st, parent.0, name)?;
             let f = OpenOptions::new()
                 .write(true)
@@ -1415,14 +1601,28 @@ impl fuser::Filesystem for SkiffFs {
             self.own_new(req, &pp, &p, Some(mode & 0o7777 & !umask))?;
             let (ino, attr, ttl) = self.lookup_in(&mut st, parent.0, name)?;
             let f = self.open_upper(&st, ino, flags & !libc::O_TRUNC)?;
+            let backing = self.io_mode(
+                ino,
+                true,
+                || self.upper_backing(&st, ino),
+                |f| reply.open_backing(f),
+            )?;
             let fh = self.new_handle(Handle::Upper {
                 file: Arc::new(f),
                 ino,
             });
-            Ok((attr, ttl, fh))
+            Ok((attr, ttl, fh, backing))
         })();
         match r {
-            Ok((attr, ttl, fh)) => reply.created(
+            Ok((attr, ttl, fh, Some(b))) => reply.created_passthrough(
+                &ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &b,
+            ),
+            Ok((attr, ttl, fh, None)) => reply.created(
                 &ttl,
                 &attr,
                 Generation(0),
