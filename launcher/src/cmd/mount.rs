@@ -1,8 +1,10 @@
 //! `skiff mount`, `skiff umount`, `skiff stats` and `skiff gc`.
 //!
-//! Until registry resolution lands, `skiff mount` mounts local layers: uncompressed tar
-//! files given with `--layer` (bottom first) or the image tagged TAG in an OCI image
-//! layout directory (`--oci-layout DIR:TAG`).
+//! `skiff mount IMAGE DIR` mounts a registry image lazily: it needs only the manifest,
+//! config and layer indexes, and fetches file bytes when they are read. For tests and
+//! offline use it can also mount local layers: uncompressed tar files given with
+//! `--layer` (bottom first) or the image tagged TAG in an OCI image layout directory
+//! (`--oci-layout DIR:TAG`).
 
 use super::Global;
 use anyhow::{bail, Context};
@@ -17,7 +19,8 @@ use std::time::Duration;
 /// Arguments of `skiff mount`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// `[IMAGE] DIR`: the image reference (registry images: not yet) and the mount point.
+    /// `[IMAGE] DIR`: the registry image and the mount point (IMAGE may be left out with
+    /// --layer or --oci-layout).
     #[arg(num_args = 1..=2, required = true, value_names = ["IMAGE", "DIR"])]
     pub targets: Vec<String>,
     /// A local uncompressed tar layer; repeat, bottom layer first.
@@ -35,6 +38,9 @@ pub struct Args {
     /// Detach: mount in the background and return once mounted.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Registry options (for IMAGE).
+    #[command(flatten)]
+    pub registry: super::registry_args::RegistryArgs,
 }
 
 /// Arguments of `skiff umount`.
@@ -164,13 +170,20 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     for l in &args.layers {
         layers.push(tar_layer(l, None)?);
     }
+    // Take SIGINT/SIGTERM synchronously so they unmount instead of killing us; blocked
+    // before any runtime or FUSE thread starts, so every thread inherits the mask.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGINT);
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    mask.thread_block()?;
+    let mut lazy = None;
     if layers.is_empty() {
-        match image {
-            Some(i) => bail!(
-                "mounting registry image {i:?} is not available yet; use --layer or --oci-layout"
-            ),
-            None => bail!("nothing to mount: give --layer FILE or --oci-layout DIR:TAG"),
-        }
+        let Some(image) = &image else {
+            bail!("nothing to mount: give IMAGE, --layer FILE or --oci-layout DIR:TAG");
+        };
+        let resolved = super::lazy::resolve(global, &args.registry, image, true)?;
+        layers = resolved.layers.clone();
+        lazy = Some(resolved);
     }
     let mut opts = MountOptions::new(layers, global.root.join("cache"));
     opts.upper = args.upper.clone();
@@ -179,11 +192,6 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     opts.stats_file = Some(stats_file.clone());
     opts.fs_name = image.unwrap_or_else(|| "skiff".into());
 
-    // Take SIGINT/SIGTERM synchronously so they unmount instead of killing us.
-    let mut mask = nix::sys::signal::SigSet::empty();
-    mask.add(nix::sys::signal::Signal::SIGINT);
-    mask.add(nix::sys::signal::Signal::SIGTERM);
-    mask.thread_block()?;
     let handle =
         skiff_fs::mount(opts, &dir).with_context(|| format!("mounting {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "mounted");
@@ -203,6 +211,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         }
     }
     let snap = handle.unmount();
+    // The blob readers' runtime goes only after the filesystem is gone.
+    drop(lazy);
     let _ = std::fs::remove_file(&stats_file);
     let snap = snap?;
     eprintln!("{snap}");
