@@ -1451,11 +1451,11 @@ impl fuser::Filesystem for SkiffFs {
         let path = self.upper.clone().unwrap_or_else(|| PathBuf::from("/"));
         match nix::sys::statvfs::statvfs(&path) {
             Ok(s) => reply.statfs(
-                s.blocks() as u64,
-                s.blocks_free() as u64,
-                s.blocks_available() as u64,
-                s.files() as u64,
-                s.files_free() as u64,
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
                 s.block_size() as u32,
                 255,
                 s.fragment_size() as u32,
