@@ -596,6 +596,28 @@ impl SkiffFs {
         Ok(())
     }
 
+    /// Fetches a lower file's missing chunks before copy-up takes the state lock, so a
+    /// slow registry holds only this request, not every other operation.
+    fn prefetch_for_copy_up(&self, ino: u64) {
+        let id = {
+            let st = self.state.read();
+            match st.nodes.get(&ino) {
+                Some(n) if !n.upper => n.lower,
+                _ => None,
+            }
+        };
+        let Some(ln) = id.and_then(|id| self.tree.node(id)) else {
+            return;
+        };
+        if let Some(idx) = self.tree.layers.get(ln.layer) {
+            let chunks = idx.chunks_of(&ln.entry);
+            if !chunks.is_empty() && !self.fetcher.all_on_disk(chunks) {
+                // Errors surface again (as EIO) in copy_up.
+                let _ = self.fetcher.fetch_blocking(ln.layer, chunks);
+            }
+        }
+    }
+
     /// Resolves a root-relative path through the merged view.
     fn resolve(&self, st: &mut State, path: &Path) -> Res<u64> {
         let mut cur = ROOT_INO;
@@ -1142,6 +1164,9 @@ impl fuser::Filesystem for SkiffFs {
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let r = (|| -> Res<(u64, FopenFlags, Option<Arc<fuser::BackingId>>)> {
             if writes {
+                if flags & libc::O_TRUNC == 0 {
+                    self.prefetch_for_copy_up(ino.0);
+                }
                 let mut st = self.state.write();
                 self.copy_up(&mut st, ino.0, flags & libc::O_TRUNC != 0)?;
             }
