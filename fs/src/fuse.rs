@@ -696,7 +696,10 @@ impl SkiffFs {
         }
         let backing = if self.passthrough {
             backing_file().and_then(|f| match register(&f) {
-                Ok(b) => Some(Arc::new(b)),
+                Ok(b) => {
+                    self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                    Some(Arc::new(b))
+                }
                 Err(e) => {
                     tracing::debug!(ino, error = %e, "passthrough refused, using the FUSE path");
                     None
