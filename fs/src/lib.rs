@@ -331,12 +331,18 @@ impl MountHandle {
         let mut result = Ok(());
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
-                // Busy or already gone: detach lazily so nothing is left mounted.
-                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-                result = Err(MountError::Fuse {
-                    mountpoint: self.mountpoint.clone(),
-                    source: e,
-                });
+                // Busy: detach lazily so nothing is left mounted. Already unmounted
+                // (`skiff umount`, fusermount3 -u): EINVAL, and nothing to report.
+                let detached =
+                    nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                let gone = e.raw_os_error() == Some(libc::EINVAL)
+                    && detached == Err(nix::errno::Errno::EINVAL);
+                if !gone {
+                    result = Err(MountError::Fuse {
+                        mountpoint: self.mountpoint.clone(),
+                        source: e,
+                    });
+                }
             }
         }
         self.stop.store(true, Ordering::Relaxed);
