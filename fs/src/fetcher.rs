@@ -257,7 +257,9 @@ impl Inner {
         };
         let mut order: Vec<&(usize, Arc<Slot>)> = owned.iter().collect();
         order.sort_by_key(|(i, _)| chunks[*i].blob_offset);
-        let mut runs: Vec<(u64, u64, Vec<&(usize, Arc<Slot>)>)> = Vec::new();
+        // (blob start, blob end, the chunks read by that one range request)
+        type Run<'a> = (u64, u64, Vec<&'a (usize, Arc<Slot>)>);
+        let mut runs: Vec<Run> = Vec::new();
         for item in order {
             let c = &chunks[item.0];
             let end = c.blob_offset.saturating_add(c.blob_len);

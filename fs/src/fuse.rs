@@ -596,6 +596,28 @@ impl SkiffFs {
         Ok(())
     }
 
+    /// Fetches a lower file's missing chunks before copy-up takes the state lock, so a
+    /// slow registry holds only this request, not every other operation.
+    fn prefetch_for_copy_up(&self, ino: u64) {
+        let id = {
+            let st = self.state.read();
+            match st.nodes.get(&ino) {
+                Some(n) if !n.upper => n.lower,
+                _ => None,
+            }
+        };
+        let Some(ln) = id.and_then(|id| self.tree.node(id)) else {
+            return;
+        };
+        if let Some(idx) = self.tree.layers.get(ln.layer) {
+            let chunks = idx.chunks_of(&ln.entry);
+            if !chunks.is_empty() && !self.fetcher.all_on_disk(chunks) {
+                // Errors surface again (as EIO) in copy_up.
+                let _ = self.fetcher.fetch_blocking(ln.layer, chunks);
+            }
+        }
+    }
+
     /// Resolves a root-relative path through the merged view.
     fn resolve(&self, st: &mut State, path: &Path) -> Res<u64> {
         let mut cur = ROOT_INO;
@@ -674,7 +696,10 @@ impl SkiffFs {
         }
         let backing = if self.passthrough {
             backing_file().and_then(|f| match register(&f) {
-                Ok(b) => Some(Arc::new(b)),
+                Ok(b) => {
+                    self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                    Some(Arc::new(b))
+                }
                 Err(e) => {
                     tracing::debug!(ino, error = %e, "passthrough refused, using the FUSE path");
                     None
@@ -1142,6 +1167,9 @@ impl fuser::Filesystem for SkiffFs {
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let r = (|| -> Res<(u64, FopenFlags, Option<Arc<fuser::BackingId>>)> {
             if writes {
+                if flags & libc::O_TRUNC == 0 {
+                    self.prefetch_for_copy_up(ino.0);
+                }
                 let mut st = self.state.write();
                 self.copy_up(&mut st, ino.0, flags & libc::O_TRUNC != 0)?;
             }
@@ -1451,11 +1479,11 @@ impl fuser::Filesystem for SkiffFs {
         let path = self.upper.clone().unwrap_or_else(|| PathBuf::from("/"));
         match nix::sys::statvfs::statvfs(&path) {
             Ok(s) => reply.statfs(
-                s.blocks() as u64,
-                s.blocks_free() as u64,
-                s.blocks_available() as u64,
-                s.files() as u64,
-                s.files_free() as u64,
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
                 s.block_size() as u32,
                 255,
                 s.fragment_size() as u32,

@@ -80,6 +80,9 @@ pub struct MountOptions {
     pub stats_file: Option<PathBuf>,
     /// The mount's source name shown in /proc/mounts.
     pub fs_name: String,
+    /// Fetch the files each layer's producer marked for prefetch (eStargz's
+    /// `.prefetch.landmark`) in the background right after mounting.
+    pub prefetch: bool,
 }
 
 impl MountOptions {
@@ -96,6 +99,7 @@ impl MountOptions {
             fuse_threads: 4,
             stats_file: None,
             fs_name: "skiff".into(),
+            prefetch: true,
         }
     }
 }
@@ -211,6 +215,34 @@ fn spawn_stats_writer(
         .ok()
 }
 
+/// Queues the prefetch-marked files of every layer on the fetcher (in blob order, one
+/// job per file; results land in the cache).
+fn start_prefetch(opts: &MountOptions, fetcher: &Fetcher) {
+    if !opts.prefetch {
+        return;
+    }
+    for (li, l) in opts.layers.iter().enumerate() {
+        for &ei in &l.index.prefetch {
+            let Some(e) = l.index.entries.get(ei as usize) else {
+                continue;
+            };
+            let chunks = l.index.chunks_of(e).to_vec();
+            if chunks.is_empty() || fetcher.all_on_disk(&chunks) {
+                continue;
+            }
+            fetcher.submit(
+                li,
+                chunks,
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "prefetch failed");
+                    }
+                }),
+            );
+        }
+    }
+}
+
 /// Mounts the merged view of `opts.layers` on `mountpoint` in the background.
 pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<MountHandle, MountError> {
     let p = prepare(&opts)?;
@@ -220,6 +252,7 @@ pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<MountHandle, Mount
             mountpoint: mountpoint.to_path_buf(),
             source,
         })?;
+    start_prefetch(&opts, &p.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
@@ -252,6 +285,7 @@ pub fn mount_foreground(
         source,
     };
     let session = fuser::Session::new(p.fs, mountpoint, &p.config).map_err(fuse_err)?;
+    start_prefetch(&opts, &p.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
@@ -297,12 +331,18 @@ impl MountHandle {
         let mut result = Ok(());
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
-                // Busy or already gone: detach lazily so nothing is left mounted.
-                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-                result = Err(MountError::Fuse {
-                    mountpoint: self.mountpoint.clone(),
-                    source: e,
-                });
+                // Busy: detach lazily so nothing is left mounted. Already unmounted
+                // (`skiff umount`, fusermount3 -u): EINVAL, and nothing to report.
+                let detached =
+                    nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                let gone = e.raw_os_error() == Some(libc::EINVAL)
+                    && detached == Err(nix::errno::Errno::EINVAL);
+                if !gone {
+                    result = Err(MountError::Fuse {
+                        mountpoint: self.mountpoint.clone(),
+                        source: e,
+                    });
+                }
             }
         }
         self.stop.store(true, Ordering::Relaxed);

@@ -29,6 +29,8 @@ pub struct Stats {
     pub read_bytes: AtomicU64,
     /// Files copied up to the upper layer.
     pub copy_ups: AtomicU64,
+    /// Opens served by kernel passthrough (their reads bypass the counters above).
+    pub passthrough_opens: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
 
@@ -53,6 +55,9 @@ pub struct StatsSnapshot {
     pub read_bytes: u64,
     /// Copy-ups.
     pub copy_ups: u64,
+    /// Opens served by kernel passthrough.
+    #[serde(default)]
+    pub passthrough_opens: u64,
     /// Median lower-file read latency, microseconds (bucket upper bound).
     pub read_p50_us: u64,
     /// 90th percentile, microseconds.
@@ -101,6 +106,7 @@ impl Stats {
             reads: get(&self.reads),
             read_bytes: get(&self.read_bytes),
             copy_ups: get(&self.copy_ups),
+            passthrough_opens: get(&self.passthrough_opens),
             read_p50_us: self.percentile(&counts, 0.5),
             read_p90_us: self.percentile(&counts, 0.9),
             read_p99_us: self.percentile(&counts, 0.99),
@@ -125,6 +131,10 @@ impl std::fmt::Display for StatsSnapshot {
             "reads: {} ({} bytes), latency p50 <{}us p90 <{}us p99 <{}us",
             self.reads, self.read_bytes, self.read_p50_us, self.read_p90_us, self.read_p99_us
         )?;
-        write!(f, "copy-ups: {}", self.copy_ups)
+        write!(
+            f,
+            "copy-ups: {}, passthrough opens: {}",
+            self.copy_ups, self.passthrough_opens
+        )
     }
 }

@@ -159,3 +159,33 @@ fn concurrent_reads_of_one_chunk_share_a_fetch() {
     assert_eq!(r.bytes.load(Ordering::SeqCst), 100_000);
     drop(m);
 }
+
+#[test]
+fn prefetch_marked_files_are_cached_after_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut img, files) = big_image(&tmp.path().join("img"));
+    let mut index = (*img.layers[0].index).clone();
+    let pos = index
+        .entries
+        .iter()
+        .position(|e| e.path == "other.txt")
+        .unwrap();
+    index.prefetch = vec![pos as u32];
+    img.layers[0].index = std::sync::Arc::new(index);
+    let mnt = tmp.path().join("mnt");
+    let r = img.readers[0].clone();
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    // Wait (bounded) for the background prefetch to land.
+    for _ in 0..200 {
+        if m.stats().cache_misses >= 1 && r.reads.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(r.bytes.load(Ordering::SeqCst), files.data[1].len() as u64);
+    // The registry goes away: the prefetched file still reads.
+    r.fail.store(true, Ordering::SeqCst);
+    assert!(std::fs::read(mnt.join("other.txt")).unwrap() == files.data[1]);
+    drop(m);
+}
