@@ -53,6 +53,19 @@ pub enum BlobError {
     },
 }
 
+/// Checks that `offset..offset+len` lies within a blob of `size` bytes.
+pub fn check_range(digest: Digest, size: u64, offset: u64, len: u64) -> Result<(), BlobError> {
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(BlobError::OutOfRange {
+            digest,
+            offset,
+            len,
+            size,
+        });
+    }
+    Ok(())
+}
+
 /// Random-access reads of one blob. Returned bytes are raw and unverified.
 pub trait BlobReader: Send + Sync {
     /// The blob's digest (of its full, compressed content).
@@ -142,14 +155,7 @@ impl BlobReader for FileBlob {
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(BlobError::OutOfRange {
-                digest: self.digest,
-                offset,
-                len,
-                size: self.size,
-            });
-        }
+        check_range(self.digest, self.size, offset, len)?;
         let mut buf = vec![0u8; len as usize];
         self.file
             .read_exact_at(&mut buf, offset)

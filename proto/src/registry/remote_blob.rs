@@ -2,7 +2,7 @@
 
 use super::client::{Client, FetchStats};
 use super::error::RegistryError;
-use crate::blob::{BlobError, BlobReader};
+use crate::blob::{check_range, BlobError, BlobReader};
 use crate::digest::{Digest, DigestError, Hasher};
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -83,14 +83,7 @@ impl BlobReader for RemoteBlob {
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
-        if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Err(BlobError::OutOfRange {
-                digest: self.digest,
-                offset,
-                len,
-                size: self.size,
-            });
-        }
+        check_range(self.digest, self.size, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
