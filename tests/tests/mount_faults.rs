@@ -1,0 +1,108 @@
+//! A registry that goes away under a mounted image: the reads that need it fail with
+//! EIO, everything already cached keeps working, and reads succeed once it is back.
+
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, build_image, push_built, Entry, Layer};
+use skiff_tests::proxy::{Fault, FaultProxy, Rule};
+use skiff_tests::registry::Registry;
+use std::path::{Path, PathBuf};
+
+/// Unmounts on drop, lazily if need be, so a failed assertion leaves nothing mounted.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_registry_fails_only_uncached_reads_and_recovers() {
+    let reg = Registry::start();
+    let a = fixtures::pseudo_random(1, 3 << 20);
+    let b = fixtures::pseudo_random(2, 3 << 20);
+    let layer = Layer::tar(&[
+        Entry::dir("data", 0o755),
+        Entry::file("data/a", &a, 0o644),
+        Entry::file("data/b", &b, 0o644),
+    ]);
+    let image = build_image(
+        vec![layer],
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(
+        &skiff_tests::client(&reg.host()),
+        "faults/data",
+        "v1",
+        &image,
+    )
+    .await;
+    let proxy = FaultProxy::start(reg.addr());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(&tmp.path().join("root"));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let reference = format!("{}/faults/data:v1", proxy.host());
+    let out = skiff.run(&["mount", "-d", &reference, mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guard = MountGuard(mnt.clone());
+    assert!(is_mounted(&mnt));
+
+    assert!(std::fs::read(mnt.join("data/a")).unwrap() == a);
+
+    // The registry dies: every blob request has its connection dropped.
+    proxy.add_rule(Rule::new("/blobs/", Fault::Drop, None));
+    let err = std::fs::read(mnt.join("data/b")).expect_err("an uncached read must fail");
+    assert_eq!(err.raw_os_error(), Some(libc_eio()), "{err}");
+    // What is cached, and the tree itself, still work.
+    assert!(std::fs::read(mnt.join("data/a")).unwrap() == a);
+    let mut names: Vec<_> = std::fs::read_dir(mnt.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+
+    // It comes back: the same read now succeeds with the right bytes.
+    proxy.clear_rules();
+    assert!(std::fs::read(mnt.join("data/b")).unwrap() == b);
+
+    let out = skiff.run(&["umount", mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..100 {
+        if !is_mounted(&mnt) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&mnt), "still mounted after skiff umount");
+    drop(guard);
+}
+
+/// EIO, without a libc dependency for one constant.
+fn libc_eio() -> i32 {
+    5
+}
