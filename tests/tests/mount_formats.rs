@@ -1,0 +1,840 @@
+//! Issue 4, first "Done when" bullet, end to end through a real registry: one image
+//! rich in metadata, pushed in every layer format Skiff reads, mounted with
+//! `skiff mount IMAGE DIR -d`, must look exactly like `umoci unpack` of the same image
+//! (`diff -r --no-dereference` plus a full stat comparison: type, mode, uid, gid, size,
+//! mtime, nlink, rdev, xattrs, symlink targets, file bytes).
+//!
+//! Formats: plain tar+gzip (checkpoint index from a streaming pass, and from a
+//! published `skiff index --push` artifact), eStargz from stargz-snapshotter's
+//! `ctr-remote image convert --estargz --oci`, zstd:chunked from
+//! `skopeo copy --dest-compress-format zstd:chunked`, and Skiff's own `skiff convert`.
+//!
+//! The reference tree is `umoci unpack` of the source image (plain tar+gzip): the
+//! converted images carry the same files, and umoci 0.4.7 cannot unpack zstd layers.
+//!
+//! Also: mounting a large image reads only TOCs/indexes from the registry, and a second
+//! mount from the same `--root` reads no layer blob at all.
+//!
+//! Needs root, `docker-registry`, `umoci`, `skopeo`, `fusermount3`; the eStargz peer
+//! test also `containerd`, `ctr`, `ctr-remote`. A test whose tools are missing says so
+//! and passes.
+
+use skiff_proto::image::{Platform, MEDIA_OCI_LAYER_GZIP};
+use skiff_proto::Digest;
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, build_image, push_built, BuiltImage, Layer};
+use skiff_tests::proxy::{FaultProxy, Recorded};
+use skiff_tests::registry::Registry;
+use std::ffi::CString;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------
+// Tools and processes
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool} >/dev/null"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// False (with a note) when a tool is missing or we are not root.
+fn tools_or_skip(tools: &[&str]) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root (FUSE mounts, umoci unpack with owners)");
+        return false;
+    }
+    let missing: Vec<&&str> = tools.iter().filter(|t| !have(t)).collect();
+    if !missing.is_empty() {
+        eprintln!("skipping: missing tools {missing:?}");
+        return false;
+    }
+    true
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let want = canon.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let prefix = canon.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// A `skiff mount IMAGE DIR -d`; on drop (a failed test) lazily unmounted.
+struct SkiffMount {
+    skiff: Skiff,
+    dir: PathBuf,
+    daemon: u32,
+    unmounted: bool,
+}
+
+impl SkiffMount {
+    fn new(skiff: &Skiff, image: &str, dir: &Path, upper: Option<&Path>) -> SkiffMount {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = skiff.command();
+        cmd.arg("mount").arg(image).arg(dir).arg("-d");
+        if let Some(u) = upper {
+            cmd.arg("--upper").arg(u);
+        }
+        let out = cmd.output().expect("running skiff mount");
+        assert_eq!(out.status.code(), Some(0), "skiff mount: {}", text(&out));
+        let daemon = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("skiff mount -d printed no pid: {}", text(&out)));
+        assert!(is_mounted(dir), "{} not mounted", dir.display());
+        SkiffMount {
+            skiff: Skiff::new(&skiff.root),
+            dir: dir.to_path_buf(),
+            daemon,
+            unmounted: false,
+        }
+    }
+
+    /// `skiff umount DIR`; asserts the mount is gone and the daemon exited.
+    fn umount(mut self) {
+        let out = self.skiff.run(&["umount", &self.dir.to_string_lossy()]);
+        assert_eq!(out.status.code(), Some(0), "skiff umount: {}", text(&out));
+        self.unmounted = true;
+        assert!(!is_mounted(&self.dir), "{} still mounted", self.dir.display());
+        // The daemon notices the unmount and exits (bounded wait, not a timing claim).
+        let proc_dir = PathBuf::from(format!("/proc/{}", self.daemon));
+        for _ in 0..400 {
+            let zombie_or_gone = std::fs::read_to_string(proc_dir.join("stat"))
+                .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+                .unwrap_or(true);
+            if zombie_or_gone {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("mount daemon {} still running after umount", self.daemon);
+    }
+}
+
+impl Drop for SkiffMount {
+    fn drop(&mut self) {
+        if self.unmounted {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.dir)
+            .status();
+        if is_mounted(&self.dir) {
+            let _ = nix_detach(&self.dir);
+        }
+    }
+}
+
+fn nix_detach(dir: &Path) -> std::io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: valid C string.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The rich image
+
+/// One tar entry of a test layer, with its own mtime.
+enum Item<'a> {
+    Dir(&'a str, u32, u64, u64, Vec<(&'a str, &'a [u8])>),
+    /// path, mode, uid, gid, content, xattrs
+    File(&'a str, u32, u64, u64, Vec<u8>, Vec<(&'a str, &'a [u8])>),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+    Char(&'a str, u32, u32, u32),
+    Block(&'a str, u32, u32, u32),
+    Fifo(&'a str, u32),
+    Whiteout(&'a str),
+    Opaque(&'a str),
+}
+
+fn file<'a>(path: &'a str, mode: u32, data: &[u8]) -> Item<'a> {
+    Item::File(path, mode, 0, 0, data.to_vec(), vec![])
+}
+
+fn dir(path: &str, mode: u32) -> Item<'_> {
+    Item::Dir(path, mode, 0, 0, vec![])
+}
+
+/// An uncompressed tar of `items`; entry `i` gets mtime `base + 1000 i`.
+fn tar_of(items: &[Item], base_mtime: u64) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (i, it) in items.iter().enumerate() {
+        let header = |kind: tar::EntryType, mode: u32| {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(0);
+            h.set_mtime(base_mtime + 1000 * i as u64);
+            h.set_uid(0);
+            h.set_gid(0);
+            h
+        };
+        let pax = |b: &mut tar::Builder<Vec<u8>>, xattrs: &[(&str, &[u8])]| {
+            if !xattrs.is_empty() {
+                let kv: Vec<(String, &[u8])> = xattrs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                    .collect();
+                b.append_pax_extensions(kv.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .unwrap();
+            }
+        };
+        match it {
+            Item::Dir(p, mode, uid, gid, xattrs) => {
+                pax(&mut b, xattrs);
+                let mut h = header(tar::EntryType::Directory, *mode);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                b.append_data(&mut h, format!("{p}/"), &[][..]).unwrap();
+            }
+            Item::File(p, mode, uid, gid, data, xattrs) => {
+                pax(&mut b, xattrs);
+                let mut h = header(tar::EntryType::Regular, *mode);
+                h.set_size(data.len() as u64);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                b.append_data(&mut h, p, data.as_slice()).unwrap();
+            }
+            Item::Symlink(p, target) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Item::Hardlink(p, target) => {
+                let mut h = header(tar::EntryType::Link, 0o644);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Item::Char(p, mode, maj, min) | Item::Block(p, mode, maj, min) => {
+                let kind = if matches!(it, Item::Char(..)) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                };
+                let mut h = header(kind, *mode);
+                h.set_device_major(*maj).unwrap();
+                h.set_device_minor(*min).unwrap();
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            Item::Fifo(p, mode) => {
+                let mut h = header(tar::EntryType::Fifo, *mode);
+                b.append_data(&mut h, p, &[][..]).unwrap();
+            }
+            Item::Whiteout(p) => {
+                let wh = match p.rsplit_once('/') {
+                    Some((d, name)) => format!("{d}/.wh.{name}"),
+                    None => format!(".wh.{p}"),
+                };
+                let mut h = header(tar::EntryType::Regular, 0o644);
+                b.append_data(&mut h, wh, &[][..]).unwrap();
+            }
+            Item::Opaque(d) => {
+                let mut h = header(tar::EntryType::Regular, 0o644);
+                b.append_data(&mut h, format!("{d}/.wh..wh..opq"), &[][..])
+                    .unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+const CAP: &[u8] = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+
+/// Three layers: a base tree with every kind of entry; a layer with whiteouts, an
+/// opaque directory, overrides and a directory replacing a file; a layer with a file of
+/// several chunks and a directory reborn after its whiteout.
+fn rich_tars() -> Vec<Vec<u8>> {
+    let l0 = tar_of(
+        &[
+            dir("etc", 0o755),
+            file("etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n"),
+            file("etc/group", 0o644, b"root:x:0:\n"),
+            dir("usr", 0o755),
+            dir("usr/bin", 0o755),
+            file("usr/bin/busybox", 0o755, b"#!busybox\n"),
+            Item::Hardlink("usr/bin/ls", "usr/bin/busybox"),
+            Item::Hardlink("usr/bin/cat", "usr/bin/busybox"),
+            Item::Symlink("usr/bin/sh", "busybox"),
+            Item::Symlink("usr/bin/abs", "/etc/passwd"),
+            Item::Symlink("usr/bin/dangling", "../no/such/target"),
+            Item::File(
+                "usr/bin/ping",
+                0o4755,
+                0,
+                0,
+                b"ping".to_vec(),
+                vec![("security.capability", CAP), ("user.note", b"hello")],
+            ),
+            Item::File("usr/bin/wall", 0o2755, 0, 5, b"wall".to_vec(), vec![]),
+            Item::File("home.txt", 0o600, 1000, 1001, b"private".to_vec(), vec![]),
+            Item::File("odd", 0o2710, 7, 8, b"odd mode".to_vec(), vec![]),
+            Item::Dir(
+                "srv",
+                0o750,
+                33,
+                44,
+                vec![("user.dir", b"on a directory\x00with nul")],
+            ),
+            Item::File("srv/data", 0o640, 33, 44, b"served".to_vec(), vec![]),
+            dir("tmp", 0o1777),
+            dir("dev", 0o755),
+            Item::Char("dev/null", 0o666, 1, 3),
+            Item::Char("dev/tty9", 0o620, 4, 9),
+            Item::Block("dev/sda", 0o660, 8, 0),
+            Item::Block("dev/loop300", 0o660, 7, 300),
+            Item::Fifo("dev/fifo", 0o600),
+            dir("var", 0o755),
+            dir("var/opq", 0o750),
+            file("var/opq/old1", 0o644, b"old1"),
+            dir("var/opq/sub", 0o755),
+            file("var/opq/sub/old2", 0o644, b"old2"),
+            file("gone", 0o644, b"gone"),
+            dir("gonedir", 0o755),
+            file("gonedir/inner", 0o644, b"inner"),
+            file("replaced", 0o644, b"a file first"),
+            file("empty", 0o644, b""),
+        ],
+        1_600_000_000,
+    );
+    let l1 = tar_of(
+        &[
+            Item::Whiteout("gone"),
+            Item::Whiteout("gonedir"),
+            Item::Whiteout("usr/bin/cat"),
+            dir("etc", 0o755),
+            file(
+                "etc/passwd",
+                0o644,
+                b"root:x:0:0::/root:/bin/ash\nuser:x:1000:1000::/home:/bin/sh\n",
+            ),
+            Item::Hardlink("etc/passwd-", "etc/passwd"),
+            dir("var", 0o755),
+            dir("var/opq", 0o700),
+            Item::Opaque("var/opq"),
+            file("var/opq/new", 0o644, b"new"),
+            Item::Dir("replaced", 0o711, 2, 3, vec![]),
+            file("replaced/child", 0o644, b"child"),
+        ],
+        1_650_000_000,
+    );
+    // Several 4 MiB chunks, some of them compressible, none all zeros.
+    let big = [
+        fixtures::pseudo_random(11, 5 << 20),
+        (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect(),
+        fixtures::pseudo_random(12, 3 << 20),
+    ]
+    .concat();
+    let l2 = tar_of(
+        &[
+            file("big.bin", 0o644, &big),
+            Item::Hardlink("big.link", "big.bin"),
+            Item::Dir("gonedir", 0o700, 0, 0, vec![]),
+            file("gonedir/reborn", 0o644, b"reborn"),
+        ],
+        1_700_000_000,
+    );
+    vec![l0, l1, l2]
+}
+
+/// gzip layers for `tars`, and the image built from them.
+fn gzip_image(tars: &[Vec<u8>]) -> BuiltImage {
+    let layers = tars
+        .iter()
+        .map(|t| Layer {
+            media_type: MEDIA_OCI_LAYER_GZIP.into(),
+            diff_id: Digest::of(t),
+            blob: fixtures::gzip(t),
+        })
+        .collect();
+    build_image(layers, &Platform::host(), &["/bin/sh"])
+}
+
+/// The source image in an OCI layout (`DIR:src`) and `umoci unpack` of it.
+struct Reference {
+    layout: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn reference(work: &Path, image: &BuiltImage) -> Reference {
+    let layout = work.join("layout");
+    fixtures::write_oci_layout(&layout, "src", image);
+    let bundle = work.join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:src", layout.display()))
+        .arg(&bundle));
+    Reference {
+        layout,
+        rootfs: bundle.join("rootfs"),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tree comparison
+
+/// Everything compared about one path.
+#[derive(Debug, PartialEq)]
+struct Meta {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: Option<u64>,
+    mtime: (i64, i64),
+    nlink: u64,
+    rdev: u64,
+    xattrs: Vec<(String, Vec<u8>)>,
+    link: Option<PathBuf>,
+    /// sha256 of the content (the bytes themselves are compared through it).
+    content: Option<Digest>,
+}
+
+fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: valid C string and buffer.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    assert!(
+        n >= 0,
+        "listxattr {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut out = Vec::new();
+    for name in names[..n as usize].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let cn = CString::new(name).unwrap();
+        let mut val = vec![0u8; 64 << 10];
+        // SAFETY: valid C strings and buffer.
+        let m = unsafe {
+            libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len())
+        };
+        assert!(
+            m >= 0,
+            "getxattr {} {}: {}",
+            p.display(),
+            String::from_utf8_lossy(name),
+            std::io::Error::last_os_error()
+        );
+        val.truncate(m as usize);
+        out.push((String::from_utf8_lossy(name).into_owned(), val));
+    }
+    out.sort();
+    out
+}
+
+fn meta(p: &Path) -> Meta {
+    let md = std::fs::symlink_metadata(p).unwrap();
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_char_device() {
+        "char"
+    } else if ft.is_block_device() {
+        "block"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else {
+        "other"
+    };
+    Meta {
+        kind,
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        size: (!ft.is_dir()).then_some(md.size()),
+        mtime: (md.mtime(), md.mtime_nsec()),
+        nlink: md.nlink(),
+        rdev: md.rdev(),
+        xattrs: xattrs_of(p),
+        link: ft.is_symlink().then(|| std::fs::read_link(p).unwrap()),
+        content: ft
+            .is_file()
+            .then(|| Digest::of(&std::fs::read(p).unwrap_or_else(|e| {
+                panic!("reading {}: {e}", p.display())
+            }))),
+    }
+}
+
+/// All paths under `root`, relative, sorted.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(r.clone());
+            }
+            out.push(r);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Path-by-path differences between the reference `a` and the mount `b`.
+fn compare_trees(a: &Path, b: &Path) -> Vec<String> {
+    let wa = walk(a);
+    let wb = walk(b);
+    let mut diffs = Vec::new();
+    for p in wa.iter().filter(|p| !wb.contains(p)) {
+        diffs.push(format!("only in reference: {}", p.display()));
+    }
+    for p in wb.iter().filter(|p| !wa.contains(p)) {
+        diffs.push(format!("only in mount: {}", p.display()));
+    }
+    for rel in std::iter::once(PathBuf::new()).chain(wa.into_iter().filter(|p| wb.contains(p)))
+    {
+        let ma = meta(&a.join(&rel));
+        let mb = meta(&b.join(&rel));
+        if ma != mb {
+            diffs.push(format!("/{}:\n  ref   {ma:?}\n  mount {mb:?}", rel.display()));
+        }
+    }
+    diffs
+}
+
+/// `diff -r --no-dereference`, minus its notes that it cannot compare two special files
+/// of the same type (the stat comparison covers those).
+fn diff_r(a: &Path, b: &Path) -> Vec<String> {
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("running diff");
+    assert!(
+        out.status.code() != Some(2),
+        "diff failed: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            let Some((x, y)) = l.split_once(" while file ") else {
+                return true;
+            };
+            let tx = x.rsplit_once(" is a ").map(|t| t.1);
+            let ty = y.rsplit_once(" is a ").map(|t| t.1);
+            tx.is_none() || tx != ty
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// The whole check: the mount equals the reference, and spot checks a broken merge
+/// would fail even if the reference were wrong the same way.
+fn assert_same_tree(reference: &Path, mnt: &Path, what: &str) {
+    let diffs = compare_trees(reference, mnt);
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences from umoci unpack:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    let d = diff_r(reference, mnt);
+    assert!(d.is_empty(), "{what}: diff -r:\n{}", d.join("\n"));
+
+    assert!(!mnt.join("gone").exists(), "{what}: whiteout");
+    assert!(!mnt.join("usr/bin/cat").exists(), "{what}: whiteout of a link");
+    assert!(!mnt.join("var/opq/old1").exists(), "{what}: opaque dir");
+    assert!(!mnt.join("gonedir/inner").exists(), "{what}: reborn dir");
+    let names: Vec<_> = walk(mnt)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".wh."))
+        .collect();
+    assert!(names.is_empty(), "{what}: whiteouts visible: {names:?}");
+    let busybox = std::fs::metadata(mnt.join("usr/bin/busybox")).unwrap();
+    let ls = std::fs::metadata(mnt.join("usr/bin/ls")).unwrap();
+    assert_eq!(busybox.ino(), ls.ino(), "{what}: hard link inode");
+    assert_eq!(busybox.nlink(), 2, "{what}: nlink after whiteout of one name");
+    let ping = std::fs::metadata(mnt.join("usr/bin/ping")).unwrap();
+    assert_eq!(ping.mode() & 0o7777, 0o4755, "{what}: setuid");
+    let null = std::fs::symlink_metadata(mnt.join("dev/loop300")).unwrap();
+    assert!(null.file_type().is_block_device());
+    assert_eq!(null.rdev(), libc::makedev(7, 300), "{what}: rdev");
+}
+
+// ---------------------------------------------------------------------------------
+// Per-format setup
+
+/// A registry with the rich image pushed as `fmt/rich:gzip`, the reference unpack,
+/// and a proxy in front for request accounting.
+struct Setup {
+    work: tempfile::TempDir,
+    reg: Registry,
+    proxy: FaultProxy,
+    built: BuiltImage,
+    reference: Reference,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let built = gzip_image(&rich_tars());
+        let reference = reference(work.path(), &built);
+        let reg = Registry::start();
+        push_built(&skiff_tests::client(&reg.host()), "fmt/rich", "gzip", &built).await;
+        let proxy = FaultProxy::start(reg.addr());
+        Setup {
+            work,
+            reg,
+            proxy,
+            built,
+            reference,
+        }
+    }
+
+    /// `HOST/fmt/rich:TAG` through the proxy.
+    fn image(&self, tag: &str) -> String {
+        format!("{}/fmt/rich:{tag}", self.proxy.host())
+    }
+
+    /// A fresh `skiff` root.
+    fn skiff(&self, name: &str) -> Skiff {
+        let root = self.work.path().join(format!("root-{name}"));
+        std::fs::create_dir_all(&root).unwrap();
+        Skiff::new(&root)
+    }
+
+    /// Mounts `tag` read-only from a fresh root, compares, unmounts; returns the layer
+    /// blob requests the mount made (through the proxy).
+    fn mount_and_compare(&self, tag: &str, what: &str) -> Vec<Recorded> {
+        let skiff = self.skiff(tag);
+        let mnt = self.work.path().join(format!("mnt-{tag}"));
+        self.proxy.clear_requests();
+        let m = SkiffMount::new(&skiff, &self.image(tag), &mnt, None);
+        assert_same_tree(&self.reference.rootfs, &mnt, what);
+        m.umount();
+        assert!(
+            mounts_under(self.work.path()).is_empty(),
+            "{what}: left mounted: {:?}",
+            mounts_under(self.work.path())
+        );
+        self.proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/blobs/"))
+            .collect()
+    }
+
+    /// The manifest of `tag` as JSON (read with skopeo, a peer).
+    fn manifest(&self, tag: &str) -> serde_json::Value {
+        let raw = run(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/fmt/rich:{tag}", self.reg.host()),
+        ]));
+        serde_json::from_str(&raw).unwrap()
+    }
+
+    fn layer_digests(&self, tag: &str) -> Vec<String> {
+        self.manifest(tag)["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Requests that read a whole layer (no Range) among `reqs`.
+fn whole_layer_reads<'a>(reqs: &'a [Recorded], layers: &[String]) -> Vec<&'a Recorded> {
+    reqs.iter()
+        .filter(|r| r.method == "GET" && r.range.is_none())
+        .filter(|r| layers.iter().any(|d| r.path.ends_with(d.as_str())))
+        .collect()
+}
+
+const BASE_TOOLS: &[&str] = &["docker-registry", "umoci", "skopeo", "fusermount3", "diff"];
+
+// ---------------------------------------------------------------------------------
+// The tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_with_streamed_checkpoints_matches_umoci_read_only_and_with_upper() {
+    if !tools_or_skip(BASE_TOOLS) {
+        return;
+    }
+    let s = Setup::new().await;
+    s.mount_and_compare("gzip", "tar+gzip (streaming pass)");
+
+    // Once more with an upper directory: the view is the same, and a write lands in
+    // the upper directory only.
+    let skiff = s.skiff("gzip-upper");
+    let mnt = s.work.path().join("mnt-upper");
+    let upper = s.work.path().join("upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    let m = SkiffMount::new(&skiff, &s.image("gzip"), &mnt, Some(&upper));
+    assert_same_tree(&s.reference.rootfs, &mnt, "tar+gzip with --upper");
+    std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
+    std::fs::remove_file(mnt.join("home.txt")).unwrap();
+    assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"changed\n");
+    m.umount();
+    assert!(mounts_under(s.work.path()).is_empty());
+    assert_eq!(
+        std::fs::read(upper.join("etc/passwd")).unwrap(),
+        b"changed\n"
+    );
+    let wh = std::fs::symlink_metadata(upper.join("home.txt")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    // The image is untouched: a read-only remount still equals the reference.
+    s.mount_and_compare("gzip", "tar+gzip after an upper mount");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_with_published_index_matches_umoci_without_reading_layers_whole() {
+    if !tools_or_skip(BASE_TOOLS) {
+        return;
+    }
+    let s = Setup::new().await;
+    let out = s
+        .skiff("publisher")
+        .run(&["index", "--push", "-q", &s.reg.reference("fmt/rich:gzip")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let reqs = s.mount_and_compare("gzip", "tar+gzip (published index)");
+    let layers: Vec<String> = s
+        .built
+        .layers
+        .iter()
+        .map(|l| Digest::of(&l.blob).to_string())
+        .collect();
+    let whole = whole_layer_reads(&reqs, &layers);
+    assert!(whole.is_empty(), "layers read whole: {whole:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estargz_from_ctr_remote_matches_umoci() {
+    if !tools_or_skip(&[BASE_TOOLS, &["containerd", "ctr", "ctr-remote"]].concat()) {
+        return;
+    }
+    let s = Setup::new().await;
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/tests/scripts/estargz-convert.sh");
+    let esgz = s.work.path().join("esgz");
+    run(Command::new(&script)
+        .arg(&s.reference.layout)
+        .arg("src")
+        .arg(&esgz)
+        .arg(s.work.path().join("ctd")));
+    assert!(
+        mounts_under(s.work.path()).is_empty(),
+        "containerd left mounts"
+    );
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:esgz", esgz.display()),
+        &format!("docker://{}/fmt/rich:esgz", s.reg.host()),
+    ]));
+    let manifest = s.manifest("esgz");
+    for l in manifest["layers"].as_array().unwrap() {
+        assert!(
+            l["annotations"]["containerd.io/snapshot/stargz/toc.digest"].is_string(),
+            "ctr-remote layer without a TOC digest: {l}"
+        );
+    }
+    let reqs = s.mount_and_compare("esgz", "eStargz (ctr-remote)");
+    let whole = whole_layer_reads(&reqs, &s.layer_digests("esgz"));
+    assert!(whole.is_empty(), "layers read whole: {whole:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_chunked_from_skopeo_matches_umoci() {
+    if !tools_or_skip(BASE_TOOLS) {
+        return;
+    }
+    let s = Setup::new().await;
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        "--dest-compress-format",
+        "zstd:chunked",
+        "--dest-compress",
+        &format!("oci:{}:src", s.reference.layout.display()),
+        &format!("docker://{}/fmt/rich:zc", s.reg.host()),
+    ]));
+    let manifest = s.manifest("zc");
+    for l in manifest["layers"].as_array().unwrap() {
+        assert!(
+            l["annotations"]["io.containers.zstd-chunked.manifest-position"].is_string(),
+            "skopeo layer without a zstd:chunked manifest: {l}"
+        );
+    }
+    let reqs = s.mount_and_compare("zc", "zstd:chunked (skopeo)");
+    let whole = whole_layer_reads(&reqs, &s.layer_digests("zc"));
+    assert!(whole.is_empty(), "layers read whole: {whole:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skiff_convert_output_matches_umoci() {
+    if !tools_or_skip(BASE_TOOLS) {
+        return;
+    }
+    let s = Setup::new().await;
+    let out = s.skiff("converter").run(&[
+        "convert",
+        "-q",
+        &s.reg.reference("fmt/rich:gzip"),
+        &s.reg.reference("fmt/rich:skiff-esgz"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let manifest = s.manifest("skiff-esgz");
+    for l in manifest["layers"].as_array().unwrap() {
+        assert!(
+            l["annotations"]["containerd.io/snapshot/stargz/toc.digest"].is_string(),
+            "skiff convert wrote a layer without a TOC digest: {l}"
+        );
+    }
+    let reqs = s.mount_and_compare("skiff-esgz", "eStargz (skiff convert)");
+    let whole = whole_layer_reads(&reqs, &s.layer_digests("skiff-esgz"));
+    assert!(whole.is_empty(), "layers read whole: {whole:?}");
+}
