@@ -195,6 +195,9 @@ enum Item<'a> {
     Fifo(&'a str, u32),
     Whiteout(&'a str),
     Opaque(&'a str),
+    /// A file whose header fields are overridden by PAX records (`mtime`, `uid`, `gid`),
+    /// as Go's archive/tar writes sub-second mtimes and ids beyond ustar's 2097151.
+    FilePax(&'a str, &'a [u8], Vec<(&'a str, &'a str)>),
 }
 
 fn file<'a>(path: &'a str, mode: u32, data: &[u8]) -> Item<'a> {
@@ -276,6 +279,13 @@ fn tar_of(items: &[Item], base_mtime: u64) -> Vec<u8> {
                 let mut h = header(tar::EntryType::Regular, 0o644);
                 b.append_data(&mut h, wh, &[][..]).unwrap();
             }
+            Item::FilePax(p, data, records) => {
+                b.append_pax_extensions(records.iter().map(|(k, v)| (*k, v.as_bytes())))
+                    .unwrap();
+                let mut h = header(tar::EntryType::Regular, 0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, *data).unwrap();
+            }
             Item::Opaque(d) => {
                 let mut h = header(tar::EntryType::Regular, 0o644);
                 b.append_data(&mut h, format!("{d}/.wh..wh..opq"), &[][..])
@@ -293,6 +303,10 @@ const CAP: &[u8] =
 /// opaque directory, overrides and a directory replacing a file; a layer with a file of
 /// several chunks and a directory reborn after its whiteout.
 fn rich_tars() -> Vec<Vec<u8>> {
+    // Beyond ustar's 100-byte name and link fields: GNU/PAX long names.
+    let long_dir = format!("deep/{}", "d".repeat(90));
+    let long_path = format!("{long_dir}/{}", "long-name-".repeat(12));
+    let long_target = "../".repeat(3) + &"x/".repeat(80) + "end";
     let l0 = tar_of(
         &[
             dir("etc", 0o755),
@@ -342,6 +356,31 @@ fn rich_tars() -> Vec<Vec<u8>> {
             file("gonedir/inner", 0o644, b"inner"),
             file("replaced", 0o644, b"a file first"),
             file("empty", 0o644, b""),
+            Item::File(
+                "nobody",
+                0o640,
+                100_000,
+                65_534,
+                b"big ids".to_vec(),
+                vec![],
+            ),
+            file("usr/ünïcödé name with spaces", 0o644, b"utf-8\n"),
+            // Parents listed: implicit directories get the unpack time from umoci.
+            dir("deep", 0o755),
+            dir(&long_dir, 0o755),
+            file(&long_path, 0o644, b"long name\n"),
+            Item::Symlink("usr/long-target", &long_target),
+            Item::FilePax(
+                "usr/nanos",
+                b"sub-second mtime\n",
+                vec![("mtime", "1600000000.123456789")],
+            ),
+            // An OpenShift-style arbitrary uid: only PAX can carry it in a ustar header.
+            Item::FilePax(
+                "usr/arbitrary-uid",
+                b"uid from pax\n",
+                vec![("uid", "1000680000"), ("gid", "1000680001")],
+            ),
         ],
         1_600_000_000,
     );
@@ -527,10 +566,20 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Path-by-path differences between the reference `a` and the mount `b`. With
-/// `upper_root`, the root directory's mtime and nlink are not compared: they are the
-/// upper directory's own (see [`upper_mount_root_dir_matches_umoci`]).
-fn compare_trees(a: &Path, b: &Path, upper_root: bool) -> Vec<String> {
+/// What a comparison lets pass, each for a documented reason.
+#[derive(Clone, Copy, Default)]
+struct Leeway {
+    /// The root directory's mtime and nlink are the upper directory's own (see
+    /// [`upper_mount_root_dir_matches_umoci`]).
+    upper_root: bool,
+    /// The format keeps mtimes in whole seconds: stargz-snapshotter's TOC writer
+    /// stores `modtime` as `ModTime.Round(time.Second)` in RFC 3339, so the reference
+    /// mtime is rounded the same way.
+    whole_second_mtimes: bool,
+}
+
+/// Path-by-path differences between the reference `a` and the mount `b`.
+fn compare_trees(a: &Path, b: &Path, leeway: Leeway) -> Vec<String> {
     let wa = walk(a);
     let wb = walk(b);
     let mut diffs = Vec::new();
@@ -541,9 +590,12 @@ fn compare_trees(a: &Path, b: &Path, upper_root: bool) -> Vec<String> {
         diffs.push(format!("only in mount: {}", p.display()));
     }
     for rel in std::iter::once(PathBuf::new()).chain(wa.into_iter().filter(|p| wb.contains(p))) {
-        let ma = meta(&a.join(&rel));
+        let mut ma = meta(&a.join(&rel));
         let mut mb = meta(&b.join(&rel));
-        if upper_root && rel.as_os_str().is_empty() {
+        if leeway.whole_second_mtimes {
+            ma.mtime = (ma.mtime.0 + i64::from(ma.mtime.1 >= 500_000_000), 0);
+        }
+        if leeway.upper_root && rel.as_os_str().is_empty() {
             mb.mtime = ma.mtime;
             mb.nlink = ma.nlink;
         }
@@ -584,12 +636,12 @@ fn diff_r(a: &Path, b: &Path) -> Vec<String> {
 /// The whole check: the mount equals the reference, and spot checks a broken merge
 /// would fail even if the reference were wrong the same way.
 fn assert_same_tree(reference: &Path, mnt: &Path, what: &str) {
-    assert_same_tree_with(reference, mnt, what, false)
+    assert_same_tree_with(reference, mnt, what, Leeway::default())
 }
 
-/// [`assert_same_tree`], optionally excusing the root's mtime and nlink (`upper_root`).
-fn assert_same_tree_with(reference: &Path, mnt: &Path, what: &str, upper_root: bool) {
-    let diffs = compare_trees(reference, mnt, upper_root);
+/// [`assert_same_tree`] with some `leeway`.
+fn assert_same_tree_with(reference: &Path, mnt: &Path, what: &str, leeway: Leeway) {
+    let diffs = compare_trees(reference, mnt, leeway);
     assert!(
         diffs.is_empty(),
         "{what}: {} differences from umoci unpack:\n{}",
@@ -641,6 +693,12 @@ fn assert_same_tree_with(reference: &Path, mnt: &Path, what: &str, upper_root: b
     let passwd = std::fs::metadata(mnt.join("etc/passwd")).unwrap();
     assert_eq!(passwd.nlink(), 2, "{what}: hard link in an upper layer");
     assert_eq!(passwd.mtime(), 1_650_000_000 + 4000, "{what}: mtime");
+    let arbitrary = std::fs::metadata(mnt.join("usr/arbitrary-uid")).unwrap();
+    assert_eq!(
+        (arbitrary.uid(), arbitrary.gid()),
+        (1_000_680_000, 1_000_680_001),
+        "{what}: pax uid/gid"
+    );
     let null = std::fs::symlink_metadata(mnt.join("dev/loop300")).unwrap();
     assert!(null.file_type().is_block_device());
     assert_eq!(null.rdev(), libc::makedev(7, 300), "{what}: rdev");
@@ -697,11 +755,16 @@ impl Setup {
     /// Mounts `tag` read-only from a fresh root, compares, unmounts; returns the layer
     /// blob requests the mount made (through the proxy).
     fn mount_and_compare(&self, tag: &str, what: &str) -> Vec<Recorded> {
+        self.mount_and_compare_with(tag, what, Leeway::default())
+    }
+
+    /// [`Setup::mount_and_compare`] with some `leeway`.
+    fn mount_and_compare_with(&self, tag: &str, what: &str, leeway: Leeway) -> Vec<Recorded> {
         let skiff = self.skiff(tag);
         let mnt = self.work.path().join(format!("mnt-{tag}"));
         self.proxy.clear_requests();
         let m = SkiffMount::new(&skiff, &self.image(tag), &mnt, None);
-        assert_same_tree(&self.reference.rootfs, &mnt, what);
+        assert_same_tree_with(&self.reference.rootfs, &mnt, what, leeway);
         m.umount();
         assert!(
             mounts_under(self.work.path()).is_empty(),
@@ -764,7 +827,11 @@ async fn gzip_with_streamed_checkpoints_matches_umoci_read_only_and_with_upper()
     let upper = s.work.path().join("upper");
     std::fs::create_dir_all(&upper).unwrap();
     let m = SkiffMount::new(&skiff, &s.image("gzip"), &mnt, Some(&upper));
-    assert_same_tree_with(&s.reference.rootfs, &mnt, "tar+gzip with --upper", true);
+    let leeway = Leeway {
+        upper_root: true,
+        ..Leeway::default()
+    };
+    assert_same_tree_with(&s.reference.rootfs, &mnt, "tar+gzip with --upper", leeway);
     std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
     std::fs::remove_file(mnt.join("home.txt")).unwrap();
     assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"changed\n");
@@ -833,7 +900,11 @@ async fn estargz_from_ctr_remote_matches_umoci() {
             "ctr-remote layer without a TOC digest: {l}"
         );
     }
-    let reqs = s.mount_and_compare("esgz", "eStargz (ctr-remote)");
+    let leeway = Leeway {
+        whole_second_mtimes: true,
+        ..Leeway::default()
+    };
+    let reqs = s.mount_and_compare_with("esgz", "eStargz (ctr-remote)", leeway);
     let whole = whole_layer_reads(&reqs, &s.layer_digests("esgz"));
     assert!(whole.is_empty(), "layers read whole: {whole:?}");
 }
