@@ -189,6 +189,8 @@ enum Item<'a> {
     /// path, mode, uid, gid, content, xattrs
     File(&'a str, u32, u64, u64, Vec<u8>, Vec<(&'a str, &'a [u8])>),
     Symlink(&'a str, &'a str),
+    /// A symlink with an owner: path, target, uid, gid.
+    SymlinkOwned(&'a str, &'a str, u64, u64),
     Hardlink(&'a str, &'a str),
     Char(&'a str, u32, u32, u32),
     Block(&'a str, u32, u32, u32),
@@ -250,6 +252,12 @@ fn tar_of(items: &[Item], base_mtime: u64) -> Vec<u8> {
             }
             Item::Symlink(p, target) => {
                 let mut h = header(tar::EntryType::Symlink, 0o777);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Item::SymlinkOwned(p, target, uid, gid) => {
+                let mut h = header(tar::EntryType::Symlink, 0o777);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
                 b.append_link(&mut h, p, target).unwrap();
             }
             Item::Hardlink(p, target) => {
@@ -355,6 +363,9 @@ fn rich_tars() -> Vec<Vec<u8>> {
             dir("gonedir", 0o755),
             file("gonedir/inner", 0o644, b"inner"),
             file("replaced", 0o644, b"a file first"),
+            dir("was-dir", 0o755),
+            file("was-dir/inside", 0o644, b"inside"),
+            Item::SymlinkOwned("home-link", "home.txt", 1000, 1001),
             file("empty", 0o644, b""),
             Item::File(
                 "nobody",
@@ -398,8 +409,11 @@ fn rich_tars() -> Vec<Vec<u8>> {
             Item::Hardlink("etc/passwd-", "etc/passwd"),
             dir("var", 0o755),
             dir("var/opq", 0o700),
-            Item::Opaque("var/opq"),
             file("var/opq/new", 0o644, b"new"),
+            // After the directory's new entry: the marker applies first all the same.
+            Item::Opaque("var/opq"),
+            // A directory replaced by a file.
+            file("was-dir", 0o600, b"now a file"),
             Item::Dir("replaced", 0o711, 2, 3, vec![]),
             file("replaced/child", 0o644, b"child"),
         ],
@@ -657,6 +671,16 @@ fn assert_same_tree_with(reference: &Path, mnt: &Path, what: &str, leeway: Leewa
         "{what}: whiteout of a link"
     );
     assert!(!mnt.join("var/opq/old1").exists(), "{what}: opaque dir");
+    assert_eq!(
+        std::fs::read(mnt.join("var/opq/new")).unwrap(),
+        b"new",
+        "{what}: opaque dir keeps its own layer's entries"
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("was-dir")).unwrap(),
+        b"now a file",
+        "{what}: a file over a directory"
+    );
     assert!(!mnt.join("gonedir/inner").exists(), "{what}: reborn dir");
     let names: Vec<_> = walk(mnt)
         .into_iter()
