@@ -813,6 +813,23 @@ impl Setup {
         serde_json::from_str(&raw).unwrap()
     }
 
+    /// Asserts `tag`'s layers are other blobs than the source's (a converter ran and
+    /// no tool substituted the gzip blobs it found in the registry).
+    fn assert_converted(&self, tag: &str) {
+        let src: Vec<String> = self
+            .built
+            .layers
+            .iter()
+            .map(|l| Digest::of(&l.blob).to_string())
+            .collect();
+        let got = self.layer_digests(tag);
+        assert_eq!(got.len(), src.len(), "{tag}: layer count");
+        assert!(
+            got.iter().all(|d| !src.contains(d)),
+            "{tag}: gzip layers reused: {got:?}"
+        );
+    }
+
     fn layer_digests(&self, tag: &str) -> Vec<String> {
         self.manifest(tag)["layers"]
             .as_array()
@@ -913,10 +930,12 @@ async fn estargz_from_ctr_remote_matches_umoci() {
     run(Command::new("skopeo").args([
         "copy",
         "-q",
+        "--preserve-digests",
         "--dest-tls-verify=false",
         &format!("oci:{}:esgz", esgz.display()),
         &format!("docker://{}/fmt/rich:esgz", s.reg.host()),
     ]));
+    s.assert_converted("esgz");
     let manifest = s.manifest("esgz");
     for l in manifest["layers"].as_array().unwrap() {
         assert!(
@@ -959,6 +978,7 @@ async fn zstd_chunked_from_skopeo_matches_umoci() {
         &format!("oci:{}:zc", zc.display()),
         &format!("docker://{}/fmt/rich:zc", s.reg.host()),
     ]));
+    s.assert_converted("zc");
     let manifest = s.manifest("zc");
     for l in manifest["layers"].as_array().unwrap() {
         assert!(
@@ -984,6 +1004,7 @@ async fn skiff_convert_output_matches_umoci() {
         &s.reg.reference("fmt/rich:skiff-esgz"),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    s.assert_converted("skiff-esgz");
     let manifest = s.manifest("skiff-esgz");
     for l in manifest["layers"].as_array().unwrap() {
         assert!(
@@ -1122,9 +1143,30 @@ async fn mounting_a_large_image_reads_only_indexes_and_a_remount_reads_no_layer(
         &reg.reference("fmt/large:esgz"),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let layout = work.path().join("layout");
+    fixtures::write_oci_layout(&layout, "src", &built);
+    // Another layout: in the same one skopeo would reuse the gzip blobs it finds.
+    let zc = work.path().join("zc");
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-compress-format",
+        "zstd:chunked",
+        "--dest-compress",
+        &format!("oci:{}:src", layout.display()),
+        &format!("oci:{}:zc", zc.display()),
+    ]));
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:zc", zc.display()),
+        &format!("docker://{}/fmt/large:zc", reg.host()),
+    ]));
     let proxy = FaultProxy::start(reg.addr());
 
-    for tag in ["gzip", "esgz"] {
+    for tag in ["gzip", "esgz", "zc"] {
         let raw = run(Command::new("skopeo").args([
             "inspect",
             "--raw",
@@ -1143,6 +1185,16 @@ async fn mounting_a_large_image_reads_only_indexes_and_a_remount_reads_no_layer(
                 )
             })
             .collect();
+        let want = match tag {
+            "esgz" => Some("containerd.io/snapshot/stargz/toc.digest"),
+            "zc" => Some("io.containers.zstd-chunked.manifest-position"),
+            _ => None,
+        };
+        for l in manifest["layers"].as_array().unwrap() {
+            if let Some(a) = want {
+                assert!(l["annotations"][a].is_string(), "{tag}: no {a} in {l}");
+            }
+        }
         let total: u64 = layers.iter().map(|l| l.1).sum();
         assert!(total > 50 << 20, "{tag}: the image is {total} bytes");
         let image = format!("{}/fmt/large:{tag}", proxy.host());
