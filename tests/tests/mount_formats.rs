@@ -12,6 +12,11 @@
 //! The reference tree is `umoci unpack` of the source image (plain tar+gzip): the
 //! converted images carry the same files, and umoci 0.4.7 cannot unpack zstd layers.
 //!
+//! Two allowances, each documented where it is made ([`Leeway`]): ctr-remote's TOC
+//! keeps whole-second mtimes (the format's writer rounds them), and with `--upper` the
+//! merged root's mtime/nlink are the upper directory's (a gap in fs/, pinned by the
+//! ignored `upper_mount_root_dir_matches_umoci`).
+//!
 //! Also: mounting a large image reads only TOCs/indexes from the registry, and a second
 //! mount from the same `--root` reads no layer blob at all.
 //!
