@@ -11,7 +11,9 @@
 
 use super::estargz::{footer_bytes, TOC_TAR_NAME};
 use super::model::clean_path;
-use super::toc::{format_rfc3339, Toc, TocEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK};
+use super::toc::{
+    format_rfc3339, format_rfc3339_nanos, Toc, TocEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
+};
 use crate::digest::{Digest, Hasher};
 use base64::Engine as _;
 use std::collections::{BTreeMap, HashSet};
@@ -367,6 +369,15 @@ fn plan(input: &mut File) -> Result<Vec<Planned>, ConvertError> {
         if let Some(pax) = e.pax_extensions().map_err(|x| bad(x.to_string()))? {
             let mut xattrs = BTreeMap::new();
             for ext in pax.flatten() {
+                // A pax mtime overrides the header's (sub-second, or beyond its range).
+                if ext.key().ok() == Some("mtime") {
+                    if let Some((secs, nsec)) =
+                        ext.value().ok().and_then(crate::index::tar::parse_pax_time)
+                    {
+                        t.mod_time = format_rfc3339_nanos(secs, nsec);
+                    }
+                    continue;
+                }
                 if let Some(k) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
                     xattrs.insert(
                         k.to_string(),
@@ -615,6 +626,9 @@ mod tests {
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(5);
+        // A pax mtime wins over the header's (sub-second here).
+        b.append_pax_extensions([("mtime", b"6.25".as_slice())])
+            .unwrap();
         b.append_data(&mut h, "bin/tool", &data[..]).unwrap();
         let tar = b.into_inner().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -646,7 +660,10 @@ mod tests {
             .iter()
             .find(|e| e.kind == EntryKind::Reg)
             .unwrap();
-        assert_eq!((e.path.as_str(), e.mode, e.mtime), ("bin/tool", 0o755, 5));
+        assert_eq!(
+            (e.path.as_str(), e.mode, e.mtime, e.mtime_nsec),
+            ("bin/tool", 0o755, 6, 250_000_000)
+        );
         assert_eq!(idx.chunks_of(e).len(), 4);
         let mut got = Vec::new();
         for c in idx.chunks_of(e) {

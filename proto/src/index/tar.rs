@@ -284,7 +284,7 @@ fn to_u32(v: u64) -> Option<u32> {
 }
 
 /// Parses a pax time `SECS[.FRACTION]`.
-fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
+pub(crate) fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
     let secs = secs.parse::<i64>().ok()?;
     let mut nsec = 0u32;

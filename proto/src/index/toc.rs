@@ -465,6 +465,21 @@ pub fn parse_rfc3339(s: &str) -> Option<(i64, u32)> {
     Some((days * 86400 + hour * 3600 + min * 60 + sec - offset, nsec))
 }
 
+/// Formats a time as RFC 3339 UTC with nanoseconds when it has any
+/// (`1970-01-01T00:00:00.5Z`, trailing zeros dropped), as Go's `RFC3339Nano`.
+pub fn format_rfc3339_nanos(secs: i64, nsec: u32) -> String {
+    let whole = format_rfc3339(secs);
+    if nsec == 0 || nsec >= 1_000_000_000 {
+        return whole;
+    }
+    let frac = format!("{nsec:09}");
+    format!(
+        "{}.{}Z",
+        whole.trim_end_matches('Z'),
+        frac.trim_end_matches('0')
+    )
+}
+
 /// Formats seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
 pub fn format_rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86400);
@@ -523,6 +538,15 @@ mod tests {
         );
         assert!(parse_rfc3339("0001-01-01T00:00:00Z").unwrap().0 < 0);
         assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(
+            format_rfc3339_nanos(1_600_000_000, 123_456_780),
+            "2020-09-13T12:26:40.12345678Z"
+        );
+        assert_eq!(
+            parse_rfc3339(&format_rfc3339_nanos(1_600_000_000, 5)),
+            Some((1_600_000_000, 5))
+        );
+        assert_eq!(format_rfc3339_nanos(7, 0), format_rfc3339(7));
         assert_eq!(parse_rfc3339("2001-13-09T03:46:40Z"), None);
     }
 }
