@@ -33,7 +33,9 @@ fn busybox_layers(big: usize) -> Vec<Layer> {
         ),
         Entry::file("etc/group", b"root:x:0:\nalice:x:1000:\n", 0o644),
     ];
-    for applet in ["sh", "cat", "echo", "ls", "id", "rm", "stat", "true"] {
+    for applet in [
+        "sh", "cat", "echo", "ls", "id", "rm", "stat", "true", "sleep",
+    ] {
         base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
     }
     let top = vec![
@@ -249,4 +251,77 @@ async fn cold_run_fetches_only_what_it_reads() {
         .filter(|r| layer_digests.iter().any(|d| r.path.ends_with(d.as_str())))
         .collect();
     assert!(layer_reads.is_empty(), "{layer_reads:?}");
+}
+
+/// `-d` runs the container under a monitor; a monitor killed outright leaves a mounted
+/// view with no server, which the next skiff command notices and cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detached_run_and_cleanup_after_sigkill() {
+    let reg = Registry::start();
+    push_busybox(&reg.host(), "run/detach", 1 << 20).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = reg.reference("run/detach:latest");
+
+    let out = skiff.run(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        &image,
+        "sh",
+        "-c",
+        "echo started; exec sleep 300",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "{}", text(&out));
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.path().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let monitor = state["monitor"]["pid"]
+        .as_i64()
+        .expect("monitor pid recorded");
+    let mountpoint = root.path().join("containers").join(&id).join("rootfs");
+    assert!(
+        !no_fuse_mounts_under(&mountpoint),
+        "the lazy view is mounted while the container runs"
+    );
+    let out = skiff.run(&["ps"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bg"),
+        "{}",
+        text(&out)
+    );
+    for _ in 0..100 {
+        let out = skiff.run(&["logs", "bg"]);
+        if String::from_utf8_lossy(&out.stdout).contains("started") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(String::from_utf8_lossy(&skiff.run(&["logs", "bg"]).stdout).contains("started"));
+
+    // SIGKILL the monitor (the FUSE server dies with it).
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &monitor.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = skiff.run(&["ps", "-a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bg"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        no_fuse_mounts_under(root.path()),
+        "the stale mount was not cleaned"
+    );
+    let out = skiff.run(&["rm", "bg"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!root.path().join("containers").join(&id).exists());
 }
