@@ -39,7 +39,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
 }
 
 /// Rebuilds a [`ResolvedImage`] from what `skiff pull` stored.
-fn load_local(global: &Global, reference: &Reference) -> anyhow::Result<ResolvedImage> {
+pub fn load_local(global: &Global, reference: &Reference) -> anyhow::Result<ResolvedImage> {
     let store = Store::open(&global.root)?;
     let record = store
         .image(&reference.to_string())?

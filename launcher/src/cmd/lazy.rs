@@ -8,7 +8,9 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 use skiff_fs::{Layer, MountOptions};
 use skiff_proto::image::ResolvedImage;
 use skiff_proto::index::resolve::{open_root_index_store, resolve_layers, ResolveOptions};
+use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
+use skiff_proto::store::Store;
 use std::sync::Arc;
 
 /// An image resolved down to one verified index and one remote blob reader per layer.
@@ -38,7 +40,7 @@ pub fn resolve(
     progress: bool,
 ) -> anyhow::Result<LazyImage> {
     let rt = runtime()?;
-    let (client, resolved) = registry.resolve(&rt, image)?;
+    let (client, resolved) = resolve_image(global, registry, &rt, image)?;
     let store = open_root_index_store(&global.root)
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
     let bars = MultiProgress::new();
@@ -75,6 +77,48 @@ pub fn resolve(
         client,
         _runtime: rt,
     })
+}
+
+/// When `run` and `mount` ask the registry for the image, as docker's `--pull`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Use the image as last resolved (by `pull` or a previous `run`), if the local store
+    /// knows the reference; else ask the registry.
+    #[default]
+    Missing,
+    /// Always resolve the reference in the registry (a moved tag is followed).
+    Always,
+    /// Never ask the registry for the manifest; fail if the store does not know it.
+    Never,
+}
+
+/// The manifest and config for `image`: from the local store when the pull policy
+/// allows and the store knows the reference (so a warm start makes no registry request
+/// at all), else from the registry, remembering the answer for next time.
+fn resolve_image(
+    global: &Global,
+    registry: &RegistryArgs,
+    rt: &tokio::runtime::Runtime,
+    image: &str,
+) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
+    let reference = Reference::parse(image)?;
+    if registry.pull != PullPolicy::Always {
+        match super::inspect::load_local(global, &reference) {
+            Ok(resolved) => {
+                let client = Arc::new(registry.client_for(&reference)?);
+                return Ok((client, resolved));
+            }
+            Err(e) if registry.pull == PullPolicy::Never => {
+                return Err(e.context("--pull never"));
+            }
+            Err(e) => tracing::debug!("{reference} not usable from the local store: {e:#}"),
+        }
+    }
+    let (client, resolved) = registry.resolve(rt, image)?;
+    let store = Store::open(&global.root)?;
+    super::pull::store_metadata(&store, &resolved)?;
+    store.put_image(&super::pull::image_record(&reference, &resolved))?;
+    Ok((client, resolved))
 }
 
 impl LazyImage {

@@ -37,9 +37,11 @@ pub struct Global {
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else a level from `-v`.
 pub fn init_tracing(verbose: u8) {
+    // fuser logs requests it has no handler for (e.g. ioctl) as warnings: noise for a
+    // user, so it speaks only from -vv on.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser=error",
+        1 => "info,fuser=error",
         2 => "debug",
         _ => "trace",
     };

@@ -72,6 +72,34 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Stores the index (if any), manifest and config of a resolved image.
+pub fn store_metadata(store: &Store, image: &ResolvedImage) -> anyhow::Result<()> {
+    if let (Some(d), Some(b)) = (&image.index_digest, &image.index_bytes) {
+        store.write_blob(d, b)?;
+    }
+    store.write_blob(&image.manifest_digest, &image.manifest_bytes)?;
+    store.write_blob(&image.manifest.config.digest, &image.config_bytes)?;
+    Ok(())
+}
+
+/// The store's record of `reference` resolving to `image`, dated now.
+pub fn image_record(reference: &Reference, image: &ResolvedImage) -> ImageRecord {
+    let pulled_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ImageRecord {
+        reference: reference.to_string(),
+        index_digest: image.index_digest,
+        manifest_digest: image.manifest_digest,
+        manifest_media_type: image.manifest_media_type.clone(),
+        platform: image.platform.to_string(),
+        config_digest: image.manifest.config.digest,
+        size: image.total_layer_size(),
+        layers: image.layers().len(),
+        pulled_at,
+    }
+}
+
 /// Resolves `reference` and stores index, manifest, config and every layer (verified).
 pub async fn pull(
     client: &Arc<Client>,
@@ -84,11 +112,7 @@ pub async fn pull(
         .resolve(reference, platform)
         .await
         .with_context(|| format!("resolving {reference}"))?;
-    if let (Some(d), Some(b)) = (&image.index_digest, &image.index_bytes) {
-        store.write_blob(d, b)?;
-    }
-    store.write_blob(&image.manifest_digest, &image.manifest_bytes)?;
-    store.write_blob(&image.manifest.config.digest, &image.config_bytes)?;
+    store_metadata(store, &image)?;
 
     let bars = MultiProgress::new();
     if !show_progress {
@@ -137,20 +161,7 @@ pub async fn pull(
             None => break,
         }
     }
-    let pulled_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    store.put_image(&ImageRecord {
-        reference: reference.to_string(),
-        index_digest: image.index_digest,
-        manifest_digest: image.manifest_digest,
-        manifest_media_type: image.manifest_media_type.clone(),
-        platform: image.platform.to_string(),
-        config_digest: image.manifest.config.digest,
-        size: image.total_layer_size(),
-        layers: image.layers().len(),
-        pulled_at,
-    })?;
+    store.put_image(&image_record(reference, &image))?;
     Ok(PullOutcome {
         image,
         fetched,
