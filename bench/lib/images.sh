@@ -46,7 +46,9 @@ build_base() {
     # An image's /dev is empty (the runtime makes it); apt lists and caches are
     # dropped, as official images do.
     find "$b/base.tmp/dev" -mindepth 1 -delete
-    rm -rf "$b/base.tmp/var/lib/apt/lists/"* "$b/base.tmp/var/cache/apt/"*.bin
+    # (debootstrap also leaves every .deb it installed in the apt cache: 50 MB)
+    rm -rf "$b/base.tmp/var/lib/apt/lists/"* "$b/base.tmp/var/cache/apt/"*.bin \
+        "$b/base.tmp/var/cache/apt/archives/"*.deb
     rm -rf "$CACHE/oci" "$b/u-base"
     umoci init --layout "$CACHE/oci"
     umoci new --image "$CACHE/oci:empty"
@@ -94,8 +96,13 @@ push_variant() {
     fi
     if ! registry_has "$repo:zstd"; then
         log "pushing $name:zstd (zstd:chunked)"
-        skopeo copy -q --dest-tls-verify=false --dest-compress --dest-compress-format zstd:chunked \
-            "oci:$CACHE/oci:$name" "docker://$repo:zstd"
+        # Via a second OCI layout: straight to the registry, skopeo 1.9 reuses the
+        # gzip blobs already there and pushes gzip layers under the zstd tag.
+        rm -rf "$CACHE/oci-zstd-$name"
+        skopeo copy -q --dest-compress --dest-compress-format zstd:chunked \
+            "oci:$CACHE/oci:$name" "oci:$CACHE/oci-zstd-$name:$name"
+        skopeo copy -q --dest-tls-verify=false "oci:$CACHE/oci-zstd-$name:$name" "docker://$repo:zstd"
+        rm -rf "$CACHE/oci-zstd-$name"
     fi
     if ! registry_has "$repo:esgz"; then
         log "pushing $name:esgz (skiff convert)"
