@@ -20,6 +20,9 @@
 # first registry request to container exit; stargz's daemon start-up is not counted, as
 # in a real deployment it is already running); for skiff, the wall time of
 # `skiff run --rm`. Bytes: registry -> client bytes counted by the shaper during the run.
+# The whole script is one { ... } block so bash parses it before running: editing the
+# file during a long run cannot change what the run executes.
+{
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --mirror) MIRROR=$2; shift 2 ;;
     --no-calibrate) CALIBRATE=0; shift ;;
-    -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//;/^set -e/d'; exit 0 ;;
+    -h | --help) awk 'NR>1 && /^# The whole script/{exit} NR>1{sub(/^# ?/,""); print}' "$0"; exit 0 ;;
     *) echo "coldstart.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -234,14 +237,14 @@ calibrate() {
     digest=$(skopeo inspect --raw --tls-verify=false "docker://$REG/$repo:gzip" | jq -r '.layers | max_by(.size) | .digest')
     size=$(skopeo inspect --raw --tls-verify=false "docker://$REG/$repo:gzip" | jq -r '.layers | max_by(.size) | .size')
     blob="/v2/$repo/blobs/$digest"
-    local line
+    local line t
     for target in RAW LINK; do
         local hp=${!target}
-        t0=$(date +%s.%N); curl -sf -o /dev/null "http://$hp$blob"; t1=$(date +%s.%N)
-        line+=$(printf '%s: %s MB blob in %.2f s (%.0f Mbit/s); ' "$target" "$(echo "scale=1; $size/1000000" | bc)" \
-            "$(echo "$t1 - $t0" | bc)" "$(echo "$size * 8 / ($t1 - $t0) / 1000000" | bc -l)")
-        t0=$(date +%s.%N); curl -sf -o /dev/null "http://$hp/v2/"; t1=$(date +%s.%N)
-        line+=$(printf 'GET /v2/ %.0f ms. ' "$(echo "($t1 - $t0) * 1000" | bc -l)")
+        t=$(curl -sf -o /dev/null -w '%{time_total}' "http://$hp$blob")
+        line+=$(printf '%s: %s MB blob in %.2f s (%.0f Mbit/s), ' "$target" "$(echo "scale=1; $size/1000000" | bc)" \
+            "$t" "$(echo "$size * 8 / $t / 1000000" | bc -l)")
+        t=$(curl -sf -o /dev/null -o /dev/null -w '%{time_total} ' "http://$hp/v2/" "http://$hp/v2/")
+        line+=$(echo "$t" | awk '{printf "GET /v2/ new connection %.0f ms, reused %.0f ms. ", $1*1000, $2*1000}')
     done
     echo "$line" >"$WORK/calibration.txt"
     log "calibration: $line"
@@ -313,3 +316,5 @@ python3 "$HERE/lib/report.py" --results "$WORK/results.tsv" --floor "$WORK/floor
     --out "$OUT"
 cp "$WORK/results.tsv" "$CACHE/last-results.tsv"
 log "wrote $OUT (raw rows: $CACHE/last-results.tsv)"
+exit 0
+}
