@@ -6,7 +6,10 @@
 #   bash bench/coldstart.sh [--rate-mbit 100] [--rtt-ms 20] [--runs 3]
 #        [--images python,gcc,node] [--tools fullpull,podman,stargz,skiff]
 #        [--cache /var/tmp/skiff-bench] [--skiff PATH] [--out bench/RESULTS.md]
-#        [--mirror http://deb.debian.org/debian] [--no-calibrate]
+#        [--mirror http://deb.debian.org/debian] [--no-calibrate] [--merge-previous]
+#
+# --merge-previous: also report the previous run's rows (CACHE/last-results.tsv) of the
+# tools not run now, e.g. `--tools skiff --merge-previous` after a skiff rebuild.
 #
 # Needs root. First run builds the images (debootstrap + chroot apt-get, a few
 # minutes) into --cache, with a registry whose storage also lives there; reruns reuse
@@ -30,7 +33,7 @@ REPO=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-/work/shared/peers}
 RATE=100 RTT=20 RUNS=3 IMAGES=python,gcc,node TOOLS=fullpull,podman,stargz,skiff
 CACHE=/var/tmp/skiff-bench OUT=$HERE/RESULTS.md MIRROR=http://deb.debian.org/debian
-CALIBRATE=1 SKIFF=
+CALIBRATE=1 SKIFF= MERGE=0
 while [ $# -gt 0 ]; do
     case $1 in
     --rate-mbit) RATE=$2; shift 2 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --mirror) MIRROR=$2; shift 2 ;;
     --no-calibrate) CALIBRATE=0; shift ;;
+    --merge-previous) MERGE=1; shift ;;
     -h | --help) awk 'NR>1 && /^# The whole script/{exit} NR>1{sub(/^# ?/,""); print}' "$0"; exit 0 ;;
     *) echo "coldstart.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -255,6 +259,7 @@ mkdir -p "$WORK/log"
 IFS=, read -r -a IMGS <<<"$IMAGES"
 for img in "${IMGS[@]}"; do image_packages "$img" >/dev/null || { echo "unknown image $img" >&2; exit 2; }; done
 
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 start_registry
 log "registry $REG (storage $CACHE/registry)"
 [ -n "$SKIFF" ] || { echo "coldstart.sh: no skiff binary (cargo build --release -p skiff, or --skiff)" >&2; exit 1; }
@@ -306,9 +311,17 @@ for n in $(seq "$RUNS"); do
 done
 
 # ---- report ----------------------------------------------------------------------------
+touch "$WORK/results.tsv"
+if [ "$MERGE" = 1 ] && [ -f "$CACHE/last-results.tsv" ]; then
+    # previous rows of the tools not run this time (tool "skiff-esgz" belongs to "skiff")
+    awk -F'\t' -v tools=",$TOOLS," '{ t = $2; sub(/-.*/, "", t); if (index(tools, "," t ",") == 0) print }' \
+        "$CACHE/last-results.tsv" >>"$WORK/results.tsv"
+    log "merged $(awk -F'\t' -v tools=",$TOOLS," '{ t = $2; sub(/-.*/, "", t); if (index(tools, "," t ",") == 0) n++ } END {print n+0}' "$CACHE/last-results.tsv") rows of other tools from the previous run"
+fi
 MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r)"
 python3 "$HERE/lib/report.py" --results "$WORK/results.tsv" --floor "$WORK/floor.tsv" --sizes "$WORK/sizes.tsv" \
     --rate-mbit "$RATE" --rtt-ms "$RTT" --runs "$RUNS" --machine "$MACHINE" \
+    --load "1/5/15-min load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)" \
     --calibration "$(cat "$WORK/calibration.txt" 2>/dev/null || echo not run)" \
     --skiff "$SKIFF ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo ?))" \
     --skiff-rows "$SKIFF_ROWS" --tools "$TOOLS" \

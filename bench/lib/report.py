@@ -43,7 +43,7 @@ def fmt_ratio(x, ref):
 
 def main():
     ap = argparse.ArgumentParser()
-    for flag in ("results", "floor", "sizes", "machine", "calibration", "skiff",
+    for flag in ("results", "floor", "sizes", "machine", "load", "calibration", "skiff",
                  "tools", "commands", "out"):
         ap.add_argument("--" + flag, required=True)
     ap.add_argument("--rate-mbit", type=float, required=True)
@@ -67,6 +67,7 @@ def main():
     out.append("# Cold-start benchmark results\n")
     out.append(f"- date: {now}")
     out.append(f"- machine: {a.machine}")
+    out.append(f"- load: {a.load} (a shared machine: other work adds noise)")
     out.append(f"- link: {a.rate_mbit:g} Mbit/s, {a.rtt_ms:g} ms RTT (bench/shaper.py on loopback)")
     out.append(f"- link check: {a.calibration}")
     out.append(f"- runs: {a.runs} per system (medians; min–max in brackets)")
@@ -109,7 +110,7 @@ def main():
         out.append("|---|---|---|---|---|---|---|---|")
         for tool, label, fmt in ROWS:
             base = tool.split("-")[0]
-            if base not in tools:
+            if base not in tools and not runs.get((img, tool)):
                 continue
             m = med(tool)
             all_runs = runs.get((img, tool), [])
