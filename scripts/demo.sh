@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: start a local registry, push a small busybox
-# image built from Debian's busybox-static, then pull and inspect it with skiff.
+# image built from Debian's busybox-static, pull and inspect it with skiff, then run a
+# container from it lazily.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -46,3 +47,8 @@ image="127.0.0.1:$port/demo/busybox:latest"
 "$SKIFF" pull "$image"
 "$SKIFF" inspect "$image"
 "$SKIFF" images
+
+# The lazy path: publish a layer index beside the image, then start a container from a
+# fresh store and cache, fetching only the bytes the command reads.
+"$SKIFF" index --push -q "$image"
+SKIFF_ROOT="$work/cold" "$SKIFF" run --rm "$image" echo "hello from a lazily mounted busybox"

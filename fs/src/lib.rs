@@ -1,1 +1,367 @@
 //! Skiff's FUSE union filesystem.
+//!
+//! Give it the layers of an image (bottom first), each as an index plus a blob
+//! reader, and it mounts their merged view: [`tree`] folds the layer indexes with the
+//! OCI rules, [`fetcher`] reads and verifies only the chunks a read touches, [`cache`]
+//! keeps them (content-addressed, on disk and in memory), [`upper`] holds the
+//! copy-on-write layer in overlayfs's on-disk format, and [`fuse`] answers the kernel.
+//!
+//! ```no_run
+//! # fn f(layers: Vec<skiff_fs::Layer>) -> Result<(), skiff_fs::MountError> {
+//! let opts = skiff_fs::MountOptions::new(layers, "/var/lib/skiff/cache".into());
+//! let handle = skiff_fs::mount(opts, std::path::Path::new("/mnt/x"))?;
+//! println!("{}", handle.stats());
+//! handle.unmount()?;
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod fetcher;
+pub mod fuse;
+pub mod stats;
+pub mod tree;
+pub mod upper;
+
+pub use cache::ChunkCache;
+pub use fetcher::{FetchError, Fetcher, Layer};
+pub use stats::{Stats, StatsSnapshot};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Errors from mounting.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The layers could not be merged.
+    #[error(transparent)]
+    Tree(#[from] tree::TreeError),
+    /// The chunk cache could not be opened.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    /// Preparing the upper directory failed.
+    #[error("preparing upper directory {path}: {source}")]
+    Upper {
+        /// The upper directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The FUSE mount or session failed.
+    #[error("fuse mount on {mountpoint}: {source}")]
+    Fuse {
+        /// Where the mount was attempted.
+        mountpoint: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to mount and how.
+#[derive(Clone)]
+pub struct MountOptions {
+    /// The image's layers, bottom first.
+    pub layers: Vec<Layer>,
+    /// The copy-on-write upper directory; `None` mounts read-only.
+    pub upper: Option<PathBuf>,
+    /// The chunk cache directory (shared by all mounts).
+    pub cache_dir: PathBuf,
+    /// Size bound of the on-disk chunk cache, in bytes.
+    pub cache_limit: u64,
+    /// Size bound of the in-memory chunk LRU, in bytes.
+    pub mem_cache_limit: u64,
+    /// Fetcher worker threads.
+    pub fetch_threads: usize,
+    /// FUSE worker threads.
+    pub fuse_threads: usize,
+    /// Where to write the stats JSON while mounted (every second and at unmount).
+    pub stats_file: Option<PathBuf>,
+    /// The mount's source name shown in /proc/mounts.
+    pub fs_name: String,
+    /// Fetch the files each layer's producer marked for prefetch (eStargz's
+    /// `.prefetch.landmark`) in the background right after mounting.
+    pub prefetch: bool,
+}
+
+impl MountOptions {
+    /// Defaults: read-only, 10 GiB disk cache, 256 MiB memory cache, 4 fetch threads,
+    /// 4 FUSE threads.
+    pub fn new(layers: Vec<Layer>, cache_dir: PathBuf) -> MountOptions {
+        MountOptions {
+            layers,
+            upper: None,
+            cache_dir,
+            cache_limit: 10 << 30,
+            mem_cache_limit: 256 << 20,
+            fetch_threads: 4,
+            fuse_threads: 4,
+            stats_file: None,
+            fs_name: "skiff".into(),
+            prefetch: true,
+        }
+    }
+}
+
+struct Prepared {
+    fs: fuse::SkiffFs,
+    fetcher: Arc<Fetcher>,
+    stats: Arc<Stats>,
+    cache: Arc<ChunkCache>,
+    config: fuser::Config,
+}
+
+fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
+    let tree = tree::LowerTree::build(opts.layers.iter().map(|l| l.index.clone()).collect())?;
+    let cache = Arc::new(ChunkCache::open(
+        &opts.cache_dir,
+        opts.cache_limit,
+        opts.mem_cache_limit,
+    )?);
+    let stats = Arc::new(Stats::default());
+    let fetcher = Arc::new(Fetcher::new(
+        opts.layers.clone(),
+        cache.clone(),
+        stats.clone(),
+        opts.fetch_threads,
+    ));
+    let fs = fuse::SkiffFs::new(
+        Arc::new(tree),
+        fetcher.clone(),
+        stats.clone(),
+        fuse::FsConfig {
+            upper: opts.upper.clone(),
+        },
+    )
+    .map_err(|source| MountError::Upper {
+        path: opts.upper.clone().unwrap_or_default(),
+        source,
+    })?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(opts.fs_name.clone()),
+        fuser::MountOption::Subtype("skiff".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Suid,
+        if opts.upper.is_some() {
+            fuser::MountOption::RW
+        } else {
+            fuser::MountOption::RO
+        },
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(opts.fuse_threads.max(1));
+    Ok(Prepared {
+        fs,
+        fetcher,
+        stats,
+        cache,
+        config,
+    })
+}
+
+/// A mounted filesystem running in the background. Dropping it unmounts.
+pub struct MountHandle {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+    stats: Arc<Stats>,
+    cache: Arc<ChunkCache>,
+    fetcher: Arc<Fetcher>,
+    stats_file: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn cache_snapshot(stats: &Stats, cache: &ChunkCache) -> StatsSnapshot {
+    let mut s = stats.snapshot();
+    s.cache_corrupt = cache.corrupt.load(Ordering::Relaxed);
+    s
+}
+
+fn write_stats(path: &Path, snap: &StatsSnapshot) {
+    if let Ok(json) = serde_json::to_vec_pretty(snap) {
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+fn spawn_stats_writer(
+    path: Option<PathBuf>,
+    stats: Arc<Stats>,
+    cache: Arc<ChunkCache>,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let path = path?;
+    if let Some(p) = path.parent() {
+        let _ = std::fs::create_dir_all(p);
+    }
+    std::thread::Builder::new()
+        .name("skiff-stats".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                write_stats(&path, &cache_snapshot(&stats, &cache));
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        })
+        .ok()
+}
+
+/// Queues the prefetch-marked files of every layer on the fetcher (in blob order, one
+/// job per file; results land in the cache).
+fn start_prefetch(opts: &MountOptions, fetcher: &Fetcher) {
+    if !opts.prefetch {
+        return;
+    }
+    for (li, l) in opts.layers.iter().enumerate() {
+        for &ei in &l.index.prefetch {
+            let Some(e) = l.index.entries.get(ei as usize) else {
+                continue;
+            };
+            let chunks = l.index.chunks_of(e).to_vec();
+            if chunks.is_empty() || fetcher.all_on_disk(&chunks) {
+                continue;
+            }
+            fetcher.submit(
+                li,
+                chunks,
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "prefetch failed");
+                    }
+                }),
+            );
+        }
+    }
+}
+
+/// Mounts the merged view of `opts.layers` on `mountpoint` in the background.
+pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<MountHandle, MountError> {
+    let p = prepare(&opts)?;
+    let session = fuser::Session::new(p.fs, mountpoint, &p.config)
+        .and_then(|s| s.spawn())
+        .map_err(|source| MountError::Fuse {
+            mountpoint: mountpoint.to_path_buf(),
+            source,
+        })?;
+    start_prefetch(&opts, &p.fetcher);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_stats_writer(
+        opts.stats_file.clone(),
+        p.stats.clone(),
+        p.cache.clone(),
+        stop.clone(),
+    );
+    Ok(MountHandle {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+        stats: p.stats,
+        cache: p.cache,
+        fetcher: p.fetcher,
+        stats_file: opts.stats_file,
+        stop,
+        writer,
+    })
+}
+
+/// Mounts and serves on the calling thread until the filesystem is unmounted (by
+/// `skiff umount`, `fusermount3 -u` or a signal handler that unmounts). Returns the
+/// final counters.
+pub fn mount_foreground(
+    opts: MountOptions,
+    mountpoint: &Path,
+) -> Result<StatsSnapshot, MountError> {
+    let p = prepare(&opts)?;
+    let fuse_err = |source| MountError::Fuse {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    };
+    let session = fuser::Session::new(p.fs, mountpoint, &p.config).map_err(fuse_err)?;
+    start_prefetch(&opts, &p.fetcher);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_stats_writer(
+        opts.stats_file.clone(),
+        p.stats.clone(),
+        p.cache.clone(),
+        stop.clone(),
+    );
+    let r = session.run().map_err(fuse_err);
+    stop.store(true, Ordering::Relaxed);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    p.fetcher.shutdown();
+    let snap = cache_snapshot(&p.stats, &p.cache);
+    if let Some(f) = &opts.stats_file {
+        write_stats(f, &snap);
+    }
+    r.map(|_| snap)
+}
+
+impl MountHandle {
+    /// The mount point.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        cache_snapshot(&self.stats, &self.cache)
+    }
+
+    /// The chunk cache (tests drop its memory part to force disk reads).
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    /// Unmounts and waits for the session to end; returns the final counters.
+    pub fn unmount(mut self) -> Result<StatsSnapshot, MountError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<StatsSnapshot, MountError> {
+        let mut result = Ok(());
+        if let Some(s) = self.session.take() {
+            if let Err(e) = s.umount_and_join() {
+                // Busy: detach lazily so nothing is left mounted. Already unmounted
+                // (`skiff umount`, fusermount3 -u): EINVAL, and nothing to report.
+                let detached =
+                    nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                let gone = e.raw_os_error() == Some(libc::EINVAL)
+                    && detached == Err(nix::errno::Errno::EINVAL);
+                if !gone {
+                    result = Err(MountError::Fuse {
+                        mountpoint: self.mountpoint.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        self.fetcher.shutdown();
+        let snap = self.stats();
+        if let Some(f) = &self.stats_file {
+            write_stats(f, &snap);
+        }
+        result.map(|_| snap)
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if self.session.is_some() {
+            let _ = self.finish();
+        }
+    }
+}

@@ -38,6 +38,10 @@ enum Command {
     Mount(cmd::mount::Args),
     /// Unmount a filesystem mounted by `skiff mount`.
     Umount(cmd::mount::UmountArgs),
+    /// Show the counters of a mount made by `skiff mount`.
+    Stats(cmd::mount::StatsArgs),
+    /// Shrink the chunk cache.
+    Gc(cmd::mount::GcArgs),
     /// Run a container from an image.
     Run(cmd::run::Args),
     /// List containers.
@@ -68,6 +72,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(&cli.global, a),
         Command::Mount(a) => cmd::mount::run(&cli.global, a),
         Command::Umount(a) => cmd::mount::umount(&cli.global, a),
+        Command::Stats(a) => cmd::mount::stats(&cli.global, a),
+        Command::Gc(a) => cmd::mount::gc(&cli.global, a),
         Command::Run(a) => cmd::run::run(&cli.global, a),
         Command::Ps(a) => cmd::ps::run(&cli.global, a),
         Command::Logs(a) => cmd::logs::run(&cli.global, a),

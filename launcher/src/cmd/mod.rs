@@ -5,6 +5,7 @@ pub mod convert;
 pub mod images;
 pub mod index;
 pub mod inspect;
+pub mod lazy;
 pub mod logs;
 pub mod mount;
 pub mod ps;

@@ -1,7 +1,9 @@
 //! `skiff run`: run a command in a new container.
 //!
-//! Until image resolution and the FUSE mount are wired in, the root filesystem comes
-//! from `--rootfs DIR` and the image's process config from `--image-config FILE`.
+//! `skiff run IMAGE [COMMAND…]` resolves the image, mounts its merged lazy view with a
+//! copy-on-write upper under the container's state directory (the FUSE server lives in
+//! this process for the container's lifetime), runs the container on it, and unmounts.
+//! `--rootfs DIR [--image-config FILE]` runs on a plain directory instead.
 
 use super::Global;
 use crate::container::state::{self, ContainerState, ProcessId, Status};
@@ -79,6 +81,9 @@ pub struct Args {
     /// Run in the background and print the container id (see `skiff logs`).
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Registry options (for IMAGE).
+    #[command(flatten)]
+    pub registry: super::registry_args::RegistryArgs,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
     #[arg(
         trailing_var_arg = true,
@@ -111,9 +116,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         anyhow::bail!("unknown flag: {first}\nSee 'skiff run --help'.");
     }
     let Some(rootfs) = args.rootfs.clone() else {
-        anyhow::bail!(
-            "running an image is not wired in yet; use --rootfs DIR [--image-config FILE]"
-        );
+        return run_image(global, args);
     };
     let image_config = match &args.image_config {
         Some(path) => Some(
@@ -122,6 +125,35 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         ),
         None => None,
     };
+    let opts = run_options(&args, args.args.clone())?;
+    if args.detach && args.tty {
+        anyhow::bail!("-d with -t is not supported yet");
+    }
+    let id = new_id();
+    let name = claim_name(global, &args, &id)?;
+    let state_dir = state::containers_dir(&global.root).join(&id);
+    let spec = ContainerSpec::new(
+        image_config.as_ref().and_then(|c| c.config().as_ref()),
+        &opts,
+        id.clone(),
+        state_dir.clone(),
+    )?;
+    let rootfs =
+        std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
+    let mut record = new_record(&id, name, &spec, &rootfs, args.detach);
+    record.save(&global.root)?;
+    if args.detach {
+        return detach(global, &spec, &rootfs, record, args.rm);
+    }
+    let code = supervise(global, &spec, &rootfs, &mut record);
+    if args.rm {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    Ok(code)
+}
+
+/// The container's process and resource options from the flags.
+fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> {
     let env_files = args
         .env_file
         .iter()
@@ -129,8 +161,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             std::fs::read_to_string(p).with_context(|| format!("reading env file {}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let opts = RunOptions {
-        command: args.args.clone(),
+    Ok(RunOptions {
+        command,
         entrypoint: args.entrypoint.clone(),
         env: args.env.clone(),
         env_files,
@@ -148,47 +180,161 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         pids_limit: args.pids_limit,
         tty: args.tty,
         interactive: args.interactive,
-    };
-    if args.detach && args.tty {
-        anyhow::bail!("-d with -t is not supported yet");
-    }
-    let id = new_id();
+    })
+}
+
+/// The container's name (given, or the id's first 12 digits), refused if in use.
+fn claim_name(global: &Global, args: &Args, id: &str) -> anyhow::Result<String> {
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
     // Listing also cleans up after any skiff that was killed.
     if state::list(&global.root)?.iter().any(|s| s.name == name) {
         anyhow::bail!("the container name {name:?} is already in use");
     }
-    let state_dir = state::containers_dir(&global.root).join(&id);
-    let spec = ContainerSpec::new(
-        image_config.as_ref().and_then(|c| c.config().as_ref()),
-        &opts,
-        id.clone(),
-        state_dir.clone(),
-    )?;
-    let rootfs =
-        std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
-    let mut record = ContainerState {
-        id: id.clone(),
+    Ok(name)
+}
+
+/// A fresh state record, monitored by this process.
+fn new_record(
+    id: &str,
+    name: String,
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    detached: bool,
+) -> ContainerState {
+    ContainerState {
+        id: id.to_string(),
         name,
         command: spec.args.clone(),
-        rootfs: rootfs.clone(),
+        rootfs: rootfs.to_path_buf(),
         created: state::now(),
         status: Status::Created,
         monitor: ProcessId::of(std::process::id() as i32),
         pid1: None,
         exit_code: None,
-        detached: args.detach,
+        detached,
         error: None,
-    };
-    record.save(&global.root)?;
-    if args.detach {
-        return detach(global, &spec, &rootfs, record, args.rm);
     }
-    let code = supervise(global, &spec, &rootfs, &mut record);
+}
+
+/// Set by `skiff run -d IMAGE` for the monitor process it re-executes: the container
+/// id the parent waits for.
+const DETACHED_ID_ENV: &str = "SKIFF_DETACHED_ID";
+
+/// `skiff run IMAGE`: resolve, mount the lazy view, run the container on it, unmount.
+fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
+    let Some((image, command)) = args.args.split_first() else {
+        anyhow::bail!("\"skiff run\" requires at least 1 argument: IMAGE [COMMAND] [ARG...]\nSee 'skiff run --help'.");
+    };
+    let opts = run_options(&args, command.to_vec())?;
+    if args.detach && args.tty {
+        anyhow::bail!("-d with -t is not supported yet");
+    }
+    let detached_id = std::env::var(DETACHED_ID_ENV).ok();
+    if args.detach && detached_id.is_none() {
+        return detach_image(global);
+    }
+    let id = detached_id.clone().unwrap_or_else(new_id);
+    let name = claim_name(global, &args, &id)?;
+    // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
+    // that no helper thread takes them from the wait loop.
+    container::block_handled_signals()?;
+    let lazy = super::lazy::resolve(global, &args.registry, image, global.verbose > 0)?;
+    let state_dir = state::containers_dir(&global.root).join(&id);
+    let mountpoint = state_dir.join("rootfs");
+    let upper = (!args.read_only).then(|| state_dir.join("upper"));
+    for dir in [Some(&mountpoint), upper.as_ref()].into_iter().flatten() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let spec = ContainerSpec::new(
+        lazy.image.config.config().as_ref(),
+        &opts,
+        id.clone(),
+        state_dir.clone(),
+    )?;
+    let mut record = new_record(&id, name, &spec, &mountpoint, detached_id.is_some());
+    // Saved before mounting, so a skiff killed from here on leaves a record whose
+    // stale-state cleanup unmounts the view.
+    record.save(&global.root)?;
+    let mut mount_opts = lazy.mount_options(global);
+    mount_opts.upper = upper;
+    let handle = match skiff_fs::mount(mount_opts, &mountpoint) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e).with_context(|| format!("mounting {image}"));
+        }
+    };
+    let code = supervise(global, &spec, &mountpoint, &mut record);
+    match handle.unmount() {
+        Ok(stats) => tracing::info!("{stats}"),
+        Err(e) => eprintln!("skiff: {e}"),
+    }
+    tracing::info!(
+        requests = lazy.client.stats().requests(),
+        bytes = lazy.client.stats().bytes(),
+        "registry traffic"
+    );
+    drop(lazy);
     if args.rm {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
     Ok(code)
+}
+
+/// `skiff run -d IMAGE`: re-executes this command without `-d` as a monitor in a new
+/// session (a fresh process, since the FUSE server and the async runtime cannot cross a
+/// fork), with its output in the container's log; returns once PID 1 has started.
+fn detach_image(global: &Global) -> anyhow::Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let id = new_id();
+    let log = ContainerState::log_path(&global.root, &id);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    // The first -d/--detach is skiff's own: everything after IMAGE is the command's.
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = argv.iter().position(|a| a == "-d" || a == "--detach") {
+        argv.remove(i);
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(&argv)
+        .env(DETACHED_ID_ENV, &id)
+        .env("SKIFF_ROOT", &global.root)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the container monitor")?;
+    let state_path = ContainerState::path(&global.root, &id);
+    loop {
+        if let Ok(s) = ContainerState::load(&state_path) {
+            if s.pid1.is_some() || s.status == Status::Exited {
+                if let (Status::Exited, Some(err)) = (&s.status, &s.error) {
+                    eprintln!("skiff: {err}");
+                    return Ok(s.exit_code.unwrap_or(125));
+                }
+                println!("{id}");
+                return Ok(0);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            eprint!("{out}");
+            return Ok(status
+                .code()
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(125));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Runs the container to its end, keeping its state file current; returns skiff's

@@ -179,6 +179,11 @@ impl ContainerState {
             );
         }
         super::cgroups::remove_stale(&self.id);
+        // A `skiff run IMAGE` killed outright leaves its lazy view mounted with no FUSE
+        // server behind it (every access fails with ENOTCONN): detach it.
+        if self.rootfs.starts_with(containers_dir(root)) {
+            let _ = nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH);
+        }
         self.status = Status::Exited;
         self.exit_code.get_or_insert(137);
         self.error

@@ -1,0 +1,191 @@
+//! Lazy reads fetch only what is read; the cache serves a second mount with zero blob
+//! reads; a corrupted cache file is refetched; a dead blob source gives EIO for that
+//! read only.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::Ordering;
+
+/// Pseudo-random bytes without repeats (xorshift), so no two chunks share a digest.
+fn content(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = (u64::from(seed) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+struct Files {
+    names: Vec<String>,
+    data: Vec<Vec<u8>>,
+}
+
+fn big_image(dir: &std::path::Path) -> (Image, Files) {
+    let mut names = vec![
+        "small.txt".to_string(),
+        "other.txt".to_string(),
+        "large.bin".to_string(),
+    ];
+    let mut data = vec![
+        b"just a small file\n".to_vec(),
+        content(7, 3000),
+        content(1, 10 << 20),
+    ];
+    for i in 0..100 {
+        names.push(format!("many/f{i:03}"));
+        data.push(content(i + 100, 100_000));
+    }
+    let mut items = vec![Item::Dir("many", 0o755)];
+    for (n, d) in names.iter().zip(&data) {
+        items.push(Item::File(n, 0o644, d));
+    }
+    let layer = build_layer(&items);
+    (image(dir, &[layer]), Files { names, data })
+}
+
+#[test]
+fn reads_fetch_only_their_chunks_and_cache_serves_remounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, files) = big_image(&tmp.path().join("img"));
+    let blob_size = img.readers[0].size_hint();
+    let cache = tmp.path().join("cache");
+    let mnt = tmp.path().join("mnt");
+    let r = img.readers[0].clone();
+
+    let m = Mounted::new(options(&img, &cache, None), &mnt);
+    // Listing and stat need no blob bytes at all.
+    assert_eq!(std::fs::read_dir(mnt.join("many")).unwrap().count(), 100);
+    assert_eq!(
+        std::fs::metadata(mnt.join("large.bin")).unwrap().len(),
+        10 << 20
+    );
+    assert_eq!(r.reads.load(Ordering::SeqCst), 0);
+    // One small file: exactly its bytes, in one request.
+    assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), files.data[0]);
+    assert_eq!(r.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(r.bytes.load(Ordering::SeqCst), files.data[0].len() as u64);
+    let s = m.stats();
+    assert_eq!(s.blob_requests, 1);
+    assert_eq!(s.blob_bytes, files.data[0].len() as u64);
+    assert_eq!(s.cache_misses, 1);
+    // The large file: each 4 MiB chunk fetched once, nothing else.
+    assert!(std::fs::read(mnt.join("large.bin")).unwrap() == files.data[2]);
+    let expect = files.data[0].len() as u64 + (10 << 20);
+    assert_eq!(r.bytes.load(Ordering::SeqCst), expect);
+    assert!(
+        expect + 10_000_000 < blob_size,
+        "the rest of the blob was not fetched"
+    );
+    // Everything, then unmount.
+    for (n, d) in files.names.iter().zip(&files.data) {
+        assert!(&std::fs::read(mnt.join(n)).unwrap() == d, "{n}");
+    }
+    let first = m.unmount();
+    assert!(first.reads > 0);
+    assert!(first.read_p50_us > 0);
+
+    // Second mount: all from the cache.
+    let before = r.reads.load(Ordering::SeqCst);
+    let m = Mounted::new(options(&img, &cache, None), &mnt);
+    for (n, d) in files.names.iter().zip(&files.data) {
+        assert!(&std::fs::read(mnt.join(n)).unwrap() == d, "{n}");
+    }
+    let s = m.unmount();
+    assert_eq!(s.blob_requests, 0);
+    assert_eq!(s.cache_misses, 0);
+    assert_eq!(r.reads.load(Ordering::SeqCst), before);
+
+    // Corrupt the cached chunk of small.txt: detected, refetched, right bytes served.
+    let chunk = img.layers[0]
+        .index
+        .entries
+        .iter()
+        .find(|e| e.path == "small.txt")
+        .map(|e| img.layers[0].index.chunks_of(e)[0])
+        .unwrap();
+    let c = skiff_fs::ChunkCache::open(&cache, u64::MAX, 0).unwrap();
+    let path = c.path_of(&chunk.digest);
+    std::fs::write(&path, b"JUST A SMALL FILE\n").unwrap();
+    let m = Mounted::new(options(&img, &cache, None), &mnt);
+    assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), files.data[0]);
+    let s = m.unmount();
+    assert_eq!(s.cache_corrupt, 1);
+    assert_eq!(s.blob_requests, 1);
+    assert_eq!(std::fs::read(&path).unwrap(), files.data[0]);
+}
+
+#[test]
+fn dead_blob_source_fails_only_uncached_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, files) = big_image(&tmp.path().join("img"));
+    let mnt = tmp.path().join("mnt");
+    let r = img.readers[0].clone();
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), files.data[0]);
+    r.fail.store(true, Ordering::SeqCst);
+    let err = std::fs::read(mnt.join("other.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // Cached files and metadata keep working.
+    assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), files.data[0]);
+    assert_eq!(std::fs::read_dir(mnt.join("many")).unwrap().count(), 100);
+    assert!(m.stats().blob_errors >= 1);
+    // The source comes back: the same read succeeds.
+    r.fail.store(false, Ordering::SeqCst);
+    assert!(std::fs::read(mnt.join("other.txt")).unwrap() == files.data[1]);
+    drop(m);
+}
+
+#[test]
+fn concurrent_reads_of_one_chunk_share_a_fetch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (img, files) = big_image(&tmp.path().join("img"));
+    let mnt = tmp.path().join("mnt");
+    let r = img.readers[0].clone();
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let p = mnt.join("many/f042");
+            std::thread::spawn(move || std::fs::read(p).unwrap())
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap() == files.data[45]);
+    }
+    assert_eq!(r.bytes.load(Ordering::SeqCst), 100_000);
+    drop(m);
+}
+
+#[test]
+fn prefetch_marked_files_are_cached_after_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut img, files) = big_image(&tmp.path().join("img"));
+    let mut index = (*img.layers[0].index).clone();
+    let pos = index
+        .entries
+        .iter()
+        .position(|e| e.path == "other.txt")
+        .unwrap();
+    index.prefetch = vec![pos as u32];
+    img.layers[0].index = std::sync::Arc::new(index);
+    let mnt = tmp.path().join("mnt");
+    let r = img.readers[0].clone();
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    // Wait (bounded) for the background prefetch to land.
+    for _ in 0..200 {
+        if m.stats().cache_misses >= 1 && r.reads.load(Ordering::SeqCst) >= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(r.bytes.load(Ordering::SeqCst), files.data[1].len() as u64);
+    // The registry goes away: the prefetched file still reads.
+    r.fail.store(true, Ordering::SeqCst);
+    assert!(std::fs::read(mnt.join("other.txt")).unwrap() == files.data[1]);
+    drop(m);
+}

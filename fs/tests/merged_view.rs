@@ -1,0 +1,150 @@
+//! The read-only merged view matches `umoci unpack` of the same layers: paths, types,
+//! modes, owners, sizes, mtimes, link counts, device numbers, xattrs and contents.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn test_layers() -> Vec<Vec<u8>> {
+    let l0 = build_layer(&[
+        Item::Dir("etc", 0o755),
+        Item::File("etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n"),
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/bin", 0o755),
+        Item::FileFull("usr/bin/busybox", 0o755, 0, 0, b"#!busybox\n", vec![]),
+        Item::Hardlink("usr/bin/ls", "usr/bin/busybox"),
+        Item::Symlink("usr/bin/sh", "busybox"),
+        Item::FileFull("usr/bin/ping", 0o4755, 0, 0, b"ping", vec![
+            ("security.capability", b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"),
+            ("user.note", b"hello"),
+        ]),
+        Item::FileFull("home.txt", 0o600, 1000, 1001, b"private", vec![]),
+        Item::FileFull("odd", 0o2710, 7, 8, b"odd mode", vec![]),
+        Item::Dir("tmp", 0o1777),
+        Item::Dir("dev", 0o755),
+        Item::Char("dev/null", 0o666, 1, 3),
+        Item::Block("dev/sda", 0o660, 8, 0),
+        Item::Fifo("dev/fifo", 0o600),
+        Item::Dir("var", 0o755),
+        Item::Dir("var/opq", 0o750),
+        Item::File("var/opq/old1", 0o644, b"old1"),
+        Item::Dir("var/opq/sub", 0o755),
+        Item::File("var/opq/sub/old2", 0o644, b"old2"),
+        Item::File("gone", 0o644, b"gone"),
+        Item::Dir("gonedir", 0o755),
+        Item::File("gonedir/inner", 0o644, b"inner"),
+        Item::File("replaced", 0o644, b"a file first"),
+    ]);
+    let mut l1_items = vec![
+        Item::Whiteout("gone"),
+        Item::Whiteout("gonedir"),
+        Item::File(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0::/root:/bin/ash\nuser:x:1000:1000::/home:/bin/sh\n",
+        ),
+        Item::File("var/opq/new", 0o644, b"new"),
+        Item::Hardlink("usr/bin/cat", "usr/bin/busybox"),
+        Item::Dir("replaced", 0o711),
+        Item::File("replaced/child", 0o644, b"child"),
+    ];
+    let opq = opaque("var/opq");
+    l1_items.push(Item::File(&opq, 0o644, b""));
+    let l1 = build_layer(&l1_items);
+    let big: Vec<u8> = (0..(9u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let l2 = build_layer(&[
+        Item::File("big.bin", 0o644, &big),
+        Item::Dir("gonedir", 0o700),
+        Item::File("gonedir/reborn", 0o644, b"reborn"),
+    ]);
+    vec![l0, l1, l2]
+}
+
+#[test]
+fn merged_view_matches_umoci_unpack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(&tmp.path().join("oci"), &test_layers());
+    write_oci_layout(&img, "test");
+    let bundle = tmp.path().join("bundle");
+    run(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:test", img.dir.display()))
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    let diffs = compare_trees(&rootfs, &mnt);
+    assert!(diffs.is_empty(), "differences:\n{}", diffs.join("\n"));
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&rootfs)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    // diff cannot compare special files and says so even when both sides are of the
+    // same type ("File A is a fifo while file B is a fifo"); the stat comparison above
+    // covers those. Anything else is a real difference.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let real: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let Some((a, b)) = l.split_once(" while file ") else {
+                return true;
+            };
+            let ta = a.rsplit_once(" is a ").map(|x| x.1);
+            let tb = b.rsplit_once(" is a ").map(|x| x.1);
+            ta.is_none() || ta != tb
+        })
+        .collect();
+    assert!(real.is_empty(), "diff -r: {}", real.join("\n"));
+    assert!(
+        out.status.code() != Some(2),
+        "diff failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Spot checks a broken implementation would get wrong.
+    assert!(!mnt.join("gone").exists());
+    assert!(!mnt.join("var/opq/old1").exists());
+    assert_eq!(
+        std::fs::read(mnt.join("gonedir/reborn")).unwrap(),
+        b"reborn"
+    );
+    assert!(!mnt.join("gonedir/inner").exists());
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(mnt.join("usr/bin/busybox")).unwrap();
+    let c = std::fs::metadata(mnt.join("usr/bin/cat")).unwrap();
+    assert_eq!(a.ino(), c.ino());
+    assert_eq!(a.nlink(), 3);
+    drop(m);
+}
+
+#[test]
+fn inode_numbers_are_stable_across_mounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(&tmp.path().join("oci"), &test_layers());
+    let mnt = tmp.path().join("mnt");
+    let cache = tmp.path().join("cache");
+    use std::os::unix::fs::MetadataExt;
+    let inos = |m: &std::path::Path| -> Vec<(std::path::PathBuf, u64)> {
+        walk(m)
+            .into_iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    std::fs::symlink_metadata(m.join(&p)).unwrap().ino(),
+                )
+            })
+            .collect()
+    };
+    let m = Mounted::new(options(&img, &cache, None), &mnt);
+    let first = inos(&mnt);
+    m.unmount();
+    let m = Mounted::new(options(&img, &cache, None), &mnt);
+    assert_eq!(first, inos(&mnt));
+    drop(m);
+}

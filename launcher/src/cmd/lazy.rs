@@ -1,0 +1,87 @@
+//! Resolving a registry image and mounting its merged, lazy root filesystem: what
+//! `skiff mount IMAGE` and `skiff run IMAGE` share.
+
+use super::registry_args::{runtime, RegistryArgs};
+use super::Global;
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use skiff_fs::{Layer, MountOptions};
+use skiff_proto::image::ResolvedImage;
+use skiff_proto::index::resolve::{open_root_index_store, resolve_layers, ResolveOptions};
+use skiff_proto::registry::Client;
+use std::sync::Arc;
+
+/// An image resolved down to one verified index and one remote blob reader per layer.
+///
+/// Holds the async runtime its blob readers block on, so it must outlive every mount
+/// made from [`LazyImage::mount_options`].
+pub struct LazyImage {
+    /// The resolved manifest and config.
+    pub image: ResolvedImage,
+    /// The layers, bottom first, ready for `skiff_fs::mount`.
+    pub layers: Vec<Layer>,
+    /// The registry client every layer reads through (its stats count all traffic).
+    pub client: Arc<Client>,
+    /// Kept alive for the blob readers; dropped last.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Resolves `image` and finds or builds every layer's index (local store, published
+/// index, TOC, or a streaming pass, in that order). Shows progress bars only when
+/// `progress` is set, since `run` stays silent unless asked.
+///
+/// Call before any FUSE thread exists and from a thread outside a tokio runtime.
+pub fn resolve(
+    global: &Global,
+    registry: &RegistryArgs,
+    image: &str,
+    progress: bool,
+) -> anyhow::Result<LazyImage> {
+    let rt = runtime()?;
+    let (client, resolved) = registry.resolve(&rt, image)?;
+    let store = open_root_index_store(&global.root)
+        .with_context(|| format!("opening the index store under {}", global.root.display()))?;
+    let bars = MultiProgress::new();
+    if !progress {
+        bars.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let resolved_layers = resolve_layers(
+        &client,
+        rt.handle(),
+        &resolved,
+        &store,
+        &ResolveOptions {
+            progress: Some(&bars),
+            ..ResolveOptions::default()
+        },
+    )
+    .with_context(|| format!("indexing the layers of {image}"))?;
+    for l in &resolved_layers {
+        for note in &l.refused {
+            tracing::warn!(layer = %l.descriptor.digest, "{note}");
+        }
+        tracing::info!(layer = %l.descriptor.digest, source = %l.source, "layer index ready");
+    }
+    let layers = resolved_layers
+        .into_iter()
+        .map(|l| Layer {
+            index: l.index,
+            blob: l.blob,
+        })
+        .collect();
+    Ok(LazyImage {
+        image: resolved,
+        layers,
+        client,
+        _runtime: rt,
+    })
+}
+
+impl LazyImage {
+    /// Mount options for this image's layers with the chunk cache under the skiff root.
+    pub fn mount_options(&self, global: &Global) -> MountOptions {
+        let mut opts = MountOptions::new(self.layers.clone(), global.root.join("cache"));
+        opts.fs_name = self.image.reference.to_string();
+        opts
+    }
+}

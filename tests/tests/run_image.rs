@@ -1,0 +1,252 @@
+//! `skiff run IMAGE` and `skiff mount IMAGE` end to end: a real registry, the lazy FUSE
+//! view, a real container on it.
+
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, build_image, push_built, Entry, Layer};
+use skiff_tests::proxy::FaultProxy;
+use skiff_tests::registry::Registry;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::process::Output;
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Layer 1: busybox with its applets, passwd/group. Layer 2: a big incompressible file
+/// (never read by the commands below), a small file, and a whiteout of `/bin/ls`.
+fn busybox_layers(big: usize) -> Vec<Layer> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    let mut base = vec![
+        Entry::dir("bin", 0o755),
+        Entry::dir("etc", 0o755),
+        Entry::dir("tmp", 0o1777),
+        Entry::file("bin/busybox", &busybox, 0o755),
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+            0o644,
+        ),
+        Entry::file("etc/group", b"root:x:0:\nalice:x:1000:\n", 0o644),
+    ];
+    for applet in ["sh", "cat", "echo", "ls", "id", "rm", "stat", "true"] {
+        base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
+    }
+    let top = vec![
+        Entry::dir("data", 0o755),
+        Entry::file("etc/motd", b"hello from layer two\n", 0o644),
+        Entry::file("data/big", &fixtures::pseudo_random(7, big), 0o600),
+        Entry::file("bin/.wh.ls", b"", 0o644),
+    ];
+    vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
+}
+
+async fn push_busybox(host: &str, repo: &str, big: usize) -> fixtures::BuiltImage {
+    let image = build_image(
+        busybox_layers(big),
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(&skiff_tests::client(host), repo, "latest", &image).await;
+    image
+}
+
+fn no_fuse_mounts_under(dir: &std::path::Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    !mounts.lines().any(|l| {
+        l.split(' ')
+            .nth(1)
+            .is_some_and(|m| m.starts_with(&*dir.to_string_lossy()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_image_gives_output_exit_codes_and_the_merged_view() {
+    let reg = Registry::start();
+    push_busybox(&reg.host(), "run/busybox", 1 << 20).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = reg.reference("run/busybox:latest");
+
+    let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from layer two\n"
+    );
+
+    // The whiteout in layer two hides /bin/ls; the image's Cmd runs by default.
+    let out = skiff.run(&[
+        "run",
+        "--rm",
+        &image,
+        "sh",
+        "-c",
+        "test -e /bin/ls; echo $?; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+
+    // A user from the image's own /etc/passwd.
+    let out = skiff.run(&["run", "--rm", "-u", "alice", &image, "id"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("uid=1000(alice) gid=1000(alice)"),
+        "{}",
+        text(&out)
+    );
+
+    // Missing command: docker's 127 and message.
+    let out = skiff.run(&["run", "--rm", &image, "no-such-program"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("executable file not found"),
+        "{}",
+        text(&out)
+    );
+
+    // Unknown image: a clear error, nothing left behind.
+    let out = skiff.run(&["run", "--rm", &reg.reference("run/nothing:latest"), "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("manifest unknown"),
+        "{}",
+        text(&out)
+    );
+    assert!(no_fuse_mounts_under(root.path()));
+    let containers = root.path().join("containers");
+    let left: Vec<_> = std::fs::read_dir(&containers)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "--rm left {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_to_a_kept_upper_in_overlayfs_format() {
+    let reg = Registry::start();
+    push_busybox(&reg.host(), "run/cow", 1 << 20).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = reg.reference("run/cow:latest");
+
+    let out = skiff.run(&[
+        "run", "--name", "writer", &image, "sh", "-c",
+        "echo changed > /etc/motd && rm /etc/group && mkdir /new && echo n > /new/file && cat /etc/motd",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "changed\n");
+
+    // The container is listed, and its upper holds the changes the overlayfs way.
+    let out = skiff.run(&["ps", "-a"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("writer"),
+        "{}",
+        text(&out)
+    );
+    let containers: Vec<_> = std::fs::read_dir(root.path().join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(containers.len(), 1);
+    let upper = containers[0].path().join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("etc/motd")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("new/file")).unwrap(),
+        "n\n"
+    );
+    let wh = std::fs::symlink_metadata(upper.join("etc/group")).unwrap();
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "etc/group is not a whiteout"
+    );
+    assert!(no_fuse_mounts_under(root.path()));
+
+    // The image itself is untouched for the next container.
+    let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd", "/etc/group"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from layer two\nroot:x:0:\nalice:x:1000:\n"
+    );
+
+    let out = skiff.run(&["rm", "writer"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!containers[0].path().exists());
+}
+
+/// With a published index, a cold run reads only what the command touches: far less
+/// than the image, and nothing of the big file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_run_fetches_only_what_it_reads() {
+    let reg = Registry::start();
+    let big = 24 << 20;
+    let built = push_busybox(&reg.host(), "run/lazy", big).await;
+    let image_size: u64 = built.layers.iter().map(|l| l.blob.len() as u64).sum();
+    let publisher = tempfile::tempdir().unwrap();
+    let out = Skiff::new(publisher.path()).run(&[
+        "index",
+        "--push",
+        "-q",
+        &reg.reference("run/lazy:latest"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let proxy = FaultProxy::start(reg.addr());
+    let image = format!("{}/run/lazy:latest", proxy.host());
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from layer two\n"
+    );
+
+    let layer_digests: Vec<String> = built
+        .layers
+        .iter()
+        .map(|l| skiff_proto::Digest::of(&l.blob).to_string())
+        .collect();
+    let mut fetched = 0u64;
+    for r in proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+    {
+        let Some(range) = r.range.as_deref() else {
+            // Whole-blob reads are for the config and the published index only.
+            assert!(
+                !layer_digests.iter().any(|d| r.path.ends_with(d.as_str())),
+                "a layer was fetched whole: {r:?}"
+            );
+            continue;
+        };
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        fetched += b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1;
+    }
+    eprintln!("cold run fetched {fetched} of {image_size} bytes");
+    assert!(fetched > 0);
+    assert!(
+        fetched < image_size / 2,
+        "fetched {fetched} of {image_size} bytes"
+    );
+
+    // Warm: the same image again reads no layer byte from the registry (the tag is
+    // still resolved: manifest and config).
+    proxy.clear_requests();
+    let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let layer_reads: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| layer_digests.iter().any(|d| r.path.ends_with(d.as_str())))
+        .collect();
+    assert!(layer_reads.is_empty(), "{layer_reads:?}");
+}
