@@ -318,6 +318,10 @@ if [ "$MERGE" = 1 ] && [ -f "$CACHE/last-results.tsv" ]; then
         "$CACHE/last-results.tsv" >>"$WORK/results.tsv"
     log "merged $(awk -F'\t' -v tools=",$TOOLS," '{ t = $2; sub(/-.*/, "", t); if (index(tools, "," t ",") == 0) n++ } END {print n+0}' "$CACHE/last-results.tsv") rows of other tools from the previous run"
 fi
+# raw rows first: a failing report must not lose a long run
+cp "$WORK/results.tsv" "$CACHE/last-results.tsv"
+cp "$WORK/floor.tsv" "$CACHE/last-floor.tsv"
+cp "$WORK/sizes.tsv" "$CACHE/last-sizes.tsv"
 MACHINE="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r)"
 python3 "$HERE/lib/report.py" --results "$WORK/results.tsv" --floor "$WORK/floor.tsv" --sizes "$WORK/sizes.tsv" \
     --rate-mbit "$RATE" --rtt-ms "$RTT" --runs "$RUNS" --machine "$MACHINE" \
@@ -327,7 +331,6 @@ python3 "$HERE/lib/report.py" --results "$WORK/results.tsv" --floor "$WORK/floor
     --skiff-rows "$SKIFF_ROWS" --tools "$TOOLS" \
     --commands "$(for i in "${IMGS[@]}"; do printf '%s: %s; ' "$i" "${CMD_DESC[$i]}"; done)" \
     --out "$OUT"
-cp "$WORK/results.tsv" "$CACHE/last-results.tsv"
 log "wrote $OUT (raw rows: $CACHE/last-results.tsv)"
 exit 0
 }

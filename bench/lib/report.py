@@ -43,7 +43,8 @@ def fmt_ratio(x, ref):
 
 def main():
     ap = argparse.ArgumentParser()
-    for flag in ("results", "floor", "sizes", "machine", "load", "calibration", "skiff",
+    ap.add_argument("--load", default="not recorded")
+    for flag in ("results", "floor", "sizes", "machine", "calibration", "skiff",
                  "tools", "commands", "out"):
         ap.add_argument("--" + flag, required=True)
     ap.add_argument("--rate-mbit", type=float, required=True)
