@@ -175,7 +175,8 @@ run_one() {
     local out=$WORK/log/$img.$tool.$n t0 t1 rc=0 secs bytes status=ok
     counters "$LINK_CTL" reset >/dev/null
     t0=$(date +%s.%N)
-    "$@" >"$out.out" 2>"$out.err" </dev/null || rc=$?
+    # a hung run (e.g. a stuck FUSE mount) must not stall the suite
+    timeout -k 10 "${RUN_TIMEOUT:-600}" "$@" >"$out.out" 2>"$out.err" </dev/null || rc=$?
     t1=$(date +%s.%N)
     bytes=$(counters "$LINK_CTL")
     # the peers' scripts report their own total (excludes daemon start-up)
