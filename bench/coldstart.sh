@@ -180,7 +180,7 @@ run_one() {
     t1=$(date +%s.%N)
     bytes=$(counters "$LINK_CTL")
     # the peers' scripts report their own total (excludes daemon start-up)
-    secs=$(grep -o 'total=[0-9.]*' "$out.err" | tail -1 | cut -d= -f2)
+    secs=$(grep -o 'total=[0-9.]*' "$out.err" | tail -1 | cut -d= -f2 || true)
     [ -n "$secs" ] || secs=$(echo "$t1 - $t0" | bc)
     if [ "$rc" != 0 ]; then
         status="exit=$rc"
