@@ -78,6 +78,11 @@ pub fn resolve(
 }
 
 impl LazyImage {
+    /// Runs `f` to completion on this image's async runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self._runtime.block_on(f)
+    }
+
     /// Mount options for this image's layers with the chunk cache under the skiff root.
     pub fn mount_options(&self, global: &Global) -> MountOptions {
         let mut opts = MountOptions::new(self.layers.clone(), global.root.join("cache"));
