@@ -84,17 +84,18 @@ pub struct FetchTuning {
     pub merge_gap: u64,
     /// No single request grows past this many bytes by merging.
     pub max_request: u64,
-    /// Background jobs wait until no on-demand read has been submitted for this long.
+    /// Background jobs wait until no on-demand read has been submitted (and the fetcher
+    /// has existed) for this long: start-up reads come first.
     pub background_quiet: Duration,
 }
 
 impl Default for FetchTuning {
-    /// 64 KiB gap, 8 MiB requests, 200 ms of quiet before background work.
+    /// 64 KiB gap, 8 MiB requests, 500 ms of quiet before background work.
     fn default() -> Self {
         FetchTuning {
             merge_gap: 64 << 10,
             max_request: 8 << 20,
-            background_quiet: Duration::from_millis(200),
+            background_quiet: Duration::from_millis(500),
         }
     }
 }
@@ -117,6 +118,7 @@ struct Queues {
     running_background: usize,
     running: usize,
     closed: bool,
+    /// When the last on-demand read was queued (initially: when the fetcher started).
     last_on_demand: Option<Instant>,
 }
 
@@ -196,7 +198,10 @@ impl Fetcher {
             stats,
             inflight: Mutex::new(HashMap::new()),
             tuning,
-            queues: Mutex::new(Queues::default()),
+            queues: Mutex::new(Queues {
+                last_on_demand: Some(Instant::now()),
+                ..Queues::default()
+            }),
             changed: Condvar::new(),
             workers: threads,
         });
@@ -425,20 +430,29 @@ impl Inner {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
         let mut owned: Vec<(usize, Arc<Slot>)> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Slot>)> = Vec::new();
+        let mut missing = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
             if let Some((data, _)) = self.cache.get(&c.digest) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 out[i] = Some(data);
-                continue;
-            }
-            let mut inflight = self.inflight.lock();
-            if let Some(slot) = inflight.get(&c.digest) {
-                waiting.push((i, slot.clone()));
             } else {
-                let slot = Arc::new(Slot::default());
-                inflight.insert(c.digest, slot.clone());
-                owned.push((i, slot));
-                self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                missing.push(i);
+            }
+        }
+        // One lock for the whole job, so two jobs over the same chunks (concurrent
+        // kernel reads of one file) do not split them between two requests.
+        {
+            let mut inflight = self.inflight.lock();
+            for i in missing {
+                let c = &chunks[i];
+                if let Some(slot) = inflight.get(&c.digest) {
+                    waiting.push((i, slot.clone()));
+                } else {
+                    let slot = Arc::new(Slot::default());
+                    inflight.insert(c.digest, slot.clone());
+                    owned.push((i, slot));
+                    self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         if !owned.is_empty() {

@@ -65,7 +65,7 @@ impl Profile {
     /// ranges in `tree`. Paths missing from the tree are skipped.
     pub fn plan(&self, tree: &LowerTree) -> BTreeMap<usize, Vec<Chunk>> {
         let mut out: BTreeMap<usize, Vec<Chunk>> = BTreeMap::new();
-        let mut seen: HashSet<(usize, u64)> = HashSet::new();
+        let mut seen: HashSet<(usize, skiff_proto::Digest)> = HashSet::new();
         for f in &self.files {
             let Some(node) = lookup(tree, &f.path).and_then(|id| tree.node(id)) else {
                 continue;
@@ -79,7 +79,7 @@ impl Profile {
                 let first = all.partition_point(|c| c.file_offset + c.len <= off);
                 let last = all.partition_point(|c| c.file_offset < end);
                 for c in all.get(first..last).unwrap_or(&[]) {
-                    if seen.insert((node.layer, c.blob_offset)) {
+                    if seen.insert((node.layer, c.digest)) {
                         out.entry(node.layer).or_default().push(c.clone());
                     }
                 }
@@ -127,11 +127,18 @@ impl Recorder {
         }
     }
 
-    /// Notes a read of `[offset, end)` of the file at `path`.
+    /// Notes a read of `[offset, end)` of the file at `path` (stored absolute).
     pub fn record(&self, path: &str, offset: u64, end: u64) {
         if self.limit.is_some_and(|l| self.started.elapsed() > l) {
             return;
         }
+        let abs;
+        let path = if path.starts_with('/') {
+            path
+        } else {
+            abs = format!("/{path}");
+            abs.as_str()
+        };
         let mut r = self.files.lock();
         if r.stopped {
             return;
