@@ -9,17 +9,21 @@
 //! while no on-demand read is queued or running (and none arrived in the last
 //! [`FetchTuning::background_quiet`]), on at most half of the workers. Concurrent requests
 //! for the same chunk share one fetch (an in-flight table keyed by chunk digest). Nothing
-//! is returned or cached unless [`decode_chunk`] verified it.
+//! is returned or cached unless [`decode_chunks`] verified it. Chunks that lie wholly
+//! inside a fetched range are decoded and cached too, asked for or not.
 
 use crate::cache::ChunkCache;
 use crate::stats::Stats;
 use parking_lot::{Condvar, Mutex};
-use skiff_proto::index::{decode_chunk, Chunk, LayerIndex};
+use skiff_proto::index::{decode_chunks, Chunk, LayerIndex};
 use skiff_proto::{BlobReader, Digest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Most content decoded from one fetched range beyond the chunks asked for.
+const MAX_BONUS_BYTES: u64 = 32 << 20;
 
 /// One lower layer: its index and where its blob's bytes come from.
 #[derive(Clone)]
@@ -470,7 +474,29 @@ impl Inner {
         Ok(out.into_iter().take(required).flatten().collect())
     }
 
-    /// Fetches the owned chunks, one blob read per run of adjacent (or overlapping)
+    /// Uncached chunks of layer `l`, other than `taken`, whose blob range lies inside
+    /// `[start, end)`, up to [`MAX_BONUS_BYTES`] of content.
+    fn bonus_chunks(&self, l: &Layer, start: u64, end: u64, taken: &[Chunk]) -> Vec<Chunk> {
+        let mut out: Vec<Chunk> = Vec::new();
+        let mut total = 0u64;
+        let inflight = self.inflight.lock();
+        for c in &l.index.chunks {
+            let inside = c.blob_offset >= start && c.blob_offset.saturating_add(c.blob_len) <= end;
+            if !inside
+                || total.saturating_add(c.len) > MAX_BONUS_BYTES
+                || taken.iter().chain(out.iter()).any(|t| t.digest == c.digest)
+                || inflight.contains_key(&c.digest)
+                || self.cache.contains(&c.digest)
+            {
+                continue;
+            }
+            total += c.len;
+            out.push(c.clone());
+        }
+        out
+    }
+
+    /// Fetches the owned chunks, one blob read per run of nearby (or overlapping)
     /// blob ranges, and fills their slots.
     fn fetch_runs(&self, layer: usize, chunks: &[Chunk], owned: &[(usize, Arc<Slot>)]) {
         let Some(l) = self.layers.get(layer) else {
@@ -527,30 +553,25 @@ impl Inner {
             self.stats
                 .blob_bytes
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            for (i, slot) in members {
-                let c = &chunks[*i];
-                let from = (c.blob_offset - start) as usize;
-                let piece = from
-                    .checked_add(c.blob_len as usize)
-                    .and_then(|to| raw.get(from..to));
-                let res = match piece {
-                    None => Err(FetchError::Verify {
-                        blob: l.index.blob,
-                        chunk: c.digest,
-                        message: format!("short blob read: got {} bytes", raw.len()),
-                    }),
-                    Some(piece) => decode_chunk(&l.index, c, piece).map(Arc::new).map_err(|e| {
-                        FetchError::Verify {
-                            blob: l.index.blob,
-                            chunk: c.digest,
-                            message: e.to_string(),
-                        }
-                    }),
-                };
+            // Other chunks of the layer lying wholly inside the fetched range are
+            // decoded too (the bytes are here already): gzip spans holding many small
+            // files, gaps bridged by merging.
+            let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i].clone()).collect();
+            let extras = self.bonus_chunks(l, start, end, &batch);
+            batch.extend(extras);
+            let decoded = decode_chunks(&l.index, &batch, start, &raw);
+            for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
+                let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
+                    blob: l.index.blob,
+                    chunk: c.digest,
+                    message: e.to_string(),
+                });
                 if let Ok(data) = &res {
                     self.cache.put(c.digest, data.clone());
                 }
-                slot.fill(res);
+                if let Some((_, slot)) = members.get(k) {
+                    slot.fill(res);
+                }
             }
         }
     }

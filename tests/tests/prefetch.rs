@@ -399,7 +399,8 @@ fn background_fetch_completes_the_layers_then_reads_are_local() {
 
 /// Merging: a sequential read of a file made of several adjacent chunks costs one
 /// request; nearby missing chunks of different files asked together share one request
-/// when the gap is small, and do not when it is large.
+/// when the gap is small (and a chunk in the gap is cached on the way), and do not when
+/// it is large.
 #[test]
 fn adjacent_and_nearby_chunks_share_one_request() {
     let rt = runtime();
@@ -447,14 +448,16 @@ fn adjacent_and_nearby_chunks_share_one_request() {
             .chunks_of(&layers[li].index.entries[ei])
             .to_vec()
     };
+    let new_fetcher = |dir: &Path| {
+        skiff_fs::Fetcher::new(
+            layers.clone(),
+            Arc::new(skiff_fs::ChunkCache::open(dir, 1 << 30, 1 << 28).unwrap()),
+            Arc::new(skiff_fs::Stats::default()),
+            2,
+        )
+    };
     let cache = tempfile::tempdir().unwrap();
-    let stats = Arc::new(skiff_fs::Stats::default());
-    let fetcher = skiff_fs::Fetcher::new(
-        layers.clone(),
-        Arc::new(skiff_fs::ChunkCache::open(cache.path(), 1 << 30, 1 << 28).unwrap()),
-        stats.clone(),
-        2,
-    );
+    let fetcher = new_fetcher(cache.path());
     proxy.clear_requests();
     let mut ask = chunks_of("d/a");
     ask.extend(chunks_of("d/c"));
@@ -462,7 +465,15 @@ fn adjacent_and_nearby_chunks_share_one_request() {
     assert_eq!(*got[0], fixtures::pseudo_random(1, 20_000));
     assert_eq!(*got[1], fixtures::pseudo_random(4, 20_000));
     assert_eq!(range_reads(&proxy.requests(), &layers).len(), 1);
+    // b lay inside that request: decoded, verified and cached without being asked for.
+    let b = fetcher
+        .cached(&chunks_of("d/b"))
+        .expect("b was cached on the way");
+    assert_eq!(*b[0], fixtures::pseudo_random(2, 20_000));
+    fetcher.shutdown();
 
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = new_fetcher(cache.path());
     proxy.clear_requests();
     let mut ask = chunks_of("d/b");
     ask.extend(chunks_of("d/e"));
@@ -472,4 +483,90 @@ fn adjacent_and_nearby_chunks_share_one_request() {
     let fetched: u64 = reads.iter().map(|(_, a, b)| b - a).sum();
     assert_eq!(fetched, 40_000, "the 10 MiB gap is not downloaded");
     fetcher.shutdown();
+}
+
+/// Bytes of layer blobs a proxy served (ranged reads only; whole-layer reads panic).
+fn layer_bytes(proxy: &FaultProxy, built: &BuiltImage) -> (u64, usize) {
+    let digests: Vec<String> = built
+        .layers
+        .iter()
+        .map(|l| skiff_proto::Digest::of(&l.blob).to_string())
+        .collect();
+    let mut bytes = 0;
+    let mut n = 0;
+    for r in proxy.requests().iter().filter(|r| r.method == "GET") {
+        if !digests.iter().any(|d| r.path.ends_with(d.as_str())) {
+            continue;
+        }
+        let range = r
+            .range
+            .as_deref()
+            .unwrap_or_else(|| panic!("whole-layer read {r:?}"));
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        bytes += b.parse::<u64>().unwrap() + 1 - a.parse::<u64>().unwrap();
+        n += 1;
+    }
+    (bytes, n)
+}
+
+/// The busybox image of `run_image.rs` (24 MiB never-read file): a cold `skiff run`
+/// with the profile its first run recorded fetches the same chunks as without (they
+/// are prefetched, then shared with the container's reads), and far less than the
+/// image. Prints the numbers.
+#[test]
+fn cold_run_bytes_with_and_without_a_profile() {
+    let rt = runtime();
+    let reg = Registry::start();
+    let built = push_indexed(&rt, &reg, "prof/cold", busybox_layers(24 << 20));
+    let image_size: u64 = built.layers.iter().map(|l| l.blob.len() as u64).sum();
+    let proxy = FaultProxy::start(reg.addr());
+    let image = format!("{}/prof/cold:latest", proxy.host());
+
+    // First run anywhere: no profile, so it records one.
+    let a = tempfile::tempdir().unwrap();
+    let out = Skiff::new(a.path()).run(&[
+        "run",
+        "--rm",
+        "--background-fetch=false",
+        &image,
+        "cat",
+        "/etc/motd",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "run is silent: {}", text(&out));
+    let (without, n_without) = layer_bytes(&proxy, &built);
+    let recorded = profile_files(a.path());
+    assert_eq!(recorded.len(), 1, "the first run recorded a profile");
+
+    // A cold machine that has the profile.
+    let b = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(b.path().join("profiles")).unwrap();
+    std::fs::copy(
+        &recorded[0],
+        b.path()
+            .join("profiles")
+            .join(recorded[0].file_name().unwrap()),
+    )
+    .unwrap();
+    proxy.clear_requests();
+    let out = Skiff::new(b.path()).run(&[
+        "run",
+        "--rm",
+        "--background-fetch=false",
+        &image,
+        "cat",
+        "/etc/motd",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from layer two\n"
+    );
+    let (with, n_with) = layer_bytes(&proxy, &built);
+    eprintln!(
+        "image {image_size} B; cold run without profile: {without} B in {n_without} requests; \
+         with profile: {with} B in {n_with} requests"
+    );
+    assert!(without < image_size / 8, "{without} of {image_size}");
+    assert!(with <= without + (64 << 10), "{with} vs {without}");
 }
