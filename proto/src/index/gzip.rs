@@ -386,7 +386,7 @@ mod tests {
     use super::*;
     use crate::blob::FileBlob;
     use crate::digest::Digest;
-    use crate::index::decode::decode_chunk;
+    use crate::index::decode::{decode_chunk, decode_chunks};
     use crate::index::model::EntryKind;
     use std::io::Write;
 
@@ -487,6 +487,41 @@ mod tests {
     #[test]
     fn handles_multi_member_gzip() {
         check(5, 100 << 10);
+    }
+
+    /// `decode_chunks` over the whole blob gives every chunk, verified, and a chunk with
+    /// a wrong digest fails alone.
+    #[test]
+    fn decode_chunks_matches_one_by_one_decoding() {
+        let (tar, _) = sample_tar();
+        let gz = gzip(&tar, 2);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&gz).unwrap();
+        let blob = FileBlob::open(Digest::of(&gz), f.path()).unwrap();
+        let opts = IndexOptions {
+            span: 256 << 10,
+            ..Default::default()
+        };
+        let idx = index_tar_gzip(&blob, &opts).unwrap();
+        let mut chunks = idx.chunks.clone();
+        assert!(chunks.len() > 4);
+        chunks[1].digest = Digest::of(b"not this");
+        let all = decode_chunks(&idx, &chunks, 0, &gz);
+        for (i, (c, r)) in chunks.iter().zip(&all).enumerate() {
+            if i == 1 {
+                assert!(r.is_err());
+                continue;
+            }
+            let one = decode_chunk(
+                &idx,
+                c,
+                &gz[c.blob_offset as usize..][..c.blob_len as usize],
+            );
+            assert_eq!(r.as_ref().unwrap(), &one.unwrap(), "chunk {i}");
+        }
+        // A range that does not hold a chunk: an error for it, not a panic.
+        let r = decode_chunks(&idx, &chunks[2..3], chunks[2].blob_offset + 1, &gz[..10]);
+        assert!(r[0].is_err());
     }
 
     /// A small file right after a checkpoint fetches a few KiB of compressed bytes, not
