@@ -491,7 +491,7 @@ impl Inner {
                 continue;
             }
             total += c.len;
-            out.push(c.clone());
+            out.push(*c);
         }
         out
     }
@@ -556,7 +556,7 @@ impl Inner {
             // Other chunks of the layer lying wholly inside the fetched range are
             // decoded too (the bytes are here already): gzip spans holding many small
             // files, gaps bridged by merging.
-            let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i].clone()).collect();
+            let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
             let extras = self.bonus_chunks(l, start, end, &batch);
             batch.extend(extras);
             let decoded = decode_chunks(&l.index, &batch, start, &raw);

@@ -908,7 +908,7 @@ impl SkiffFs {
                 if self.fetcher.cache().contains(&c.digest) {
                     break;
                 }
-                job.push(c.clone());
+                job.push(*c);
             }
         }
         let extra = job.split_off(chunks.len());

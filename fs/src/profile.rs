@@ -80,7 +80,7 @@ impl Profile {
                 let last = all.partition_point(|c| c.file_offset < end);
                 for c in all.get(first..last).unwrap_or(&[]) {
                     if seen.insert((node.layer, c.digest)) {
-                        out.entry(node.layer).or_default().push(c.clone());
+                        out.entry(node.layer).or_default().push(*c);
                     }
                 }
             }
