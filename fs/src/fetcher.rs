@@ -7,7 +7,8 @@
 //! Range requests are in flight at once, across chunks and layers. Jobs have a
 //! [`Priority`]: on-demand reads go first, then prefetch, and background jobs run only
 //! while no on-demand read is queued or running (and none arrived in the last
-//! [`FetchTuning::background_quiet`]), on at most half of the workers. Concurrent requests
+//! [`FetchTuning::background_quiet`]) and no prefetch is queued, on at most half of the
+//! workers; prefetch leaves two workers free for on-demand reads. Concurrent requests
 //! for the same chunk share one fetch (an in-flight table keyed by chunk digest). Nothing
 //! is returned or cached unless [`decode_chunks`] verified it. Chunks that lie wholly
 //! inside a fetched range are decoded and cached too, asked for or not.
@@ -119,6 +120,7 @@ struct Queues {
     prefetch: VecDeque<Job>,
     background: VecDeque<Job>,
     running_on_demand: usize,
+    running_prefetch: usize,
     running_background: usize,
     running: usize,
     closed: bool,
@@ -380,13 +382,18 @@ impl Inner {
                         q.running_on_demand += 1;
                         break (j, Priority::OnDemand);
                     }
-                    if let Some(j) = q.prefetch.pop_front() {
-                        break (j, Priority::Prefetch);
+                    // Two workers stay free for on-demand reads arriving meanwhile.
+                    if q.running_prefetch < self.workers.saturating_sub(2).max(1) {
+                        if let Some(j) = q.prefetch.pop_front() {
+                            q.running_prefetch += 1;
+                            break (j, Priority::Prefetch);
+                        }
                     }
                     let quiet = q
                         .last_on_demand
                         .is_none_or(|t| t.elapsed() >= self.tuning.background_quiet);
                     let may_background = q.running_on_demand == 0
+                        && q.prefetch.is_empty()
                         && q.running_background < (self.workers / 2).max(1)
                         && quiet;
                     if may_background {
@@ -398,7 +405,8 @@ impl Inner {
                     if q.closed && q.on_demand.is_empty() {
                         return;
                     }
-                    if q.background.is_empty() || q.running_on_demand > 0 {
+                    if q.background.is_empty() || q.running_on_demand > 0 || !q.prefetch.is_empty()
+                    {
                         self.changed.wait(&mut q);
                     } else {
                         // Background work is waiting for the quiet period to pass.
@@ -416,7 +424,7 @@ impl Inner {
             match priority {
                 Priority::OnDemand => q.running_on_demand -= 1,
                 Priority::Background => q.running_background -= 1,
-                Priority::Prefetch => {}
+                Priority::Prefetch => q.running_prefetch -= 1,
             }
             drop(q);
             self.changed.notify_all();
@@ -478,18 +486,20 @@ impl Inner {
     /// `[start, end)`, up to [`MAX_BONUS_BYTES`] of content.
     fn bonus_chunks(&self, l: &Layer, start: u64, end: u64, taken: &[Chunk]) -> Vec<Chunk> {
         let mut out: Vec<Chunk> = Vec::new();
+        let mut seen: std::collections::HashSet<Digest> = taken.iter().map(|c| c.digest).collect();
         let mut total = 0u64;
         let inflight = self.inflight.lock();
         for c in &l.index.chunks {
             let inside = c.blob_offset >= start && c.blob_offset.saturating_add(c.blob_len) <= end;
             if !inside
                 || total.saturating_add(c.len) > MAX_BONUS_BYTES
-                || taken.iter().chain(out.iter()).any(|t| t.digest == c.digest)
+                || seen.contains(&c.digest)
                 || inflight.contains_key(&c.digest)
                 || self.cache.contains(&c.digest)
             {
                 continue;
             }
+            seen.insert(c.digest);
             total += c.len;
             out.push(*c);
         }
