@@ -260,7 +260,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
-    let lazy = super::lazy::resolve(global, &args.registry, image, global.verbose > 0)?;
+    let mut lazy = super::lazy::resolve_for_run(global, &args.registry, image, global.verbose > 0)?;
     let state_dir = state::containers_dir(&global.root).join(&id);
     let mountpoint = state_dir.join("rootfs");
     let upper = (!args.read_only).then(|| state_dir.join("upper"));
@@ -279,7 +279,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     record.save(&global.root)?;
     let mut mount_opts = lazy.mount_options(global);
     mount_opts.upper = upper;
-    let recording = plan_prefetch(global, &args, &lazy, &mut mount_opts);
+    let recording = plan_prefetch(global, &args, &mut lazy, &mut mount_opts);
     let handle = match skiff_fs::mount(mount_opts, &mountpoint) {
         Ok(h) => h,
         Err(e) => {
@@ -313,31 +313,35 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
 fn plan_prefetch(
     global: &Global,
     args: &Args,
-    lazy: &super::lazy::LazyImage,
+    lazy: &mut super::lazy::LazyImage,
     opts: &mut skiff_fs::MountOptions,
 ) -> Option<(std::sync::Arc<skiff_fs::Recorder>, bool)> {
+    use super::lazy::ProfileLookup;
     use super::profile;
     let digest = lazy.image.manifest_digest;
     opts.background_fetch = args.background_fetch;
     opts.prefetch = !args.no_prefetch;
-    let known = if args.no_prefetch && !args.record_profile {
-        None
-    } else {
-        profile::load_local(&global.root, &digest).or_else(|| {
-            match lazy.block_on(profile::fetch_published(&lazy.client, &lazy.image)) {
-                Ok(Some(p)) => {
-                    if let Err(e) = profile::save_local(&global.root, &digest, &p) {
-                        tracing::warn!("keeping the published profile: {e:#}");
-                    }
-                    Some(p)
+    let lookup = std::mem::replace(&mut lazy.profile, ProfileLookup::None);
+    let known = match lookup {
+        ProfileLookup::None => None,
+        ProfileLookup::Local(p) => Some(p),
+        ProfileLookup::Remote(task) => match lazy.block_on(task) {
+            Ok(Ok(Some(p))) => {
+                if let Err(e) = profile::save_local(&global.root, &digest, &p) {
+                    tracing::warn!("keeping the published profile: {e:#}");
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!("looking up a published profile: {e:#}");
-                    None
-                }
+                Some(p)
             }
-        })
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!("looking up a published profile: {e:#}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("looking up a published profile: {e}");
+                None
+            }
+        },
     };
     let have_profile = known.is_some();
     if !args.no_prefetch {
