@@ -256,7 +256,6 @@ fn queue_chunks(
 ) {
     let mut job: Vec<skiff_proto::index::Chunk> = Vec::new();
     let mut job_start = 0u64;
-    let mut job_end = 0u64;
     let flush = |job: &mut Vec<skiff_proto::index::Chunk>| {
         if job.is_empty() {
             return;
@@ -277,19 +276,15 @@ fn queue_chunks(
             continue;
         }
         let end = c.blob_offset.saturating_add(c.blob_len);
-        // Chunks whose blob ranges overlap (gzip checkpoint spans) stay in one job, so
-        // their shared range is read once.
-        if !job.is_empty()
-            && c.blob_offset >= job_end
-            && end.saturating_sub(job_start) > SPECULATIVE_JOB_BYTES
-        {
+        // Chunks resuming at the same gzip checkpoint (same blob offset) stay in one
+        // job, so their shared range is read and inflated once.
+        let same_start = job.last().is_some_and(|l| l.blob_offset == c.blob_offset);
+        if !job.is_empty() && !same_start && end.saturating_sub(job_start) > SPECULATIVE_JOB_BYTES {
             flush(&mut job);
         }
         if job.is_empty() {
             job_start = c.blob_offset;
-            job_end = end;
         }
-        job_end = job_end.max(end);
         job.push(c);
     }
     flush(&mut job);
