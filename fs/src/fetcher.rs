@@ -1,20 +1,30 @@
 //! The chunk fetcher: turns "these chunks of this layer" into verified bytes, from the
-//! cache when possible, else with one blob read per run of adjacent missing chunks.
+//! cache when possible, else with one blob read per run of nearby missing chunks (chunks
+//! whose blob ranges are at most [`FetchTuning::merge_gap`] apart share one request).
 //!
 //! Fetches run on the fetcher's own worker threads and hand their result to a callback,
-//! so a FUSE thread never waits on the network. Concurrent requests for the same chunk
-//! share one fetch (an in-flight table keyed by chunk digest). Nothing is returned or
-//! cached unless [`decode_chunk`] verified it.
+//! so a FUSE thread never waits on the network; the number of workers bounds how many
+//! Range requests are in flight at once, across chunks and layers. Jobs have a
+//! [`Priority`]: on-demand reads go first, then prefetch, and background jobs run only
+//! while no on-demand read is queued or running (and none arrived in the last
+//! [`FetchTuning::background_quiet`]) and no prefetch is queued, on at most half of the
+//! workers; prefetch leaves two workers free for on-demand reads. Concurrent requests
+//! for the same chunk share one fetch (an in-flight table keyed by chunk digest). Nothing
+//! is returned or cached unless [`decode_chunks`] verified it. Chunks that lie wholly
+//! inside a fetched range are decoded and cached too, asked for or not.
 
 use crate::cache::ChunkCache;
 use crate::stats::Stats;
 use parking_lot::{Condvar, Mutex};
-use skiff_proto::index::{decode_chunk, Chunk, LayerIndex};
+use skiff_proto::index::{decode_chunks, Chunk, LayerIndex};
 use skiff_proto::{BlobReader, Digest};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most content decoded from one fetched range beyond the chunks asked for.
+const MAX_BONUS_BYTES: u64 = 32 << 20;
 
 /// One lower layer: its index and where its blob's bytes come from.
 #[derive(Clone)]
@@ -60,10 +70,71 @@ pub type ChunkData = Vec<Arc<Vec<u8>>>;
 /// Completion callback of [`Fetcher::submit`].
 pub type Done = Box<dyn FnOnce(Result<ChunkData, FetchError>) + Send>;
 
+/// How urgent a fetch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A read is waiting for it.
+    OnDemand,
+    /// Prefetch of a recorded profile or producer-marked files.
+    Prefetch,
+    /// Filling the cache with the rest of the image; yields to on-demand reads.
+    Background,
+}
+
+/// Knobs of the fetcher.
+#[derive(Debug, Clone)]
+pub struct FetchTuning {
+    /// Missing chunks whose blob ranges are at most this many bytes apart are read with
+    /// one request (the gap bytes are downloaded and dropped).
+    pub merge_gap: u64,
+    /// No single request grows past this many bytes by merging.
+    pub max_request: u64,
+    /// Background jobs wait until no on-demand read has been submitted (and the fetcher
+    /// has existed) for this long: start-up reads come first.
+    pub background_quiet: Duration,
+}
+
+impl Default for FetchTuning {
+    /// 64 KiB gap, 8 MiB requests, 500 ms of quiet before background work.
+    fn default() -> Self {
+        FetchTuning {
+            merge_gap: 64 << 10,
+            max_request: 8 << 20,
+            background_quiet: Duration::from_millis(500),
+        }
+    }
+}
+
 struct Job {
     layer: usize,
     chunks: Vec<Chunk>,
+    /// The first `required` chunks are the answer; the rest ride along (read-ahead).
+    required: usize,
     done: Done,
+}
+
+/// The job queues and what the workers are doing (under one lock).
+#[derive(Default)]
+struct Queues {
+    on_demand: VecDeque<Job>,
+    prefetch: VecDeque<Job>,
+    background: VecDeque<Job>,
+    running_on_demand: usize,
+    running_prefetch: usize,
+    running_background: usize,
+    running: usize,
+    closed: bool,
+    /// When the last on-demand read was queued (initially: when the fetcher started).
+    last_on_demand: Option<Instant>,
+}
+
+impl Queues {
+    fn is_idle(&self) -> bool {
+        self.running == 0
+            && self.on_demand.is_empty()
+            && self.prefetch.is_empty()
+            && self.background.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -94,12 +165,16 @@ struct Inner {
     cache: Arc<ChunkCache>,
     stats: Arc<Stats>,
     inflight: Mutex<HashMap<Digest, Arc<Slot>>>,
+    tuning: FetchTuning,
+    queues: Mutex<Queues>,
+    /// Signalled when a job is queued, finishes, or the fetcher closes.
+    changed: Condvar,
+    workers: usize,
 }
 
 /// The chunk fetcher with its worker threads (stopped when dropped).
 pub struct Fetcher {
     inner: Arc<Inner>,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
     workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -111,33 +186,43 @@ impl Fetcher {
         stats: Arc<Stats>,
         threads: usize,
     ) -> Fetcher {
+        Fetcher::with_tuning(layers, cache, stats, threads, FetchTuning::default())
+    }
+
+    /// [`Fetcher::new`] with explicit knobs.
+    pub fn with_tuning(
+        layers: Vec<Layer>,
+        cache: Arc<ChunkCache>,
+        stats: Arc<Stats>,
+        threads: usize,
+        tuning: FetchTuning,
+    ) -> Fetcher {
+        let threads = threads.max(1);
         let inner = Arc::new(Inner {
             layers,
             cache,
             stats,
             inflight: Mutex::new(HashMap::new()),
+            tuning,
+            queues: Mutex::new(Queues {
+                last_on_demand: Some(Instant::now()),
+                ..Queues::default()
+            }),
+            changed: Condvar::new(),
+            workers: threads,
         });
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
         let mut workers = Vec::new();
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
+        for i in 0..threads {
             let inner = inner.clone();
             let h = std::thread::Builder::new()
                 .name(format!("skiff-fetch-{i}"))
-                .spawn(move || loop {
-                    let job = rx.lock().recv();
-                    let Ok(job) = job else { break };
-                    let r = inner.load(job.layer, &job.chunks);
-                    (job.done)(r);
-                });
+                .spawn(move || inner.work());
             if let Ok(h) = h {
                 workers.push(h);
             }
         }
         Fetcher {
             inner,
-            tx: Mutex::new(Some(tx)),
             workers: Mutex::new(workers),
         }
     }
@@ -170,32 +255,110 @@ impl Fetcher {
         chunks.iter().all(|c| self.inner.cache.contains(&c.digest))
     }
 
-    /// Fetches `chunks` of layer `layer` on a worker thread and calls `done` there.
+    /// Fetches `chunks` of layer `layer` on a worker thread and calls `done` there
+    /// (an on-demand read).
     pub fn submit(&self, layer: usize, chunks: Vec<Chunk>, done: Done) {
-        let tx = self.tx.lock().clone();
-        let job = Job {
-            layer,
-            chunks,
-            done,
-        };
-        match tx {
-            Some(tx) => {
-                if let Err(mpsc::SendError(job)) = tx.send(job) {
-                    (job.done)(Err(FetchError::Stopped));
-                }
-            }
-            None => (job.done)(Err(FetchError::Stopped)),
+        self.submit_with(Priority::OnDemand, layer, chunks, done)
+    }
+
+    /// Queues a fetch of `chunks` of layer `layer` at `priority`; `done` runs on a
+    /// worker thread (or here, with [`FetchError::Stopped`], once shut down).
+    pub fn submit_with(&self, priority: Priority, layer: usize, chunks: Vec<Chunk>, done: Done) {
+        let required = chunks.len();
+        self.queue(
+            priority,
+            Job {
+                layer,
+                chunks,
+                required,
+                done,
+            },
+        )
+    }
+
+    /// An on-demand read of `chunks` that also fetches `extra` (read-ahead) in the same
+    /// requests where they are nearby; `done` gets only `chunks`' data, and a failure of
+    /// an extra chunk does not fail the read.
+    pub fn submit_readahead(
+        &self,
+        layer: usize,
+        mut chunks: Vec<Chunk>,
+        extra: Vec<Chunk>,
+        done: Done,
+    ) {
+        let required = chunks.len();
+        chunks.extend(extra);
+        self.queue(
+            Priority::OnDemand,
+            Job {
+                layer,
+                chunks,
+                required,
+                done,
+            },
+        )
+    }
+
+    fn queue(&self, priority: Priority, job: Job) {
+        let mut q = self.inner.queues.lock();
+        if q.closed {
+            drop(q);
+            return (job.done)(Err(FetchError::Stopped));
         }
+        match priority {
+            Priority::OnDemand => {
+                q.last_on_demand = Some(Instant::now());
+                q.on_demand.push_back(job)
+            }
+            Priority::Prefetch => q.prefetch.push_back(job),
+            Priority::Background => q.background.push_back(job),
+        }
+        drop(q);
+        self.inner.changed.notify_all();
+    }
+
+    /// Whether no job is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.inner.queues.lock().is_idle()
+    }
+
+    /// Waits until no job is queued or running, or `timeout` passed; returns whether idle.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut q = self.inner.queues.lock();
+        while !q.is_idle() {
+            if self.inner.changed.wait_until(&mut q, deadline).timed_out() {
+                return q.is_idle();
+            }
+        }
+        true
+    }
+
+    /// Drops every queued (not yet running) prefetch and background job.
+    pub fn cancel_speculative(&self) {
+        let jobs: Vec<Job> = {
+            let mut q = self.inner.queues.lock();
+            let mut v: Vec<Job> = q.prefetch.drain(..).collect();
+            v.extend(q.background.drain(..));
+            v
+        };
+        for j in jobs {
+            (j.done)(Err(FetchError::Stopped));
+        }
+        self.inner.changed.notify_all();
     }
 
     /// Fetches `chunks` on the calling thread (copy-up, prefetch).
     pub fn fetch_blocking(&self, layer: usize, chunks: &[Chunk]) -> Result<ChunkData, FetchError> {
-        self.inner.load(layer, chunks)
+        self.inner.load(layer, chunks, chunks.len())
     }
 
-    /// Stops the workers, waiting for running jobs.
+    /// Stops the workers: queued on-demand jobs still run, queued prefetch and
+    /// background jobs are dropped; waits for running jobs.
     pub fn shutdown(&self) {
-        self.tx.lock().take();
+        self.cancel_speculative();
+        self.inner.queues.lock().closed = true;
+        self.inner.changed.notify_all();
         for h in self.workers.lock().drain(..) {
             let _ = h.join();
         }
@@ -209,24 +372,99 @@ impl Drop for Fetcher {
 }
 
 impl Inner {
-    fn load(&self, layer: usize, chunks: &[Chunk]) -> Result<ChunkData, FetchError> {
+    /// A worker's loop: take the most urgent runnable job, run it, repeat until closed.
+    fn work(&self) {
+        loop {
+            let (job, priority) = {
+                let mut q = self.queues.lock();
+                let picked = loop {
+                    if let Some(j) = q.on_demand.pop_front() {
+                        q.running_on_demand += 1;
+                        break (j, Priority::OnDemand);
+                    }
+                    // Two workers stay free for on-demand reads arriving meanwhile.
+                    if q.running_prefetch < self.workers.saturating_sub(2).max(1) {
+                        if let Some(j) = q.prefetch.pop_front() {
+                            q.running_prefetch += 1;
+                            break (j, Priority::Prefetch);
+                        }
+                    }
+                    let quiet = q
+                        .last_on_demand
+                        .is_none_or(|t| t.elapsed() >= self.tuning.background_quiet);
+                    let may_background = q.running_on_demand == 0
+                        && q.prefetch.is_empty()
+                        && q.running_background < (self.workers / 2).max(1)
+                        && quiet;
+                    if may_background {
+                        if let Some(j) = q.background.pop_front() {
+                            q.running_background += 1;
+                            break (j, Priority::Background);
+                        }
+                    }
+                    if q.closed && q.on_demand.is_empty() {
+                        return;
+                    }
+                    if q.background.is_empty() || q.running_on_demand > 0 || !q.prefetch.is_empty()
+                    {
+                        self.changed.wait(&mut q);
+                    } else {
+                        // Background work is waiting for the quiet period to pass.
+                        self.changed
+                            .wait_for(&mut q, self.tuning.background_quiet / 2);
+                    }
+                };
+                q.running += 1;
+                picked
+            };
+            let r = self.load(job.layer, &job.chunks, job.required);
+            (job.done)(r);
+            let mut q = self.queues.lock();
+            q.running -= 1;
+            match priority {
+                Priority::OnDemand => q.running_on_demand -= 1,
+                Priority::Background => q.running_background -= 1,
+                Priority::Prefetch => q.running_prefetch -= 1,
+            }
+            drop(q);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Loads `chunks`; the result holds the first `required` of them, and only their
+    /// failures fail it.
+    fn load(
+        &self,
+        layer: usize,
+        chunks: &[Chunk],
+        required: usize,
+    ) -> Result<ChunkData, FetchError> {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
         let mut owned: Vec<(usize, Arc<Slot>)> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Slot>)> = Vec::new();
+        let mut missing = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
             if let Some((data, _)) = self.cache.get(&c.digest) {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 out[i] = Some(data);
-                continue;
-            }
-            let mut inflight = self.inflight.lock();
-            if let Some(slot) = inflight.get(&c.digest) {
-                waiting.push((i, slot.clone()));
             } else {
-                let slot = Arc::new(Slot::default());
-                inflight.insert(c.digest, slot.clone());
-                owned.push((i, slot));
-                self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                missing.push(i);
+            }
+        }
+        // One lock for the whole job, so two jobs over the same chunks (concurrent
+        // kernel reads of one file) do not split them between two requests.
+        {
+            let mut inflight = self.inflight.lock();
+            for i in missing {
+                let c = &chunks[i];
+                if let Some(slot) = inflight.get(&c.digest) {
+                    waiting.push((i, slot.clone()));
+                } else {
+                    let slot = Arc::new(Slot::default());
+                    inflight.insert(c.digest, slot.clone());
+                    owned.push((i, slot));
+                    self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         if !owned.is_empty() {
@@ -237,12 +475,38 @@ impl Inner {
             }
         }
         for (i, slot) in owned.into_iter().chain(waiting) {
-            out[i] = Some(slot.wait()?);
+            if i < required {
+                out[i] = Some(slot.wait()?);
+            }
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(out.into_iter().take(required).flatten().collect())
     }
 
-    /// Fetches the owned chunks, one blob read per run of adjacent (or overlapping)
+    /// Uncached chunks of layer `l`, other than `taken`, whose blob range lies inside
+    /// `[start, end)`, up to [`MAX_BONUS_BYTES`] of content.
+    fn bonus_chunks(&self, l: &Layer, start: u64, end: u64, taken: &[Chunk]) -> Vec<Chunk> {
+        let mut out: Vec<Chunk> = Vec::new();
+        let mut seen: std::collections::HashSet<Digest> = taken.iter().map(|c| c.digest).collect();
+        let mut total = 0u64;
+        let inflight = self.inflight.lock();
+        for c in &l.index.chunks {
+            let inside = c.blob_offset >= start && c.blob_offset.saturating_add(c.blob_len) <= end;
+            if !inside
+                || total.saturating_add(c.len) > MAX_BONUS_BYTES
+                || seen.contains(&c.digest)
+                || inflight.contains_key(&c.digest)
+                || self.cache.contains(&c.digest)
+            {
+                continue;
+            }
+            seen.insert(c.digest);
+            total += c.len;
+            out.push(*c);
+        }
+        out
+    }
+
+    /// Fetches the owned chunks, one blob read per run of nearby (or overlapping)
     /// blob ranges, and fills their slots.
     fn fetch_runs(&self, layer: usize, chunks: &[Chunk], owned: &[(usize, Arc<Slot>)]) {
         let Some(l) = self.layers.get(layer) else {
@@ -263,8 +527,13 @@ impl Inner {
         for item in order {
             let c = &chunks[item.0];
             let end = c.blob_offset.saturating_add(c.blob_len);
+            let gap = self.tuning.merge_gap;
+            let cap = self.tuning.max_request;
             match runs.last_mut() {
-                Some((_, run_end, members)) if c.blob_offset <= *run_end => {
+                Some((run_start, run_end, members))
+                    if c.blob_offset <= run_end.saturating_add(gap)
+                        && end.saturating_sub(*run_start) <= cap.max(*run_end - *run_start) =>
+                {
                     *run_end = (*run_end).max(end);
                     members.push(item);
                 }
@@ -294,30 +563,25 @@ impl Inner {
             self.stats
                 .blob_bytes
                 .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            for (i, slot) in members {
-                let c = &chunks[*i];
-                let from = (c.blob_offset - start) as usize;
-                let piece = from
-                    .checked_add(c.blob_len as usize)
-                    .and_then(|to| raw.get(from..to));
-                let res = match piece {
-                    None => Err(FetchError::Verify {
-                        blob: l.index.blob,
-                        chunk: c.digest,
-                        message: format!("short blob read: got {} bytes", raw.len()),
-                    }),
-                    Some(piece) => decode_chunk(&l.index, c, piece).map(Arc::new).map_err(|e| {
-                        FetchError::Verify {
-                            blob: l.index.blob,
-                            chunk: c.digest,
-                            message: e.to_string(),
-                        }
-                    }),
-                };
+            // Other chunks of the layer lying wholly inside the fetched range are
+            // decoded too (the bytes are here already): gzip spans holding many small
+            // files, gaps bridged by merging.
+            let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
+            let extras = self.bonus_chunks(l, start, end, &batch);
+            batch.extend(extras);
+            let decoded = decode_chunks(&l.index, &batch, start, &raw);
+            for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
+                let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
+                    blob: l.index.blob,
+                    chunk: c.digest,
+                    message: e.to_string(),
+                });
                 if let Ok(data) = &res {
                     self.cache.put(c.digest, data.clone());
                 }
-                slot.fill(res);
+                if let Some((_, slot)) = members.get(k) {
+                    slot.fill(res);
+                }
             }
         }
     }

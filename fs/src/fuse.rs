@@ -45,6 +45,12 @@ const ROOT_INO: u64 = 1;
 pub struct FsConfig {
     /// The upper directory (writable mount) or `None` (read-only).
     pub upper: Option<PathBuf>,
+    /// Notes every lower-file read (for a prefetch profile); while set, lower files
+    /// are never passed through, so every read is seen.
+    pub recorder: Option<Arc<crate::profile::Recorder>>,
+    /// On a sequential read that misses the cache, also fetch the file's following
+    /// chunks in the same request, up to this many bytes of blob (0: off).
+    pub readahead: u64,
 }
 
 struct Node {
@@ -90,6 +96,10 @@ pub struct SkiffFs {
     io_modes: Mutex<HashMap<u64, OpenMode>>,
     /// Materialized lower files verified during this mount.
     verified_files: Mutex<std::collections::HashSet<PathBuf>>,
+    recorder: Option<Arc<crate::profile::Recorder>>,
+    readahead: u64,
+    /// Where the last read of each lower file ended (sequential-access detection).
+    read_ends: Mutex<HashMap<LowerId, u64>>,
 }
 
 /// The I/O mode of an open inode and how many handles use it.
@@ -227,6 +237,9 @@ impl SkiffFs {
             passthrough: false,
             io_modes: Mutex::new(HashMap::new()),
             verified_files: Mutex::new(std::collections::HashSet::new()),
+            recorder: config.recorder,
+            readahead: config.readahead,
+            read_ends: Mutex::new(HashMap::new()),
         })
     }
 
@@ -738,6 +751,9 @@ impl SkiffFs {
         if !matches!(ln.entry.kind, EntryKind::Reg | EntryKind::Hardlink) || ln.entry.size == 0 {
             return None;
         }
+        if self.recorder.is_some() {
+            return None;
+        }
         let idx = self.tree.layers.get(ln.layer)?;
         let chunks = idx.chunks_of(&ln.entry);
         if chunks.is_empty() || !self.fetcher.all_on_disk(chunks) {
@@ -855,6 +871,14 @@ impl SkiffFs {
             return reply.data(&[]);
         }
         let end = fsize.min(offset.saturating_add(u64::from(size)));
+        if let (Some(rec), Some(path)) = (&self.recorder, ln.paths.first()) {
+            rec.record(path, offset, end);
+        }
+        let sequential = {
+            let mut ends = self.read_ends.lock();
+            let prev = ends.insert(id, end);
+            offset == 0 || prev == Some(offset)
+        };
         let all = idx.chunks_of(&ln.entry);
         let first = all.partition_point(|c| c.file_offset + c.len <= offset);
         let last = all.partition_point(|c| c.file_offset < end);
@@ -866,10 +890,33 @@ impl SkiffFs {
         }
         let stats = self.stats.clone();
         let layer = ln.layer;
-        let chunks2 = chunks.clone();
-        self.fetcher.submit(
+        let mut job = chunks.clone();
+        if sequential && self.readahead > 0 {
+            // Read-ahead: the file's next chunks that are nearby in the blob and not
+            // cached ride along in the same request (the reply uses only `wanted`).
+            let base = job.first().map_or(0, |c| c.blob_offset);
+            for c in all.get(last..).unwrap_or(&[]) {
+                let prev_end = job.last().map_or(0, |p| p.blob_offset + p.blob_len);
+                let within = c
+                    .blob_offset
+                    .saturating_add(c.blob_len)
+                    .saturating_sub(base)
+                    <= self.readahead;
+                if !within || c.blob_offset > prev_end.saturating_add(64 << 10) {
+                    break;
+                }
+                if self.fetcher.cache().contains(&c.digest) {
+                    break;
+                }
+                job.push(*c);
+            }
+        }
+        let extra = job.split_off(chunks.len());
+        let chunks2 = chunks;
+        self.fetcher.submit_readahead(
             layer,
-            chunks,
+            job,
+            extra,
             Box::new(move |r| match r {
                 Ok(data) => {
                     let out = Self::assemble(&chunks2, &data, offset, end);

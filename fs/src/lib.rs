@@ -18,12 +18,14 @@
 pub mod cache;
 pub mod fetcher;
 pub mod fuse;
+pub mod profile;
 pub mod stats;
 pub mod tree;
 pub mod upper;
 
 pub use cache::ChunkCache;
-pub use fetcher::{FetchError, Fetcher, Layer};
+pub use fetcher::{FetchError, FetchTuning, Fetcher, Layer, Priority};
+pub use profile::{Profile, Recorder};
 pub use stats::{Stats, StatsSnapshot};
 
 use std::path::{Path, PathBuf};
@@ -83,11 +85,24 @@ pub struct MountOptions {
     /// Fetch the files each layer's producer marked for prefetch (eStargz's
     /// `.prefetch.landmark`) in the background right after mounting.
     pub prefetch: bool,
+    /// A recorded start-up profile whose ranges are prefetched right after mounting
+    /// (before the producer-marked files).
+    pub profile: Option<Arc<Profile>>,
+    /// Records every lower-file read into this recorder (for a new profile).
+    pub record: Option<Arc<Recorder>>,
+    /// After mounting, fetch every remaining chunk of every layer at background
+    /// priority (yielding to on-demand reads), so the image soon reads from disk.
+    pub background_fetch: bool,
+    /// Request merging and background pacing.
+    pub tuning: FetchTuning,
+    /// Read-ahead on sequential reads that miss the cache, in blob bytes (0: off).
+    pub readahead: u64,
 }
 
 impl MountOptions {
-    /// Defaults: read-only, 10 GiB disk cache, 256 MiB memory cache, 4 fetch threads,
-    /// 4 FUSE threads.
+    /// Defaults: read-only, 10 GiB disk cache, 256 MiB memory cache, 8 fetch threads
+    /// (at most 8 Range requests in flight), 4 FUSE threads, producer prefetch on, no
+    /// profile, no background fetch, 1 MiB read-ahead, [`FetchTuning::default`].
     pub fn new(layers: Vec<Layer>, cache_dir: PathBuf) -> MountOptions {
         MountOptions {
             layers,
@@ -95,17 +110,23 @@ impl MountOptions {
             cache_dir,
             cache_limit: 10 << 30,
             mem_cache_limit: 256 << 20,
-            fetch_threads: 4,
+            fetch_threads: 8,
             fuse_threads: 4,
             stats_file: None,
             fs_name: "skiff".into(),
             prefetch: true,
+            profile: None,
+            record: None,
+            background_fetch: false,
+            tuning: FetchTuning::default(),
+            readahead: 1 << 20,
         }
     }
 }
 
 struct Prepared {
     fs: fuse::SkiffFs,
+    tree: Arc<tree::LowerTree>,
     fetcher: Arc<Fetcher>,
     stats: Arc<Stats>,
     cache: Arc<ChunkCache>,
@@ -113,25 +134,30 @@ struct Prepared {
 }
 
 fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
-    let tree = tree::LowerTree::build(opts.layers.iter().map(|l| l.index.clone()).collect())?;
+    let tree = Arc::new(tree::LowerTree::build(
+        opts.layers.iter().map(|l| l.index.clone()).collect(),
+    )?);
     let cache = Arc::new(ChunkCache::open(
         &opts.cache_dir,
         opts.cache_limit,
         opts.mem_cache_limit,
     )?);
     let stats = Arc::new(Stats::default());
-    let fetcher = Arc::new(Fetcher::new(
+    let fetcher = Arc::new(Fetcher::with_tuning(
         opts.layers.clone(),
         cache.clone(),
         stats.clone(),
         opts.fetch_threads,
+        opts.tuning.clone(),
     ));
     let fs = fuse::SkiffFs::new(
-        Arc::new(tree),
+        tree.clone(),
         fetcher.clone(),
         stats.clone(),
         fuse::FsConfig {
             upper: opts.upper.clone(),
+            recorder: opts.record.clone(),
+            readahead: opts.readahead,
         },
     )
     .map_err(|source| MountError::Upper {
@@ -155,6 +181,7 @@ fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
     config.n_threads = Some(opts.fuse_threads.max(1));
     Ok(Prepared {
         fs,
+        tree,
         fetcher,
         stats,
         cache,
@@ -215,30 +242,81 @@ fn spawn_stats_writer(
         .ok()
 }
 
-/// Queues the prefetch-marked files of every layer on the fetcher (in blob order, one
-/// job per file; results land in the cache).
-fn start_prefetch(opts: &MountOptions, fetcher: &Fetcher) {
-    if !opts.prefetch {
-        return;
+/// Largest blob span of one prefetch or background job: small enough that many run in
+/// parallel and an on-demand read never waits long behind one.
+const SPECULATIVE_JOB_BYTES: u64 = 1 << 20;
+
+/// Splits `chunks` (in blob order) into jobs of at most [`SPECULATIVE_JOB_BYTES`] and
+/// queues them at `priority`, skipping chunks already on disk.
+fn queue_chunks(
+    fetcher: &Fetcher,
+    priority: Priority,
+    layer: usize,
+    chunks: Vec<skiff_proto::index::Chunk>,
+) {
+    let mut job: Vec<skiff_proto::index::Chunk> = Vec::new();
+    let mut job_start = 0u64;
+    let flush = |job: &mut Vec<skiff_proto::index::Chunk>| {
+        if job.is_empty() {
+            return;
+        }
+        fetcher.submit_with(
+            priority,
+            layer,
+            std::mem::take(job),
+            Box::new(move |r| {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, ?priority, "speculative fetch failed");
+                }
+            }),
+        );
+    };
+    for c in chunks {
+        if fetcher.cache().contains(&c.digest) {
+            continue;
+        }
+        let end = c.blob_offset.saturating_add(c.blob_len);
+        // Chunks resuming at the same gzip checkpoint (same blob offset) stay in one
+        // job, so their shared range is read and inflated once.
+        let same_start = job.last().is_some_and(|l| l.blob_offset == c.blob_offset);
+        if !job.is_empty() && !same_start && end.saturating_sub(job_start) > SPECULATIVE_JOB_BYTES {
+            flush(&mut job);
+        }
+        if job.is_empty() {
+            job_start = c.blob_offset;
+        }
+        job.push(c);
     }
-    for (li, l) in opts.layers.iter().enumerate() {
-        for &ei in &l.index.prefetch {
-            let Some(e) = l.index.entries.get(ei as usize) else {
-                continue;
-            };
-            let chunks = l.index.chunks_of(e).to_vec();
-            if chunks.is_empty() || fetcher.all_on_disk(&chunks) {
-                continue;
+    flush(&mut job);
+}
+
+/// Queues, in this order: the recorded profile's ranges, the producer-marked files of
+/// every layer (eStargz landmarks), and with `background_fetch` every other chunk.
+fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher) {
+    if let Some(profile) = &opts.profile {
+        for (layer, chunks) in profile.plan(tree) {
+            queue_chunks(fetcher, Priority::Prefetch, layer, chunks);
+        }
+    }
+    if opts.prefetch {
+        for (li, l) in opts.layers.iter().enumerate() {
+            let mut chunks = Vec::new();
+            for &ei in &l.index.prefetch {
+                if let Some(e) = l.index.entries.get(ei as usize) {
+                    chunks.extend_from_slice(l.index.chunks_of(e));
+                }
             }
-            fetcher.submit(
-                li,
-                chunks,
-                Box::new(|r| {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "prefetch failed");
-                    }
-                }),
-            );
+            chunks.sort_by_key(|c| c.blob_offset);
+            chunks.dedup_by_key(|c| c.blob_offset);
+            queue_chunks(fetcher, Priority::Prefetch, li, chunks);
+        }
+    }
+    if opts.background_fetch {
+        for (li, l) in opts.layers.iter().enumerate() {
+            let mut chunks = l.index.chunks.clone();
+            chunks.sort_by_key(|c| c.blob_offset);
+            chunks.dedup_by_key(|c| c.digest);
+            queue_chunks(fetcher, Priority::Background, li, chunks);
         }
     }
 }
@@ -252,7 +330,7 @@ pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<MountHandle, Mount
             mountpoint: mountpoint.to_path_buf(),
             source,
         })?;
-    start_prefetch(&opts, &p.fetcher);
+    start_prefetch(&opts, &p.tree, &p.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
@@ -285,7 +363,7 @@ pub fn mount_foreground(
         source,
     };
     let session = fuser::Session::new(p.fs, mountpoint, &p.config).map_err(fuse_err)?;
-    start_prefetch(&opts, &p.fetcher);
+    start_prefetch(&opts, &p.tree, &p.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
@@ -320,6 +398,17 @@ impl MountHandle {
     /// The chunk cache (tests drop its memory part to force disk reads).
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
+    }
+
+    /// Waits until the fetcher has nothing queued or running (prefetch and background
+    /// fetch done), or `timeout` passed; returns whether it is idle.
+    pub fn wait_fetches_idle(&self, timeout: std::time::Duration) -> bool {
+        self.fetcher.wait_idle(timeout)
+    }
+
+    /// Whether the fetcher has nothing queued or running.
+    pub fn fetches_idle(&self) -> bool {
+        self.fetcher.is_idle()
     }
 
     /// Unmounts and waits for the session to end; returns the final counters.

@@ -52,6 +52,8 @@ enum Command {
     Stop(cmd::stop::Args),
     /// Remove containers.
     Rm(cmd::rm::Args),
+    /// Prefetch profiles: push, pull or show an image's recorded start-up reads.
+    Profile(cmd::profile::Args),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => cmd::logs::run(&cli.global, a),
         Command::Stop(a) => cmd::stop::run(&cli.global, a),
         Command::Rm(a) => cmd::rm::run(&cli.global, a),
+        Command::Profile(a) => cmd::profile::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -24,6 +24,10 @@ pub struct LazyImage {
     pub layers: Vec<Layer>,
     /// The registry client every layer reads through (its stats count all traffic).
     pub client: Arc<Client>,
+    /// The image's prefetch profile: the local one, else a lookup of a published one
+    /// started as soon as the manifest was known (it runs while the layers resolve).
+    /// Only filled by [`resolve_for_run`].
+    pub profile: ProfileLookup,
     /// Kept alive for the blob readers; dropped last.
     _runtime: tokio::runtime::Runtime,
 }
@@ -39,8 +43,48 @@ pub fn resolve(
     image: &str,
     progress: bool,
 ) -> anyhow::Result<LazyImage> {
+    resolve_inner(global, registry, image, progress, false)
+}
+
+/// Where an image's prefetch profile comes from.
+pub enum ProfileLookup {
+    /// Not asked for.
+    None,
+    /// Found in the local store.
+    Local(skiff_fs::Profile),
+    /// Being looked up in the registry.
+    Remote(tokio::task::JoinHandle<anyhow::Result<Option<skiff_fs::Profile>>>),
+}
+
+/// [`resolve`], plus the image's prefetch profile ([`LazyImage::profile`]).
+pub fn resolve_for_run(
+    global: &Global,
+    registry: &RegistryArgs,
+    image: &str,
+    progress: bool,
+) -> anyhow::Result<LazyImage> {
+    resolve_inner(global, registry, image, progress, true)
+}
+
+fn resolve_inner(
+    global: &Global,
+    registry: &RegistryArgs,
+    image: &str,
+    progress: bool,
+    want_profile: bool,
+) -> anyhow::Result<LazyImage> {
     let rt = runtime()?;
     let (client, resolved) = resolve_image(global, registry, &rt, image)?;
+    let profile = if !want_profile {
+        ProfileLookup::None
+    } else if let Some(p) = super::profile::load_local(&global.root, &resolved.manifest_digest) {
+        ProfileLookup::Local(p)
+    } else {
+        let (c, i) = (client.clone(), resolved.clone());
+        ProfileLookup::Remote(
+            rt.spawn(async move { super::profile::fetch_published(&c, &i).await }),
+        )
+    };
     let store = open_root_index_store(&global.root)
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
     let bars = MultiProgress::new();
@@ -75,6 +119,7 @@ pub fn resolve(
         image: resolved,
         layers,
         client,
+        profile,
         _runtime: rt,
     })
 }
@@ -122,6 +167,11 @@ fn resolve_image(
 }
 
 impl LazyImage {
+    /// Runs `f` to completion on this image's async runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self._runtime.block_on(f)
+    }
+
     /// Mount options for this image's layers with the chunk cache under the skiff root.
     pub fn mount_options(&self, global: &Global) -> MountOptions {
         let mut opts = MountOptions::new(self.layers.clone(), global.root.join("cache"));

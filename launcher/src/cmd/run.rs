@@ -81,6 +81,28 @@ pub struct Args {
     /// Run in the background and print the container id (see `skiff logs`).
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Record which files the container reads while starting (see --record-seconds)
+    /// as the image's prefetch profile, replacing any local one. Without this flag a
+    /// profile is recorded only when the image has none (locally or in its registry).
+    #[arg(long)]
+    pub record_profile: bool,
+    /// How long a recording lasts (it also ends when the container exits).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub record_seconds: u64,
+    /// Do not prefetch: neither the image's profile nor producer-marked files.
+    #[arg(long)]
+    pub no_prefetch: bool,
+    /// After start-up, fetch the rest of the image at low priority (pausing while
+    /// reads wait), so the container soon runs from local disk.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub background_fetch: bool,
     /// Registry options (for IMAGE).
     #[command(flatten)]
     pub registry: super::registry_args::RegistryArgs,
@@ -238,7 +260,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
-    let lazy = super::lazy::resolve(global, &args.registry, image, global.verbose > 0)?;
+    let mut lazy = super::lazy::resolve_for_run(global, &args.registry, image, global.verbose > 0)?;
     let state_dir = state::containers_dir(&global.root).join(&id);
     let mountpoint = state_dir.join("rootfs");
     let upper = (!args.read_only).then(|| state_dir.join("upper"));
@@ -257,6 +279,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     record.save(&global.root)?;
     let mut mount_opts = lazy.mount_options(global);
     mount_opts.upper = upper;
+    let recording = plan_prefetch(global, &args, &mut lazy, &mut mount_opts);
     let handle = match skiff_fs::mount(mount_opts, &mountpoint) {
         Ok(h) => h,
         Err(e) => {
@@ -265,6 +288,9 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         }
     };
     let code = supervise(global, &spec, &mountpoint, &mut record);
+    if let Some((recorder, replace)) = recording {
+        save_recording(global, &lazy, &recorder, replace);
+    }
     match handle.unmount() {
         Ok(stats) => tracing::info!("{stats}"),
         Err(e) => eprintln!("skiff: {e}"),
@@ -279,6 +305,80 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
     Ok(code)
+}
+
+/// Sets the prefetch profile, recording and background fetch of a `run` mount. Returns
+/// the recorder (and whether its profile replaces an existing one) when this run
+/// records: with `--record-profile`, or when the image has no profile at all.
+fn plan_prefetch(
+    global: &Global,
+    args: &Args,
+    lazy: &mut super::lazy::LazyImage,
+    opts: &mut skiff_fs::MountOptions,
+) -> Option<(std::sync::Arc<skiff_fs::Recorder>, bool)> {
+    use super::lazy::ProfileLookup;
+    use super::profile;
+    let digest = lazy.image.manifest_digest;
+    opts.background_fetch = args.background_fetch;
+    opts.prefetch = !args.no_prefetch;
+    let lookup = std::mem::replace(&mut lazy.profile, ProfileLookup::None);
+    let known = match lookup {
+        ProfileLookup::None => None,
+        ProfileLookup::Local(p) => Some(p),
+        ProfileLookup::Remote(task) => match lazy.block_on(task) {
+            Ok(Ok(Some(p))) => {
+                if let Err(e) = profile::save_local(&global.root, &digest, &p) {
+                    tracing::warn!("keeping the published profile: {e:#}");
+                }
+                Some(p)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!("looking up a published profile: {e:#}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("looking up a published profile: {e}");
+                None
+            }
+        },
+    };
+    let have_profile = known.is_some();
+    if !args.no_prefetch {
+        if let Some(p) = known {
+            tracing::info!(files = p.files.len(), "prefetching the recorded profile");
+            opts.profile = Some(std::sync::Arc::new(p));
+        }
+    }
+    if args.record_profile || (!have_profile && !args.no_prefetch) {
+        let rec = std::sync::Arc::new(skiff_fs::Recorder::new(Some(
+            std::time::Duration::from_secs(args.record_seconds),
+        )));
+        opts.record = Some(rec.clone());
+        return Some((rec, args.record_profile));
+    }
+    None
+}
+
+/// Stores what `recorder` saw as the image's local profile (unless it is empty, or one
+/// already exists and `replace` is off).
+fn save_recording(
+    global: &Global,
+    lazy: &super::lazy::LazyImage,
+    recorder: &skiff_fs::Recorder,
+    replace: bool,
+) {
+    use super::profile;
+    recorder.stop();
+    let p = recorder.profile();
+    let digest = lazy.image.manifest_digest;
+    if p.files.is_empty() || (!replace && profile::local_path(&global.root, &digest).exists()) {
+        return;
+    }
+    match profile::save_local(&global.root, &digest, &p) {
+        Ok(()) => tracing::info!(files = p.files.len(), "recorded the prefetch profile"),
+        Err(e) => eprintln!("skiff: saving the prefetch profile: {e:#}"),
+    }
 }
 
 /// `skiff run -d IMAGE`: re-executes this command without `-d` as a monitor in a new

@@ -6,7 +6,10 @@
 //! zlib at every deflate block boundary (`Z_BLOCK`) and, every `span` bytes of output,
 //! records a [`Checkpoint`]: the compressed offset, the bit offset and the window of
 //! the 32 KiB of output before it. Chunks are cut at checkpoints, so each chunk lies
-//! within one span and its `blob_len` runs to the next checkpoint.
+//! within one span. It also notes, after every inflate step, how much input had been
+//! consumed for how much output ([`Progress`]), so a chunk's `blob_len` ends where its
+//! last byte had been produced (plus a small margin) rather than at the next
+//! checkpoint: a tiny file costs a few KiB of compressed bytes, not a whole span.
 
 use super::checkpoint::{Inflater, AUTO_HEADER, WINDOW_SIZE};
 use super::model::{Checkpoint, Chunk, ChunkEncoding, IndexError, LayerFormat, LayerIndex};
@@ -36,8 +39,10 @@ pub fn index_tar_gzip(
         reason,
     };
     let checkpoints = Rc::new(RefCell::new(Vec::<Checkpoint>::new()));
-    let inflater = IndexingInflater::new(blob.stream()?, opts.span, checkpoints.clone(), opts)
+    let progress: Progress = Rc::new(RefCell::new(Vec::new()));
+    let mut inflater = IndexingInflater::new(blob.stream()?, opts.span, checkpoints.clone(), opts)
         .map_err(malformed)?;
+    inflater.progress = Some(progress.clone());
     let split = |a: u64, b: u64| {
         let cps = checkpoints.borrow();
         let i = cps.partition_point(|c| c.stream_offset <= a);
@@ -48,6 +53,7 @@ pub fn index_tar_gzip(
         .map(RefCell::into_inner)
         .unwrap_or_else(|rc| rc.borrow().clone());
     let chunks = map_to_checkpoints(walk.chunks, &checkpoints, blob.size()).map_err(malformed)?;
+    let chunks = bound_by_progress(chunks, &checkpoints, &progress.borrow());
     Ok(LayerIndex {
         blob: digest,
         blob_size: blob.size(),
@@ -104,6 +110,49 @@ pub(crate) fn map_to_checkpoints(
         .collect()
 }
 
+/// `(stream offset reached, blob offset consumed)` after each inflate step, in order.
+pub(crate) type Progress = Rc<RefCell<Vec<(u64, u64)>>>;
+
+/// Compressed bytes fetched past the point where a chunk's last byte was produced:
+/// covers a gzip member trailer and header, should the chunk end at a member's end.
+const END_MARGIN: u64 = 64;
+
+/// Shortens each checkpoint chunk's blob range to end where inflating had produced
+/// its last byte (the first progress point at or past its end), plus [`END_MARGIN`].
+/// Inflate never consumes input it does not need for the output it has produced so
+/// far or holds pending, so those bytes suffice.
+fn bound_by_progress(
+    mut chunks: Vec<Chunk>,
+    checkpoints: &[Checkpoint],
+    progress: &[(u64, u64)],
+) -> Vec<Chunk> {
+    for c in &mut chunks {
+        let ChunkEncoding::Checkpoint { checkpoint, skip } = c.encoding else {
+            continue;
+        };
+        let Some(cp) = checkpoints.get(checkpoint as usize) else {
+            continue;
+        };
+        let Some(end) = cp
+            .stream_offset
+            .checked_add(skip)
+            .and_then(|s| s.checked_add(c.len))
+        else {
+            continue;
+        };
+        let i = progress.partition_point(|&(out, _)| out < end);
+        let Some(&(_, consumed)) = progress.get(i) else {
+            continue;
+        };
+        let bound = consumed.saturating_add(END_MARGIN);
+        let current_end = c.blob_offset.saturating_add(c.blob_len);
+        if bound < current_end && bound > c.blob_offset {
+            c.blob_len = bound - c.blob_offset;
+        }
+    }
+    chunks
+}
+
 #[derive(PartialEq)]
 enum State {
     /// Inside a gzip member.
@@ -138,6 +187,8 @@ pub(crate) struct IndexingInflater<'a, R> {
     checkpoints: Rc<RefCell<Vec<Checkpoint>>>,
     state: State,
     opts: &'a IndexOptions<'a>,
+    /// Where to note input consumed per output produced, if anywhere.
+    pub(crate) progress: Option<Progress>,
 }
 
 impl<'a, R: Read> IndexingInflater<'a, R> {
@@ -165,6 +216,7 @@ impl<'a, R: Read> IndexingInflater<'a, R> {
             checkpoints,
             state: State::Member,
             opts,
+            progress: None,
         })
     }
 
@@ -249,6 +301,11 @@ impl<'a, R: Read> IndexingInflater<'a, R> {
                     self.out_end += step.produced;
                     self.out_total += step.produced as u64;
                     self.member_out += step.produced as u64;
+                    if step.produced > 0 {
+                        if let Some(p) = &self.progress {
+                            p.borrow_mut().push((self.out_total, self.in_offset));
+                        }
+                    }
                     if step.stream_end {
                         self.state = State::Between;
                     } else {
@@ -329,7 +386,7 @@ mod tests {
     use super::*;
     use crate::blob::FileBlob;
     use crate::digest::Digest;
-    use crate::index::decode::decode_chunk;
+    use crate::index::decode::{decode_chunk, decode_chunks};
     use crate::index::model::EntryKind;
     use std::io::Write;
 
@@ -430,6 +487,68 @@ mod tests {
     #[test]
     fn handles_multi_member_gzip() {
         check(5, 100 << 10);
+    }
+
+    /// `decode_chunks` over the whole blob gives every chunk, verified, and a chunk with
+    /// a wrong digest fails alone.
+    #[test]
+    fn decode_chunks_matches_one_by_one_decoding() {
+        let (tar, _) = sample_tar();
+        let gz = gzip(&tar, 2);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&gz).unwrap();
+        let blob = FileBlob::open(Digest::of(&gz), f.path()).unwrap();
+        let opts = IndexOptions {
+            span: 256 << 10,
+            ..Default::default()
+        };
+        let idx = index_tar_gzip(&blob, &opts).unwrap();
+        let mut chunks = idx.chunks.clone();
+        assert!(chunks.len() > 4);
+        chunks[1].digest = Digest::of(b"not this");
+        let all = decode_chunks(&idx, &chunks, 0, &gz);
+        for (i, (c, r)) in chunks.iter().zip(&all).enumerate() {
+            if i == 1 {
+                assert!(r.is_err());
+                continue;
+            }
+            let one = decode_chunk(
+                &idx,
+                c,
+                &gz[c.blob_offset as usize..][..c.blob_len as usize],
+            );
+            assert_eq!(r.as_ref().unwrap(), &one.unwrap(), "chunk {i}");
+        }
+        // A range that does not hold a chunk: an error for it, not a panic.
+        let r = decode_chunks(&idx, &chunks[2..3], chunks[2].blob_offset + 1, &gz[..10]);
+        assert!(r[0].is_err());
+    }
+
+    /// A small file right after a checkpoint fetches a few KiB of compressed bytes, not
+    /// the whole span up to the next checkpoint.
+    #[test]
+    fn small_files_fetch_little_of_their_span() {
+        let (tar, files) = sample_tar();
+        let gz = gzip(&tar, 1);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&gz).unwrap();
+        let blob = FileBlob::open(Digest::of(&gz), f.path()).unwrap();
+        let idx = index_tar_gzip(&blob, &IndexOptions::default()).unwrap();
+        let (name, data) = &files[2]; // 502 bytes, early in the first 4 MiB span
+        let e = idx.entries.iter().find(|e| &e.path == name).unwrap();
+        let c = &idx.chunks_of(e)[0];
+        let span_end = idx
+            .checkpoints
+            .get(1)
+            .map_or(blob.size(), |cp| cp.blob_offset);
+        assert!(
+            c.blob_offset + c.blob_len < span_end / 4,
+            "{}+{} of a span ending at {span_end}",
+            c.blob_offset,
+            c.blob_len
+        );
+        let raw = blob.read_at(c.blob_offset, c.blob_len).unwrap();
+        assert_eq!(&decode_chunk(&idx, c, &raw).unwrap(), data);
     }
 
     #[test]

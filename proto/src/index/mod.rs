@@ -38,7 +38,7 @@ pub mod toc;
 pub mod zstd;
 pub mod zstd_chunked;
 
-pub use decode::decode_chunk;
+pub use decode::{decode_chunk, decode_chunks};
 pub use model::{
     clean_path, Checkpoint, Chunk, ChunkEncoding, Entry, EntryKind, IndexError, LayerFormat,
     LayerIndex,
