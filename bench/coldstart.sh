@@ -298,10 +298,21 @@ for n in $(seq "$RUNS"); do
         has_tool stargz && command -v containerd-stargz-grpc >/dev/null &&
             run_one "$img" stargz "$n" env SGZ_DIR="$WORK/sgz" bash "$PEERS/stargz-run.sh" "$ref:esgz" "${CMD[@]}"
         if has_tool skiff && [ "$SKIFF_ROWS" = 1 ]; then
+            # Without a profile: --no-prefetch, so a profile published below is not used.
             for fmt in gzip esgz zstd; do
                 rm -rf "$WORK/skiff-cold"
-                run_one "$img" "skiff-$fmt" "$n" "$SKIFF" --root "$WORK/skiff-cold" run --rm "$ref:$fmt" "${CMD[@]}"
+                run_one "$img" "skiff-$fmt" "$n" "$SKIFF" --root "$WORK/skiff-cold" run --rm --no-prefetch "$ref:$fmt" "${CMD[@]}"
             done
+            # With a profile: recorded once (unmeasured) and published beside the image;
+            # a cold run from an empty root finds it in the registry and prefetches it.
+            if [ ! -f "$WORK/profile-pushed-$img" ]; then
+                rm -rf "$WORK/skiff-rec-$img"
+                "$SKIFF" --root "$WORK/skiff-rec-$img" run --rm --record-profile "$ref:esgz" "${CMD[@]}" >/dev/null 2>&1 </dev/null &&
+                    "$SKIFF" --root "$WORK/skiff-rec-$img" profile push "$ref:esgz" >/dev/null 2>&1 </dev/null &&
+                    touch "$WORK/profile-pushed-$img"
+            fi
+            rm -rf "$WORK/skiff-cold"
+            run_one "$img" skiff-profile "$n" "$SKIFF" --root "$WORK/skiff-cold" run --rm "$ref:esgz" "${CMD[@]}"
             rm -rf "$WORK/skiff-cold"
             # warm: same root as a previous run of the same image (run once unmeasured)
             [ -d "$WORK/skiff-warm-$img" ] ||
