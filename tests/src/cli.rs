@@ -64,3 +64,13 @@ impl Skiff {
         self.command().args(args).output().expect("running skiff")
     }
 }
+
+/// A command's status, stdout and stderr, for assertion messages.
+pub fn describe(o: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

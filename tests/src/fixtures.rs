@@ -321,3 +321,34 @@ pub fn write_oci_layout(dir: &std::path::Path, tag: &str, image: &BuiltImage) {
         .insert("org.opencontainers.image.ref.name".into(), tag.into());
     std::fs::write(dir.join("index.json"), Index::oci(vec![d]).to_bytes()).expect("index.json");
 }
+
+/// A small runnable image: layer 1 holds the host's static busybox with a few applets and
+/// passwd/group (root, alice); layer 2 a big incompressible file of `big` bytes (which
+/// start-up commands never read), `/etc/motd` and a whiteout of `/bin/ls`.
+pub fn busybox_layers(big: usize) -> Vec<Layer> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
+    let mut base = vec![
+        Entry::dir("bin", 0o755),
+        Entry::dir("etc", 0o755),
+        Entry::dir("tmp", 0o1777),
+        Entry::file("bin/busybox", &busybox, 0o755),
+        Entry::file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+            0o644,
+        ),
+        Entry::file("etc/group", b"root:x:0:\nalice:x:1000:\n", 0o644),
+    ];
+    for applet in [
+        "sh", "cat", "echo", "ls", "id", "rm", "stat", "true", "sleep",
+    ] {
+        base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
+    }
+    let top = vec![
+        Entry::dir("data", 0o755),
+        Entry::file("etc/motd", b"hello from layer two\n", 0o644),
+        Entry::file("data/big", &pseudo_random(7, big), 0o600),
+        Entry::file("bin/.wh.ls", b"", 0o644),
+    ];
+    vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
+}

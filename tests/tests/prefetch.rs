@@ -8,46 +8,13 @@ use skiff_proto::index::resolve::{resolve_layers, ResolveOptions};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::index::LayerIndex;
 use skiff_proto::reference::Reference;
-use skiff_tests::cli::Skiff;
+use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::{self, build_image, push_built, BuiltImage, Entry, Layer};
 use skiff_tests::proxy::{FaultProxy, Recorded};
 use skiff_tests::registry::Registry;
 use std::path::Path;
-use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// The busybox image of `run_image.rs`: busybox + passwd/group below, a small file and
-/// a big never-read file above.
-fn busybox_layers(big: usize) -> Vec<Layer> {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut base = vec![
-        Entry::dir("bin", 0o755),
-        Entry::dir("etc", 0o755),
-        Entry::dir("tmp", 0o1777),
-        Entry::file("bin/busybox", &busybox, 0o755),
-        Entry::file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
-        Entry::file("etc/group", b"root:x:0:\n", 0o644),
-    ];
-    for applet in ["sh", "cat", "echo", "ls", "true"] {
-        base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
-    }
-    let top = vec![
-        Entry::dir("data", 0o755),
-        Entry::file("etc/motd", b"hello from layer two\n", 0o644),
-        Entry::file("data/big", &fixtures::pseudo_random(7, big), 0o600),
-    ];
-    vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -79,7 +46,7 @@ fn push_indexed(
         "-q",
         &reg.reference(&format!("{repo}:latest")),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     image
 }
 
@@ -219,7 +186,7 @@ fn profile_files(root: &Path) -> Vec<std::path::PathBuf> {
 fn recorded_profile_round_trips_through_the_registry() {
     let rt = runtime();
     let reg = Registry::start();
-    push_indexed(&rt, &reg, "prof/rt", busybox_layers(1 << 20));
+    push_indexed(&rt, &reg, "prof/rt", fixtures::busybox_layers(1 << 20));
     let image = reg.reference("prof/rt:latest");
 
     let a = tempfile::tempdir().unwrap();
@@ -232,12 +199,12 @@ fn recorded_profile_round_trips_through_the_registry() {
         "cat",
         "/etc/motd",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello from layer two\n"
     );
-    assert!(out.stderr.is_empty(), "run is silent: {}", text(&out));
+    assert!(out.stderr.is_empty(), "run is silent: {}", describe(&out));
     let recorded = profile_files(a.path());
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     let bytes = std::fs::read(&recorded[0]).unwrap();
@@ -254,11 +221,11 @@ fn recorded_profile_round_trips_through_the_registry() {
     assert_eq!(motd.ranges, vec![[0, 21]]);
 
     let out = skiff_a.run(&["profile", "push", &image]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 
     let b = tempfile::tempdir().unwrap();
     let out = Skiff::new(b.path()).run(&["profile", "pull", &image]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let pulled = profile_files(b.path());
     assert_eq!(pulled.len(), 1);
     assert_eq!(pulled[0].file_name(), recorded[0].file_name());
@@ -267,7 +234,7 @@ fn recorded_profile_round_trips_through_the_registry() {
     // A first run elsewhere finds the published profile by itself.
     let c = tempfile::tempdir().unwrap();
     let out = Skiff::new(c.path()).run(&["run", "--rm", &image, "true"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let found = profile_files(c.path());
     assert_eq!(found.len(), 1);
     assert_eq!(std::fs::read(&found[0]).unwrap(), bytes);
@@ -283,7 +250,7 @@ fn recorded_profile_round_trips_through_the_registry() {
 fn prefetch_fetches_exactly_the_recorded_ranges() {
     let rt = runtime();
     let reg = Registry::start();
-    push_indexed(&rt, &reg, "prof/exact", busybox_layers(4 << 20));
+    push_indexed(&rt, &reg, "prof/exact", fixtures::busybox_layers(4 << 20));
     let image = reg.reference("prof/exact:latest");
     let rec_root = tempfile::tempdir().unwrap();
     let out = Skiff::new(rec_root.path()).run(&[
@@ -295,7 +262,7 @@ fn prefetch_fetches_exactly_the_recorded_ranges() {
         "-c",
         "cat /etc/motd /etc/passwd",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let recorded = profile_files(rec_root.path());
     let profile = Profile::from_json(&std::fs::read(&recorded[0]).unwrap()).unwrap();
 
@@ -346,7 +313,7 @@ fn prefetch_fetches_exactly_the_recorded_ranges() {
 fn background_fetch_completes_the_layers_then_reads_are_local() {
     let rt = runtime();
     let reg = Registry::start();
-    push_indexed(&rt, &reg, "prof/bg", busybox_layers(6 << 20));
+    push_indexed(&rt, &reg, "prof/bg", fixtures::busybox_layers(6 << 20));
     let proxy = FaultProxy::start(reg.addr());
     let store = tempfile::tempdir().unwrap();
     let layers = lazy_layers(&rt, &proxy.host(), "prof/bg", store.path());
@@ -517,7 +484,7 @@ fn layer_bytes(proxy: &FaultProxy, built: &BuiltImage) -> (u64, usize) {
 fn cold_run_bytes_with_and_without_a_profile() {
     let rt = runtime();
     let reg = Registry::start();
-    let built = push_indexed(&rt, &reg, "prof/cold", busybox_layers(24 << 20));
+    let built = push_indexed(&rt, &reg, "prof/cold", fixtures::busybox_layers(24 << 20));
     let image_size: u64 = built.layers.iter().map(|l| l.blob.len() as u64).sum();
     let proxy = FaultProxy::start(reg.addr());
     let image = format!("{}/prof/cold:latest", proxy.host());
@@ -532,8 +499,8 @@ fn cold_run_bytes_with_and_without_a_profile() {
         "cat",
         "/etc/motd",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(out.stderr.is_empty(), "run is silent: {}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(out.stderr.is_empty(), "run is silent: {}", describe(&out));
     let (without, n_without) = layer_bytes(&proxy, &built);
     let recorded = profile_files(a.path());
     assert_eq!(recorded.len(), 1, "the first run recorded a profile");
@@ -557,7 +524,7 @@ fn cold_run_bytes_with_and_without_a_profile() {
         "cat",
         "/etc/motd",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello from layer two\n"

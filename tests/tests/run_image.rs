@@ -1,55 +1,15 @@
 //! `skiff run IMAGE` and `skiff mount IMAGE` end to end: a real registry, the lazy FUSE
 //! view, a real container on it.
 
-use skiff_tests::cli::Skiff;
-use skiff_tests::fixtures::{self, build_image, push_built, Entry, Layer};
+use skiff_tests::cli::{describe, Skiff};
+use skiff_tests::fixtures::{self, build_image, push_built};
 use skiff_tests::proxy::FaultProxy;
 use skiff_tests::registry::Registry;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::process::Output;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Layer 1: busybox with its applets, passwd/group. Layer 2: a big incompressible file
-/// (never read by the commands below), a small file, and a whiteout of `/bin/ls`.
-fn busybox_layers(big: usize) -> Vec<Layer> {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut base = vec![
-        Entry::dir("bin", 0o755),
-        Entry::dir("etc", 0o755),
-        Entry::dir("tmp", 0o1777),
-        Entry::file("bin/busybox", &busybox, 0o755),
-        Entry::file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
-            0o644,
-        ),
-        Entry::file("etc/group", b"root:x:0:\nalice:x:1000:\n", 0o644),
-    ];
-    for applet in [
-        "sh", "cat", "echo", "ls", "id", "rm", "stat", "true", "sleep",
-    ] {
-        base.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
-    }
-    let top = vec![
-        Entry::dir("data", 0o755),
-        Entry::file("etc/motd", b"hello from layer two\n", 0o644),
-        Entry::file("data/big", &fixtures::pseudo_random(7, big), 0o600),
-        Entry::file("bin/.wh.ls", b"", 0o644),
-    ];
-    vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
-}
 
 async fn push_busybox(host: &str, repo: &str, big: usize) -> fixtures::BuiltImage {
     let image = build_image(
-        busybox_layers(big),
+        fixtures::busybox_layers(big),
         &skiff_proto::image::Platform::host(),
         &["/bin/sh"],
     );
@@ -75,7 +35,7 @@ async fn run_image_gives_output_exit_codes_and_the_merged_view() {
     let image = reg.reference("run/busybox:latest");
 
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello from layer two\n"
@@ -90,34 +50,34 @@ async fn run_image_gives_output_exit_codes_and_the_merged_view() {
         "-c",
         "test -e /bin/ls; echo $?; exit 3",
     ]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
 
     // A user from the image's own /etc/passwd.
     let out = skiff.run(&["run", "--rm", "-u", "alice", &image, "id"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("uid=1000(alice) gid=1000(alice)"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // Missing command: docker's 127 and message.
     let out = skiff.run(&["run", "--rm", &image, "no-such-program"]);
-    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(127), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("executable file not found"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 
     // Unknown image: a clear error, nothing left behind.
     let out = skiff.run(&["run", "--rm", &reg.reference("run/nothing:latest"), "true"]);
-    assert_eq!(out.status.code(), Some(125), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("manifest unknown"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert!(no_fuse_mounts_under(root.path()));
     let containers = root.path().join("containers");
@@ -139,7 +99,7 @@ async fn writes_go_to_a_kept_upper_in_overlayfs_format() {
         "run", "--name", "writer", &image, "sh", "-c",
         "echo changed > /etc/motd && rm /etc/group && mkdir /new && echo n > /new/file && cat /etc/motd",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "changed\n");
 
     // The container is listed, and its upper holds the changes the overlayfs way.
@@ -147,7 +107,7 @@ async fn writes_go_to_a_kept_upper_in_overlayfs_format() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("writer"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     let containers: Vec<_> = std::fs::read_dir(root.path().join("containers"))
         .unwrap()
@@ -172,14 +132,14 @@ async fn writes_go_to_a_kept_upper_in_overlayfs_format() {
 
     // The image itself is untouched for the next container.
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd", "/etc/group"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello from layer two\nroot:x:0:\nalice:x:1000:\n"
     );
 
     let out = skiff.run(&["rm", "writer"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(!containers[0].path().exists());
 }
 
@@ -198,14 +158,14 @@ async fn cold_run_fetches_only_what_it_reads() {
         "-q",
         &reg.reference("run/lazy:latest"),
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 
     let proxy = FaultProxy::start(reg.addr());
     let image = format!("{}/run/lazy:latest", proxy.host());
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello from layer two\n"
@@ -244,7 +204,7 @@ async fn cold_run_fetches_only_what_it_reads() {
     // still resolved: manifest and config).
     proxy.clear_requests();
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let layer_reads: Vec<_> = proxy
         .requests()
         .into_iter()
@@ -273,9 +233,9 @@ async fn detached_run_and_cleanup_after_sigkill() {
         "-c",
         "echo started; exec sleep 300",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(id.len(), 64, "{}", text(&out));
+    assert_eq!(id.len(), 64, "{}", describe(&out));
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(root.path().join("containers").join(&id).join("state.json")).unwrap(),
     )
@@ -292,7 +252,7 @@ async fn detached_run_and_cleanup_after_sigkill() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("bg"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     for _ in 0..100 {
         let out = skiff.run(&["logs", "bg"]);
@@ -311,17 +271,17 @@ async fn detached_run_and_cleanup_after_sigkill() {
     assert!(killed.success());
     std::thread::sleep(std::time::Duration::from_millis(200));
     let out = skiff.run(&["ps", "-a"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("bg"),
         "{}",
-        text(&out)
+        describe(&out)
     );
     assert!(
         no_fuse_mounts_under(root.path()),
         "the stale mount was not cleaned"
     );
     let out = skiff.run(&["rm", "bg"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(!root.path().join("containers").join(&id).exists());
 }
