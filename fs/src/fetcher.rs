@@ -95,12 +95,14 @@ pub struct FetchTuning {
 }
 
 impl Default for FetchTuning {
-    /// 64 KiB gap, 8 MiB requests, 500 ms of quiet before background work.
+    /// 64 KiB gap, 8 MiB requests, 3 s of quiet before background work. With 500 ms,
+    /// background jobs started in the pauses of a cold python start-up and took the link
+    /// from it (bench/coldstart.sh, 100 Mbit/s: plain gzip 3.5 s → 10.2 s).
     fn default() -> Self {
         FetchTuning {
             merge_gap: 64 << 10,
             max_request: 8 << 20,
-            background_quiet: Duration::from_millis(500),
+            background_quiet: Duration::from_secs(3),
         }
     }
 }
