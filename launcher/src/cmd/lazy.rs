@@ -40,10 +40,11 @@ pub struct LazyImage {
 pub fn resolve(
     global: &Global,
     registry: &RegistryArgs,
+    pull: PullPolicy,
     image: &str,
     progress: bool,
 ) -> anyhow::Result<LazyImage> {
-    resolve_inner(global, registry, image, progress, false)
+    resolve_inner(global, registry, pull, image, progress, false)
 }
 
 /// Where an image's prefetch profile comes from.
@@ -60,21 +61,23 @@ pub enum ProfileLookup {
 pub fn resolve_for_run(
     global: &Global,
     registry: &RegistryArgs,
+    pull: PullPolicy,
     image: &str,
     progress: bool,
 ) -> anyhow::Result<LazyImage> {
-    resolve_inner(global, registry, image, progress, true)
+    resolve_inner(global, registry, pull, image, progress, true)
 }
 
 fn resolve_inner(
     global: &Global,
     registry: &RegistryArgs,
+    pull: PullPolicy,
     image: &str,
     progress: bool,
     want_profile: bool,
 ) -> anyhow::Result<LazyImage> {
     let rt = runtime()?;
-    let (client, resolved) = resolve_image(global, registry, &rt, image)?;
+    let (client, resolved) = resolve_image(global, registry, pull, &rt, image)?;
     let profile = if !want_profile {
         ProfileLookup::None
     } else if let Some(p) = super::profile::load_local(&global.root, &resolved.manifest_digest) {
@@ -143,17 +146,18 @@ pub enum PullPolicy {
 fn resolve_image(
     global: &Global,
     registry: &RegistryArgs,
+    pull: PullPolicy,
     rt: &tokio::runtime::Runtime,
     image: &str,
 ) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
     let reference = Reference::parse(image)?;
-    if registry.pull != PullPolicy::Always {
+    if pull != PullPolicy::Always {
         match super::inspect::load_local(global, &reference) {
             Ok(resolved) => {
                 let client = Arc::new(registry.client_for(&reference)?);
                 return Ok((client, resolved));
             }
-            Err(e) if registry.pull == PullPolicy::Never => {
+            Err(e) if pull == PullPolicy::Never => {
                 return Err(e.context("--pull never"));
             }
             Err(e) => tracing::debug!("{reference} not usable from the local store: {e:#}"),

@@ -38,6 +38,10 @@ pub struct Args {
     /// Detach: mount in the background and return once mounted.
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// When to ask the registry for the image's manifest: "missing" uses the image as
+    /// last resolved if the local store knows it, as docker does.
+    #[arg(long, value_enum, default_value_t)]
+    pub pull: super::lazy::PullPolicy,
     /// Registry options (for IMAGE).
     #[command(flatten)]
     pub registry: super::registry_args::RegistryArgs,
@@ -181,7 +185,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         let Some(image) = &image else {
             bail!("nothing to mount: give IMAGE, --layer FILE or --oci-layout DIR:TAG");
         };
-        let resolved = super::lazy::resolve(global, &args.registry, image, true)?;
+        let resolved = super::lazy::resolve(global, &args.registry, args.pull, image, true)?;
         layers = resolved.layers.clone();
         lazy = Some(resolved);
     }

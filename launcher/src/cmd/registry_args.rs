@@ -25,10 +25,6 @@ pub struct RegistryArgs {
     /// Read the registry password from standard input.
     #[arg(long, requires = "username")]
     pub password_stdin: bool,
-    /// When to ask the registry for the image's manifest (run and mount): "missing" uses
-    /// the image as last resolved if the local store knows it, as docker does.
-    #[arg(long, value_enum, default_value_t)]
-    pub pull: super::lazy::PullPolicy,
 }
 
 impl RegistryArgs {

@@ -103,6 +103,10 @@ pub struct Args {
         action = clap::ArgAction::Set
     )]
     pub background_fetch: bool,
+    /// When to ask the registry for the image's manifest: "missing" uses the image as
+    /// last resolved if the local store knows it, as docker does.
+    #[arg(long, value_enum, default_value_t)]
+    pub pull: super::lazy::PullPolicy,
     /// Registry options (for IMAGE).
     #[command(flatten)]
     pub registry: super::registry_args::RegistryArgs,
@@ -260,7 +264,8 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
-    let mut lazy = super::lazy::resolve_for_run(global, &args.registry, image, global.verbose > 0)?;
+    let mut lazy =
+        super::lazy::resolve_for_run(global, &args.registry, args.pull, image, global.verbose > 0)?;
     let state_dir = state::containers_dir(&global.root).join(&id);
     let mountpoint = state_dir.join("rootfs");
     let upper = (!args.read_only).then(|| state_dir.join("upper"));
