@@ -202,7 +202,7 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pid1 = common::wait_for_child_of(child.id());
+    let pid1 = common::wait_for_child_of(child.id(), "sleep");
     // SAFETY: kill on a pid we just found.
     unsafe { libc::kill(pid1, libc::SIGKILL) };
     let status = child.wait().unwrap();

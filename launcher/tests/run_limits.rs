@@ -72,7 +72,7 @@ fn cpus_sets_cfs_quota_and_cgroups_are_removed() {
         ])
         .spawn()
         .unwrap();
-    let pid1 = common::wait_for_child_of(child.id());
+    let pid1 = common::wait_for_child_of(child.id(), "sleep");
     // PID 1's own cgroups, per v1 controller and in the unified hierarchy.
     let cgroup_of = |ctrl: &str| -> String {
         let text = std::fs::read_to_string(format!("/proc/{pid1}/cgroup")).unwrap();

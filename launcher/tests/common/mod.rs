@@ -207,21 +207,23 @@ impl Image {
     }
 }
 
-/// Waits until process `pid` has a child and returns it.
-pub fn wait_for_child_of(pid: u32) -> i32 {
+/// Waits until process `pid` has a child that has exec'd `comm`, and returns it.
+pub fn wait_for_child_of(pid: u32, comm: &str) -> i32 {
+    // Match on the exec'd program's name, not on "not skiff": the intermediate child
+    // is briefly a zombie (whose exe cannot be read) and PID 1 runs skiff's code until
+    // it execs, and killing either of those tests nothing.
     for _ in 0..1000 {
         let path = format!("/proc/{pid}/task/{pid}/children");
         if let Ok(s) = std::fs::read_to_string(&path) {
-            if let Some(c) = s.split_whitespace().next() {
+            for c in s.split_whitespace() {
                 let c: i32 = c.parse().unwrap();
-                // Wait until it has exec'd (no longer a skiff process).
-                let exe = std::fs::read_link(format!("/proc/{c}/exe")).unwrap_or_default();
-                if !exe.to_string_lossy().contains("skiff") {
+                let name = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+                if name.trim_end() == comm {
                     return c;
                 }
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    panic!("skiff {pid} never started a container");
+    panic!("skiff {pid} never started a container running {comm}");
 }
