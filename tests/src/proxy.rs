@@ -28,6 +28,8 @@ pub enum Fault {
     StripRange,
     /// Answer `307` with `Location: <base><path>` (e.g. `http://127.0.0.1:P`).
     Redirect(String),
+    /// Hold the request this long without answering, then close (a registry that hangs).
+    Stall(std::time::Duration),
 }
 
 /// When a fault applies.
@@ -286,6 +288,11 @@ fn handle(mut conn: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io
                 "HTTP/1.1 307 Temporary Redirect\r\nLocation: {base}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             );
             conn.write_all(resp.as_bytes())?;
+            return Ok(());
+        }
+        Some(Fault::Stall(d)) => {
+            std::thread::sleep(*d);
+            let _ = conn.shutdown(Shutdown::Both);
             return Ok(());
         }
         Some(Fault::StripRange) => headers.retain(|(k, _)| !k.eq_ignore_ascii_case("range")),

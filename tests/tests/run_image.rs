@@ -3,7 +3,7 @@
 
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::{self, build_image, push_built};
-use skiff_tests::proxy::FaultProxy;
+use skiff_tests::proxy::{Fault, FaultProxy, Rule};
 use skiff_tests::registry::Registry;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -284,4 +284,131 @@ async fn detached_run_and_cleanup_after_sigkill() {
     let out = skiff.run(&["rm", "bg"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(!root.path().join("containers").join(&id).exists());
+}
+
+/// skiff killed while the container is still starting (its exec waits on a FUSE read
+/// the stalled registry never answers): nothing may be left hanging on the dead
+/// mount. The container's processes must not hold the FUSE server's descriptor, or
+/// the kernel never aborts the connection and they wait in D state forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_stalled_start_leaves_no_hung_process() {
+    let reg = Registry::start();
+    let built = push_busybox(&reg.host(), "run/stall", 1 << 20).await;
+    let publisher = tempfile::tempdir().unwrap();
+    let out = Skiff::new(publisher.path()).run(&[
+        "index",
+        "--push",
+        "-q",
+        &reg.reference("run/stall:latest"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    let proxy = FaultProxy::start(reg.addr());
+    for layer in &built.layers {
+        let digest = skiff_proto::Digest::of(&layer.blob).to_string();
+        proxy.add_rule(
+            Rule::new(
+                &digest,
+                Fault::Stall(std::time::Duration::from_secs(120)),
+                None,
+            )
+            .method("GET"),
+        );
+    }
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = format!("{}/run/stall:latest", proxy.host());
+    let mut child = skiff
+        .command()
+        .args(["run", "--rm", &image, "sh", "-c", "echo never"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stalled = || {
+        proxy
+            .requests()
+            .iter()
+            .any(|r| matches!(r.fault, Some(Fault::Stall(_))))
+    };
+    for _ in 0..500 {
+        if stalled() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(stalled(), "the container never read a layer byte");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let descendants = descendants_of(child.id() as i32);
+    assert!(!descendants.is_empty(), "skiff started no container");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut alive = descendants.clone();
+    for _ in 0..300 {
+        alive.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if alive.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let states: Vec<String> = alive
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+        .collect();
+    // Unstick them before failing, so a broken build does not leave hung processes.
+    if !alive.is_empty() {
+        abort_fuse_connections_under(root.path());
+    }
+    assert!(alive.is_empty(), "still running: {states:?}");
+
+    // The next command cleans the dead mount and the container's state.
+    let out = skiff.run(&["ps", "-a"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(no_fuse_mounts_under(root.path()), "a dead mount is left");
+}
+
+/// Every process below `pid` (children of any of its threads, recursively).
+fn descendants_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("children");
+            for c in std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(c) = c.parse() {
+                    out.push(c);
+                    todo.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Aborts the FUSE connection of every mount under `dir` (through fusectl), so
+/// processes waiting on a dead server fail instead of hanging, and unmounts it.
+fn abort_fuse_connections_under(dir: &std::path::Path) {
+    let _ = std::process::Command::new("mount")
+        .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+        .status();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.len() > 4 && f[4].starts_with(&*dir.to_string_lossy()) {
+            if let Some((_, minor)) = f[2].split_once(':') {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+            let _ = std::process::Command::new("umount")
+                .args(["-l", f[4]])
+                .status();
+        }
+    }
 }

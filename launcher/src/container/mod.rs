@@ -274,6 +274,7 @@ fn spawn_and_wait(
     match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
         ForkResult::Child => {
             drop((pid_r, go_w, err_r));
+            close_fuse_descriptors();
             if let Err(e) = nix::sched::unshare(flags) {
                 fail_child(
                     &err_w,
@@ -335,6 +336,30 @@ fn spawn_and_wait(
             }
             on_start(pid.as_raw());
             wait_forwarding(pid, term.as_mut())
+        }
+    }
+}
+
+/// Closes every `/dev/fuse` descriptor this (forked) process inherited from skiff's
+/// FUSE server. The container's setup touches the mount (pivot_root, stat of the
+/// rootfs); if it held the server's descriptor and skiff were killed meanwhile, the
+/// connection would never see its last user go, and setup would hang in D state on a
+/// request nobody answers. Without the descriptor the kernel aborts the connection
+/// when skiff dies and setup fails with ENOTCONN instead.
+fn close_fuse_descriptors() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+        if target == Path::new("/dev/fuse") {
+            // SAFETY: closing a descriptor this process owns and no code here uses.
+            unsafe { libc::close(fd) };
         }
     }
 }
