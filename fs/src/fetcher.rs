@@ -254,7 +254,7 @@ impl Fetcher {
 
     /// Whether every one of `chunks` is in the disk cache (not verified).
     pub fn all_on_disk(&self, chunks: &[Chunk]) -> bool {
-        chunks.iter().all(|c| self.inner.cache.contains(&c.digest))
+        chunks.iter().all(|c| self.inner.cache.on_disk(&c.digest))
     }
 
     /// Fetches `chunks` of layer `layer` on a worker thread and calls `done` there
@@ -545,6 +545,7 @@ impl Inner {
         for (start, end, members) in runs {
             let len = end - start;
             self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
+            let t0 = Instant::now();
             let raw = match l.blob.read_at(start, len) {
                 Ok(raw) => raw,
                 Err(e) => {
@@ -571,6 +572,7 @@ impl Inner {
             let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
             let extras = self.bonus_chunks(l, start, end, &batch);
             batch.extend(extras);
+            let t1 = Instant::now();
             let decoded = decode_chunks(&l.index, &batch, start, &raw);
             for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
                 let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
@@ -585,6 +587,15 @@ impl Inner {
                     slot.fill(res);
                 }
             }
+            tracing::debug!(
+                blob = %l.index.blob,
+                offset = start,
+                len,
+                chunks = batch.len(),
+                fetch_ms = (t1 - t0).as_millis() as u64,
+                decode_and_store_ms = t1.elapsed().as_millis() as u64,
+                "blob range read"
+            );
         }
     }
 }

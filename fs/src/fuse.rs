@@ -743,8 +743,9 @@ impl SkiffFs {
     }
 
     /// A lower regular file whose chunks are all in the disk cache, as one local file
-    /// for passthrough: the chunk file itself for a one-chunk file, else a file
-    /// assembled from verified chunks under the cache's `files/`. Either is verified
+    /// for passthrough: the chunk file itself for a large one-chunk file, else a file
+    /// assembled from verified chunks under the cache's `files/` (none for a small
+    /// file kept in a pack). Either is verified
     /// once per mount before the kernel reads it directly.
     fn materialize(&self, id: LowerId) -> Option<File> {
         let ln = self.tree.node(id)?;
@@ -760,18 +761,27 @@ impl SkiffFs {
             return None;
         }
         let cache = self.fetcher.cache();
-        let path = if chunks.len() == 1 {
-            cache.path_of(&chunks[0].digest)
-        } else {
-            let mut h = skiff_proto::digest::Hasher::new();
-            for c in chunks {
-                h.update(c.digest.as_bytes());
-                h.update(&c.file_offset.to_le_bytes());
+        // A one-chunk file stored as its own cache file is used as it is; several
+        // chunks are assembled. A small file whose one chunk sits in a pack stays on
+        // the FUSE path: assembling a file per small file is what packs avoid, and
+        // keep_cache serves its repeated reads from the page cache anyway.
+        let single = match chunks {
+            [c] => Some(cache.file_of(&c.digest)?),
+            _ => None,
+        };
+        let path = match &single {
+            Some(p) => p.clone(),
+            None => {
+                let mut h = skiff_proto::digest::Hasher::new();
+                for c in chunks {
+                    h.update(c.digest.as_bytes());
+                    h.update(&c.file_offset.to_le_bytes());
+                }
+                cache.files_dir().join(h.finish().hex())
             }
-            cache.files_dir().join(h.finish().hex())
         };
         if !self.verified_files.lock().contains(&path) {
-            let ok = if chunks.len() == 1 {
+            let ok = if single.is_some() {
                 std::fs::read(&path).is_ok_and(|d| skiff_proto::Digest::of(&d) == chunks[0].digest)
             } else {
                 self.assemble_file(&path, chunks, ln.entry.size).is_ok()

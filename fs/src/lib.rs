@@ -137,11 +137,7 @@ fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
     let tree = Arc::new(tree::LowerTree::build(
         opts.layers.iter().map(|l| l.index.clone()).collect(),
     )?);
-    let cache = Arc::new(ChunkCache::open(
-        &opts.cache_dir,
-        opts.cache_limit,
-        opts.mem_cache_limit,
-    )?);
+    let cache = ChunkCache::open(&opts.cache_dir, opts.cache_limit, opts.mem_cache_limit)?;
     let stats = Arc::new(Stats::default());
     let fetcher = Arc::new(Fetcher::with_tuning(
         opts.layers.clone(),
@@ -377,6 +373,7 @@ pub fn mount_foreground(
         let _ = w.join();
     }
     p.fetcher.shutdown();
+    p.cache.flush();
     let snap = cache_snapshot(&p.stats, &p.cache);
     if let Some(f) = &opts.stats_file {
         write_stats(f, &snap);
@@ -439,6 +436,7 @@ impl MountHandle {
             let _ = w.join();
         }
         self.fetcher.shutdown();
+        self.cache.flush();
         let snap = self.stats();
         if let Some(f) = &self.stats_file {
             write_stats(f, &snap);

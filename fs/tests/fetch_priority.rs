@@ -91,7 +91,7 @@ fn background_waits_for_on_demand_reads_then_runs() {
             index: index.clone(),
             blob: gated.clone(),
         }],
-        Arc::new(ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap()),
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
         Arc::new(Stats::default()),
         4,
         FetchTuning {

@@ -109,14 +109,18 @@ fn reads_fetch_only_their_chunks_and_cache_serves_remounts() {
         .map(|e| img.layers[0].index.chunks_of(e)[0])
         .unwrap();
     let c = skiff_fs::ChunkCache::open(&cache, u64::MAX, 0).unwrap();
-    let path = c.path_of(&chunk.digest);
-    std::fs::write(&path, b"JUST A SMALL FILE\n").unwrap();
+    let (path, offset) = c.location_of(&chunk.digest).unwrap();
+    drop(c);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"JUST", offset).unwrap();
     let m = Mounted::new(options(&img, &cache, None), &mnt);
     assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), files.data[0]);
     let s = m.unmount();
     assert_eq!(s.cache_corrupt, 1);
     assert_eq!(s.blob_requests, 1);
-    assert_eq!(std::fs::read(&path).unwrap(), files.data[0]);
+    // Stored again, and served from disk by a fresh cache.
+    let c = skiff_fs::ChunkCache::open(&cache, u64::MAX, 0).unwrap();
+    assert_eq!(*c.get(&chunk.digest).unwrap().0, files.data[0]);
 }
 
 #[test]

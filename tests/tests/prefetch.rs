@@ -418,7 +418,7 @@ fn adjacent_and_nearby_chunks_share_one_request() {
     let new_fetcher = |dir: &Path| {
         skiff_fs::Fetcher::new(
             layers.clone(),
-            Arc::new(skiff_fs::ChunkCache::open(dir, 1 << 30, 1 << 28).unwrap()),
+            skiff_fs::ChunkCache::open(dir, 1 << 30, 1 << 28).unwrap(),
             Arc::new(skiff_fs::Stats::default()),
             2,
         )
