@@ -33,11 +33,22 @@ pub struct Args {
     /// Layers indexed at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Distance between gzip checkpoints in indexes built here (uncompressed, e.g.
+    /// `1m`): smaller spans fetch less per read, larger ones make smaller indexes.
+    #[arg(long, default_value = "2m", value_parser = parse_span)]
+    pub span: u64,
     /// No progress bars.
     #[arg(short, long)]
     pub quiet: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
+}
+
+fn parse_span(s: &str) -> Result<u64, String> {
+    match crate::container::spec::parse_size(s) {
+        Some(n) if (64 << 10..=1 << 30).contains(&n) => Ok(n),
+        _ => Err(format!("span {s:?} is not a size from 64k to 1g")),
+    }
 }
 
 /// Runs `skiff index`.
@@ -65,6 +76,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             use_published: !args.no_published,
             save: true,
             progress: Some(&bars),
+            span: args.span,
         },
     )?;
     print_layers(&image, &layers);

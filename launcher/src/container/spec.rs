@@ -389,24 +389,28 @@ pub fn parse_ulimit(u: &str) -> Result<Rlimit, SpecError> {
     })
 }
 
-/// Parses a size like `64m`, `1g`, `512k`, `1000` (bytes).
+/// Parses a memory limit like `64m`, `1g`, `512k`, `1000` (bytes), at least 6 MiB.
 pub fn parse_memory(s: &str) -> Result<u64, SpecError> {
-    let bad = || SpecError::BadMemory(s.to_string());
+    let bytes = parse_size(s).ok_or_else(|| SpecError::BadMemory(s.to_string()))?;
+    // Docker refuses limits below 6 MiB; a smaller one only kills the runtime itself.
+    if bytes < 6 << 20 {
+        return Err(SpecError::BadMemory(s.to_string()));
+    }
+    Ok(bytes)
+}
+
+/// Parses a size like `64m`, `1g`, `512k`, `2MiB`, `1000` (bytes).
+pub fn parse_size(s: &str) -> Option<u64> {
     let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.strip_suffix('b').unwrap_or(&lower).to_string();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let lower = lower.strip_suffix('i').unwrap_or(lower);
     let (digits, mult) = match lower.chars().last() {
         Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
         Some('m') => (&lower[..lower.len() - 1], 1 << 20),
         Some('g') => (&lower[..lower.len() - 1], 1 << 30),
-        _ => (lower.as_str(), 1),
+        _ => (lower, 1),
     };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
-    // Docker refuses limits below 6 MiB; a smaller one only kills the runtime itself.
-    if bytes < 6 << 20 {
-        return Err(bad());
-    }
-    Ok(bytes)
+    digits.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// Parses `--cpus` into a CFS quota per 100 ms period.

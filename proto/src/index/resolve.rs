@@ -77,6 +77,8 @@ pub struct ResolveOptions<'a> {
     pub save: bool,
     /// Progress bars for streaming passes (one per layer streamed), if any.
     pub progress: Option<&'a indicatif::MultiProgress>,
+    /// Distance between gzip checkpoints in an index built here (uncompressed bytes).
+    pub span: u64,
 }
 
 impl Default for ResolveOptions<'_> {
@@ -86,6 +88,7 @@ impl Default for ResolveOptions<'_> {
             use_published: true,
             save: true,
             progress: None,
+            span: super::gzip::DEFAULT_SPAN,
         }
     }
 }
@@ -275,6 +278,7 @@ fn resolve_one(
     let progress = bar.as_ref().map(super::bar_progress);
     let build_opts = IndexOptions {
         progress: progress.as_ref().map(|p| p as &dyn Fn(u64)),
+        span: opts.span,
         ..IndexOptions::default()
     };
     let built = open_index_with(&oci, blob.as_ref(), &build_opts);
