@@ -144,7 +144,14 @@ pub fn resolve_layers(
             Err(e) => (None, vec![format!("stored index refused: {e}")]),
         })
         .collect();
-    let published = if opts.use_published && stored.iter().any(|(i, _)| i.is_none()) {
+    // Layers that carry their own verified TOC (eStargz, zstd:chunked) never need a
+    // published index; asking the registry for one costs two round trips (referrers,
+    // then the fallback tag) before any TOC is read.
+    let needs_published = stored
+        .iter()
+        .zip(layers)
+        .any(|((i, _), l)| i.is_none() && !carries_toc(l));
+    let published = if opts.use_published && needs_published {
         Some(find_published(client, handle, image))
     } else {
         None
@@ -321,6 +328,15 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
         artifacts,
         problems,
     }
+}
+
+/// Whether `layer`'s descriptor announces a TOC inside the blob, with its digest.
+fn carries_toc(layer: &Descriptor) -> bool {
+    let a = &layer.annotations;
+    a.contains_key(super::estargz::TOC_DIGEST_ANNOTATION)
+        || super::zstd_chunked::CHECKSUM_ANNOTATIONS
+            .iter()
+            .any(|k| a.contains_key(*k))
 }
 
 /// Fetches (verified by digest) one listed artifact manifest and checks its type and
