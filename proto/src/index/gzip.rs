@@ -539,7 +539,7 @@ mod tests {
         f.write_all(&gz).unwrap();
         let blob = FileBlob::open(Digest::of(&gz), f.path()).unwrap();
         let idx = index_tar_gzip(&blob, &IndexOptions::default()).unwrap();
-        let (name, data) = &files[2]; // 502 bytes, early in the first 4 MiB span
+        let (name, data) = &files[2]; // 502 bytes, early in the first span
         let e = idx.entries.iter().find(|e| &e.path == name).unwrap();
         let c = &idx.chunks_of(e)[0];
         let span_end = idx

@@ -11,7 +11,7 @@
 //! | eStargz (`…stargz/toc.digest` annotation) | [`estargz`] | 1 `read_at` of the tail (2 if the TOC is > 256 KiB) | its gzip member |
 //! | zstd:chunked (`…zstd-chunked.manifest-position`) | [`zstd_chunked`] | 1 `read_at` of the TOC | its zstd frame |
 //! | tar | [`tar`] | one `stream()` | exactly the bytes |
-//! | tar+gzip (incl. Docker's) | [`gzip`] | one `stream()` | checkpoint → next checkpoint (≤ one span, 4 MiB of output by default) |
+//! | tar+gzip (incl. Docker's) | [`gzip`] | one `stream()` | checkpoint → next checkpoint (≤ one span, 2 MiB of output by default; `skiff index --span`) |
 //! | tar+zstd | [`zstd`] | one `stream()` | its frame; a single-frame layer has no random access: see [`zstd::needs_whole_blob`] |
 //!
 //! Every chunk carries the sha256 of its uncompressed bytes and [`decode_chunk`] returns
