@@ -23,6 +23,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How close (in blob bytes) an on-demand request must land to the layer's previous
+/// one for reads to count as local (see [`FetchTuning::neighbour_window`]).
+const LOCALITY: u64 = 1 << 20;
+
 /// Most content decoded from one fetched range beyond the chunks asked for.
 const MAX_BONUS_BYTES: u64 = 32 << 20;
 
@@ -92,6 +96,13 @@ pub struct FetchTuning {
     /// Background jobs wait until no on-demand read has been submitted (and the fetcher
     /// has existed) for this long: start-up reads come first.
     pub background_quiet: Duration,
+    /// An on-demand request smaller than this, landing within [`LOCALITY`] of the
+    /// layer's previous one, grows to take in the uncached chunks that follow it in the
+    /// blob, up to this many bytes from its start: files read together mostly sit
+    /// together in the tar (a compiler's headers), and one round trip costs as much as
+    /// 250 KB at 100 Mbit/s and 20 ms. Without the locality test, reads scattered over
+    /// the layer paid for neighbours nobody read (python on eStargz: +1.5 MB, +0.1 s).
+    pub neighbour_window: u64,
 }
 
 impl Default for FetchTuning {
@@ -103,6 +114,7 @@ impl Default for FetchTuning {
             merge_gap: 64 << 10,
             max_request: 8 << 20,
             background_quiet: Duration::from_secs(3),
+            neighbour_window: 256 << 10,
         }
     }
 }
@@ -167,6 +179,8 @@ struct Inner {
     cache: Arc<ChunkCache>,
     stats: Arc<Stats>,
     inflight: Mutex<HashMap<Digest, Arc<Slot>>>,
+    /// Per layer, where the last on-demand request ended (locality detection).
+    last_miss: Mutex<HashMap<usize, u64>>,
     tuning: FetchTuning,
     queues: Mutex<Queues>,
     /// Signalled when a job is queued, finishes, or the fetcher closes.
@@ -205,6 +219,7 @@ impl Fetcher {
             cache,
             stats,
             inflight: Mutex::new(HashMap::new()),
+            last_miss: Mutex::new(HashMap::new()),
             tuning,
             queues: Mutex::new(Queues {
                 last_on_demand: Some(Instant::now()),
@@ -352,7 +367,7 @@ impl Fetcher {
 
     /// Fetches `chunks` on the calling thread (copy-up, prefetch).
     pub fn fetch_blocking(&self, layer: usize, chunks: &[Chunk]) -> Result<ChunkData, FetchError> {
-        self.inner.load(layer, chunks, chunks.len())
+        self.inner.load(layer, chunks, chunks.len(), false)
     }
 
     /// Stops the workers: queued on-demand jobs still run, queued prefetch and
@@ -419,7 +434,12 @@ impl Inner {
                 q.running += 1;
                 picked
             };
-            let r = self.load(job.layer, &job.chunks, job.required);
+            let r = self.load(
+                job.layer,
+                &job.chunks,
+                job.required,
+                priority == Priority::OnDemand,
+            );
             (job.done)(r);
             let mut q = self.queues.lock();
             q.running -= 1;
@@ -434,12 +454,14 @@ impl Inner {
     }
 
     /// Loads `chunks`; the result holds the first `required` of them, and only their
-    /// failures fail it.
+    /// failures fail it. `neighbours`: small requests also take in what follows them
+    /// ([`FetchTuning::neighbour_window`]).
     fn load(
         &self,
         layer: usize,
         chunks: &[Chunk],
         required: usize,
+        neighbours: bool,
     ) -> Result<ChunkData, FetchError> {
         let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
         let mut owned: Vec<(usize, Arc<Slot>)> = Vec::new();
@@ -470,7 +492,7 @@ impl Inner {
             }
         }
         if !owned.is_empty() {
-            self.fetch_runs(layer, chunks, &owned);
+            self.fetch_runs(layer, chunks, &owned, neighbours);
             let mut inflight = self.inflight.lock();
             for (i, _) in &owned {
                 inflight.remove(&chunks[*i].digest);
@@ -482,6 +504,43 @@ impl Inner {
             }
         }
         Ok(out.into_iter().take(required).flatten().collect())
+    }
+
+    /// Records an on-demand request for `[start, end)` of `layer`; whether it landed
+    /// within [`LOCALITY`] of the previous one.
+    fn near_last_miss(&self, layer: usize, start: u64, end: u64) -> bool {
+        let prev = self.last_miss.lock().insert(layer, end);
+        prev.is_some_and(|p| start.abs_diff(p) <= LOCALITY)
+    }
+
+    /// How far a request for `[start, end)` of layer `l` grows to take in the uncached
+    /// chunks after it: in order of where they end, up to `start` + the neighbour
+    /// window, stopping at the first one that is cached or being fetched (the request
+    /// would download it again).
+    fn neighbour_end(&self, l: &Layer, start: u64, end: u64) -> u64 {
+        let limit = start.saturating_add(self.tuning.neighbour_window);
+        if end >= limit {
+            return end;
+        }
+        let mut next: Vec<&Chunk> = l
+            .index
+            .chunks
+            .iter()
+            .filter(|c| {
+                let c_end = c.blob_offset.saturating_add(c.blob_len);
+                c.blob_offset >= start && c_end > end && c_end <= limit
+            })
+            .collect();
+        next.sort_by_key(|c| c.blob_offset.saturating_add(c.blob_len));
+        let inflight = self.inflight.lock();
+        let mut new_end = end;
+        for c in next {
+            if inflight.contains_key(&c.digest) || self.cache.contains(&c.digest) {
+                break;
+            }
+            new_end = c.blob_offset.saturating_add(c.blob_len);
+        }
+        new_end
     }
 
     /// Uncached chunks of layer `l`, other than `taken`, whose blob range lies inside
@@ -510,7 +569,13 @@ impl Inner {
 
     /// Fetches the owned chunks, one blob read per run of nearby (or overlapping)
     /// blob ranges, and fills their slots.
-    fn fetch_runs(&self, layer: usize, chunks: &[Chunk], owned: &[(usize, Arc<Slot>)]) {
+    fn fetch_runs(
+        &self,
+        layer: usize,
+        chunks: &[Chunk],
+        owned: &[(usize, Arc<Slot>)],
+        neighbours: bool,
+    ) {
         let Some(l) = self.layers.get(layer) else {
             for (i, slot) in owned {
                 slot.fill(Err(FetchError::Verify {
@@ -543,6 +608,11 @@ impl Inner {
             }
         }
         for (start, end, members) in runs {
+            let end = if neighbours && self.near_last_miss(layer, start, end) {
+                self.neighbour_end(l, start, end)
+            } else {
+                end
+            };
             let len = end - start;
             self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
             let t0 = Instant::now();

@@ -39,6 +39,8 @@ const LOWER_TTL: Duration = Duration::from_secs(3600);
 /// Upper entries change only through us, but other names of a hard link may change.
 const UPPER_TTL: Duration = Duration::from_secs(1);
 const ROOT_INO: u64 = 1;
+/// Blob bytes per job when the rest of a file is queued for prefetch.
+const WHOLE_FILE_JOB: u64 = 1 << 20;
 
 /// Tunables of the filesystem.
 #[derive(Debug, Clone)]
@@ -51,6 +53,9 @@ pub struct FsConfig {
     /// On a sequential read that misses the cache, also fetch the file's following
     /// chunks in the same request, up to this many bytes of blob (0: off).
     pub readahead: u64,
+    /// On the first read of a lower file of several chunks that misses the cache, queue
+    /// the rest of the file at prefetch priority if it is at most this big (0: off).
+    pub whole_file_max: u64,
 }
 
 struct Node {
@@ -98,8 +103,11 @@ pub struct SkiffFs {
     verified_files: Mutex<std::collections::HashSet<PathBuf>>,
     recorder: Option<Arc<crate::profile::Recorder>>,
     readahead: u64,
+    whole_file_max: u64,
     /// Where the last read of each lower file ended (sequential-access detection).
     read_ends: Mutex<HashMap<LowerId, u64>>,
+    /// Lower files whose remaining chunks were queued whole.
+    whole_queued: Mutex<std::collections::HashSet<LowerId>>,
 }
 
 /// The I/O mode of an open inode and how many handles use it.
@@ -239,7 +247,9 @@ impl SkiffFs {
             verified_files: Mutex::new(std::collections::HashSet::new()),
             recorder: config.recorder,
             readahead: config.readahead,
+            whole_file_max: config.whole_file_max,
             read_ends: Mutex::new(HashMap::new()),
+            whole_queued: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -921,6 +931,9 @@ impl SkiffFs {
                 job.push(*c);
             }
         }
+        if all.len() > job.len() && fsize <= self.whole_file_max {
+            self.queue_rest_of_file(id, layer, all, &job);
+        }
         let extra = job.split_off(chunks.len());
         let chunks2 = chunks;
         self.fetcher.submit_readahead(
@@ -939,6 +952,49 @@ impl SkiffFs {
                 }
             }),
         );
+    }
+
+    /// Queues, once per file, the chunks of a lower file that `taken` (this read) does
+    /// not cover, one prefetch job each so several workers fetch them side by side.
+    /// A program that touches one part of a big file (an executable or library paged
+    /// in by faults, in no particular order) mostly needs the rest soon; fetched a
+    /// fault at a time, each 4 MiB chunk waits for the previous one (gcc's cc1 on
+    /// eStargz: 8 chunks one after another).
+    fn queue_rest_of_file(&self, id: LowerId, layer: usize, all: &[Chunk], taken: &[Chunk]) {
+        if !self.whole_queued.lock().insert(id) {
+            return;
+        }
+        let cache = self.fetcher.cache();
+        // Small chunks (zstd:chunked cuts files finely) go in groups of about 1 MiB of
+        // blob, so each job is one request of adjacent chunks rather than hundreds.
+        let mut group: Vec<Chunk> = Vec::new();
+        let mut group_bytes = 0u64;
+        let submit = |group: Vec<Chunk>| {
+            self.fetcher.submit_with(
+                crate::fetcher::Priority::Prefetch,
+                layer,
+                group,
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "whole-file prefetch failed");
+                    }
+                }),
+            );
+        };
+        for c in all {
+            if taken.iter().any(|t| t.digest == c.digest) || cache.contains(&c.digest) {
+                continue;
+            }
+            if !group.is_empty() && group_bytes.saturating_add(c.blob_len) > WHOLE_FILE_JOB {
+                submit(std::mem::take(&mut group));
+                group_bytes = 0;
+            }
+            group_bytes = group_bytes.saturating_add(c.blob_len);
+            group.push(*c);
+        }
+        if !group.is_empty() {
+            submit(group);
+        }
     }
 
     fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {

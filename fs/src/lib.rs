@@ -97,12 +97,16 @@ pub struct MountOptions {
     pub tuning: FetchTuning,
     /// Read-ahead on sequential reads that miss the cache, in blob bytes (0: off).
     pub readahead: u64,
+    /// The first cache miss in a lower file of at most this many bytes queues the rest
+    /// of the file at prefetch priority (0: off).
+    pub whole_file_max: u64,
 }
 
 impl MountOptions {
     /// Defaults: read-only, 10 GiB disk cache, 256 MiB memory cache, 8 fetch threads
     /// (at most 8 Range requests in flight), 4 FUSE threads, producer prefetch on, no
-    /// profile, no background fetch, 1 MiB read-ahead, [`FetchTuning::default`].
+    /// profile, no background fetch, 1 MiB read-ahead, whole-file prefetch of files up to 64 MiB,
+    /// [`FetchTuning::default`].
     pub fn new(layers: Vec<Layer>, cache_dir: PathBuf) -> MountOptions {
         MountOptions {
             layers,
@@ -120,6 +124,7 @@ impl MountOptions {
             background_fetch: false,
             tuning: FetchTuning::default(),
             readahead: 1 << 20,
+            whole_file_max: 64 << 20,
         }
     }
 }
@@ -154,6 +159,7 @@ fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
             upper: opts.upper.clone(),
             recorder: opts.record.clone(),
             readahead: opts.readahead,
+            whole_file_max: opts.whole_file_max,
         },
     )
     .map_err(|source| MountError::Upper {

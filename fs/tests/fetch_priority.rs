@@ -1,5 +1,7 @@
 //! The fetcher's scheduling: background work waits while an on-demand read is running,
-//! and runs once it is done; prefetch results are shared with on-demand reads.
+//! and runs once it is done; prefetch results are shared with on-demand reads. Its
+//! speculation: local small reads take their blob neighbours along, scattered ones do
+//! not; the first read of a big file through the mount queues the rest of the file.
 
 mod common;
 
@@ -133,4 +135,135 @@ fn background_waits_for_on_demand_reads_then_runs() {
     assert_eq!(*fetcher.fetch_blocking(0, &ca).unwrap()[0], a);
     assert_eq!(gated.seen.lock().len(), 2);
     fetcher.shutdown();
+}
+
+/// Fetches `chunks` on demand (through a worker, as a FUSE read does) and waits.
+fn on_demand(fetcher: &Fetcher, chunks: &[skiff_proto::index::Chunk]) -> Vec<u8> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    fetcher.submit(0, chunks.to_vec(), Box::new(move |r| tx.send(r).unwrap()));
+    let data = rx.recv().unwrap().unwrap();
+    data.iter().flat_map(|d| d.iter().copied()).collect()
+}
+
+#[test]
+fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small: Vec<Vec<u8>> = (0..8u8).map(|i| file(10 + i, 3000)).collect();
+    let filler = file(99, 2 << 20);
+    let far: Vec<Vec<u8>> = (0..2u8).map(|i| file(50 + i, 3000)).collect();
+    let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let mut items: Vec<Item> = names
+        .iter()
+        .zip(&small)
+        .map(|(n, d)| Item::File(n, 0o644, d))
+        .collect();
+    items.push(Item::File("filler", 0o644, &filler));
+    items.push(Item::File("far0", 0o644, &far[0]));
+    items.push(Item::File("far1", 0o644, &far[1]));
+    let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
+    let index = img.layers[0].index.clone();
+    let chunks_of = |name: &str| {
+        let e = index.entries.iter().find(|e| e.path == name).unwrap();
+        index.chunks_of(e).to_vec()
+    };
+    let r = img.readers[0].clone();
+    let fetcher = Fetcher::new(
+        img.layers.clone(),
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        Arc::new(Stats::default()),
+        2,
+    );
+    let reads = || r.reads.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The first read of the layer: nothing to judge locality by, only its chunk.
+    assert_eq!(on_demand(&fetcher, &chunks_of("s0")), small[0]);
+    assert_eq!(reads(), 1);
+    assert!(fetcher.cached(&chunks_of("s2")).is_none());
+    // A second read next to it: the files after it come in the same request.
+    assert_eq!(on_demand(&fetcher, &chunks_of("s1")), small[1]);
+    assert_eq!(reads(), 2);
+    for (n, d) in names.iter().zip(&small).skip(2) {
+        let cached = fetcher.cached(&chunks_of(n)).expect(n);
+        assert_eq!(
+            cached
+                .iter()
+                .flat_map(|c| c.iter().copied())
+                .collect::<Vec<u8>>(),
+            *d
+        );
+    }
+    assert!(
+        fetcher.cached(&chunks_of("filler")).is_none(),
+        "the window is bounded"
+    );
+    // A read 2 MiB away: not local, so far1 right after it is not fetched.
+    assert_eq!(on_demand(&fetcher, &chunks_of("far0")), far[0]);
+    assert_eq!(reads(), 3);
+    assert!(fetcher.cached(&chunks_of("far1")).is_none());
+    fetcher.shutdown();
+}
+
+/// Bytes without repeats (xorshift), so no two chunks share a digest (and so are not
+/// fetched once for both, as the content-addressed cache would).
+fn distinct(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn first_read_of_a_big_file_queues_the_rest_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = distinct(7, 10 << 20);
+    let other = distinct(8, 6 << 20);
+    let img = image(
+        &tmp.path().join("img"),
+        &[build_layer(&[
+            Item::File("big", 0o644, &big),
+            Item::File("other", 0o644, &other),
+        ])],
+    );
+    assert!(
+        img.layers[0].index.chunks.len() >= 4,
+        "several chunks per file"
+    );
+    let r = img.readers[0].clone();
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    // Read 4 KiB from the middle of "big", as a page fault would.
+    let f = std::fs::File::open(mnt.join("big")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 5 << 20).unwrap();
+    assert_eq!(buf, big[5 << 20..(5 << 20) + 4096]);
+    // The rest of "big" arrives without being read; "other" is left alone.
+    let bytes = || r.bytes.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..500 {
+        if bytes() >= big.len() as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let fetched = bytes();
+    assert!(
+        fetched >= big.len() as u64,
+        "fetched {fetched} of {}",
+        big.len()
+    );
+    assert!(
+        fetched < (big.len() + other.len() / 2) as u64,
+        "fetched {fetched}"
+    );
+    // Reading all of it now makes no request.
+    let reads = r.reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(std::fs::read(mnt.join("big")).unwrap() == big);
+    assert_eq!(r.reads.load(std::sync::atomic::Ordering::SeqCst), reads);
+    drop(f);
+    m.unmount();
 }
