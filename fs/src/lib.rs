@@ -97,8 +97,8 @@ pub struct MountOptions {
     pub tuning: FetchTuning,
     /// Read-ahead on sequential reads that miss the cache, in blob bytes (0: off).
     pub readahead: u64,
-    /// The first cache miss in a lower file of at most this many bytes queues the rest
-    /// of the file at prefetch priority (0: off).
+    /// The first cache miss in an executable lower file of at most this many bytes
+    /// queues the rest of the file at prefetch priority (0: off).
     pub whole_file_max: u64,
 }
 

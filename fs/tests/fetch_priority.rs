@@ -225,8 +225,8 @@ fn first_read_of_a_big_file_queues_the_rest_of_it() {
     let img = image(
         &tmp.path().join("img"),
         &[build_layer(&[
-            Item::File("big", 0o644, &big),
-            Item::File("other", 0o644, &other),
+            Item::File("big", 0o755, &big),
+            Item::File("other", 0o755, &other),
         ])],
     );
     assert!(
