@@ -42,6 +42,8 @@ pub struct RegistryOptions {
     /// Address to listen on instead of 127.0.0.1 (e.g. a non-loopback address, to test
     /// that Skiff insists on HTTPS there unless told the registry is insecure).
     pub bind_ip: Option<std::net::IpAddr>,
+    /// Serve HTTPS with this (certificate chain, key) pair of PEM files.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running `docker-registry`. Stopped (killed and reaped) on drop.
@@ -113,11 +115,19 @@ impl Registry {
                 .bind_ip
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
             let addr = SocketAddr::new(ip, port);
+            let tls = match &options.tls {
+                Some((cert, key)) => format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+                None => String::new(),
+            };
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: {addr}\n  secret: skiff-test-secret\n{auth}",
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: {addr}\n  secret: skiff-test-secret\n{tls}{auth}",
                     storage.display()
                 ),
             )

@@ -299,3 +299,143 @@ async fn plain_http_inner() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(&image.digest.to_string()));
 }
+
+/// HTTPS on a non-loopback registry (in a network namespace of its own, as above): a
+/// certificate from a CA the system does not trust is refused at once with a clear
+/// error (no retries), and the same registry works once the CA is trusted
+/// (`SSL_CERT_FILE`, which the platform verifier reads as OpenSSL does).
+#[test]
+fn https_registry_is_verified_and_an_untrusted_one_refused() {
+    let exe = std::env::current_exe().unwrap();
+    let script = r#"ip link set lo up && ip addr add 192.0.2.1/32 dev lo && exec "$0" --exact https_inner --ignored --nocapture"#;
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", script])
+        .arg(&exe)
+        .env("SKIFF_TEST_NETNS_IP", "192.0.2.1")
+        .output()
+        .expect("running unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the inner test did not run: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs only inside the network namespace set up by https_registry_is_verified_and_an_untrusted_one_refused"]
+async fn https_inner() {
+    let ip =
+        std::env::var("SKIFF_TEST_NETNS_IP").expect("SKIFF_TEST_NETNS_IP is set by the outer test");
+    // A throwaway CA and a server certificate for the registry's address.
+    let pki = tempfile::tempdir().unwrap();
+    let p = |f: &str| pki.path().join(f);
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(pki.path())
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=skiff test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=registry",
+    ]);
+    std::fs::write(p("ext.cnf"), format!("subjectAltName=IP:{ip}\n")).unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+
+    // Push over plain HTTP on loopback; serve the same storage over HTTPS on `ip`.
+    let plain = Registry::start();
+    let image = build_image(
+        fixtures::sample_layers(),
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(&skiff_tests::client(&plain.host()), "tls/app", "v1", &image).await;
+    let reg = Registry::start_with(skiff_tests::registry::RegistryOptions {
+        bind_ip: Some(ip.parse().unwrap()),
+        storage: Some(plain.storage().to_path_buf()),
+        tls: Some((p("srv.crt"), p("srv.key"))),
+        ..Default::default()
+    });
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let reference = reg.reference("tls/app:v1");
+
+    let started = std::time::Instant::now();
+    let out = skiff.run(&["inspect", &reference]);
+    assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("TLS handshake refused"), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        !err.contains("attempts"),
+        "a certificate refusal was retried: {err}"
+    );
+    // Retries back off for seconds; a refusal that is not retried is quick.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{err}"
+    );
+
+    let out = skiff
+        .command()
+        .env("SSL_CERT_FILE", p("ca.crt"))
+        .args(["pull", &reference])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&image.digest.to_string()),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -180,8 +180,9 @@ impl<'a> Req<'a> {
 pub struct Client {
     registry: String,
     base: Url,
-    /// Built on first use: building it loads the system CA bundle (twice, with
-    /// native-tls: ~90 ms here), which a run served from the local store never needs.
+    /// Built on first use, so a run served from the local store never builds one. (With
+    /// native-tls, building loaded the system CA bundle twice: ~90 ms here; rustls with
+    /// the platform verifier reads the roots at the first TLS handshake.)
     http: OnceLock<reqwest::Client>,
     credentials: Option<Credentials>,
     options: ClientOptions,
@@ -252,6 +253,9 @@ impl Client {
         if let Some(c) = self.http.get() {
             return Ok(c);
         }
+        // reqwest is built without a crypto provider (its default one, aws-lc-rs, needs
+        // cmake and more to build); ring it is. An error only means one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let built = reqwest::Client::builder()
             .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -561,8 +565,16 @@ impl Client {
                         return Ok(resp);
                     }
                 }
+                Err(RegistryError::Network { source, .. }) if tls_rejection(&source).is_some() => {
+                    // A certificate the system does not trust will not change on a retry.
+                    return Err(RegistryError::TlsRejected {
+                        method: req.method.to_string(),
+                        url: req.url.to_string(),
+                        reason: tls_rejection(&source).unwrap_or_default(),
+                    });
+                }
                 Err(RegistryError::Network { source, .. }) if !source.is_builder() => {
-                    format!("{source}")
+                    error_chain(&source)
                 }
                 Err(e) => return Err(e),
             };
@@ -1126,4 +1138,45 @@ mod tests {
         assert!(p.delay(1) <= Duration::from_millis(100));
         assert!(p.delay(5) >= Duration::from_millis(500));
     }
+}
+
+/// `e` and its sources, joined with ": " (reqwest's own message says only "error
+/// sending request"; the reason is further down).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// What rustls said if `e` is a TLS peer refusal (an untrusted or invalid
+/// certificate), which a retry cannot fix.
+fn tls_rejection(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(s) = cur {
+        // Connectors wrap the TLS error in io::Errors, sometimes twice; an io::Error's
+        // `source()` skips its payload, so unwrap those by hand.
+        let mut inner: &(dyn std::error::Error + 'static) = s;
+        while let Some(next) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = next;
+        }
+        if let Some(
+            tls @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        cur = s.source();
+    }
+    None
 }

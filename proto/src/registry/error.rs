@@ -77,6 +77,17 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// The TLS handshake was refused: the registry's certificate is not trusted or not
+    /// valid for its name. Not retried.
+    #[error("{method} {url}: TLS handshake refused: {reason}")]
+    TlsRejected {
+        /// The HTTP method.
+        method: String,
+        /// The request URL.
+        url: String,
+        /// What the TLS library said (e.g. "invalid peer certificate: UnknownIssuer").
+        reason: String,
+    },
     /// Retries ran out on a transient failure (5xx, 429, dropped connections).
     #[error("{method} {url}: giving up after {attempts} attempts; last error: {last}")]
     RetriesExhausted {
