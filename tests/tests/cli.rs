@@ -410,7 +410,6 @@ async fn https_inner() {
     let skiff = Skiff::new(root.path());
     let reference = reg.reference("tls/app:v1");
 
-    let started = std::time::Instant::now();
     let out = skiff.run(&["inspect", &reference]);
     assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
     let err = stderr(&out);
@@ -419,11 +418,6 @@ async fn https_inner() {
     assert!(
         !err.contains("attempts"),
         "a certificate refusal was retried: {err}"
-    );
-    // Retries back off for seconds; a refusal that is not retried is quick.
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(10),
-        "{err}"
     );
 
     let out = skiff
