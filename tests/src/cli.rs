@@ -25,6 +25,27 @@ pub fn skiff_bin() -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "-p", "skiff", "--manifest-path"])
             .arg(&manifest);
+        // `cargo test` gives this process the test package's CARGO_MANIFEST_DIR,
+        // CARGO_PKG_* and so on. Build scripts that watch them (ring's watches
+        // CARGO_MANIFEST_DIR) would see a change against a plain `cargo build` and
+        // rebuild the TLS stack and all that depends on it, about a minute, each time
+        // the two alternate.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "CARGO_TARGET_TMPDIR"
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
