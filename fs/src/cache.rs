@@ -7,8 +7,9 @@
 //! - smaller chunks written together share a pack, `DIR/packs/<name>.pack`: the chunks'
 //!   bytes, then a table of (digest, offset, length) and a footer. One gzip span holds
 //!   hundreds of small files, and creating a file per chunk cost ~1 ms each on this
-//!   machine's ext4 (1,300 files of one span: 1.7 s, bench/coldstart.sh, python on
-//!   gzip); a pack is one file.
+//!   machine's ext4 (1,300 files of one span: 1.7 s, seen in the fetcher's `blob range
+//!   read` debug events of `RUST_LOG=skiff_fs=debug skiff run --no-prefetch` on the
+//!   bench's python:gzip; bench/coldstart.sh shows the whole run); a pack is one file.
 //!
 //! Files are written to `DIR/tmp/` and renamed into place, so a crash never leaves a
 //! partial file under its final name, and every load is re-hashed, so a corrupted chunk
@@ -70,6 +71,15 @@ struct Stored {
     len: u64,
     /// `(pack id, offset in the pack)`, or `None` for a chunk file.
     pack: Option<(u32, u64)>,
+}
+
+/// A stored chunk's place on disk.
+struct Located {
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+    /// In a pack (shared file) rather than a file of its own.
+    packed: bool,
 }
 
 struct PackFile {
@@ -278,24 +288,29 @@ impl ChunkCache {
     /// The file holding chunk `d` alone, if it is stored that way (chunks of more than
     /// [`PACK_CHUNK_MAX`] bytes); packed chunks have none.
     pub fn file_of(&self, d: &Digest) -> Option<PathBuf> {
-        let disk = self.disk.lock();
-        match disk.lru.peek(d)? {
-            Stored { pack: None, .. } => Some(chunk_path(&self.dir, d)),
-            _ => None,
-        }
+        self.locate(d).filter(|l| !l.packed).map(|l| l.path)
     }
 
     /// The file and offset where chunk `d`'s bytes are on disk (tests use it to
     /// corrupt one).
     pub fn location_of(&self, d: &Digest) -> Option<(PathBuf, u64)> {
+        self.locate(d).map(|l| (l.path, l.offset))
+    }
+
+    /// Where chunk `d`'s bytes are on disk, per the index (not checked).
+    fn locate(&self, d: &Digest) -> Option<Located> {
         let disk = self.disk.lock();
-        match disk.lru.peek(d)? {
-            Stored { pack: None, .. } => Some((chunk_path(&self.dir, d), 0)),
-            Stored {
-                pack: Some((id, off)),
-                ..
-            } => Some((disk.packs.get(id)?.path.clone(), *off)),
-        }
+        let s = *disk.lru.peek(d)?;
+        let (path, offset) = match s.pack {
+            None => (chunk_path(&self.dir, d), 0),
+            Some((id, off)) => (disk.packs.get(&id)?.path.clone(), off),
+        };
+        Some(Located {
+            path,
+            offset,
+            len: s.len,
+            packed: s.pack.is_some(),
+        })
     }
 
     /// Where whole lower files assembled from cached chunks are kept (for FUSE
@@ -320,14 +335,9 @@ impl ChunkCache {
         if let Some(v) = self.pending.lock().get(d) {
             return Some((v.clone(), Hit::Memory));
         }
-        let (path, offset, len) = {
-            let disk = self.disk.lock();
-            let s = *disk.lru.peek(d)?;
-            match s.pack {
-                None => (chunk_path(&self.dir, d), 0, s.len),
-                Some((id, off)) => (disk.packs.get(&id)?.path.clone(), off, s.len),
-            }
-        };
+        let Located {
+            path, offset, len, ..
+        } = self.locate(d)?;
         let mut data = vec![0u8; len as usize];
         let read = fs::File::open(&path).and_then(|f| f.read_exact_at(&mut data, offset));
         if read.is_err() {

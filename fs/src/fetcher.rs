@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 /// one for reads to count as local (see [`FetchTuning::neighbour_window`]).
 const LOCALITY: u64 = 1 << 20;
 
+/// Largest blob span of one prefetch or background job: small enough that many run in
+/// parallel and an on-demand read never waits long behind one.
+const SPECULATIVE_JOB_BYTES: u64 = 1 << 20;
+
 /// Most content decoded from one fetched range beyond the chunks asked for.
 const MAX_BONUS_BYTES: u64 = 32 << 20;
 
@@ -101,7 +105,8 @@ pub struct FetchTuning {
     /// blob, up to this many bytes from its start: files read together mostly sit
     /// together in the tar (a compiler's headers), and one round trip costs as much as
     /// 250 KB at 100 Mbit/s and 20 ms. Without the locality test, reads scattered over
-    /// the layer paid for neighbours nobody read (python on eStargz: +1.5 MB, +0.1 s).
+    /// the layer paid for neighbours nobody read (python on eStargz: +1.5 MB, +0.1 s;
+    /// `bash bench/coldstart.sh --images python,gcc --tools skiff` with this at 0).
     pub neighbour_window: u64,
 }
 
@@ -334,6 +339,49 @@ impl Fetcher {
         self.inner.changed.notify_all();
     }
 
+    /// Splits `chunks` (in blob order) into jobs of at most [`SPECULATIVE_JOB_BYTES`]
+    /// and queues them at `priority`, skipping chunks already stored. Failures are only
+    /// logged: nobody waits for these.
+    pub fn queue_speculative(&self, priority: Priority, layer: usize, chunks: Vec<Chunk>) {
+        let mut job: Vec<Chunk> = Vec::new();
+        let mut job_start = 0u64;
+        let flush = |job: &mut Vec<Chunk>| {
+            if job.is_empty() {
+                return;
+            }
+            self.submit_with(
+                priority,
+                layer,
+                std::mem::take(job),
+                Box::new(move |r| {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, ?priority, "speculative fetch failed");
+                    }
+                }),
+            );
+        };
+        for c in chunks {
+            if self.inner.cache.contains(&c.digest) {
+                continue;
+            }
+            let end = c.blob_offset.saturating_add(c.blob_len);
+            // Chunks resuming at the same gzip checkpoint (same blob offset) stay in one
+            // job, so their shared range is read and inflated once.
+            let same_start = job.last().is_some_and(|l| l.blob_offset == c.blob_offset);
+            if !job.is_empty()
+                && !same_start
+                && end.saturating_sub(job_start) > SPECULATIVE_JOB_BYTES
+            {
+                flush(&mut job);
+            }
+            if job.is_empty() {
+                job_start = c.blob_offset;
+            }
+            job.push(c);
+        }
+        flush(&mut job);
+    }
+
     /// Whether no job is queued or running.
     pub fn is_idle(&self) -> bool {
         self.inner.queues.lock().is_idle()
@@ -371,7 +419,8 @@ impl Fetcher {
     }
 
     /// Stops the workers: queued on-demand jobs still run, queued prefetch and
-    /// background jobs are dropped; waits for running jobs.
+    /// background jobs are dropped; waits for running jobs, then for the cache to
+    /// write what they fetched.
     pub fn shutdown(&self) {
         self.cancel_speculative();
         self.inner.queues.lock().closed = true;
@@ -379,6 +428,8 @@ impl Fetcher {
         for h in self.workers.lock().drain(..) {
             let _ = h.join();
         }
+        // Everything fetched is on disk before the caller reports or remounts.
+        self.inner.cache.flush();
     }
 }
 

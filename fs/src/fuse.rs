@@ -39,8 +39,6 @@ const LOWER_TTL: Duration = Duration::from_secs(3600);
 /// Upper entries change only through us, but other names of a hard link may change.
 const UPPER_TTL: Duration = Duration::from_secs(1);
 const ROOT_INO: u64 = 1;
-/// Blob bytes per job when the rest of a file is queued for prefetch.
-const WHOLE_FILE_JOB: u64 = 1 << 20;
 
 /// Tunables of the filesystem.
 #[derive(Debug, Clone)]
@@ -934,7 +932,8 @@ impl SkiffFs {
         }
         // Executables only: exec'd programs page in most of their text, while libraries
         // and data files are mapped and touched sparsely (node's ICU data and libnode:
-        // +12 MB fetched and +0.4 s when every big file was queued whole).
+        // +12 MB fetched and +0.4 s when every big file was queued whole; the node rows
+        // of bench/RESULTS.md, `bash bench/coldstart.sh --images node --tools skiff`).
         let executable = ln.entry.mode & 0o111 != 0;
         if executable && all.len() > job.len() && fsize <= self.whole_file_max {
             self.queue_rest_of_file(id, layer, all, &job);
@@ -960,45 +959,21 @@ impl SkiffFs {
     }
 
     /// Queues, once per file, the chunks of a lower file that `taken` (this read) does
-    /// not cover, as prefetch jobs of ~1 MiB of blob that several workers fetch side by
-    /// side. An executable paged in by faults, in no particular order, mostly needs the
+    /// not cover, as prefetch jobs of ~1 MiB of blob ([`Fetcher::queue_speculative`])
+    /// that several workers fetch side by side. An executable paged in by faults, in no particular order, mostly needs the
     /// rest soon; fetched a fault at a time, each 4 MiB chunk waits for the previous
     /// one (gcc's cc1 on eStargz: 8 chunks one after another).
     fn queue_rest_of_file(&self, id: LowerId, layer: usize, all: &[Chunk], taken: &[Chunk]) {
         if !self.whole_queued.lock().insert(id) {
             return;
         }
-        let cache = self.fetcher.cache();
-        // Small chunks (zstd:chunked cuts files finely) go in groups of about 1 MiB of
-        // blob, so each job is one request of adjacent chunks rather than hundreds.
-        let mut group: Vec<Chunk> = Vec::new();
-        let mut group_bytes = 0u64;
-        let submit = |group: Vec<Chunk>| {
-            self.fetcher.submit_with(
-                crate::fetcher::Priority::Prefetch,
-                layer,
-                group,
-                Box::new(|r| {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "whole-file prefetch failed");
-                    }
-                }),
-            );
-        };
-        for c in all {
-            if taken.iter().any(|t| t.digest == c.digest) || cache.contains(&c.digest) {
-                continue;
-            }
-            if !group.is_empty() && group_bytes.saturating_add(c.blob_len) > WHOLE_FILE_JOB {
-                submit(std::mem::take(&mut group));
-                group_bytes = 0;
-            }
-            group_bytes = group_bytes.saturating_add(c.blob_len);
-            group.push(*c);
-        }
-        if !group.is_empty() {
-            submit(group);
-        }
+        let rest: Vec<Chunk> = all
+            .iter()
+            .filter(|c| !taken.iter().any(|t| t.digest == c.digest))
+            .copied()
+            .collect();
+        self.fetcher
+            .queue_speculative(crate::fetcher::Priority::Prefetch, layer, rest);
     }
 
     fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {

@@ -244,60 +244,12 @@ fn spawn_stats_writer(
         .ok()
 }
 
-/// Largest blob span of one prefetch or background job: small enough that many run in
-/// parallel and an on-demand read never waits long behind one.
-const SPECULATIVE_JOB_BYTES: u64 = 1 << 20;
-
-/// Splits `chunks` (in blob order) into jobs of at most [`SPECULATIVE_JOB_BYTES`] and
-/// queues them at `priority`, skipping chunks already on disk.
-fn queue_chunks(
-    fetcher: &Fetcher,
-    priority: Priority,
-    layer: usize,
-    chunks: Vec<skiff_proto::index::Chunk>,
-) {
-    let mut job: Vec<skiff_proto::index::Chunk> = Vec::new();
-    let mut job_start = 0u64;
-    let flush = |job: &mut Vec<skiff_proto::index::Chunk>| {
-        if job.is_empty() {
-            return;
-        }
-        fetcher.submit_with(
-            priority,
-            layer,
-            std::mem::take(job),
-            Box::new(move |r| {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, ?priority, "speculative fetch failed");
-                }
-            }),
-        );
-    };
-    for c in chunks {
-        if fetcher.cache().contains(&c.digest) {
-            continue;
-        }
-        let end = c.blob_offset.saturating_add(c.blob_len);
-        // Chunks resuming at the same gzip checkpoint (same blob offset) stay in one
-        // job, so their shared range is read and inflated once.
-        let same_start = job.last().is_some_and(|l| l.blob_offset == c.blob_offset);
-        if !job.is_empty() && !same_start && end.saturating_sub(job_start) > SPECULATIVE_JOB_BYTES {
-            flush(&mut job);
-        }
-        if job.is_empty() {
-            job_start = c.blob_offset;
-        }
-        job.push(c);
-    }
-    flush(&mut job);
-}
-
 /// Queues, in this order: the recorded profile's ranges, the producer-marked files of
 /// every layer (eStargz landmarks), and with `background_fetch` every other chunk.
 fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher) {
     if let Some(profile) = &opts.profile {
         for (layer, chunks) in profile.plan(tree) {
-            queue_chunks(fetcher, Priority::Prefetch, layer, chunks);
+            fetcher.queue_speculative(Priority::Prefetch, layer, chunks);
         }
     }
     if opts.prefetch {
@@ -310,7 +262,7 @@ fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher
             }
             chunks.sort_by_key(|c| c.blob_offset);
             chunks.dedup_by_key(|c| c.blob_offset);
-            queue_chunks(fetcher, Priority::Prefetch, li, chunks);
+            fetcher.queue_speculative(Priority::Prefetch, li, chunks);
         }
     }
     if opts.background_fetch {
@@ -318,7 +270,7 @@ fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher
             let mut chunks = l.index.chunks.clone();
             chunks.sort_by_key(|c| c.blob_offset);
             chunks.dedup_by_key(|c| c.digest);
-            queue_chunks(fetcher, Priority::Background, li, chunks);
+            fetcher.queue_speculative(Priority::Background, li, chunks);
         }
     }
 }
@@ -379,7 +331,6 @@ pub fn mount_foreground(
         let _ = w.join();
     }
     p.fetcher.shutdown();
-    p.cache.flush();
     let snap = cache_snapshot(&p.stats, &p.cache);
     if let Some(f) = &opts.stats_file {
         write_stats(f, &snap);
@@ -442,7 +393,6 @@ impl MountHandle {
             let _ = w.join();
         }
         self.fetcher.shutdown();
-        self.cache.flush();
         let snap = self.stats();
         if let Some(f) = &self.stats_file {
             write_stats(f, &snap);

@@ -203,25 +203,11 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     fetcher.shutdown();
 }
 
-/// Bytes without repeats (xorshift), so no two chunks share a digest (and so are not
-/// fetched once for both, as the content-addressed cache would).
-fn distinct(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = (seed + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn first_read_of_a_big_file_queues_the_rest_of_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let big = distinct(7, 10 << 20);
-    let other = distinct(8, 6 << 20);
+    let big = content(7, 10 << 20);
+    let other = content(8, 6 << 20);
     let img = image(
         &tmp.path().join("img"),
         &[build_layer(&[

@@ -7,19 +7,6 @@ mod common;
 use common::*;
 use std::sync::atomic::Ordering;
 
-/// Pseudo-random bytes without repeats (xorshift), so no two chunks share a digest.
-fn content(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = (u64::from(seed) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 struct Files {
     names: Vec<String>,
     data: Vec<Vec<u8>>,

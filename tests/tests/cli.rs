@@ -243,10 +243,19 @@ async fn pull_selects_platform() {
 /// this test binary there for `plain_http_inner`.
 #[test]
 fn plain_http_only_for_loopback_or_insecure_registries() {
+    run_in_own_netns("plain_http_inner");
+}
+
+/// Re-executes this test binary for the ignored test `inner` in a network namespace of
+/// its own whose `lo` also carries 192.0.2.1 (TEST-NET-1), passed to it as
+/// `SKIFF_TEST_NETNS_IP`, and checks that it ran and passed.
+fn run_in_own_netns(inner: &str) {
     let exe = std::env::current_exe().unwrap();
-    let script = r#"ip link set lo up && ip addr add 192.0.2.1/32 dev lo && exec "$0" --exact plain_http_inner --ignored --nocapture"#;
+    let script = format!(
+        r#"ip link set lo up && ip addr add 192.0.2.1/32 dev lo && exec "$0" --exact {inner} --ignored --nocapture"#
+    );
     let out = std::process::Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", script])
+        .args(["--net", "--", "sh", "-c", &script])
         .arg(&exe)
         .env("SKIFF_TEST_NETNS_IP", "192.0.2.1")
         .output()
@@ -306,24 +315,7 @@ async fn plain_http_inner() {
 /// (`SSL_CERT_FILE`, which the platform verifier reads as OpenSSL does).
 #[test]
 fn https_registry_is_verified_and_an_untrusted_one_refused() {
-    let exe = std::env::current_exe().unwrap();
-    let script = r#"ip link set lo up && ip addr add 192.0.2.1/32 dev lo && exec "$0" --exact https_inner --ignored --nocapture"#;
-    let out = std::process::Command::new("unshare")
-        .args(["--net", "--", "sh", "-c", script])
-        .arg(&exe)
-        .env("SKIFF_TEST_NETNS_IP", "192.0.2.1")
-        .output()
-        .expect("running unshare");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains("1 passed"),
-        "the inner test did not run: {text}"
-    );
+    run_in_own_netns("https_inner");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,6 +40,20 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
+/// Pseudo-random bytes without repeats (xorshift), so no two chunks share a digest
+/// (and are not stored and fetched once for both, as the content-addressed cache would).
+pub fn content(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = (u64::from(seed) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// Builds an uncompressed tar layer.
 pub fn build_layer(items: &[Item]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());

@@ -23,10 +23,11 @@ use std::rc::Rc;
 
 /// Default distance between checkpoints, in uncompressed bytes. A read inflates from
 /// the checkpoint before it, so the span bounds the bytes fetched in vain per read; each
-/// checkpoint costs a 32 KiB window in the index. On python:3.11 (bench/coldstart.sh,
-/// 100 Mbit/s) 4 MiB spans fetched 21 MB for a 4.3 MB start-up (2.85 s); 2 MiB spans
+/// checkpoint costs a 32 KiB window in the index. On the bench's python image at
+/// 100 Mbit/s, 4 MiB spans fetched 21 MB for a 4.3 MB start-up (2.85 s); 2 MiB spans
 /// 9.9 MB (1.9 s) with an index of 2% of the layer; 1 MiB spans gained only 0.07 s
-/// for an index twice that size.
+/// for an index twice that size. To redo: `skiff index --no-published --push --span S`
+/// on `bench/python:gzip`, then `bash bench/coldstart.sh --images python --tools skiff`.
 pub const DEFAULT_SPAN: u64 = 2 << 20;
 
 const IN_BUF: usize = 256 << 10;

@@ -330,13 +330,12 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
     }
 }
 
-/// Whether `layer`'s descriptor announces a TOC inside the blob, with its digest.
+/// Whether `layer` is read through a TOC inside its blob: the same test
+/// [`super::open_index_with`] makes to pick the eStargz or zstd:chunked reader.
 fn carries_toc(layer: &Descriptor) -> bool {
-    let a = &layer.annotations;
-    a.contains_key(super::estargz::TOC_DIGEST_ANNOTATION)
-        || super::zstd_chunked::CHECKSUM_ANNOTATIONS
-            .iter()
-            .any(|k| a.contains_key(*k))
+    let annotations: std::collections::HashMap<String, String> =
+        layer.annotations.clone().into_iter().collect();
+    super::estargz::is_estargz(&annotations) || super::zstd_chunked::is_zstd_chunked(&annotations)
 }
 
 /// Fetches (verified by digest) one listed artifact manifest and checks its type and
@@ -448,6 +447,26 @@ pub fn open_root_index_store(root: &std::path::Path) -> Result<IndexStore, Index
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn only_layers_with_an_announced_toc_skip_the_published_lookup() {
+        let with = |key: &str| {
+            let mut d = Descriptor::of("application/vnd.oci.image.layer.v1.tar+gzip", b"l");
+            d.annotations = BTreeMap::from([(key.to_string(), "x".to_string())]);
+            d
+        };
+        assert!(carries_toc(&with(
+            super::super::estargz::TOC_DIGEST_ANNOTATION
+        )));
+        for key in super::super::zstd_chunked::POSITION_ANNOTATIONS {
+            assert!(carries_toc(&with(key)), "{key}");
+        }
+        assert!(!carries_toc(&with("org.opencontainers.image.title")));
+        assert!(!carries_toc(&Descriptor::of(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            b"l"
+        )));
+    }
 
     #[test]
     fn oci_descriptor_keeps_media_type_digest_size_and_annotations() {

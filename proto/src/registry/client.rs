@@ -1076,6 +1076,47 @@ fn excerpt(body: &[u8]) -> String {
         .to_string()
 }
 
+/// `e` and its sources, joined with ": " (reqwest's own message says only "error
+/// sending request"; the reason is further down).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// What rustls said if `e` is a TLS peer refusal (an untrusted or invalid
+/// certificate), which a retry cannot fix.
+fn tls_rejection(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(s) = cur {
+        // Connectors wrap the TLS error in io::Errors, sometimes twice; an io::Error's
+        // `source()` skips its payload, so unwrap those by hand.
+        let mut inner: &(dyn std::error::Error + 'static) = s;
+        while let Some(next) = inner
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            inner = next;
+        }
+        if let Some(
+            tls @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+        ) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        cur = s.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1138,45 +1179,4 @@ mod tests {
         assert!(p.delay(1) <= Duration::from_millis(100));
         assert!(p.delay(5) >= Duration::from_millis(500));
     }
-}
-
-/// `e` and its sources, joined with ": " (reqwest's own message says only "error
-/// sending request"; the reason is further down).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.ends_with(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
-}
-
-/// What rustls said if `e` is a TLS peer refusal (an untrusted or invalid
-/// certificate), which a retry cannot fix.
-fn tls_rejection(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cur = Some(e);
-    while let Some(s) = cur {
-        // Connectors wrap the TLS error in io::Errors, sometimes twice; an io::Error's
-        // `source()` skips its payload, so unwrap those by hand.
-        let mut inner: &(dyn std::error::Error + 'static) = s;
-        while let Some(next) = inner
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            inner = next;
-        }
-        if let Some(
-            tls @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
-        ) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(tls.to_string());
-        }
-        cur = s.source();
-    }
-    None
 }
