@@ -746,6 +746,29 @@ struct Setup {
     reference: Reference,
 }
 
+/// `skopeo copy` of `oci:LAYOUT:TAG` to `docker://DEST` (a plain-HTTP registry),
+/// keeping every digest.
+fn push_oci(layout: &Path, tag: &str, dest: &str) {
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{dest}"),
+    ]));
+}
+
+/// Asserts that every layer of `manifest` carries the annotation `key` (`who` made it).
+fn assert_layers_annotated(manifest: &serde_json::Value, key: &str, who: &str) {
+    for l in manifest["layers"].as_array().unwrap() {
+        assert!(
+            l["annotations"][key].is_string(),
+            "{who}: a layer without {key}: {l}"
+        );
+    }
+}
+
 impl Setup {
     async fn new() -> Setup {
         let work = tempfile::tempdir().unwrap();
@@ -957,22 +980,14 @@ async fn estargz_from_ctr_remote_matches_umoci() {
         mounts_under(s.work.path()).is_empty(),
         "containerd left mounts"
     );
-    run(Command::new("skopeo").args([
-        "copy",
-        "-q",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:esgz", esgz.display()),
-        &format!("docker://{}/fmt/rich:esgz", s.reg.host()),
-    ]));
+    push_oci(&esgz, "esgz", &format!("{}/fmt/rich:esgz", s.reg.host()));
     s.assert_converted("esgz");
     let manifest = s.manifest("esgz");
-    for l in manifest["layers"].as_array().unwrap() {
-        assert!(
-            l["annotations"]["containerd.io/snapshot/stargz/toc.digest"].is_string(),
-            "ctr-remote layer without a TOC digest: {l}"
-        );
-    }
+    assert_layers_annotated(
+        &manifest,
+        "containerd.io/snapshot/stargz/toc.digest",
+        "ctr-remote",
+    );
     let leeway = Leeway {
         whole_second_mtimes: true,
         ..Leeway::default()
@@ -999,22 +1014,14 @@ async fn zstd_chunked_from_skopeo_matches_umoci() {
         &format!("oci:{}:src", s.reference.layout.display()),
         &format!("oci:{}:zc", zc.display()),
     ]));
-    run(Command::new("skopeo").args([
-        "copy",
-        "-q",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:zc", zc.display()),
-        &format!("docker://{}/fmt/rich:zc", s.reg.host()),
-    ]));
+    push_oci(&zc, "zc", &format!("{}/fmt/rich:zc", s.reg.host()));
     s.assert_converted("zc");
     let manifest = s.manifest("zc");
-    for l in manifest["layers"].as_array().unwrap() {
-        assert!(
-            l["annotations"]["io.containers.zstd-chunked.manifest-position"].is_string(),
-            "skopeo layer without a zstd:chunked manifest: {l}"
-        );
-    }
+    assert_layers_annotated(
+        &manifest,
+        "io.containers.zstd-chunked.manifest-position",
+        "skopeo",
+    );
     let traffic = s.mount_and_compare("zc", "zstd:chunked (skopeo)");
     s.assert_lazy("zc", &traffic);
 }
@@ -1034,12 +1041,11 @@ async fn skiff_convert_output_matches_umoci() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     s.assert_converted("skiff-esgz");
     let manifest = s.manifest("skiff-esgz");
-    for l in manifest["layers"].as_array().unwrap() {
-        assert!(
-            l["annotations"]["containerd.io/snapshot/stargz/toc.digest"].is_string(),
-            "skiff convert wrote a layer without a TOC digest: {l}"
-        );
-    }
+    assert_layers_annotated(
+        &manifest,
+        "containerd.io/snapshot/stargz/toc.digest",
+        "skiff convert",
+    );
     let traffic = s.mount_and_compare("skiff-esgz", "eStargz (skiff convert)");
     s.assert_lazy("skiff-esgz", &traffic);
 }
@@ -1183,14 +1189,7 @@ async fn mounting_a_large_image_reads_only_indexes_and_a_remount_reads_no_layer(
         &format!("oci:{}:src", layout.display()),
         &format!("oci:{}:zc", zc.display()),
     ]));
-    run(Command::new("skopeo").args([
-        "copy",
-        "-q",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:zc", zc.display()),
-        &format!("docker://{}/fmt/large:zc", reg.host()),
-    ]));
+    push_oci(&zc, "zc", &format!("{}/fmt/large:zc", reg.host()));
     let proxy = FaultProxy::start(reg.addr());
 
     for tag in ["gzip", "esgz", "zc"] {
@@ -1217,10 +1216,8 @@ async fn mounting_a_large_image_reads_only_indexes_and_a_remount_reads_no_layer(
             "zc" => Some("io.containers.zstd-chunked.manifest-position"),
             _ => None,
         };
-        for l in manifest["layers"].as_array().unwrap() {
-            if let Some(a) = want {
-                assert!(l["annotations"][a].is_string(), "{tag}: no {a} in {l}");
-            }
+        if let Some(a) = want {
+            assert_layers_annotated(&manifest, a, tag);
         }
         let total: u64 = layers.iter().map(|l| l.1).sum();
         assert!(total > 50 << 20, "{tag}: the image is {total} bytes");
