@@ -18,7 +18,9 @@
 pub mod cache;
 pub mod fetcher;
 pub mod fuse;
+pub mod materialize;
 pub mod profile;
+pub mod reader;
 pub mod stats;
 pub mod tree;
 pub mod upper;

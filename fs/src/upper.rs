@@ -265,3 +265,34 @@ pub fn clear_whiteouts(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+thread_local! {
+    /// Which upper root (an id chosen by the caller) this thread's working directory
+    /// is; 0: the thread still shares the process's working directory.
+    static THREAD_ROOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes the calling thread's working directory the upper root `root` (an open
+/// directory; `id` names it, non-zero), so every upper path can be relative to it.
+///
+/// Why: relative paths stay as short as the paths users see, so paths near
+/// `PATH_MAX` keep working (absolute upper paths would be longer than the kernel
+/// takes). The working directory is per process, so the first call on a thread
+/// gives that thread its own with `unshare(CLONE_FS)` (FUSE threads never share one
+/// again); later calls for the same root do nothing.
+pub fn enter_root(root: &std::fs::File, id: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    THREAD_ROOT.with(|cur| {
+        if cur.get() == id {
+            return Ok(());
+        }
+        if cur.get() == 0 {
+            // SAFETY: only affects this thread's fs context.
+            check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        }
+        // SAFETY: a valid directory fd.
+        check(unsafe { libc::fchdir(root.as_raw_fd()) })?;
+        cur.set(id);
+        Ok(())
+    })
+}

@@ -1,0 +1,231 @@
+//! The inode and name table: every inode the kernel has been told about, what it
+//! stands for (a lower entry, an upper entry, or both merged) and the names it is
+//! reachable by. Paths into the upper directory are built from these names.
+
+use super::Res;
+use crate::tree::LowerId;
+use fuser::{Errno, FileType};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+
+/// The root directory's inode number.
+pub(crate) const ROOT_INO: u64 = 1;
+
+/// Deepest path [`Nodes::path`] follows before it gives up with `ELOOP`.
+const MAX_DEPTH: usize = 4096;
+
+/// One inode of the merged view.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    /// The file type.
+    pub kind: FileType,
+    /// For files: the lower entry (content until copied up). For directories: the
+    /// lower directory merged under this one (`None` when opaque or upper-only).
+    pub lower: Option<LowerId>,
+    /// Whether the entry exists in the upper directory.
+    pub upper: bool,
+    /// Names (parent inode, name), most recent last; directories have one.
+    pub names: Vec<(u64, OsString)>,
+}
+
+impl Node {
+    /// Makes (`parent`, `name`) this node's most recent name.
+    pub fn add_name(&mut self, parent: u64, name: &OsStr) {
+        self.remove_name(parent, name);
+        self.names.push((parent, name.to_os_string()));
+    }
+
+    /// Forgets the name (`parent`, `name`).
+    pub fn remove_name(&mut self, parent: u64, name: &OsStr) {
+        self.names.retain(|(p, n)| !(*p == parent && n == name));
+    }
+
+    /// The parent of the most recent name.
+    pub fn parent(&self) -> Option<u64> {
+        self.names.last().map(|(p, _)| *p)
+    }
+}
+
+/// The inode table (under the filesystem's state lock).
+#[derive(Debug)]
+pub(crate) struct Nodes {
+    nodes: HashMap<u64, Node>,
+}
+
+impl Nodes {
+    /// A table holding only the root directory (merged over lower directory
+    /// `root_lower`, present in the upper directory with `root_upper`).
+    pub fn new(root_lower: Option<LowerId>, root_upper: bool) -> Nodes {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node {
+                kind: FileType::Directory,
+                lower: root_lower,
+                upper: root_upper,
+                names: vec![(ROOT_INO, OsString::new())],
+            },
+        );
+        Nodes { nodes }
+    }
+
+    /// The node `ino`, if known.
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    /// The node `ino` to change, if known.
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    /// The node `ino`, or `ENOENT`.
+    pub fn node(&self, ino: u64) -> Res<&Node> {
+        self.nodes.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    /// The parent of `ino`'s most recent name (the root for unknown inodes, as `..`
+    /// of a directory whose name is gone).
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        self.get(ino).and_then(Node::parent).unwrap_or(ROOT_INO)
+    }
+
+    /// Registers `ino`, found in the upper directory as `name` in `parent`: its kind
+    /// and lower counterpart are what the upper directory says now.
+    pub fn register_upper(
+        &mut self,
+        ino: u64,
+        kind: FileType,
+        lower: Option<LowerId>,
+        parent: u64,
+        name: &OsStr,
+    ) {
+        let node = self.nodes.entry(ino).or_insert_with(|| Node {
+            kind,
+            lower,
+            upper: true,
+            names: Vec::new(),
+        });
+        node.kind = kind;
+        node.lower = lower;
+        node.upper = true;
+        Self::name_node(node, kind, parent, name);
+    }
+
+    /// Registers `ino`, lower entry `id`, found as `name` in `parent`; a node already
+    /// known keeps what it has and gains the name.
+    pub fn register_lower(
+        &mut self,
+        ino: u64,
+        kind: FileType,
+        id: LowerId,
+        parent: u64,
+        name: &OsStr,
+    ) {
+        let node = self.nodes.entry(ino).or_insert_with(|| Node {
+            kind,
+            lower: Some(id),
+            upper: false,
+            names: Vec::new(),
+        });
+        Self::name_node(node, kind, parent, name);
+    }
+
+    /// A directory has exactly one name (the one it was last found by).
+    fn name_node(node: &mut Node, kind: FileType, parent: u64, name: &OsStr) {
+        if kind == FileType::Directory {
+            node.names.clear();
+        }
+        node.add_name(parent, name);
+    }
+
+    /// The path of `ino` relative to the root, through the most recent names.
+    pub fn path(&self, ino: u64) -> Res<PathBuf> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let n = self.node(cur)?;
+            let (p, name) = n.names.last().ok_or(Errno::ENOENT)?;
+            parts.push(name.as_os_str());
+            cur = *p;
+            if parts.len() > MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+        }
+        Ok(parts.iter().rev().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    /// root ─ etc (10) ─ passwd (11); bin (20, upper only) ─ sh (21)
+    fn table() -> Nodes {
+        let mut t = Nodes::new(Some(0), true);
+        t.register_lower(10, FileType::Directory, 1, ROOT_INO, os("etc"));
+        t.register_lower(11, FileType::RegularFile, 2, 10, os("passwd"));
+        t.register_upper(20, FileType::Directory, None, ROOT_INO, os("bin"));
+        t.register_upper(21, FileType::RegularFile, None, 20, os("sh"));
+        t
+    }
+
+    #[test]
+    fn paths_follow_the_names() {
+        let t = table();
+        assert_eq!(t.path(ROOT_INO).unwrap(), PathBuf::new());
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(t.path(21).unwrap(), PathBuf::from("bin/sh"));
+        assert_eq!(t.path(99), Err(Errno::ENOENT));
+        assert_eq!(t.parent_of(11), 10);
+        assert_eq!(t.parent_of(99), ROOT_INO);
+    }
+
+    #[test]
+    fn hard_links_keep_every_name_most_recent_last() {
+        let mut t = table();
+        t.register_lower(11, FileType::RegularFile, 2, ROOT_INO, os("pw"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("pw"));
+        // Finding an old name again makes it the most recent, without a duplicate.
+        t.register_lower(11, FileType::RegularFile, 2, 10, os("passwd"));
+        assert_eq!(t.get(11).unwrap().names.len(), 2);
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
+        t.get_mut(11).unwrap().remove_name(10, os("passwd"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("pw"));
+    }
+
+    #[test]
+    fn a_directory_has_only_its_latest_name() {
+        let mut t = table();
+        t.register_lower(10, FileType::Directory, 1, 20, os("etc2"));
+        assert_eq!(t.get(10).unwrap().names.len(), 1);
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("bin/etc2/passwd"));
+    }
+
+    #[test]
+    fn upper_registration_overrides_and_lower_keeps() {
+        let mut t = table();
+        // Copied up (or replaced in the upper dir): upper facts win.
+        t.register_upper(11, FileType::Symlink, None, 10, os("passwd"));
+        let n = t.get(11).unwrap();
+        assert!(n.upper);
+        assert_eq!((n.kind, n.lower), (FileType::Symlink, None));
+        // A lower lookup of a known node only adds the name.
+        t.register_lower(11, FileType::RegularFile, 7, 10, os("passwd"));
+        let n = t.get(11).unwrap();
+        assert_eq!((n.kind, n.lower, n.upper), (FileType::Symlink, None, true));
+    }
+
+    #[test]
+    fn a_name_cycle_is_eloop_not_a_hang() {
+        let mut t = Nodes::new(None, true);
+        t.register_upper(5, FileType::RegularFile, None, 6, os("a"));
+        t.register_upper(6, FileType::RegularFile, None, 5, os("b"));
+        assert_eq!(t.path(5), Err(Errno::ELOOP));
+    }
+}

@@ -1,0 +1,521 @@
+//! The `fuser::Filesystem` impl: each handler decodes the request, calls one `do_*`
+//! (or union) function of [`SkiffFs`] and sends its result with [`Answer::send`],
+//! the one place where a result becomes a reply or an errno.
+
+use super::attr::SetAttr;
+use super::handles::{Opened, ReadSource};
+use super::{Attr, Res, SkiffFs};
+use fuser::{
+    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// A reply that a `Res<T>` is sent on: the value as the kernel expects it, or the
+/// error.
+trait Answer<T>: Sized {
+    /// Sends the successful value.
+    fn ok_with(self, value: T);
+    /// Sends an errno.
+    fn fail(self, e: Errno);
+    /// Sends `r`.
+    fn send(self, r: Res<T>) {
+        match r {
+            Ok(v) => self.ok_with(v),
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+impl Answer<Attr> for ReplyEntry {
+    fn ok_with(self, (attr, ttl): Attr) {
+        self.entry(&ttl, &attr, Generation(0))
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<Attr> for ReplyAttr {
+    fn ok_with(self, (attr, ttl): Attr) {
+        self.attr(&ttl, &attr)
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<()> for ReplyEmpty {
+    fn ok_with(self, (): ()) {
+        self.ok()
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<()> for ReplyDirectory {
+    fn ok_with(self, (): ()) {
+        self.ok()
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<Vec<u8>> for ReplyData {
+    fn ok_with(self, data: Vec<u8>) {
+        self.data(&data)
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<u32> for ReplyWrite {
+    fn ok_with(self, n: u32) {
+        self.written(n)
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<Opened> for ReplyOpen {
+    fn ok_with(self, o: Opened) {
+        match o.backing {
+            // The kernel accepts no page-cache flags on a passthrough open.
+            Some(b) => self.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b),
+            None => self.opened(FileHandle(o.fh), o.flags),
+        }
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<(Attr, Opened)> for ReplyCreate {
+    fn ok_with(self, ((attr, ttl), o): (Attr, Opened)) {
+        let fh = FileHandle(o.fh);
+        match o.backing {
+            Some(b) => self.created_passthrough(&ttl, &attr, Generation(0), fh, o.flags, &b),
+            None => self.created(&ttl, &attr, Generation(0), fh, o.flags),
+        }
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+/// An xattr value (or list) answered to a caller whose buffer holds `size` bytes
+/// (0: it asks only how big the value is).
+impl Answer<(u32, Vec<u8>)> for ReplyXattr {
+    fn ok_with(self, (size, data): (u32, Vec<u8>)) {
+        if size == 0 {
+            self.size(data.len() as u32);
+        } else if (size as usize) < data.len() {
+            self.error(Errno::ERANGE);
+        } else {
+            self.data(&data);
+        }
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl fuser::Filesystem for SkiffFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.set_max_readahead(1 << 20);
+        // Passthrough lets the kernel read and write upper files and fully cached lower
+        // files directly. It needs CAP_SYS_ADMIN and kernel >= 6.9; without it every
+        // open simply stays on the normal FUSE path.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.handles.passthrough = true;
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let mut st = self.state.write();
+        let r = self.lookup_in(&mut st, parent.0, name);
+        reply.send(r.map(|(_, attr, ttl)| (attr, ttl)))
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply.send(self.do_getattr(ino.0, fh.map(|f| f.0)))
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh: fh.map(|f| f.0),
+        };
+        reply.send(self.do_setattr(ino.0, change))
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply.send(self.do_readlink(ino.0))
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.send(self.do_mknod(req, parent.0, name, mode, umask, rdev))
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.send(self.do_mkdir(req, parent.0, name, mode, umask))
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.send(self.remove(parent.0, name, false))
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.send(self.remove(parent.0, name, true))
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.send(self.do_symlink(req, parent.0, link_name, target))
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.send(self.do_rename(parent.0, name, newparent.0, newname, flags))
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.send(self.do_link(ino.0, newparent.0, newname))
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.do_open(ino.0, flags.0, |f| reply.open_backing(f));
+        reply.send(r)
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(ino.0, fh.0, offset, size) {
+            Ok(ReadSource::Data(data)) => reply.ok_with(data),
+            // Answered now from the cache, or later from a fetcher thread.
+            Ok(ReadSource::Lower(id)) => self.reader.read(
+                id,
+                offset,
+                size,
+                Box::new(move |r| reply.send(r.map_err(|e| e.errno()))),
+            ),
+            Err(e) => reply.fail(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.send(self.do_write(fh.0, offset, data, flags.0))
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.send(self.do_fsync(fh.0, datasync))
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.do_opendir(ino.0).map(|fh| Opened {
+            fh,
+            flags: FopenFlags::empty(),
+            backing: None,
+        });
+        reply.send(r)
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        // Lock order is always state before handles, so the parent is read first.
+        let parent = self.state.read().parent_of(ino.0);
+        let dots = dots(ino.0, parent);
+        let r = self.handles.with_dir(fh.0, |entries| {
+            for (i, (name, cino, kind)) in dots
+                .iter()
+                .chain(entries.iter())
+                .enumerate()
+                .skip(offset as usize)
+            {
+                if reply.add(INodeNo(*cino), (i + 1) as u64, *kind, name) {
+                    break;
+                }
+            }
+        });
+        reply.send(r)
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.handles.with_dir(fh.0, |e| e.to_vec()) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let mut st = self.state.write();
+        let dots = dots(ino.0, st.parent_of(ino.0));
+        for (i, (name, cino, _)) in dots
+            .iter()
+            .chain(entries.iter())
+            .enumerate()
+            .skip(offset as usize)
+        {
+            let attr = if i < 2 {
+                self.attr(&st, *cino)
+            } else {
+                self.lookup_in(&mut st, ino.0, name).map(|(_, a, t)| (a, t))
+            };
+            let Ok((attr, ttl)) = attr else { continue };
+            if reply.add(
+                INodeNo(*cino),
+                (i + 1) as u64,
+                name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.release_dir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let path = self.upper.clone().unwrap_or_else(|| PathBuf::from("/"));
+        match nix::sys::statvfs::statvfs(&path) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                255,
+                s.fragment_size() as u32,
+            ),
+            Err(_) => reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.send(self.do_setxattr(ino.0, name, value, flags))
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply.send(self.do_getxattr(ino.0, name).map(|v| (size, v)))
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply.send(self.do_listxattr(ino.0).map(|v| (size, v)))
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.send(self.do_removexattr(ino.0, name))
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self.do_create(req, parent.0, name, mode, umask, flags, |f| {
+            reply.open_backing(f)
+        });
+        reply.send(r)
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.send(self.do_fallocate(fh.0, offset, length, mode))
+    }
+}
+
+/// The `.` and `..` entries that start every listing.
+fn dots(ino: u64, parent: u64) -> [(OsString, u64, FileType); 2] {
+    [
+        (OsString::from("."), ino, FileType::Directory),
+        (OsString::from(".."), parent, FileType::Directory),
+    ]
+}
