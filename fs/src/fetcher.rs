@@ -14,6 +14,7 @@
 //! inside a fetched range are decoded and cached too, asked for or not.
 
 use crate::cache::ChunkCache;
+use crate::plan;
 use crate::stats::Stats;
 use parking_lot::{Condvar, Mutex};
 use skiff_proto::index::{decode_chunks, Chunk, LayerIndex};
@@ -343,43 +344,19 @@ impl Fetcher {
     /// and queues them at `priority`, skipping chunks already stored. Failures are only
     /// logged: nobody waits for these.
     pub fn queue_speculative(&self, priority: Priority, layer: usize, chunks: Vec<Chunk>) {
-        let mut job: Vec<Chunk> = Vec::new();
-        let mut job_start = 0u64;
-        let flush = |job: &mut Vec<Chunk>| {
-            if job.is_empty() {
-                return;
-            }
+        let cache = &self.inner.cache;
+        for job in plan::split_jobs(chunks, SPECULATIVE_JOB_BYTES, |c| cache.contains(&c.digest)) {
             self.submit_with(
                 priority,
                 layer,
-                std::mem::take(job),
+                job,
                 Box::new(move |r| {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, ?priority, "speculative fetch failed");
                     }
                 }),
             );
-        };
-        for c in chunks {
-            if self.inner.cache.contains(&c.digest) {
-                continue;
-            }
-            let end = c.blob_offset.saturating_add(c.blob_len);
-            // Chunks resuming at the same gzip checkpoint (same blob offset) stay in one
-            // job, so their shared range is read and inflated once.
-            let same_start = job.last().is_some_and(|l| l.blob_offset == c.blob_offset);
-            if !job.is_empty()
-                && !same_start
-                && end.saturating_sub(job_start) > SPECULATIVE_JOB_BYTES
-            {
-                flush(&mut job);
-            }
-            if job.is_empty() {
-                job_start = c.blob_offset;
-            }
-            job.push(c);
         }
-        flush(&mut job);
     }
 
     /// Whether no job is queued or running.
@@ -564,58 +541,10 @@ impl Inner {
         prev.is_some_and(|p| start.abs_diff(p) <= LOCALITY)
     }
 
-    /// How far a request for `[start, end)` of layer `l` grows to take in the uncached
-    /// chunks after it: in order of where they end, up to `start` + the neighbour
-    /// window, stopping at the first one that is cached or being fetched (the request
-    /// would download it again).
-    fn neighbour_end(&self, l: &Layer, start: u64, end: u64) -> u64 {
-        let limit = start.saturating_add(self.tuning.neighbour_window);
-        if end >= limit {
-            return end;
-        }
-        let mut next: Vec<&Chunk> = l
-            .index
-            .chunks
-            .iter()
-            .filter(|c| {
-                let c_end = c.blob_offset.saturating_add(c.blob_len);
-                c.blob_offset >= start && c_end > end && c_end <= limit
-            })
-            .collect();
-        next.sort_by_key(|c| c.blob_offset.saturating_add(c.blob_len));
-        let inflight = self.inflight.lock();
-        let mut new_end = end;
-        for c in next {
-            if inflight.contains_key(&c.digest) || self.cache.contains(&c.digest) {
-                break;
-            }
-            new_end = c.blob_offset.saturating_add(c.blob_len);
-        }
-        new_end
-    }
-
-    /// Uncached chunks of layer `l`, other than `taken`, whose blob range lies inside
-    /// `[start, end)`, up to [`MAX_BONUS_BYTES`] of content.
-    fn bonus_chunks(&self, l: &Layer, start: u64, end: u64, taken: &[Chunk]) -> Vec<Chunk> {
-        let mut out: Vec<Chunk> = Vec::new();
-        let mut seen: std::collections::HashSet<Digest> = taken.iter().map(|c| c.digest).collect();
-        let mut total = 0u64;
-        let inflight = self.inflight.lock();
-        for c in &l.index.chunks {
-            let inside = c.blob_offset >= start && c.blob_offset.saturating_add(c.blob_len) <= end;
-            if !inside
-                || total.saturating_add(c.len) > MAX_BONUS_BYTES
-                || seen.contains(&c.digest)
-                || inflight.contains_key(&c.digest)
-                || self.cache.contains(&c.digest)
-            {
-                continue;
-            }
-            seen.insert(c.digest);
-            total += c.len;
-            out.push(*c);
-        }
-        out
+    /// Whether chunk `c` is stored or being fetched (a range request taking it in
+    /// would download it again). `inflight` is the locked in-flight table.
+    fn busy(&self, inflight: &HashMap<Digest, Arc<Slot>>, c: &Chunk) -> bool {
+        inflight.contains_key(&c.digest) || self.cache.contains(&c.digest)
     }
 
     /// Fetches the owned chunks, one blob read per run of nearby (or overlapping)
@@ -637,30 +566,24 @@ impl Inner {
             }
             return;
         };
-        let mut order: Vec<&(usize, Arc<Slot>)> = owned.iter().collect();
-        order.sort_by_key(|(i, _)| chunks[*i].blob_offset);
-        // (blob start, blob end, the chunks read by that one range request)
-        type Run<'a> = (u64, u64, Vec<&'a (usize, Arc<Slot>)>);
-        let mut runs: Vec<Run> = Vec::new();
-        for item in order {
-            let c = &chunks[item.0];
-            let end = c.blob_offset.saturating_add(c.blob_len);
-            let gap = self.tuning.merge_gap;
-            let cap = self.tuning.max_request;
-            match runs.last_mut() {
-                Some((run_start, run_end, members))
-                    if c.blob_offset <= run_end.saturating_add(gap)
-                        && end.saturating_sub(*run_start) <= cap.max(*run_end - *run_start) =>
-                {
-                    *run_end = (*run_end).max(end);
-                    members.push(item);
-                }
-                _ => runs.push((c.blob_offset, end, vec![item])),
-            }
-        }
-        for (start, end, members) in runs {
+        let owned_chunks: Vec<Chunk> = owned.iter().map(|(i, _)| chunks[*i]).collect();
+        let runs = plan::merge_runs(
+            &owned_chunks,
+            self.tuning.merge_gap,
+            self.tuning.max_request,
+        );
+        for plan::Run {
+            start,
+            end,
+            members,
+        } in runs
+        {
+            let members: Vec<&(usize, Arc<Slot>)> = members.iter().map(|&k| &owned[k]).collect();
             let end = if neighbours && self.near_last_miss(layer, start, end) {
-                self.neighbour_end(l, start, end)
+                let window = self.tuning.neighbour_window;
+                plan::neighbour_end(&l.index, start, end, window, |c| {
+                    self.busy(&self.inflight.lock(), c)
+                })
             } else {
                 end
             };
@@ -691,7 +614,12 @@ impl Inner {
             // decoded too (the bytes are here already): gzip spans holding many small
             // files, gaps bridged by merging.
             let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
-            let extras = self.bonus_chunks(l, start, end, &batch);
+            let extras = {
+                let inflight = self.inflight.lock();
+                plan::bonus_chunks(&l.index, start, end, &batch, MAX_BONUS_BYTES, |c| {
+                    self.busy(&inflight, c)
+                })
+            };
             batch.extend(extras);
             let t1 = Instant::now();
             let decoded = decode_chunks(&l.index, &batch, start, &raw);

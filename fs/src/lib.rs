@@ -19,6 +19,7 @@ pub mod cache;
 pub mod fetcher;
 pub mod fuse;
 pub mod materialize;
+pub mod plan;
 pub mod profile;
 pub mod reader;
 pub mod stats;

@@ -4,6 +4,7 @@
 //! should ride along) and assembles the reply on the fetcher's thread.
 
 use crate::fetcher::{ChunkData, FetchError, Fetcher};
+use crate::plan;
 use crate::profile::Recorder;
 use crate::stats::Stats;
 use crate::tree::{LowerId, LowerTree};
@@ -113,9 +114,8 @@ impl LowerReader {
             offset == 0 || prev == Some(offset)
         };
         let all = idx.chunks_of(&ln.entry);
-        let first = all.partition_point(|c| c.file_offset + c.len <= offset);
-        let last = all.partition_point(|c| c.file_offset < end);
-        let chunks: Vec<Chunk> = all.get(first..last).unwrap_or(&[]).to_vec();
+        let wanted = plan::chunk_range(all, offset, end);
+        let chunks: Vec<Chunk> = all.get(wanted.clone()).unwrap_or(&[]).to_vec();
         if let Some(data) = self.fetcher.cached(&chunks) {
             let out = assemble(&chunks, &data, offset, end);
             self.stats.record_read(start.elapsed(), out.len());
@@ -123,39 +123,31 @@ impl LowerReader {
         }
         let stats = self.stats.clone();
         let layer = ln.layer;
-        let mut job = chunks.clone();
-        if sequential && self.config.readahead > 0 {
-            // Read-ahead: the file's next chunks that are nearby in the blob and not
-            // cached ride along in the same request (the reply uses only `wanted`).
-            let base = job.first().map_or(0, |c| c.blob_offset);
-            for c in all.get(last..).unwrap_or(&[]) {
-                let prev_end = job.last().map_or(0, |p| p.blob_offset + p.blob_len);
-                let within = c
-                    .blob_offset
-                    .saturating_add(c.blob_len)
-                    .saturating_sub(base)
-                    <= self.config.readahead;
-                if !within || c.blob_offset > prev_end.saturating_add(64 << 10) {
-                    break;
-                }
-                if self.fetcher.cache().contains(&c.digest) {
-                    break;
-                }
-                job.push(*c);
-            }
-        }
-        // Executables only: exec'd programs page in most of their text, while libraries
-        // and data files are mapped and touched sparsely (node's ICU data and libnode:
-        // +12 MB fetched and +0.4 s when every big file was queued whole; the node rows
-        // of bench/RESULTS.md, `bash bench/coldstart.sh --images node --tools skiff`).
-        let executable = ln.entry.mode & 0o111 != 0;
-        if executable && all.len() > job.len() && fsize <= self.config.whole_file_max {
+        // Read-ahead: on a sequential read, the file's next chunks that are nearby in
+        // the blob and not stored ride along in the same request (the reply uses only
+        // `chunks`).
+        let extra = if sequential {
+            let cache = self.fetcher.cache();
+            plan::readahead(all, wanted, self.config.readahead, |c| {
+                cache.contains(&c.digest)
+            })
+        } else {
+            Vec::new()
+        };
+        let taken = chunks.len() + extra.len();
+        if plan::wants_whole_file(
+            ln.entry.mode,
+            fsize,
+            all.len(),
+            taken,
+            self.config.whole_file_max,
+        ) {
+            let job: Vec<Chunk> = chunks.iter().chain(&extra).copied().collect();
             self.queue_rest_of_file(id, layer, all, &job);
         }
-        let extra = job.split_off(chunks.len());
         self.fetcher.submit_readahead(
             layer,
-            job,
+            chunks.clone(),
             extra,
             Box::new(move |r| match r {
                 Ok(data) => {
@@ -181,11 +173,7 @@ impl LowerReader {
         if !self.whole_queued.lock().insert(id) {
             return;
         }
-        let rest: Vec<Chunk> = all
-            .iter()
-            .filter(|c| !taken.iter().any(|t| t.digest == c.digest))
-            .copied()
-            .collect();
+        let rest = plan::rest_of_file(all, taken);
         self.fetcher
             .queue_speculative(crate::fetcher::Priority::Prefetch, layer, rest);
     }
