@@ -130,8 +130,17 @@ struct Job {
     chunks: Vec<Chunk>,
     /// The first `required` chunks are the answer; the rest ride along (read-ahead).
     required: usize,
+    /// What the submitter already found in the cache ([`Fetcher::lookup`]); `None`:
+    /// the worker looks the chunks up.
+    found: Option<Found>,
     done: Done,
 }
+
+/// What one cache lookup of a read's chunks found: the data of those that are
+/// cached, in order. Handed on to [`Fetcher::submit_readahead`] so the worker does
+/// not ask the cache for the same chunks again.
+#[derive(Debug, Clone)]
+pub struct Found(Vec<Option<Arc<Vec<u8>>>>);
 
 /// The job queues and what the workers are doing (under one lock).
 #[derive(Default)]
@@ -273,6 +282,24 @@ impl Fetcher {
         Some(out)
     }
 
+    /// Looks each of `chunks` up in the cache, once: all cached gives their data
+    /// (counting hits); otherwise what was found, for [`Fetcher::submit_readahead`]
+    /// (which counts those hits when the job runs).
+    pub fn lookup(&self, chunks: &[Chunk]) -> Result<ChunkData, Found> {
+        let found: Vec<Option<Arc<Vec<u8>>>> = chunks
+            .iter()
+            .map(|c| self.inner.cache.get(&c.digest).map(|(d, _)| d))
+            .collect();
+        if found.iter().any(Option::is_none) {
+            return Err(Found(found));
+        }
+        self.inner
+            .stats
+            .cache_hits
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        Ok(found.into_iter().flatten().collect())
+    }
+
     /// Whether every one of `chunks` is in the disk cache (not verified).
     pub fn all_on_disk(&self, chunks: &[Chunk]) -> bool {
         chunks.iter().all(|c| self.inner.cache.on_disk(&c.digest))
@@ -294,6 +321,7 @@ impl Fetcher {
                 layer,
                 chunks,
                 required,
+                found: None,
                 done,
             },
         )
@@ -301,11 +329,13 @@ impl Fetcher {
 
     /// An on-demand read of `chunks` that also fetches `extra` (read-ahead) in the same
     /// requests where they are nearby; `done` gets only `chunks`' data, and a failure of
-    /// an extra chunk does not fail the read.
+    /// an extra chunk does not fail the read. `found` is what [`Fetcher::lookup`] found
+    /// of `chunks`; `extra` was chosen among chunks not stored.
     pub fn submit_readahead(
         &self,
         layer: usize,
         mut chunks: Vec<Chunk>,
+        found: Found,
         extra: Vec<Chunk>,
         done: Done,
     ) {
@@ -317,6 +347,7 @@ impl Fetcher {
                 layer,
                 chunks,
                 required,
+                found: Some(found),
                 done,
             },
         )
@@ -392,7 +423,7 @@ impl Fetcher {
 
     /// Fetches `chunks` on the calling thread (copy-up, prefetch).
     pub fn fetch_blocking(&self, layer: usize, chunks: &[Chunk]) -> Result<ChunkData, FetchError> {
-        self.inner.load(layer, chunks, chunks.len(), false)
+        self.inner.load(layer, chunks, chunks.len(), false, None)
     }
 
     /// Stops the workers: queued on-demand jobs still run, queued prefetch and
@@ -467,6 +498,7 @@ impl Inner {
                 &job.chunks,
                 job.required,
                 priority == Priority::OnDemand,
+                job.found,
             );
             (job.done)(r);
             let mut q = self.queues.lock();
@@ -484,21 +516,30 @@ impl Inner {
     /// Loads `chunks`; the result holds the first `required` of them, and only their
     /// failures fail it. `neighbours`: small requests also take in what follows them
     /// ([`FetchTuning::neighbour_window`]).
+    ///
+    /// With `found` (the submitter's lookup), the cache is not asked again for what
+    /// it holds; a chunk it lacks is only re-checked in the cache's index, since it
+    /// may have been fetched by another job while this one was queued.
     fn load(
         &self,
         layer: usize,
         chunks: &[Chunk],
         required: usize,
         neighbours: bool,
+        found: Option<Found>,
     ) -> Result<ChunkData, FetchError> {
-        let mut out: Vec<Option<Arc<Vec<u8>>>> = vec![None; chunks.len()];
+        let looked_up = found.is_some();
+        let mut out: Vec<Option<Arc<Vec<u8>>>> = found.map(|f| f.0).unwrap_or_default();
+        out.resize(chunks.len(), None);
         let mut owned: Vec<(usize, Arc<Slot>)> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Slot>)> = Vec::new();
         let mut missing = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            if let Some((data, _)) = self.cache.get(&c.digest) {
+            if out[i].is_none() && (!looked_up || self.cache.contains(&c.digest)) {
+                out[i] = self.cache.get(&c.digest).map(|(data, _)| data);
+            }
+            if out[i].is_some() {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                out[i] = Some(data);
             } else {
                 missing.push(i);
             }

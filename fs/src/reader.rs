@@ -116,11 +116,16 @@ impl LowerReader {
         let all = idx.chunks_of(&ln.entry);
         let wanted = plan::chunk_range(all, offset, end);
         let chunks: Vec<Chunk> = all.get(wanted.clone()).unwrap_or(&[]).to_vec();
-        if let Some(data) = self.fetcher.cached(&chunks) {
-            let out = assemble(&chunks, &data, offset, end);
-            self.stats.record_read(start.elapsed(), out.len());
-            return done(Ok(out));
-        }
+        // The one cache lookup of this read: what it finds goes with the job, so the
+        // fetcher does not ask again.
+        let found = match self.fetcher.lookup(&chunks) {
+            Ok(data) => {
+                let out = assemble(&chunks, &data, offset, end);
+                self.stats.record_read(start.elapsed(), out.len());
+                return done(Ok(out));
+            }
+            Err(found) => found,
+        };
         let stats = self.stats.clone();
         let layer = ln.layer;
         // Read-ahead: on a sequential read, the file's next chunks that are nearby in
@@ -148,6 +153,7 @@ impl LowerReader {
         self.fetcher.submit_readahead(
             layer,
             chunks.clone(),
+            found,
             extra,
             Box::new(move |r| match r {
                 Ok(data) => {
