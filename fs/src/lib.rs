@@ -2,9 +2,10 @@
 //!
 //! Give it the layers of an image (bottom first), each as an index plus a blob
 //! reader, and it mounts their merged view: [`tree`] folds the layer indexes with the
-//! OCI rules, [`fetcher`] reads and verifies only the chunks a read touches, [`cache`]
-//! keeps them (content-addressed, on disk and in memory), [`upper`] holds the
-//! copy-on-write layer in overlayfs's on-disk format, and [`fuse`] answers the kernel.
+//! OCI rules, [`fuse`] answers the kernel, [`reader`] serves reads of lower files,
+//! [`plan`] decides which chunks to fetch with them, [`fetcher`] reads and verifies
+//! them, [`cache`] keeps them (content-addressed, on disk and in memory), and
+//! [`upper`] holds the copy-on-write layer in overlayfs's on-disk format.
 //!
 //! ```no_run
 //! # fn f(layers: Vec<skiff_fs::Layer>) -> Result<(), skiff_fs::MountError> {

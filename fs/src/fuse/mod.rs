@@ -10,11 +10,11 @@
 //! Mutations take one write lock on the node table and are done with path-based
 //! system calls on the upper directory.
 //!
-//! The parts: [`ops`] decodes kernel requests and replies (the `fuser::Filesystem`
-//! impl), [`union`] holds the merge rules (lookup, listing, create, remove, rename),
-//! [`nodes`] the inode and name table, [`handles`] open files and their I/O mode,
-//! [`copy_up`] copying lower entries into the upper directory, [`attr`] attribute
-//! conversion and [`xattr`] extended attributes.
+//! The parts: `ops` decodes kernel requests and replies (the `fuser::Filesystem`
+//! impl), `union` holds the merge rules (lookup, listing, create, remove, rename),
+//! `nodes` the inode and name table, `handles` open files and their I/O mode,
+//! `copy_up` copying lower entries into the upper directory, `attr` attribute
+//! conversion and `xattr` extended attributes.
 
 mod attr;
 mod copy_up;
