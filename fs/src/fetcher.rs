@@ -101,7 +101,7 @@ pub struct FetchTuning {
     /// Background jobs wait until no on-demand read has been submitted (and the fetcher
     /// has existed) for this long: start-up reads come first.
     pub background_quiet: Duration,
-    /// An on-demand request smaller than this, landing within [`LOCALITY`] of the
+    /// An on-demand request smaller than this, landing within 1 MiB (`LOCALITY`) of the
     /// layer's previous one, grows to take in the uncached chunks that follow it in the
     /// blob, up to this many bytes from its start: files read together mostly sit
     /// together in the tar (a compiler's headers), and one round trip costs as much as
@@ -371,9 +371,9 @@ impl Fetcher {
         self.inner.changed.notify_all();
     }
 
-    /// Splits `chunks` (in blob order) into jobs of at most [`SPECULATIVE_JOB_BYTES`]
-    /// and queues them at `priority`, skipping chunks already stored. Failures are only
-    /// logged: nobody waits for these.
+    /// Splits `chunks` (in blob order) into jobs of at most 1 MiB of blob
+    /// ([`plan::split_jobs`]) and queues them at `priority`, skipping chunks already
+    /// stored. Failures are only logged: nobody waits for these.
     pub fn queue_speculative(&self, priority: Priority, layer: usize, chunks: Vec<Chunk>) {
         let cache = &self.inner.cache;
         for job in plan::split_jobs(chunks, SPECULATIVE_JOB_BYTES, |c| cache.contains(&c.digest)) {

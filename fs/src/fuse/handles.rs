@@ -11,10 +11,10 @@ use super::union::DirEntry;
 use super::{errno, Attr, Res, SkiffFs};
 use crate::stats::Stats;
 use crate::tree::LowerId;
-use fuser::{BackingId, Errno, FopenFlags, Request};
+use fuser::{BackingId, Errno, FileType, FopenFlags, Request};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -365,4 +365,70 @@ impl SkiffFs {
         let entries = self.list(&mut st, ino)?;
         Ok(self.handles.insert(Handle::Dir { entries }))
     }
+
+    /// Walks directory handle `fh` of `ino` from entry `offset` on (`.` and `..`
+    /// first), giving each entry's inode, next offset, type and name to `add` until it
+    /// says the reply is full.
+    pub(super) fn do_readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Res<()> {
+        // Lock order is always state before handles, so the parent is read first.
+        let parent = self.state.read().parent_of(ino);
+        let dots = dots(ino, parent);
+        self.handles.with_dir(fh, |entries| {
+            for (i, (name, cino, kind)) in dots
+                .iter()
+                .chain(entries.iter())
+                .enumerate()
+                .skip(offset as usize)
+            {
+                if add(*cino, (i + 1) as u64, *kind, name) {
+                    break;
+                }
+            }
+        })
+    }
+
+    /// [`SkiffFs::do_readdir`] with each entry's attributes (looked up again, so the
+    /// inode is known to the kernel); entries gone since `opendir` are skipped.
+    pub(super) fn do_readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, &OsStr, &Attr) -> bool,
+    ) -> Res<()> {
+        let entries = self.handles.with_dir(fh, |e| e.to_vec())?;
+        let mut st = self.state.write();
+        let dots = dots(ino, st.parent_of(ino));
+        for (i, (name, cino, _)) in dots
+            .iter()
+            .chain(entries.iter())
+            .enumerate()
+            .skip(offset as usize)
+        {
+            let attr = if i < 2 {
+                self.attr(&st, *cino)
+            } else {
+                self.lookup_in(&mut st, ino, name).map(|(_, a, t)| (a, t))
+            };
+            let Ok(attr) = attr else { continue };
+            if add(*cino, (i + 1) as u64, name, &attr) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `.` and `..` entries that start every listing.
+fn dots(ino: u64, parent: u64) -> [DirEntry; 2] {
+    [
+        (OsString::from("."), ino, FileType::Directory),
+        (OsString::from(".."), parent, FileType::Directory),
+    ]
 }

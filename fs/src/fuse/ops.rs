@@ -6,12 +6,11 @@ use super::attr::SetAttr;
 use super::handles::{Opened, ReadSource};
 use super::{Attr, Res, SkiffFs};
 use fuser::{
-    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -51,6 +50,15 @@ impl Answer<Attr> for ReplyAttr {
 }
 
 impl Answer<()> for ReplyEmpty {
+    fn ok_with(self, (): ()) {
+        self.ok()
+    }
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl Answer<()> for ReplyDirectoryPlus {
     fn ok_with(self, (): ()) {
         self.ok()
     }
@@ -355,20 +363,8 @@ impl fuser::Filesystem for SkiffFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // Lock order is always state before handles, so the parent is read first.
-        let parent = self.state.read().parent_of(ino.0);
-        let dots = dots(ino.0, parent);
-        let r = self.handles.with_dir(fh.0, |entries| {
-            for (i, (name, cino, kind)) in dots
-                .iter()
-                .chain(entries.iter())
-                .enumerate()
-                .skip(offset as usize)
-            {
-                if reply.add(INodeNo(*cino), (i + 1) as u64, *kind, name) {
-                    break;
-                }
-            }
+        let r = self.do_readdir(ino.0, fh.0, offset, |cino, next, kind, name| {
+            reply.add(INodeNo(cino), next, kind, name)
         });
         reply.send(r)
     }
@@ -381,36 +377,10 @@ impl fuser::Filesystem for SkiffFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.handles.with_dir(fh.0, |e| e.to_vec()) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        let mut st = self.state.write();
-        let dots = dots(ino.0, st.parent_of(ino.0));
-        for (i, (name, cino, _)) in dots
-            .iter()
-            .chain(entries.iter())
-            .enumerate()
-            .skip(offset as usize)
-        {
-            let attr = if i < 2 {
-                self.attr(&st, *cino)
-            } else {
-                self.lookup_in(&mut st, ino.0, name).map(|(_, a, t)| (a, t))
-            };
-            let Ok((attr, ttl)) = attr else { continue };
-            if reply.add(
-                INodeNo(*cino),
-                (i + 1) as u64,
-                name,
-                &ttl,
-                &attr,
-                Generation(0),
-            ) {
-                break;
-            }
-        }
-        reply.ok();
+        let r = self.do_readdirplus(ino.0, fh.0, offset, |cino, next, name, (attr, ttl)| {
+            reply.add(INodeNo(cino), next, name, ttl, attr, Generation(0))
+        });
+        reply.send(r)
     }
 
     fn releasedir(
@@ -510,12 +480,4 @@ impl fuser::Filesystem for SkiffFs {
     ) {
         reply.send(self.do_fallocate(fh.0, offset, length, mode))
     }
-}
-
-/// The `.` and `..` entries that start every listing.
-fn dots(ino: u64, parent: u64) -> [(OsString, u64, FileType); 2] {
-    [
-        (OsString::from("."), ino, FileType::Directory),
-        (OsString::from(".."), parent, FileType::Directory),
-    ]
 }
