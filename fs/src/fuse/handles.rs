@@ -209,23 +209,7 @@ impl SkiffFs {
         let st = self.state.read();
         let n = st.node(ino)?;
         if n.upper {
-            let f = self.open_upper(&st, ino, flags)?;
-            let backing = self.handles.io_mode(
-                &self.stats,
-                ino,
-                true,
-                || self.upper_backing(&st, ino),
-                register,
-            )?;
-            let fh = self.handles.insert(Handle::Upper {
-                file: Arc::new(f),
-                ino,
-            });
-            Ok(Opened {
-                fh,
-                flags: FopenFlags::empty(),
-                backing,
-            })
+            self.open_upper_handle(&st, ino, flags, register)
         } else {
             let id = n.lower;
             let backing = self.handles.io_mode(
@@ -257,36 +241,45 @@ impl SkiffFs {
         register: impl FnOnce(&File) -> io::Result<BackingId>,
     ) -> Res<(Attr, Opened)> {
         let mut st = self.state.write();
-        let (p, _) = self.prepare_new(&mut st, parent, name)?;
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(errno)?;
-        drop(f);
-        self.own_new(req, &st, parent, &p, Some(mode & 0o7777 & !umask))?;
-        let (ino, attr, ttl) = self.lookup_in(&mut st, parent, name)?;
-        let f = self.open_upper(&st, ino, flags & !libc::O_TRUNC)?;
+        let (ino, attr) = self.new_entry(&mut st, req, parent, name, |_, p, _| {
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+                .map_err(errno)?;
+            drop(f);
+            Ok(Some(mode & 0o7777 & !umask))
+        })?;
+        let opened = self.open_upper_handle(&st, ino, flags & !libc::O_TRUNC, register)?;
+        Ok((attr, opened))
+    }
+
+    /// A handle on upper file `ino` opened with `flags`, passed through when it can be.
+    fn open_upper_handle(
+        &self,
+        st: &super::Nodes,
+        ino: u64,
+        flags: i32,
+        register: impl FnOnce(&File) -> io::Result<BackingId>,
+    ) -> Res<Opened> {
+        let f = self.open_upper(st, ino, flags)?;
         let backing = self.handles.io_mode(
             &self.stats,
             ino,
             true,
-            || self.upper_backing(&st, ino),
+            || self.upper_backing(st, ino),
             register,
         )?;
         let fh = self.handles.insert(Handle::Upper {
             file: Arc::new(f),
             ino,
         });
-        Ok((
-            (attr, ttl),
-            Opened {
-                fh,
-                flags: FopenFlags::empty(),
-                backing,
-            },
-        ))
+        Ok(Opened {
+            fh,
+            flags: FopenFlags::empty(),
+            backing,
+        })
     }
 
     /// Reads `size` bytes at `offset` of handle `fh` of `ino` when it is an upper file;

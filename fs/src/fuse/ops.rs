@@ -31,111 +31,56 @@ trait Answer<T>: Sized {
     }
 }
 
-impl Answer<Attr> for ReplyEntry {
-    fn ok_with(self, (attr, ttl): Attr) {
-        self.entry(&ttl, &attr, Generation(0))
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<Attr> for ReplyAttr {
-    fn ok_with(self, (attr, ttl): Attr) {
-        self.attr(&ttl, &attr)
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<()> for ReplyEmpty {
-    fn ok_with(self, (): ()) {
-        self.ok()
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<()> for ReplyDirectoryPlus {
-    fn ok_with(self, (): ()) {
-        self.ok()
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<()> for ReplyDirectory {
-    fn ok_with(self, (): ()) {
-        self.ok()
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<Vec<u8>> for ReplyData {
-    fn ok_with(self, data: Vec<u8>) {
-        self.data(&data)
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<u32> for ReplyWrite {
-    fn ok_with(self, n: u32) {
-        self.written(n)
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
-
-impl Answer<Opened> for ReplyOpen {
-    fn ok_with(self, o: Opened) {
-        match o.backing {
-            // The kernel accepts no page-cache flags on a passthrough open.
-            Some(b) => self.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b),
-            None => self.opened(FileHandle(o.fh), o.flags),
+/// Implements [`Answer`] for a reply type: how the value is sent (`|reply, value|`);
+/// an error is always `reply.error(e)`.
+macro_rules! answer {
+    ($reply:ty, $t:ty, |$r:ident, $v:pat_param| $ok:expr) => {
+        impl Answer<$t> for $reply {
+            fn ok_with(self, value: $t) {
+                let ($r, $v) = (self, value);
+                $ok
+            }
+            fn fail(self, e: Errno) {
+                self.error(e)
+            }
         }
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
+    };
 }
 
-impl Answer<(Attr, Opened)> for ReplyCreate {
-    fn ok_with(self, ((attr, ttl), o): (Attr, Opened)) {
-        let fh = FileHandle(o.fh);
-        match o.backing {
-            Some(b) => self.created_passthrough(&ttl, &attr, Generation(0), fh, o.flags, &b),
-            None => self.created(&ttl, &attr, Generation(0), fh, o.flags),
-        }
+answer!(ReplyEntry, Attr, |r, (attr, ttl)| r.entry(
+    &ttl,
+    &attr,
+    Generation(0)
+));
+answer!(ReplyAttr, Attr, |r, (attr, ttl)| r.attr(&ttl, &attr));
+answer!(ReplyEmpty, (), |r, ()| r.ok());
+answer!(ReplyDirectory, (), |r, ()| r.ok());
+answer!(ReplyDirectoryPlus, (), |r, ()| r.ok());
+answer!(ReplyData, Vec<u8>, |r, data| r.data(&data));
+answer!(ReplyWrite, u32, |r, n| r.written(n));
+answer!(ReplyOpen, Opened, |r, o| match o.backing {
+    // The kernel accepts no page-cache flags on a passthrough open.
+    Some(b) => r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b),
+    None => r.opened(FileHandle(o.fh), o.flags),
+});
+answer!(ReplyCreate, (Attr, Opened), |r, ((attr, ttl), o)| {
+    let fh = FileHandle(o.fh);
+    match o.backing {
+        Some(b) => r.created_passthrough(&ttl, &attr, Generation(0), fh, o.flags, &b),
+        None => r.created(&ttl, &attr, Generation(0), fh, o.flags),
     }
-    fn fail(self, e: Errno) {
-        self.error(e)
+});
+// An xattr value (or list) for a caller whose buffer holds `size` bytes (0: it asks
+// only how big the value is).
+answer!(ReplyXattr, (u32, Vec<u8>), |r, (size, data)| {
+    if size == 0 {
+        r.size(data.len() as u32);
+    } else if (size as usize) < data.len() {
+        r.error(Errno::ERANGE);
+    } else {
+        r.data(&data);
     }
-}
-
-/// An xattr value (or list) answered to a caller whose buffer holds `size` bytes
-/// (0: it asks only how big the value is).
-impl Answer<(u32, Vec<u8>)> for ReplyXattr {
-    fn ok_with(self, (size, data): (u32, Vec<u8>)) {
-        if size == 0 {
-            self.size(data.len() as u32);
-        } else if (size as usize) < data.len() {
-            self.error(Errno::ERANGE);
-        } else {
-            self.data(&data);
-        }
-    }
-    fn fail(self, e: Errno) {
-        self.error(e)
-    }
-}
+});
 
 impl fuser::Filesystem for SkiffFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {

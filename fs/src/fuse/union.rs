@@ -197,6 +197,24 @@ impl SkiffFs {
         Ok(())
     }
 
+    /// Creates `name` in `parent` in the upper directory: `make` creates it at the
+    /// path it gets (told whether the name hides a lower entry) and returns the mode
+    /// to give it (`None`: as created); then the requester becomes its owner. Returns the new inode.
+    pub(super) fn new_entry(
+        &self,
+        st: &mut Nodes,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        make: impl FnOnce(&Nodes, &Path, bool) -> Res<Option<u32>>,
+    ) -> Res<(u64, Attr)> {
+        let (p, hides) = self.prepare_new(st, parent, name)?;
+        let mode = make(st, &p, hides)?;
+        self.own_new(req, st, parent, &p, mode)?;
+        let (ino, attr, ttl) = self.lookup_in(st, parent, name)?;
+        Ok((ino, (attr, ttl)))
+    }
+
     /// Creates a device, fifo or socket node.
     pub(super) fn do_mknod(
         &self,
@@ -208,18 +226,19 @@ impl SkiffFs {
         rdev: u32,
     ) -> Res<Attr> {
         let mut st = self.state.write();
-        let (p, _) = self.prepare_new(&mut st, parent, name)?;
-        let perm = mode & 0o7777 & !umask;
-        upper::mknod(&p, (mode & libc::S_IFMT) | 0o600, u64::from(rdev)).map_err(errno)?;
-        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
-            upper::set_xattr(&p, upper::USER_CHARDEV_XATTR.as_bytes(), b"1", 0).map_err(errno)?;
-        }
-        self.own_new(req, &st, parent, &p, Some(perm))?;
-        let (_, attr, ttl) = self.lookup_in(&mut st, parent, name)?;
-        Ok((attr, ttl))
+        let made = self.new_entry(&mut st, req, parent, name, |_, p, _| {
+            upper::mknod(p, (mode & libc::S_IFMT) | 0o600, u64::from(rdev)).map_err(errno)?;
+            if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+                upper::set_xattr(p, upper::USER_CHARDEV_XATTR.as_bytes(), b"1", 0)
+                    .map_err(errno)?;
+            }
+            Ok(Some(mode & 0o7777 & !umask))
+        });
+        made.map(|(_, attr)| attr)
     }
 
-    /// Creates a directory (opaque where it hides a lower entry).
+    /// Creates a directory (opaque where it hides a lower entry; set-gid under a
+    /// set-gid parent).
     pub(super) fn do_mkdir(
         &self,
         req: &Request,
@@ -229,19 +248,19 @@ impl SkiffFs {
         umask: u32,
     ) -> Res<Attr> {
         let mut st = self.state.write();
-        let (p, hides) = self.prepare_new(&mut st, parent, name)?;
-        upper::mkdir(&p, 0o700).map_err(errno)?;
-        if hides {
-            upper::set_opaque(&p).map_err(errno)?;
-        }
-        let pst = upper::lstat(&self.upper_path(&st, parent)?).map_err(errno)?;
-        let mut perm = mode & 0o7777 & !umask;
-        if pst.st_mode & libc::S_ISGID != 0 {
-            perm |= libc::S_ISGID;
-        }
-        self.own_new(req, &st, parent, &p, Some(perm))?;
-        let (_, attr, ttl) = self.lookup_in(&mut st, parent, name)?;
-        Ok((attr, ttl))
+        let made = self.new_entry(&mut st, req, parent, name, |st, p, hides| {
+            upper::mkdir(p, 0o700).map_err(errno)?;
+            if hides {
+                upper::set_opaque(p).map_err(errno)?;
+            }
+            let pst = upper::lstat(&self.upper_path(st, parent)?).map_err(errno)?;
+            let mut perm = mode & 0o7777 & !umask;
+            if pst.st_mode & libc::S_ISGID != 0 {
+                perm |= libc::S_ISGID;
+            }
+            Ok(Some(perm))
+        });
+        made.map(|(_, attr)| attr)
     }
 
     /// Creates a symlink `name` in `parent` pointing at `target`.
@@ -253,11 +272,11 @@ impl SkiffFs {
         target: &Path,
     ) -> Res<Attr> {
         let mut st = self.state.write();
-        let (p, _) = self.prepare_new(&mut st, parent, name)?;
-        upper::symlink(target.as_os_str(), &p).map_err(errno)?;
-        self.own_new(req, &st, parent, &p, None)?;
-        let (_, attr, ttl) = self.lookup_in(&mut st, parent, name)?;
-        Ok((attr, ttl))
+        let made = self.new_entry(&mut st, req, parent, name, |_, p, _| {
+            upper::symlink(target.as_os_str(), p).map_err(errno)?;
+            Ok(None)
+        });
+        made.map(|(_, attr)| attr)
     }
 
     /// Links `ino` (copied up first) as `newname` in `newparent`.
