@@ -301,15 +301,7 @@ impl SkiffFs {
         self.upper_root()?;
         let (ino, attr, _) = self.lookup_in(st, parent, name)?;
         let is_dir = attr.kind == FileType::Directory;
-        if dir && !is_dir {
-            return Err(Errno::ENOTDIR);
-        }
-        if !dir && is_dir {
-            return Err(Errno::EISDIR);
-        }
-        if is_dir && !self.list(st, ino)?.is_empty() {
-            return Err(Errno::ENOTEMPTY);
-        }
+        self.check_replaceable(st, ino, is_dir, dir)?;
         let hides = self.lower_child(st, parent, name).is_some();
         self.copy_up(st, parent, false)?;
         let p = self.upper_path(st, parent)?.join(name);
@@ -330,6 +322,22 @@ impl SkiffFs {
             if n.names.is_empty() && !in_upper {
                 n.upper = false;
             }
+        }
+        Ok(())
+    }
+
+    /// Whether entry `ino` (`is_dir`: a directory) may be removed by an operation on
+    /// a directory (`want_dir`: rmdir, or rename of a directory over it) or on a
+    /// non-directory: the kinds must match, and a directory must be empty.
+    fn check_replaceable(&self, st: &mut Nodes, ino: u64, is_dir: bool, want_dir: bool) -> Res<()> {
+        if want_dir && !is_dir {
+            return Err(Errno::ENOTDIR);
+        }
+        if !want_dir && is_dir {
+            return Err(Errno::EISDIR);
+        }
+        if is_dir && !self.list(st, ino)?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
         }
         Ok(())
     }
@@ -390,15 +398,7 @@ impl SkiffFs {
                     return Err(Errno::EXDEV);
                 }
             } else {
-                if src_dir && !dst_dir {
-                    return Err(Errno::ENOTDIR);
-                }
-                if !src_dir && dst_dir {
-                    return Err(Errno::EISDIR);
-                }
-                if dst_dir && !self.list(st, d)?.is_empty() {
-                    return Err(Errno::ENOTEMPTY);
-                }
+                self.check_replaceable(st, d, dst_dir, src_dir)?;
             }
         }
         // Moving a directory under itself is refused by the kernel (same mount).
