@@ -517,9 +517,10 @@ impl Inner {
     /// failures fail it. `neighbours`: small requests also take in what follows them
     /// ([`FetchTuning::neighbour_window`]).
     ///
-    /// With `found` (the submitter's lookup), the cache is not asked again for what
-    /// it holds; a chunk it lacks is only re-checked in the cache's index, since it
-    /// may have been fetched by another job while this one was queued.
+    /// `found` is the submitter's lookup of the first chunks: the cache is not asked
+    /// again for what it found, and a chunk it missed is only re-checked in the
+    /// cache's index (another job may have fetched it while this one was queued).
+    /// The other chunks are looked up here, once.
     fn load(
         &self,
         layer: usize,
@@ -528,14 +529,14 @@ impl Inner {
         neighbours: bool,
         found: Option<Found>,
     ) -> Result<ChunkData, FetchError> {
-        let looked_up = found.is_some();
         let mut out: Vec<Option<Arc<Vec<u8>>>> = found.map(|f| f.0).unwrap_or_default();
+        let looked_up = out.len();
         out.resize(chunks.len(), None);
         let mut owned: Vec<(usize, Arc<Slot>)> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Slot>)> = Vec::new();
         let mut missing = Vec::new();
         for (i, c) in chunks.iter().enumerate() {
-            if out[i].is_none() && (!looked_up || self.cache.contains(&c.digest)) {
+            if out[i].is_none() && (i >= looked_up || self.cache.contains(&c.digest)) {
                 out[i] = self.cache.get(&c.digest).map(|(data, _)| data);
             }
             if out[i].is_some() {
