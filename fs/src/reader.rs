@@ -3,7 +3,7 @@
 //! otherwise asks the [`Fetcher`] for the chunks (with what [`crate::plan`] says
 //! should ride along) and assembles the reply on the fetcher's thread.
 
-use crate::fetcher::{ChunkData, FetchError, Fetcher};
+use crate::fetcher::{FetchError, Fetcher};
 use crate::plan;
 use crate::profile::Recorder;
 use crate::stats::Stats;
@@ -207,6 +207,7 @@ fn assemble(chunks: &[Chunk], data: &[Arc<Vec<u8>>], offset: u64, end: u64) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetcher::ChunkData;
     use skiff_proto::index::ChunkEncoding;
     use skiff_proto::Digest;
 
