@@ -6,7 +6,7 @@
 //! image always gets the same inode numbers (see [`LowerTree::ino`]).
 
 use skiff_proto::index::{Entry, EntryKind, LayerIndex};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Index of a node in [`LowerTree::nodes`].
@@ -14,6 +14,10 @@ pub type LowerId = u32;
 
 /// The id of the root directory.
 pub const ROOT: LowerId = 0;
+
+/// Symlinks followed while resolving one entry's parent before giving up, as the
+/// kernel's path walk does (ELOOP).
+const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Errors from building the merged tree.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,12 @@ pub enum TreeError {
         path: String,
         /// The target it names.
         target: String,
+    },
+    /// Resolving an entry's parent directory met more than 40 symlinks.
+    #[error("too many levels of symbolic links resolving the parent of {path:?}")]
+    SymlinkLoop {
+        /// The entry being applied.
+        path: String,
     },
     /// The tree has more nodes than fit in a node id.
     #[error("too many entries in the merged tree")]
@@ -76,14 +86,22 @@ impl LowerTree {
             // position in this layer's tar, so they go first.
             for e in &layer.entries {
                 if e.kind == EntryKind::Opaque {
-                    if let Some(id) = b.resolve(&e.path) {
-                        b.nodes[id as usize].children.clear();
+                    if let Some(id) = b.resolve(&e.path)? {
+                        // Opaque on a symlink clears the directory it points to, as
+                        // the applier's RemoveAll under the resolved path does.
+                        let id = match b.nodes[id as usize].entry.kind {
+                            EntryKind::Symlink => b.walk_dir(&e.path, &e.path, false)?,
+                            _ => Some(id),
+                        };
+                        if let Some(id) = id {
+                            b.nodes[id as usize].children.clear();
+                        }
                     }
                 }
             }
             for e in &layer.entries {
                 if e.kind == EntryKind::Whiteout {
-                    b.remove(&e.path);
+                    b.remove(&e.path)?;
                 }
             }
             for e in &layer.entries {
@@ -91,7 +109,7 @@ impl LowerTree {
                     EntryKind::Whiteout | EntryKind::Opaque => {}
                     EntryKind::Hardlink => {
                         let target = b
-                            .resolve(&e.link)
+                            .resolve(&e.link)?
                             .filter(|&t| b.nodes[t as usize].entry.kind != EntryKind::Dir);
                         let Some(target) = target else {
                             return Err(TreeError::BadHardlink {
@@ -114,7 +132,7 @@ impl LowerTree {
                             continue;
                         }
                         if e.kind == EntryKind::Dir {
-                            if let Some(existing) = b.resolve(&e.path) {
+                            if let Some(existing) = b.resolve(&e.path)? {
                                 let n = &mut b.nodes[existing as usize];
                                 if n.entry.kind == EntryKind::Dir {
                                     // A directory over a directory merges: new metadata,
@@ -205,56 +223,104 @@ impl Builder {
         Ok(id)
     }
 
-    fn resolve(&self, path: &str) -> Option<LowerId> {
-        let mut cur = ROOT;
+    /// The node at `path`: its parent directory resolved as [`Builder::walk_dir`] does
+    /// (symlinks followed within the root), its last component taken as it is.
+    fn resolve(&mut self, path: &str) -> Result<Option<LowerId>, TreeError> {
         if path.is_empty() {
-            return Some(cur);
+            return Ok(Some(ROOT));
         }
-        for part in path.split('/') {
-            cur = *self.nodes[cur as usize].children.get(part)?;
-        }
-        Some(cur)
+        let (parent, name) = split(path);
+        let Some(dir) = self.walk_dir(parent, path, false)? else {
+            return Ok(None);
+        };
+        Ok(self.nodes[dir as usize].children.get(name).copied())
     }
 
-    fn remove(&mut self, path: &str) {
+    fn remove(&mut self, path: &str) -> Result<(), TreeError> {
         let (parent, name) = split(path);
-        if let Some(p) = self.resolve(parent) {
+        if let Some(p) = self.walk_dir(parent, path, false)? {
             self.nodes[p as usize].children.remove(name);
         }
+        Ok(())
     }
 
     /// Puts `id` at `path`, creating missing parent directories (as tar extractors do)
     /// and replacing whatever was there.
     fn attach(&mut self, path: &str, id: LowerId) -> Result<(), TreeError> {
-        let mut cur = ROOT;
         let (parent, name) = split(path);
-        if !parent.is_empty() {
-            for part in parent.split('/') {
-                let next = self.nodes[cur as usize].children.get(part).copied();
-                cur = match next {
-                    Some(n) if self.nodes[n as usize].entry.kind == EntryKind::Dir => n,
-                    _ => {
-                        let mut e = Entry::new(String::new(), EntryKind::Dir);
-                        e.mode = 0o755;
-                        let n = self.push(LowerNode {
-                            entry: e,
-                            layer: 0,
-                            children: BTreeMap::new(),
-                            nlink: 0,
-                            paths: Vec::new(),
-                        })?;
-                        self.nodes[cur as usize]
-                            .children
-                            .insert(part.to_string(), n);
-                        n
+        if let Some(dir) = self.walk_dir(parent, path, true)? {
+            self.nodes[dir as usize]
+                .children
+                .insert(name.to_string(), id);
+        }
+        Ok(())
+    }
+
+    /// Resolves directory path `dir` as containerd's applier and umoci resolve a tar
+    /// entry's parent: a symlink met on the way is followed, scoped to the root (an
+    /// absolute target starts at the root, `..` at the root stays there), so that
+    /// `bin/tool` in a later layer lands in `usr/bin` when `bin -> usr/bin` instead of
+    /// replacing the link. With `create`, missing components (and files in the way)
+    /// become new directories; without it a missing component gives `None`. `entry`
+    /// is the path being applied, for the error.
+    fn walk_dir(
+        &mut self,
+        dir: &str,
+        entry: &str,
+        create: bool,
+    ) -> Result<Option<LowerId>, TreeError> {
+        // Components still to walk, front first; symlink targets are spliced in.
+        let mut pending: VecDeque<String> = dir.split('/').map(str::to_string).collect();
+        // The directories walked so far, root first, so `..` can go back up.
+        let mut stack = vec![ROOT];
+        let mut hops = 0;
+        while let Some(part) = pending.pop_front() {
+            let cur = *stack.last().unwrap_or(&ROOT);
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
                     }
-                };
+                    continue;
+                }
+                _ => {}
+            }
+            let next = self.nodes[cur as usize].children.get(&part).copied();
+            match next.map(|n| (n, self.nodes[n as usize].entry.kind)) {
+                Some((n, EntryKind::Dir)) => stack.push(n),
+                Some((n, EntryKind::Symlink)) => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(TreeError::SymlinkLoop {
+                            path: entry.to_string(),
+                        });
+                    }
+                    let target = &self.nodes[n as usize].entry.link;
+                    if target.starts_with('/') {
+                        stack.truncate(1);
+                    }
+                    for p in target.split('/').rev() {
+                        pending.push_front(p.to_string());
+                    }
+                }
+                _ if !create => return Ok(None),
+                _ => {
+                    let mut e = Entry::new(String::new(), EntryKind::Dir);
+                    e.mode = 0o755;
+                    let n = self.push(LowerNode {
+                        entry: e,
+                        layer: 0,
+                        children: BTreeMap::new(),
+                        nlink: 0,
+                        paths: Vec::new(),
+                    })?;
+                    self.nodes[cur as usize].children.insert(part, n);
+                    stack.push(n);
+                }
             }
         }
-        self.nodes[cur as usize]
-            .children
-            .insert(name.to_string(), id);
-        Ok(())
+        Ok(stack.last().copied())
     }
 }
 
@@ -318,5 +384,83 @@ mod tests {
         assert_eq!(t.child(ROOT, "g"), Some(f));
         assert_eq!(t.node(f).unwrap().nlink, 3);
         assert_eq!(t.node(ROOT).unwrap().nlink, 4);
+    }
+
+    /// The path of `path`'s node, walking children by name only (no symlinks).
+    fn at(t: &LowerTree, path: &str) -> Option<LowerId> {
+        path.split('/')
+            .try_fold(ROOT, |cur, part| t.child(cur, part))
+    }
+
+    #[test]
+    fn entries_under_a_symlinked_parent_land_where_the_link_points() {
+        // A merged-/usr base: `bin -> usr/bin`. A later layer carries `bin/tool` with
+        // no `bin` header, as real images do: containerd and umoci put it in
+        // `usr/bin`, and `bin` stays a link (before the fix `bin/sh` vanished).
+        use EntryKind::*;
+        let base = layer(vec![
+            ("usr", Dir, ""),
+            ("usr/bin", Dir, ""),
+            ("usr/bin/sh", Reg, ""),
+            ("bin", Symlink, "usr/bin"),
+            ("lib", Symlink, "/usr/lib"),
+            ("up", Symlink, "../../../usr"),
+        ]);
+        let top = layer(vec![
+            ("bin/tool", Reg, ""),
+            ("lib/libx.so", Reg, ""),
+            ("up/share/doc", Reg, ""),
+            // `bin/.wh.sh` as the index builders decode it.
+            ("bin/sh", Whiteout, ""),
+        ]);
+        let t = LowerTree::build(vec![base, top]).unwrap();
+        let bin = t.child(ROOT, "bin").unwrap();
+        assert_eq!(t.node(bin).unwrap().entry.kind, Symlink);
+        assert!(at(&t, "usr/bin/tool").is_some());
+        assert!(at(&t, "usr/bin/sh").is_none(), "whiteout through the link");
+        // An absolute target resolves from the root, a climbing one stops there.
+        assert!(at(&t, "usr/lib/libx.so").is_some());
+        assert!(at(&t, "usr/share/doc").is_some());
+        assert_eq!(t.child(ROOT, "share"), None);
+        assert_eq!(
+            t.node(at(&t, "usr/bin/tool").unwrap()).unwrap().paths,
+            vec!["usr/bin/tool".to_string()]
+        );
+    }
+
+    #[test]
+    fn an_explicit_directory_replaces_a_symlink_as_the_applier_does() {
+        use EntryKind::*;
+        let base = layer(vec![("usr/bin", Dir, ""), ("bin", Symlink, "usr/bin")]);
+        let top = layer(vec![("bin", Dir, ""), ("bin/x", Reg, "")]);
+        let t = LowerTree::build(vec![base, top]).unwrap();
+        let bin = t.child(ROOT, "bin").unwrap();
+        assert_eq!(t.node(bin).unwrap().entry.kind, Dir);
+        assert!(at(&t, "bin/x").is_some());
+        assert!(at(&t, "usr/bin/x").is_none());
+    }
+
+    #[test]
+    fn a_symlink_loop_in_a_parent_is_an_error_not_a_hang() {
+        use EntryKind::*;
+        let l = layer(vec![
+            ("a", Symlink, "b"),
+            ("b", Symlink, "a"),
+            ("a/f", Reg, ""),
+        ]);
+        let err = LowerTree::build(vec![l]).err().expect("loop must fail");
+        assert!(matches!(err, TreeError::SymlinkLoop { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_dangling_symlinked_parent_creates_its_target_inside_the_root() {
+        use EntryKind::*;
+        let l = layer(vec![("x", Symlink, "/../opt/x"), ("x/f", Reg, "")]);
+        let t = LowerTree::build(vec![l]).unwrap();
+        assert!(at(&t, "opt/x/f").is_some());
+        assert_eq!(
+            t.node(t.child(ROOT, "x").unwrap()).unwrap().entry.kind,
+            Symlink
+        );
     }
 }

@@ -302,12 +302,15 @@ impl LayerIndex {
         })
     }
 
-    /// Loads an index written by [`LayerIndex::to_bytes`].
+    /// Loads an index written by [`LayerIndex::to_bytes`] and checks it with
+    /// [`LayerIndex::validate`]: the bytes may come from a registry.
     pub fn from_bytes(what: &str, bytes: &[u8]) -> Result<LayerIndex, IndexError> {
-        postcard::from_bytes(bytes).map_err(|e| IndexError::Encoding {
+        let index: LayerIndex = postcard::from_bytes(bytes).map_err(|e| IndexError::Encoding {
             what: what.to_string(),
             reason: e.to_string(),
-        })
+        })?;
+        index.validate(what)?;
+        Ok(index)
     }
 }
 
@@ -353,7 +356,7 @@ mod tests {
         e.xattrs.push(("user.k".into(), b"v".to_vec()));
         let idx = LayerIndex {
             blob: Digest::of(b"blob"),
-            blob_size: 10,
+            blob_size: 1024,
             format: LayerFormat::Tar,
             entries: vec![e.clone()],
             chunks: vec![Chunk {

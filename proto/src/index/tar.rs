@@ -21,6 +21,36 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 /// The opaque-directory marker of OCI layers.
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// What one layer's tar may expand to before indexing stops with an error: a small
+/// compressed blob can otherwise describe billions of entries or terabytes of zeros
+/// (a decompression bomb) that the indexer would hash and keep in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TarLimits {
+    /// Most tar entries (files, directories, markers) in one layer.
+    pub max_entries: u64,
+    /// Most uncompressed file bytes in one layer.
+    pub max_bytes: u64,
+}
+
+impl TarLimits {
+    /// One million entries and 64 GiB: far above real images (a 100,000-file layer is
+    /// large), low enough that a bomb fails in seconds rather than filling memory.
+    pub const DEFAULT: TarLimits = TarLimits {
+        max_entries: 1_000_000,
+        max_bytes: 64 << 30,
+    };
+
+    /// [`TarLimits::DEFAULT`], each overridden by `SKIFF_MAX_LAYER_ENTRIES` or
+    /// `SKIFF_MAX_LAYER_BYTES` when set to a number.
+    pub fn from_env() -> TarLimits {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        TarLimits {
+            max_entries: var("SKIFF_MAX_LAYER_ENTRIES").unwrap_or(Self::DEFAULT.max_entries),
+            max_bytes: var("SKIFF_MAX_LAYER_BYTES").unwrap_or(Self::DEFAULT.max_bytes),
+        }
+    }
+}
+
 /// Entries and chunks of a tar stream. Chunks are [`ChunkEncoding::Raw`] with
 /// `blob_offset` set to the offset in the (uncompressed) tar stream.
 pub struct TarWalk {
@@ -67,6 +97,25 @@ pub fn walk_tar_split(
     chunk_size: u64,
     split: &dyn Fn(u64, u64) -> Option<u64>,
 ) -> Result<TarWalk, IndexError> {
+    walk_tar_limited(
+        reader,
+        blob,
+        format,
+        chunk_size,
+        split,
+        TarLimits::from_env(),
+    )
+}
+
+/// [`walk_tar_split`] with explicit [`TarLimits`].
+pub fn walk_tar_limited(
+    reader: impl Read,
+    blob: Digest,
+    format: &'static str,
+    chunk_size: u64,
+    split: &dyn Fn(u64, u64) -> Option<u64>,
+    limits: TarLimits,
+) -> Result<TarWalk, IndexError> {
     let malformed = |reason: String| IndexError::Malformed {
         format,
         blob,
@@ -79,7 +128,16 @@ pub fn walk_tar_split(
     let iter = archive
         .entries()
         .map_err(|e| malformed(format!("reading tar: {e}")))?;
+    let mut seen = 0u64;
+    let mut file_bytes = 0u64;
     for item in iter {
+        seen += 1;
+        if seen > limits.max_entries {
+            return Err(malformed(format!(
+                "more than {} entries (SKIFF_MAX_LAYER_ENTRIES)",
+                limits.max_entries
+            )));
+        }
         let mut tar_entry = item.map_err(|e| malformed(format!("reading tar header: {e}")))?;
         let header = tar_entry.header();
         let tar_type = header.entry_type();
@@ -195,6 +253,13 @@ pub fn walk_tar_split(
         }
         if kind == EntryKind::Reg {
             let size = tar_entry.size();
+            file_bytes = file_bytes.saturating_add(size);
+            if file_bytes > limits.max_bytes {
+                return Err(malformed(format!(
+                    "{raw_path}: more than {} bytes of file data (SKIFF_MAX_LAYER_BYTES)",
+                    limits.max_bytes
+                )));
+            }
             let data_offset = tar_entry.raw_file_position();
             entry.size = size;
             entry.first_chunk =
@@ -335,6 +400,43 @@ mod tests {
         h.set_mode(0o777);
         b.append_link(&mut h, "etc/link", "/etc/big").unwrap();
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_layer_past_its_limits_is_refused_not_indexed() {
+        // build_tar has 5 entries and 9 MiB of file data.
+        let data = build_tar();
+        let walk = |limits| {
+            walk_tar_limited(
+                &data[..],
+                Digest::of(&data),
+                "tar",
+                DEFAULT_CHUNK_SIZE,
+                &|_, _| None,
+                limits,
+            )
+        };
+        let roomy = TarLimits {
+            max_entries: 5,
+            max_bytes: 9 << 20,
+        };
+        assert_eq!(walk(roomy).unwrap().entries.len(), 5);
+        let err = walk(TarLimits {
+            max_entries: 4,
+            ..roomy
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("more than 4 entries"), "{err}");
+        let err = walk(TarLimits {
+            max_bytes: (9 << 20) - 1,
+            ..roomy
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("etc/big: more than"), "{err}");
     }
 
     #[test]

@@ -176,10 +176,11 @@ pub(crate) fn convert(
     // (entry index, file digest, end offset) of the regular file being collected.
     let mut current: Option<(usize, String, u64)> = None;
 
-    let finish = |current: &mut Option<(usize, String, u64)>,
-                  pending: &mut Vec<PendingChunk>,
-                  entries: &mut Vec<Entry>,
-                  chunks: &mut Vec<Chunk>|
+    let mut zeros = ZeroDigests::default();
+    let mut finish = |current: &mut Option<(usize, String, u64)>,
+                      pending: &mut Vec<PendingChunk>,
+                      entries: &mut Vec<Entry>,
+                      chunks: &mut Vec<Chunk>|
      -> Result<(), IndexError> {
         let Some((idx, file_digest, end_offset)) = current.take() else {
             return Ok(());
@@ -216,7 +217,12 @@ pub(crate) fn convert(
                 ""
             };
             let digest: Digest = if p.zeros && digest_text.is_empty() {
-                zeros_digest(len)
+                zeros.get(len).ok_or_else(|| {
+                    malformed(format!(
+                        "{}: digest-less zero chunks of more than {MAX_ZERO_HASHING} distinct bytes",
+                        entry.path
+                    ))
+                })?
             } else {
                 digest_text.parse().map_err(|_| {
                     malformed(format!(
@@ -399,16 +405,50 @@ pub(crate) fn convert(
 }
 
 /// The digest of `len` zero bytes, computed without allocating them.
-fn zeros_digest(len: u64) -> Digest {
-    let block = [0u8; 64 << 10];
-    let mut h = crate::digest::Hasher::new();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        h.update(&block[..n]);
-        left -= n as u64;
+/// Bytes of zeros a TOC may make Skiff hash for digest-less zero chunks. Each distinct
+/// length is hashed once; without the bound a TOC of many 1 GiB holes of different
+/// lengths would make one index build hash terabytes.
+pub const MAX_ZERO_HASHING: u64 = 1 << 30;
+
+/// Digests of runs of zeros, one per distinct length, within a hashing budget.
+struct ZeroDigests {
+    known: std::collections::HashMap<u64, Digest>,
+    hashed: u64,
+    budget: u64,
+}
+
+impl Default for ZeroDigests {
+    fn default() -> Self {
+        ZeroDigests {
+            known: Default::default(),
+            hashed: 0,
+            budget: MAX_ZERO_HASHING,
+        }
     }
-    h.finish()
+}
+
+impl ZeroDigests {
+    /// The digest of `len` zero bytes, or `None` once the hashing budget is spent.
+    fn get(&mut self, len: u64) -> Option<Digest> {
+        if let Some(d) = self.known.get(&len) {
+            return Some(*d);
+        }
+        self.hashed = self.hashed.checked_add(len)?;
+        if self.hashed > self.budget {
+            return None;
+        }
+        let block = [0u8; 64 << 10];
+        let mut h = crate::digest::Hasher::new();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            h.update(&block[..n]);
+            left -= n as u64;
+        }
+        let d = h.finish();
+        self.known.insert(len, d);
+        Some(d)
+    }
 }
 
 /// Parses an RFC 3339 timestamp (`2024-01-02T03:04:05.123Z`, `…+02:00`) into seconds
@@ -519,6 +559,23 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn zero_chunk_digests_are_hashed_once_per_length_within_a_budget() {
+        let mut z = ZeroDigests {
+            budget: 1000,
+            ..Default::default()
+        };
+        let a = z.get(600).unwrap();
+        assert_eq!(a, Digest::of(&[0u8; 600]));
+        // The same length again costs nothing: a thousand holes of one size are fine.
+        for _ in 0..1000 {
+            assert_eq!(z.get(600), Some(a));
+        }
+        assert_eq!(z.get(400), Some(Digest::of(&[0u8; 400])));
+        assert_eq!(z.get(1), None, "past the budget");
+        assert_eq!(z.get(u64::MAX), None);
+    }
     use super::*;
 
     #[test]
