@@ -356,6 +356,9 @@ impl SkiffFs {
     pub(super) fn do_opendir(&self, ino: u64) -> Res<u64> {
         let mut st = self.state.write();
         let entries = self.list(&mut st, ino)?;
+        // Listing registered every child; most are never looked up by the kernel.
+        st.maybe_sweep();
+        self.count_nodes(&st);
         Ok(self.handles.insert(Handle::Dir { entries }))
     }
 
@@ -404,14 +407,21 @@ impl SkiffFs {
             .enumerate()
             .skip(offset as usize)
         {
-            let attr = if i < 2 {
-                self.attr(&st, *cino)
+            // `.` and `..` are not counted as kernel lookups; every other entry is.
+            let (attr, counted) = if i < 2 {
+                (self.attr(&st, *cino), None)
             } else {
-                self.lookup_in(&mut st, ino, name).map(|(_, a, t)| (a, t))
+                match self.lookup_in(&mut st, ino, name) {
+                    Ok((found, a, t)) => (Ok((a, t)), Some(found)),
+                    Err(e) => (Err(e), None),
+                }
             };
             let Ok(attr) = attr else { continue };
             if add(*cino, (i + 1) as u64, name, &attr) {
                 break;
+            }
+            if let Some(found) = counted {
+                st.remember(found);
             }
         }
         Ok(())

@@ -153,6 +153,25 @@ impl SkiffFs {
         Ok(attr_of_lower(ino, n))
     }
 
+    /// Publishes the node table's size in the stats (a gauge).
+    fn count_nodes(&self, st: &Nodes) {
+        self.stats
+            .nodes
+            .store(st.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The kernel drops `nlookup` lookups of each (inode, nlookup) of `forgotten`;
+    /// nodes it no longer holds leave the table, and the table is swept of nodes only
+    /// the filesystem itself looked up once it has grown.
+    fn do_forget(&self, forgotten: impl IntoIterator<Item = (u64, u64)>) {
+        let mut st = self.state.write();
+        for (ino, n) in forgotten {
+            st.forget(ino, n);
+        }
+        st.maybe_sweep();
+        self.count_nodes(&st);
+    }
+
     /// The attributes of a known inode: the upper entry's if it has one, else the lower's.
     fn attr(&self, st: &Nodes, ino: u64) -> Res<Attr> {
         let n = st.node(ino)?;

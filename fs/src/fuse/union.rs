@@ -223,6 +223,8 @@ impl SkiffFs {
         let mode = make(st, &p, hides)?;
         self.own_new(req, st, parent, &p, mode)?;
         let (ino, attr, ttl) = self.lookup_in(st, parent, name)?;
+        // The entry reply about to be sent is a kernel lookup.
+        st.remember(ino);
         Ok((ino, (attr, ttl)))
     }
 
@@ -301,7 +303,8 @@ impl SkiffFs {
         let from = self.upper_path(&st, ino)?;
         let (p, _) = self.prepare_new(&mut st, newparent, newname)?;
         upper::link(&from, &p).map_err(errno)?;
-        let (_, attr, ttl) = self.lookup_in(&mut st, newparent, newname)?;
+        let (linked, attr, ttl) = self.lookup_in(&mut st, newparent, newname)?;
+        st.remember(linked);
         Ok((attr, ttl))
     }
 
