@@ -138,7 +138,6 @@ pub struct ChunkCache {
     limit: AtomicU64,
     disk: Mutex<DiskState>,
     mem: Mutex<MemState>,
-    tmp_seq: AtomicU64,
     /// Corrupted chunks found (and dropped) so far.
     pub corrupt: AtomicU64,
     /// Chunks handed to the writer and not yet on disk.
@@ -161,12 +160,10 @@ impl ChunkCache {
         for sub in ["chunks", "packs", "tmp"] {
             fs::create_dir_all(dir.join(sub)).map_err(err)?;
         }
-        // Leftover temp files are from a crash: they were never renamed, so drop them.
-        if let Ok(rd) = fs::read_dir(dir.join("tmp")) {
-            for e in rd.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        // Temp files of a process that is gone were never renamed (it crashed): drop
+        // them. Another live process sharing this cache may be writing the rest.
+        remove_stale_temps(&dir.join("tmp"), |_| true);
+        remove_stale_temps(&dir.join("files"), |name| name.contains(".tmp."));
         // (mtime, digest, where): oldest first into the LRU.
         let mut found: Vec<(std::time::SystemTime, Digest, Stored)> = Vec::new();
         for sub in fs::read_dir(dir.join("chunks")).map_err(err)?.flatten() {
@@ -256,7 +253,6 @@ impl ChunkCache {
                 bytes: 0,
                 limit: mem_limit,
             }),
-            tmp_seq: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             written: Condvar::new(),
@@ -441,10 +437,7 @@ impl ChunkCache {
     }
 
     fn tmp_path(&self, name: &str) -> PathBuf {
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        self.dir
-            .join("tmp")
-            .join(format!("{name}.{}.{seq}", std::process::id()))
+        self.dir.join("tmp").join(temp_name(name))
     }
 
     /// Writes `tmp` with `data` and renames it to `dest`.
@@ -509,7 +502,7 @@ impl ChunkCache {
         let name = format!(
             "{}-{}-{}",
             std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed),
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|t| t.as_nanos())
@@ -680,6 +673,63 @@ pub fn gc(dir: &Path, limit: u64) -> Result<(u64, u64), CacheError> {
     Ok((n0 - n1, b0 - b1))
 }
 
+/// Sequence numbers of temp files, unique within this process (two caches on one
+/// directory in one process never pick the same name).
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Temp files older than this whose writer cannot be told are someone's leftovers.
+const UNOWNED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A unique temp file name for `name`: `<name>.<pid>.<seq>`, so names never collide
+/// across processes and a later open can tell whose it is ([`temp_owner`]).
+pub(crate) fn temp_name(name: &str) -> String {
+    format!(
+        "{name}.{}.{}",
+        std::process::id(),
+        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The process id a [`temp_name`] was made by.
+fn temp_owner(name: &str) -> Option<i32> {
+    let mut parts = name.rsplit('.');
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next()?.parse::<i32>().ok().filter(|&p| p > 0)
+}
+
+/// Whether process `pid` exists (signal 0 reaches it, or exists but is not ours).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Removes the temp files in `dir` (those `is_temp` says are) that no live process
+/// is writing: made by a process that is gone, or unattributable and a day old.
+fn remove_stale_temps(dir: &Path, is_temp: impl Fn(&str) -> bool) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_temp(name) {
+            continue;
+        }
+        let stale = match temp_owner(name) {
+            Some(pid) => !process_alive(pid),
+            None => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > UNOWNED_TEMP_AGE),
+        };
+        if stale {
+            tracing::debug!(path = %e.path().display(), "removing a stale temp file");
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,5 +805,72 @@ mod tests {
         c.evict();
         assert_eq!(c.usage(), (0, 0));
         assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temp_names_carry_their_writer() {
+        let a = temp_name("abc");
+        let b = temp_name("abc");
+        assert_ne!(a, b);
+        assert_eq!(temp_owner(&a), Some(std::process::id() as i32));
+        assert_eq!(temp_owner("x.tmp.123.4"), Some(123));
+        assert_eq!(temp_owner("random"), None);
+        assert_eq!(temp_owner("a.b.c"), None);
+    }
+
+    #[test]
+    fn an_open_removes_only_the_temps_of_gone_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ChunkCache::open(dir.path(), u64::MAX, 0).unwrap();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        let tmp = dir.path().join("tmp");
+        let theirs = tmp.join(format!("aa.{}.1", live.id()));
+        let mine_live = tmp.join(format!("bb.{}.7", std::process::id()));
+        let crashed = tmp.join(format!("cc.{}.1", dead.id()));
+        let crashed_file = dir
+            .path()
+            .join("files")
+            .join(format!("f.tmp.{}.3", dead.id()));
+        fs::create_dir_all(dir.path().join("files")).unwrap();
+        for p in [&theirs, &mine_live, &crashed, &crashed_file] {
+            fs::write(p, b"partial").unwrap();
+        }
+        // A second cache on the same directory (another process would do the same).
+        let second = ChunkCache::open(dir.path(), u64::MAX, 0).unwrap();
+        assert!(theirs.exists(), "a live process's temp file was removed");
+        assert!(
+            mine_live.exists(),
+            "this live process's temp file was removed"
+        );
+        assert!(!crashed.exists());
+        assert!(!crashed_file.exists());
+        // Both write the same and different chunks at once: no name collides.
+        let chunks: Vec<Arc<Vec<u8>>> = (0..200u32)
+            .map(|i| Arc::new(i.to_le_bytes().repeat(PACK_CHUNK_MAX / 4 + 1 + i as usize)))
+            .collect();
+        std::thread::scope(|s| {
+            for c in [&first, &second] {
+                let chunks = &chunks;
+                s.spawn(move || {
+                    for ch in chunks {
+                        c.put(Digest::of(ch), ch.clone());
+                    }
+                    c.flush();
+                });
+            }
+        });
+        drop((first, second));
+        let _ = live.kill();
+        let _ = live.wait();
+        let reopened = ChunkCache::open(dir.path(), u64::MAX, 0).unwrap();
+        for ch in &chunks {
+            assert_eq!(reopened.get(&Digest::of(ch)).unwrap().0, *ch);
+        }
+        assert!(!theirs.exists(), "its writer is gone now");
     }
 }

@@ -343,6 +343,25 @@ pub fn clear_whiteouts(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes what a previous mount left in the work directory of upper root `root`
+/// (copy-up scratch of a crash: never renamed into place, so never part of the view).
+/// One mount uses an upper directory at a time, so nothing in it is in use now.
+pub fn clear_work_dir(root: &Path) -> io::Result<()> {
+    for e in std::fs::read_dir(root.join(WORK_DIR))? {
+        let e = e?;
+        // `file_type` does not follow symlinks, and neither does `remove_dir_all`.
+        let res = if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        if let Err(err) = res {
+            tracing::warn!(path = %e.path().display(), error = %err, "cannot remove copy-up scratch");
+        }
+    }
+    Ok(())
+}
+
 thread_local! {
     /// Which upper root (an id chosen by the caller) this thread's working directory
     /// is; 0: the thread still shares the process's working directory.

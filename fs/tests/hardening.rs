@@ -308,3 +308,28 @@ fn a_slow_touch_copy_up_does_not_freeze_the_mount() {
 fn a_slow_setxattr_copy_up_does_not_freeze_the_mount() {
     copy_up_stalls_only_itself(|p| skiff_fs::upper::set_xattr(p, b"user.k", b"v", 0).unwrap());
 }
+
+#[test]
+fn copy_up_scratch_left_by_a_crash_is_removed_at_the_next_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(
+        &tmp.path().join("img"),
+        &[build_layer(&[Item::File("f", 0o644, b"file")])],
+    );
+    let upper = tmp.path().join("upper");
+    let work = upper.join(".skiff-work");
+    std::fs::create_dir_all(work.join("copyup-9-2")).unwrap();
+    std::fs::write(work.join("copyup-7-1"), b"half a file").unwrap();
+    std::os::unix::fs::symlink("/etc", work.join("copyup-8-3")).unwrap();
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(
+        options(&img, &tmp.path().join("cache"), Some(upper.clone())),
+        &mnt,
+    );
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+    assert!(Path::new("/etc/passwd").exists());
+    // Copy-up still works through the emptied work directory.
+    std::fs::write(mnt.join("f"), b"changed").unwrap();
+    assert_eq!(std::fs::read(upper.join("f")).unwrap(), b"changed");
+    drop(m);
+}

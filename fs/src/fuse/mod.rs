@@ -106,6 +106,7 @@ impl SkiffFs {
         if let Some(up) = &config.upper {
             std::fs::create_dir_all(up)?;
             std::fs::create_dir_all(up.join(upper::WORK_DIR))?;
+            upper::clear_work_dir(up)?;
         }
         let upper_fd = match &config.upper {
             Some(up) => Some(File::open(up)?),
