@@ -24,6 +24,7 @@ pub mod plan;
 pub mod profile;
 pub mod reader;
 pub mod stats;
+pub mod stream;
 pub mod tree;
 pub mod upper;
 
