@@ -638,7 +638,7 @@ impl Inner {
         };
         if self.whole.get(layer).copied().unwrap_or(false) {
             for (i, slot) in owned {
-                slot.fill(self.from_stream(layer, l, &chunks[*i]));
+                slot.fill(self.chunk_via_stream(layer, l, &chunks[*i]));
             }
             return;
         }
@@ -744,7 +744,12 @@ impl Inner {
     /// so each waiting job is answered as soon as its chunk went by); the others wait
     /// for their chunks. A job whose chunk is missing after a stream it saw end gets
     /// an error (the stream's, or "not in the layer"); a later job streams again.
-    fn from_stream(&self, layer: usize, l: &Layer, c: &Chunk) -> Result<Arc<Vec<u8>>, FetchError> {
+    fn chunk_via_stream(
+        &self,
+        layer: usize,
+        l: &Layer,
+        c: &Chunk,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
         let mut seen_end = false;
         loop {
             if let Some((data, _)) = self.cache.get(&c.digest) {
