@@ -114,3 +114,26 @@ fn a_single_frame_zstd_layer_is_fetched_once_in_bounded_requests() {
     assert_eq!(metered.bytes.load(Ordering::SeqCst), bytes);
     drop(m);
 }
+
+#[test]
+fn a_chunk_needing_more_than_the_cap_is_refused_without_a_download() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(
+        &tmp.path().join("img"),
+        &[build_layer(&[Item::File("f", 0o644, b"content")])],
+    );
+    let mut index = (*img.layers[0].index).clone();
+    // A hostile index: one chunk said to need 65 MiB of blob.
+    let mut chunk = index.chunks[0];
+    chunk.blob_len = skiff_fs::fetcher::MAX_CHUNK_FETCH + 1;
+    index.chunks[0] = chunk;
+    let layers = vec![Layer {
+        index: Arc::new(index),
+        blob: img.readers[0].clone(),
+    }];
+    let cache = skiff_fs::ChunkCache::open(&tmp.path().join("cache"), u64::MAX, 1 << 20).unwrap();
+    let fetcher = skiff_fs::Fetcher::new(layers, cache, Arc::new(skiff_fs::Stats::default()), 2);
+    let err = fetcher.fetch_blocking(0, &[chunk]).unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+    assert_eq!(img.readers[0].reads.load(Ordering::SeqCst), 0);
+}
