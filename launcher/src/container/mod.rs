@@ -213,7 +213,7 @@ pub fn run_with(
             return Err(RunError::MissingBindSource(b.source.display().to_string()));
         }
     }
-    let etc_dir = spec.state_dir.join("etc");
+    let etc_dir = skiff_proto::store::ContainerPaths::in_dir(&spec.state_dir).etc();
     write_etc_files(spec, &etc_dir)?;
     let mut cgroup = if spec.resources != spec::Resources::default() || !spec.privileged {
         Some(cgroups::Cgroup::create(
