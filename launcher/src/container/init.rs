@@ -10,14 +10,15 @@
 //!    signal mask, descriptors);
 //! 4. [`exec`].
 //!
-//! A failure goes to the main process over the error pipe.
+//! Every kernel call goes through [`Syscall`], so the order is tested with the
+//! recorder. A failure goes to the main process over the error pipe.
 
 use super::process::{self, InitError, Program, EXIT_SETUP};
 use super::spec::{ContainerSpec, NetworkMode};
 use super::sys::Syscall;
 use super::{rootfs, sync, terminal, users};
 use nix::sys::signal::SigSet;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Everything PID 1 needs, prepared by the main process before it forks.
@@ -66,31 +67,33 @@ fn start(
     pty: Option<&terminal::Pty>,
     old_mask: &SigSet,
 ) -> InitError {
-    if let Err(e) = attach_stdio(cfg.spec, pty) {
+    if let Err(e) = attach_stdio(sys, cfg.spec, pty) {
         return InitError::setup("setting up stdio", e);
     }
     let program = match prepare(sys, cfg) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    clean_slate(old_mask);
-    exec(&program)
+    clean_slate(sys, old_mask);
+    exec(sys, &program)
 }
 
 /// Step 1. Like runc, PID 1 leads its own session: a terminal's Ctrl-C reaches skiff,
 /// which forwards it, rather than hitting the container twice (`-t` makes the pty the
 /// session's controlling terminal). Without `-i`, stdin is /dev/null.
-fn attach_stdio(spec: &ContainerSpec, pty: Option<&terminal::Pty>) -> std::io::Result<()> {
+fn attach_stdio(
+    sys: &dyn Syscall,
+    spec: &ContainerSpec,
+    pty: Option<&terminal::Pty>,
+) -> std::io::Result<()> {
     if let Some(p) = pty {
-        return p.attach_as_controlling();
+        return p.attach_as_controlling(sys);
     }
-    let _ = nix::unistd::setsid();
+    let _ = sys.setsid();
     if !spec.stdin {
         let null = std::fs::File::open("/dev/null")?;
-        // SAFETY: dup2 onto fd 0 of this single-threaded child.
-        if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        sys.dup2(null.as_fd(), 0)
+            .map_err(|e| std::io::Error::from(e.errno))?;
     }
     Ok(())
 }
@@ -127,11 +130,11 @@ pub fn prepare(sys: &dyn Syscall, cfg: &InitConfig<'_>) -> Result<Program, InitE
 
     process::set_rlimits(sys, spec, cfg.default_nofile)?;
     process::drop_privileges(sys, spec, &user)?;
-    nix::unistd::chdir(&cwd).map_err(|e| InitError {
+    sys.chdir(&cwd).map_err(|e| InitError {
         code: process::EXIT_CANNOT_INVOKE,
         message: format!(
-            "chdir to cwd (\"{}\") set in config.json failed: {e}",
-            spec.cwd
+            "chdir to cwd (\"{}\") set in config.json failed: {}",
+            spec.cwd, e.errno
         ),
     })?;
     Program::find(&spec.args, &env)
@@ -140,35 +143,226 @@ pub fn prepare(sys: &dyn Syscall, cfg: &InitConfig<'_>) -> Result<Program, InitE
 /// Step 3. Resets what skiff changed (ignored signals: Rust ignores SIGPIPE; the
 /// mask) and marks every descriptor above stderr close-on-exec, so none of skiff's
 /// (say, the FUSE server's /dev/fuse) reaches the container (runc does the same).
-fn clean_slate(old_mask: &SigSet) {
-    use nix::sys::signal::{pthread_sigmask, signal, SigHandler, SigmaskHow, Signal};
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: restoring default dispositions before exec.
-            let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-        }
-    }
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
-    // SAFETY: close_range only changes flags of this process's descriptors.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
+fn clean_slate(sys: &dyn Syscall, old_mask: &SigSet) {
+    sys.reset_signal_dispositions();
+    let _ = sys.set_signal_mask(old_mask);
+    let _ = sys.close_range_cloexec(3);
 }
 
 /// Step 4. Returns only if exec failed: 127 when the program is gone, else 126.
-fn exec(program: &Program) -> InitError {
-    let e = nix::unistd::execve(&program.path, &program.argv, &program.envp).unwrap_err();
-    let code = match e {
+fn exec(sys: &dyn Syscall, program: &Program) -> InitError {
+    let e = sys.execve(&program.path, &program.argv, &program.envp);
+    let code = match e.errno {
         nix::errno::Errno::ENOENT => process::EXIT_NOT_FOUND,
         _ => process::EXIT_CANNOT_INVOKE,
     };
     InitError {
         code,
-        message: format!("exec: {:?}: {e}", program.path),
+        message: format!("exec: {:?}: {}", program.path, e.errno),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::RunOptions;
+    use super::super::sys::recording::Recorder;
+    use super::super::sys::FileKind;
+    use super::*;
+
+    /// A rootfs and /etc directory in a temp dir, and a spec whose lookups do not
+    /// depend on the host: an absolute program, a numeric user with no passwd entry.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        spec: ContainerSpec,
+    }
+
+    impl Fixture {
+        fn new(opts: RunOptions) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("rootfs")).unwrap();
+            std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+            let opts = RunOptions {
+                command: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+                hostname: Some("box".into()),
+                user: Some("54321:65432".into()),
+                ..opts
+            };
+            let spec = ContainerSpec::new(None, &opts, "id".into(), dir.path().into()).unwrap();
+            Fixture { dir, spec }
+        }
+
+        fn rootfs(&self) -> PathBuf {
+            self.dir.path().join("rootfs")
+        }
+
+        fn etc(&self) -> PathBuf {
+            self.dir.path().join("etc")
+        }
+
+        /// Runs steps 1–4 with `rec`; returns the exec failure the recorder causes and
+        /// the calls with the temp dir written as `$T`.
+        fn start(&self, rec: &Recorder) -> (InitError, Vec<String>) {
+            let (rootfs, etc) = (self.rootfs(), self.etc());
+            let cfg = InitConfig {
+                spec: &self.spec,
+                rootfs: &rootfs,
+                etc_dir: &etc,
+                default_nofile: 1024,
+                console: None,
+            };
+            let err = start(rec, &cfg, None, &SigSet::empty());
+            let tmp = self.dir.path().to_str().unwrap();
+            let calls = rec
+                .calls
+                .borrow()
+                .iter()
+                .map(|c| c.replace(tmp, "$T"))
+                .collect();
+            (err, calls)
+        }
+    }
+
+    /// The kernel mounts, /etc files and devices every container gets, up to
+    /// pivot_root (rootfs at `$T/rootfs`, generated files in `$T/etc`).
+    const ROOTFS_STEPS: &[&str] = &[
+        "mount - / -",
+        "mount $T/rootfs $T/rootfs - bind",
+        "mount proc $T/rootfs/proc proc",
+        "mount tmpfs $T/rootfs/dev tmpfs",
+        "mount devpts $T/rootfs/dev/pts devpts",
+        "mount tmpfs $T/rootfs/dev/shm tmpfs",
+        "mount mqueue $T/rootfs/dev/mqueue mqueue",
+        "mount sysfs $T/rootfs/sys sysfs ro",
+        "mount $T/etc/resolv.conf $T/rootfs/etc/resolv.conf - bind",
+        "mount $T/etc/hostname $T/rootfs/etc/hostname - bind",
+        "mount $T/etc/hosts $T/rootfs/etc/hosts - bind",
+    ];
+
+    const DEVICE_STEPS: &[&str] = &[
+        "umask 0",
+        "mknod $T/rootfs/dev/null 666 1:3",
+        "mknod $T/rootfs/dev/zero 666 1:5",
+        "mknod $T/rootfs/dev/full 666 1:7",
+        "mknod $T/rootfs/dev/random 666 1:8",
+        "mknod $T/rootfs/dev/urandom 666 1:9",
+        "mknod $T/rootfs/dev/tty 666 5:0",
+        "umask 22",
+        "pivot_root $T/rootfs",
+    ];
+
+    fn expected(parts: &[&[&str]]) -> Vec<String> {
+        parts.concat().iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn default_container_sets_up_in_runc_order() {
+        let f = Fixture::new(RunOptions::default());
+        let rec = Recorder::default();
+        let (err, calls) = f.start(&rec);
+        assert_eq!(
+            calls,
+            expected(&[
+                &["setsid", "dup2 0", "sethostname box", "loopback up"],
+                ROOTFS_STEPS,
+                DEVICE_STEPS,
+                &[
+                    // No read-only or masked path exists in the recorder's world.
+                    "setrlimit RLIMIT_NOFILE 1024 1024",
+                    "bounding 14",
+                    "identity 54321 65432 []",
+                    "caps 0",
+                    "no_new_privs",
+                    "chdir /",
+                    "signals default",
+                    "sigmask",
+                    "cloexec 3..",
+                    "execve /bin/sh [/bin/sh -c true]",
+                ],
+            ])
+        );
+        // The recorder's exec fails with ENOSYS: "cannot invoke".
+        assert_eq!(err.code, process::EXIT_CANNOT_INVOKE);
+        assert!(
+            err.message.starts_with("exec: \"/bin/sh\""),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn after_pivot_paths_are_protected_then_the_root_made_read_only() {
+        let f = Fixture::new(RunOptions {
+            network: Some("host".into()),
+            interactive: true,
+            read_only: true,
+            privileged: false,
+            ulimits: vec!["nproc=5".into()],
+            ..Default::default()
+        });
+        let rec = Recorder {
+            files: [
+                ("/proc/sys", FileKind::Dir),
+                ("/proc/sysrq-trigger", FileKind::Other),
+                ("/proc/kcore", FileKind::Other),
+                ("/sys/firmware", FileKind::Dir),
+            ]
+            .into_iter()
+            .map(|(p, k)| (PathBuf::from(p), k))
+            .collect(),
+            ..Default::default()
+        };
+        let (_, calls) = f.start(&rec);
+        assert_eq!(
+            calls,
+            expected(&[
+                // -i keeps stdin; the host network needs no loopback.
+                &["setsid", "sethostname box"],
+                ROOTFS_STEPS,
+                DEVICE_STEPS,
+                &[
+                    "mount /proc/sys /proc/sys - bind",
+                    "mount - /proc/sys - remount-bind ro",
+                    "mount /proc/sysrq-trigger /proc/sysrq-trigger - bind",
+                    "mount - /proc/sysrq-trigger - remount-bind ro",
+                    "mount /dev/null /proc/kcore - bind",
+                    "mount tmpfs /sys/firmware tmpfs ro",
+                    "mount - / - remount-bind ro",
+                    "setrlimit RLIMIT_NOFILE 1024 1024",
+                    "setrlimit RLIMIT_NPROC 5 5",
+                    "bounding 14",
+                    "identity 54321 65432 []",
+                    "caps 0",
+                    "no_new_privs",
+                    "chdir /",
+                    "signals default",
+                    "sigmask",
+                    "cloexec 3..",
+                    "execve /bin/sh [/bin/sh -c true]",
+                ],
+            ])
+        );
+        // /dev/core is linked only where the host has /proc/kcore.
+        assert!(f.rootfs().join("dev/core").symlink_metadata().is_ok());
+    }
+
+    #[test]
+    fn a_failed_step_stops_setup() {
+        let f = Fixture::new(RunOptions::default());
+        // A program that is not there fails after the privileges are dropped, before
+        // anything of skiff's is reset.
+        let mut spec = f.spec.clone();
+        spec.args = vec!["/nonexistent/prog".into()];
+        let (rootfs, etc) = (f.rootfs(), f.etc());
+        let cfg = InitConfig {
+            spec: &spec,
+            rootfs: &rootfs,
+            etc_dir: &etc,
+            default_nofile: 1024,
+            console: None,
+        };
+        let rec = Recorder::default();
+        let err = start(&rec, &cfg, None, &SigSet::empty());
+        assert_eq!(err.code, process::EXIT_NOT_FOUND);
+        assert_eq!(rec.calls.borrow().last().unwrap(), "chdir /");
     }
 }

@@ -7,6 +7,7 @@
 use super::process::{InitError, EXIT_SETUP};
 use super::spec::{ContainerSpec, NetworkMode};
 use super::sync;
+use super::sys::Syscall;
 use nix::sched::CloneFlags;
 use nix::unistd::ForkResult;
 use std::os::fd::OwnedFd;
@@ -29,18 +30,19 @@ pub fn namespace_flags(spec: &ContainerSpec) -> CloneFlags {
 /// returns, hence `Infallible`). Never returns: the process exits once PID 1 is
 /// forked, or reports its failure on `err_w`.
 pub fn run(
+    sys: &dyn Syscall,
     spec: &ContainerSpec,
     pid_w: OwnedFd,
     err_w: &OwnedFd,
     init: impl FnOnce() -> std::convert::Infallible,
 ) -> ! {
-    close_fuse_descriptors();
-    if let Err(e) = nix::sched::unshare(namespace_flags(spec)) {
+    close_fuse_descriptors(sys);
+    if let Err(e) = sys.unshare(namespace_flags(spec)) {
         sync::report_failure(
             err_w,
             &InitError {
                 code: EXIT_SETUP,
-                message: format!("creating namespaces: {e}"),
+                message: format!("creating namespaces: {}", e.errno),
             },
         );
     }
@@ -72,7 +74,7 @@ pub fn run(
 /// connection would never see its last user go, and setup would hang in D state on a
 /// request nobody answers. Without the descriptor the kernel aborts the connection
 /// when skiff dies and setup fails with ENOTCONN instead.
-fn close_fuse_descriptors() {
+fn close_fuse_descriptors(sys: &dyn Syscall) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -84,8 +86,7 @@ fn close_fuse_descriptors() {
     for fd in fds {
         let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
         if target == Path::new("/dev/fuse") {
-            // SAFETY: closing a descriptor this process owns and no code here uses.
-            unsafe { libc::close(fd) };
+            let _ = sys.close(fd);
         }
     }
 }
@@ -93,26 +94,25 @@ fn close_fuse_descriptors() {
 #[cfg(test)]
 mod tests {
     use super::super::spec::RunOptions;
+    use super::super::sys::recording::Recorder;
     use super::*;
 
-    fn flags_of(network: Option<&str>) -> CloneFlags {
+    fn flags_of(network: Option<&str>) -> String {
         let opts = RunOptions {
             command: vec!["true".into()],
             network: network.map(str::to_string),
             ..Default::default()
         };
         let spec = ContainerSpec::new(None, &opts, "id".into(), "/tmp".into()).unwrap();
-        namespace_flags(&spec)
+        let rec = Recorder::default();
+        rec.unshare(namespace_flags(&spec)).unwrap();
+        rec.calls.into_inner().remove(0)
     }
 
     #[test]
     fn network_namespace_only_when_isolated() {
-        let all = CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWPID;
-        assert_eq!(flags_of(None), all | CloneFlags::CLONE_NEWNET);
-        assert_eq!(flags_of(Some("none")), all | CloneFlags::CLONE_NEWNET);
-        assert_eq!(flags_of(Some("host")), all);
+        assert_eq!(flags_of(None), "unshare mnt uts ipc pid net");
+        assert_eq!(flags_of(Some("none")), "unshare mnt uts ipc pid net");
+        assert_eq!(flags_of(Some("host")), "unshare mnt uts ipc pid");
     }
 }

@@ -133,8 +133,7 @@ fn spawn(
     on_start: &mut dyn FnMut(i32),
 ) -> Result<ExitStatus, RunError> {
     let spec = cfg.spec;
-    // SAFETY: prctl with constant arguments.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let _ = sys.set_child_subreaper();
     let pty = if spec.tty {
         Some(terminal::Pty::open()?)
     } else {
@@ -154,7 +153,7 @@ fn spawn(
     match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
         ForkResult::Child => {
             drop((pid_r, go_w, err_r));
-            intermediate::run(spec, pid_w, &err_w, || {
+            intermediate::run(sys, spec, pid_w, &err_w, || {
                 init::run(sys, &cfg, go_r, &err_w, pty.as_ref(), old_mask)
             })
         }

@@ -12,7 +12,8 @@
 //!   process, and execs.
 //!
 //! They talk over the pipes in [`sync`]; setup errors come back over a close-on-exec
-//! pipe, so a successful exec reads as EOF.
+//! pipe, so a successful exec reads as EOF. Kernel calls of the setup go through
+//! [`sys::Syscall`], so their order is tested with a recorder.
 
 pub mod cgroups;
 pub mod etc_files;
