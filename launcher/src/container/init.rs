@@ -250,6 +250,20 @@ mod tests {
         "pivot_root $T/rootfs",
     ];
 
+    /// After the rlimits: a non-root user without capabilities, then the clean slate
+    /// and exec.
+    const PROCESS_STEPS: &[&str] = &[
+        "bounding 14",
+        "identity 54321 65432 []",
+        "caps 0",
+        "no_new_privs",
+        "chdir /",
+        "signals default",
+        "sigmask",
+        "cloexec 3..",
+        "execve /bin/sh [/bin/sh -c true]",
+    ];
+
     fn expected(parts: &[&[&str]]) -> Vec<String> {
         parts.concat().iter().map(|s| s.to_string()).collect()
     }
@@ -268,16 +282,8 @@ mod tests {
                 &[
                     // No read-only or masked path exists in the recorder's world.
                     "setrlimit RLIMIT_NOFILE 1024 1024",
-                    "bounding 14",
-                    "identity 54321 65432 []",
-                    "caps 0",
-                    "no_new_privs",
-                    "chdir /",
-                    "signals default",
-                    "sigmask",
-                    "cloexec 3..",
-                    "execve /bin/sh [/bin/sh -c true]",
                 ],
+                PROCESS_STEPS,
             ])
         );
         // The recorder's exec fails with ENOSYS: "cannot invoke".
@@ -329,16 +335,8 @@ mod tests {
                     "mount - / - remount-bind ro",
                     "setrlimit RLIMIT_NOFILE 1024 1024",
                     "setrlimit RLIMIT_NPROC 5 5",
-                    "bounding 14",
-                    "identity 54321 65432 []",
-                    "caps 0",
-                    "no_new_privs",
-                    "chdir /",
-                    "signals default",
-                    "sigmask",
-                    "cloexec 3..",
-                    "execve /bin/sh [/bin/sh -c true]",
                 ],
+                PROCESS_STEPS,
             ])
         );
         // /dev/core is linked only where the host has /proc/kcore.
