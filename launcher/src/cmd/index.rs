@@ -11,9 +11,8 @@ use skiff_proto::image::{Descriptor, ResolvedImage, MEDIA_OCI_MANIFEST};
 use skiff_proto::index::artifact::{
     index_artifact_manifest, index_blob, IndexBlob, EMPTY_CONFIG, INDEX_ARTIFACT_TYPE,
 };
-use skiff_proto::index::resolve::{
-    oci_descriptor, open_root_index_store, resolve_layers, ResolveOptions, ResolvedLayer,
-};
+use skiff_proto::index::resolve::{oci_descriptor, resolve_layers, ResolveOptions, ResolvedLayer};
+use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
 use std::sync::Arc;
@@ -56,7 +55,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let reference = Reference::parse(&args.image)?;
     let platform = args.registry.platform()?;
     let client = Arc::new(args.registry.client_for(&reference)?);
-    let store = open_root_index_store(&global.root)
+    let store = IndexStore::open(global.layout().indexes())
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
     let rt = runtime()?;
     let image = rt

@@ -51,7 +51,7 @@ pub struct ImageArgs {
 
 /// Where the local profile of the image with manifest `digest` lives.
 pub fn local_path(root: &Path, digest: &Digest) -> PathBuf {
-    root.join("profiles").join(format!("{}.json", digest.hex()))
+    skiff_proto::store::RootLayout::new(root).profile(digest)
 }
 
 /// The local profile of manifest `digest`, if there is a readable one.

@@ -157,7 +157,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     }
     let id = new_id();
     let name = claim_name(global, &args, &id)?;
-    let state_dir = state::containers_dir(&global.root).join(&id);
+    let state_dir = global.layout().container(&id).dir().to_path_buf();
     let spec = ContainerSpec::new(
         image_config.as_ref().and_then(|c| c.config().as_ref()),
         &opts,
@@ -266,9 +266,10 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     container::block_handled_signals()?;
     let mut lazy =
         super::lazy::resolve_for_run(global, &args.registry, args.pull, image, global.verbose > 0)?;
-    let state_dir = state::containers_dir(&global.root).join(&id);
-    let mountpoint = state_dir.join("rootfs");
-    let upper = (!args.read_only).then(|| state_dir.join("upper"));
+    let paths = global.layout().container(&id);
+    let state_dir = paths.dir().to_path_buf();
+    let mountpoint = paths.rootfs();
+    let upper = (!args.read_only).then(|| paths.upper());
     for dir in [Some(&mountpoint), upper.as_ref()].into_iter().flatten() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -526,7 +527,7 @@ fn detach(
             }
             let _ = record.save(&root);
             if rm {
-                let _ = std::fs::remove_dir_all(state::containers_dir(&root).join(&record.id));
+                let _ = std::fs::remove_dir_all(global.layout().container(&record.id).dir());
             }
             drop(ready);
             // SAFETY: end the monitor without running the parent's destructors twice.

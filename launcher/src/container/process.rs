@@ -1,8 +1,8 @@
-//! The container side: what the new PID 1 does between fork and exec. Every step is a
-//! named function over [`Syscall`], in the order runc's `standard_init` uses.
+//! The process PID 1 becomes: its resource limits, its identity and capabilities, and
+//! the program it execs (found on `PATH` with docker's exit statuses). The steps are
+//! functions over [`Syscall`]; [`super::init`] calls them in runc's order.
 
-use super::rootfs;
-use super::spec::{ContainerSpec, NetworkMode};
+use super::spec::ContainerSpec;
 use super::sys::{docker_default_capabilities, Syscall};
 use super::users;
 use std::ffi::CString;
@@ -28,7 +28,8 @@ pub struct InitError {
 }
 
 impl InitError {
-    fn setup(what: &str, e: impl std::fmt::Display) -> InitError {
+    /// A runtime failure (exit status 125): `what` failed because of `e`.
+    pub fn setup(what: &str, e: impl std::fmt::Display) -> InitError {
         InitError {
             code: EXIT_SETUP,
             message: format!("{what}: {e}"),
@@ -36,80 +37,39 @@ impl InitError {
     }
 }
 
-/// Everything the container init needs, prepared by the parent before fork.
-pub struct InitConfig<'a> {
-    /// The container.
-    pub spec: &'a ContainerSpec,
-    /// Host path of the root filesystem.
-    pub rootfs: &'a Path,
-    /// Host directory with resolv.conf, hostname and hosts.
-    pub etc_dir: &'a Path,
-    /// Default RLIMIT_NOFILE (soft = hard), never above the hard limit skiff has.
-    pub default_nofile: u64,
-    /// pty slave path for `-t` (bound to /dev/console).
-    pub console: Option<&'a Path>,
+/// What PID 1 execs: the program found on `PATH`, its argv and environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// The executable's path.
+    pub path: CString,
+    /// argv, `argv[0]` as given.
+    pub argv: Vec<CString>,
+    /// The environment.
+    pub envp: Vec<CString>,
 }
 
-/// Sets up the container and returns the program to exec: (path, argv, envp).
-pub fn prepare(
-    sys: &dyn Syscall,
-    cfg: &InitConfig<'_>,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
-    let spec = cfg.spec;
-    sys.set_hostname(&spec.hostname)
-        .map_err(|e| InitError::setup("setting hostname", e))?;
-    if spec.network == NetworkMode::Isolated {
-        sys.set_loopback_up()
-            .map_err(|e| InitError::setup("network", e))?;
+impl Program {
+    /// Finds `args[0]` on the `PATH` of `env` (runc's lookup, docker's 126/127) and
+    /// turns everything into C strings.
+    pub fn find(args: &[String], env: &[String]) -> Result<Program, InitError> {
+        let path_var = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("");
+        let program = find_executable(&args[0], path_var)?;
+        let to_c = |s: &str| {
+            CString::new(s).map_err(|_| InitError::setup("argument contains a NUL byte", s))
+        };
+        let argv = args
+            .iter()
+            .map(|a| to_c(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
+        let path = CString::new(program.as_os_str().as_bytes())
+            .map_err(|_| InitError::setup("program path contains a NUL byte", program.display()))?;
+        Ok(Program { path, argv, envp })
     }
-    rootfs::prepare(sys, cfg.rootfs, spec, cfg.etc_dir, cfg.console)
-        .map_err(|e| InitError::setup("preparing rootfs", e))?;
-    // The working directory is created while the root is still writable (--read-only
-    // comes with finalize), as Docker does.
-    let cwd = PathBuf::from(&spec.cwd);
-    std::fs::create_dir_all(&cwd)
-        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
-    rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
-
-    // The user is looked up in the container's own files, after pivot_root.
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve(&spec.user, &passwd, &group).map_err(|e| InitError {
-        code: EXIT_SETUP,
-        message: e.to_string(),
-    })?;
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
-
-    set_rlimits(sys, spec, cfg.default_nofile)?;
-    drop_privileges(sys, spec, &user)?;
-    nix::unistd::chdir(&cwd).map_err(|e| InitError {
-        code: EXIT_CANNOT_INVOKE,
-        message: format!(
-            "chdir to cwd (\"{}\") set in config.json failed: {e}",
-            spec.cwd
-        ),
-    })?;
-
-    let path_var = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("");
-    let program = find_executable(&spec.args[0], path_var)?;
-    let to_c =
-        |s: &str| CString::new(s).map_err(|_| InitError::setup("argument contains a NUL byte", s));
-    let argv = spec
-        .args
-        .iter()
-        .map(|a| to_c(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
-    let program = CString::new(program.as_os_str().as_bytes())
-        .map_err(|_| InitError::setup("program path contains a NUL byte", program.display()))?;
-    Ok((program, argv, envp))
 }
 
 /// Becomes the container user with Docker's capabilities: bounding set first (needs
@@ -145,7 +105,7 @@ pub fn drop_privileges(
 
 /// Applies the default RLIMIT_NOFILE (unless `--ulimit nofile` is given) and the
 /// `--ulimit` values.
-fn set_rlimits(
+pub fn set_rlimits(
     sys: &dyn Syscall,
     spec: &ContainerSpec,
     default_nofile: u64,
