@@ -13,6 +13,8 @@
 pub mod cgroups;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 pub mod spec;
 pub mod state;
 pub mod sys;
