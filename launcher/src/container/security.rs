@@ -140,8 +140,7 @@ pub fn capabilities(
     add: &[String],
     drop: &[String],
 ) -> Result<CapsHashSet, SecurityError> {
-    // Every capability both skiff and the running kernel know.
-    let all = caps::runtime::thread_all_supported;
+    let all = all_capabilities;
     if privileged {
         return Ok(all());
     }
@@ -164,6 +163,17 @@ pub fn capabilities(
         set
     };
     Ok(set)
+}
+
+/// docker's "all": every capability the running kernel knows, as far as skiff holds
+/// it (the kernel refuses to give a process more, e.g. when skiff itself runs in a
+/// container with a reduced set), so what `--privileged` keeps.
+fn all_capabilities() -> CapsHashSet {
+    let supported = caps::runtime::thread_all_supported();
+    match caps::read(None, caps::CapSet::Permitted) {
+        Ok(held) => supported.intersection(&held).copied().collect(),
+        Err(_) => supported,
+    }
 }
 
 /// docker's names: any case, with or without `CAP_`; `ALL` reads as `None`.
@@ -211,7 +221,7 @@ mod tests {
         assert!(!set.contains(&Capability::CAP_CHOWN));
         assert_eq!(set.len(), default.len() + 1);
 
-        let all = caps::runtime::thread_all_supported();
+        let all = all_capabilities();
         assert_eq!(capabilities(false, &strings(&["ALL"]), &[]).unwrap(), all);
         assert_eq!(capabilities(true, &[], &strings(&["ALL"])).unwrap(), all);
         let mut all_but_kill = all.clone();

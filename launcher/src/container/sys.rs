@@ -203,9 +203,10 @@ impl Syscall for LinuxSyscall {
     }
 
     fn load_seccomp(&self, filter: &super::seccomp::Filter) -> SysResult {
-        filter
-            .load()
-            .map_err(err("seccomp", format!("{} instructions", filter.instructions())))
+        filter.load().map_err(err(
+            "seccomp",
+            format!("{} instructions", filter.instructions()),
+        ))
     }
 }
 
