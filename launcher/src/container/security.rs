@@ -140,9 +140,8 @@ pub fn capabilities(
     add: &[String],
     drop: &[String],
 ) -> Result<CapsHashSet, SecurityError> {
-    let all = all_capabilities;
     if privileged {
-        return Ok(all());
+        return Ok(all_capabilities());
     }
     let add = normalize(add)?;
     let drop = normalize(drop)?;
@@ -150,7 +149,10 @@ pub fn capabilities(
         |list: &[Option<Capability>]| -> CapsHashSet { list.iter().flatten().copied().collect() };
     let set = if add.contains(&None) {
         let dropped = named(&drop);
-        all().into_iter().filter(|c| !dropped.contains(c)).collect()
+        all_capabilities()
+            .into_iter()
+            .filter(|c| !dropped.contains(c))
+            .collect()
     } else if drop.contains(&None) {
         named(&add)
     } else {
