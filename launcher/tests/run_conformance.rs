@@ -4,7 +4,7 @@
 //! The runc bundle is `umoci unpack`'s, adjusted to what Docker (and skiff) give a
 //! container, so the comparison checks skiff's implementation of those choices against
 //! runc's: `runc spec`'s masked/read-only paths and mounts, Docker's default capability
-//! set, the Docker environment (PATH, HOSTNAME, image Env; HOME from /etc/passwd),
+//! set and no no_new_privs, the Docker environment (PATH, HOSTNAME, image Env; HOME from /etc/passwd),
 //! /etc/{resolv.conf,hostname,hosts} bind-mounted, RLIMIT_NOFILE at the host's hard limit.
 //!
 //! Documented differences (not compared):
@@ -102,7 +102,8 @@ fn runc_run(img: &Image, n: usize, args: &[&str], user: (u32, u32, &[u32])) -> (
     });
     let nofile = nofile_hard();
     p["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]);
-    p["noNewPrivileges"] = json!(true);
+    // Docker leaves no_new_privs off (setuid programs work) unless asked for.
+    p["noNewPrivileges"] = json!(false);
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&cfg).unwrap(),

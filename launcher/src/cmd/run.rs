@@ -42,7 +42,7 @@ pub struct Args {
     /// Network: "none" (default; own namespace with loopback only) or "host".
     #[arg(long, alias = "net", value_name = "MODE")]
     pub network: Option<String>,
-    /// Keep all capabilities skiff has and skip no_new_privs.
+    /// All capabilities, no seccomp filter, every device.
     #[arg(long)]
     pub privileged: bool,
     /// Resource limit, NAME=SOFT[:HARD] (e.g. nofile=1024:2048).
@@ -110,6 +110,16 @@ pub struct Args {
     /// Registry options (for IMAGE).
     #[command(flatten)]
     pub registry: super::registry_args::RegistryArgs,
+    /// Add a Linux capability to docker's default set (e.g. SYS_ADMIN; ALL for all).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability from the set (e.g. CHOWN; ALL for all).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=FILE (a docker seccomp profile, instead of docker's
+    /// default one), or no-new-privileges (setuid programs gain nothing).
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
     #[arg(
         trailing_var_arg = true,
@@ -206,6 +216,9 @@ fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> 
         pids_limit: args.pids_limit,
         tty: args.tty,
         interactive: args.interactive,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        security_opt: args.security_opt.clone(),
     })
 }
 

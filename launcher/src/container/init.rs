@@ -253,10 +253,10 @@ mod tests {
     /// After the rlimits: a non-root user without capabilities, then the clean slate
     /// and exec.
     const PROCESS_STEPS: &[&str] = &[
+        "seccomp",
         "bounding 14",
         "identity 54321 65432 []",
         "caps 0",
-        "no_new_privs",
         "chdir /",
         "signals default",
         "sigmask",

@@ -22,6 +22,8 @@ pub mod intermediate;
 pub mod main;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
+pub mod security;
 pub mod spec;
 pub mod state;
 pub mod sync;

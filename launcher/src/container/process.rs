@@ -3,7 +3,7 @@
 //! functions over [`Syscall`]; [`super::init`] calls them in runc's order.
 
 use super::spec::ContainerSpec;
-use super::sys::{docker_default_capabilities, Syscall};
+use super::sys::Syscall;
 use super::users;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -72,17 +72,28 @@ impl Program {
     }
 }
 
-/// Becomes the container user with Docker's capabilities: bounding set first (needs
+/// Becomes the container user with its capabilities: bounding set first (needs
 /// CAP_SETPCAP, so while still root), then uid/gid/groups (keeping permitted caps),
 /// then effective/permitted (none for a non-root user, as exec would drop them
-/// anyway), then no_new_privs. `--privileged` keeps every capability and skips
-/// no_new_privs.
+/// anyway), then no_new_privs if asked for. `--privileged` keeps every capability.
+/// The seccomp filter goes in as runc loads it: without no_new_privs the kernel wants
+/// CAP_SYS_ADMIN for it, so first; with no_new_privs, last.
 pub fn drop_privileges(
     sys: &dyn Syscall,
     spec: &ContainerSpec,
     user: &users::ResolvedUser,
 ) -> Result<(), InitError> {
-    let caps = docker_default_capabilities();
+    let security = &spec.security;
+    let load_seccomp = || match &security.seccomp {
+        Some(f) => sys
+            .load_seccomp(f)
+            .map_err(|e| InitError::setup("loading seccomp filter", e)),
+        None => Ok(()),
+    };
+    if !security.no_new_privileges {
+        load_seccomp()?;
+    }
+    let caps = security.capabilities.clone();
     if !spec.privileged {
         sys.drop_bounding(&caps)
             .map_err(|e| InitError::setup("dropping capabilities", e))?;
@@ -96,9 +107,10 @@ pub fn drop_privileges(
     };
     sys.set_capabilities(effective.as_ref())
         .map_err(|e| InitError::setup("setting capabilities", e))?;
-    if !spec.privileged {
+    if security.no_new_privileges {
         sys.set_no_new_privs()
             .map_err(|e| InitError::setup("setting no_new_privs", e))?;
+        load_seccomp()?;
     }
     Ok(())
 }
@@ -194,12 +206,7 @@ mod tests {
         drop_privileges(&rec, &spec(RunOptions::default()), &user(0)).unwrap();
         assert_eq!(
             *rec.calls.borrow(),
-            [
-                "bounding 14",
-                "identity 0 0 [10]",
-                "caps 14",
-                "no_new_privs"
-            ]
+            ["seccomp", "bounding 14", "identity 0 0 [10]", "caps 14"]
         );
 
         let rec = Recorder::default();
@@ -207,10 +214,29 @@ mod tests {
         assert_eq!(
             *rec.calls.borrow(),
             [
+                "seccomp",
                 "bounding 14",
                 "identity 1000 1000 [10]",
+                "caps 0"
+            ]
+        );
+
+        // With no_new_privs the filter comes last, and needs no CAP_SYS_ADMIN.
+        let rec = Recorder::default();
+        let nnp = spec(RunOptions {
+            security_opt: vec!["no-new-privileges".into()],
+            cap_add: vec!["SYS_ADMIN".into()],
+            ..Default::default()
+        });
+        drop_privileges(&rec, &nnp, &user(1000)).unwrap();
+        assert_eq!(
+            *rec.calls.borrow(),
+            [
+                "bounding 15",
+                "identity 1000 1000 [10]",
                 "caps 0",
-                "no_new_privs"
+                "no_new_privs",
+                "seccomp"
             ]
         );
 

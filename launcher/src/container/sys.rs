@@ -109,6 +109,8 @@ pub trait Syscall {
     fn set_capabilities(&self, caps: Option<&CapsHashSet>) -> SysResult;
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&self) -> SysResult;
+    /// seccomp(SECCOMP_SET_MODE_FILTER).
+    fn load_seccomp(&self, filter: &super::seccomp::Filter) -> SysResult;
 }
 
 /// The real kernel.
@@ -337,6 +339,13 @@ impl Syscall for LinuxSyscall {
     fn set_no_new_privs(&self) -> SysResult {
         nix::sys::prctl::set_no_new_privs().map_err(err("prctl", "PR_SET_NO_NEW_PRIVS"))
     }
+
+    fn load_seccomp(&self, filter: &super::seccomp::Filter) -> SysResult {
+        filter.load().map_err(err(
+            "seccomp",
+            format!("{} instructions", filter.instructions()),
+        ))
+    }
 }
 
 /// Lower-case name of an `RLIMIT_*` constant, for messages ("nofile").
@@ -527,6 +536,9 @@ pub mod recording {
         }
         fn set_no_new_privs(&self) -> SysResult {
             self.push("no_new_privs".into())
+        }
+        fn load_seccomp(&self, _filter: &crate::container::seccomp::Filter) -> SysResult {
+            self.push("seccomp".into())
         }
     }
 }
