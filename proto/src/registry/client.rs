@@ -9,7 +9,7 @@
 
 use super::auth::{self, AuthState, Challenge};
 use super::credentials::{self, Credentials};
-use super::error::{RegistryError, Result};
+use super::error::{ErrorCode, ErrorEnvelope, RegistryError, Result};
 pub use super::options::{Access, ClientOptions};
 use super::retry::{retry, Attempt};
 use crate::digest::Digest;
@@ -321,8 +321,8 @@ impl Client {
                         return Ok(Attempt::Again);
                     }
                     let body = read_limited(resp).await;
-                    let mut detail = registry_message(&body)
-                        .map(|m| format!(": {m}"))
+                    let mut detail = ErrorEnvelope::parse(&body)
+                        .map(|e| format!(": {}", e.summary()))
                         .unwrap_or_default();
                     if self.credentials.is_none() {
                         detail.push_str(" (no credentials given: use --username/--password-stdin or docker login)");
@@ -443,14 +443,19 @@ impl Client {
         }
         let url = resp.url().to_string();
         let body = read_limited(resp).await;
-        let code = registry_code(&body);
-        let message = registry_message(&body).unwrap_or_else(|| excerpt(&body));
+        let envelope = ErrorEnvelope::parse(&body);
+        let code = envelope.as_ref().and_then(|e| e.code());
+        let message = envelope
+            .as_ref()
+            .map_or_else(|| excerpt(&body), ErrorEnvelope::summary);
         let repository = repository.unwrap_or_default().to_string();
-        Err(match (status, code.as_deref(), subject) {
-            (StatusCode::NOT_FOUND, Some("NAME_UNKNOWN"), _) => RegistryError::NameUnknown {
-                registry: self.registry.clone(),
-                repository,
-            },
+        Err(match (status, code, subject) {
+            (StatusCode::NOT_FOUND, Some(ErrorCode::NameUnknown), _) => {
+                RegistryError::NameUnknown {
+                    registry: self.registry.clone(),
+                    repository,
+                }
+            }
             (StatusCode::NOT_FOUND, _, Subject::Manifest(r)) => RegistryError::ManifestUnknown {
                 reference: r.clone(),
             },
@@ -508,29 +513,6 @@ pub(crate) async fn read_capped(mut resp: Response, cap: usize, url: &Url) -> Re
 async fn read_limited(resp: Response) -> Bytes {
     let url = resp.url().clone();
     read_capped(resp, 64 << 10, &url).await.unwrap_or_default()
-}
-
-/// The first `errors[].code` of a distribution-spec error body.
-fn registry_code(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("errors")?
-        .get(0)?
-        .get("code")?
-        .as_str()
-        .map(str::to_string)
-}
-
-/// `errors[].message` (with code) of a distribution-spec error body.
-fn registry_message(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let e = v.get("errors")?.get(0)?;
-    let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
-    let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
-    Some(
-        format!("{code}: {msg}")
-            .trim_matches([' ', ':'])
-            .to_string(),
-    )
 }
 
 /// The start of an error body, for messages.
