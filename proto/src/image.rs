@@ -35,6 +35,20 @@ pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1
 /// Docker gzip layer.
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// The OCI empty descriptor's media type (the config of an artifact).
+pub const MEDIA_OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// The OCI empty JSON config, the content [`MEDIA_OCI_EMPTY`] describes.
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// `artifactType` of a Skiff layer-index artifact (see [`crate::index::artifact`]).
+pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.skiff.layer-index.v1";
+/// Media type of one layer's encoded index in a layer-index artifact.
+pub const INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.skiff.layer-index.v1.postcard";
+/// `artifactType` of a Skiff prefetch-profile artifact.
+pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.skiff.prefetch-profile.v1";
+/// Media type of a prefetch profile (JSON) in a profile artifact.
+pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.skiff.prefetch-profile.v1+json";
+
 /// The `Accept` list for manifest requests: every manifest type Skiff understands.
 pub const MANIFEST_ACCEPT: &[&str] = &[
     MEDIA_OCI_INDEX,
@@ -189,6 +203,25 @@ impl Manifest {
             layers,
             subject: None,
             annotations: BTreeMap::new(),
+        }
+    }
+
+    /// An OCI 1.1 artifact manifest of `artifact_type` over `layers`, with the empty
+    /// config, referring to the manifest `subject` describes (its annotations and
+    /// platform are not repeated).
+    pub fn artifact(
+        subject: &Descriptor,
+        artifact_type: &str,
+        layers: Vec<Descriptor>,
+    ) -> Manifest {
+        Manifest {
+            artifact_type: Some(artifact_type.to_string()),
+            subject: Some(Descriptor::new(
+                &subject.media_type,
+                subject.digest,
+                subject.size,
+            )),
+            ..Manifest::oci(Descriptor::of(MEDIA_OCI_EMPTY, EMPTY_CONFIG), layers)
         }
     }
 
@@ -435,6 +468,15 @@ impl ResolvedImage {
     /// The layers, bottom first.
     pub fn layers(&self) -> &[Descriptor] {
         &self.manifest.layers
+    }
+
+    /// The descriptor of the platform manifest (what artifacts name as `subject`).
+    pub fn manifest_descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            &self.manifest_media_type,
+            self.manifest_digest,
+            self.manifest_bytes.len() as u64,
+        )
     }
 
     /// Sum of the layers' (compressed) sizes.

@@ -21,9 +21,8 @@ use super::store::IndexStore;
 use super::{open_index_with, IndexError, IndexOptions, LayerFormat, LayerIndex};
 use crate::blob::BlobReader;
 use crate::digest::Digest;
-use crate::image::{Descriptor, ResolvedImage};
-use crate::registry::{Client, RegistryError, RemoteBlob};
-use oci_spec::image::ImageManifest;
+use crate::image::{Descriptor, Manifest, ResolvedImage};
+use crate::registry::{Client, RemoteBlob};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
@@ -111,7 +110,7 @@ pub enum ResolveError {
 
 /// The manifests of the index artifacts published for an image, verified.
 struct Published {
-    artifacts: Vec<ImageManifest>,
+    artifacts: Vec<Manifest>,
     /// Why artifacts (or the lookup) were refused, for every layer's `refused`.
     problems: Vec<String>,
 }
@@ -305,18 +304,21 @@ fn resolve_one(
 fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) -> Published {
     let repo = image.reference.repository();
     let mut problems = Vec::new();
-    let listed =
-        match handle.block_on(client.referrers(repo, image.manifest_digest, INDEX_ARTIFACT_TYPE)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("looking up published indexes of {}: {e}", image.reference);
-                problems.push(format!("looking up published indexes: {e}"));
-                Vec::new()
-            }
-        };
+    let listed = match handle.block_on(client.fetch_artifacts(
+        repo,
+        image.manifest_digest,
+        INDEX_ARTIFACT_TYPE,
+    )) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("looking up published indexes of {}: {e}", image.reference);
+            problems.push(format!("looking up published indexes: {e}"));
+            Vec::new()
+        }
+    };
     let mut artifacts = Vec::new();
-    for d in listed {
-        match handle.block_on(fetch_artifact(client, repo, image.manifest_digest, &d)) {
+    for (d, manifest) in listed {
+        match manifest {
             Ok(m) => artifacts.push(m),
             Err(e) => {
                 tracing::warn!("index artifact {} refused: {e}", d.digest);
@@ -338,76 +340,22 @@ fn carries_toc(layer: &Descriptor) -> bool {
     super::estargz::is_estargz(&annotations) || super::zstd_chunked::is_zstd_chunked(&annotations)
 }
 
-/// Fetches (verified by digest) one listed artifact manifest and checks its type and
-/// that it refers to `subject`.
-async fn fetch_artifact(
-    client: &Client,
-    repo: &str,
-    subject: Digest,
-    listed: &Descriptor,
-) -> Result<ImageManifest, RegistryError> {
-    let (bytes, _, _) = client
-        .get_manifest(repo, &listed.digest.to_string())
-        .await?;
-    let bad = |message: String| RegistryError::BadResponse {
-        url: format!("{}/{repo}@{}", client.registry(), listed.digest),
-        message,
-    };
-    if bytes.len() as u64 != listed.size {
-        return Err(bad(format!(
-            "manifest is {} bytes, listing says {}",
-            bytes.len(),
-            listed.size
-        )));
-    }
-    let manifest: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not an image manifest: {e}")))?;
-    let is_index = manifest
-        .artifact_type()
-        .as_ref()
-        .is_some_and(|t| t.to_string() == INDEX_ARTIFACT_TYPE);
-    if !is_index {
-        return Err(bad("artifactType is not a skiff layer index".into()));
-    }
-    let names_subject = manifest
-        .subject()
-        .as_ref()
-        .is_some_and(|s| s.digest().to_string() == subject.to_string());
-    if !names_subject {
-        return Err(bad(format!("its subject is not {subject}")));
-    }
-    Ok(manifest)
-}
-
 /// The index of `layer` from a verified artifact manifest: `None` if the artifact
 /// has none for it; an error if the one it has fails verification.
 fn fetch_published(
     client: &Client,
     handle: &Handle,
     repo: &str,
-    artifact: &ImageManifest,
+    artifact: &Manifest,
     layer: &Descriptor,
 ) -> Result<Option<LayerIndex>, IndexError> {
     let Some(d) = find_layer_index(artifact, &layer.digest) else {
         return Ok(None);
     };
-    let digest: Digest = d
-        .digest()
-        .to_string()
-        .parse()
-        .map_err(|e| IndexError::Encoding {
-            what: format!("published index of layer {}", layer.digest),
-            reason: format!("bad digest {}: {e}", d.digest()),
-        })?;
-    if d.size() > super::store::MAX_DECODED {
-        return Err(IndexError::Encoding {
-            what: format!("published index of layer {}", layer.digest),
-            reason: format!("index blob claims {} bytes", d.size()),
-        });
-    }
+    let digest = d.digest;
     // The client verifies the blob against `digest`.
     let bytes = handle
-        .block_on(client.get_blob(repo, digest))
+        .block_on(client.fetch_artifact_blob(repo, d, super::store::MAX_DECODED))
         .map_err(|e| IndexError::Encoding {
             what: format!("published index {digest} of layer {}", layer.digest),
             reason: e.to_string(),

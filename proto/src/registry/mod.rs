@@ -9,6 +9,7 @@
 //! tokens, `options` says how to reach a registry, `manifests`, `blobs`, `push` and
 //! [`referrers`] are the requests themselves, [`error`] says what went wrong.
 
+pub mod artifact;
 pub mod auth;
 mod blobs;
 mod client;
