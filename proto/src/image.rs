@@ -126,6 +126,17 @@ impl Descriptor {
         }
     }
 
+    /// The same descriptor as oci-spec's type (what [`crate::index::open_index`]
+    /// takes).
+    pub fn to_oci(&self) -> Result<oci_spec::image::Descriptor, ImageError> {
+        serde_json::to_value(self)
+            .and_then(serde_json::from_value)
+            .map_err(|source| ImageError::Json {
+                what: format!("descriptor of {}", self.digest),
+                source,
+            })
+    }
+
     /// The descriptor of `data` as a blob of `media_type`.
     pub fn of(media_type: &str, data: &[u8]) -> Descriptor {
         Descriptor::new(media_type, Digest::of(data), data.len() as u64)
@@ -574,6 +585,26 @@ mod tests {
         assert_eq!(
             LayerMediaType::from(MEDIA_OCI_LAYER_TAR),
             LayerMediaType::Tar
+        );
+    }
+
+    #[test]
+    fn to_oci_keeps_media_type_digest_size_and_annotations() {
+        let mut d = Descriptor::of("application/vnd.oci.image.layer.v1.tar+gzip", b"layer");
+        d.annotations = std::collections::BTreeMap::from([(
+            crate::index::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+            Digest::of(b"toc").to_string(),
+        )]);
+        let o = d.to_oci().unwrap();
+        assert_eq!(o.media_type().to_string(), d.media_type);
+        assert_eq!(o.digest().to_string(), d.digest.to_string());
+        assert_eq!(o.size(), 5);
+        assert_eq!(
+            o.annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::index::estargz::TOC_DIGEST_ANNOTATION))
+                .cloned(),
+            Some(Digest::of(b"toc").to_string())
         );
     }
 }

@@ -9,11 +9,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skiff_proto::digest::Digest;
 use skiff_proto::image::{Descriptor, ResolvedImage, INDEX_ARTIFACT_TYPE};
 use skiff_proto::index::artifact::{index_blob, IndexBlob};
-use skiff_proto::index::resolve::{
-    open_root_index_store, resolve_layers, ResolveOptions, ResolvedLayer,
-};
+use skiff_proto::index::store::open_root_index_store;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
+use skiff_proto::resolve::{resolve_layers, ResolveOptions, ResolveProgress, ResolvedLayer};
 use std::sync::Arc;
 
 /// Arguments of `skiff index`.
@@ -73,7 +72,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             parallel: args.parallel,
             use_published: !args.no_published,
             save: true,
-            progress: Some(&bars),
+            progress: Some(&IndexingBars(&bars)),
             span: args.span,
         },
     )?;
@@ -87,6 +86,34 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// Draws one `indicatif` bar per streaming pass of [`resolve_layers`].
+pub struct IndexingBars<'m>(pub &'m MultiProgress);
+
+impl ResolveProgress for IndexingBars<'_> {
+    fn streaming<'a>(&'a self, layer: &Descriptor) -> Box<dyn Fn(u64) + 'a> {
+        let bar = self.0.add(ProgressBar::new(layer.size));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:.bold} indexing [{bar:30}] {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(layer.digest.hex().get(..12).unwrap_or_default().to_string());
+        let bar = ClearedOnDrop(bar);
+        Box::new(move |n| bar.0.set_position(n))
+    }
+}
+
+/// A bar that disappears when the pass it shows ends (the callback is dropped).
+struct ClearedOnDrop(ProgressBar);
+
+impl Drop for ClearedOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 fn print_layers(image: &ResolvedImage, layers: &[ResolvedLayer]) {

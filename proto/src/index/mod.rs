@@ -31,7 +31,6 @@ pub mod decode;
 pub mod estargz;
 pub mod gzip;
 pub mod model;
-pub mod resolve;
 pub mod store;
 pub mod tar;
 pub mod toc;
@@ -51,14 +50,8 @@ pub struct IndexOptions<'a> {
     /// Distance between gzip checkpoints, in uncompressed bytes.
     pub span: u64,
     /// Called now and then with the number of blob bytes consumed so far (e.g. to
-    /// drive an `indicatif` bar); `None` in library hot paths.
+    /// drive a progress bar); `None` in library hot paths.
     pub progress: Option<&'a dyn Fn(u64)>,
-}
-
-/// A progress callback for [`IndexOptions::progress`] (or the converter) that drives
-/// an `indicatif` bar; set the bar's length to the blob (or input) size first.
-pub fn bar_progress(bar: &indicatif::ProgressBar) -> impl Fn(u64) + '_ {
-    move |n| bar.set_position(n)
 }
 
 impl Default for IndexOptions<'_> {

@@ -20,6 +20,14 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MAX_DECODED: u64 = 1 << 30;
 const HEADER_LEN: usize = 8 + 4 + 32;
 
+/// Directory of the index store under a skiff root (`<root>/indexes`).
+pub const INDEX_STORE_DIR: &str = "indexes";
+
+/// Opens (creating it if needed) the index store under the skiff root `root`.
+pub fn open_root_index_store(root: &Path) -> Result<IndexStore, IndexError> {
+    IndexStore::open(root.join(INDEX_STORE_DIR))
+}
+
 /// Encodes an index in the store's file format (also the blob pushed as an index
 /// artifact layer).
 pub fn encode(index: &LayerIndex) -> Result<Vec<u8>, IndexError> {
@@ -183,5 +191,12 @@ mod tests {
         // An index stored under the wrong name is refused.
         std::fs::write(store.path_for(&Digest::of(b"other")), encode(&idx).unwrap()).unwrap();
         assert!(store.load(&Digest::of(b"other")).is_err());
+    }
+
+    #[test]
+    fn root_store_lives_under_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        open_root_index_store(dir.path()).unwrap();
+        assert!(dir.path().join(INDEX_STORE_DIR).is_dir());
     }
 }
