@@ -35,6 +35,56 @@ pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1
 /// Docker gzip layer.
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// How a layer blob is encoded, as its media type says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerEncoding {
+    /// Uncompressed tar.
+    Tar,
+    /// gzip-compressed tar.
+    TarGzip,
+    /// zstd-compressed tar.
+    TarZstd,
+}
+
+/// Every layer media type Skiff reads, with its encoding: the one table that
+/// classifies layers (indexing, unpacking). OCI's nondistributable types are
+/// deprecated but still met in the wild; Docker's foreign layers are gzip tars.
+pub const LAYER_MEDIA_TYPES: &[(&str, LayerEncoding)] = &[
+    (MEDIA_OCI_LAYER_TAR, LayerEncoding::Tar),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        LayerEncoding::Tar,
+    ),
+    (
+        "application/vnd.docker.image.rootfs.diff.tar",
+        LayerEncoding::Tar,
+    ),
+    (MEDIA_OCI_LAYER_GZIP, LayerEncoding::TarGzip),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        LayerEncoding::TarGzip,
+    ),
+    (MEDIA_DOCKER_LAYER_GZIP, LayerEncoding::TarGzip),
+    (
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        LayerEncoding::TarGzip,
+    ),
+    (MEDIA_OCI_LAYER_ZSTD, LayerEncoding::TarZstd),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        LayerEncoding::TarZstd,
+    ),
+];
+
+/// The encoding of a layer of `media_type`, `None` if it is not a layer type Skiff
+/// reads (artifacts, unknown compressions).
+pub fn layer_encoding(media_type: &str) -> Option<LayerEncoding> {
+    LAYER_MEDIA_TYPES
+        .iter()
+        .find(|(t, _)| *t == media_type)
+        .map(|(_, e)| *e)
+}
+
 /// The OCI empty descriptor's media type (the config of an artifact).
 pub const MEDIA_OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// The OCI empty JSON config, the content [`MEDIA_OCI_EMPTY`] describes.
@@ -142,39 +192,9 @@ impl Descriptor {
         Descriptor::new(media_type, Digest::of(data), data.len() as u64)
     }
 
-    /// The layer media type, classified.
-    pub fn layer_type(&self) -> LayerMediaType {
-        LayerMediaType::from(self.media_type.as_str())
-    }
-}
-
-/// What a layer's media type says about its encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LayerMediaType {
-    /// Uncompressed tar (OCI).
-    Tar,
-    /// gzip-compressed tar (OCI, and Docker's rootfs.diff.tar.gzip).
-    TarGzip,
-    /// zstd-compressed tar (OCI).
-    TarZstd,
-    /// Anything else (foreign layers, artifacts); kept verbatim.
-    Other(String),
-}
-
-impl From<&str> for LayerMediaType {
-    fn from(m: &str) -> Self {
-        match m {
-            MEDIA_OCI_LAYER_TAR | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
-                LayerMediaType::Tar
-            }
-            MEDIA_OCI_LAYER_GZIP
-            | MEDIA_DOCKER_LAYER_GZIP
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
-                LayerMediaType::TarGzip
-            }
-            MEDIA_OCI_LAYER_ZSTD => LayerMediaType::TarZstd,
-            other => LayerMediaType::Other(other.to_string()),
-        }
+    /// The layer's encoding from its media type (see [`LAYER_MEDIA_TYPES`]).
+    pub fn layer_encoding(&self) -> Option<LayerEncoding> {
+        layer_encoding(&self.media_type)
     }
 }
 
@@ -562,7 +582,10 @@ mod tests {
         match ManifestKind::parse(None, &bytes).unwrap() {
             ManifestKind::Manifest(back) => {
                 assert_eq!(*back, m);
-                assert_eq!(back.layers[0].layer_type(), LayerMediaType::TarGzip);
+                assert_eq!(
+                    back.layers[0].layer_encoding(),
+                    Some(LayerEncoding::TarGzip)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -578,14 +601,52 @@ mod tests {
             ),
             Err(ImageError::UnsupportedManifest(_))
         ));
+    }
+
+    #[test]
+    fn layer_media_type_table() {
+        use LayerEncoding::*;
+        for (media_type, want) in [
+            ("application/vnd.oci.image.layer.v1.tar", Tar),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                Tar,
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar", Tar),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", TarGzip),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                TarGzip,
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", TarGzip),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                TarGzip,
+            ),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", TarZstd),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                TarZstd,
+            ),
+        ] {
+            assert_eq!(layer_encoding(media_type), Some(want), "{media_type}");
+        }
         assert_eq!(
-            LayerMediaType::from(MEDIA_OCI_LAYER_ZSTD),
-            LayerMediaType::TarZstd
+            LAYER_MEDIA_TYPES.len(),
+            9,
+            "every table row is tested above"
         );
-        assert_eq!(
-            LayerMediaType::from(MEDIA_OCI_LAYER_TAR),
-            LayerMediaType::Tar
-        );
+        for not_a_layer in [
+            MEDIA_OCI_CONFIG,
+            MEDIA_OCI_MANIFEST,
+            INDEX_LAYER_MEDIA_TYPE,
+            PROFILE_MEDIA_TYPE,
+            "application/x-not-a-layer",
+            "application/vnd.oci.image.layer.v1.tar+bzip2",
+            "",
+        ] {
+            assert_eq!(layer_encoding(not_a_layer), None, "{not_a_layer}");
+        }
     }
 
     #[test]
