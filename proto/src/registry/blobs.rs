@@ -81,9 +81,7 @@ impl Client {
             }
             ok.push(StatusCode::PARTIAL_CONTENT);
         }
-        let resp = self.send(req).await?;
-        self.expect(&Method::GET, resp, &ok, &subject, Some(repository))
-            .await
+        self.send_expecting(req, &ok, &subject).await
     }
 
     /// Reads `len` bytes at `offset` of a blob with one Range GET. The bytes are raw

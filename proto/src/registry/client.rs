@@ -220,10 +220,8 @@ impl Client {
 
     /// `GET /v2/`: checks the registry answers and that we may talk to it.
     pub async fn ping(&self) -> Result<()> {
-        let resp = self
-            .send(Req::new(Method::GET, self.url("")?, None))
-            .await?;
-        self.expect(&Method::GET, resp, &[StatusCode::OK], &Subject::Other, None)
+        let req = Req::new(Method::GET, self.url("")?, None);
+        self.send_expecting(req, &[StatusCode::OK], &Subject::Other)
             .await?;
         Ok(())
     }
@@ -426,6 +424,18 @@ impl Client {
                 url: url.to_string(),
                 source,
             })
+    }
+
+    /// [`Client::send`], then [`Client::expect`] one of the `ok` statuses.
+    pub(crate) async fn send_expecting(
+        &self,
+        req: Req<'_>,
+        ok: &[StatusCode],
+        subject: &Subject,
+    ) -> Result<Response> {
+        let (method, repository) = (req.method.clone(), req.repository);
+        let resp = self.send(req).await?;
+        self.expect(&method, resp, ok, subject, repository).await
     }
 
     /// Turns a response with a status outside `ok` into the right error.

@@ -30,15 +30,8 @@ impl Client {
             HeaderValue::from_str(&MANIFEST_ACCEPT.join(", "))
                 .unwrap_or(HeaderValue::from_static("*/*")),
         );
-        let resp = self.send(req).await?;
         let resp = self
-            .expect(
-                &Method::GET,
-                resp,
-                &[StatusCode::OK],
-                &subject,
-                Some(repository),
-            )
+            .send_expecting(req, &[StatusCode::OK], &subject)
             .await?;
         let content_type = resp
             .headers()

@@ -61,15 +61,8 @@ impl Client {
         req.access = Access::Push;
         req.headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let resp = self.send(req).await?;
         let resp = self
-            .expect(
-                &Method::POST,
-                resp,
-                &[StatusCode::ACCEPTED],
-                &Subject::Other,
-                Some(repository),
-            )
+            .send_expecting(req, &[StatusCode::ACCEPTED], &Subject::Other)
             .await?;
         let mut location = upload_location(&start, &resp)?;
 
@@ -89,15 +82,8 @@ impl Client {
                     req.headers.insert(header::CONTENT_RANGE, v);
                 }
                 req.body = Some(body);
-                let resp = self.send(req).await?;
                 let resp = self
-                    .expect(
-                        &Method::PATCH,
-                        resp,
-                        &[StatusCode::ACCEPTED],
-                        &Subject::Other,
-                        Some(repository),
-                    )
+                    .send_expecting(req, &[StatusCode::ACCEPTED], &Subject::Other)
                     .await?;
                 location = upload_location(&location, &resp)?;
                 offset = end;
@@ -117,15 +103,8 @@ impl Client {
             HeaderValue::from_static("application/octet-stream"),
         );
         req.body = Some(final_body);
-        let resp = self.send(req).await?;
-        self.expect(
-            &Method::PUT,
-            resp,
-            &[StatusCode::CREATED],
-            &Subject::Blob(digest),
-            Some(repository),
-        )
-        .await?;
+        self.send_expecting(req, &[StatusCode::CREATED], &Subject::Blob(digest))
+            .await?;
         Ok(())
     }
 
@@ -147,15 +126,8 @@ impl Client {
             req.headers.insert(header::CONTENT_TYPE, v);
         }
         req.body = Some(Bytes::copy_from_slice(bytes));
-        let resp = self.send(req).await?;
         let resp = self
-            .expect(
-                &Method::PUT,
-                resp,
-                &[StatusCode::CREATED],
-                &subject,
-                Some(repository),
-            )
+            .send_expecting(req, &[StatusCode::CREATED], &subject)
             .await?;
         if let Some(said) = resp
             .headers()
