@@ -115,7 +115,7 @@ impl Default for ResolveOptions<'_> {
 pub enum ResolveError {
     /// Listing the index artifacts published beside the image failed.
     #[error("looking up published indexes: {0}")]
-    Referrers(#[source] RegistryError),
+    Referrers(#[source] Box<RegistryError>),
     /// A listed index artifact's manifest could not be fetched or was not one.
     #[error("index artifact {digest} refused: {source}")]
     Artifact {
@@ -123,7 +123,7 @@ pub enum ResolveError {
         digest: Digest,
         /// What went wrong fetching or checking it.
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// Fetching a published index blob failed (network, size, digest).
     #[error("fetching published index {digest} of layer {layer}: {source}")]
@@ -134,7 +134,7 @@ pub enum ResolveError {
         layer: Digest,
         /// The registry error.
         #[source]
-        source: RegistryError,
+        source: Box<RegistryError>,
     },
     /// A fetched published index does not decode or does not describe the layer.
     #[error("published index {digest} of layer {layer}: {source}")]
@@ -145,7 +145,7 @@ pub enum ResolveError {
         layer: Digest,
         /// Why it was refused.
         #[source]
-        source: IndexError,
+        source: Box<IndexError>,
     },
     /// Reading the layer's own TOC (eStargz, zstd:chunked) with Range requests failed.
     #[error("reading the TOC of layer {layer} of {image}: {source}")]
@@ -381,7 +381,7 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
     )) {
         Ok(l) => l,
         Err(e) => {
-            let e = ResolveError::Referrers(e);
+            let e = ResolveError::Referrers(Box::new(e));
             tracing::warn!("{}: {e}", image.reference);
             problems.push(e.to_string());
             Vec::new()
@@ -394,7 +394,7 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
             Err(source) => {
                 let e = ResolveError::Artifact {
                     digest: d.digest,
-                    source,
+                    source: Box::new(source),
                 };
                 tracing::warn!("{e}");
                 problems.push(e.to_string());
@@ -433,12 +433,12 @@ fn fetch_published(
         .map_err(|source| ResolveError::IndexFetch {
             digest: d.digest,
             layer: layer.digest,
-            source,
+            source: Box::new(source),
         })?;
     let invalid = |source| ResolveError::IndexInvalid {
         digest: d.digest,
         layer: layer.digest,
-        source,
+        source: Box::new(source),
     };
     let index = decode_index_blob(&layer.digest, &bytes).map_err(invalid)?;
     if index.blob_size != layer.size {
