@@ -3,12 +3,12 @@
 //!
 //! For each layer, in order of preference (the cheapest that works wins):
 //! 1. the local [`IndexStore`] (keyed by layer digest);
-//! 2. an index artifact published beside the image ([`crate::index::artifact`]), found via the
-//!    referrers API or its `sha256-<hex>` tag fallback, **in the image's own repository
-//!    only** (the chunk digests in it are trusted to verify content). The artifact
-//!    manifest, its `subject`, the index blob's digest and the layer it describes are
-//!    all checked; anything off is refused (noted in [`ResolvedLayer::refused`]) and the
-//!    next source is tried;
+//! 2. an index artifact published beside the image ([`crate::index::artifact`]), found
+//!    through [`Client::fetch_artifacts`] (referrers API or its `sha256-<hex>` tag
+//!    fallback), **in the image's own repository only** (the chunk digests in it are
+//!    trusted to verify content). The artifact manifest, its `subject`, the index
+//!    blob's digest and the layer it describes are all checked; anything off is
+//!    refused (noted in [`ResolvedLayer::refused`]) and the next source is tried;
 //! 3. the layer's own TOC (eStargz, zstd:chunked), read with Range requests;
 //! 4. one streaming pass over the blob (plain tar, tar+gzip with checkpoints, tar+zstd).
 //!

@@ -7,7 +7,9 @@
 //! One job per module: `client` sends requests (auth, redirects, TLS refusals),
 //! `retry` is the one retry loop they all go through, [`auth`] fetches and caches
 //! tokens, `options` says how to reach a registry, `manifests`, `blobs`, `push` and
-//! [`referrers`] are the requests themselves, [`error`] says what went wrong.
+//! [`referrers`] are the requests themselves, [`artifact`] pushes and fetches the
+//! artifacts that refer to an image (layer indexes, prefetch profiles), [`error`]
+//! says what went wrong (and parses registries' error bodies).
 
 pub mod artifact;
 pub mod auth;
