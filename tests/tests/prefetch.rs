@@ -4,10 +4,10 @@
 //! timings.
 
 use skiff_fs::{FetchTuning, Layer as FsLayer, MountOptions, Profile};
-use skiff_proto::index::resolve::{resolve_layers, ResolveOptions};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::index::LayerIndex;
 use skiff_proto::reference::Reference;
+use skiff_proto::resolve::{resolve_layers, ResolveOptions};
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::{self, build_image, push_built, BuiltImage, Entry, Layer};
 use skiff_tests::proxy::{FaultProxy, Recorded};

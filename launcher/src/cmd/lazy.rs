@@ -7,10 +7,10 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use skiff_fs::{Layer, MountOptions};
 use skiff_proto::image::ResolvedImage;
-use skiff_proto::index::resolve::{resolve_layers, ResolveOptions};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
+use skiff_proto::resolve::{resolve_layers, ResolveOptions};
 use skiff_proto::store::Store;
 use std::sync::Arc;
 
@@ -101,7 +101,7 @@ fn resolve_inner(
         &resolved,
         &store,
         &ResolveOptions {
-            progress: Some(&bars),
+            progress: Some(&super::index::IndexingBars(&bars)),
             ..ResolveOptions::default()
         },
     )
