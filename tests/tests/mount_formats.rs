@@ -22,7 +22,8 @@
 //!
 //! Needs root, `docker-registry`, `umoci`, `skopeo`, `fusermount3`; the eStargz peer
 //! test also `containerd`, `ctr`, `ctr-remote`. A test whose tools are missing says so
-//! and passes.
+//! and passes, unless `SKIFF_TEST_REQUIRE_TOOLS=1` (set by `scripts/test.sh`): then it
+//! fails and names them.
 
 use skiff_proto::image::{Platform, MEDIA_OCI_LAYER_GZIP};
 use skiff_proto::Digest;
@@ -39,27 +40,10 @@ use std::time::Duration;
 // ---------------------------------------------------------------------------------
 // Tools and processes
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} >/dev/null"))
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// False (with a note) when a tool is missing or we are not root.
+/// False (with a note) when a tool is missing or we are not root; a failure instead
+/// under `SKIFF_TEST_REQUIRE_TOOLS` (see [`skiff_tests::tools_or_skip`]).
 fn tools_or_skip(tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root (FUSE mounts, umoci unpack with owners)");
-        return false;
-    }
-    let missing: Vec<&&str> = tools.iter().filter(|t| !have(t)).collect();
-    if !missing.is_empty() {
-        eprintln!("skipping: missing tools {missing:?}");
-        return false;
-    }
-    true
+    skiff_tests::tools_or_skip(tools, "FUSE mounts, umoci unpack with owners")
 }
 
 fn text(o: &Output) -> String {
