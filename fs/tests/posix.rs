@@ -66,7 +66,11 @@ fn pjdfstest_passes_382_and_fails_none() {
         "pjdfstest (passed, failed); failures: {failures:#?}"
     );
     // The runner exits with pjdfstest's own status.
-    assert!(out.status.success(), "pjdfstest exited with {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "pjdfstest exited with {:?}",
+        out.status
+    );
     drop(m);
 }
 
