@@ -80,6 +80,12 @@ impl Skiff {
         c
     }
 
+    /// A guard that removes this root's containers and unmounts what is left below
+    /// `dir` when dropped (see [`crate::guard::ContainerGuard`]).
+    pub fn guard(&self, dir: &Path) -> crate::guard::ContainerGuard {
+        crate::guard::ContainerGuard::new(&skiff_bin(), &self.root, dir)
+    }
+
     /// Runs `skiff <args>` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command().args(args).output().expect("running skiff")

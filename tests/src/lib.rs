@@ -11,6 +11,8 @@
 //! - [`fixtures`]: images built from code (trees → tar/tar+gzip layers → config →
 //!   manifest → pushed with Skiff's own client), multi-layer and multi-platform.
 //! - [`cli`]: runs the `skiff` binary (built on demand with `cargo build -p skiff`).
+//! - [`guard`]: cleanup on drop (containers, spawned processes, mounts) for tests
+//!   that fail halfway.
 //!
 //! Needs on PATH: `docker-registry`, `htpasswd` (apache2-utils), `openssl`, and for
 //! interop tests `skopeo`. Interop tests whose tools are missing skip with a note
@@ -19,6 +21,7 @@
 
 pub mod cli;
 pub mod fixtures;
+pub mod guard;
 pub mod proxy;
 pub mod registry;
 pub mod token;
