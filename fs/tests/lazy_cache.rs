@@ -173,7 +173,8 @@ fn prefetch_marked_files_are_cached_after_mount() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Nothing else is queued or running, so the count is final.
+    m.wait_fetches_idle();
     assert_eq!(r.bytes.load(Ordering::SeqCst), files.data[1].len() as u64);
     // The registry goes away: the prefetched file still reads.
     r.fail.store(true, Ordering::SeqCst);

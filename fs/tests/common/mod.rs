@@ -276,6 +276,18 @@ impl Mounted {
         self.handle.as_ref().unwrap().stats()
     }
 
+    /// Waits (bounded: 60 s) until the mount's fetcher has no queued or running job,
+    /// so that counters read afterwards are final.
+    pub fn wait_fetches_idle(&self) {
+        assert!(
+            self.handle
+                .as_ref()
+                .unwrap()
+                .wait_fetches_idle(std::time::Duration::from_secs(60)),
+            "fetches still running after 60 s"
+        );
+    }
+
     pub fn unmount(mut self) -> skiff_fs::StatsSnapshot {
         self.handle.take().unwrap().unmount().expect("unmount")
     }
