@@ -181,3 +181,62 @@ fn prefetch_marked_files_are_cached_after_mount() {
     assert!(std::fs::read(mnt.join("other.txt")).unwrap() == files.data[1]);
     drop(m);
 }
+
+/// Bytes of all regular files below `dir` (apparent sizes, counted here rather than
+/// asked of the cache).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                todo.push(e.path());
+            } else {
+                total += md.len();
+            }
+        }
+    }
+    total
+}
+
+/// A small disk cache (4 MiB) and memory cache (1 MiB) under a live mount: reading
+/// 16 MiB of files twice, in two orders, gives every byte right, and the cache
+/// directory never holds more than its bound plus one chunk (1 MiB here).
+#[test]
+fn cache_limits_hold_under_a_live_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..16).map(|i| format!("f{i:02}")).collect();
+    let data: Vec<Vec<u8>> = (0..16).map(|i| content(500 + i, 1 << 20)).collect();
+    let items: Vec<Item> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| Item::File(n, 0o644, d))
+        .collect();
+    let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
+    let cache = tmp.path().join("cache");
+    let mut opts = options(&img, &cache, None);
+    const DISK: u64 = 4 << 20;
+    opts.cache_limit = DISK;
+    opts.mem_cache_limit = 1 << 20;
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(opts, &mnt);
+    let mut most = 0;
+    let order: Vec<usize> = (0..16).chain((0..16).rev()).collect();
+    for i in order {
+        let got = std::fs::read(mnt.join(&names[i])).unwrap();
+        assert!(got == data[i], "{} read wrong bytes", names[i]);
+        m.wait_fetches_idle();
+        most = most.max(bytes_under(&cache));
+    }
+    eprintln!("cache directory at most {most} bytes (bound {DISK})");
+    assert!(
+        most <= DISK + (1 << 20),
+        "the cache grew to {most} bytes, bound {DISK}"
+    );
+    assert!(
+        most >= 2 << 20,
+        "the cache held almost nothing: {most} bytes"
+    );
+    drop(m);
+}
