@@ -548,6 +548,73 @@ struct Leeway {
     whole_second_mtimes: bool,
 }
 
+/// The upper directory read by an independent implementation: the kernel's overlayfs,
+/// with Skiff's `upper` stacked read-only over the umoci rootfs (`lowerdir=UPPER:REF`;
+/// whiteouts and opaque markers are overlayfs's own format), must show the same tree
+/// as Skiff mounting the image with that upper. Skiff's work directory, which it
+/// hides, is left out, and so are directory nlink (overlayfs reports 1 for merged
+/// directories, or the upper's own count) and Skiff's `trusted.skiff.*` xattrs.
+fn assert_kernel_overlay_agrees(s: &Setup, skiff: &Skiff, upper: &Path) {
+    let _guard = skiff.guard(s.work.path());
+    let kernel = s.work.path().join("mnt-kernel");
+    std::fs::create_dir_all(&kernel).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={}:{}",
+            upper.display(),
+            s.reference.rootfs.display()
+        ))
+        .arg(&kernel));
+    let mnt = s.work.path().join("mnt-upper-again");
+    let m = SkiffMount::new(skiff, &s.image("gzip"), &mnt, Some(upper));
+    let hidden = |p: &PathBuf| p.starts_with(".skiff-work");
+    let wk: Vec<PathBuf> = walk(&kernel).into_iter().filter(|p| !hidden(p)).collect();
+    let ws = walk(&mnt);
+    let mut diffs = Vec::new();
+    for p in wk.iter().filter(|p| !ws.contains(p)) {
+        diffs.push(format!("only in overlayfs: {}", p.display()));
+    }
+    for p in ws.iter().filter(|p| !wk.contains(p)) {
+        diffs.push(format!("only in skiff: {}", p.display()));
+    }
+    for rel in std::iter::once(PathBuf::new()).chain(wk.into_iter().filter(|p| ws.contains(p))) {
+        let mut mk = meta(&kernel.join(&rel));
+        let ms = meta(&mnt.join(&rel));
+        if mk.kind == "dir" {
+            mk.nlink = ms.nlink;
+        }
+        // Skiff's own bookkeeping in the upper (which Skiff hides; overlayfs shows
+        // trusted xattrs it does not know).
+        mk.xattrs.retain(|(k, _)| !k.starts_with("trusted.skiff."));
+        if mk != ms {
+            diffs.push(format!(
+                "/{}:\n  overlayfs {mk:?}\n  skiff     {ms:?}",
+                rel.display()
+            ));
+        }
+    }
+    // The changes made above are there (so neither side simply shows the image).
+    for (path, want) in [
+        ("etc/passwd", &b"changed\n"[..]),
+        ("var/opq/only", b"only this\n"),
+    ] {
+        assert_eq!(
+            std::fs::read(kernel.join(path)).unwrap(),
+            want,
+            "overlayfs {path}"
+        );
+    }
+    assert!(!kernel.join("var/opq/new").exists() && !kernel.join("srv").exists());
+    m.umount();
+    run(Command::new("umount").arg(&kernel));
+    assert!(
+        diffs.is_empty(),
+        "kernel overlayfs and skiff disagree on the upper:\n{}",
+        diffs.join("\n")
+    );
+}
+
 /// Path-by-path differences between the reference `a` and the mount `b`.
 fn compare_trees(a: &Path, b: &Path, leeway: &Leeway) -> Vec<String> {
     let wa = walk(a);
@@ -858,7 +925,14 @@ struct Traffic {
     all: Vec<Recorded>,
 }
 
-const BASE_TOOLS: &[&str] = &["docker-registry", "umoci", "skopeo", "fusermount3", "diff"];
+const BASE_TOOLS: &[&str] = &[
+    "docker-registry",
+    "umoci",
+    "skopeo",
+    "fusermount3",
+    "diff",
+    "mount",
+];
 
 // ---------------------------------------------------------------------------------
 // The tests
@@ -886,7 +960,23 @@ async fn gzip_with_streamed_checkpoints_matches_umoci_read_only_and_with_upper()
     std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
     std::fs::remove_file(mnt.join("home.txt")).unwrap();
     assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"changed\n");
+    // More kinds of change, for the kernel's reading of the upper below: a new
+    // directory with a file and a symlink, a directory removed and made again (opaque),
+    // a whole directory removed, a mode change.
+    std::fs::create_dir(mnt.join("newdir")).unwrap();
+    std::fs::write(mnt.join("newdir/f"), b"new file\n").unwrap();
+    std::os::unix::fs::symlink("../etc/passwd", mnt.join("newdir/link")).unwrap();
+    std::fs::remove_dir_all(mnt.join("var/opq")).unwrap();
+    std::fs::create_dir(mnt.join("var/opq")).unwrap();
+    std::fs::write(mnt.join("var/opq/only"), b"only this\n").unwrap();
+    std::fs::remove_dir_all(mnt.join("srv")).unwrap();
+    std::fs::set_permissions(
+        mnt.join("etc/group"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     m.umount();
+    assert_kernel_overlay_agrees(&s, &skiff, &upper);
     assert!(mounts_under(s.work.path()).is_empty());
     assert_eq!(
         std::fs::read(upper.join("etc/passwd")).unwrap(),
