@@ -21,6 +21,27 @@ impl Drop for MountGuard {
     }
 }
 
+/// Pushes a one-layer image as `repo:v1`.
+async fn push_one_layer(reg: &Registry, repo: &str, layer: Layer) -> fixtures::BuiltImage {
+    let image = build_image(
+        vec![layer],
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(&skiff_tests::client(&reg.host()), repo, "v1", &image).await;
+    image
+}
+
+/// `skiff mount -d IMAGE MNT`, which must succeed.
+fn mount_detached(skiff: &Skiff, image: &str, mnt: &Path) {
+    let out = skiff.run(&["mount", "-d", image, mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn is_mounted(dir: &Path) -> bool {
     let dir = dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mounts")
@@ -39,31 +60,14 @@ async fn dead_registry_fails_only_uncached_reads_and_recovers() {
         Entry::file("data/a", &a, 0o644),
         Entry::file("data/b", &b, 0o644),
     ]);
-    let image = build_image(
-        vec![layer],
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(
-        &skiff_tests::client(&reg.host()),
-        "faults/data",
-        "v1",
-        &image,
-    )
-    .await;
+    push_one_layer(&reg, "faults/data", layer).await;
     let proxy = FaultProxy::start(reg.addr());
 
     let tmp = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(&tmp.path().join("root"));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let reference = format!("{}/faults/data:v1", proxy.host());
-    let out = skiff.run(&["mount", "-d", &reference, mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_detached(&skiff, &format!("{}/faults/data:v1", proxy.host()), &mnt);
     let guard = MountGuard(mnt.clone());
     assert!(is_mounted(&mnt));
 
@@ -143,18 +147,7 @@ async fn registry_faults_give_eio_or_the_right_bytes_and_the_mount_recovers() {
     for (i, f) in files.iter().enumerate() {
         entries.push(Entry::file(&format!("data/f{i}"), f, 0o644));
     }
-    let image = build_image(
-        vec![Layer::tar(&entries)],
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(
-        &skiff_tests::client(&reg.host()),
-        "faults/kinds",
-        "v1",
-        &image,
-    )
-    .await;
+    let image = push_one_layer(&reg, "faults/kinds", Layer::tar(&entries)).await;
     let layer = skiff_proto::Digest::of(&image.layers[0].blob).to_string();
     let proxy = FaultProxy::start(reg.addr());
 
@@ -163,13 +156,7 @@ async fn registry_faults_give_eio_or_the_right_bytes_and_the_mount_recovers() {
     let _guard = skiff.guard(tmp.path());
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let reference = format!("{}/faults/kinds:v1", proxy.host());
-    let out = skiff.run(&["mount", "-d", &reference, mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_detached(&skiff, &format!("{}/faults/kinds:v1", proxy.host()), &mnt);
     assert!(is_mounted(&mnt));
 
     let cases = [

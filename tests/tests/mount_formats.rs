@@ -568,32 +568,19 @@ fn assert_kernel_overlay_agrees(s: &Setup, skiff: &Skiff, upper: &Path) {
         .arg(&kernel));
     let mnt = s.work.path().join("mnt-upper-again");
     let m = SkiffMount::new(skiff, &s.image("gzip"), &mnt, Some(upper));
-    let hidden = |p: &PathBuf| p.starts_with(".skiff-work");
-    let wk: Vec<PathBuf> = walk(&kernel).into_iter().filter(|p| !hidden(p)).collect();
-    let ws = walk(&mnt);
-    let mut diffs = Vec::new();
-    for p in wk.iter().filter(|p| !ws.contains(p)) {
-        diffs.push(format!("only in overlayfs: {}", p.display()));
-    }
-    for p in ws.iter().filter(|p| !wk.contains(p)) {
-        diffs.push(format!("only in skiff: {}", p.display()));
-    }
-    for rel in std::iter::once(PathBuf::new()).chain(wk.into_iter().filter(|p| ws.contains(p))) {
-        let mut mk = meta(&kernel.join(&rel));
-        let ms = meta(&mnt.join(&rel));
-        if mk.kind == "dir" {
-            mk.nlink = ms.nlink;
-        }
-        // Skiff's own bookkeeping in the upper (which Skiff hides; overlayfs shows
-        // trusted xattrs it does not know).
-        mk.xattrs.retain(|(k, _)| !k.starts_with("trusted.skiff."));
-        if mk != ms {
-            diffs.push(format!(
-                "/{}:\n  overlayfs {mk:?}\n  skiff     {ms:?}",
-                rel.display()
-            ));
-        }
-    }
+    let diffs = compare_walks(
+        &kernel,
+        &mnt,
+        |p| p.starts_with(".skiff-work"),
+        |_, mk, ms| {
+            if mk.kind == "dir" {
+                mk.nlink = ms.nlink;
+            }
+            // Skiff's own bookkeeping in the upper (which Skiff hides; overlayfs shows
+            // trusted xattrs it does not know).
+            mk.xattrs.retain(|(k, _)| !k.starts_with("trusted.skiff."));
+        },
+    );
     // The changes made above are there (so neither side simply shows the image).
     for (path, want) in [
         ("etc/passwd", &b"changed\n"[..]),
@@ -610,14 +597,42 @@ fn assert_kernel_overlay_agrees(s: &Setup, skiff: &Skiff, upper: &Path) {
     run(Command::new("umount").arg(&kernel));
     assert!(
         diffs.is_empty(),
-        "kernel overlayfs and skiff disagree on the upper:\n{}",
+        "kernel overlayfs (reference) and skiff (mount) disagree on the upper:\n{}",
         diffs.join("\n")
     );
 }
 
 /// Path-by-path differences between the reference `a` and the mount `b`.
 fn compare_trees(a: &Path, b: &Path, leeway: &Leeway) -> Vec<String> {
-    let wa = walk(a);
+    compare_walks(
+        a,
+        b,
+        |_| false,
+        |rel, ma, _| {
+            if leeway.whole_second_mtimes {
+                ma.mtime = (ma.mtime.0 + i64::from(ma.mtime.1 >= 500_000_000), 0);
+            }
+            if let (Some(upper), true) = (&leeway.upper_root, rel.as_os_str().is_empty()) {
+                // Expected: the reference, except the known gap's two fields, which must
+                // be exactly the upper directory's.
+                let up = std::fs::metadata(upper).unwrap();
+                ma.mtime = (up.mtime(), up.mtime_nsec());
+                ma.nlink = up.nlink();
+            }
+        },
+    )
+}
+
+/// Path-by-path differences between the reference `a` (minus the paths `hidden`
+/// says the mount does not show) and the mount `b`. `expect` turns the reference's
+/// metadata of a path into what the mount must show (it also sees the mount's).
+fn compare_walks(
+    a: &Path,
+    b: &Path,
+    hidden: impl Fn(&Path) -> bool,
+    expect: impl Fn(&Path, &mut Meta, &Meta),
+) -> Vec<String> {
+    let wa: Vec<PathBuf> = walk(a).into_iter().filter(|p| !hidden(p)).collect();
     let wb = walk(b);
     let mut diffs = Vec::new();
     for p in wa.iter().filter(|p| !wb.contains(p)) {
@@ -629,17 +644,7 @@ fn compare_trees(a: &Path, b: &Path, leeway: &Leeway) -> Vec<String> {
     for rel in std::iter::once(PathBuf::new()).chain(wa.into_iter().filter(|p| wb.contains(p))) {
         let mut ma = meta(&a.join(&rel));
         let mb = meta(&b.join(&rel));
-        if leeway.whole_second_mtimes {
-            ma.mtime = (ma.mtime.0 + i64::from(ma.mtime.1 >= 500_000_000), 0);
-        }
-        if let (Some(upper), true) = (&leeway.upper_root, rel.as_os_str().is_empty()) {
-            // Expected: the reference, except the known gap's two fields, which must
-            // be exactly the upper directory's.
-            let up = std::fs::metadata(upper).unwrap();
-            ma.mtime = (up.mtime(), up.mtime_nsec());
-            ma.nlink = up.nlink();
-        }
-
+        expect(&rel, &mut ma, &mb);
         if ma != mb {
             diffs.push(format!(
                 "/{}:\n  ref   {ma:?}\n  mount {mb:?}",

@@ -595,14 +595,7 @@ fn cold_run_prefetches_the_profile_before_the_containers_reads() {
 
     // First run anywhere: no profile, so it records one.
     let a = tempfile::tempdir().unwrap();
-    let out = Skiff::new(a.path()).run(&[
-        "run",
-        "--rm",
-        "--background-fetch=false",
-        &image,
-        "cat",
-        "/etc/motd",
-    ]);
+    let out = Skiff::new(a.path()).run_cat(&image, "/etc/motd");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(out.stderr.is_empty(), "run is silent: {}", describe(&out));
     let reads_without = built_range_reads(&proxy, &built);
@@ -651,14 +644,7 @@ fn cold_run_prefetches_the_profile_before_the_containers_reads() {
     )
     .unwrap();
     proxy.clear_requests();
-    let out = Skiff::new(b.path()).run(&[
-        "run",
-        "--rm",
-        "--background-fetch=false",
-        &image,
-        "cat",
-        "/etc/motd",
-    ]);
+    let out = Skiff::new(b.path()).run_cat(&image, "/etc/motd");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

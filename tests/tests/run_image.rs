@@ -170,16 +170,7 @@ async fn cold_run_fetches_only_what_it_reads() {
     let _guard = skiff.guard(root.path());
     // Background fetch off: it would start after a few seconds of quiet, and on a slow
     // machine add bytes the command never read.
-    let run_motd = || {
-        skiff.run(&[
-            "run",
-            "--rm",
-            "--background-fetch=false",
-            &image,
-            "cat",
-            "/etc/motd",
-        ])
-    };
+    let run_motd = || skiff.run_cat(&image, "/etc/motd");
     let out = run_motd();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(

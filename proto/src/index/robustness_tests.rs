@@ -64,8 +64,13 @@ fn sample_files() -> Vec<(String, Vec<u8>)> {
 }
 
 fn sample_tar() -> Vec<u8> {
+    tar_of(sample_files())
+}
+
+/// A tar of regular files (mode 0644, owner 1:2, one fixed mtime).
+fn tar_of(files: Vec<(String, Vec<u8>)>) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in sample_files() {
+    for (name, data) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -390,15 +395,7 @@ fn words_tar() -> Vec<u8> {
         state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
         text.extend_from_slice(WORDS[(state >> 16) as usize % WORDS.len()].as_bytes());
     }
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(text.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(1_700_000_000);
-    b.append_data(&mut h, "words", &text[..]).unwrap();
-    b.into_inner().unwrap()
+    tar_of(vec![("words".into(), text)])
 }
 
 #[test]
