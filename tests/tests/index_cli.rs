@@ -345,14 +345,6 @@ fn malformed_manifest_and_referrers_tag_give_clear_errors() {
     );
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     ok(&out, &format!("{cmd:?}"));
@@ -390,8 +382,7 @@ fn unpack(reference: &str, work: &Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
-    if !have("skopeo") || !have("umoci") {
-        eprintln!("skipping: needs skopeo and umoci");
+    if !skiff_tests::tools_or_skip(&["skopeo", "umoci"], "umoci unpack keeps owners") {
         return;
     }
     let reg = Registry::start();
