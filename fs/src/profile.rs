@@ -3,7 +3,8 @@
 //!
 //! A profile names files by their path in the merged image, not by chunk, so one
 //! profile serves every format of the same image (tar+gzip, eStargz, zstd:chunked).
-//! It is stored as JSON ([`Profile::to_json`]), locally and as an OCI artifact.
+//! It is stored as JSON ([`Profile::to_json`]), locally and as an OCI artifact (its
+//! media types are `skiff_proto::image::PROFILE_ARTIFACT_TYPE` and `PROFILE_MEDIA_TYPE`).
 
 use crate::tree::{LowerTree, ROOT};
 use parking_lot::Mutex;
@@ -11,11 +12,6 @@ use serde::{Deserialize, Serialize};
 use skiff_proto::index::Chunk;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
-
-/// Media type of a profile blob.
-pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.skiff.prefetch-profile.v1+json";
-/// `artifactType` of a profile artifact manifest.
-pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.skiff.prefetch-profile.v1";
 
 /// Errors from reading a profile.
 #[derive(Debug, thiserror::Error)]

@@ -117,9 +117,14 @@ fn background_waits_for_on_demand_reads_then_runs() {
         cb.clone(),
         Box::new(move |r| tx2.send(("b", r.is_ok())).unwrap()),
     );
-    // Free workers exist, yet the background job must not start while "a" runs.
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(*gated.seen.lock(), vec![ca[0].blob_offset]);
+    // Free workers exist, yet the background job must not start while "a" runs. An
+    // absence has no event to wait for: watch it over a window instead (a scheduler
+    // that starts "b" at once does so within a few milliseconds of submitting).
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_millis(200) {
+        assert_eq!(*gated.seen.lock(), vec![ca[0].blob_offset]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(!fetcher.is_idle());
 
     gated.release();
@@ -235,7 +240,8 @@ fn first_read_of_a_big_file_queues_the_rest_of_it() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // Nothing else is queued or running, so the count is final.
+    m.wait_fetches_idle();
     let fetched = bytes();
     assert!(
         fetched >= big.len() as u64,

@@ -4,7 +4,7 @@
 //! The runc bundle is `umoci unpack`'s, adjusted to what Docker (and skiff) give a
 //! container, so the comparison checks skiff's implementation of those choices against
 //! runc's: `runc spec`'s masked/read-only paths and mounts, Docker's default capability
-//! set, the Docker environment (PATH, HOSTNAME, image Env; HOME from /etc/passwd),
+//! set and no no_new_privs, the Docker environment (PATH, HOSTNAME, image Env; HOME from /etc/passwd),
 //! /etc/{resolv.conf,hostname,hosts} bind-mounted, RLIMIT_NOFILE at the host's hard limit.
 //!
 //! Documented differences (not compared):
@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{code, Image};
+use common::{code, Image, KillOnDrop, RuncContainer};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 
@@ -102,13 +102,15 @@ fn runc_run(img: &Image, n: usize, args: &[&str], user: (u32, u32, &[u32])) -> (
     });
     let nofile = nofile_hard();
     p["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}]);
-    p["noNewPrivileges"] = json!(true);
+    // Docker leaves no_new_privs off (setuid programs work) unless asked for.
+    p["noNewPrivileges"] = json!(false);
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&cfg).unwrap(),
     )
     .unwrap();
     let id = format!("skiff-conf-{}-{n}", std::process::id());
+    let _container = RuncContainer(id.clone());
     let out = Command::new("runc")
         .args(["run", "--bundle"])
         .arg(bundle)
@@ -197,11 +199,7 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
     let img = Image::build();
 
     // skiff: find PID 1 as skiff's child, SIGKILL it.
-    let mut child = img
-        .skiff_cmd(&["sleep", "100"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop::spawn(img.skiff_cmd(&["sleep", "100"]).stdout(Stdio::null()));
     let pid1 = common::wait_for_child_of(child.id(), "sleep");
     // SAFETY: kill on a pid we just found.
     unsafe { libc::kill(pid1, libc::SIGKILL) };
@@ -210,6 +208,7 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
 
     // runc: the same through `runc kill`.
     let id = format!("skiff-kill-{}", std::process::id());
+    let _container = RuncContainer(id.clone());
     let mut runc = {
         let mut cfg: Value =
             serde_json::from_slice(&std::fs::read(img.bundle.join("config.json")).unwrap())
@@ -218,13 +217,13 @@ fn killed_pid1_reports_128_plus_signal_like_runc() {
         cfg["process"]["args"] = json!(["sleep", "100"]);
         cfg["process"]["rlimits"] = json!([]);
         std::fs::write(img.bundle.join("config.json"), cfg.to_string()).unwrap();
-        Command::new("runc")
-            .args(["run", "--bundle"])
-            .arg(&img.bundle)
-            .arg(&id)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap()
+        KillOnDrop::spawn(
+            Command::new("runc")
+                .args(["run", "--bundle"])
+                .arg(&img.bundle)
+                .arg(&id)
+                .stdin(Stdio::null()),
+        )
     };
     let mut pid = None;
     for _ in 0..3000 {

@@ -35,6 +35,70 @@ pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1
 /// Docker gzip layer.
 pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
+/// How a layer blob is encoded, as its media type says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerEncoding {
+    /// Uncompressed tar.
+    Tar,
+    /// gzip-compressed tar.
+    TarGzip,
+    /// zstd-compressed tar.
+    TarZstd,
+}
+
+/// Every layer media type Skiff reads, with its encoding: the one table that
+/// classifies layers (indexing, unpacking). OCI's nondistributable types are
+/// deprecated but still met in the wild; Docker's foreign layers are gzip tars.
+pub const LAYER_MEDIA_TYPES: &[(&str, LayerEncoding)] = &[
+    (MEDIA_OCI_LAYER_TAR, LayerEncoding::Tar),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        LayerEncoding::Tar,
+    ),
+    (
+        "application/vnd.docker.image.rootfs.diff.tar",
+        LayerEncoding::Tar,
+    ),
+    (MEDIA_OCI_LAYER_GZIP, LayerEncoding::TarGzip),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        LayerEncoding::TarGzip,
+    ),
+    (MEDIA_DOCKER_LAYER_GZIP, LayerEncoding::TarGzip),
+    (
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        LayerEncoding::TarGzip,
+    ),
+    (MEDIA_OCI_LAYER_ZSTD, LayerEncoding::TarZstd),
+    (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        LayerEncoding::TarZstd,
+    ),
+];
+
+/// The encoding of a layer of `media_type`, `None` if it is not a layer type Skiff
+/// reads (artifacts, unknown compressions).
+pub fn layer_encoding(media_type: &str) -> Option<LayerEncoding> {
+    LAYER_MEDIA_TYPES
+        .iter()
+        .find(|(t, _)| *t == media_type)
+        .map(|(_, e)| *e)
+}
+
+/// The OCI empty descriptor's media type (the config of an artifact).
+pub const MEDIA_OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+/// The OCI empty JSON config, the content [`MEDIA_OCI_EMPTY`] describes.
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// `artifactType` of a Skiff layer-index artifact (see [`crate::index::artifact`]).
+pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.skiff.layer-index.v1";
+/// Media type of one layer's encoded index in a layer-index artifact.
+pub const INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.skiff.layer-index.v1.postcard";
+/// `artifactType` of a Skiff prefetch-profile artifact.
+pub const PROFILE_ARTIFACT_TYPE: &str = "application/vnd.skiff.prefetch-profile.v1";
+/// Media type of a prefetch profile (JSON) in a profile artifact.
+pub const PROFILE_MEDIA_TYPE: &str = "application/vnd.skiff.prefetch-profile.v1+json";
+
 /// The `Accept` list for manifest requests: every manifest type Skiff understands.
 pub const MANIFEST_ACCEPT: &[&str] = &[
     MEDIA_OCI_INDEX,
@@ -112,44 +176,25 @@ impl Descriptor {
         }
     }
 
+    /// The same descriptor as oci-spec's type (what [`crate::index::open_index`]
+    /// takes).
+    pub fn to_oci(&self) -> Result<oci_spec::image::Descriptor, ImageError> {
+        serde_json::to_value(self)
+            .and_then(serde_json::from_value)
+            .map_err(|source| ImageError::Json {
+                what: format!("descriptor of {}", self.digest),
+                source,
+            })
+    }
+
     /// The descriptor of `data` as a blob of `media_type`.
     pub fn of(media_type: &str, data: &[u8]) -> Descriptor {
         Descriptor::new(media_type, Digest::of(data), data.len() as u64)
     }
 
-    /// The layer media type, classified.
-    pub fn layer_type(&self) -> LayerMediaType {
-        LayerMediaType::from(self.media_type.as_str())
-    }
-}
-
-/// What a layer's media type says about its encoding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LayerMediaType {
-    /// Uncompressed tar (OCI).
-    Tar,
-    /// gzip-compressed tar (OCI, and Docker's rootfs.diff.tar.gzip).
-    TarGzip,
-    /// zstd-compressed tar (OCI).
-    TarZstd,
-    /// Anything else (foreign layers, artifacts); kept verbatim.
-    Other(String),
-}
-
-impl From<&str> for LayerMediaType {
-    fn from(m: &str) -> Self {
-        match m {
-            MEDIA_OCI_LAYER_TAR | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
-                LayerMediaType::Tar
-            }
-            MEDIA_OCI_LAYER_GZIP
-            | MEDIA_DOCKER_LAYER_GZIP
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => {
-                LayerMediaType::TarGzip
-            }
-            MEDIA_OCI_LAYER_ZSTD => LayerMediaType::TarZstd,
-            other => LayerMediaType::Other(other.to_string()),
-        }
+    /// The layer's encoding from its media type (see [`LAYER_MEDIA_TYPES`]).
+    pub fn layer_encoding(&self) -> Option<LayerEncoding> {
+        layer_encoding(&self.media_type)
     }
 }
 
@@ -189,6 +234,25 @@ impl Manifest {
             layers,
             subject: None,
             annotations: BTreeMap::new(),
+        }
+    }
+
+    /// An OCI 1.1 artifact manifest of `artifact_type` over `layers`, with the empty
+    /// config, referring to the manifest `subject` describes (its annotations and
+    /// platform are not repeated).
+    pub fn artifact(
+        subject: &Descriptor,
+        artifact_type: &str,
+        layers: Vec<Descriptor>,
+    ) -> Manifest {
+        Manifest {
+            artifact_type: Some(artifact_type.to_string()),
+            subject: Some(Descriptor::new(
+                &subject.media_type,
+                subject.digest,
+                subject.size,
+            )),
+            ..Manifest::oci(Descriptor::of(MEDIA_OCI_EMPTY, EMPTY_CONFIG), layers)
         }
     }
 
@@ -437,6 +501,15 @@ impl ResolvedImage {
         &self.manifest.layers
     }
 
+    /// The descriptor of the platform manifest (what artifacts name as `subject`).
+    pub fn manifest_descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            &self.manifest_media_type,
+            self.manifest_digest,
+            self.manifest_bytes.len() as u64,
+        )
+    }
+
     /// Sum of the layers' (compressed) sizes.
     pub fn total_layer_size(&self) -> u64 {
         self.manifest
@@ -509,7 +582,10 @@ mod tests {
         match ManifestKind::parse(None, &bytes).unwrap() {
             ManifestKind::Manifest(back) => {
                 assert_eq!(*back, m);
-                assert_eq!(back.layers[0].layer_type(), LayerMediaType::TarGzip);
+                assert_eq!(
+                    back.layers[0].layer_encoding(),
+                    Some(LayerEncoding::TarGzip)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -525,13 +601,71 @@ mod tests {
             ),
             Err(ImageError::UnsupportedManifest(_))
         ));
+    }
+
+    #[test]
+    fn layer_media_type_table() {
+        use LayerEncoding::*;
+        for (media_type, want) in [
+            ("application/vnd.oci.image.layer.v1.tar", Tar),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                Tar,
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar", Tar),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", TarGzip),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                TarGzip,
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", TarGzip),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                TarGzip,
+            ),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", TarZstd),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                TarZstd,
+            ),
+        ] {
+            assert_eq!(layer_encoding(media_type), Some(want), "{media_type}");
+        }
         assert_eq!(
-            LayerMediaType::from(MEDIA_OCI_LAYER_ZSTD),
-            LayerMediaType::TarZstd
+            LAYER_MEDIA_TYPES.len(),
+            9,
+            "every table row is tested above"
         );
+        for not_a_layer in [
+            MEDIA_OCI_CONFIG,
+            MEDIA_OCI_MANIFEST,
+            INDEX_LAYER_MEDIA_TYPE,
+            PROFILE_MEDIA_TYPE,
+            "application/x-not-a-layer",
+            "application/vnd.oci.image.layer.v1.tar+bzip2",
+            "",
+        ] {
+            assert_eq!(layer_encoding(not_a_layer), None, "{not_a_layer}");
+        }
+    }
+
+    #[test]
+    fn to_oci_keeps_media_type_digest_size_and_annotations() {
+        let mut d = Descriptor::of("application/vnd.oci.image.layer.v1.tar+gzip", b"layer");
+        d.annotations = std::collections::BTreeMap::from([(
+            crate::index::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+            Digest::of(b"toc").to_string(),
+        )]);
+        let o = d.to_oci().unwrap();
+        assert_eq!(o.media_type().to_string(), d.media_type);
+        assert_eq!(o.digest().to_string(), d.digest.to_string());
+        assert_eq!(o.size(), 5);
         assert_eq!(
-            LayerMediaType::from(MEDIA_OCI_LAYER_TAR),
-            LayerMediaType::Tar
+            o.annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::index::estargz::TOC_DIGEST_ANNOTATION))
+                .cloned(),
+            Some(Digest::of(b"toc").to_string())
         );
     }
 }

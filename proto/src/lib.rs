@@ -6,6 +6,7 @@
 //!
 //! Data flows one way: [`reference`] → registry manifest → per-layer [`index`] →
 //! (in `skiff-fs`) merged tree → chunk reads through a [`blob::BlobReader`].
+//! [`resolve`] drives that from a resolved image to one verified index per layer.
 
 pub mod blob;
 pub mod digest;
@@ -13,6 +14,7 @@ pub mod image;
 pub mod index;
 pub mod reference;
 pub mod registry;
+pub mod resolve;
 pub mod store;
 
 pub use blob::{BlobError, BlobReader, FileBlob};

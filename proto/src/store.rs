@@ -1,12 +1,12 @@
 //! The local store under the skiff root: content-addressed blobs and image records.
 //!
-//! ```text
-//! <root>/blobs/sha256/<hex>        manifests, configs, layers (verified before rename)
-//! <root>/images/<hex of name>.json one ImageRecord per pulled reference
-//! <root>/tmp/                      partial downloads (same filesystem, for rename)
-//! ```
-//! Every write goes to a temporary file in `<root>/tmp` and is renamed into place, so a
-//! crash never leaves a half-written blob under its digest.
+//! Where they live is [`RootLayout`]'s business (`blobs/sha256/<hex>`, `images/`,
+//! `tmp/`). Every write goes to a temporary file in the root's tmp directory and is
+//! renamed into place, so a crash never leaves a half-written blob under its digest.
+
+mod layout;
+
+pub use layout::{ContainerPaths, RootLayout};
 
 use crate::blob::{BlobError, FileBlob};
 use crate::digest::Digest;
@@ -71,7 +71,7 @@ pub struct ImageRecord {
 /// The local store rooted at one directory.
 #[derive(Clone, Debug)]
 pub struct Store {
-    root: PathBuf,
+    layout: RootLayout,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -85,22 +85,21 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
 impl Store {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
-        let root = root.as_ref().to_path_buf();
-        for dir in ["blobs/sha256", "images", "tmp"] {
-            let p = root.join(dir);
+        let layout = RootLayout::new(root.as_ref());
+        for p in [layout.blobs(), layout.images(), layout.tmp()] {
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
-        Ok(Store { root })
+        Ok(Store { layout })
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.layout.root()
     }
 
     /// Where blob `digest` lives (whether or not it is there).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
+        self.layout.blob(digest)
     }
 
     /// Whether the store holds blob `digest` with exactly `size` bytes.
@@ -123,7 +122,7 @@ impl Store {
 
     /// A fresh temporary file in the store's tmp dir (same filesystem as blobs).
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
-        let dir = self.root.join("tmp");
+        let dir = self.layout.tmp();
         tempfile::Builder::new()
             .prefix("partial-")
             .tempfile_in(&dir)
@@ -155,19 +154,14 @@ impl Store {
             return Ok(self.blob_path(digest));
         }
         let mut tmp = self.temp_file()?;
-        tmp.write_all(data).map_err(io_err("writing", &self.root))?;
+        tmp.write_all(data)
+            .map_err(io_err("writing", self.layout.root()))?;
         self.commit_blob(digest, tmp)
-    }
-
-    fn record_path(&self, reference: &str) -> PathBuf {
-        self.root
-            .join("images")
-            .join(format!("{}.json", Digest::of(reference.as_bytes()).hex()))
     }
 
     /// Records (or replaces) what `record.reference` points to.
     pub fn put_image(&self, record: &ImageRecord) -> Result<(), StoreError> {
-        let path = self.record_path(&record.reference);
+        let path = self.layout.image_record(&record.reference);
         let json = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Record {
             path: path.clone(),
             source,
@@ -184,7 +178,7 @@ impl Store {
 
     /// The record for `reference`, if pulled.
     pub fn image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
-        let path = self.record_path(reference);
+        let path = self.layout.image_record(reference);
         match std::fs::read(&path) {
             Ok(data) => serde_json::from_slice(&data)
                 .map(Some)
@@ -196,7 +190,7 @@ impl Store {
 
     /// All image records, sorted by reference.
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
-        let dir = self.root.join("images");
+        let dir = self.layout.images();
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
             let entry = entry.map_err(io_err("listing", &dir))?;
@@ -245,7 +239,9 @@ mod tests {
         );
         assert_eq!(store.images().unwrap(), vec![rec]);
         assert_eq!(
-            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            std::fs::read_dir(RootLayout::new(dir.path()).tmp())
+                .unwrap()
+                .count(),
             0
         );
     }

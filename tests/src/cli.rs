@@ -80,6 +80,25 @@ impl Skiff {
         c
     }
 
+    /// A guard that removes this root's containers and unmounts what is left below
+    /// `dir` when dropped (see [`crate::guard::ContainerGuard`]).
+    pub fn guard(&self, dir: &Path) -> crate::guard::ContainerGuard {
+        crate::guard::ContainerGuard::new(&skiff_bin(), &self.root, dir)
+    }
+
+    /// `skiff run --rm --background-fetch=false IMAGE cat PATH`: a cold start that reads
+    /// one file, with no background fetch adding bytes the command never read.
+    pub fn run_cat(&self, image: &str, path: &str) -> Output {
+        self.run(&[
+            "run",
+            "--rm",
+            "--background-fetch=false",
+            image,
+            "cat",
+            path,
+        ])
+    }
+
     /// Runs `skiff <args>` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command().args(args).output().expect("running skiff")

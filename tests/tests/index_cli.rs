@@ -9,13 +9,11 @@ use skiff_proto::image::MEDIA_OCI_MANIFEST;
 use skiff_proto::image::{ResolvedImage, MEDIA_OCI_LAYER_GZIP};
 use skiff_proto::index::artifact::{index_artifact_manifest, index_blob, INDEX_ARTIFACT_TYPE};
 use skiff_proto::index::decode_chunk;
-use skiff_proto::index::resolve::{
-    oci_descriptor, resolve_layers, IndexSource, ResolveOptions, ResolvedLayer,
-};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::index::{EntryKind, LayerFormat, LayerIndex};
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
+use skiff_proto::resolve::{resolve_layers, IndexSource, ResolveOptions, ResolvedLayer};
 use skiff_tests::cli::Skiff;
 use skiff_tests::fixtures::{self, pseudo_random, Entry, Layer};
 use skiff_tests::proxy::{Fault, FaultProxy, Rule};
@@ -262,13 +260,8 @@ fn published_index_of_another_layer_is_refused() {
     // An artifact that files layer 1's (genuine, digest-correct) index under layer 0.
     let mut forged = index_blob(&layers[1].index).unwrap();
     forged.layer = layers[0].descriptor.digest;
-    let subject = oci_descriptor(&skiff_proto::image::Descriptor::new(
-        &image.manifest_media_type,
-        image.manifest_digest,
-        image.manifest_bytes.len() as u64,
-    ))
-    .unwrap();
-    let manifest = index_artifact_manifest(&subject, &[forged]).unwrap();
+    let subject = image.manifest_descriptor();
+    let manifest = index_artifact_manifest(&subject, &[forged]);
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
     rt.block_on(async {
         let forged = index_blob(&layers[1].index).unwrap();
@@ -352,14 +345,6 @@ fn malformed_manifest_and_referrers_tag_give_clear_errors() {
     );
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     ok(&out, &format!("{cmd:?}"));
@@ -397,8 +382,7 @@ fn unpack(reference: &str, work: &Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
-    if !have("skopeo") || !have("umoci") {
-        eprintln!("skipping: needs skopeo and umoci");
+    if !skiff_tests::tools_or_skip(&["skopeo", "umoci"], "umoci unpack keeps owners") {
         return;
     }
     let reg = Registry::start();

@@ -13,6 +13,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+// Extended attributes read with libc, not with skiff_fs::upper (the code under test).
+#[path = "../../../tests/src/xattrs.rs"]
+mod xattrs;
+pub use xattrs::xattrs_of;
+
 /// One entry of a test layer.
 pub enum Item<'a> {
     Dir(&'a str, u32),
@@ -276,6 +281,18 @@ impl Mounted {
         self.handle.as_ref().unwrap().stats()
     }
 
+    /// Waits (bounded: 60 s) until the mount's fetcher has no queued or running job,
+    /// so that counters read afterwards are final.
+    pub fn wait_fetches_idle(&self) {
+        assert!(
+            self.handle
+                .as_ref()
+                .unwrap()
+                .wait_fetches_idle(std::time::Duration::from_secs(60)),
+            "fetches still running after 60 s"
+        );
+    }
+
     pub fn unmount(mut self) -> skiff_fs::StatsSnapshot {
         self.handle.take().unwrap().unmount().expect("unmount")
     }
@@ -308,22 +325,6 @@ pub struct Meta {
     pub xattrs: Vec<(String, Vec<u8>)>,
     pub link: Option<PathBuf>,
     pub content: Option<Vec<u8>>,
-}
-
-pub fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = skiff_fs::upper::list_xattrs(p)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|k| {
-            let v = skiff_fs::upper::get_xattr(p, &k)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            (String::from_utf8_lossy(&k).into_owned(), v)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 pub fn meta(p: &Path) -> Meta {

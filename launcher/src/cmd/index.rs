@@ -7,15 +7,12 @@ use super::Global;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skiff_proto::digest::Digest;
-use skiff_proto::image::{Descriptor, ResolvedImage, MEDIA_OCI_MANIFEST};
-use skiff_proto::index::artifact::{
-    index_artifact_manifest, index_blob, IndexBlob, EMPTY_CONFIG, INDEX_ARTIFACT_TYPE,
-};
-use skiff_proto::index::resolve::{
-    oci_descriptor, open_root_index_store, resolve_layers, ResolveOptions, ResolvedLayer,
-};
+use skiff_proto::image::{Descriptor, ResolvedImage, INDEX_ARTIFACT_TYPE};
+use skiff_proto::index::artifact::{index_blob, IndexBlob};
+use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
+use skiff_proto::resolve::{resolve_layers, ResolveOptions, ResolveProgress, ResolvedLayer};
 use std::sync::Arc;
 
 /// Arguments of `skiff index`.
@@ -56,7 +53,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let reference = Reference::parse(&args.image)?;
     let platform = args.registry.platform()?;
     let client = Arc::new(args.registry.client_for(&reference)?);
-    let store = open_root_index_store(&global.root)
+    let store = IndexStore::open(global.layout().indexes())
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
     let rt = runtime()?;
     let image = rt
@@ -75,7 +72,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             parallel: args.parallel,
             use_published: !args.no_published,
             save: true,
-            progress: Some(&bars),
+            progress: Some(&IndexingBars(&bars)),
             span: args.span,
         },
     )?;
@@ -89,6 +86,34 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// Draws one `indicatif` bar per streaming pass of [`resolve_layers`].
+pub struct IndexingBars<'m>(pub &'m MultiProgress);
+
+impl ResolveProgress for IndexingBars<'_> {
+    fn streaming<'a>(&'a self, layer: &Descriptor) -> Box<dyn Fn(u64) + 'a> {
+        let bar = self.0.add(ProgressBar::new(layer.size));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:.bold} indexing [{bar:30}] {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(layer.digest.hex().get(..12).unwrap_or_default().to_string());
+        let bar = ClearedOnDrop(bar);
+        Box::new(move |n| bar.0.set_position(n))
+    }
+}
+
+/// A bar that disappears when the pass it shows ends (the callback is dropped).
+struct ClearedOnDrop(ProgressBar);
+
+impl Drop for ClearedOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 fn print_layers(image: &ResolvedImage, layers: &[ResolvedLayer]) {
@@ -116,64 +141,44 @@ fn print_layers(image: &ResolvedImage, layers: &[ResolvedLayer]) {
     }
 }
 
-/// Pushes the index blobs, the empty config and the artifact manifest (with
-/// `subject`), then records it under the referrers fallback tag. Returns the
-/// artifact manifest's digest.
+/// Pushes the indexes as an artifact referring to the image (see
+/// [`skiff_proto::registry::Client::push_artifact`]). Returns the artifact manifest's
+/// digest.
 pub async fn publish(
     client: &Client,
     image: &ResolvedImage,
     layers: &[ResolvedLayer],
     bars: &MultiProgress,
 ) -> anyhow::Result<Digest> {
-    let repo = image.reference.repository();
     let blobs = layers
         .iter()
         .map(|l| index_blob(&l.index))
         .collect::<Result<Vec<IndexBlob>, _>>()
         .context("encoding the indexes")?;
-    let bar = bars.add(ProgressBar::new(blobs.len() as u64 + 2));
+    let bar = bars.add(ProgressBar::new(blobs.len() as u64));
     bar.set_style(
         ProgressStyle::with_template("pushing indexes [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    for b in &blobs {
-        bar.set_message(format!("{} ({})", b.digest, human(b.bytes.len() as u64)));
-        client
-            .push_blob(repo, b.bytes.clone().into())
-            .await
-            .with_context(|| format!("pushing the index of layer {}", b.layer))?;
+    let artifact_layers: Vec<_> = blobs
+        .iter()
+        .map(|b| (b.descriptor(), b.bytes.clone().into()))
+        .collect();
+    let pushed = |d: &Descriptor| {
+        bar.set_message(format!("{} ({})", d.digest, human(d.size)));
         bar.inc(1);
-    }
-    client
-        .push_blob(repo, EMPTY_CONFIG.to_vec().into())
-        .await
-        .context("pushing the empty config")?;
-    bar.inc(1);
-    let subject = oci_descriptor(&Descriptor::new(
-        &image.manifest_media_type,
-        image.manifest_digest,
-        image.manifest_bytes.len() as u64,
-    ))?;
-    let manifest = index_artifact_manifest(&subject, &blobs)?;
-    let manifest_bytes = serde_json::to_vec(&manifest).context("encoding the artifact")?;
-    let digest = Digest::of(&manifest_bytes);
-    client
-        .push_manifest(
-            repo,
-            &digest.to_string(),
-            MEDIA_OCI_MANIFEST,
-            &manifest_bytes,
+    };
+    let digest = client
+        .push_artifact(
+            image.reference.repository(),
+            &image.manifest_descriptor(),
+            INDEX_ARTIFACT_TYPE,
+            &artifact_layers,
+            &pushed,
         )
         .await
-        .context("pushing the index artifact manifest")?;
-    let mut listed = Descriptor::new(MEDIA_OCI_MANIFEST, digest, manifest_bytes.len() as u64);
-    listed.artifact_type = Some(INDEX_ARTIFACT_TYPE.to_string());
-    client
-        .add_referrer_to_fallback_tag(repo, image.manifest_digest, listed)
-        .await
-        .context("recording the artifact under the referrers fallback tag")?;
-    bar.inc(1);
+        .context("publishing the index artifact")?;
     bar.finish_and_clear();
     Ok(digest)
 }

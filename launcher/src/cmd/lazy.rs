@@ -7,9 +7,10 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use skiff_fs::{Layer, MountOptions};
 use skiff_proto::image::ResolvedImage;
-use skiff_proto::index::resolve::{open_root_index_store, resolve_layers, ResolveOptions};
+use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
+use skiff_proto::resolve::{resolve_layers, ResolveOptions};
 use skiff_proto::store::Store;
 use std::sync::Arc;
 
@@ -88,7 +89,7 @@ fn resolve_inner(
             rt.spawn(async move { super::profile::fetch_published(&c, &i).await }),
         )
     };
-    let store = open_root_index_store(&global.root)
+    let store = IndexStore::open(global.layout().indexes())
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
     let bars = MultiProgress::new();
     if !progress {
@@ -100,7 +101,7 @@ fn resolve_inner(
         &resolved,
         &store,
         &ResolveOptions {
-            progress: Some(&bars),
+            progress: Some(&super::index::IndexingBars(&bars)),
             ..ResolveOptions::default()
         },
     )
@@ -178,7 +179,7 @@ impl LazyImage {
 
     /// Mount options for this image's layers with the chunk cache under the skiff root.
     pub fn mount_options(&self, global: &Global) -> MountOptions {
-        let mut opts = MountOptions::new(self.layers.clone(), global.root.join("cache"));
+        let mut opts = MountOptions::new(self.layers.clone(), global.layout().cache());
         opts.fs_name = self.image.reference.to_string();
         opts
     }

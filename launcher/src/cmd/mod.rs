@@ -16,6 +16,7 @@ pub mod rm;
 pub mod run;
 pub mod stop;
 
+use skiff_proto::store::RootLayout;
 use std::path::PathBuf;
 
 /// Options every subcommand takes.
@@ -34,6 +35,13 @@ pub struct Global {
     /// `skiff run -v` is a volume, as in docker.
     #[arg(long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+impl Global {
+    /// The paths under `--root`.
+    pub fn layout(&self) -> RootLayout {
+        RootLayout::new(&self.root)
+    }
 }
 
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else a level from `-v`.

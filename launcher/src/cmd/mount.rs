@@ -10,6 +10,7 @@ use super::Global;
 use anyhow::{bail, Context};
 use skiff_fs::{Layer, MountOptions};
 use skiff_proto::index::tar::index_tar;
+use skiff_proto::store::RootLayout;
 use skiff_proto::{Digest, FileBlob};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -75,12 +76,7 @@ pub struct GcArgs {
 /// Where the stats of the mount on `dir` are written while it is mounted.
 pub fn stats_path(root: &Path, dir: &Path) -> PathBuf {
     let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let name: String = canon
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c == '/' { '_' } else { c })
-        .collect();
-    root.join("mounts").join(format!("{name}.json"))
+    RootLayout::new(root).mount_stats(&canon)
 }
 
 fn is_mounted(dir: &Path) -> bool {
@@ -189,7 +185,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         layers = resolved.layers.clone();
         lazy = Some(resolved);
     }
-    let mut opts = MountOptions::new(layers, global.root.join("cache"));
+    let mut opts = MountOptions::new(layers, global.layout().cache());
     opts.upper = args.upper.clone();
     opts.cache_limit = args.cache_limit_mib.saturating_mul(1 << 20);
     let stats_file = stats_path(&global.root, &dir);
@@ -291,7 +287,7 @@ pub fn stats(global: &Global, args: StatsArgs) -> anyhow::Result<u8> {
 
 /// Runs `skiff gc`.
 pub fn gc(global: &Global, args: GcArgs) -> anyhow::Result<u8> {
-    let (n, bytes) = skiff_fs::cache::gc(&global.root.join("cache"), args.limit_mib << 20)?;
+    let (n, bytes) = skiff_fs::cache::gc(&global.layout().cache(), args.limit_mib << 20)?;
     println!("removed {n} chunks, {bytes} bytes");
     Ok(0)
 }

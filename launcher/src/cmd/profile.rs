@@ -11,12 +11,12 @@
 use super::registry_args::{runtime, RegistryArgs};
 use super::Global;
 use anyhow::Context;
-use skiff_fs::profile::{Profile, PROFILE_ARTIFACT_TYPE, PROFILE_MEDIA_TYPE};
+use skiff_fs::profile::Profile;
 use skiff_proto::digest::Digest;
-use skiff_proto::image::{Descriptor, ResolvedImage, MEDIA_OCI_MANIFEST};
-use skiff_proto::index::artifact::EMPTY_CONFIG;
-use skiff_proto::index::resolve::oci_descriptor;
-use skiff_proto::registry::Client;
+use skiff_proto::image::{
+    Descriptor, Manifest, ResolvedImage, PROFILE_ARTIFACT_TYPE, PROFILE_MEDIA_TYPE,
+};
+use skiff_proto::registry::{Client, RegistryError};
 use std::path::{Path, PathBuf};
 
 /// Largest profile blob fetched from a registry.
@@ -51,7 +51,7 @@ pub struct ImageArgs {
 
 /// Where the local profile of the image with manifest `digest` lives.
 pub fn local_path(root: &Path, digest: &Digest) -> PathBuf {
-    root.join("profiles").join(format!("{}.json", digest.hex()))
+    skiff_proto::store::RootLayout::new(root).profile(digest)
 }
 
 /// The local profile of manifest `digest`, if there is a readable one.
@@ -79,18 +79,18 @@ pub fn save_local(root: &Path, digest: &Digest, profile: &Profile) -> anyhow::Re
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The profile published beside `image`, if any (newest listed first).
+/// The profile published beside `image`, if any (the first listed that is good).
 pub async fn fetch_published(
     client: &Client,
     image: &ResolvedImage,
 ) -> anyhow::Result<Option<Profile>> {
     let repo = image.reference.repository();
     let listed = client
-        .referrers(repo, image.manifest_digest, PROFILE_ARTIFACT_TYPE)
+        .fetch_artifacts(repo, image.manifest_digest, PROFILE_ARTIFACT_TYPE)
         .await
         .context("listing published profiles")?;
-    for d in listed {
-        match fetch_one(client, image, &d).await {
+    for (d, manifest) in listed {
+        match fetch_one(client, repo, manifest).await {
             Ok(p) => return Ok(Some(p)),
             Err(e) => tracing::warn!("profile artifact {} refused: {e:#}", d.digest),
         }
@@ -98,48 +98,22 @@ pub async fn fetch_published(
     Ok(None)
 }
 
+/// The profile in one listed artifact (already checked to be a profile referring to
+/// the image, or refused).
 async fn fetch_one(
     client: &Client,
-    image: &ResolvedImage,
-    listed: &Descriptor,
+    repo: &str,
+    manifest: Result<Manifest, RegistryError>,
 ) -> anyhow::Result<Profile> {
-    let repo = image.reference.repository();
-    let (bytes, _, digest) = client
-        .get_manifest(repo, &listed.digest.to_string())
-        .await?;
-    anyhow::ensure!(
-        digest == listed.digest,
-        "manifest digest {digest} is not the listed {}",
-        listed.digest
-    );
-    let manifest: oci_spec::image::ImageManifest =
-        serde_json::from_slice(&bytes).context("not an image manifest")?;
-    let ours = manifest
-        .artifact_type()
-        .as_ref()
-        .is_some_and(|t| t.to_string() == PROFILE_ARTIFACT_TYPE);
-    anyhow::ensure!(ours, "not a profile artifact");
-    let subject_ok = manifest
-        .subject()
-        .as_ref()
-        .is_some_and(|s| s.digest().to_string() == image.manifest_digest.to_string());
-    anyhow::ensure!(subject_ok, "refers to another image");
+    let manifest = manifest?;
     let layer = manifest
-        .layers()
+        .layers
         .iter()
-        .find(|l| l.media_type().to_string() == PROFILE_MEDIA_TYPE)
+        .find(|l| l.media_type == PROFILE_MEDIA_TYPE)
         .context("no profile layer")?;
-    anyhow::ensure!(
-        layer.size() <= MAX_PROFILE_BYTES,
-        "profile is {} bytes",
-        layer.size()
-    );
-    let blob_digest: Digest = layer
-        .digest()
-        .to_string()
-        .parse()
-        .context("profile layer digest")?;
-    let blob = client.get_blob(repo, blob_digest).await?;
+    let blob = client
+        .fetch_artifact_blob(repo, layer, MAX_PROFILE_BYTES)
+        .await?;
     Ok(Profile::from_json(&blob)?)
 }
 
@@ -150,54 +124,18 @@ pub async fn publish(
     image: &ResolvedImage,
     profile: &Profile,
 ) -> anyhow::Result<Digest> {
-    use oci_spec::image::{ImageManifestBuilder, MediaType};
-    let repo = image.reference.repository();
     let json = profile.to_json();
-    let json_digest = Digest::of(&json);
+    let layer = Descriptor::of(PROFILE_MEDIA_TYPE, &json);
     client
-        .push_blob(repo, json.clone().into())
+        .push_artifact(
+            image.reference.repository(),
+            &image.manifest_descriptor(),
+            PROFILE_ARTIFACT_TYPE,
+            &[(layer, json.into())],
+            &|_| {},
+        )
         .await
-        .context("pushing the profile blob")?;
-    client
-        .push_blob(repo, EMPTY_CONFIG.to_vec().into())
-        .await
-        .context("pushing the empty config")?;
-    let oci = |media: &str, digest: Digest, size: usize| {
-        oci_descriptor(&Descriptor::new(media, digest, size as u64))
-    };
-    let config = oci(
-        "application/vnd.oci.empty.v1+json",
-        Digest::of(EMPTY_CONFIG),
-        EMPTY_CONFIG.len(),
-    )?;
-    let layer = oci(PROFILE_MEDIA_TYPE, json_digest, json.len())?;
-    let subject = oci(
-        &image.manifest_media_type,
-        image.manifest_digest,
-        image.manifest_bytes.len(),
-    )?;
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .artifact_type(MediaType::Other(PROFILE_ARTIFACT_TYPE.into()))
-        .config(config)
-        .layers(vec![layer])
-        .subject(subject)
-        .build()
-        .context("building the profile artifact manifest")?;
-    let bytes = serde_json::to_vec(&manifest).context("encoding the artifact")?;
-    let digest = Digest::of(&bytes);
-    client
-        .push_manifest(repo, &digest.to_string(), MEDIA_OCI_MANIFEST, &bytes)
-        .await
-        .context("pushing the profile artifact manifest")?;
-    let mut listed = Descriptor::new(MEDIA_OCI_MANIFEST, digest, bytes.len() as u64);
-    listed.artifact_type = Some(PROFILE_ARTIFACT_TYPE.to_string());
-    client
-        .add_referrer_to_fallback_tag(repo, image.manifest_digest, listed)
-        .await
-        .context("recording the profile under the referrers fallback tag")?;
-    Ok(digest)
+        .context("publishing the profile artifact")
 }
 
 /// Runs `skiff profile`.

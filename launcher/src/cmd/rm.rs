@@ -26,7 +26,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
                 }
                 super::stop::stop(global, &s.id, std::time::Duration::ZERO)?;
             }
-            let dir = state::containers_dir(&global.root).join(&s.id);
+            let dir = global.layout().container(&s.id).dir().to_path_buf();
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
             Ok(())

@@ -42,7 +42,7 @@ pub struct Args {
     /// Network: "none" (default; own namespace with loopback only) or "host".
     #[arg(long, alias = "net", value_name = "MODE")]
     pub network: Option<String>,
-    /// Keep all capabilities skiff has and skip no_new_privs.
+    /// All capabilities, no seccomp filter, every device.
     #[arg(long)]
     pub privileged: bool,
     /// Resource limit, NAME=SOFT[:HARD] (e.g. nofile=1024:2048).
@@ -110,6 +110,16 @@ pub struct Args {
     /// Registry options (for IMAGE).
     #[command(flatten)]
     pub registry: super::registry_args::RegistryArgs,
+    /// Add a Linux capability to docker's default set (e.g. SYS_ADMIN; ALL for all).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability from the set (e.g. CHOWN; ALL for all).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=unconfined, seccomp=FILE (a docker seccomp profile, instead of docker's
+    /// default one), or no-new-privileges (setuid programs gain nothing).
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
     #[arg(
         trailing_var_arg = true,
@@ -157,7 +167,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     }
     let id = new_id();
     let name = claim_name(global, &args, &id)?;
-    let state_dir = state::containers_dir(&global.root).join(&id);
+    let state_dir = global.layout().container(&id).dir().to_path_buf();
     let spec = ContainerSpec::new(
         image_config.as_ref().and_then(|c| c.config().as_ref()),
         &opts,
@@ -206,6 +216,9 @@ fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> 
         pids_limit: args.pids_limit,
         tty: args.tty,
         interactive: args.interactive,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        security_opt: args.security_opt.clone(),
     })
 }
 
@@ -266,9 +279,10 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     container::block_handled_signals()?;
     let mut lazy =
         super::lazy::resolve_for_run(global, &args.registry, args.pull, image, global.verbose > 0)?;
-    let state_dir = state::containers_dir(&global.root).join(&id);
-    let mountpoint = state_dir.join("rootfs");
-    let upper = (!args.read_only).then(|| state_dir.join("upper"));
+    let paths = global.layout().container(&id);
+    let state_dir = paths.dir().to_path_buf();
+    let mountpoint = paths.rootfs();
+    let upper = (!args.read_only).then(|| paths.upper());
     for dir in [Some(&mountpoint), upper.as_ref()].into_iter().flatten() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -526,7 +540,7 @@ fn detach(
             }
             let _ = record.save(&root);
             if rm {
-                let _ = std::fs::remove_dir_all(state::containers_dir(&root).join(&record.id));
+                let _ = std::fs::remove_dir_all(global.layout().container(&record.id).dir());
             }
             drop(ready);
             // SAFETY: end the monitor without running the parent's destructors twice.

@@ -1,9 +1,9 @@
-//! The container side: what the new PID 1 does between fork and exec. Every step is a
-//! named function over [`Syscall`], in the order runc's `standard_init` uses.
+//! The process PID 1 becomes: its resource limits, its identity and capabilities, and
+//! the program it execs (found on `PATH` with docker's exit statuses). The steps are
+//! functions over [`Syscall`]; [`super::init`] calls them in runc's order.
 
-use super::rootfs;
-use super::spec::{ContainerSpec, NetworkMode};
-use super::sys::{docker_default_capabilities, Syscall};
+use super::spec::ContainerSpec;
+use super::sys::Syscall;
 use super::users;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -28,7 +28,8 @@ pub struct InitError {
 }
 
 impl InitError {
-    fn setup(what: &str, e: impl std::fmt::Display) -> InitError {
+    /// A runtime failure (exit status 125): `what` failed because of `e`.
+    pub fn setup(what: &str, e: impl std::fmt::Display) -> InitError {
         InitError {
             code: EXIT_SETUP,
             message: format!("{what}: {e}"),
@@ -36,93 +37,63 @@ impl InitError {
     }
 }
 
-/// Everything the container init needs, prepared by the parent before fork.
-pub struct InitConfig<'a> {
-    /// The container.
-    pub spec: &'a ContainerSpec,
-    /// Host path of the root filesystem.
-    pub rootfs: &'a Path,
-    /// Host directory with resolv.conf, hostname and hosts.
-    pub etc_dir: &'a Path,
-    /// Default RLIMIT_NOFILE (soft = hard), never above the hard limit skiff has.
-    pub default_nofile: u64,
-    /// pty slave path for `-t` (bound to /dev/console).
-    pub console: Option<&'a Path>,
+/// What PID 1 execs: the program found on `PATH`, its argv and environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// The executable's path.
+    pub path: CString,
+    /// argv, `argv[0]` as given.
+    pub argv: Vec<CString>,
+    /// The environment.
+    pub envp: Vec<CString>,
 }
 
-/// Sets up the container and returns the program to exec: (path, argv, envp).
-pub fn prepare(
-    sys: &dyn Syscall,
-    cfg: &InitConfig<'_>,
-) -> Result<(CString, Vec<CString>, Vec<CString>), InitError> {
-    let spec = cfg.spec;
-    sys.set_hostname(&spec.hostname)
-        .map_err(|e| InitError::setup("setting hostname", e))?;
-    if spec.network == NetworkMode::Isolated {
-        sys.set_loopback_up()
-            .map_err(|e| InitError::setup("network", e))?;
+impl Program {
+    /// Finds `args[0]` on the `PATH` of `env` (runc's lookup, docker's 126/127) and
+    /// turns everything into C strings.
+    pub fn find(args: &[String], env: &[String]) -> Result<Program, InitError> {
+        let path_var = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("");
+        let program = find_executable(&args[0], path_var)?;
+        let to_c = |s: &str| {
+            CString::new(s).map_err(|_| InitError::setup("argument contains a NUL byte", s))
+        };
+        let argv = args
+            .iter()
+            .map(|a| to_c(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
+        let path = CString::new(program.as_os_str().as_bytes())
+            .map_err(|_| InitError::setup("program path contains a NUL byte", program.display()))?;
+        Ok(Program { path, argv, envp })
     }
-    rootfs::prepare(sys, cfg.rootfs, spec, cfg.etc_dir, cfg.console)
-        .map_err(|e| InitError::setup("preparing rootfs", e))?;
-    // The working directory is created while the root is still writable (--read-only
-    // comes with finalize), as Docker does.
-    let cwd = PathBuf::from(&spec.cwd);
-    std::fs::create_dir_all(&cwd)
-        .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
-    rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
-
-    // The user is looked up in the container's own files, after pivot_root.
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve(&spec.user, &passwd, &group).map_err(|e| InitError {
-        code: EXIT_SETUP,
-        message: e.to_string(),
-    })?;
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
-
-    set_rlimits(sys, spec, cfg.default_nofile)?;
-    drop_privileges(sys, spec, &user)?;
-    nix::unistd::chdir(&cwd).map_err(|e| InitError {
-        code: EXIT_CANNOT_INVOKE,
-        message: format!(
-            "chdir to cwd (\"{}\") set in config.json failed: {e}",
-            spec.cwd
-        ),
-    })?;
-
-    let path_var = env
-        .iter()
-        .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("");
-    let program = find_executable(&spec.args[0], path_var)?;
-    let to_c =
-        |s: &str| CString::new(s).map_err(|_| InitError::setup("argument contains a NUL byte", s));
-    let argv = spec
-        .args
-        .iter()
-        .map(|a| to_c(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>()?;
-    let program = CString::new(program.as_os_str().as_bytes())
-        .map_err(|_| InitError::setup("program path contains a NUL byte", program.display()))?;
-    Ok((program, argv, envp))
 }
 
-/// Becomes the container user with Docker's capabilities: bounding set first (needs
+/// Becomes the container user with its capabilities: bounding set first (needs
 /// CAP_SETPCAP, so while still root), then uid/gid/groups (keeping permitted caps),
 /// then effective/permitted (none for a non-root user, as exec would drop them
-/// anyway), then no_new_privs. `--privileged` keeps every capability and skips
-/// no_new_privs.
+/// anyway), then no_new_privs if asked for. `--privileged` keeps every capability.
+/// The seccomp filter goes in as runc loads it: without no_new_privs the kernel wants
+/// CAP_SYS_ADMIN for it, so first; with no_new_privs, last.
 pub fn drop_privileges(
     sys: &dyn Syscall,
     spec: &ContainerSpec,
     user: &users::ResolvedUser,
 ) -> Result<(), InitError> {
-    let caps = docker_default_capabilities();
+    let security = &spec.security;
+    let load_seccomp = || match &security.seccomp {
+        Some(f) => sys
+            .load_seccomp(f)
+            .map_err(|e| InitError::setup("loading seccomp filter", e)),
+        None => Ok(()),
+    };
+    if !security.no_new_privileges {
+        load_seccomp()?;
+    }
+    let caps = security.capabilities.clone();
     if !spec.privileged {
         sys.drop_bounding(&caps)
             .map_err(|e| InitError::setup("dropping capabilities", e))?;
@@ -136,16 +107,17 @@ pub fn drop_privileges(
     };
     sys.set_capabilities(effective.as_ref())
         .map_err(|e| InitError::setup("setting capabilities", e))?;
-    if !spec.privileged {
+    if security.no_new_privileges {
         sys.set_no_new_privs()
             .map_err(|e| InitError::setup("setting no_new_privs", e))?;
+        load_seccomp()?;
     }
     Ok(())
 }
 
 /// Applies the default RLIMIT_NOFILE (unless `--ulimit nofile` is given) and the
 /// `--ulimit` values.
-fn set_rlimits(
+pub fn set_rlimits(
     sys: &dyn Syscall,
     spec: &ContainerSpec,
     default_nofile: u64,
@@ -234,12 +206,7 @@ mod tests {
         drop_privileges(&rec, &spec(RunOptions::default()), &user(0)).unwrap();
         assert_eq!(
             *rec.calls.borrow(),
-            [
-                "bounding 14",
-                "identity 0 0 [10]",
-                "caps 14",
-                "no_new_privs"
-            ]
+            ["seccomp", "bounding 14", "identity 0 0 [10]", "caps 14"]
         );
 
         let rec = Recorder::default();
@@ -247,10 +214,29 @@ mod tests {
         assert_eq!(
             *rec.calls.borrow(),
             [
+                "seccomp",
                 "bounding 14",
                 "identity 1000 1000 [10]",
+                "caps 0"
+            ]
+        );
+
+        // With no_new_privs the filter comes last, and needs no CAP_SYS_ADMIN.
+        let rec = Recorder::default();
+        let nnp = spec(RunOptions {
+            security_opt: vec!["no-new-privileges".into()],
+            cap_add: vec!["SYS_ADMIN".into()],
+            ..Default::default()
+        });
+        drop_privileges(&rec, &nnp, &user(1000)).unwrap();
+        assert_eq!(
+            *rec.calls.borrow(),
+            [
+                "bounding 15",
+                "identity 1000 1000 [10]",
                 "caps 0",
-                "no_new_privs"
+                "no_new_privs",
+                "seccomp"
             ]
         );
 

@@ -3,7 +3,7 @@
 //! read-only and masked paths.
 
 use super::spec::ContainerSpec;
-use super::sys::{SysError, Syscall};
+use super::sys::{FileKind, SysError, Syscall};
 use nix::mount::MsFlags;
 use nix::sys::stat::{makedev, Mode, SFlag};
 use std::path::{Component, Path, PathBuf};
@@ -254,7 +254,7 @@ pub fn prepare(
     }
 
     let dev = rootfs.join("dev");
-    let old_umask = nix::sys::stat::umask(Mode::empty());
+    let old_umask = sys.umask(Mode::empty());
     for (name, major, minor) in DEVICES {
         sys.mknod(
             &dev.join(name),
@@ -263,9 +263,9 @@ pub fn prepare(
             makedev(*major, *minor),
         )?;
     }
-    nix::sys::stat::umask(old_umask);
+    sys.umask(old_umask);
     for (link, target) in DEV_SYMLINKS {
-        if *link == "core" && !Path::new("/proc/kcore").exists() {
+        if *link == "core" && sys.file_kind(Path::new("/proc/kcore")).is_none() {
             continue;
         }
         let path = dev.join(link);
@@ -313,7 +313,7 @@ fn bind(
 pub fn finalize(sys: &dyn Syscall, read_only_root: bool) -> Result<(), RootfsError> {
     for p in READONLY_PATHS {
         let path = Path::new(p);
-        if !path.exists() {
+        if sys.file_kind(path).is_none() {
             continue;
         }
         bind(sys, path, path, false)?;
@@ -333,12 +333,14 @@ pub fn finalize(sys: &dyn Syscall, read_only_root: bool) -> Result<(), RootfsErr
     }
     for p in MASKED_PATHS {
         let path = Path::new(p);
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => {
+        match sys.file_kind(path) {
+            Some(FileKind::Dir) => {
                 sys.mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None)?
             }
-            Ok(_) => sys.mount(Some("/dev/null"), path, None, MsFlags::MS_BIND, None)?,
-            Err(_) => continue,
+            Some(FileKind::Other) => {
+                sys.mount(Some("/dev/null"), path, None, MsFlags::MS_BIND, None)?
+            }
+            None => continue,
         }
     }
     if read_only_root {

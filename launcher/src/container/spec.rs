@@ -40,6 +40,9 @@ pub enum SpecError {
         "invalid --network {0:?}: supported are \"none\" (default, loopback only) and \"host\""
     )]
     BadNetwork(String),
+    /// `--cap-add`, `--cap-drop` or `--security-opt` is invalid.
+    #[error(transparent)]
+    Security(#[from] super::security::SecurityError),
 }
 
 /// How the container sees the network.
@@ -120,6 +123,8 @@ pub struct ContainerSpec {
     pub stdin: bool,
     /// Directory for this container's runtime files (/etc/hosts, hostname, resolv.conf).
     pub state_dir: PathBuf,
+    /// Capabilities, no_new_privs and the seccomp filter.
+    pub security: super::security::Security,
 }
 
 /// The flags of `skiff run` that shape the container, independent of clap.
@@ -161,6 +166,12 @@ pub struct RunOptions {
     pub tty: bool,
     /// `-i`.
     pub interactive: bool,
+    /// `--cap-add` values.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop` values.
+    pub cap_drop: Vec<String>,
+    /// `--security-opt` values.
+    pub security_opt: Vec<String>,
 }
 
 impl ContainerSpec {
@@ -269,6 +280,12 @@ impl ContainerSpec {
                 Some(n) => return Err(SpecError::BadPids(n)),
             },
         };
+        let security = super::security::Security::new(
+            opts.privileged,
+            &opts.cap_add,
+            &opts.cap_drop,
+            &opts.security_opt,
+        )?;
 
         Ok(ContainerSpec {
             id,
@@ -287,6 +304,7 @@ impl ContainerSpec {
             tty: opts.tty,
             stdin: opts.interactive,
             state_dir,
+            security,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! by the next command: its PID 1 is killed, its cgroups removed, its state marked.
 
 use serde::{Deserialize, Serialize};
+use skiff_proto::store::RootLayout;
 use std::path::{Path, PathBuf};
 
 /// Errors reading or writing container state.
@@ -108,11 +109,6 @@ pub struct ContainerState {
     pub error: Option<String>,
 }
 
-/// The directory holding every container's state.
-pub fn containers_dir(root: &Path) -> PathBuf {
-    root.join("containers")
-}
-
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -124,12 +120,12 @@ pub fn now() -> u64 {
 impl ContainerState {
     /// The state file of container `id`.
     pub fn path(root: &Path, id: &str) -> PathBuf {
-        containers_dir(root).join(id).join("state.json")
+        RootLayout::new(root).container(id).state_file()
     }
 
     /// The log file of a detached container.
     pub fn log_path(root: &Path, id: &str) -> PathBuf {
-        containers_dir(root).join(id).join("container.log")
+        RootLayout::new(root).container(id).log_file()
     }
 
     /// Writes the state atomically (temp file + rename).
@@ -181,7 +177,7 @@ impl ContainerState {
         super::cgroups::remove_stale(&self.id);
         // A `skiff run IMAGE` killed outright leaves its lazy view mounted with no FUSE
         // server behind it (every access fails with ENOTCONN): detach it.
-        if self.rootfs.starts_with(containers_dir(root)) {
+        if self.rootfs.starts_with(RootLayout::new(root).containers()) {
             let _ = nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
         self.status = Status::Exited;
@@ -194,7 +190,8 @@ impl ContainerState {
 
 /// Every container's state (stale ones cleaned up first), oldest first.
 pub fn list(root: &Path) -> Result<Vec<ContainerState>, StateError> {
-    let dir = containers_dir(root);
+    let layout = RootLayout::new(root);
+    let dir = layout.containers();
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -202,7 +199,9 @@ pub fn list(root: &Path) -> Result<Vec<ContainerState>, StateError> {
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {
-        let path = entry.path().join("state.json");
+        let path = layout
+            .container(&entry.file_name().to_string_lossy())
+            .state_file();
         let Ok(mut state) = ContainerState::load(&path) else {
             continue; // being created, or not ours
         };

@@ -1,10 +1,18 @@
 //! The kernel calls container setup makes, behind one small trait (youki style), so the
 //! setup phases can be read as a sequence of named steps and tested with a recorder.
+//!
+//! Outside the trait, on purpose: `fork` and `_exit` (a recorder cannot be two
+//! processes), the sync pipes between the phases (they are the phases' boundaries, not
+//! setup), and the supervising process's own signal mask, `waitpid` and `kill`.
 
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::SigSet;
 use nix::sys::stat::{Mode, SFlag};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
 /// A failed kernel call: which call, on what, and the errno.
@@ -31,8 +39,46 @@ fn err(call: &'static str, target: impl std::fmt::Display) -> impl FnOnce(Errno)
     }
 }
 
+/// What a path is, as far as setup cares (from stat(2), following symlinks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A directory.
+    Dir,
+    /// Anything else (regular file, device, ...).
+    Other,
+}
+
 /// Kernel calls used while setting up a container.
 pub trait Syscall {
+    /// stat(2): what `path` is, `None` if it does not exist. A question, not a step:
+    /// the recorder answers it from a table and does not record it.
+    fn file_kind(&self, path: &Path) -> Option<FileKind>;
+    /// prctl(PR_SET_CHILD_SUBREAPER): orphans below us are re-parented to us.
+    fn set_child_subreaper(&self) -> SysResult;
+    /// Closes a descriptor this process inherited.
+    fn close(&self, fd: RawFd) -> SysResult;
+    /// unshare(2) into new namespaces.
+    fn unshare(&self, flags: CloneFlags) -> SysResult;
+    /// setsid(2): lead a new session.
+    fn setsid(&self) -> SysResult;
+    /// ioctl(TIOCSCTTY): make the terminal `tty` this session's controlling terminal.
+    fn set_controlling_terminal(&self, tty: BorrowedFd<'_>) -> SysResult;
+    /// dup2(2): `fd` onto descriptor `target`.
+    fn dup2(&self, fd: BorrowedFd<'_>, target: RawFd) -> SysResult;
+    /// umask(2); returns the previous mask.
+    fn umask(&self, mask: Mode) -> Mode;
+    /// chdir(2).
+    fn chdir(&self, path: &Path) -> SysResult;
+    /// Every signal back to its default disposition (what exec keeps otherwise:
+    /// ignored signals stay ignored, and Rust ignores SIGPIPE).
+    fn reset_signal_dispositions(&self);
+    /// pthread_sigmask(SIG_SETMASK).
+    fn set_signal_mask(&self, mask: &SigSet) -> SysResult;
+    /// close_range(first, ~0, CLOSE_RANGE_CLOEXEC): no descriptor from `first` on
+    /// survives exec.
+    fn close_range_cloexec(&self, first: u32) -> SysResult;
+    /// execve(2); returns only on failure.
+    fn execve(&self, program: &CStr, argv: &[CString], envp: &[CString]) -> SysError;
     /// mount(2).
     fn mount(
         &self,
@@ -63,12 +109,106 @@ pub trait Syscall {
     fn set_capabilities(&self, caps: Option<&CapsHashSet>) -> SysResult;
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&self) -> SysResult;
+    /// seccomp(SECCOMP_SET_MODE_FILTER).
+    fn load_seccomp(&self, filter: &super::seccomp::Filter) -> SysResult;
 }
 
 /// The real kernel.
 pub struct LinuxSyscall;
 
 impl Syscall for LinuxSyscall {
+    fn file_kind(&self, path: &Path) -> Option<FileKind> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(if m.is_dir() {
+            FileKind::Dir
+        } else {
+            FileKind::Other
+        })
+    }
+
+    fn set_child_subreaper(&self) -> SysResult {
+        // SAFETY: prctl with constant arguments.
+        let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        Errno::result(r)
+            .map(drop)
+            .map_err(err("prctl", "PR_SET_CHILD_SUBREAPER"))
+    }
+
+    fn close(&self, fd: RawFd) -> SysResult {
+        // SAFETY: the caller hands over a descriptor that no code here uses.
+        let r = unsafe { libc::close(fd) };
+        Errno::result(r).map(drop).map_err(err("close", fd))
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> SysResult {
+        nix::sched::unshare(flags).map_err(err("unshare", format!("{flags:?}")))
+    }
+
+    fn setsid(&self) -> SysResult {
+        nix::unistd::setsid().map(drop).map_err(err("setsid", "-"))
+    }
+
+    fn set_controlling_terminal(&self, tty: BorrowedFd<'_>) -> SysResult {
+        // SAFETY: TIOCSCTTY on an open descriptor.
+        let r = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0) };
+        Errno::result(r)
+            .map(drop)
+            .map_err(err("ioctl TIOCSCTTY", tty.as_raw_fd()))
+    }
+
+    fn dup2(&self, fd: BorrowedFd<'_>, target: RawFd) -> SysResult {
+        // SAFETY: dup2 onto a descriptor of this single-threaded (forked) process.
+        let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+        Errno::result(r).map(drop).map_err(err("dup2", target))
+    }
+
+    fn umask(&self, mask: Mode) -> Mode {
+        nix::sys::stat::umask(mask)
+    }
+
+    fn chdir(&self, path: &Path) -> SysResult {
+        nix::unistd::chdir(path).map_err(err("chdir", path.display()))
+    }
+
+    fn reset_signal_dispositions(&self) {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        for sig in Signal::iterator() {
+            if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+                // SAFETY: restoring default dispositions before exec.
+                let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+            }
+        }
+    }
+
+    fn set_signal_mask(&self, mask: &SigSet) -> SysResult {
+        use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(mask), None)
+            .map_err(err("pthread_sigmask", "SIG_SETMASK"))
+    }
+
+    fn close_range_cloexec(&self, first: u32) -> SysResult {
+        // SAFETY: close_range only changes flags of this process's descriptors.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                first,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        Errno::result(r)
+            .map(drop)
+            .map_err(err("close_range", first))
+    }
+
+    fn execve(&self, program: &CStr, argv: &[CString], envp: &[CString]) -> SysError {
+        let errno = match nix::unistd::execve(program, argv, envp) {
+            Err(e) => e,
+            Ok(never) => match never {},
+        };
+        err("execve", program.to_string_lossy())(errno)
+    }
+
     fn mount(
         &self,
         source: Option<&str>,
@@ -199,6 +339,13 @@ impl Syscall for LinuxSyscall {
     fn set_no_new_privs(&self) -> SysResult {
         nix::sys::prctl::set_no_new_privs().map_err(err("prctl", "PR_SET_NO_NEW_PRIVS"))
     }
+
+    fn load_seccomp(&self, filter: &super::seccomp::Filter) -> SysResult {
+        filter.load().map_err(err(
+            "seccomp",
+            format!("{} instructions", filter.instructions()),
+        ))
+    }
 }
 
 /// Lower-case name of an `RLIMIT_*` constant, for messages ("nofile").
@@ -246,7 +393,12 @@ pub mod recording {
     pub struct Recorder {
         /// The calls, in order.
         pub calls: RefCell<Vec<String>>,
+        /// The answers to [`Syscall::file_kind`]; any other path does not exist.
+        pub files: std::collections::BTreeMap<std::path::PathBuf, FileKind>,
     }
+
+    /// The umask the recorder reports as the previous one.
+    pub const RECORDED_UMASK: u32 = 0o022;
 
     impl Recorder {
         fn push(&self, s: String) -> SysResult {
@@ -256,6 +408,68 @@ pub mod recording {
     }
 
     impl Syscall for Recorder {
+        fn file_kind(&self, path: &Path) -> Option<FileKind> {
+            self.files.get(path).copied()
+        }
+        fn set_child_subreaper(&self) -> SysResult {
+            self.push("subreaper".into())
+        }
+        fn close(&self, fd: RawFd) -> SysResult {
+            self.push(format!("close {fd}"))
+        }
+        fn unshare(&self, flags: CloneFlags) -> SysResult {
+            let names = [
+                (CloneFlags::CLONE_NEWNS, "mnt"),
+                (CloneFlags::CLONE_NEWUTS, "uts"),
+                (CloneFlags::CLONE_NEWIPC, "ipc"),
+                (CloneFlags::CLONE_NEWPID, "pid"),
+                (CloneFlags::CLONE_NEWNET, "net"),
+            ];
+            let set: Vec<&str> = names
+                .iter()
+                .filter(|(f, _)| flags.contains(*f))
+                .map(|(_, n)| *n)
+                .collect();
+            self.push(format!("unshare {}", set.join(" ")))
+        }
+        fn setsid(&self) -> SysResult {
+            self.push("setsid".into())
+        }
+        fn set_controlling_terminal(&self, _tty: BorrowedFd<'_>) -> SysResult {
+            self.push("controlling terminal".into())
+        }
+        fn dup2(&self, _fd: BorrowedFd<'_>, target: RawFd) -> SysResult {
+            self.push(format!("dup2 {target}"))
+        }
+        fn umask(&self, mask: Mode) -> Mode {
+            let _ = self.push(format!("umask {:o}", mask.bits()));
+            Mode::from_bits_truncate(RECORDED_UMASK)
+        }
+        fn chdir(&self, path: &Path) -> SysResult {
+            self.push(format!("chdir {}", path.display()))
+        }
+        fn reset_signal_dispositions(&self) {
+            let _ = self.push("signals default".into());
+        }
+        fn set_signal_mask(&self, _mask: &SigSet) -> SysResult {
+            self.push("sigmask".into())
+        }
+        fn close_range_cloexec(&self, first: u32) -> SysResult {
+            self.push(format!("cloexec {first}.."))
+        }
+        fn execve(&self, program: &CStr, argv: &[CString], _envp: &[CString]) -> SysError {
+            let argv: Vec<_> = argv.iter().map(|a| a.to_string_lossy()).collect();
+            let _ = self.push(format!(
+                "execve {} [{}]",
+                program.to_string_lossy(),
+                argv.join(" ")
+            ));
+            SysError {
+                call: "execve",
+                target: program.to_string_lossy().into_owned(),
+                errno: Errno::ENOSYS,
+            }
+        }
         fn mount(
             &self,
             source: Option<&str>,
@@ -322,6 +536,9 @@ pub mod recording {
         }
         fn set_no_new_privs(&self) -> SysResult {
             self.push("no_new_privs".into())
+        }
+        fn load_seccomp(&self, _filter: &crate::container::seccomp::Filter) -> SysResult {
+            self.push("seccomp".into())
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `-t`: a pseudo-terminal for the container, the host terminal in raw mode while it
 //! runs, and the window size kept in sync (SIGWINCH is handled by the wait loop).
 
+use super::sys::Syscall;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use nix::sys::termios::{self, SetArg, Termios};
 use std::io::{Read, Write};
@@ -58,21 +59,16 @@ impl Pty {
 
     /// In the container's PID 1: new session, the slave as controlling terminal and
     /// as stdin, stdout and stderr.
-    pub fn attach_as_controlling(&self) -> std::io::Result<()> {
-        nix::unistd::setsid()?;
+    pub fn attach_as_controlling(&self, sys: &dyn Syscall) -> std::io::Result<()> {
+        let io = |e: super::sys::SysError| std::io::Error::from(e.errno);
+        sys.setsid().map_err(io)?;
         let slave = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.slave_path)?;
-        // SAFETY: TIOCSCTTY on an open tty fd.
-        if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        sys.set_controlling_terminal(slave.as_fd()).map_err(io)?;
         for fd in 0..3 {
-            // SAFETY: dup2 onto the standard fds of this (single-threaded) process.
-            if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            sys.dup2(slave.as_fd(), fd).map_err(io)?;
         }
         Ok(())
     }

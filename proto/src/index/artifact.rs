@@ -12,7 +12,8 @@
 //! Push the index blobs and the empty config blob, then the manifest (by digest). A
 //! registry with the referrers API lists it under `GET /v2/<name>/referrers/<digest>`;
 //! for one without (docker-registry 2.8), also push it under the tag from
-//! [`referrers_fallback_tag`]. To consume: list referrers (or fetch that tag), keep
+//! [`crate::registry::referrers::fallback_tag`] ([`crate::registry::Client::push_artifact`]
+//! does all of this). To consume: list referrers (or fetch that tag), keep
 //! manifests whose `artifactType` is [`INDEX_ARTIFACT_TYPE`], pick the layer whose
 //! annotation names the wanted layer, fetch it by digest (the registry client verifies
 //! the digest) and decode it with [`decode_index_blob`], which also checks that it
@@ -22,17 +23,12 @@
 use super::model::{IndexError, LayerIndex};
 use super::store::{decode, encode};
 use crate::digest::Digest;
-use oci_spec::image::{Descriptor, ImageManifest, ImageManifestBuilder, MediaType};
-use std::collections::HashMap;
+use crate::image::{Descriptor, Manifest};
+pub use crate::image::{EMPTY_CONFIG, INDEX_ARTIFACT_TYPE, INDEX_LAYER_MEDIA_TYPE};
+use std::collections::BTreeMap;
 
-/// `artifactType` of a Skiff index artifact.
-pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.skiff.layer-index.v1";
-/// Media type of one layer's encoded index.
-pub const INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.skiff.layer-index.v1.postcard";
 /// Annotation on an index layer naming the image layer it describes.
 pub const LAYER_DIGEST_ANNOTATION: &str = "dev.skiff.layer.digest";
-/// The OCI empty JSON config.
-pub const EMPTY_CONFIG: &[u8] = b"{}";
 
 /// One encoded index ready to push.
 pub struct IndexBlob {
@@ -54,74 +50,36 @@ pub fn index_blob(index: &LayerIndex) -> Result<IndexBlob, IndexError> {
     })
 }
 
-fn oci_digest(d: &Digest) -> oci_spec::image::Digest {
-    // Our digests always render as valid `sha256:<64 hex>`.
-    d.to_string()
-        .parse()
-        .unwrap_or_else(|_| unreachable!("sha256 digest renders validly"))
+impl IndexBlob {
+    /// Its descriptor as a layer of the index artifact: annotated with the image layer.
+    pub fn descriptor(&self) -> Descriptor {
+        let mut d = Descriptor::new(INDEX_LAYER_MEDIA_TYPE, self.digest, self.bytes.len() as u64);
+        d.annotations =
+            BTreeMap::from([(LAYER_DIGEST_ANNOTATION.to_string(), self.layer.to_string())]);
+        d
+    }
 }
 
-/// The artifact manifest referring to `subject` (the image manifest descriptor).
-pub fn index_artifact_manifest(
-    subject: &Descriptor,
-    blobs: &[IndexBlob],
-) -> Result<ImageManifest, IndexError> {
-    let config = Descriptor::new(
-        MediaType::EmptyJSON,
-        EMPTY_CONFIG.len() as u64,
-        oci_digest(&Digest::of(EMPTY_CONFIG)),
-    );
-    let layers = blobs
-        .iter()
-        .map(|b| {
-            let mut d = Descriptor::new(
-                MediaType::Other(INDEX_LAYER_MEDIA_TYPE.into()),
-                b.bytes.len() as u64,
-                oci_digest(&b.digest),
-            );
-            d.set_annotations(Some(HashMap::from([(
-                LAYER_DIGEST_ANNOTATION.to_string(),
-                b.layer.to_string(),
-            )])));
-            d
-        })
-        .collect::<Vec<_>>();
-    let mut subject = subject.clone();
-    subject.set_annotations(None);
-    ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .artifact_type(MediaType::Other(INDEX_ARTIFACT_TYPE.into()))
-        .config(config)
-        .layers(layers)
-        .subject(subject)
-        .build()
-        .map_err(|e| IndexError::Encoding {
-            what: "index artifact manifest".into(),
-            reason: e.to_string(),
-        })
-}
-
-/// The referrers tag-schema fallback tag for a manifest digest: `sha256-<hex>`.
-pub fn referrers_fallback_tag(manifest: &Digest) -> String {
-    format!("sha256-{}", manifest.hex())
+/// The artifact manifest holding `blobs`, referring to the image manifest `subject`
+/// (what [`crate::registry::Client::push_artifact`] pushes for them).
+pub fn index_artifact_manifest(subject: &Descriptor, blobs: &[IndexBlob]) -> Manifest {
+    Manifest::artifact(
+        subject,
+        INDEX_ARTIFACT_TYPE,
+        blobs.iter().map(IndexBlob::descriptor).collect(),
+    )
 }
 
 /// In an index artifact manifest, the descriptor of the index for `layer`.
-pub fn find_layer_index<'a>(manifest: &'a ImageManifest, layer: &Digest) -> Option<&'a Descriptor> {
-    let is_ours = manifest
-        .artifact_type()
-        .as_ref()
-        .is_some_and(|t| t.to_string() == INDEX_ARTIFACT_TYPE);
-    if !is_ours {
+pub fn find_layer_index<'a>(manifest: &'a Manifest, layer: &Digest) -> Option<&'a Descriptor> {
+    if manifest.artifact_type.as_deref() != Some(INDEX_ARTIFACT_TYPE) {
         return None;
     }
     let want = layer.to_string();
-    manifest.layers().iter().find(|d| {
-        d.media_type().to_string() == INDEX_LAYER_MEDIA_TYPE
-            && d.annotations()
-                .as_ref()
-                .and_then(|a| a.get(LAYER_DIGEST_ANNOTATION))
+    manifest.layers.iter().find(|d| {
+        d.media_type == INDEX_LAYER_MEDIA_TYPE
+            && d.annotations
+                .get(LAYER_DIGEST_ANNOTATION)
                 .is_some_and(|v| *v == want)
     })
 }
@@ -161,8 +119,8 @@ mod tests {
         };
         let blob = index_blob(&idx).unwrap();
         let image = Digest::of(b"manifest");
-        let subject = Descriptor::new(MediaType::ImageManifest, 123, oci_digest(&image));
-        let m = index_artifact_manifest(&subject, &[blob]).unwrap();
+        let subject = Descriptor::new(crate::image::MEDIA_OCI_MANIFEST, image, 123);
+        let m = index_artifact_manifest(&subject, &[blob]);
         let json: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(json["artifactType"], INDEX_ARTIFACT_TYPE);
         assert_eq!(json["subject"]["digest"], image.to_string());
@@ -176,14 +134,10 @@ mod tests {
             json["layers"][0]["annotations"][LAYER_DIGEST_ANNOTATION],
             layer.to_string()
         );
-        assert_eq!(
-            referrers_fallback_tag(&image),
-            format!("sha256-{}", image.hex())
-        );
         let d = find_layer_index(&m, &layer).unwrap();
         assert!(find_layer_index(&m, &Digest::of(b"other")).is_none());
         let bytes = index_blob(&idx).unwrap().bytes;
-        assert_eq!(d.digest().to_string(), Digest::of(&bytes).to_string());
+        assert_eq!(d.digest, Digest::of(&bytes));
         assert_eq!(decode_index_blob(&layer, &bytes).unwrap(), idx);
         assert!(decode_index_blob(&Digest::of(b"other"), &bytes).is_err());
     }

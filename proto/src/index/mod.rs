@@ -31,7 +31,6 @@ pub mod decode;
 pub mod estargz;
 pub mod gzip;
 pub mod model;
-pub mod resolve;
 pub mod store;
 pub mod tar;
 pub mod toc;
@@ -39,6 +38,7 @@ pub mod validate;
 pub mod zstd;
 pub mod zstd_chunked;
 
+use crate::image::LayerEncoding;
 pub use decode::{decode_chunk, decode_chunks};
 pub use model::{
     clean_path, Checkpoint, Chunk, ChunkEncoding, Entry, EntryKind, IndexError, LayerFormat,
@@ -52,14 +52,8 @@ pub struct IndexOptions<'a> {
     /// Distance between gzip checkpoints, in uncompressed bytes.
     pub span: u64,
     /// Called now and then with the number of blob bytes consumed so far (e.g. to
-    /// drive an `indicatif` bar); `None` in library hot paths.
+    /// drive a progress bar); `None` in library hot paths.
     pub progress: Option<&'a dyn Fn(u64)>,
-}
-
-/// A progress callback for [`IndexOptions::progress`] (or the converter) that drives
-/// an `indicatif` bar; set the bar's length to the blob (or input) size first.
-pub fn bar_progress(bar: &indicatif::ProgressBar) -> impl Fn(u64) + '_ {
-    move |n| bar.set_position(n)
 }
 
 impl Default for IndexOptions<'_> {
@@ -72,32 +66,14 @@ impl Default for IndexOptions<'_> {
     }
 }
 
-/// Media types of uncompressed tar layers.
-const TAR_TYPES: &[&str] = &[
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.docker.image.rootfs.diff.tar",
-];
-/// Media types of tar+gzip layers.
-const GZIP_TYPES: &[&str] = &[
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-];
-/// Media types of tar+zstd layers.
-const ZSTD_TYPES: &[&str] = &[
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-];
-
 /// Builds the index of the layer `descriptor` names, reading it through `blob`.
 ///
 /// The reader is chosen from the annotations first — eStargz by
 /// `containerd.io/snapshot/stargz/toc.digest` (TOC fetched from the tail and verified),
 /// zstd:chunked by its `manifest-position` annotation (TOC fetched and verified) — and
-/// otherwise from the media type: tar, tar+gzip (streaming pass with checkpoints,
-/// incl. Docker's `rootfs.diff.tar.gzip`) or tar+zstd (streaming pass; see
+/// otherwise from the media type ([`crate::image::LAYER_MEDIA_TYPES`]): tar, tar+gzip
+/// (streaming pass with checkpoints, incl. Docker's `rootfs.diff.tar.gzip`) or
+/// tar+zstd (streaming pass; see
 /// [`zstd::needs_whole_blob`] for single-frame layers). Callers should cache the
 /// result in a [`store::IndexStore`].
 pub fn open_index(
@@ -129,18 +105,14 @@ pub fn open_index_with(
     if zstd_chunked::is_zstd_chunked(annotations) {
         return zstd_chunked::index_zstd_chunked(blob, annotations);
     }
-    let mt = media_type.as_str();
-    if TAR_TYPES.contains(&mt) {
-        tar::index_tar(blob)
-    } else if GZIP_TYPES.contains(&mt) {
-        gzip::index_tar_gzip(blob, opts)
-    } else if ZSTD_TYPES.contains(&mt) {
-        zstd::index_tar_zstd(blob, opts)
-    } else {
-        Err(IndexError::UnsupportedMediaType {
+    match crate::image::layer_encoding(&media_type) {
+        Some(LayerEncoding::Tar) => tar::index_tar(blob),
+        Some(LayerEncoding::TarGzip) => gzip::index_tar_gzip(blob, opts),
+        Some(LayerEncoding::TarZstd) => zstd::index_tar_zstd(blob, opts),
+        None => Err(IndexError::UnsupportedMediaType {
             blob: blob.digest(),
             media_type,
-        })
+        }),
     }
 }
 

@@ -1,7 +1,16 @@
-//! Authentication: parsing `WWW-Authenticate` challenges and caching Bearer tokens.
+//! Authentication: parsing `WWW-Authenticate` challenges, fetching and caching Bearer
+//! tokens, and the `Authorization` header each request carries.
 
+use super::client::{excerpt, Client};
+use super::credentials::Credentials;
+use super::error::{RegistryError, Result};
+use super::retry::{retry, Attempt};
+use base64::Engine as _;
+use reqwest::header;
+use reqwest::StatusCode;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use url::Url;
 
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +117,169 @@ pub(crate) struct AuthState {
     pub challenge: Option<Challenge>,
     /// Bearer tokens by scope string.
     pub tokens: HashMap<String, CachedToken>,
+}
+
+impl Client {
+    /// The `Authorization` value for a request to our own host, fetching a token
+    /// first when the registry wants Bearer and we hold none fresh for `scope`.
+    pub(crate) async fn auth_header(&self, scope: &str) -> Result<Option<String>> {
+        let challenge = {
+            let state = self.lock_auth();
+            match &state.challenge {
+                None => return Ok(None),
+                Some(Challenge::Basic) => None,
+                Some(c @ Challenge::Bearer { .. }) => {
+                    if let Some(t) = state.tokens.get(scope).filter(|t| t.fresh()) {
+                        return Ok(Some(format!("Bearer {}", t.token)));
+                    }
+                    Some(c.clone())
+                }
+            }
+        };
+        match challenge {
+            None => Ok(self.basic_header()),
+            Some(c) => {
+                let token = self.fetch_token(&c, scope).await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    /// `Basic <base64>` when the client holds a username and password.
+    pub(crate) fn basic_header(&self) -> Option<String> {
+        match &self.credentials {
+            Some(Credentials::Basic { username, password }) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            )),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn lock_auth(&self) -> std::sync::MutexGuard<'_, AuthState> {
+        self.auth.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers the registry's latest challenge and forgets the token it refused for
+    /// `scope`, so the next request fetches a new one.
+    pub(crate) fn challenged(&self, challenge: Option<Challenge>, scope: &str) {
+        let mut state = self.lock_auth();
+        state.tokens.remove(scope);
+        state.challenge = challenge;
+    }
+
+    /// Asks the token endpoint for a token for `scope` and caches it.
+    async fn fetch_token(&self, challenge: &Challenge, scope: &str) -> Result<String> {
+        let Challenge::Bearer { realm, service, .. } = challenge else {
+            return Err(RegistryError::Token {
+                realm: String::new(),
+                message: "registry did not ask for a Bearer token".into(),
+            });
+        };
+        let terr = |message: String| RegistryError::Token {
+            realm: realm.clone(),
+            message,
+        };
+        let mut url = Url::parse(realm).map_err(|e| terr(format!("realm is not a URL: {e}")))?;
+        let request = match &self.credentials {
+            Some(Credentials::IdentityToken(refresh)) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh)
+                    .append_pair("client_id", "skiff");
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                if !scope.is_empty() {
+                    form.append_pair("scope", scope);
+                }
+                self.http()?
+                    .post(url.clone())
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form.finish())
+            }
+            creds => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    if !scope.is_empty() {
+                        q.append_pair("scope", scope);
+                    }
+                    if let Some(Credentials::Basic { username, .. }) = creds {
+                        q.append_pair("account", username);
+                    }
+                }
+                let mut req = self.http()?.get(url.clone());
+                if let Some(b) = self.basic_header() {
+                    req = req.header(header::AUTHORIZATION, b);
+                }
+                req
+            }
+        };
+        // Transient failures of the token endpoint are retried like registry requests.
+        let request = &request;
+        let terr = &terr;
+        let body = retry(&self.options.retry, realm, (), |(), attempt| async move {
+            let Some(r) = request.try_clone() else {
+                return ((), Err(terr("token request cannot be repeated".into())));
+            };
+            self.stats.add_request();
+            let last = match r.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    match resp.bytes().await {
+                        Ok(body) if status.is_success() => return ((), Ok(Attempt::Done(body))),
+                        Ok(body)
+                            if status.is_server_error()
+                                || status == StatusCode::TOO_MANY_REQUESTS =>
+                        {
+                            format!("status {status}: {}", excerpt(&body))
+                        }
+                        Ok(body) => {
+                            return (
+                                (),
+                                Err(terr(format!("status {status}: {}", excerpt(&body)))),
+                            )
+                        }
+                        Err(e) => format!("reading reply: {e}"),
+                    }
+                }
+                Err(e) => format!("request failed: {e}"),
+            };
+            let give_up = terr(format!("giving up after {attempt} attempts: {last}"));
+            (
+                (),
+                Ok(Attempt::Failed {
+                    last,
+                    after: None,
+                    give_up,
+                }),
+            )
+        })
+        .await?;
+        let reply: TokenReply =
+            serde_json::from_slice(&body).map_err(|e| terr(format!("malformed reply: {e}")))?;
+        let token = reply
+            .token
+            .or(reply.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| terr("reply holds neither token nor access_token".into()))?;
+        let lifetime = reply
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        tracing::debug!(realm = %realm, scope, ?lifetime, "got bearer token");
+        self.lock_auth().tokens.insert(
+            scope.to_string(),
+            CachedToken {
+                token: token.clone(),
+                expires: Instant::now() + lifetime,
+            },
+        );
+        Ok(token)
+    }
 }
 
 #[cfg(test)]

@@ -3,16 +3,30 @@
 //! Start with [`Client::new`], then [`Client::resolve`] a [`crate::reference::Reference`]
 //! to a [`crate::image::ResolvedImage`]; read layers whole with
 //! [`Client::download_blob`] or lazily through a [`RemoteBlob`].
+//!
+//! One job per module: `client` sends requests (auth, redirects, TLS refusals),
+//! `retry` is the one retry loop they all go through, [`auth`] fetches and caches
+//! tokens, `options` says how to reach a registry, `manifests`, `blobs`, `push` and
+//! [`referrers`] are the requests themselves, [`artifact`] pushes and fetches the
+//! artifacts that refer to an image (layer indexes, prefetch profiles), [`error`]
+//! says what went wrong (and parses registries' error bodies).
 
+pub mod artifact;
 pub mod auth;
+mod blobs;
 mod client;
 pub mod credentials;
 pub mod error;
+mod manifests;
+mod options;
 mod push;
 pub mod referrers;
 mod remote_blob;
+mod retry;
 
-pub use client::{is_loopback, Access, Client, ClientOptions, FetchStats, RetryPolicy};
+pub use client::{is_loopback, Client, FetchStats};
 pub use credentials::Credentials;
 pub use error::RegistryError;
+pub use options::{Access, ClientOptions};
 pub use remote_blob::RemoteBlob;
+pub use retry::RetryPolicy;

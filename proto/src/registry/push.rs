@@ -1,8 +1,9 @@
 //! Pushing: blob uploads (monolithic POST+PUT, or chunked PATCH for large blobs),
 //! manifest PUTs and tags.
 
-use super::client::{Access, Client, Req, Subject};
+use super::client::{Client, Req, Subject};
 use super::error::{RegistryError, Result};
+use super::options::Access;
 use crate::digest::Digest;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderValue};
@@ -10,32 +11,6 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 impl Client {
-    /// The size of a blob if the repository has it (`HEAD`), `None` if not.
-    pub async fn blob_exists(&self, repository: &str, digest: Digest) -> Result<Option<u64>> {
-        let url = self.url(&format!("{repository}/blobs/{digest}"))?;
-        let subject = Subject::Blob(digest);
-        let mut req = Req::new(Method::HEAD, url, Some(repository));
-        req.access = Access::Push;
-        let resp = self.send(req).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let resp = self
-            .expect(
-                &Method::HEAD,
-                resp,
-                &[StatusCode::OK],
-                &subject,
-                Some(repository),
-            )
-            .await?;
-        Ok(resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()))
-    }
-
     /// Uploads `data` as a blob unless the repository already has it. Blobs larger than
     /// [`super::ClientOptions::upload_chunk_size`] go up in PATCH chunks. Returns the
     /// blob's digest.
@@ -86,15 +61,8 @@ impl Client {
         req.access = Access::Push;
         req.headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-        let resp = self.send(req).await?;
         let resp = self
-            .expect(
-                &Method::POST,
-                resp,
-                &[StatusCode::ACCEPTED],
-                &Subject::Other,
-                Some(repository),
-            )
+            .send_expecting(req, &[StatusCode::ACCEPTED], &Subject::Other)
             .await?;
         let mut location = upload_location(&start, &resp)?;
 
@@ -114,15 +82,8 @@ impl Client {
                     req.headers.insert(header::CONTENT_RANGE, v);
                 }
                 req.body = Some(body);
-                let resp = self.send(req).await?;
                 let resp = self
-                    .expect(
-                        &Method::PATCH,
-                        resp,
-                        &[StatusCode::ACCEPTED],
-                        &Subject::Other,
-                        Some(repository),
-                    )
+                    .send_expecting(req, &[StatusCode::ACCEPTED], &Subject::Other)
                     .await?;
                 location = upload_location(&location, &resp)?;
                 offset = end;
@@ -142,15 +103,8 @@ impl Client {
             HeaderValue::from_static("application/octet-stream"),
         );
         req.body = Some(final_body);
-        let resp = self.send(req).await?;
-        self.expect(
-            &Method::PUT,
-            resp,
-            &[StatusCode::CREATED],
-            &Subject::Blob(digest),
-            Some(repository),
-        )
-        .await?;
+        self.send_expecting(req, &[StatusCode::CREATED], &Subject::Blob(digest))
+            .await?;
         Ok(())
     }
 
@@ -172,15 +126,8 @@ impl Client {
             req.headers.insert(header::CONTENT_TYPE, v);
         }
         req.body = Some(Bytes::copy_from_slice(bytes));
-        let resp = self.send(req).await?;
         let resp = self
-            .expect(
-                &Method::PUT,
-                resp,
-                &[StatusCode::CREATED],
-                &subject,
-                Some(repository),
-            )
+            .send_expecting(req, &[StatusCode::CREATED], &subject)
             .await?;
         if let Some(said) = resp
             .headers()

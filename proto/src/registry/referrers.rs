@@ -7,7 +7,7 @@
 //! referrers. [`Client::add_referrer_to_fallback_tag`] maintains that index when
 //! pushing, keeping referrers others put there.
 
-use super::client::{Client, Req, Subject};
+use super::client::{read_capped, Client, Req, Subject};
 use super::error::{RegistryError, Result};
 use crate::digest::Digest;
 use crate::image::{Descriptor, Index, ManifestKind, MEDIA_OCI_INDEX};
@@ -53,20 +53,7 @@ impl Client {
                     Some(repository),
                 )
                 .await?;
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|source| RegistryError::Network {
-                    method: "GET".into(),
-                    url: url.to_string(),
-                    source,
-                })?;
-            if bytes.len() > MAX_LISTING {
-                return Err(RegistryError::BadResponse {
-                    url: url.to_string(),
-                    message: format!("referrers listing is {} bytes", bytes.len()),
-                });
-            }
+            let bytes = read_capped(resp, MAX_LISTING, &url).await?;
             Some(Index::from_slice(
                 &format!("referrers of {subject}"),
                 &bytes,
@@ -120,5 +107,17 @@ impl Client {
         let bytes = index.to_bytes();
         self.push_manifest(repository, &fallback_tag(&subject), MEDIA_OCI_INDEX, &bytes)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_tag_is_the_digest_with_a_dash() {
+        let d = Digest::of(b"manifest");
+        assert_eq!(fallback_tag(&d), format!("sha256-{}", d.hex()));
+        assert_eq!(d.to_string().replacen(':', "-", 1), fallback_tag(&d));
     }
 }

@@ -3,27 +3,32 @@
 //!
 //! For each layer, in order of preference (the cheapest that works wins):
 //! 1. the local [`IndexStore`] (keyed by layer digest);
-//! 2. an index artifact published beside the image ([`super::artifact`]), found via the
-//!    referrers API or its `sha256-<hex>` tag fallback, **in the image's own repository
-//!    only** (the chunk digests in it are trusted to verify content). The artifact
-//!    manifest, its `subject`, the index blob's digest and the layer it describes are
-//!    all checked; anything off is refused (noted in [`ResolvedLayer::refused`]) and the
-//!    next source is tried;
+//! 2. an index artifact published beside the image ([`crate::index::artifact`]), found
+//!    through [`Client::fetch_artifacts`] (referrers API or its `sha256-<hex>` tag
+//!    fallback), **in the image's own repository only** (the chunk digests in it are
+//!    trusted to verify content). The artifact manifest, its `subject`, the index
+//!    blob's digest and the layer it describes are all checked; anything off is
+//!    refused (noted in [`ResolvedLayer::refused`]) and the next source is tried;
 //! 3. the layer's own TOC (eStargz, zstd:chunked), read with Range requests;
 //! 4. one streaming pass over the blob (plain tar, tar+gzip with checkpoints, tar+zstd).
 //!
 //! Layers are handled in parallel (bounded by [`ResolveOptions::parallel`]); what is
 //! built or fetched is saved to the store. Every returned blob reader is a
 //! [`RemoteBlob`] over the same [`Client`], so `client.stats()` counts all traffic.
+//!
+//! This is orchestration, not a format: it talks to the registry and blocks on a tokio
+//! runtime, which is why it lives beside [`crate::index`] rather than in it. Streaming
+//! passes report progress through [`ResolveProgress`] (the CLI draws bars with it);
+//! failures say which step failed ([`ResolveError`]).
 
-use super::artifact::{decode_index_blob, find_layer_index, INDEX_ARTIFACT_TYPE};
-use super::store::IndexStore;
-use super::{open_index_with, IndexError, IndexOptions, LayerFormat, LayerIndex};
 use crate::blob::BlobReader;
 use crate::digest::Digest;
-use crate::image::{Descriptor, ResolvedImage};
+use crate::image::{Descriptor, Manifest, ResolvedImage};
+use crate::index::artifact::{decode_index_blob, find_layer_index, INDEX_ARTIFACT_TYPE};
+use crate::index::store::{IndexStore, MAX_DECODED};
+use crate::index::{estargz, gzip, open_index_with, zstd_chunked};
+use crate::index::{IndexError, IndexOptions, LayerFormat, LayerIndex};
 use crate::registry::{Client, RegistryError, RemoteBlob};
-use oci_spec::image::ImageManifest;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
@@ -67,6 +72,15 @@ pub struct ResolvedLayer {
     pub refused: Vec<String>,
 }
 
+/// Progress of the streaming passes [`resolve_layers`] makes, for a UI to show
+/// (the CLI turns it into `indicatif` bars). Called from the worker threads.
+pub trait ResolveProgress: Sync {
+    /// A streaming pass over `layer` (of `layer.size` blob bytes) starts. The
+    /// returned callback gets the blob bytes consumed so far; it is dropped when the
+    /// pass ends, successful or not.
+    fn streaming<'a>(&'a self, layer: &Descriptor) -> Box<dyn Fn(u64) + 'a>;
+}
+
 /// Knobs of [`resolve_layers`].
 pub struct ResolveOptions<'a> {
     /// Layers handled at once (at least 1).
@@ -75,8 +89,8 @@ pub struct ResolveOptions<'a> {
     pub use_published: bool,
     /// Save indexes fetched or built to the store.
     pub save: bool,
-    /// Progress bars for streaming passes (one per layer streamed), if any.
-    pub progress: Option<&'a indicatif::MultiProgress>,
+    /// Told about streaming passes (one per layer streamed), if anyone listens.
+    pub progress: Option<&'a dyn ResolveProgress>,
     /// Distance between gzip checkpoints in an index built here (uncompressed bytes).
     pub span: u64,
 }
@@ -88,30 +102,86 @@ impl Default for ResolveOptions<'_> {
             use_published: true,
             save: true,
             progress: None,
-            span: super::gzip::DEFAULT_SPAN,
+            span: gzip::DEFAULT_SPAN,
         }
     }
 }
 
-/// Errors from [`resolve_layers`].
+/// What failed while resolving layers, by step. Only [`ResolveError::Toc`],
+/// [`ResolveError::Stream`] and [`ResolveError::NotProcessed`] end
+/// [`resolve_layers`]; the others are why a published index was passed over, and end
+/// up as messages in [`ResolvedLayer::refused`].
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    /// No source could give this layer an index.
-    #[error("indexing layer {layer} of {image}: {source}")]
-    Layer {
+    /// Listing the index artifacts published beside the image failed.
+    #[error("looking up published indexes: {0}")]
+    Referrers(#[source] Box<RegistryError>),
+    /// A listed index artifact's manifest could not be fetched or was not one.
+    #[error("index artifact {digest} refused: {source}")]
+    Artifact {
+        /// The artifact manifest's digest.
+        digest: Digest,
+        /// What went wrong fetching or checking it.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// Fetching a published index blob failed (network, size, digest).
+    #[error("fetching published index {digest} of layer {layer}: {source}")]
+    IndexFetch {
+        /// The index blob.
+        digest: Digest,
+        /// The layer it describes.
+        layer: Digest,
+        /// The registry error.
+        #[source]
+        source: Box<RegistryError>,
+    },
+    /// A fetched published index does not decode or does not describe the layer.
+    #[error("published index {digest} of layer {layer}: {source}")]
+    IndexInvalid {
+        /// The index blob.
+        digest: Digest,
+        /// The layer.
+        layer: Digest,
+        /// Why it was refused.
+        #[source]
+        source: Box<IndexError>,
+    },
+    /// Reading the layer's own TOC (eStargz, zstd:chunked) with Range requests failed.
+    #[error("reading the TOC of layer {layer} of {image}: {source}")]
+    Toc {
         /// The image reference.
         image: String,
         /// The layer digest.
         layer: Digest,
-        /// Why the last source failed.
+        /// Why.
         #[source]
         source: Box<IndexError>,
+    },
+    /// The streaming pass over the layer blob failed (or the layer cannot be indexed).
+    #[error("indexing layer {layer} of {image}: {source}")]
+    Stream {
+        /// The image reference.
+        image: String,
+        /// The layer digest.
+        layer: Digest,
+        /// Why.
+        #[source]
+        source: Box<IndexError>,
+    },
+    /// A worker ended without handling the layer (a bug, or a panic in a worker).
+    #[error("indexing layer {layer} of {image}: layer was not processed")]
+    NotProcessed {
+        /// The image reference.
+        image: String,
+        /// The layer digest.
+        layer: Digest,
     },
 }
 
 /// The manifests of the index artifacts published for an image, verified.
 struct Published {
-    artifacts: Vec<ImageManifest>,
+    artifacts: Vec<Manifest>,
     /// Why artifacts (or the lookup) were refused, for every layer's `refused`.
     problems: Vec<String>,
 }
@@ -200,13 +270,9 @@ pub fn resolve_layers(
         .zip(layers)
         .map(|(r, l)| {
             r.unwrap_or_else(|| {
-                Err(ResolveError::Layer {
+                Err(ResolveError::NotProcessed {
                     image: image.reference.to_string(),
                     layer: l.digest,
-                    source: Box::new(IndexError::Encoding {
-                        what: l.digest.to_string(),
-                        reason: "layer was not processed".into(),
-                    }),
                 })
             })
         })
@@ -264,34 +330,37 @@ fn resolve_one(
             }
         }
     }
-    let err = |source| ResolveError::Layer {
-        image: image.reference.to_string(),
-        layer: layer.digest,
-        source: Box::new(source),
+    let (image_name, digest) = (image.reference.to_string(), layer.digest);
+    let err = |source: IndexError| {
+        let source = Box::new(source);
+        if carries_toc(layer) {
+            ResolveError::Toc {
+                image: image_name.clone(),
+                layer: digest,
+                source,
+            }
+        } else {
+            ResolveError::Stream {
+                image: image_name.clone(),
+                layer: digest,
+                source,
+            }
+        }
     };
-    let oci = oci_descriptor(layer).map_err(err)?;
-    let bar = opts.progress.map(|m| {
-        let bar = m.add(indicatif::ProgressBar::new(layer.size));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:.bold} indexing [{bar:30}] {bytes}/{total_bytes} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(layer.digest.hex().get(..12).unwrap_or_default().to_string());
-        bar
-    });
-    let progress = bar.as_ref().map(super::bar_progress);
+    let oci = layer.to_oci().map_err(|e| {
+        err(IndexError::Encoding {
+            what: format!("descriptor of {}", layer.digest),
+            reason: e.to_string(),
+        })
+    })?;
+    let progress = opts.progress.map(|p| p.streaming(layer));
     let build_opts = IndexOptions {
-        progress: progress.as_ref().map(|p| p as &dyn Fn(u64)),
+        progress: progress.as_deref(),
         span: opts.span,
         ..IndexOptions::default()
     };
     let built = open_index_with(&oci, blob.as_ref(), &build_opts);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    drop(progress);
     let index = built.map_err(err)?;
     let source = match index.format {
         LayerFormat::Estargz | LayerFormat::ZstdChunked => IndexSource::Toc,
@@ -305,22 +374,30 @@ fn resolve_one(
 fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) -> Published {
     let repo = image.reference.repository();
     let mut problems = Vec::new();
-    let listed =
-        match handle.block_on(client.referrers(repo, image.manifest_digest, INDEX_ARTIFACT_TYPE)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("looking up published indexes of {}: {e}", image.reference);
-                problems.push(format!("looking up published indexes: {e}"));
-                Vec::new()
-            }
-        };
+    let listed = match handle.block_on(client.fetch_artifacts(
+        repo,
+        image.manifest_digest,
+        INDEX_ARTIFACT_TYPE,
+    )) {
+        Ok(l) => l,
+        Err(e) => {
+            let e = ResolveError::Referrers(Box::new(e));
+            tracing::warn!("{}: {e}", image.reference);
+            problems.push(e.to_string());
+            Vec::new()
+        }
+    };
     let mut artifacts = Vec::new();
-    for d in listed {
-        match handle.block_on(fetch_artifact(client, repo, image.manifest_digest, &d)) {
+    for (d, manifest) in listed {
+        match manifest {
             Ok(m) => artifacts.push(m),
-            Err(e) => {
-                tracing::warn!("index artifact {} refused: {e}", d.digest);
-                problems.push(format!("index artifact {} refused: {e}", d.digest));
+            Err(source) => {
+                let e = ResolveError::Artifact {
+                    digest: d.digest,
+                    source: Box::new(source),
+                };
+                tracing::warn!("{e}");
+                problems.push(e.to_string());
             }
         }
     }
@@ -331,52 +408,11 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
 }
 
 /// Whether `layer` is read through a TOC inside its blob: the same test
-/// [`super::open_index_with`] makes to pick the eStargz or zstd:chunked reader.
+/// [`open_index_with`] makes to pick the eStargz or zstd:chunked reader.
 fn carries_toc(layer: &Descriptor) -> bool {
     let annotations: std::collections::HashMap<String, String> =
         layer.annotations.clone().into_iter().collect();
-    super::estargz::is_estargz(&annotations) || super::zstd_chunked::is_zstd_chunked(&annotations)
-}
-
-/// Fetches (verified by digest) one listed artifact manifest and checks its type and
-/// that it refers to `subject`.
-async fn fetch_artifact(
-    client: &Client,
-    repo: &str,
-    subject: Digest,
-    listed: &Descriptor,
-) -> Result<ImageManifest, RegistryError> {
-    let (bytes, _, _) = client
-        .get_manifest(repo, &listed.digest.to_string())
-        .await?;
-    let bad = |message: String| RegistryError::BadResponse {
-        url: format!("{}/{repo}@{}", client.registry(), listed.digest),
-        message,
-    };
-    if bytes.len() as u64 != listed.size {
-        return Err(bad(format!(
-            "manifest is {} bytes, listing says {}",
-            bytes.len(),
-            listed.size
-        )));
-    }
-    let manifest: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not an image manifest: {e}")))?;
-    let is_index = manifest
-        .artifact_type()
-        .as_ref()
-        .is_some_and(|t| t.to_string() == INDEX_ARTIFACT_TYPE);
-    if !is_index {
-        return Err(bad("artifactType is not a skiff layer index".into()));
-    }
-    let names_subject = manifest
-        .subject()
-        .as_ref()
-        .is_some_and(|s| s.digest().to_string() == subject.to_string());
-    if !names_subject {
-        return Err(bad(format!("its subject is not {subject}")));
-    }
-    Ok(manifest)
+    estargz::is_estargz(&annotations) || zstd_chunked::is_zstd_chunked(&annotations)
 }
 
 /// The index of `layer` from a verified artifact manifest: `None` if the artifact
@@ -385,62 +421,36 @@ fn fetch_published(
     client: &Client,
     handle: &Handle,
     repo: &str,
-    artifact: &ImageManifest,
+    artifact: &Manifest,
     layer: &Descriptor,
-) -> Result<Option<LayerIndex>, IndexError> {
+) -> Result<Option<LayerIndex>, ResolveError> {
     let Some(d) = find_layer_index(artifact, &layer.digest) else {
         return Ok(None);
     };
-    let digest: Digest = d
-        .digest()
-        .to_string()
-        .parse()
-        .map_err(|e| IndexError::Encoding {
-            what: format!("published index of layer {}", layer.digest),
-            reason: format!("bad digest {}: {e}", d.digest()),
-        })?;
-    if d.size() > super::store::MAX_DECODED {
-        return Err(IndexError::Encoding {
-            what: format!("published index of layer {}", layer.digest),
-            reason: format!("index blob claims {} bytes", d.size()),
-        });
-    }
-    // The client verifies the blob against `digest`.
+    // The client verifies the blob against its digest.
     let bytes = handle
-        .block_on(client.get_blob(repo, digest))
-        .map_err(|e| IndexError::Encoding {
-            what: format!("published index {digest} of layer {}", layer.digest),
-            reason: e.to_string(),
+        .block_on(client.fetch_artifact_blob(repo, d, MAX_DECODED))
+        .map_err(|source| ResolveError::IndexFetch {
+            digest: d.digest,
+            layer: layer.digest,
+            source: Box::new(source),
         })?;
-    let index = decode_index_blob(&layer.digest, &bytes)?;
+    let invalid = |source| ResolveError::IndexInvalid {
+        digest: d.digest,
+        layer: layer.digest,
+        source: Box::new(source),
+    };
+    let index = decode_index_blob(&layer.digest, &bytes).map_err(invalid)?;
     if index.blob_size != layer.size {
-        return Err(IndexError::Encoding {
-            what: format!("published index {digest} of layer {}", layer.digest),
+        return Err(invalid(IndexError::Encoding {
+            what: format!("published index {} of layer {}", d.digest, layer.digest),
             reason: format!(
                 "describes a blob of {} bytes, the layer has {}",
                 index.blob_size, layer.size
             ),
-        });
+        }));
     }
     Ok(Some(index))
-}
-
-/// The same descriptor as oci-spec's type (what [`super::open_index`] takes).
-pub fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, IndexError> {
-    serde_json::to_value(d)
-        .and_then(serde_json::from_value)
-        .map_err(|e| IndexError::Encoding {
-            what: format!("descriptor of {}", d.digest),
-            reason: e.to_string(),
-        })
-}
-
-/// Directory of the index store under a skiff root (`<root>/indexes`).
-pub const INDEX_STORE_DIR: &str = "indexes";
-
-/// Opens (creating it if needed) the index store under the skiff root `root`.
-pub fn open_root_index_store(root: &std::path::Path) -> Result<IndexStore, IndexError> {
-    IndexStore::open(root.join(INDEX_STORE_DIR))
 }
 
 #[cfg(test)]
@@ -455,10 +465,8 @@ mod tests {
             d.annotations = BTreeMap::from([(key.to_string(), "x".to_string())]);
             d
         };
-        assert!(carries_toc(&with(
-            super::super::estargz::TOC_DIGEST_ANNOTATION
-        )));
-        for key in super::super::zstd_chunked::POSITION_ANNOTATIONS {
+        assert!(carries_toc(&with(estargz::TOC_DIGEST_ANNOTATION)));
+        for key in zstd_chunked::POSITION_ANNOTATIONS {
             assert!(carries_toc(&with(key)), "{key}");
         }
         assert!(!carries_toc(&with("org.opencontainers.image.title")));
@@ -466,32 +474,5 @@ mod tests {
             "application/vnd.oci.image.layer.v1.tar+gzip",
             b"l"
         )));
-    }
-
-    #[test]
-    fn oci_descriptor_keeps_media_type_digest_size_and_annotations() {
-        let mut d = Descriptor::of("application/vnd.oci.image.layer.v1.tar+gzip", b"layer");
-        d.annotations = BTreeMap::from([(
-            super::super::estargz::TOC_DIGEST_ANNOTATION.to_string(),
-            Digest::of(b"toc").to_string(),
-        )]);
-        let o = oci_descriptor(&d).unwrap();
-        assert_eq!(o.media_type().to_string(), d.media_type);
-        assert_eq!(o.digest().to_string(), d.digest.to_string());
-        assert_eq!(o.size(), 5);
-        assert_eq!(
-            o.annotations()
-                .as_ref()
-                .and_then(|a| a.get(super::super::estargz::TOC_DIGEST_ANNOTATION))
-                .cloned(),
-            Some(Digest::of(b"toc").to_string())
-        );
-    }
-
-    #[test]
-    fn root_store_lives_under_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        open_root_index_store(dir.path()).unwrap();
-        assert!(dir.path().join(INDEX_STORE_DIR).is_dir());
     }
 }

@@ -1,0 +1,254 @@
+//! The main phase (youki's "main process"): skiff itself. It checks the inputs,
+//! writes the container's /etc files, creates its cgroups, forks the intermediate
+//! process, then supervises:
+//!
+//! 1. [`run_with`]: inputs, /etc files, cgroups, the signal mask; cleanup afterwards;
+//! 2. [`spawn`]: becomes a child subreaper, opens the pty and the sync pipes, forks
+//!    the intermediate process (which runs [`super::intermediate`], whose child runs
+//!    [`super::init`]);
+//! 3. [`start_pid1`]: learns PID 1's pid, puts it in the cgroups, lets it go, starts
+//!    the terminal session and waits for exec (or its failure);
+//! 4. [`wait_forwarding`]: forwards signals to PID 1 and reaps until it exits.
+
+use super::cgroups;
+use super::init::{self, InitConfig};
+use super::spec::{self, ContainerSpec};
+use super::sys::{LinuxSyscall, Syscall};
+use super::{etc_files, intermediate, sync, terminal, ExitStatus, RunError};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use skiff_proto::store::ContainerPaths;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// Signals skiff forwards to the container's PID 1.
+pub const FORWARDED_SIGNALS: &[Signal] = &[
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// The signals skiff's wait loop takes: the forwarded ones, SIGCHLD and SIGWINCH.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED_SIGNALS {
+        set.add(*s);
+    }
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGWINCH);
+    set
+}
+
+/// Blocks the signals the wait loop takes in the calling thread. Call it before
+/// starting any other thread (e.g. the FUSE server) so those threads inherit the mask
+/// and the signals reach the wait loop instead of killing the process.
+pub fn block_handled_signals() -> Result<SigSet, RunError> {
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&handled_signals()),
+        Some(&mut old),
+    )
+    .map_err(|e| RunError::Os("blocking signals", e))?;
+    Ok(old)
+}
+
+/// The default RLIMIT_NOFILE: Docker's usual 1048576, capped at skiff's own hard limit
+/// (raising it would need CAP_SYS_RESOURCE, which the host may not grant).
+pub fn default_nofile() -> u64 {
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(1024);
+    hard.min(1 << 20)
+}
+
+/// Runs the container described by `spec` on the root filesystem at `rootfs`, calling
+/// `on_start` with PID 1's host pid once it has exec'd the program, and waits for it.
+/// Returns PID 1's status; skiff's own output is nothing. Signals to skiff are
+/// forwarded while it runs; cgroups and the namespaces' mounts are gone when it returns.
+pub fn run_with(
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    on_start: &mut dyn FnMut(i32),
+) -> Result<ExitStatus, RunError> {
+    if !rootfs.is_dir() {
+        return Err(RunError::BadRootfs(rootfs.display().to_string()));
+    }
+    for b in &spec.binds {
+        if !b.source.exists() {
+            return Err(RunError::MissingBindSource(b.source.display().to_string()));
+        }
+    }
+    let etc_dir = ContainerPaths::in_dir(&spec.state_dir).etc();
+    etc_files::write(spec, &etc_dir)?;
+    let mut cgroup = if spec.resources != spec::Resources::default() || !spec.privileged {
+        Some(cgroups::Cgroup::create(
+            &spec.id,
+            &spec.resources,
+            !spec.privileged,
+        )?)
+    } else {
+        None
+    };
+    let old_mask = block_handled_signals()?;
+    let init_cfg = InitConfig {
+        spec,
+        rootfs,
+        etc_dir: &etc_dir,
+        default_nofile: default_nofile(),
+        console: None,
+    };
+    let result = spawn(
+        &LinuxSyscall,
+        &init_cfg,
+        cgroup.as_ref(),
+        &old_mask,
+        on_start,
+    );
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    if let Some(cg) = cgroup.as_mut() {
+        cg.destroy()?;
+    }
+    result
+}
+
+/// The main process's ends of the sync pipes (see [`sync`]).
+struct MainEnds {
+    pid_r: OwnedFd,
+    go_w: OwnedFd,
+    err_r: OwnedFd,
+}
+
+/// Forks the intermediate process (and through it PID 1), then runs the container to
+/// its end.
+fn spawn(
+    sys: &dyn Syscall,
+    cfg: &InitConfig<'_>,
+    cgroup: Option<&cgroups::Cgroup>,
+    old_mask: &SigSet,
+    on_start: &mut dyn FnMut(i32),
+) -> Result<ExitStatus, RunError> {
+    let spec = cfg.spec;
+    let _ = sys.set_child_subreaper();
+    let pty = if spec.tty {
+        Some(terminal::Pty::open()?)
+    } else {
+        None
+    };
+    let (pid_r, pid_w) = sync::pipe()?;
+    let (go_r, go_w) = sync::pipe()?;
+    let (err_r, err_w) = sync::pipe()?;
+    let console = pty.as_ref().map(|p| p.slave_path.clone());
+    let cfg = InitConfig {
+        console: console.as_deref(),
+        ..*cfg
+    };
+
+    // SAFETY: the children only make async-signal-safe-in-practice calls of a process
+    // that is single-threaded here (see block_handled_signals for threaded callers).
+    match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
+        ForkResult::Child => {
+            drop((pid_r, go_w, err_r));
+            intermediate::run(sys, spec, pid_w, &err_w, || {
+                init::run(sys, &cfg, go_r, &err_w, pty.as_ref(), old_mask)
+            })
+        }
+        ForkResult::Parent {
+            child: intermediate,
+        } => {
+            drop((pid_w, go_r, err_w));
+            let ends = MainEnds { pid_r, go_w, err_r };
+            let (pid, mut term) = start_pid1(spec, intermediate, ends, cgroup, pty)?;
+            on_start(pid.as_raw());
+            wait_forwarding(pid, term.as_mut())
+        }
+    }
+}
+
+/// Learns PID 1's pid from the intermediate process, puts PID 1 in its cgroups, lets
+/// it go, starts the terminal session, and waits until PID 1 has exec'd (the error
+/// pipe closes) or failed (the error comes back).
+fn start_pid1(
+    spec: &ContainerSpec,
+    intermediate: Pid,
+    ends: MainEnds,
+    cgroup: Option<&cgroups::Cgroup>,
+    pty: Option<terminal::Pty>,
+) -> Result<(Pid, Option<terminal::Session>), RunError> {
+    let MainEnds { pid_r, go_w, err_r } = ends;
+    let mut buf = [0u8; 4];
+    let got = sync::read_full(&pid_r, &mut buf);
+    let _ = waitpid(intermediate, None);
+    if got != 4 {
+        return Err(sync::read_failure(err_r).unwrap_or(RunError::Os(
+            "starting container",
+            nix::errno::Errno::ECHILD,
+        )));
+    }
+    let pid = Pid::from_raw(i32::from_ne_bytes(buf));
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.add(pid.as_raw()) {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(e.into());
+        }
+    }
+    let _ = nix::unistd::write(&go_w, b"g");
+    drop(go_w);
+    let term = pty
+        .map(|p| terminal::Session::start(p, spec.stdin))
+        .transpose()?;
+    if let Some(e) = sync::read_failure(err_r) {
+        let _ = waitpid(pid, None);
+        return Err(e);
+    }
+    Ok((pid, term))
+}
+
+/// Waits for PID 1, forwarding signals to it, reaping every child skiff has (PID 1 and
+/// anything re-parented to it), resizing the pty on SIGWINCH.
+fn wait_forwarding(
+    pid: Pid,
+    mut term: Option<&mut terminal::Session>,
+) -> Result<ExitStatus, RunError> {
+    let set = handled_signals();
+    loop {
+        // Reap first: PID 1 may have exited before we got here.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => {
+                    if let Some(t) = term.as_mut() {
+                        t.finish();
+                    }
+                    return Ok(ExitStatus::Exited(code));
+                }
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                    if let Some(t) = term.as_mut() {
+                        t.finish();
+                    }
+                    return Ok(ExitStatus::Signaled(sig as i32));
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        let sig = set
+            .wait()
+            .map_err(|e| RunError::Os("waiting for signals", e))?;
+        match sig {
+            Signal::SIGCHLD => {}
+            Signal::SIGWINCH => {
+                if let Some(t) = term.as_mut() {
+                    t.resize();
+                }
+            }
+            other => {
+                let _ = nix::sys::signal::kill(pid, other);
+            }
+        }
+    }
+}

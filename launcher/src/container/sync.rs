@@ -1,0 +1,50 @@
+//! The pipes the three phases talk over, all close-on-exec:
+//!
+//! - *pid*: the intermediate process tells the main process PID 1's host pid;
+//! - *go*: the main process tells PID 1 it is in its cgroups and may set up;
+//! - *error*: a phase that fails before exec writes its exit status and message;
+//!   a successful exec closes the pipe, so the main process reads EOF.
+
+use super::process::InitError;
+use super::RunError;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+
+/// One pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RunError::Os("pipe", e))
+}
+
+/// Reads until `buf` is full or the writer is gone; returns how many bytes came.
+pub fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match nix::unistd::read(fd, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    n
+}
+
+/// Sends a pre-exec failure to the main process and exits (child side only).
+pub fn report_failure(err_w: &OwnedFd, e: &InitError) -> ! {
+    let mut msg = vec![e.code];
+    msg.extend_from_slice(e.message.as_bytes());
+    let _ = nix::unistd::write(err_w, &msg);
+    // SAFETY: _exit is always safe; we must not run the parent's destructors in a fork.
+    unsafe { libc::_exit(e.code as i32) }
+}
+
+/// Reads the error pipe to EOF: empty means exec succeeded.
+pub fn read_failure(err_r: OwnedFd) -> Option<RunError> {
+    let mut msg = Vec::new();
+    let _ = std::fs::File::from(err_r).read_to_end(&mut msg);
+    let (code, text) = msg.split_first()?;
+    Some(RunError::Init(InitError {
+        code: *code,
+        message: String::from_utf8_lossy(text).into_owned(),
+    }))
+}
