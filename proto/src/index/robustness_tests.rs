@@ -745,6 +745,45 @@ proptest! {
         let _ = inflate_from(&cp, &raw, skip, len);
     }
 
+    /// A published index is postcard bytes its publisher controls: mutated bytes decode
+    /// to an error or to an index that keeps every rule a reader relies on (clean
+    /// paths, chunks inside the table and the blob), never to a panic.
+    #[test]
+    fn published_index_bytes_survive_mutations(
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+    ) {
+        let data = sample_tar();
+        let walk = walk_tar(&data[..], Digest::of(&data), "tar", DEFAULT_CHUNK_SIZE).unwrap();
+        let idx = LayerIndex {
+            blob: Digest::of(&data),
+            blob_size: data.len() as u64,
+            format: super::LayerFormat::Tar,
+            entries: walk.entries,
+            chunks: walk.chunks,
+            checkpoints: vec![],
+            prefetch: vec![],
+        };
+        let mut bytes = idx.to_bytes().unwrap();
+        let len = bytes.len();
+        for (i, v) in flips {
+            bytes[i.index(len)] ^= v | 1;
+        }
+        if let Ok(back) = LayerIndex::from_bytes("fuzz", &bytes) {
+            for e in &back.entries {
+                let cleaned = super::clean_path(&e.path);
+                prop_assert_eq!(cleaned.as_deref(), Some(e.path.as_str()));
+                let mut covered = 0;
+                for c in back.chunks_of(e) {
+                    prop_assert!(c.blob_offset + c.blob_len <= back.blob_size);
+                    covered += c.len;
+                }
+                if e.kind == EntryKind::Reg {
+                    prop_assert_eq!(covered, e.size);
+                }
+            }
+        }
+    }
+
     #[test]
     fn store_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = store::decode("fuzz", &bytes);
