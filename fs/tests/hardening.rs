@@ -5,15 +5,11 @@
 mod common;
 
 use common::*;
-use parking_lot::{Condvar, Mutex};
 use skiff_fs::Layer;
-use skiff_proto::blob::BlobError;
-use skiff_proto::{BlobReader, Digest};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn c(p: &Path) -> CString {
@@ -180,56 +176,6 @@ fn the_work_directory_cannot_be_seen_renamed_onto_or_created() {
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"file");
 }
 
-/// A blob whose reads wait until the gate opens.
-struct GatedBlob {
-    inner: Arc<CountingBlob>,
-    open: Mutex<bool>,
-    waiting: Mutex<usize>,
-    changed: Condvar,
-}
-
-impl GatedBlob {
-    fn wait_for_a_read(&self) {
-        let mut w = self.waiting.lock();
-        while *w == 0 {
-            self.changed.wait(&mut w);
-        }
-    }
-    fn release(&self) {
-        *self.open.lock() = true;
-        self.changed.notify_all();
-    }
-}
-
-impl BlobReader for GatedBlob {
-    fn digest(&self) -> Digest {
-        self.inner.digest()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
-        *self.waiting.lock() += 1;
-        self.changed.notify_all();
-        let mut open = self.open.lock();
-        while !*open {
-            self.changed.wait(&mut open);
-        }
-        drop(open);
-        self.inner.read_at(offset, len)
-    }
-}
-
-/// Opens the gate when dropped, so a failing assertion cannot leave a FUSE thread
-/// blocked (and the unmount hanging).
-struct ReleaseOnDrop(Arc<GatedBlob>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 /// Runs `f` on a thread; whether it finished within `limit`.
 fn finishes_within(limit: Duration, f: impl FnOnce() + Send + 'static) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -251,12 +197,7 @@ fn copy_up_stalls_only_itself(change: fn(&Path)) {
         Item::File("dir/other", 0o644, b"other"),
     ]);
     let img = image(&tmp.path().join("img"), &[layer]);
-    let gated = Arc::new(GatedBlob {
-        inner: img.readers[0].clone(),
-        open: Mutex::new(false),
-        waiting: Mutex::new(0),
-        changed: Condvar::new(),
-    });
+    let gated = GatedBlob::new(img.readers[0].clone());
     let _release = ReleaseOnDrop(gated.clone());
     let mut opts = options(&img, &tmp.path().join("cache"), Some(tmp.path().join("up")));
     opts.layers = vec![Layer {
@@ -268,7 +209,7 @@ fn copy_up_stalls_only_itself(change: fn(&Path)) {
 
     let target = mnt.join("big");
     let changer = std::thread::spawn(move || change(&target));
-    gated.wait_for_a_read();
+    gated.wait_seen(1);
     let m2 = mnt.clone();
     let others_done = finishes_within(Duration::from_secs(5), move || {
         std::fs::metadata(m2.join("dir/other")).unwrap();

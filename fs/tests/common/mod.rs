@@ -408,3 +408,69 @@ pub fn run(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A blob whose reads wait until the gate opens, recording each read's offset: lets a
+/// test hold a fetch in flight while it checks what else the mount does meanwhile.
+pub struct GatedBlob {
+    /// The blob read once the gate is open.
+    pub inner: Arc<CountingBlob>,
+    open: parking_lot::Mutex<bool>,
+    /// Offsets of the reads asked for so far, gate open or not.
+    pub seen: parking_lot::Mutex<Vec<u64>>,
+    changed: parking_lot::Condvar,
+}
+
+impl GatedBlob {
+    /// A closed gate in front of `inner`.
+    pub fn new(inner: Arc<CountingBlob>) -> Arc<GatedBlob> {
+        Arc::new(GatedBlob {
+            inner,
+            open: parking_lot::Mutex::new(false),
+            seen: parking_lot::Mutex::new(Vec::new()),
+            changed: parking_lot::Condvar::new(),
+        })
+    }
+
+    /// Waits until `n` reads have been asked for.
+    pub fn wait_seen(&self, n: usize) {
+        let mut s = self.seen.lock();
+        while s.len() < n {
+            self.changed.wait(&mut s);
+        }
+    }
+
+    /// Opens the gate: waiting and later reads go through.
+    pub fn release(&self) {
+        *self.open.lock() = true;
+        self.changed.notify_all();
+    }
+}
+
+impl BlobReader for GatedBlob {
+    fn digest(&self) -> Digest {
+        self.inner.digest()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
+        self.seen.lock().push(offset);
+        self.changed.notify_all();
+        let mut open = self.open.lock();
+        while !*open {
+            self.changed.wait(&mut open);
+        }
+        drop(open);
+        self.inner.read_at(offset, len)
+    }
+}
+
+/// Opens the gate when dropped, so a failing assertion cannot leave fetch workers or
+/// FUSE threads blocked (and the unmount hanging).
+pub struct ReleaseOnDrop(pub Arc<GatedBlob>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
