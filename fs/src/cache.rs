@@ -23,8 +23,10 @@
 //! at once (memory, and a pending map until it is on disk) and returns, so a fetch
 //! worker never waits for the filesystem.
 
+use crate::pack::{pack_table, read_pack_table};
 use lru::LruCache;
 use parking_lot::{Condvar, Mutex};
+use skiff_proto::tempfiles::{remove_stale_temps, temp_name};
 use skiff_proto::Digest;
 use std::collections::HashMap;
 use std::fs;
@@ -38,9 +40,6 @@ use std::sync::{mpsc, Arc};
 pub const PACK_CHUNK_MAX: usize = 64 << 10;
 /// A pack is closed once it holds this many bytes.
 const PACK_TARGET: usize = 8 << 20;
-const PACK_MAGIC: &[u8; 8] = b"SKIFFPK1";
-/// A pack table entry: digest, offset (u64 LE), length (u32 LE).
-const PACK_ENTRY: usize = 32 + 8 + 4;
 
 /// Errors from opening the cache.
 #[derive(Debug, thiserror::Error)]
@@ -486,28 +485,14 @@ impl ChunkCache {
         if chunks.is_empty() {
             return Ok(());
         }
-        let mut table = Vec::with_capacity(chunks.len() * PACK_ENTRY + 12);
-        let mut offset = 0u64;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(chunks.len() + 1);
-        for (d, data) in &chunks {
-            table.extend_from_slice(d.as_bytes());
-            table.extend_from_slice(&offset.to_le_bytes());
-            table.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            parts.push(data);
-            offset += data.len() as u64;
-        }
-        table.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-        table.extend_from_slice(PACK_MAGIC);
+        let mut parts: Vec<&[u8]> = chunks.iter().map(|(_, data)| data.as_slice()).collect();
+        let table = pack_table(chunks.iter().map(|(d, data)| (*d, data.len())));
         parts.push(&table);
-        let name = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            TEMP_SEQ.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_nanos())
-                .unwrap_or(0)
-        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_nanos())
+            .unwrap_or(0);
+        let name = temp_name(&nanos.to_string());
         let path = self.dir.join("packs").join(format!("{name}.pack"));
         Self::write_atomically(&self.tmp_path(&name), &path, &parts)?;
         let mut disk = self.disk.lock();
@@ -603,49 +588,6 @@ impl ChunkCache {
     }
 }
 
-/// Reads a pack's table: (digest, offset, length) per chunk, checked to lie inside the
-/// data part.
-fn read_pack_table(path: &Path) -> io::Result<Vec<(Digest, u64, u32)>> {
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("pack {}: {what}", path.display()),
-        )
-    };
-    let f = fs::File::open(path)?;
-    let size = f.metadata()?.len();
-    if size < 12 {
-        return Err(bad("too short"));
-    }
-    let mut footer = [0u8; 12];
-    f.read_exact_at(&mut footer, size - 12)?;
-    if &footer[4..] != PACK_MAGIC {
-        return Err(bad("no pack footer"));
-    }
-    let count = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]) as u64;
-    let table_len = count * PACK_ENTRY as u64;
-    let Some(data_len) = size.checked_sub(12 + table_len) else {
-        return Err(bad("table larger than the file"));
-    };
-    let mut table = vec![0u8; table_len as usize];
-    f.read_exact_at(&mut table, data_len)?;
-    let mut out = Vec::with_capacity(count as usize);
-    for e in table.chunks_exact(PACK_ENTRY) {
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(&e[..32]);
-        let mut off = [0u8; 8];
-        off.copy_from_slice(&e[32..40]);
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&e[40..44]);
-        let (off, len) = (u64::from_le_bytes(off), u32::from_le_bytes(len));
-        if off.checked_add(len as u64).is_none_or(|end| end > data_len) {
-            return Err(bad("entry outside the data"));
-        }
-        out.push((Digest::from_bytes(digest), off, len));
-    }
-    Ok(out)
-}
-
 impl Drop for ChunkCache {
     fn drop(&mut self) {
         // The writer thread holds only a weak reference and can no longer write: write
@@ -671,63 +613,6 @@ pub fn gc(dir: &Path, limit: u64) -> Result<(u64, u64), CacheError> {
     let _ = fs::remove_dir_all(cache.files_dir());
     let (n1, b1) = cache.usage();
     Ok((n0 - n1, b0 - b1))
-}
-
-/// Sequence numbers of temp files, unique within this process (two caches on one
-/// directory in one process never pick the same name).
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Temp files older than this whose writer cannot be told are someone's leftovers.
-const UNOWNED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// A unique temp file name for `name`: `<name>.<pid>.<seq>`, so names never collide
-/// across processes and a later open can tell whose it is ([`temp_owner`]).
-pub(crate) fn temp_name(name: &str) -> String {
-    format!(
-        "{name}.{}.{}",
-        std::process::id(),
-        TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The process id a [`temp_name`] was made by.
-fn temp_owner(name: &str) -> Option<i32> {
-    let mut parts = name.rsplit('.');
-    parts.next()?.parse::<u64>().ok()?;
-    parts.next()?.parse::<i32>().ok().filter(|&p| p > 0)
-}
-
-/// Whether process `pid` exists (signal 0 reaches it, or exists but is not ours).
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Removes the temp files in `dir` (those `is_temp` says are) that no live process
-/// is writing: made by a process that is gone, or unattributable and a day old.
-fn remove_stale_temps(dir: &Path, is_temp: impl Fn(&str) -> bool) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let name = e.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !is_temp(name) {
-            continue;
-        }
-        let stale = match temp_owner(name) {
-            Some(pid) => !process_alive(pid),
-            None => e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > UNOWNED_TEMP_AGE),
-        };
-        if stale {
-            tracing::debug!(path = %e.path().display(), "removing a stale temp file");
-            let _ = fs::remove_file(e.path());
-        }
-    }
 }
 
 #[cfg(test)]
@@ -805,17 +690,6 @@ mod tests {
         c.evict();
         assert_eq!(c.usage(), (0, 0));
         assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn temp_names_carry_their_writer() {
-        let a = temp_name("abc");
-        let b = temp_name("abc");
-        assert_ne!(a, b);
-        assert_eq!(temp_owner(&a), Some(std::process::id() as i32));
-        assert_eq!(temp_owner("x.tmp.123.4"), Some(123));
-        assert_eq!(temp_owner("random"), None);
-        assert_eq!(temp_owner("a.b.c"), None);
     }
 
     #[test]

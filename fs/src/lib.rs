@@ -20,6 +20,7 @@ pub mod cache;
 pub mod fetcher;
 pub mod fuse;
 pub mod materialize;
+mod pack;
 pub mod plan;
 pub mod profile;
 pub mod reader;

@@ -110,7 +110,7 @@ impl Materializer {
         // Unique across processes sharing the cache; a crashed writer's file is
         // removed by the next cache open (`.tmp.<pid>.<seq>`).
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let tmp = path.with_file_name(crate::cache::temp_name(&format!("{name}.tmp")));
+        let tmp = path.with_file_name(skiff_proto::tempfiles::temp_name(&format!("{name}.tmp")));
         let f = File::create(&tmp)?;
         for c in chunks {
             let Some((data, _)) = cache.get(&c.digest) else {
