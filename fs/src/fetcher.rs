@@ -16,6 +16,7 @@
 use crate::cache::ChunkCache;
 use crate::plan;
 use crate::stats::Stats;
+use crate::stream::{stream_layer, Streams};
 use parking_lot::{Condvar, Mutex};
 use skiff_proto::index::{decode_chunks, Chunk, LayerIndex};
 use skiff_proto::{BlobReader, Digest};
@@ -39,18 +40,6 @@ const MAX_BONUS_BYTES: u64 = 32 << 20;
 /// index) is an error, not a download; layers whose chunks are that big by nature
 /// (one-frame tar+zstd) are streamed once instead ([`crate::stream`]).
 pub const MAX_CHUNK_FETCH: u64 = 64 << 20;
-
-/// Streaming of one whole layer ([`crate::stream`]), shared by every job that needs
-/// one of its chunks.
-#[derive(Default)]
-struct StreamState {
-    /// A worker is streaming the layer now.
-    running: bool,
-    /// Streams finished so far (waiters notice one ended).
-    finished: u64,
-    /// How the last one ended.
-    error: Option<FetchError>,
-}
 
 /// One lower layer: its index and where its blob's bytes come from.
 #[derive(Clone)]
@@ -807,52 +796,6 @@ impl Inner {
                     message: format!("cannot start the stream thread: {e}"),
                 });
             }
-        }
-    }
-}
-
-/// The stream states of the layers streamed whole, shared with the stream threads.
-#[derive(Default)]
-struct Streams {
-    states: Mutex<HashMap<usize, StreamState>>,
-    /// Signalled as chunks arrive and when a stream ends.
-    changed: Condvar,
-    /// The fetcher shut down: streams stop early.
-    stopped: std::sync::atomic::AtomicBool,
-}
-
-/// Streams layer `l` once, storing every verified chunk in `cache` as it completes
-/// (waiters on `shared` are woken for each).
-fn stream_layer(
-    l: &Layer,
-    cache: &ChunkCache,
-    stats: &Stats,
-    shared: &Streams,
-) -> Result<(), FetchError> {
-    stats.blob_requests.fetch_add(1, Ordering::Relaxed);
-    let t0 = Instant::now();
-    let mut chunks = 0u64;
-    let stop = || shared.stopped.load(Ordering::Relaxed);
-    let res = crate::stream::stream_chunks(&l.index, l.blob.as_ref(), stop, |c, data| {
-        chunks += 1;
-        cache.put(c.digest, Arc::new(data));
-        shared.changed.notify_all();
-    });
-    match res {
-        Ok(bytes) => {
-            stats.blob_bytes.fetch_add(bytes, Ordering::Relaxed);
-            tracing::info!(blob = %l.index.blob, bytes, chunks, ms = t0.elapsed().as_millis() as u64, "streamed a whole layer");
-            Ok(())
-        }
-        Err(e) => {
-            stats.blob_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(blob = %l.index.blob, error = %e, "streaming a whole layer failed");
-            Err(FetchError::Blob {
-                blob: l.index.blob,
-                offset: 0,
-                len: l.index.blob_size,
-                message: e.to_string(),
-            })
         }
     }
 }

@@ -6,10 +6,17 @@
 //! stays bounded: one input and one output buffer plus the chunks being assembled
 //! (each at most the index's chunk size), never the blob.
 
+use crate::cache::ChunkCache;
+use crate::fetcher::{FetchError, Layer};
+use crate::stats::Stats;
+use parking_lot::{Condvar, Mutex};
 use skiff_proto::index::{Chunk, ChunkEncoding, LayerIndex};
 use skiff_proto::{BlobReader, Digest};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
 /// Bytes read from the blob at a time, and decoded at a time.
@@ -165,4 +172,62 @@ pub fn stream_chunks(
         consumed += n as u64;
     }
     Ok(consumed)
+}
+
+/// Streaming of one whole layer ([`crate::stream`]), shared by every job that needs
+/// one of its chunks.
+#[derive(Default)]
+pub(crate) struct StreamState {
+    /// A worker is streaming the layer now.
+    pub(crate) running: bool,
+    /// Streams finished so far (waiters notice one ended).
+    pub(crate) finished: u64,
+    /// How the last one ended.
+    pub(crate) error: Option<FetchError>,
+}
+
+/// The stream states of the layers streamed whole, shared with the stream threads.
+#[derive(Default)]
+pub(crate) struct Streams {
+    pub(crate) states: Mutex<HashMap<usize, StreamState>>,
+    /// Signalled as chunks arrive and when a stream ends.
+    pub(crate) changed: Condvar,
+    /// The fetcher shut down: streams stop early.
+    pub(crate) stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Streams layer `l` once, storing every verified chunk in `cache` as it completes
+/// (waiters on `shared` are woken for each).
+pub(crate) fn stream_layer(
+    l: &Layer,
+    cache: &ChunkCache,
+    stats: &Stats,
+    shared: &Streams,
+) -> Result<(), FetchError> {
+    stats.blob_requests.fetch_add(1, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut chunks = 0u64;
+    let stop = || shared.stopped.load(Ordering::Relaxed);
+    let res = stream_chunks(&l.index, l.blob.as_ref(), stop, |c, data| {
+        chunks += 1;
+        cache.put(c.digest, Arc::new(data));
+        shared.changed.notify_all();
+    });
+    match res {
+        Ok(bytes) => {
+            stats.blob_bytes.fetch_add(bytes, Ordering::Relaxed);
+            tracing::info!(blob = %l.index.blob, bytes, chunks, ms = t0.elapsed().as_millis() as u64, "streamed a whole layer");
+            Ok(())
+        }
+        Err(e) => {
+            stats.blob_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(blob = %l.index.blob, error = %e, "streaming a whole layer failed");
+            Err(FetchError::Blob {
+                blob: l.index.blob,
+                offset: 0,
+                len: l.index.blob_size,
+                message: e.to_string(),
+            })
+        }
+    }
 }
