@@ -105,6 +105,21 @@ pub fn detect_layout(mountinfo: &str) -> Result<Layout, CgroupError> {
 pub struct Cgroup {
     /// Every directory created, deepest last.
     dirs: Vec<PathBuf>,
+    /// The hierarchies the container has its own cgroup in, as it mounts them.
+    mounts: Vec<CgroupMount>,
+}
+
+/// One cgroup filesystem the container mounts read-only under its `/sys/fs/cgroup`,
+/// seen from its cgroup namespace (so its root is the container's own cgroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// Directory below /sys/fs/cgroup (named like the host's mount point); empty for
+    /// a pure v2 host, where cgroup2 is mounted on /sys/fs/cgroup itself.
+    pub subdir: String,
+    /// `cgroup` (v1) or `cgroup2`.
+    pub fstype: &'static str,
+    /// The v1 hierarchy's controllers, comma-separated (the mount's data).
+    pub controllers: Option<String>,
 }
 
 /// Relative path of this process's cgroup in a v1 hierarchy with `controller`, or in v2
@@ -142,15 +157,28 @@ impl Cgroup {
             .map_err(io(Path::new("/proc/self/cgroup")))?;
         let layout = detect_layout(&mountinfo)?;
         let name = format!("skiff-{id}");
-        let mut cg = Cgroup { dirs: Vec::new() };
+        let mut cg = Cgroup {
+            dirs: Vec::new(),
+            mounts: Vec::new(),
+        };
         let v1 = match &layout {
             Layout::V1(v1) | Layout::Hybrid { v1, .. } => v1.clone(),
             Layout::V2(_) => Vec::new(),
         };
+        let v1_hierarchy = |ctrl: &str| v1.iter().find(|(c, _)| c.iter().any(|x| x == ctrl));
         let v1_dir = |ctrl: &str| -> Option<PathBuf> {
-            v1.iter()
-                .find(|(c, _)| c.iter().any(|x| x == ctrl))
-                .map(|(_, mnt)| mnt.join(own_path(&proc_cgroup, ctrl)).join(&name))
+            v1_hierarchy(ctrl).map(|(_, mnt)| mnt.join(own_path(&proc_cgroup, ctrl)).join(&name))
+        };
+        // Records that the container has its own cgroup in `ctrl`'s v1 hierarchy.
+        let v1_mount = |ctrl: &str| -> Option<CgroupMount> {
+            v1_hierarchy(ctrl).map(|(controllers, mnt)| CgroupMount {
+                subdir: mnt
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| controllers.join(",")),
+                fstype: "cgroup",
+                controllers: Some(controllers.join(",")),
+            })
         };
 
         // v2 (pure or the hybrid's unified mount): the container gets its own
@@ -168,6 +196,11 @@ impl Cgroup {
                 let dir = parent.join(&name);
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 cg.dirs.push(dir.clone());
+                cg.mounts.push(CgroupMount {
+                    subdir: String::new(),
+                    fstype: "cgroup2",
+                    controllers: None,
+                });
                 Some(dir)
             }
             Layout::Hybrid { unified: m, .. } => {
@@ -185,6 +218,7 @@ impl Cgroup {
             if let Some(dir) = v1_dir("devices") {
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 cg.dirs.push(dir.clone());
+                cg.mounts.extend(v1_mount("devices"));
                 write(&dir.join("devices.deny"), "a")?;
                 for rule in DEFAULT_DEVICE_RULES {
                     write(&dir.join("devices.allow"), rule)?;
@@ -196,6 +230,11 @@ impl Cgroup {
                 if let Some(dir) = v1_dir(ctrl) {
                     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                     cg.dirs.push(dir.clone());
+                    if let Some(m) = v1_mount(ctrl) {
+                        if !cg.mounts.contains(&m) {
+                            cg.mounts.push(m);
+                        }
+                    }
                     for (f, v) in v1_file {
                         write(&dir.join(f), v)?;
                     }
@@ -237,6 +276,13 @@ impl Cgroup {
             )?;
         }
         Ok(cg)
+    }
+
+    /// The cgroup filesystems the container mounts under its `/sys/fs/cgroup`: each
+    /// hierarchy it has its own cgroup in (never one where its namespace root would be
+    /// skiff's cgroup, which holds other processes).
+    pub fn mounts(&self) -> &[CgroupMount] {
+        &self.mounts
     }
 
     /// Moves `pid` into every cgroup of the container.
@@ -329,7 +375,10 @@ pub fn remove_stale(id: &str) {
         Err(_) => {}
     }
     dirs.retain(|d| d.exists());
-    let mut cg = Cgroup { dirs };
+    let mut cg = Cgroup {
+        dirs,
+        mounts: Vec::new(),
+    };
     if let Err(e) = cg.destroy() {
         tracing::warn!("removing stale cgroup: {e}");
     }

@@ -101,6 +101,7 @@ pub fn run_with(
         etc_dir: &etc_dir,
         default_nofile: default_nofile(),
         console: None,
+        cgroup_mounts: cgroup.as_ref().map(|c| c.mounts()).unwrap_or(&[]),
     };
     let result = spawn(
         &LinuxSyscall,
@@ -197,8 +198,9 @@ fn start_pid1(
             return Err(e.into());
         }
     }
+    // go_w stays open until PID 1 has exec'd: PID 1 checks it to learn whether skiff
+    // is still there once its parent-death signal is set.
     let _ = nix::unistd::write(&go_w, b"g");
-    drop(go_w);
     let term = pty
         .map(|p| terminal::Session::start(p, spec.stdin))
         .transpose()?;
@@ -206,6 +208,7 @@ fn start_pid1(
         let _ = waitpid(pid, None);
         return Err(e);
     }
+    drop(go_w);
     Ok((pid, term))
 }
 
