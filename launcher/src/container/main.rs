@@ -143,6 +143,7 @@ fn spawn(
     let (pid_r, pid_w) = sync::pipe()?;
     let (go_r, go_w) = sync::pipe()?;
     let (err_r, err_w) = sync::pipe()?;
+    let fuse_fds = intermediate::fuse_descriptors();
     let console = pty.as_ref().map(|p| p.slave_path.clone());
     let cfg = InitConfig {
         console: console.as_deref(),
@@ -154,7 +155,7 @@ fn spawn(
     match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
         ForkResult::Child => {
             drop((pid_r, go_w, err_r));
-            intermediate::run(sys, spec, pid_w, &err_w, || {
+            intermediate::run(sys, spec, &fuse_fds, pid_w, &err_w, || {
                 init::run(sys, &cfg, go_r, &err_w, pty.as_ref(), old_mask)
             })
         }
