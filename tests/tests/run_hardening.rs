@@ -12,13 +12,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Runs `argv` as nobody (uid and gid 65534, no supplementary groups).
+/// Runs `argv` as nobody. runuser drops every id and capability before it execs;
+/// `setpriv --reuid` keeps the saved uid 0 and its permitted capabilities until the
+/// exec, so its own exec of a target is not what a host user can do.
 fn as_nobody(argv: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+    Command::new("runuser")
+        .args(["-u", "nobody", "--"])
         .args(argv)
         .output()
-        .expect("setpriv (util-linux)")
+        .expect("runuser (util-linux)")
 }
 
 /// Asserts nobody's `argv` fails with EACCES.
@@ -106,6 +108,11 @@ async fn host_users_cannot_reach_a_running_containers_tree() {
     assert!(rootfs.join("bin/busybox-suid").exists());
 
     // ... and nobody on the host gets in.
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&root), 0o711);
+    assert_eq!(mode(&root.join("containers")), 0o700);
+    assert_eq!(mode(&root.join("cache")), 0o700);
+    assert_eq!(mode(&log), 0o600);
     let p = |p: &Path| p.to_string_lossy().into_owned();
     refused(&[&p(&rootfs.join("bin/busybox-suid")), "id", "-u"]);
     refused(&["/bin/cat", &p(&rootfs.join("etc/passwd"))]);
@@ -115,11 +122,6 @@ async fn host_users_cannot_reach_a_running_containers_tree() {
     refused(&["/bin/ls", &p(&root.join("containers"))]);
     refused(&["/bin/cat", &p(&log)]);
     refused(&["/bin/cat", &p(&container.join("state.json"))]);
-    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode(&root), 0o711);
-    assert_eq!(mode(&root.join("containers")), 0o700);
-    assert_eq!(mode(&root.join("cache")), 0o700);
-    assert_eq!(mode(&log), 0o600);
 
     let out = skiff.run(&["stop", "-t", "0", "suid"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
