@@ -3,6 +3,7 @@
 //! Detected from /proc/self/mountinfo; limits go to v1 controllers when they are
 //! mounted there, else to v2.
 
+use super::devices_bpf;
 use super::spec::Resources;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,9 @@ pub enum CgroupError {
     /// A limit needs a controller that is neither a v1 hierarchy nor available in v2.
     #[error("cgroup controller {0} is not available")]
     MissingController(&'static str),
+    /// The eBPF device filter could not be built or attached.
+    #[error(transparent)]
+    DeviceFilter(#[from] super::devices_bpf::DeviceFilterError),
     /// Reading or writing a cgroup file failed.
     #[error("cgroup {path}: {source}")]
     Io {
@@ -143,9 +147,11 @@ fn own_path(proc_cgroup: &str, controller: &str) -> String {
 impl Cgroup {
     /// Creates the container's cgroups, sets `limits` and returns them; the container's
     /// PID 1 is added with [`Cgroup::add`] before it runs anything.
-    /// With `restrict_devices`, a v1 devices controller (if mounted) limits device
-    /// access to Docker's default list; on pure v2 that needs eBPF, which skiff does
-    /// not do yet.
+    /// With `restrict_devices`, device access is limited to Docker's default list: by
+    /// the v1 devices controller where it is mounted, and by an eBPF device program on
+    /// the container's v2 cgroup (the only filter on a pure v2 host, so a failure to
+    /// attach it is an error there; on a hybrid host the v1 controller stays in force
+    /// and the failure is logged).
     pub fn create(
         id: &str,
         limits: &Resources,
@@ -215,6 +221,14 @@ impl Cgroup {
         };
 
         if restrict_devices {
+            if let Some(dir) = &v2_dir {
+                if let Err(e) = attach_device_filter(dir) {
+                    match layout {
+                        Layout::V2(_) => return Err(e),
+                        _ => tracing::warn!("{e} (the v1 devices controller still applies)"),
+                    }
+                }
+            }
             if let Some(dir) = v1_dir("devices") {
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 cg.dirs.push(dir.clone());
@@ -327,9 +341,28 @@ impl Drop for Cgroup {
     }
 }
 
+/// Attaches the eBPF program allowing [`DEFAULT_DEVICE_RULES`] to the v2 cgroup `dir`.
+fn attach_device_filter(dir: &Path) -> Result<(), CgroupError> {
+    let rules = DEFAULT_DEVICE_RULES
+        .iter()
+        .map(|r| devices_bpf::DeviceRule::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    devices_bpf::attach(dir, &rules)?;
+    Ok(())
+}
+
+/// The mount point of the unified (v2) hierarchy, pure or hybrid, if any.
+pub fn v2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    match detect_layout(&mountinfo).ok()? {
+        Layout::V2(m) | Layout::Hybrid { unified: m, .. } => Some(m),
+        Layout::V1(_) => None,
+    }
+}
+
 /// Devices a container may use (runc's and Docker's defaults): mknod of any, and
 /// read/write of null, zero, full, random, urandom, tty, console, ptmx, ptys, tun.
-const DEFAULT_DEVICE_RULES: &[&str] = &[
+pub const DEFAULT_DEVICE_RULES: &[&str] = &[
     "c *:* m",
     "b *:* m",
     "c 1:3 rwm",
