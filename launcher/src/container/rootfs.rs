@@ -461,25 +461,45 @@ mod tests {
         assert_eq!(err.errno, nix::errno::Errno::ELOOP);
     }
 
+    /// A temp dir holding an empty `rootfs/` and `etc/`.
+    struct Dirs {
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        etc: PathBuf,
+    }
+
+    impl Dirs {
+        fn new() -> Dirs {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, etc) = (dir.path().join("rootfs"), dir.path().join("etc"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::create_dir_all(&etc).unwrap();
+            Dirs { dir, root, etc }
+        }
+
+        /// Runs [`prepare`] for a default `true` container with `cgroups`; returns the
+        /// recorded calls.
+        fn prepare(&self, cgroups: &[CgroupMount]) -> Vec<String> {
+            let opts = RunOptions {
+                command: vec!["true".into()],
+                ..Default::default()
+            };
+            let spec =
+                ContainerSpec::new(None, &opts, "id".into(), self.dir.path().into()).unwrap();
+            let rec = Recorder::default();
+            prepare(&rec, &self.root, &spec, &self.etc, None, cgroups).unwrap();
+            rec.calls.into_inner()
+        }
+    }
+
     #[test]
     fn device_nodes_follow_a_dev_symlink_inside_the_rootfs() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("rootfs");
-        let etc = dir.path().join("etc");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::create_dir_all(&etc).unwrap();
+        let d = Dirs::new();
         // Absolute, so on the host it would point outside the rootfs.
-        let outside = dir.path().join("outside");
-        std::os::unix::fs::symlink(&outside, root.join("dev")).unwrap();
-        let opts = RunOptions {
-            command: vec!["true".into()],
-            ..Default::default()
-        };
-        let spec = ContainerSpec::new(None, &opts, "id".into(), dir.path().into()).unwrap();
-        let rec = Recorder::default();
-        prepare(&rec, &root, &spec, &etc, None, &[]).unwrap();
-        let inside = format!("{}{}", root.display(), outside.display());
-        let calls = rec.calls.borrow();
+        let outside = d.dir.path().join("outside");
+        std::os::unix::fs::symlink(&outside, d.root.join("dev")).unwrap();
+        let calls = d.prepare(&[]);
+        let inside = format!("{}{}", d.root.display(), outside.display());
         let mknods: Vec<&String> = calls.iter().filter(|c| c.starts_with("mknod")).collect();
         assert_eq!(mknods.len(), DEVICES.len());
         for m in mknods {
@@ -490,23 +510,13 @@ mod tests {
 
     #[test]
     fn proc_is_nosuid_noexec_nodev_and_powercap_masked() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("rootfs");
-        let etc = dir.path().join("etc");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::create_dir_all(&etc).unwrap();
-        let opts = RunOptions {
-            command: vec!["true".into()],
-            ..Default::default()
-        };
-        let spec = ContainerSpec::new(None, &opts, "id".into(), dir.path().into()).unwrap();
-        let rec = Recorder::default();
-        prepare(&rec, &root, &spec, &etc, None, &[]).unwrap();
+        let d = Dirs::new();
+        let calls = d.prepare(&[]);
         let proc_mount = format!(
             "mount proc {}/proc proc nosuid nodev noexec",
-            root.display()
+            d.root.display()
         );
-        assert!(rec.calls.borrow().contains(&proc_mount), "{:?}", rec.calls);
+        assert!(calls.contains(&proc_mount), "{calls:?}");
 
         let rec = Recorder {
             files: [(
@@ -522,6 +532,45 @@ mod tests {
             rec.calls.into_inner(),
             ["mount tmpfs /sys/devices/virtual/powercap tmpfs ro"]
         );
+    }
+
+    #[test]
+    fn cgroups_are_mounted_read_only_after_sys() {
+        let v1 = |name: &str| CgroupMount {
+            subdir: name.into(),
+            fstype: "cgroup",
+            controllers: Some(name.into()),
+        };
+        let d = Dirs::new();
+        let r = d.root.display().to_string();
+        let calls = d.prepare(&[v1("memory"), v1("pids")]);
+        let sys = calls.iter().position(|c| c.contains("sysfs")).unwrap();
+        assert_eq!(
+            calls[sys + 1..sys + 5],
+            [
+                format!("mount tmpfs {r}/sys/fs/cgroup tmpfs nosuid nodev noexec"),
+                format!("mount cgroup {r}/sys/fs/cgroup/memory cgroup ro nosuid nodev noexec"),
+                format!("mount cgroup {r}/sys/fs/cgroup/pids cgroup ro nosuid nodev noexec"),
+                format!("mount - {r}/sys/fs/cgroup - remount ro nosuid nodev noexec"),
+            ]
+        );
+        // Pure v2: cgroup2 itself, no tmpfs.
+        let v2 = CgroupMount {
+            subdir: String::new(),
+            fstype: "cgroup2",
+            controllers: None,
+        };
+        let calls = Dirs::new().prepare(&[v2]);
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.contains("/sys/fs/cgroup"))
+                .count(),
+            1
+        );
+        assert!(calls
+            .iter()
+            .any(|c| c.ends_with("/sys/fs/cgroup cgroup2 ro nosuid nodev noexec")));
     }
 
     #[test]
