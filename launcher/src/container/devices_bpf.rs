@@ -215,21 +215,25 @@ pub fn load(rules: &[DeviceRule]) -> Result<OwnedFd, DeviceFilterError> {
         license: license.as_ptr() as u64,
         ..Default::default()
     };
-    // SAFETY: bpf(2) reads `attr` and the instructions and license it points to, all
-    // alive for the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(DeviceFilterError::Load(Errno::last()));
-    }
+    // The instructions and license `attr` points to are alive for the call.
+    let fd = bpf(BPF_PROG_LOAD, &attr).map_err(DeviceFilterError::Load)?;
     // SAFETY: a new descriptor the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// bpf(2) with command `cmd` on `attr` (one of the `*Attr` structs above, whose
+/// pointers the caller keeps alive).
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> Result<libc::c_long, Errno> {
+    // SAFETY: bpf(2) reads size_of::<T>() bytes of `attr`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
+    Errno::result(r)
 }
 
 /// Loads the program for `rules` and attaches it to the v2 cgroup `dir`. The program
@@ -252,21 +256,10 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<(), DeviceFilterError>
         attach_flags: BPF_F_ALLOW_MULTI,
         ..Default::default()
     };
-    // SAFETY: bpf(2) reads `attr`; both descriptors are open.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_ATTACH,
-            &attr as *const AttachAttr,
-            std::mem::size_of::<AttachAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(DeviceFilterError::Attach {
-            path: dir.display().to_string(),
-            errno: Errno::last(),
-        });
-    }
+    bpf(BPF_PROG_ATTACH, &attr).map_err(|errno| DeviceFilterError::Attach {
+        path: dir.display().to_string(),
+        errno,
+    })?;
     Ok(())
 }
 
