@@ -351,7 +351,9 @@ fn attach_device_filter(dir: &Path) -> Result<(), CgroupError> {
     Ok(())
 }
 
-/// The mount point of the unified (v2) hierarchy, pure or hybrid, if any.
+/// The mount point of the unified (v2) hierarchy, pure or hybrid, if any (for tests
+/// that attach to a cgroup of their own).
+#[cfg(test)]
 pub fn v2_mount() -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     match detect_layout(&mountinfo).ok()? {
