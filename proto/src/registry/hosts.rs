@@ -161,7 +161,7 @@ struct RawHost {
 }
 
 /// `"a"` or `["a", "b"]`.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -232,7 +232,12 @@ pub fn parse(text: &str, path: &Path) -> Result<HostsFile, HostsError> {
     let server = match table.remove("server") {
         None => None,
         Some(toml::Value::String(s)) => Some(s),
-        Some(other) => return Err(invalid(format!("server must be a string, not {other}"))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "server must be a string, not a {}",
+                other.type_str()
+            )))
+        }
     };
     // Preserve the order of `[host."…"]` tables: containerd tries them as written.
     let hosts = match table.remove("host") {
@@ -357,13 +362,18 @@ fn headers(raw: Option<&toml::Table>) -> Result<Vec<(String, String)>, String> {
             toml::Value::String(s) => out.push((name.clone(), s.clone())),
             toml::Value::Array(list) => {
                 for v in list {
-                    let s = v
-                        .as_str()
-                        .ok_or_else(|| format!("header {name:?}: {v} is not a string"))?;
+                    let s = v.as_str().ok_or_else(|| {
+                        format!("header {name:?}: a {} is not a string", v.type_str())
+                    })?;
                     out.push((name.clone(), s.to_string()));
                 }
             }
-            other => return Err(format!("header {name:?}: {other} is not a string")),
+            other => {
+                return Err(format!(
+                    "header {name:?}: a {} is not a string",
+                    other.type_str()
+                ))
+            }
         }
     }
     Ok(out)
