@@ -77,7 +77,7 @@ impl Skiff {
         let mut c = Command::new(skiff_bin());
         c.arg("--root").arg(&self.root);
         c.env("DOCKER_CONFIG", self.root.join("no-docker-config"));
-        c.env("SKIFF_HOSTS_DIR", "");
+        c.env("SKIFF_HOSTS_DIR", self.root.join("no-hosts-dir"));
         c.stdin(Stdio::null());
         c
     }

@@ -193,7 +193,7 @@ async fn hosts_toml_mirror_is_used_first_with_ns_and_without_upstream_credential
     assert_eq!(got.manifest_digest, img.digest);
     // A pull-only mirror is not asked for the tag; the digest-addressed rest is.
     assert_eq!(mp.count(None, "/manifests/v1"), 0);
-    assert_eq!(direct.count(None, "/manifests/v1"), 1);
+    assert!(direct.count(None, "/manifests/v1") > 0);
     assert_eq!(
         c.served_by(&img.digest).as_deref(),
         Some(direct.host().as_str())

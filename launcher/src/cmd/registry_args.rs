@@ -29,7 +29,7 @@ pub struct RegistryArgs {
     pub password_stdin: bool,
     /// Mirror configuration in containerd's layout: DIR/<registry host[:port]>/hosts.toml
     /// (or DIR/_default/hosts.toml) lists mirrors and pull-through caches to pull
-    /// through before the registry itself. An empty value turns mirrors off.
+    /// through before the registry itself.
     #[arg(
         long,
         value_name = "DIR",
