@@ -102,22 +102,13 @@ pub(crate) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 pub(crate) struct CachedToken {
     pub token: String,
     pub expires: Instant,
-    /// Renewed this long before it expires.
-    pub margin: Duration,
 }
 
 impl CachedToken {
-    /// Usable for at least a little longer.
+    /// Usable for at least a few more seconds.
     pub fn fresh(&self) -> bool {
-        Instant::now() + self.margin < self.expires
+        Instant::now() + Duration::from_secs(5) < self.expires
     }
-}
-
-/// How long before expiry a token is renewed: 5 s, or a quarter of a short lifetime
-/// (a fixed 5 s would make a 4-second token stale the moment it arrives, and every
-/// request would fetch a new one).
-fn refresh_margin(lifetime: Duration) -> Duration {
-    (lifetime / 4).min(Duration::from_secs(5))
 }
 
 /// What the client knows about authenticating to one registry.
@@ -293,7 +284,6 @@ impl Client {
             CachedToken {
                 token: token.clone(),
                 expires: Instant::now() + lifetime,
-                margin: refresh_margin(lifetime),
             },
         );
         Ok(token)
