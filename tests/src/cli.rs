@@ -71,11 +71,13 @@ impl Skiff {
         }
     }
 
-    /// A command with `--root` set and no inherited Docker config.
+    /// A command with `--root` set, no inherited Docker config and no mirrors (the
+    /// machine's `/etc/containerd/certs.d` is not consulted unless `--hosts-dir` says).
     pub fn command(&self) -> Command {
         let mut c = Command::new(skiff_bin());
         c.arg("--root").arg(&self.root);
         c.env("DOCKER_CONFIG", self.root.join("no-docker-config"));
+        c.env("SKIFF_HOSTS_DIR", self.root.join("no-hosts-dir"));
         c.stdin(Stdio::null());
         c
     }
