@@ -251,3 +251,37 @@ async fn stop_refuses_while_a_container_runs() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from layer two\n");
 }
+
+/// Timing by hand (`-- --ignored --nocapture`): warm `skiff run --rm IMAGE true`,
+/// standalone and through the daemon, five runs each after one warm-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn warm_run_times_standalone_and_through_the_daemon() {
+    let reg = Registry::start();
+    push_busybox(&reg.host(), "daemon/timing", 1 << 20).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = reg.reference("daemon/timing:latest");
+    let time_runs = |standalone: bool| -> Vec<f64> {
+        (0..6)
+            .map(|_| {
+                let t = Instant::now();
+                let mut cmd = skiff.command();
+                if standalone {
+                    cmd.env("SKIFF_NO_DAEMON", "1");
+                }
+                let out = cmd.args(["run", "--rm", &image, "true"]).output().unwrap();
+                assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+                t.elapsed().as_secs_f64()
+            })
+            .skip(1)
+            .collect()
+    };
+    let standalone = time_runs(true);
+    let daemon = Daemon::start(&skiff);
+    let through = time_runs(false);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!("standalone: {standalone:.3?} mean {:.3} s", mean(&standalone));
+    eprintln!("daemon:     {through:.3?} mean {:.3} s", mean(&through));
+    drop(daemon);
+}
