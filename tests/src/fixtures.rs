@@ -352,3 +352,11 @@ pub fn busybox_layers(big: usize) -> Vec<Layer> {
     ];
     vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
 }
+
+/// Builds the [`busybox_layers`] image (for this host's platform, Cmd `/bin/sh`) and
+/// pushes it as `repo:latest` to the registry at `host`.
+pub async fn push_busybox(host: &str, repo: &str, big: usize) -> BuiltImage {
+    let image = build_image(busybox_layers(big), &Platform::host(), &["/bin/sh"]);
+    push_built(&crate::client(host), repo, "latest", &image).await;
+    image
+}

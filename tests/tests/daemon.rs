@@ -4,7 +4,7 @@
 //! way out, pass or fail ([`Daemon`]'s `Drop`).
 
 use skiff_tests::cli::{describe, Skiff};
-use skiff_tests::fixtures::{self, build_image, push_built};
+use skiff_tests::fixtures::{self, push_busybox};
 use skiff_tests::proxy::FaultProxy;
 use skiff_tests::registry::Registry;
 use std::os::unix::net::UnixStream;
@@ -81,16 +81,6 @@ fn fuse_mounts_under(dir: &Path) -> Vec<String> {
         .filter(|m| m.starts_with(&prefix))
         .map(str::to_string)
         .collect()
-}
-
-async fn push_busybox(host: &str, repo: &str, big: usize) -> fixtures::BuiltImage {
-    let image = build_image(
-        fixtures::busybox_layers(big),
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(&skiff_tests::client(host), repo, "latest", &image).await;
-    image
 }
 
 fn status(skiff: &Skiff) -> String {
