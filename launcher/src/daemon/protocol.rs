@@ -153,3 +153,38 @@ pub struct MountStatus {
     /// Whether the container's monitor still runs.
     pub running: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let req = Request::Mount(MountRequest {
+            source: ImageSource::Registry {
+                image: "localhost:5000/a:b".into(),
+                pull: PullPolicy::Missing,
+                platform: None,
+                insecure_registries: vec![],
+            },
+            mountpoint: "/m".into(),
+            upper: Some("/u".into()),
+            container: Some("abc".into()),
+            prefetch: true,
+            background_fetch: false,
+        });
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with(r#"{"op":"mount","source":{"kind":"registry""#), "{line}");
+        assert!(line.contains(r#""pull":"missing""#), "{line}");
+        let back: Request = serde_json::from_str(&line).unwrap();
+        assert!(matches!(back, Request::Mount(m) if m.container.as_deref() == Some("abc")));
+        let stop: Request = serde_json::from_str(r#"{"op":"stop","force":true}"#).unwrap();
+        assert!(matches!(stop, Request::Stop { force: true }));
+        let err = serde_json::to_string(&Response::Error {
+            message: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(err, r#"{"result":"error","message":"x"}"#);
+    }
+}

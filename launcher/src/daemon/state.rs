@@ -358,3 +358,35 @@ impl DaemonState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(name: &str) -> ImageSource {
+        ImageSource::Local {
+            oci_layout: None,
+            layers: vec![PathBuf::from(name)],
+        }
+    }
+
+    fn keys(c: &ImageCache) -> Vec<ImageSource> {
+        c.slots.iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    #[test]
+    fn image_cache_keeps_the_most_recently_used() {
+        let mut c = ImageCache::new(2);
+        let a = c.slot(&local("a"));
+        c.slot(&local("b"));
+        // Asking again gives the same slot and makes it the most recent.
+        assert!(Arc::ptr_eq(&a, &c.slot(&local("a"))));
+        assert_eq!(keys(&c), [local("b"), local("a")]);
+        c.slot(&local("c"));
+        assert_eq!(keys(&c), [local("a"), local("c")]);
+        c.forget(&local("a"));
+        assert_eq!(keys(&c), [local("c")]);
+        // An evicted slot is new when asked for again.
+        assert!(!Arc::ptr_eq(&a, &c.slot(&local("a"))));
+    }
+}
