@@ -56,6 +56,27 @@ pub fn connect(global: &Global) -> Option<client::DaemonClient> {
     client::DaemonClient::connect(&global.layout().daemon_socket())
 }
 
+/// Asks the daemon of `root`, if one answers, to unmount `mountpoint` (a container's
+/// root filesystem being cleaned up); returns whether it did. Failures are logged only:
+/// the caller detaches the mount itself anyway.
+pub fn release(root: &std::path::Path, mountpoint: &std::path::Path) -> bool {
+    let socket = skiff_proto::store::RootLayout::new(root).daemon_socket();
+    let Some(c) = client::DaemonClient::connect(&socket) else {
+        return false;
+    };
+    let req = Request::Unmount {
+        mountpoint: mountpoint.to_path_buf(),
+    };
+    match c.request(&req) {
+        Ok(Response::Unmounted) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            false
+        }
+    }
+}
+
 /// Runs `skiff daemon [status|stop]`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let socket = args
