@@ -300,7 +300,12 @@ fn spawn_stats_writer(
 
 /// Queues, in this order: the recorded profile's ranges, the producer-marked files of
 /// every layer (eStargz landmarks), and with `background_fetch` every other chunk.
-fn start_prefetch(opts: &MountOptions, layers: &[Layer], tree: &tree::LowerTree, fetcher: &Fetcher) {
+fn start_prefetch(
+    opts: &MountOptions,
+    layers: &[Layer],
+    tree: &tree::LowerTree,
+    fetcher: &Fetcher,
+) {
     if let Some(profile) = &opts.profile {
         for (layer, chunks) in profile.plan(tree) {
             fetcher.queue_speculative(Priority::Prefetch, layer, chunks);

@@ -53,7 +53,11 @@ impl Daemon {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -101,18 +105,33 @@ async fn mount_through_the_daemon_shows_the_image() {
     std::fs::create_dir(&dir).unwrap();
 
     let out = skiff.run(&["mount", &image, dir.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        describe(&out),
+        daemon.log()
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("by the daemon"));
     // The command returned; the daemon serves the mount.
     let cat = std::process::Command::new("cat")
         .arg(dir.join("etc/motd"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&cat.stdout), "hello from layer two\n");
-    let ls = std::process::Command::new("ls").arg(dir.join("bin")).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "hello from layer two\n"
+    );
+    let ls = std::process::Command::new("ls")
+        .arg(dir.join("bin"))
+        .output()
+        .unwrap();
     let names = String::from_utf8_lossy(&ls.stdout).into_owned();
     assert!(names.contains("busybox") && names.contains("sh"), "{names}");
-    assert!(!names.split_whitespace().any(|n| n == "ls"), "whiteout ignored: {names}");
+    assert!(
+        !names.split_whitespace().any(|n| n == "ls"),
+        "whiteout ignored: {names}"
+    );
     assert_eq!(
         std::fs::read(dir.join("bin/busybox")).unwrap(),
         std::fs::read("/bin/busybox").unwrap()
@@ -167,8 +186,18 @@ async fn two_containers_share_one_fetch_per_chunk() {
     let expected = fixtures::pseudo_random(7, big);
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.log());
-        assert!(out.stdout == expected, "wrong bytes ({} read)", out.stdout.len());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            describe(&out),
+            daemon.log()
+        );
+        assert!(
+            out.stdout == expected,
+            "wrong bytes ({} read)",
+            out.stdout.len()
+        );
     }
 
     let top = skiff_proto::Digest::of(&built.layers[1].blob).to_string();
@@ -181,13 +210,19 @@ async fn two_containers_share_one_fetch_per_chunk() {
     let blob_len = built.layers[1].blob.len() as u64;
     eprintln!("two containers fetched {fetched} bytes of a {blob_len}-byte layer");
     assert!(fetched >= big as u64, "fetched only {fetched}");
-    assert!(fetched <= blob_len, "fetched {fetched} of {blob_len}: chunks fetched twice");
+    assert!(
+        fetched <= blob_len,
+        "fetched {fetched} of {blob_len}: chunks fetched twice"
+    );
 
     // Warm: image in the daemon's memory, chunks in its cache: nothing from the registry.
     proxy.clear_requests();
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from layer two\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from layer two\n"
+    );
     let reqs = proxy.requests();
     assert!(reqs.is_empty(), "warm run made requests: {reqs:?}");
     assert!(fuse_mounts_under(&root.path().join("containers")).is_empty());
@@ -206,10 +241,19 @@ async fn stop_refuses_while_a_container_runs() {
     let image = reg.reference("daemon/stop:latest");
 
     let out = skiff.run(&["run", "-d", "--name", "bg", &image, "sleep", "300"]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        describe(&out),
+        daemon.log()
+    );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let s = status(&skiff);
-    assert!(s.contains(&format!("container {} (running)", &id[..12])), "{s}");
+    assert!(
+        s.contains(&format!("container {} (running)", &id[..12])),
+        "{s}"
+    );
 
     let out = skiff.run(&["daemon", "stop"]);
     assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
@@ -231,7 +275,13 @@ async fn stop_refuses_while_a_container_runs() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", describe(&out), daemon.log());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        describe(&out),
+        daemon.log()
+    );
     assert!(daemon.wait_exit().success(), "{}", daemon.log());
     assert!(fuse_mounts_under(root.path()).is_empty());
     assert!(!root.path().join("daemon.sock").exists());
@@ -239,7 +289,10 @@ async fn stop_refuses_while_a_container_runs() {
     // No daemon: standalone, as before.
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from layer two\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from layer two\n"
+    );
 }
 
 /// Timing by hand (`-- --ignored --nocapture`): warm `skiff run --rm IMAGE true`,
@@ -271,7 +324,10 @@ async fn warm_run_times_standalone_and_through_the_daemon() {
     let daemon = Daemon::start(&skiff);
     let through = time_runs(false);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    eprintln!("standalone: {standalone:.3?} mean {:.3} s", mean(&standalone));
+    eprintln!(
+        "standalone: {standalone:.3?} mean {:.3} s",
+        mean(&standalone)
+    );
     eprintln!("daemon:     {through:.3?} mean {:.3} s", mean(&through));
     drop(daemon);
 }

@@ -147,7 +147,15 @@ pub fn index_layers(
 
 /// When `run` and `mount` ask the registry for the image, as docker's `--pull`.
 #[derive(
-    clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+    clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {

@@ -162,7 +162,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         [image, dir] => (Some(image.clone()), PathBuf::from(dir)),
         _ => bail!("usage: skiff mount [IMAGE] DIR"),
     };
-    if let Some(daemon) = crate::daemon::connect(global).filter(|_| args.registry.username.is_none()) {
+    if let Some(daemon) =
+        crate::daemon::connect(global).filter(|_| args.registry.username.is_none())
+    {
         return mount_through(&daemon, &args, image, &dir);
     }
     if args.detach {
@@ -255,7 +257,11 @@ fn mount_through(
         };
         ImageSource::Local {
             oci_layout,
-            layers: args.layers.iter().map(|l| absolute(l)).collect::<Result<_, _>>()?,
+            layers: args
+                .layers
+                .iter()
+                .map(|l| absolute(l))
+                .collect::<Result<_, _>>()?,
         }
     };
     let upper = match &args.upper {

@@ -106,7 +106,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            anyhow::bail!("the daemon still answers on {} after 30 s", socket.display())
+            anyhow::bail!(
+                "the daemon still answers on {} after 30 s",
+                socket.display()
+            )
         }
     }
 }
@@ -156,7 +159,10 @@ fn print_status(s: &StatusReport) {
     );
     println!("registries:");
     for r in &s.registries {
-        println!("  {}  {} requests, {} bytes", r.registry, r.requests, r.bytes);
+        println!(
+            "  {}  {} requests, {} bytes",
+            r.registry, r.requests, r.bytes
+        );
     }
     println!("images in memory:");
     for i in &s.images {
@@ -174,6 +180,12 @@ fn print_status(s: &StatusReport) {
             .as_ref()
             .map(|u| format!(" upper {}", u.display()))
             .unwrap_or_default();
-        println!("  {}  {}  {}{}", m.mountpoint.display(), m.image, what, upper);
+        println!(
+            "  {}  {}  {}{}",
+            m.mountpoint.display(),
+            m.image,
+            what,
+            upper
+        );
     }
 }

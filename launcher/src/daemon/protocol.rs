@@ -175,7 +175,10 @@ mod tests {
         });
         let line = serde_json::to_string(&req).unwrap();
         assert!(!line.contains('\n'));
-        assert!(line.starts_with(r#"{"op":"mount","source":{"kind":"registry""#), "{line}");
+        assert!(
+            line.starts_with(r#"{"op":"mount","source":{"kind":"registry""#),
+            "{line}"
+        );
         assert!(line.contains(r#""pull":"missing""#), "{line}");
         let back: Request = serde_json::from_str(&line).unwrap();
         assert!(matches!(back, Request::Mount(m) if m.container.as_deref() == Some("abc")));

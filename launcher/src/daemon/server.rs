@@ -60,7 +60,12 @@ pub fn listen(socket: &Path) -> anyhow::Result<UnixListener> {
 
 /// Serves until a stop request (or `stop` is set from elsewhere, then a connection
 /// wakes the accept); then unmounts everything left.
-pub fn serve(state: Arc<DaemonState>, listener: UnixListener, socket: PathBuf, stop: Arc<AtomicBool>) {
+pub fn serve(
+    state: Arc<DaemonState>,
+    listener: UnixListener,
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+) {
     spawn_reaper(state.clone(), stop.clone());
     let me = nix::unistd::geteuid().as_raw();
     for conn in listener.incoming() {
@@ -84,9 +89,12 @@ pub fn serve(state: Arc<DaemonState>, listener: UnixListener, socket: PathBuf, s
         if peer.uid != 0 && peer.uid != me {
             tracing::warn!(uid = peer.uid, pid = peer.pid, "refused a connection");
             let mut s = stream;
-            let _ = reply(&mut s, &Response::Error {
-                message: format!("uid {} may not use this daemon", peer.uid),
-            });
+            let _ = reply(
+                &mut s,
+                &Response::Error {
+                    message: format!("uid {} may not use this daemon", peer.uid),
+                },
+            );
             continue;
         }
         let (state, stop, socket) = (state.clone(), stop.clone(), socket.clone());
@@ -107,7 +115,13 @@ fn reply(stream: &mut UnixStream, response: &Response) -> std::io::Result<()> {
     stream.write_all(&line)
 }
 
-fn handle(state: &DaemonState, mut stream: UnixStream, peer: Peer, stop: &AtomicBool, socket: &Path) {
+fn handle(
+    state: &DaemonState,
+    mut stream: UnixStream,
+    peer: Peer,
+    stop: &AtomicBool,
+    socket: &Path,
+) {
     let mut line = String::new();
     if let Err(e) = BufReader::new(&stream).read_line(&mut line) {
         tracing::warn!("reading a request: {e}");
@@ -134,7 +148,12 @@ fn handle(state: &DaemonState, mut stream: UnixStream, peer: Peer, stop: &Atomic
     }
 }
 
-fn answer(state: &DaemonState, req: Request, peer: &Peer, stop: &AtomicBool) -> anyhow::Result<Response> {
+fn answer(
+    state: &DaemonState,
+    req: Request,
+    peer: &Peer,
+    stop: &AtomicBool,
+) -> anyhow::Result<Response> {
     Ok(match req {
         Request::Mount(m) => mount(state, m, peer)?,
         Request::Unmount { mountpoint } => {
@@ -179,7 +198,8 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
     opts.background_fetch = m.background_fetch && first;
     if m.prefetch && first {
         if let Some(digest) = &image.manifest {
-            opts.profile = crate::cmd::profile::load_local(&state.global.root, digest).map(Arc::new);
+            opts.profile =
+                crate::cmd::profile::load_local(&state.global.root, digest).map(Arc::new);
         }
     }
     let stats_file = state.global.layout().mount_stats(&mountpoint);

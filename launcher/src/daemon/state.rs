@@ -219,7 +219,11 @@ impl DaemonState {
 
     /// The client of `reference`'s registry: made on first use, then shared (its
     /// connection pool and counters with it). Options of the first request win.
-    fn client_for(&self, registry: &RegistryArgs, reference: &Reference) -> anyhow::Result<Arc<Client>> {
+    fn client_for(
+        &self,
+        registry: &RegistryArgs,
+        reference: &Reference,
+    ) -> anyhow::Result<Arc<Client>> {
         let mut clients = lock(&self.clients);
         if let Some(c) = clients.get(reference.registry()) {
             return Ok(c.clone());
