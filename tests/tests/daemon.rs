@@ -296,7 +296,7 @@ async fn stop_refuses_while_a_container_runs() {
 }
 
 /// Timing by hand (`-- --ignored --nocapture`): warm `skiff run --rm IMAGE true`,
-/// standalone and through the daemon, five runs each after one warm-up.
+/// standalone and through the daemon, alternating, ten runs each after a warm-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn warm_run_times_standalone_and_through_the_daemon() {
@@ -305,29 +305,31 @@ async fn warm_run_times_standalone_and_through_the_daemon() {
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
     let image = reg.reference("daemon/timing:latest");
-    let time_runs = |standalone: bool| -> Vec<f64> {
-        (0..6)
-            .map(|_| {
-                let t = Instant::now();
-                let mut cmd = skiff.command();
-                if standalone {
-                    cmd.env("SKIFF_NO_DAEMON", "1");
-                }
-                let out = cmd.args(["run", "--rm", &image, "true"]).output().unwrap();
-                assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-                t.elapsed().as_secs_f64()
-            })
-            .skip(1)
-            .collect()
-    };
-    let standalone = time_runs(true);
     let daemon = Daemon::start(&skiff);
-    let through = time_runs(false);
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    eprintln!(
-        "standalone: {standalone:.3?} mean {:.3} s",
-        mean(&standalone)
-    );
-    eprintln!("daemon:     {through:.3?} mean {:.3} s", mean(&through));
+    let time_run = |standalone: bool| -> f64 {
+        let t = Instant::now();
+        let mut cmd = skiff.command();
+        if standalone {
+            cmd.env("SKIFF_NO_DAEMON", "1");
+        }
+        let out = cmd.args(["run", "--rm", &image, "true"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+        t.elapsed().as_secs_f64()
+    };
+    // One warm-up each, then alternate so both see the same machine load.
+    time_run(true);
+    time_run(false);
+    let (mut standalone, mut through) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        standalone.push(time_run(true));
+        through.push(time_run(false));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ms, md) = (median(&mut standalone), median(&mut through));
+    eprintln!("standalone: {standalone:.3?} median {ms:.3} s");
+    eprintln!("daemon:     {through:.3?} median {md:.3} s");
     drop(daemon);
 }
