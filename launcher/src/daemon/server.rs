@@ -202,8 +202,12 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
                 crate::cmd::profile::load_local(&state.global.root, digest).map(Arc::new);
         }
     }
+    // Counters for `skiff stats` on `skiff mount`s only: as standalone, a container's
+    // view has none (its writer thread costs up to 100 ms at unmount).
     let stats_file = state.global.layout().mount_stats(&mountpoint);
-    opts.stats_file = Some(stats_file.clone());
+    if m.container.is_none() {
+        opts.stats_file = Some(stats_file.clone());
+    }
     let handle = skiff_fs::mount_shared(image.lower.clone(), opts, &mountpoint)
         .with_context(|| format!("mounting {} on {}", image.name, mountpoint.display()))?;
     tracing::info!(image = %image.name, mountpoint = %mountpoint.display(), container = ?m.container, "mounted");
