@@ -331,5 +331,19 @@ async fn warm_run_times_standalone_and_through_the_daemon() {
     let (ms, md) = (median(&mut standalone), median(&mut through));
     eprintln!("standalone: {standalone:.3?} median {ms:.3} s");
     eprintln!("daemon:     {through:.3?} median {md:.3} s");
+    if std::env::var_os("SKIFF_TIMING_LOG").is_some() {
+        for standalone in [true, false] {
+            let mut cmd = skiff.command();
+            if standalone {
+                cmd.env("SKIFF_NO_DAEMON", "1");
+            }
+            cmd.env("RUST_LOG", "skiff=debug,skiff_fs=info");
+            let out = cmd.args(["run", "--rm", &image, "true"]).output().unwrap();
+            eprintln!(
+                "standalone={standalone}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     drop(daemon);
 }

@@ -371,6 +371,7 @@ fn run_through(
         prefetch: !args.no_prefetch,
         background_fetch: args.background_fetch,
     });
+    let asked = std::time::Instant::now();
     let config = match daemon.request(&request) {
         Ok(Response::Mounted { config }) => config,
         Ok(r) => {
@@ -382,13 +383,16 @@ fn run_through(
             return Err(e).with_context(|| format!("mounting {image}"));
         }
     };
+    tracing::debug!(elapsed = ?asked.elapsed(), "the daemon mounted the view");
     let unmount = || {
         let req = Request::Unmount {
             mountpoint: mountpoint.clone(),
         };
+        let asked = std::time::Instant::now();
         if let Err(e) = daemon.request(&req) {
             eprintln!("skiff: {e:#}");
         }
+        tracing::debug!(elapsed = ?asked.elapsed(), "the daemon unmounted the view");
     };
     let spec = match ContainerSpec::new(
         config.as_ref().and_then(|c| c.config().as_ref()),

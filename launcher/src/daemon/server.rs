@@ -127,6 +127,10 @@ fn handle(
         tracing::warn!("reading a request: {e}");
         return;
     }
+    if line.is_empty() {
+        // A client probing whether the daemon answers (connect, close).
+        return;
+    }
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             tracing::debug!(?req, pid = peer.pid, "request");
