@@ -87,6 +87,17 @@ fn fuse_mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A registry holding the busybox image (1 MiB big file) as `repo:latest`, a fresh
+/// skiff root, and the image's reference.
+async fn busybox_on_fresh_root(repo: &str) -> (Registry, tempfile::TempDir, Skiff, String) {
+    let reg = Registry::start();
+    push_busybox(&reg.host(), repo, 1 << 20).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = reg.reference(&format!("{repo}:latest"));
+    (reg, root, skiff, image)
+}
+
 fn status(skiff: &Skiff) -> String {
     let out = skiff.run(&["daemon", "status"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -95,12 +106,8 @@ fn status(skiff: &Skiff) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_through_the_daemon_shows_the_image() {
-    let reg = Registry::start();
-    push_busybox(&reg.host(), "daemon/mount", 1 << 20).await;
-    let root = tempfile::tempdir().unwrap();
-    let skiff = Skiff::new(root.path());
+    let (_reg, root, skiff, image) = busybox_on_fresh_root("daemon/mount").await;
     let daemon = Daemon::start(&skiff);
-    let image = reg.reference("daemon/mount:latest");
     let dir = root.path().join("mnt");
     std::fs::create_dir(&dir).unwrap();
 
@@ -233,12 +240,8 @@ async fn two_containers_share_one_fetch_per_chunk() {
 /// the CLI works standalone again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_refuses_while_a_container_runs() {
-    let reg = Registry::start();
-    push_busybox(&reg.host(), "daemon/stop", 1 << 20).await;
-    let root = tempfile::tempdir().unwrap();
-    let skiff = Skiff::new(root.path());
+    let (_reg, root, skiff, image) = busybox_on_fresh_root("daemon/stop").await;
     let mut daemon = Daemon::start(&skiff);
-    let image = reg.reference("daemon/stop:latest");
 
     let out = skiff.run(&["run", "-d", "--name", "bg", &image, "sleep", "300"]);
     assert_eq!(
@@ -300,11 +303,7 @@ async fn stop_refuses_while_a_container_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn warm_run_times_standalone_and_through_the_daemon() {
-    let reg = Registry::start();
-    push_busybox(&reg.host(), "daemon/timing", 1 << 20).await;
-    let root = tempfile::tempdir().unwrap();
-    let skiff = Skiff::new(root.path());
-    let image = reg.reference("daemon/timing:latest");
+    let (_reg, _root, skiff, image) = busybox_on_fresh_root("daemon/timing").await;
     let daemon = Daemon::start(&skiff);
     let time_run = |standalone: bool| -> f64 {
         let t = Instant::now();
