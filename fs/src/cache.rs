@@ -23,8 +23,10 @@
 //! at once (memory, and a pending map until it is on disk) and returns, so a fetch
 //! worker never waits for the filesystem.
 
+use crate::pack::{pack_table, read_pack_table};
 use lru::LruCache;
 use parking_lot::{Condvar, Mutex};
+use skiff_proto::tempfiles::{remove_stale_temps, temp_name};
 use skiff_proto::Digest;
 use std::collections::HashMap;
 use std::fs;
@@ -38,9 +40,6 @@ use std::sync::{mpsc, Arc};
 pub const PACK_CHUNK_MAX: usize = 64 << 10;
 /// A pack is closed once it holds this many bytes.
 const PACK_TARGET: usize = 8 << 20;
-const PACK_MAGIC: &[u8; 8] = b"SKIFFPK1";
-/// A pack table entry: digest, offset (u64 LE), length (u32 LE).
-const PACK_ENTRY: usize = 32 + 8 + 4;
 
 /// Errors from opening the cache.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +137,6 @@ pub struct ChunkCache {
     limit: AtomicU64,
     disk: Mutex<DiskState>,
     mem: Mutex<MemState>,
-    tmp_seq: AtomicU64,
     /// Corrupted chunks found (and dropped) so far.
     pub corrupt: AtomicU64,
     /// Chunks handed to the writer and not yet on disk.
@@ -161,12 +159,10 @@ impl ChunkCache {
         for sub in ["chunks", "packs", "tmp"] {
             fs::create_dir_all(dir.join(sub)).map_err(err)?;
         }
-        // Leftover temp files are from a crash: they were never renamed, so drop them.
-        if let Ok(rd) = fs::read_dir(dir.join("tmp")) {
-            for e in rd.flatten() {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        // Temp files of a process that is gone were never renamed (it crashed): drop
+        // them. Another live process sharing this cache may be writing the rest.
+        remove_stale_temps(&dir.join("tmp"), |_| true);
+        remove_stale_temps(&dir.join("files"), |name| name.contains(".tmp."));
         // (mtime, digest, where): oldest first into the LRU.
         let mut found: Vec<(std::time::SystemTime, Digest, Stored)> = Vec::new();
         for sub in fs::read_dir(dir.join("chunks")).map_err(err)?.flatten() {
@@ -256,7 +252,6 @@ impl ChunkCache {
                 bytes: 0,
                 limit: mem_limit,
             }),
-            tmp_seq: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             written: Condvar::new(),
@@ -441,10 +436,7 @@ impl ChunkCache {
     }
 
     fn tmp_path(&self, name: &str) -> PathBuf {
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        self.dir
-            .join("tmp")
-            .join(format!("{name}.{}.{seq}", std::process::id()))
+        self.dir.join("tmp").join(temp_name(name))
     }
 
     /// Writes `tmp` with `data` and renames it to `dest`.
@@ -493,28 +485,14 @@ impl ChunkCache {
         if chunks.is_empty() {
             return Ok(());
         }
-        let mut table = Vec::with_capacity(chunks.len() * PACK_ENTRY + 12);
-        let mut offset = 0u64;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(chunks.len() + 1);
-        for (d, data) in &chunks {
-            table.extend_from_slice(d.as_bytes());
-            table.extend_from_slice(&offset.to_le_bytes());
-            table.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            parts.push(data);
-            offset += data.len() as u64;
-        }
-        table.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
-        table.extend_from_slice(PACK_MAGIC);
+        let mut parts: Vec<&[u8]> = chunks.iter().map(|(_, data)| data.as_slice()).collect();
+        let table = pack_table(chunks.iter().map(|(d, data)| (*d, data.len())));
         parts.push(&table);
-        let name = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_nanos())
-                .unwrap_or(0)
-        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_nanos())
+            .unwrap_or(0);
+        let name = temp_name(&nanos.to_string());
         let path = self.dir.join("packs").join(format!("{name}.pack"));
         Self::write_atomically(&self.tmp_path(&name), &path, &parts)?;
         let mut disk = self.disk.lock();
@@ -608,49 +586,6 @@ impl ChunkCache {
         let disk = self.disk.lock();
         (disk.lru.len() as u64, disk.total)
     }
-}
-
-/// Reads a pack's table: (digest, offset, length) per chunk, checked to lie inside the
-/// data part.
-fn read_pack_table(path: &Path) -> io::Result<Vec<(Digest, u64, u32)>> {
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("pack {}: {what}", path.display()),
-        )
-    };
-    let f = fs::File::open(path)?;
-    let size = f.metadata()?.len();
-    if size < 12 {
-        return Err(bad("too short"));
-    }
-    let mut footer = [0u8; 12];
-    f.read_exact_at(&mut footer, size - 12)?;
-    if &footer[4..] != PACK_MAGIC {
-        return Err(bad("no pack footer"));
-    }
-    let count = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]) as u64;
-    let table_len = count * PACK_ENTRY as u64;
-    let Some(data_len) = size.checked_sub(12 + table_len) else {
-        return Err(bad("table larger than the file"));
-    };
-    let mut table = vec![0u8; table_len as usize];
-    f.read_exact_at(&mut table, data_len)?;
-    let mut out = Vec::with_capacity(count as usize);
-    for e in table.chunks_exact(PACK_ENTRY) {
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(&e[..32]);
-        let mut off = [0u8; 8];
-        off.copy_from_slice(&e[32..40]);
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&e[40..44]);
-        let (off, len) = (u64::from_le_bytes(off), u32::from_le_bytes(len));
-        if off.checked_add(len as u64).is_none_or(|end| end > data_len) {
-            return Err(bad("entry outside the data"));
-        }
-        out.push((Digest::from_bytes(digest), off, len));
-    }
-    Ok(out)
 }
 
 impl Drop for ChunkCache {
@@ -755,5 +690,61 @@ mod tests {
         c.evict();
         assert_eq!(c.usage(), (0, 0));
         assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_open_removes_only_the_temps_of_gone_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ChunkCache::open(dir.path(), u64::MAX, 0).unwrap();
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        let tmp = dir.path().join("tmp");
+        let theirs = tmp.join(format!("aa.{}.1", live.id()));
+        let mine_live = tmp.join(format!("bb.{}.7", std::process::id()));
+        let crashed = tmp.join(format!("cc.{}.1", dead.id()));
+        let crashed_file = dir
+            .path()
+            .join("files")
+            .join(format!("f.tmp.{}.3", dead.id()));
+        fs::create_dir_all(dir.path().join("files")).unwrap();
+        for p in [&theirs, &mine_live, &crashed, &crashed_file] {
+            fs::write(p, b"partial").unwrap();
+        }
+        // A second cache on the same directory (another process would do the same).
+        let second = ChunkCache::open(dir.path(), u64::MAX, 0).unwrap();
+        assert!(theirs.exists(), "a live process's temp file was removed");
+        assert!(
+            mine_live.exists(),
+            "this live process's temp file was removed"
+        );
+        assert!(!crashed.exists());
+        assert!(!crashed_file.exists());
+        // Both write the same and different chunks at once: no name collides.
+        let chunks: Vec<Arc<Vec<u8>>> = (0..200u32)
+            .map(|i| Arc::new(i.to_le_bytes().repeat(PACK_CHUNK_MAX / 4 + 1 + i as usize)))
+            .collect();
+        std::thread::scope(|s| {
+            for c in [&first, &second] {
+                let chunks = &chunks;
+                s.spawn(move || {
+                    for ch in chunks {
+                        c.put(Digest::of(ch), ch.clone());
+                    }
+                    c.flush();
+                });
+            }
+        });
+        drop((first, second));
+        let _ = live.kill();
+        let _ = live.wait();
+        let reopened = ChunkCache::open(dir.path(), u64::MAX, 0).unwrap();
+        for ch in &chunks {
+            assert_eq!(reopened.get(&Digest::of(ch)).unwrap().0, *ch);
+        }
+        assert!(!theirs.exists(), "its writer is gone now");
     }
 }

@@ -16,6 +16,7 @@
 use crate::cache::ChunkCache;
 use crate::plan;
 use crate::stats::Stats;
+use crate::stream::{stream_layer, Streams};
 use parking_lot::{Condvar, Mutex};
 use skiff_proto::index::{decode_chunks, Chunk, LayerIndex};
 use skiff_proto::{BlobReader, Digest};
@@ -34,6 +35,11 @@ const SPECULATIVE_JOB_BYTES: u64 = 1 << 20;
 
 /// Most content decoded from one fetched range beyond the chunks asked for.
 const MAX_BONUS_BYTES: u64 = 32 << 20;
+
+/// Most blob bytes one chunk may need fetched. A bigger chunk (a hostile or broken
+/// index) is an error, not a download; layers whose chunks are that big by nature
+/// (one-frame tar+zstd) are streamed once instead ([`crate::stream`]).
+pub const MAX_CHUNK_FETCH: u64 = 64 << 20;
 
 /// One lower layer: its index and where its blob's bytes come from.
 #[derive(Clone)]
@@ -201,6 +207,10 @@ struct Inner {
     /// Signalled when a job is queued, finishes, or the fetcher closes.
     changed: Condvar,
     workers: usize,
+    /// Per layer: streamed whole instead of fetched by chunk.
+    whole: Vec<bool>,
+    /// The streams of the layers streamed whole.
+    streams: Arc<Streams>,
 }
 
 /// The chunk fetcher with its worker threads (stopped when dropped).
@@ -229,7 +239,13 @@ impl Fetcher {
         tuning: FetchTuning,
     ) -> Fetcher {
         let threads = threads.max(1);
+        let whole = layers
+            .iter()
+            .map(|l| crate::stream::streams_whole(&l.index))
+            .collect();
         let inner = Arc::new(Inner {
+            whole,
+            streams: Arc::new(Streams::default()),
             layers,
             cache,
             stats,
@@ -430,6 +446,7 @@ impl Fetcher {
     /// background jobs are dropped; waits for running jobs, then for the cache to
     /// write what they fetched.
     pub fn shutdown(&self) {
+        self.inner.streams.stopped.store(true, Ordering::Relaxed);
         self.cancel_speculative();
         self.inner.queues.lock().closed = true;
         self.inner.changed.notify_all();
@@ -608,6 +625,27 @@ impl Inner {
             }
             return;
         };
+        if self.whole.get(layer).copied().unwrap_or(false) {
+            for (i, slot) in owned {
+                slot.fill(self.chunk_via_stream(layer, l, &chunks[*i]));
+            }
+            return;
+        }
+        let (owned, too_big): (Vec<_>, Vec<_>) = owned
+            .iter()
+            .partition(|(i, _)| chunks[*i].blob_len <= MAX_CHUNK_FETCH);
+        for (i, slot) in too_big {
+            let c = &chunks[*i];
+            slot.fill(Err(FetchError::Verify {
+                blob: l.index.blob,
+                chunk: c.digest,
+                message: format!(
+                    "the chunk needs {} blob bytes fetched, more than the {MAX_CHUNK_FETCH} allowed",
+                    c.blob_len
+                ),
+            }));
+        }
+        let owned: Vec<(usize, Arc<Slot>)> = owned.into_iter().cloned().collect();
         let owned_chunks: Vec<Chunk> = owned.iter().map(|(i, _)| chunks[*i]).collect();
         let runs = plan::merge_runs(
             &owned_chunks,
@@ -687,6 +725,77 @@ impl Inner {
                 decode_and_store_ms = t1.elapsed().as_millis() as u64,
                 "blob range read"
             );
+        }
+    }
+
+    /// Chunk `c` of streamed layer `layer`: from the cache once the layer's stream has
+    /// stored it. The first job that misses starts the stream (once, on its own thread,
+    /// so each waiting job is answered as soon as its chunk went by); the others wait
+    /// for their chunks. A job whose chunk is missing after a stream it saw end gets
+    /// an error (the stream's, or "not in the layer"); a later job streams again.
+    fn chunk_via_stream(
+        &self,
+        layer: usize,
+        l: &Layer,
+        c: &Chunk,
+    ) -> Result<Arc<Vec<u8>>, FetchError> {
+        let mut seen_end = false;
+        loop {
+            if let Some((data, _)) = self.cache.get(&c.digest) {
+                return Ok(data);
+            }
+            let shared = &self.streams;
+            let mut states = shared.states.lock();
+            let st = states.entry(layer).or_default();
+            if st.running {
+                let finished = st.finished;
+                shared
+                    .changed
+                    .wait_for(&mut states, Duration::from_millis(200));
+                let st = states.entry(layer).or_default();
+                if st.finished != finished {
+                    seen_end = true;
+                }
+                continue;
+            }
+            if seen_end {
+                let err = st.error.clone().unwrap_or_else(|| FetchError::Verify {
+                    blob: l.index.blob,
+                    chunk: c.digest,
+                    message: "the chunk did not turn up in the streamed layer".into(),
+                });
+                drop(states);
+                return self.cache.get(&c.digest).map(|(d, _)| d).ok_or(err);
+            }
+            st.running = true;
+            drop(states);
+            let (streamed, cache, stats, shared) = (
+                l.clone(),
+                self.cache.clone(),
+                self.stats.clone(),
+                self.streams.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("skiff-stream-{layer}"))
+                .spawn(move || {
+                    let res = stream_layer(&streamed, &cache, &stats, &shared);
+                    let mut states = shared.states.lock();
+                    let st = states.entry(layer).or_default();
+                    st.running = false;
+                    st.finished += 1;
+                    st.error = res.err();
+                    shared.changed.notify_all();
+                });
+            if let Err(e) = spawned {
+                let mut states = self.streams.states.lock();
+                states.entry(layer).or_default().running = false;
+                return Err(FetchError::Blob {
+                    blob: l.index.blob,
+                    offset: 0,
+                    len: l.index.blob_size,
+                    message: format!("cannot start the stream thread: {e}"),
+                });
+            }
         }
     }
 }

@@ -20,10 +20,12 @@ pub mod cache;
 pub mod fetcher;
 pub mod fuse;
 pub mod materialize;
+mod pack;
 pub mod plan;
 pub mod profile;
 pub mod reader;
 pub mod stats;
+pub mod stream;
 pub mod tree;
 pub mod upper;
 

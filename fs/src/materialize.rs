@@ -13,7 +13,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Makes and remembers the local files of one mount.
 pub struct Materializer {
@@ -21,8 +20,6 @@ pub struct Materializer {
     recording: bool,
     /// Local files verified during this mount.
     verified: Mutex<HashSet<PathBuf>>,
-    /// Unique names for temporary files.
-    next_tmp: AtomicU64,
 }
 
 impl Materializer {
@@ -31,7 +28,6 @@ impl Materializer {
         Materializer {
             recording,
             verified: Mutex::new(HashSet::new()),
-            next_tmp: AtomicU64::new(1),
         }
     }
 
@@ -111,10 +107,10 @@ impl Materializer {
             let _ = std::fs::remove_file(path);
         }
         std::fs::create_dir_all(cache.files_dir())?;
-        let tmp = path.with_extension(format!(
-            "tmp{}",
-            self.next_tmp.fetch_add(1, Ordering::Relaxed)
-        ));
+        // Unique across processes sharing the cache; a crashed writer's file is
+        // removed by the next cache open (`.tmp.<pid>.<seq>`).
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = path.with_file_name(skiff_proto::tempfiles::temp_name(&format!("{name}.tmp")));
         let f = File::create(&tmp)?;
         for c in chunks {
             let Some((data, _)) = cache.get(&c.digest) else {

@@ -31,6 +31,9 @@ pub struct Stats {
     pub copy_ups: AtomicU64,
     /// Opens served by kernel passthrough (their reads bypass the counters above).
     pub passthrough_opens: AtomicU64,
+    /// Inodes the filesystem keeps in its node table now (a gauge: falls as the
+    /// kernel forgets inodes).
+    pub nodes: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
 
@@ -58,6 +61,9 @@ pub struct StatsSnapshot {
     /// Opens served by kernel passthrough.
     #[serde(default)]
     pub passthrough_opens: u64,
+    /// Inodes in the node table when the snapshot was taken.
+    #[serde(default)]
+    pub nodes: u64,
     /// Median lower-file read latency, microseconds (bucket upper bound).
     pub read_p50_us: u64,
     /// 90th percentile, microseconds.
@@ -107,6 +113,7 @@ impl Stats {
             read_bytes: get(&self.read_bytes),
             copy_ups: get(&self.copy_ups),
             passthrough_opens: get(&self.passthrough_opens),
+            nodes: get(&self.nodes),
             read_p50_us: self.percentile(&counts, 0.5),
             read_p90_us: self.percentile(&counts, 0.9),
             read_p99_us: self.percentile(&counts, 0.99),

@@ -20,6 +20,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -174,17 +175,95 @@ pub fn symlink(target: &OsStr, p: &Path) -> io::Result<()> {
     check(unsafe { libc::symlink(t.as_ptr(), c.as_ptr()) })
 }
 
-/// `lchown(2)`; `u32::MAX` leaves an id unchanged.
-pub fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+/// The upper entry `p` itself, never what a symlink at `p` (or in a parent of it)
+/// points to, as an `O_PATH` descriptor, with its `lstat`.
+///
+/// Why: a container owns the upper directory's content, so any name in it may be a
+/// symlink to a host path; path calls that follow the last component (`chmod(2)`,
+/// `truncate(2)`) would change the host file. `openat2` with `RESOLVE_NO_SYMLINKS`
+/// (and `RESOLVE_BENEATH` for the relative paths the filesystem uses, see
+/// [`enter_root`]) also keeps a symlinked parent from leading out of the upper root.
+fn open_node(p: &Path) -> io::Result<(OwnedFd, libc::stat)> {
     let c = cpath(p)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) })
+    // SAFETY: all-zero is a valid `open_how`.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
+    how.resolve = if p.is_absolute() {
+        libc::RESOLVE_NO_SYMLINKS
+    } else {
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS
+    };
+    // SAFETY: valid C string and a properly sized `open_how`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor we just opened and now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+    // SAFETY: all-zero is a valid `stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and out-pointer.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok((fd, st))
 }
 
-/// `chmod(2)` (never called on symlinks).
+/// `/proc/self/fd/N` of `fd`: a path naming exactly the inode `fd` holds (for an
+/// `O_PATH` symlink descriptor the symlink's own inode, never its target).
+fn fd_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("a number has no NUL")
+}
+
+/// Changes the owner of `p` itself (never a symlink's target); `u32::MAX` leaves an
+/// id unchanged.
+pub fn lchown(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let (fd, _) = open_node(p)?;
+    let empty = cstr(b"")?;
+    // SAFETY: a valid descriptor and an empty path with AT_EMPTY_PATH.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+}
+
+/// Whether `chmod` may change an entry of type `st_mode`: a symlink's mode cannot be
+/// changed (`EOPNOTSUPP`, as overlayfs and `fchmodat2(AT_SYMLINK_NOFOLLOW)` answer),
+/// and "changing the symlink" must never reach what it points to.
+pub fn chmod_allowed(st_mode: u32) -> io::Result<()> {
+    if st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    Ok(())
+}
+
+/// Whether `truncate` may change an entry of type `st_mode`: regular files only,
+/// with `truncate(2)`'s errors for the rest.
+pub fn truncate_allowed(st_mode: u32) -> io::Result<()> {
+    match st_mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFDIR => Err(io::Error::from_raw_os_error(libc::EISDIR)),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
+}
+
+/// Changes the mode of `p` itself: `EOPNOTSUPP` for a symlink (never its target).
 pub fn chmod(p: &Path, mode: u32) -> io::Result<()> {
-    let c = cpath(p)?;
-    // SAFETY: valid C string.
+    let (fd, st) = open_node(p)?;
+    chmod_allowed(st.st_mode)?;
+    let c = fd_path(&fd);
+    // SAFETY: valid C string naming exactly the opened (non-symlink) inode.
     check(unsafe { libc::chmod(c.as_ptr(), mode) })
 }
 
@@ -195,7 +274,8 @@ pub fn set_times(
     atime: Option<Option<libc::timespec>>,
     mtime: Option<Option<libc::timespec>>,
 ) -> io::Result<()> {
-    let c = cpath(p)?;
+    let (fd, _) = open_node(p)?;
+    let c = fd_path(&fd);
     let conv = |t: Option<Option<libc::timespec>>| match t {
         None => libc::timespec {
             tv_sec: 0,
@@ -208,15 +288,9 @@ pub fn set_times(
         Some(Some(ts)) => ts,
     };
     let times = [conv(atime), conv(mtime)];
-    // SAFETY: valid C string and a two-element array.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    // SAFETY: valid C string and a two-element array. The magic link resolves to the
+    // opened inode itself (a symlink's own), never a symlink's target.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) })
 }
 
 /// `renameat2(2)` with `flags`.
@@ -243,11 +317,14 @@ pub fn link(from: &Path, to: &Path) -> io::Result<()> {
     check(unsafe { libc::link(f.as_ptr(), t.as_ptr()) })
 }
 
-/// `truncate(2)`.
+/// Truncates the regular file `p` itself (a symlink at `p` is `EINVAL`, its target is
+/// never touched).
 pub fn truncate(p: &Path, size: u64) -> io::Result<()> {
-    let c = cpath(p)?;
     let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: valid C string.
+    let (fd, st) = open_node(p)?;
+    truncate_allowed(st.st_mode)?;
+    let c = fd_path(&fd);
+    // SAFETY: valid C string naming exactly the opened regular file.
     check(unsafe { libc::truncate(c.as_ptr(), size) })
 }
 
@@ -261,6 +338,25 @@ pub fn clear_whiteouts(dir: &Path) -> io::Result<()> {
             if is_whiteout(&p, &st) {
                 std::fs::remove_file(&p)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a previous mount left in the work directory of upper root `root`
+/// (copy-up scratch of a crash: never renamed into place, so never part of the view).
+/// One mount uses an upper directory at a time, so nothing in it is in use now.
+pub fn clear_work_dir(root: &Path) -> io::Result<()> {
+    for e in std::fs::read_dir(root.join(WORK_DIR))? {
+        let e = e?;
+        // `file_type` does not follow symlinks, and neither does `remove_dir_all`.
+        let res = if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        if let Err(err) = res {
+            tracing::warn!(path = %e.path().display(), error = %err, "cannot remove copy-up scratch");
         }
     }
     Ok(())
@@ -295,4 +391,85 @@ pub fn enter_root(root: &std::fs::File, id: usize) -> io::Result<()> {
         cur.set(id);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Mode, owner, size, mtime and content of a file.
+    fn state(p: &Path) -> (u32, u32, u32, u64, i64, Vec<u8>) {
+        let md = std::fs::metadata(p).unwrap();
+        let content = std::fs::read(p).unwrap();
+        (
+            md.mode(),
+            md.uid(),
+            md.gid(),
+            md.size(),
+            md.mtime(),
+            content,
+        )
+    }
+
+    // The FUSE `setattr` of a symlink's own inode reaches these calls with the
+    // symlink's upper path (kernels before 6.6 let `chmod("/proc/self/fd/N")` of an
+    // O_PATH symlink through; newer ones refuse it before FUSE, so the decision is
+    // tested here directly).
+    #[test]
+    fn setattr_calls_on_a_symlink_never_reach_its_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host");
+        std::fs::write(&host, b"host").unwrap();
+        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&host, &link).unwrap();
+        let before = state(&host);
+
+        let e = chmod(&link, 0o4777).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let e = truncate(&link, 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        lchown(&link, 4321, 4321).unwrap();
+        let t = libc::timespec {
+            tv_sec: 12345,
+            tv_nsec: 0,
+        };
+        set_times(&link, Some(Some(t)), Some(Some(t))).unwrap();
+        assert_eq!(state(&host), before);
+        // The link itself got the owner and times.
+        let lmd = std::fs::symlink_metadata(&link).unwrap();
+        assert_eq!((lmd.uid(), lmd.gid(), lmd.mtime()), (4321, 4321, 12345));
+    }
+
+    #[test]
+    fn a_symlinked_parent_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"outside").unwrap();
+        std::fs::set_permissions(outside.join("f"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        std::os::unix::fs::symlink(&outside, tmp.path().join("dir")).unwrap();
+        let through = tmp.path().join("dir/f");
+        assert_eq!(
+            chmod(&through, 0o777).unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        assert!(truncate(&through, 0).is_err());
+        assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside");
+        let mode = std::fs::metadata(outside.join("f")).unwrap().mode();
+        assert_eq!(mode & 0o7777, 0o644);
+    }
+
+    #[test]
+    fn regular_files_still_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        chmod(&f, 0o4755).unwrap();
+        truncate(&f, 2).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o4755);
+        assert_eq!(std::fs::read(&f).unwrap(), b"12");
+    }
 }

@@ -6,62 +6,9 @@
 mod common;
 
 use common::*;
-use parking_lot::{Condvar, Mutex};
 use skiff_fs::{ChunkCache, FetchTuning, Fetcher, Layer, Priority, Stats};
-use skiff_proto::blob::BlobError;
-use skiff_proto::{BlobReader, Digest};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A blob whose reads wait until the gate opens, recording each read's offset.
-struct GatedBlob {
-    inner: Arc<CountingBlob>,
-    open: Mutex<bool>,
-    seen: Mutex<Vec<u64>>,
-    changed: Condvar,
-}
-
-impl GatedBlob {
-    fn wait_seen(&self, n: usize) {
-        let mut s = self.seen.lock();
-        while s.len() < n {
-            self.changed.wait(&mut s);
-        }
-    }
-    fn release(&self) {
-        *self.open.lock() = true;
-        self.changed.notify_all();
-    }
-}
-
-impl BlobReader for GatedBlob {
-    fn digest(&self) -> Digest {
-        self.inner.digest()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
-        self.seen.lock().push(offset);
-        self.changed.notify_all();
-        let mut open = self.open.lock();
-        while !*open {
-            self.changed.wait(&mut open);
-        }
-        drop(open);
-        self.inner.read_at(offset, len)
-    }
-}
-
-/// Opens the gate when dropped, so a failing assertion cannot leave workers blocked
-/// (the fetcher's shutdown joins them).
-struct ReleaseOnDrop(Arc<GatedBlob>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
 
 fn file(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
@@ -76,12 +23,7 @@ fn background_waits_for_on_demand_reads_then_runs() {
     let b = file(2, 50_000);
     let layer = build_layer(&[Item::File("a", 0o644, &a), Item::File("b", 0o644, &b)]);
     let img = image(&tmp.path().join("img"), &[layer]);
-    let gated = Arc::new(GatedBlob {
-        inner: img.readers[0].clone(),
-        open: Mutex::new(false),
-        seen: Mutex::new(Vec::new()),
-        changed: Condvar::new(),
-    });
+    let gated = GatedBlob::new(img.readers[0].clone());
     let index = img.layers[0].index.clone();
     let chunks_of = |name: &str| {
         let e = index.entries.iter().find(|e| e.path == name).unwrap();
@@ -117,9 +59,14 @@ fn background_waits_for_on_demand_reads_then_runs() {
         cb.clone(),
         Box::new(move |r| tx2.send(("b", r.is_ok())).unwrap()),
     );
-    // Free workers exist, yet the background job must not start while "a" runs.
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(*gated.seen.lock(), vec![ca[0].blob_offset]);
+    // Free workers exist, yet the background job must not start while "a" runs. An
+    // absence has no event to wait for: watch it over a window instead (a scheduler
+    // that starts "b" at once does so within a few milliseconds of submitting).
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_millis(200) {
+        assert_eq!(*gated.seen.lock(), vec![ca[0].blob_offset]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(!fetcher.is_idle());
 
     gated.release();
@@ -235,7 +182,8 @@ fn first_read_of_a_big_file_queues_the_rest_of_it() {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // Nothing else is queued or running, so the count is final.
+    m.wait_fetches_idle();
     let fetched = bytes();
     assert!(
         fetched >= big.len() as u64,

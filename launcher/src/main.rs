@@ -69,6 +69,11 @@ fn main() -> ExitCode {
         }
     };
     cmd::init_tracing(cli.global.verbose.saturating_add(cli.verbose_short));
+    // Before any command writes under the root: host users must not reach the image
+    // content and container trees skiff keeps there (see skiff_proto::store::secure_root).
+    if let Err(e) = skiff_proto::store::secure_root(&cli.global.layout()) {
+        tracing::warn!(root = %cli.global.root.display(), "securing the skiff root: {e}");
+    }
     let result = match cli.command {
         Command::Pull(a) => cmd::pull::run(&cli.global, a),
         Command::Inspect(a) => cmd::inspect::run(&cli.global, a),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, Rootfs};
+use common::{code, descendants_of, KillOnDrop, Rootfs};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -312,21 +312,23 @@ fn no_descriptor_leaks_into_the_container() {
 #[test]
 fn signals_are_forwarded_to_pid1() {
     let r = Rootfs::new();
-    let mut child = r
-        .skiff_cmd(&[
+    let mut child = KillOnDrop::spawn(
+        r.skiff_cmd(&[
             "--rm",
             "sh",
             "-c",
             "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
         ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::piped()),
+    );
     let mut stdout = child.stdout.take().unwrap();
     let mut buf = [0u8; 6];
     use std::io::Read;
     stdout.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ready\n");
+    // Everything skiff started for the container (its PID 1 at least).
+    let started = descendants_of(child.id() as i32);
+    assert!(!started.is_empty(), "skiff runs no container");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
@@ -334,6 +336,18 @@ fn signals_are_forwarded_to_pid1() {
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "got-term\n");
     assert_eq!(status.code(), Some(7));
-    // No zombie children of ours remain (skiff reaped everything before exiting).
+    // No child of skiff's outlives it, running or as a zombie: each is gone from /proc
+    // (skiff waited for them; an orphan would be re-parented and still listed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut left = started.clone();
+    while !left.is_empty() && std::time::Instant::now() < deadline {
+        left.retain(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let states: Vec<String> = left
+        .iter()
+        .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "left behind by skiff: {states:?}");
     r.assert_no_mounts();
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, Rootfs};
+use common::{code, KillOnDrop, Rootfs};
 
 #[test]
 fn memory_limit_kills_the_hog() {
@@ -58,20 +58,17 @@ fn pids_limit_stops_a_fork_bomb() {
 #[test]
 fn cpus_sets_cfs_quota_and_cgroups_are_removed() {
     let r = Rootfs::new();
-    let mut child = r
-        .skiff_cmd(&[
-            "--rm",
-            "--cpus",
-            "0.5",
-            "--memory",
-            "64m",
-            "--pids-limit",
-            "20",
-            "sleep",
-            "30",
-        ])
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop::spawn(&mut r.skiff_cmd(&[
+        "--rm",
+        "--cpus",
+        "0.5",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "20",
+        "sleep",
+        "30",
+    ]));
     let pid1 = common::wait_for_child_of(child.id(), "sleep");
     // PID 1's own cgroups, per v1 controller and in the unified hierarchy.
     let cgroup_of = |ctrl: &str| -> String {

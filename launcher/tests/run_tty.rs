@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Rootfs;
+use common::{KillOnDrop, Rootfs};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -23,16 +23,21 @@ fn set_size(fd: i32, rows: u16, cols: u16) {
 
 /// Waits until the output collected so far contains `needle`.
 fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, needle: &str) -> String {
+    wait_within(buf, needle, Duration::from_secs(20))
+        .unwrap_or_else(|text| panic!("no {needle:?} in {text:?}"))
+}
+
+/// The output once it contains `needle`, or (as the error) the output after `limit`.
+fn wait_within(buf: &Arc<Mutex<Vec<u8>>>, needle: &str, limit: Duration) -> Result<String, String> {
     let start = Instant::now();
     loop {
         let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
         if text.contains(needle) {
-            return text;
+            return Ok(text);
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no {needle:?} in {text:?}"
-        );
+        if start.elapsed() >= limit {
+            return Err(text);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -57,7 +62,7 @@ fn tty_prompt_size_and_resize() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = KillOnDrop::spawn(&mut cmd);
     // The Command holds copies of the slave: drop them so the master sees EOF at exit.
     drop(cmd);
     drop(slave);
@@ -86,11 +91,20 @@ fn tty_prompt_size_and_resize() {
     );
 
     // Resize the outer terminal: the kernel sends skiff SIGWINCH, skiff resizes the
-    // container's pty.
+    // container's pty. Ask again until the new size shows (the signal is asynchronous),
+    // within a bound.
     set_size(master.as_raw_fd(), 40, 120);
-    std::thread::sleep(Duration::from_millis(200));
-    master.write_all(b"stty size\r").unwrap();
-    wait_for(&out, "40 120");
+    let start = Instant::now();
+    loop {
+        master.write_all(b"stty size\r").unwrap();
+        match wait_within(&out, "40 120", Duration::from_millis(500)) {
+            Ok(_) => break,
+            Err(text) => assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the container never saw the resize: {text:?}"
+            ),
+        }
+    }
 
     master.write_all(b"exit 5\r").unwrap();
     let status = child.wait().unwrap();

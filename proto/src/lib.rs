@@ -16,6 +16,7 @@ pub mod reference;
 pub mod registry;
 pub mod resolve;
 pub mod store;
+pub mod tempfiles;
 
 pub use blob::{BlobError, BlobReader, FileBlob};
 pub use digest::{Digest, DigestError};

@@ -2,7 +2,10 @@
 //! and `skiff run` call before building the merged tree.
 //!
 //! For each layer, in order of preference (the cheapest that works wins):
-//! 1. the local [`IndexStore`] (keyed by layer digest);
+//! 1. the local [`IndexStore`]: an index derived from the layer itself (keyed by layer
+//!    digest), else one published in this image's repository and stored apart
+//!    ([`IndexStore::load_published`]): a published index never serves another
+//!    repository's images;
 //! 2. an index artifact published beside the image ([`crate::index::artifact`]), found
 //!    through [`Client::fetch_artifacts`] (referrers API or its `sha256-<hex>` tag
 //!    fallback), **in the image's own repository only** (the chunk digests in it are
@@ -70,6 +73,10 @@ pub struct ResolvedLayer {
     /// Candidate indexes that were refused before `source` was used (stored index
     /// corrupt, published index failing verification…), as messages for the user.
     pub refused: Vec<String>,
+    /// The index was taken from an artifact published in the image's repository (now
+    /// or earlier, from the store's published area) rather than derived from the
+    /// layer here: `skiff index --push` must not republish it as its own.
+    pub published: bool,
 }
 
 /// Progress of the streaming passes [`resolve_layers`] makes, for a UI to show
@@ -199,19 +206,30 @@ pub fn resolve_layers(
     let repo = image.reference.repository().to_string();
     let layers = image.layers();
     // Stored indexes first: when every layer has one, nothing else is asked.
-    let mut stored: Vec<(Option<LayerIndex>, Vec<String>)> = layers
+    let mut stored: Vec<(Option<(LayerIndex, bool)>, Vec<String>)> = layers
         .iter()
-        .map(|l| match store.load(&l.digest) {
-            Ok(Some(idx)) if idx.blob_size == l.size => (Some(idx), Vec::new()),
-            Ok(Some(_)) => (
-                None,
-                vec![format!(
-                    "stored index of {} has the wrong blob size",
-                    l.digest
-                )],
-            ),
-            Ok(None) => (None, Vec::new()),
-            Err(e) => (None, vec![format!("stored index refused: {e}")]),
+        .map(|l| {
+            let derived = store.load(&l.digest);
+            let found = match derived {
+                Ok(None) if opts.use_published => store
+                    .load_published(&l.digest, &repo)
+                    .map(|i| i.map(|i| (i, true))),
+                other => other.map(|i| i.map(|i| (i, false))),
+            };
+            match found {
+                Ok(Some((idx, published))) if idx.blob_size == l.size => {
+                    (Some((idx, published)), Vec::new())
+                }
+                Ok(Some(_)) => (
+                    None,
+                    vec![format!(
+                        "stored index of {} has the wrong blob size",
+                        l.digest
+                    )],
+                ),
+                Ok(None) => (None, Vec::new()),
+                Err(e) => (None, vec![format!("stored index refused: {e}")]),
+            }
         })
         .collect();
     // Layers that carry their own verified TOC (eStargz, zstd:chunked) never need a
@@ -230,7 +248,7 @@ pub fn resolve_layers(
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<ResolvedLayer, ResolveError>>>> =
         Mutex::new((0..layers.len()).map(|_| None).collect());
-    let stored_slots: Vec<Mutex<(Option<LayerIndex>, Vec<String>)>> =
+    let stored_slots: Vec<Mutex<(Option<(LayerIndex, bool)>, Vec<String>)>> =
         stored.drain(..).map(Mutex::new).collect();
     let workers = opts.parallel.max(1).min(layers.len().max(1));
     std::thread::scope(|scope| {
@@ -288,7 +306,7 @@ fn resolve_one(
     layer: &Descriptor,
     store: &IndexStore,
     opts: &ResolveOptions,
-    from_store: Option<LayerIndex>,
+    from_store: Option<(LayerIndex, bool)>,
     mut refused: Vec<String>,
     published: Option<&Published>,
 ) -> Result<ResolvedLayer, ResolveError> {
@@ -299,9 +317,14 @@ fn resolve_one(
         layer.size,
         handle.clone(),
     ));
-    let done = |index: LayerIndex, source: IndexSource, refused: Vec<String>| {
+    let done = |index: LayerIndex, source: IndexSource, refused: Vec<String>, published| {
         if opts.save && source != IndexSource::Store {
-            if let Err(e) = store.save(&index) {
+            let saved = if published {
+                store.save_published(&index, repo)
+            } else {
+                store.save(&index)
+            };
+            if let Err(e) = saved {
                 tracing::warn!(layer = %layer.digest, "saving the index: {e}");
             }
         }
@@ -311,17 +334,18 @@ fn resolve_one(
             blob: Arc::clone(&blob),
             source,
             refused,
+            published,
         }
     };
-    if let Some(index) = from_store {
-        return Ok(done(index, IndexSource::Store, refused));
+    if let Some((index, published)) = from_store {
+        return Ok(done(index, IndexSource::Store, refused, published));
     }
     if let Some(p) = published {
         refused.extend(p.problems.iter().cloned());
         // Newest first: the fallback tag's index lists artifacts in push order.
         for artifact in p.artifacts.iter().rev() {
             match fetch_published(client, handle, repo, artifact, layer) {
-                Ok(Some(index)) => return Ok(done(index, IndexSource::Published, refused)),
+                Ok(Some(index)) => return Ok(done(index, IndexSource::Published, refused, true)),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(layer = %layer.digest, "published index refused: {e}");
@@ -366,7 +390,7 @@ fn resolve_one(
         LayerFormat::Estargz | LayerFormat::ZstdChunked => IndexSource::Toc,
         _ => IndexSource::Streamed,
     };
-    Ok(done(index, source, refused))
+    Ok(done(index, source, refused, false))
 }
 
 /// Lists and verifies the index artifacts published for `image` in its repository.

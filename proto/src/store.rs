@@ -8,6 +8,12 @@ mod layout;
 
 pub use layout::{ContainerPaths, RootLayout};
 
+mod permissions;
+
+pub use permissions::{
+    create_private_file, secure_root, write_private, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, ROOT_MODE,
+};
+
 use crate::blob::{BlobError, FileBlob};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -86,6 +92,7 @@ impl Store {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let layout = RootLayout::new(root.as_ref());
+        secure_root(&layout).map_err(io_err("securing", layout.root()))?;
         for p in [layout.blobs(), layout.images(), layout.tmp()] {
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }

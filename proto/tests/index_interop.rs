@@ -6,7 +6,8 @@
 //!
 //! Needs root, `umoci` and `skopeo`; the eStargz peer test also needs `containerd`,
 //! `ctr` and `ctr-remote`. A test whose tools are missing prints why and passes
-//! without checking (so the suite runs anywhere); on the project machine they exist.
+//! without checking (so the suite runs anywhere), unless `SKIFF_TEST_REQUIRE_TOOLS=1`
+//! (set by `scripts/test.sh`): then it fails and names the missing tool.
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use skiff_proto::index::convert::{convert_to_estargz, EstargzOptions};
@@ -377,18 +378,30 @@ fn index_and_check(
     (idx, blob)
 }
 
+/// True when we are root and every tool is on PATH; otherwise false with a note, or a
+/// panic naming what is missing when `SKIFF_TEST_REQUIRE_TOOLS` is set (by
+/// `scripts/test.sh`, which installs them all: there a skip would be a silent pass).
+/// The same rule as `skiff_tests::tools_or_skip`, which this crate cannot depend on.
 fn tools_or_skip(tools: &[&str]) -> bool {
+    let mut problems = Vec::new();
     if !is_root() {
-        eprintln!("skipping: needs root (umoci unpack keeps owners)");
-        return false;
+        problems.push("needs root (umoci unpack keeps owners)".to_string());
     }
-    for t in tools {
-        if !have(t) {
-            eprintln!("skipping: {t} is not installed");
-            return false;
-        }
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if !missing.is_empty() {
+        problems.push(format!("missing tools: {}", missing.join(", ")));
     }
-    true
+    if problems.is_empty() {
+        return true;
+    }
+    let problems = problems.join("; ");
+    let required =
+        std::env::var("SKIFF_TEST_REQUIRE_TOOLS").is_ok_and(|v| !v.is_empty() && v != "0");
+    if required {
+        panic!("{problems} (SKIFF_TEST_REQUIRE_TOOLS is set, so this is a failure, not a skip)");
+    }
+    eprintln!("skipping: {problems}");
+    false
 }
 
 fn descriptor(media_type: &str, path: &Path, annotations: HashMap<String, String>) -> Descriptor {

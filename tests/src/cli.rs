@@ -71,13 +71,34 @@ impl Skiff {
         }
     }
 
-    /// A command with `--root` set and no inherited Docker config.
+    /// A command with `--root` set, no inherited Docker config and no mirrors (the
+    /// machine's `/etc/containerd/certs.d` is not consulted unless `--hosts-dir` says).
     pub fn command(&self) -> Command {
         let mut c = Command::new(skiff_bin());
         c.arg("--root").arg(&self.root);
         c.env("DOCKER_CONFIG", self.root.join("no-docker-config"));
+        c.env("SKIFF_HOSTS_DIR", self.root.join("no-hosts-dir"));
         c.stdin(Stdio::null());
         c
+    }
+
+    /// A guard that removes this root's containers and unmounts what is left below
+    /// `dir` when dropped (see [`crate::guard::ContainerGuard`]).
+    pub fn guard(&self, dir: &Path) -> crate::guard::ContainerGuard {
+        crate::guard::ContainerGuard::new(&skiff_bin(), &self.root, dir)
+    }
+
+    /// `skiff run --rm --background-fetch=false IMAGE cat PATH`: a cold start that reads
+    /// one file, with no background fetch adding bytes the command never read.
+    pub fn run_cat(&self, image: &str, path: &str) -> Output {
+        self.run(&[
+            "run",
+            "--rm",
+            "--background-fetch=false",
+            image,
+            "cat",
+            path,
+        ])
     }
 
     /// Runs `skiff <args>` and returns its output.

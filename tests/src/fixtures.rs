@@ -326,6 +326,19 @@ pub fn write_oci_layout(dir: &std::path::Path, tag: &str, image: &BuiltImage) {
 /// passwd/group (root, alice); layer 2 a big incompressible file of `big` bytes (which
 /// start-up commands never read), `/etc/motd` and a whiteout of `/bin/ls`.
 pub fn busybox_layers(big: usize) -> Vec<Layer> {
+    let (base, top) = busybox_entries(big);
+    vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
+}
+
+/// [`busybox_layers`] as uncompressed tar layers: every file's bytes sit at a blob
+/// offset that an independent tar reader (GNU `tar -tvR`) can tell.
+pub fn busybox_tar_layers(big: usize) -> Vec<Layer> {
+    let (base, top) = busybox_entries(big);
+    vec![Layer::tar(&base), Layer::tar(&top)]
+}
+
+/// The entries of the two layers of [`busybox_layers`].
+fn busybox_entries(big: usize) -> (Vec<Entry>, Vec<Entry>) {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
     let mut base = vec![
         Entry::dir("bin", 0o755),
@@ -350,7 +363,49 @@ pub fn busybox_layers(big: usize) -> Vec<Layer> {
         Entry::file("data/big", &pseudo_random(7, big), 0o600),
         Entry::file("bin/.wh.ls", b"", 0o644),
     ];
-    vec![Layer::tar_gzip(&base), Layer::tar_gzip(&top)]
+    (base, top)
+}
+
+/// Where each regular file's bytes lie in an uncompressed tar `blob` (`(offset, size)`),
+/// as GNU tar (not Skiff, nor the `tar` crate that builds the fixtures) reports it:
+/// `tar -tvR` prints each member's header block and size, and the data follows that
+/// 512-byte header (the fixtures write no long-name or PAX headers). Keyed by path
+/// without `./`.
+pub fn gnu_tar_data_offsets(blob: &[u8]) -> std::collections::HashMap<String, (u64, u64)> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("tar")
+        .args(["-tvR", "--full-time", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("GNU tar is installed");
+    let mut stdin = child.stdin.take().expect("tar stdin");
+    let data = blob.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("running tar -tvR");
+    writer.join().expect("feeding tar").expect("writing to tar");
+    assert!(out.status.success(), "tar -tvR failed");
+    let mut offsets = std::collections::HashMap::new();
+    // "block 12: -rw-r--r-- 0/0 21 2023-11-14 22:13:20 etc/motd"
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = line.strip_prefix("block ") else {
+            continue;
+        };
+        let (block, rest) = rest.split_once(": ").expect("tar -R line");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if !fields.first().is_some_and(|m| m.starts_with('-')) || fields.len() < 6 {
+            continue;
+        }
+        let block: u64 = block.trim().parse().expect("tar block number");
+        let size: u64 = fields[2].parse().expect("tar member size");
+        let path = fields[5..].join(" ");
+        offsets.insert(
+            path.trim_start_matches("./").to_string(),
+            ((block + 1) * 512, size),
+        );
+    }
+    offsets
 }
 
 /// Builds the [`busybox_layers`] image (for this host's platform, Cmd `/bin/sh`) and

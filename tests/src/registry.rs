@@ -44,6 +44,9 @@ pub struct RegistryOptions {
     pub bind_ip: Option<std::net::IpAddr>,
     /// Serve HTTPS with this (certificate chain, key) pair of PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Run as a pull-through cache of this registry URL (`proxy.remoteurl`, e.g.
+    /// `http://127.0.0.1:PORT`); such a registry refuses pushes.
+    pub proxy_remote: Option<String>,
 }
 
 /// A running `docker-registry`. Stopped (killed and reaped) on drop.
@@ -123,11 +126,15 @@ impl Registry {
                 ),
                 None => String::new(),
             };
+            let proxy = match &options.proxy_remote {
+                Some(url) => format!("proxy:\n  remoteurl: {url}\n"),
+                None => String::new(),
+            };
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: {addr}\n  secret: skiff-test-secret\n{tls}{auth}",
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  cache:\n    blobdescriptor: inmemory\nhttp:\n  addr: {addr}\n  secret: skiff-test-secret\n{tls}{auth}{proxy}",
                     storage.display()
                 ),
             )

@@ -31,6 +31,10 @@ pub struct IssuerOptions {
     pub users: Option<(String, String)>,
     /// Answer with `access_token` instead of `token`.
     pub use_access_token_field: bool,
+    /// Make tokens really expire after this many seconds, whatever `expires_in` claims
+    /// (the registry allows 60 s of clock skew past `exp`, which this accounts for), to
+    /// test re-authentication on 401 during long reads.
+    pub real_lifetime: Option<u64>,
 }
 
 impl Default for IssuerOptions {
@@ -40,6 +44,7 @@ impl Default for IssuerOptions {
             first_token_expired: false,
             users: None,
             use_access_token_field: false,
+            real_lifetime: None,
         }
     }
 }
@@ -311,8 +316,12 @@ fn serve(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // docker-registry accepts a token up to 60 s past its `exp` (clock skew leeway).
+    const REGISTRY_LEEWAY: u64 = 60;
     let exp = if shared.options.first_token_expired && n == 1 {
         now.saturating_sub(600)
+    } else if let Some(lifetime) = shared.options.real_lifetime {
+        (now + lifetime).saturating_sub(REGISTRY_LEEWAY)
     } else {
         now + 600
     };

@@ -172,20 +172,22 @@ async fn truncated_download_resumes_with_range() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_ignoring_range_is_reported() {
+async fn registry_ignoring_range_is_read_whole_and_verified() {
     let reg = Registry::start();
     let img = fixtures::push_image(&reg.host(), "norange:v1", fixtures::sample_layers()).await;
     let proxy = FaultProxy::start(reg.addr());
     proxy.add_rule(Rule::new("/blobs/", Fault::StripRange, None));
     let c = client(&proxy.host());
     let d = img.manifest.layers[1].digest;
-    let err = c.get_blob_range("norange", d, 10, 100).await.unwrap_err();
-    assert!(matches!(err, RegistryError::RangeIgnored { .. }), "{err}");
-    assert!(err.to_string().contains("Range"), "{err}");
+    // A 200 to a Range request is read whole (and verified); the range is returned.
+    let got = c.get_blob_range("norange", d, 10, 100).await.unwrap();
+    assert_eq!(&got[..], &img.layers[1].blob[10..110]);
+    assert_eq!(c.stats().bytes(), img.layers[1].blob.len() as u64);
     // Direct to the registry, Range works and returns exactly those bytes.
     let direct = client(&reg.host());
     let got = direct.get_blob_range("norange", d, 10, 100).await.unwrap();
     assert_eq!(&got[..], &img.layers[1].blob[10..110]);
+    assert_eq!(direct.stats().bytes(), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

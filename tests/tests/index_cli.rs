@@ -7,7 +7,9 @@ use skiff_proto::blob::BlobReader;
 use skiff_proto::digest::Digest;
 use skiff_proto::image::MEDIA_OCI_MANIFEST;
 use skiff_proto::image::{ResolvedImage, MEDIA_OCI_LAYER_GZIP};
-use skiff_proto::index::artifact::{index_artifact_manifest, index_blob, INDEX_ARTIFACT_TYPE};
+use skiff_proto::index::artifact::{
+    index_artifact_manifest, index_blob, IndexBlob, INDEX_ARTIFACT_TYPE,
+};
 use skiff_proto::index::decode_chunk;
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::index::{EntryKind, LayerFormat, LayerIndex};
@@ -248,6 +250,116 @@ fn tampered_published_index_is_refused_and_a_streaming_pass_used() {
     );
 }
 
+/// Publishes `blobs` as an index artifact for `image` in `repo` by hand (through the
+/// fallback tag), as anyone with push access to `repo` could.
+fn publish_artifact(
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    repo: &str,
+    image: &ResolvedImage,
+    subject: Digest,
+    blobs: Vec<IndexBlob>,
+) {
+    let manifest = index_artifact_manifest(&image.manifest_descriptor(), &blobs);
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    rt.block_on(async {
+        for b in blobs {
+            client.push_blob(repo, b.bytes.into()).await.unwrap();
+        }
+        client.push_blob(repo, b"{}".to_vec().into()).await.unwrap();
+        let d = client
+            .push_manifest(
+                repo,
+                &Digest::of(&manifest_bytes).to_string(),
+                MEDIA_OCI_MANIFEST,
+                &manifest_bytes,
+            )
+            .await
+            .unwrap();
+        let mut listed =
+            skiff_proto::image::Descriptor::new(MEDIA_OCI_MANIFEST, d, manifest_bytes.len() as u64);
+        listed.artifact_type = Some(INDEX_ARTIFACT_TYPE.into());
+        client
+            .add_referrer_to_fallback_tag(repo, subject, listed)
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_published_index_serves_only_its_own_repository() {
+    // The same layers in two repositories; the owner of `evil/x` publishes an index
+    // for the shared layer that makes etc/motd setuid (its chunk digests are genuine,
+    // so chunk verification cannot catch it).
+    let reg = Registry::start();
+    let rt = rt();
+    let evil = rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "evil/x:v1",
+        plain_layers(),
+    ));
+    rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "good/app:v1",
+        plain_layers(),
+    ));
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let evil_image = resolve(&client, &reg.reference("evil/x:v1"));
+    let good_image = resolve(&client, &reg.reference("good/app:v1"));
+    assert_eq!(evil_image.layers()[1].digest, good_image.layers()[1].digest);
+    let scratch = tempfile::tempdir().unwrap();
+    let genuine = layers_of(&client, &rt, &evil_image, scratch.path());
+    let mut forged = (*genuine[1].index).clone();
+    let motd = forged
+        .entries
+        .iter_mut()
+        .find(|e| e.path == "etc/motd")
+        .unwrap();
+    assert_eq!(motd.mode, 0o644);
+    motd.mode = 0o4755;
+    publish_artifact(
+        &client,
+        &rt,
+        "evil/x",
+        &evil_image,
+        evil.digest,
+        vec![index_blob(&forged).unwrap()],
+    );
+
+    // The victim runs evil/x once: its own image shows what its publisher wrote.
+    let victim = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &evil_image, victim.path());
+    assert_eq!(layers[1].source, IndexSource::Published);
+    assert!(layers[1].published);
+    let mode_of = |l: &ResolvedLayer| {
+        l.index
+            .entries
+            .iter()
+            .find(|e| e.path == "etc/motd")
+            .unwrap()
+            .mode
+    };
+    assert_eq!(mode_of(&layers[1]), 0o4755);
+    // Then good/app on the same root: the shared layer's index is not evil's.
+    let layers = layers_of(&client, &rt, &good_image, victim.path());
+    assert_eq!(mode_of(&layers[1]), 0o644);
+    assert_eq!(layers[1].source, IndexSource::Streamed);
+    assert!(!layers[1].published);
+    // And it stays so from the store.
+    let again = layers_of(&client, &rt, &good_image, victim.path());
+    assert_eq!(again[1].source, IndexSource::Store);
+    assert_eq!(mode_of(&again[1]), 0o644);
+    // `skiff index --push` does not republish evil's index as its own.
+    let out =
+        Skiff::new(victim.path()).run(&["index", "-q", "--push", &reg.reference("evil/x:v1")]);
+    assert!(!out.status.success(), "republished a published index");
+    assert!(
+        text(&out.stderr).contains("not republishing the published index"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn published_index_of_another_layer_is_refused() {
     let reg = Registry::start();
@@ -260,33 +372,7 @@ fn published_index_of_another_layer_is_refused() {
     // An artifact that files layer 1's (genuine, digest-correct) index under layer 0.
     let mut forged = index_blob(&layers[1].index).unwrap();
     forged.layer = layers[0].descriptor.digest;
-    let subject = image.manifest_descriptor();
-    let manifest = index_artifact_manifest(&subject, &[forged]);
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    rt.block_on(async {
-        let forged = index_blob(&layers[1].index).unwrap();
-        client.push_blob("mix", forged.bytes.into()).await.unwrap();
-        client
-            .push_blob("mix", b"{}".to_vec().into())
-            .await
-            .unwrap();
-        let d = client
-            .push_manifest(
-                "mix",
-                &Digest::of(&manifest_bytes).to_string(),
-                MEDIA_OCI_MANIFEST,
-                &manifest_bytes,
-            )
-            .await
-            .unwrap();
-        let mut listed =
-            skiff_proto::image::Descriptor::new(MEDIA_OCI_MANIFEST, d, manifest_bytes.len() as u64);
-        listed.artifact_type = Some(INDEX_ARTIFACT_TYPE.into());
-        client
-            .add_referrer_to_fallback_tag("mix", built.digest, listed)
-            .await
-            .unwrap();
-    });
+    publish_artifact(&client, &rt, "mix", &image, built.digest, vec![forged]);
     let fresh = tempfile::tempdir().unwrap();
     let layers = layers_of(&client, &rt, &image, fresh.path());
     assert_eq!(layers[0].source, IndexSource::Streamed);
@@ -345,14 +431,6 @@ fn malformed_manifest_and_referrers_tag_give_clear_errors() {
     );
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
     ok(&out, &format!("{cmd:?}"));
@@ -390,8 +468,7 @@ fn unpack(reference: &str, work: &Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
-    if !have("skopeo") || !have("umoci") {
-        eprintln!("skipping: needs skopeo and umoci");
+    if !skiff_tests::tools_or_skip(&["skopeo", "umoci"], "umoci unpack keeps owners") {
         return;
     }
     let reg = Registry::start();

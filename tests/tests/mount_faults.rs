@@ -21,6 +21,27 @@ impl Drop for MountGuard {
     }
 }
 
+/// Pushes a one-layer image as `repo:v1`.
+async fn push_one_layer(reg: &Registry, repo: &str, layer: Layer) -> fixtures::BuiltImage {
+    let image = build_image(
+        vec![layer],
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(&skiff_tests::client(&reg.host()), repo, "v1", &image).await;
+    image
+}
+
+/// `skiff mount -d IMAGE MNT`, which must succeed.
+fn mount_detached(skiff: &Skiff, image: &str, mnt: &Path) {
+    let out = skiff.run(&["mount", "-d", image, mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn is_mounted(dir: &Path) -> bool {
     let dir = dir.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mounts")
@@ -39,31 +60,14 @@ async fn dead_registry_fails_only_uncached_reads_and_recovers() {
         Entry::file("data/a", &a, 0o644),
         Entry::file("data/b", &b, 0o644),
     ]);
-    let image = build_image(
-        vec![layer],
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(
-        &skiff_tests::client(&reg.host()),
-        "faults/data",
-        "v1",
-        &image,
-    )
-    .await;
+    push_one_layer(&reg, "faults/data", layer).await;
     let proxy = FaultProxy::start(reg.addr());
 
     let tmp = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(&tmp.path().join("root"));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let reference = format!("{}/faults/data:v1", proxy.host());
-    let out = skiff.run(&["mount", "-d", &reference, mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mount_detached(&skiff, &format!("{}/faults/data:v1", proxy.host()), &mnt);
     let guard = MountGuard(mnt.clone());
     assert!(is_mounted(&mnt));
 
@@ -105,4 +109,108 @@ async fn dead_registry_fails_only_uncached_reads_and_recovers() {
 /// EIO, without a libc dependency for one constant.
 fn libc_eio() -> i32 {
     5
+}
+
+/// How a read through the mount ended: the exact bytes, EIO, or (a failure) anything
+/// else, other bytes above all.
+fn right_bytes_or_eio(path: &Path, want: &[u8], what: &str) -> Result<(), ()> {
+    match std::fs::read(path) {
+        Ok(got) => {
+            assert!(
+                got == want,
+                "{what}: {} read {} bytes that are not its content",
+                path.display(),
+                got.len()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc_eio()), "{what}: {e}");
+            Err(())
+        }
+    }
+}
+
+/// A registry that misbehaves under a lazy mount: a flipped byte in a range answer, a
+/// registry that ignores Range (answers 200 with the whole blob), and one that stalls
+/// the first request for a while. Each read ends with EIO or the right bytes, never
+/// other bytes, within a bound; once the registry behaves, every file reads right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_faults_give_eio_or_the_right_bytes_and_the_mount_recovers() {
+    let reg = Registry::start();
+    // Files of 3 MiB: each is its own chunk of the tar index, far above any
+    // neighbour window, so reading one does not bring in the next.
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| fixtures::pseudo_random(40 + i, 3 << 20))
+        .collect();
+    let mut entries = vec![Entry::dir("data", 0o755)];
+    for (i, f) in files.iter().enumerate() {
+        entries.push(Entry::file(&format!("data/f{i}"), f, 0o644));
+    }
+    let image = push_one_layer(&reg, "faults/kinds", Layer::tar(&entries)).await;
+    let layer = skiff_proto::Digest::of(&image.layers[0].blob).to_string();
+    let proxy = FaultProxy::start(reg.addr());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(&tmp.path().join("root"));
+    let _guard = skiff.guard(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    mount_detached(&skiff, &format!("{}/faults/kinds:v1", proxy.host()), &mnt);
+    assert!(is_mounted(&mnt));
+
+    let cases = [
+        ("a flipped byte", Fault::CorruptByte, None),
+        ("Range ignored", Fault::StripRange, None),
+        (
+            "a 3 s stall, once",
+            Fault::Stall(std::time::Duration::from_secs(3)),
+            Some(1),
+        ),
+    ];
+    for (i, (what, fault, times)) in cases.iter().enumerate() {
+        proxy.clear_rules();
+        proxy.clear_requests();
+        proxy.add_rule(Rule::new(&layer, fault.clone(), *times).method("GET"));
+        let path = mnt.join(format!("data/f{i}"));
+        let started = std::time::Instant::now();
+        let outcome = right_bytes_or_eio(&path, &files[i], what);
+        let took = started.elapsed();
+        eprintln!("{what}: {outcome:?} after {took:?}");
+        assert!(
+            took < std::time::Duration::from_secs(120),
+            "{what}: the read took {took:?}"
+        );
+        // The fault was met: the file was not served from the cache.
+        assert!(
+            proxy
+                .requests()
+                .iter()
+                .any(|r| r.fault.as_ref() == Some(fault)),
+            "{what}: no request met the fault: {:?}",
+            proxy.requests()
+        );
+        if matches!(fault, Fault::CorruptByte) {
+            assert_eq!(
+                outcome,
+                Err(()),
+                "{what}: a corrupted chunk is never served"
+            );
+        }
+    }
+
+    // The registry behaves again: every file reads right, the faulted ones included.
+    proxy.clear_rules();
+    for (i, want) in files.iter().enumerate() {
+        assert!(
+            std::fs::read(mnt.join(format!("data/f{i}"))).unwrap() == *want,
+            "f{i} after recovery"
+        );
+    }
+    let out = skiff.run(&["umount", mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

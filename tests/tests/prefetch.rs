@@ -5,7 +5,6 @@
 
 use skiff_fs::{FetchTuning, Layer as FsLayer, MountOptions, Profile};
 use skiff_proto::index::store::IndexStore;
-use skiff_proto::index::LayerIndex;
 use skiff_proto::reference::Reference;
 use skiff_proto::resolve::{resolve_layers, ResolveOptions};
 use skiff_tests::cli::{describe, Skiff};
@@ -75,7 +74,8 @@ fn lazy_layers(rt: &tokio::runtime::Runtime, host: &str, repo: &str, store: &Pat
     .collect()
 }
 
-/// `(layer digest, start, end exclusive)` of every ranged layer-blob GET.
+/// `(layer position, start, end exclusive)` of every ranged layer-blob GET, in the
+/// order the proxy saw them.
 fn range_reads(reqs: &[Recorded], layers: &[FsLayer]) -> Vec<(usize, u64, u64)> {
     let mut out = Vec::new();
     for r in reqs.iter().filter(|r| r.method == "GET") {
@@ -124,20 +124,38 @@ fn find_file(layers: &[FsLayer], path: &str) -> (usize, usize) {
     panic!("{path} is in no layer");
 }
 
-/// Blob ranges of the chunks holding `profile`'s ranges, computed from the indexes.
-fn expected_ranges(layers: &[FsLayer], profile: &Profile) -> Vec<(usize, u64, u64)> {
+/// Chunk size of Skiff's index of an uncompressed tar layer: a file's bytes are cut
+/// into pieces of this many bytes from its start (`proto`'s `DEFAULT_CHUNK_SIZE`,
+/// stated here so that a change to it is seen).
+const TAR_CHUNK: u64 = 4 << 20;
+
+/// Blob ranges of the chunks holding `profile`'s ranges in the uncompressed tar layers
+/// `blobs` (bottom first), computed from GNU tar's member offsets and [`TAR_CHUNK`]:
+/// no part of Skiff is asked where a file's chunks are.
+fn expected_ranges(blobs: &[Vec<u8>], profile: &Profile) -> Vec<(usize, u64, u64)> {
+    let offsets: Vec<_> = blobs
+        .iter()
+        .map(|b| fixtures::gnu_tar_data_offsets(b))
+        .collect();
     let mut v = Vec::new();
     for f in &profile.files {
-        let (li, ei) = find_file(layers, &f.path);
-        let idx: &LayerIndex = &layers[li].index;
-        for c in idx.chunks_of(&idx.entries[ei]) {
-            let hit = f
-                .ranges
+        let path = f.path.trim_start_matches('/');
+        let (li, &(start, size)) = offsets
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(li, o)| o.get(path).map(|at| (li, at)))
+            .unwrap_or_else(|| panic!("{path} is in no layer"));
+        let mut piece = 0;
+        while piece < size {
+            let end = (piece + TAR_CHUNK).min(size);
+            if f.ranges
                 .iter()
-                .any(|&[off, len]| c.file_offset < off + len && off < c.file_offset + c.len);
-            if hit {
-                v.push((li, c.blob_offset, c.blob_offset + c.blob_len));
+                .any(|&[off, len]| piece < off + len && off < end)
+            {
+                v.push((li, start + piece, start + end));
             }
+            piece = end;
         }
     }
     union(v)
@@ -239,9 +257,52 @@ fn recorded_profile_round_trips_through_the_registry() {
     assert_eq!(found.len(), 1);
     assert_eq!(std::fs::read(&found[0]).unwrap(), bytes);
 
-    // An image without a profile: push refuses, pull says none.
-    let out = Skiff::new(b.path()).run(&["profile", "push", &reg.reference("prof/rt:nope")]);
-    assert_ne!(out.status.code(), Some(0));
+    // An image without a profile: push refuses, pull asks the registry and says none.
+    let bare = build_image(
+        vec![Layer::tar_gzip(&[Entry::file(
+            "only",
+            b"no profile\n",
+            0o644,
+        )])],
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    rt.block_on(push_built(
+        &skiff_tests::client(&reg.host()),
+        "prof/rt",
+        "bare",
+        &bare,
+    ));
+    let bare_hex = skiff_proto::Digest::of(&bare.manifest_bytes).hex();
+    let proxy = FaultProxy::start(reg.addr());
+    let bare_ref = format!("{}/prof/rt:bare", proxy.host());
+    let d = tempfile::tempdir().unwrap();
+    let out = Skiff::new(d.path()).run(&["profile", "push", &bare_ref]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no recorded profile"),
+        "{}",
+        describe(&out)
+    );
+    proxy.clear_requests();
+    let out = Skiff::new(d.path()).run(&["profile", "pull", &bare_ref]);
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no profile is published"),
+        "{}",
+        describe(&out)
+    );
+    let asked: Vec<Recorded> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("referrers") || r.path.contains(&format!("sha256-{bare_hex}")))
+        .collect();
+    assert!(
+        asked.iter().any(|r| r.path.contains(&bare_hex)),
+        "pull never looked for referrers of {bare_hex}: {:?}",
+        proxy.requests()
+    );
+    assert!(profile_files(d.path()).is_empty());
 }
 
 /// A cold mount with a recorded profile fetches exactly the chunks holding the
@@ -250,7 +311,12 @@ fn recorded_profile_round_trips_through_the_registry() {
 fn prefetch_fetches_exactly_the_recorded_ranges() {
     let rt = runtime();
     let reg = Registry::start();
-    push_indexed(&rt, &reg, "prof/exact", fixtures::busybox_layers(4 << 20));
+    let built = push_indexed(
+        &rt,
+        &reg,
+        "prof/exact",
+        fixtures::busybox_tar_layers(4 << 20),
+    );
     let image = reg.reference("prof/exact:latest");
     let rec_root = tempfile::tempdir().unwrap();
     let out = Skiff::new(rec_root.path()).run(&[
@@ -269,8 +335,13 @@ fn prefetch_fetches_exactly_the_recorded_ranges() {
     let proxy = FaultProxy::start(reg.addr());
     let store = tempfile::tempdir().unwrap();
     let layers = lazy_layers(&rt, &proxy.host(), "prof/exact", store.path());
-    let expected = expected_ranges(&layers, &profile);
-    assert!(!expected.is_empty());
+    let blobs: Vec<Vec<u8>> = built.layers.iter().map(|l| l.blob.clone()).collect();
+    let expected = expected_ranges(&blobs, &profile);
+    // The recording holds busybox (base layer) and motd (top layer), read in part.
+    assert!(
+        expected.iter().any(|r| r.0 == 0) && expected.iter().any(|r| r.0 == 1),
+        "{expected:?}"
+    );
     proxy.clear_requests();
 
     let cache = tempfile::tempdir().unwrap();
@@ -452,88 +523,161 @@ fn adjacent_and_nearby_chunks_share_one_request() {
     fetcher.shutdown();
 }
 
-/// Bytes of layer blobs a proxy served (ranged reads only; whole-layer reads panic).
-fn layer_bytes(proxy: &FaultProxy, built: &BuiltImage) -> (u64, usize) {
+/// `(layer position, start, end exclusive)` of every ranged GET of `built`'s layer
+/// blobs, in the order the proxy saw them (whole-layer reads panic).
+fn built_range_reads(proxy: &FaultProxy, built: &BuiltImage) -> Vec<(usize, u64, u64)> {
     let digests: Vec<String> = built
         .layers
         .iter()
         .map(|l| skiff_proto::Digest::of(&l.blob).to_string())
         .collect();
-    let mut bytes = 0;
-    let mut n = 0;
+    let mut out = Vec::new();
     for r in proxy.requests().iter().filter(|r| r.method == "GET") {
-        if !digests.iter().any(|d| r.path.ends_with(d.as_str())) {
+        let Some(li) = digests.iter().position(|d| r.path.ends_with(d.as_str())) else {
             continue;
-        }
+        };
         let range = r
             .range
             .as_deref()
             .unwrap_or_else(|| panic!("whole-layer read {r:?}"));
         let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
-        bytes += b.parse::<u64>().unwrap() + 1 - a.parse::<u64>().unwrap();
-        n += 1;
+        out.push((li, a.parse().unwrap(), b.parse::<u64>().unwrap() + 1));
     }
-    (bytes, n)
+    out
 }
 
-/// The busybox image of `run_image.rs` (24 MiB never-read file): a cold `skiff run`
-/// with the profile its first run recorded fetches the same chunks as without (they
-/// are prefetched, then shared with the container's reads), and far less than the
-/// image. Prints the numbers.
+fn bytes_of(reads: &[(usize, u64, u64)]) -> u64 {
+    reads.iter().map(|(_, a, b)| b - a).sum()
+}
+
+/// Where the profile of [`cold_run_prefetches_the_profile_before_the_containers_reads`]
+/// points: 20 MiB into `/data/big`, far from anything `cat /etc/motd` reads (and past
+/// any read-ahead or neighbour window of motd, which precedes it in the layer).
+const PROFILED_BIG_OFFSET: u64 = 20 << 20;
+
+/// The busybox image of `run_image.rs` (24 MiB never-read file), uncompressed so that
+/// GNU tar tells where each file lies. A first `skiff run` records a profile of what
+/// it read (checked); a cold `skiff run` on another root that has a hand-written
+/// profile naming 4 KiB of `/data/big` fetches that range, and fetches it before the
+/// container executes busybox; its own reads cost what they cost without a profile.
 #[test]
-fn cold_run_bytes_with_and_without_a_profile() {
+fn cold_run_prefetches_the_profile_before_the_containers_reads() {
     let rt = runtime();
     let reg = Registry::start();
-    let built = push_indexed(&rt, &reg, "prof/cold", fixtures::busybox_layers(24 << 20));
+    let built = push_indexed(
+        &rt,
+        &reg,
+        "prof/cold",
+        fixtures::busybox_tar_layers(24 << 20),
+    );
     let image_size: u64 = built.layers.iter().map(|l| l.blob.len() as u64).sum();
+    let base = fixtures::gnu_tar_data_offsets(&built.layers[0].blob);
+    let top = fixtures::gnu_tar_data_offsets(&built.layers[1].blob);
+    let busybox_size = std::fs::metadata("/bin/busybox").unwrap().len();
+    let (busybox_at, size) = base["bin/busybox"];
+    assert_eq!(size, busybox_size);
+    let busybox = (0, busybox_at, busybox_at + busybox_size);
+    let (big_at, size) = top["data/big"];
+    assert_eq!(size, 24 << 20);
+    let profiled = (
+        1,
+        big_at + PROFILED_BIG_OFFSET,
+        big_at + PROFILED_BIG_OFFSET + 4096,
+    );
+    let covers = |r: &(usize, u64, u64), want: (usize, u64, u64)| {
+        r.0 == want.0 && r.1 <= want.1 && want.2 <= r.2
+    };
+    let overlaps = |r: &(usize, u64, u64), want: (usize, u64, u64)| {
+        r.0 == want.0 && r.1 < want.2 && want.1 < r.2
+    };
     let proxy = FaultProxy::start(reg.addr());
     let image = format!("{}/prof/cold:latest", proxy.host());
 
     // First run anywhere: no profile, so it records one.
     let a = tempfile::tempdir().unwrap();
-    let out = Skiff::new(a.path()).run(&[
-        "run",
-        "--rm",
-        "--background-fetch=false",
-        &image,
-        "cat",
-        "/etc/motd",
-    ]);
+    let out = Skiff::new(a.path()).run_cat(&image, "/etc/motd");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(out.stderr.is_empty(), "run is silent: {}", describe(&out));
-    let (without, n_without) = layer_bytes(&proxy, &built);
+    let reads_without = built_range_reads(&proxy, &built);
+    let without = bytes_of(&reads_without);
+    assert!(
+        !reads_without.iter().any(|r| overlaps(r, profiled)),
+        "without a profile the run already read the profiled range: {reads_without:?}"
+    );
     let recorded = profile_files(a.path());
     assert_eq!(recorded.len(), 1, "the first run recorded a profile");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&recorded[0]).unwrap()).unwrap();
+    assert_eq!(json["version"], 1, "{json}");
+    let files = json["files"].as_array().expect("a files list");
+    let ranges_of = |path: &str| -> Option<Vec<(u64, u64)>> {
+        let f = files.iter().find(|f| f["path"] == path)?;
+        Some(
+            f["ranges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+                .collect(),
+        )
+    };
+    assert_eq!(ranges_of("/etc/motd"), Some(vec![(0, 21)]), "{json}");
+    let bb = ranges_of("/bin/busybox").expect("busybox was read");
+    assert!(!bb.is_empty(), "{json}");
+    assert!(
+        bb.iter()
+            .all(|&(off, len)| len > 0 && off + len <= busybox_size),
+        "busybox ranges outside the file: {bb:?}"
+    );
+    assert!(ranges_of("/data/big").is_none(), "{json}");
 
-    // A cold machine that has the profile.
+    // A cold machine with a profile that names a range the container never reads.
     let b = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(b.path().join("profiles")).unwrap();
-    std::fs::copy(
-        &recorded[0],
+    std::fs::write(
         b.path()
             .join("profiles")
             .join(recorded[0].file_name().unwrap()),
+        format!(
+            r#"{{"version": 1, "files": [{{"path": "/data/big", "ranges": [[{PROFILED_BIG_OFFSET}, 4096]]}}]}}"#
+        ),
     )
     .unwrap();
     proxy.clear_requests();
-    let out = Skiff::new(b.path()).run(&[
-        "run",
-        "--rm",
-        "--background-fetch=false",
-        &image,
-        "cat",
-        "/etc/motd",
-    ]);
+    let out = Skiff::new(b.path()).run_cat(&image, "/etc/motd");
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "hello from layer two\n"
     );
-    let (with, n_with) = layer_bytes(&proxy, &built);
+    let reads = built_range_reads(&proxy, &built);
+    let first_profiled = reads
+        .iter()
+        .position(|r| covers(r, profiled))
+        .unwrap_or_else(|| panic!("the profiled range {profiled:?} was not fetched: {reads:?}"));
+    let first_exec = reads
+        .iter()
+        .position(|r| overlaps(r, busybox))
+        .unwrap_or_else(|| panic!("busybox {busybox:?} was not fetched: {reads:?}"));
+    assert!(
+        first_profiled < first_exec,
+        "the container's exec of busybox was fetched before the profile: {reads:?}"
+    );
+    let (profile_reads, own): (Vec<_>, Vec<_>) =
+        reads.iter().cloned().partition(|r| overlaps(r, profiled));
+    let with = bytes_of(&own);
     eprintln!(
-        "image {image_size} B; cold run without profile: {without} B in {n_without} requests; \
-         with profile: {with} B in {n_with} requests"
+        "image {image_size} B; cold run without profile: {without} B in {} requests; \
+         with profile: {with} B in {} requests + {} B of profile",
+        reads_without.len(),
+        own.len(),
+        bytes_of(&profile_reads)
     );
     assert!(without < image_size / 8, "{without} of {image_size}");
     assert!(with <= without + (64 << 10), "{with} vs {without}");
+    // One tar chunk of data/big holds the profiled range.
+    assert!(
+        bytes_of(&profile_reads) <= TAR_CHUNK,
+        "profile fetched {profile_reads:?}"
+    );
 }

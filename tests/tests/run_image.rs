@@ -3,6 +3,7 @@
 
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::push_busybox;
+use skiff_tests::guard::{descendants_of, KillOnDrop};
 use skiff_tests::proxy::{Fault, FaultProxy, Rule};
 use skiff_tests::registry::Registry;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -22,6 +23,7 @@ async fn run_image_gives_output_exit_codes_and_the_merged_view() {
     push_busybox(&reg.host(), "run/busybox", 1 << 20).await;
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
+    let _guard = skiff.guard(root.path());
     let image = reg.reference("run/busybox:latest");
 
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
@@ -83,6 +85,7 @@ async fn writes_go_to_a_kept_upper_in_overlayfs_format() {
     push_busybox(&reg.host(), "run/cow", 1 << 20).await;
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
+    let _guard = skiff.guard(root.path());
     let image = reg.reference("run/cow:latest");
 
     let out = skiff.run(&[
@@ -154,7 +157,11 @@ async fn cold_run_fetches_only_what_it_reads() {
     let image = format!("{}/run/lazy:latest", proxy.host());
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
-    let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
+    let _guard = skiff.guard(root.path());
+    // Background fetch off: it would start after a few seconds of quiet, and on a slow
+    // machine add bytes the command never read.
+    let run_motd = || skiff.run_cat(&image, "/etc/motd");
+    let out = run_motd();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -193,7 +200,7 @@ async fn cold_run_fetches_only_what_it_reads() {
     // Warm: the same image again reads no layer byte from the registry (the tag is
     // still resolved: manifest and config).
     proxy.clear_requests();
-    let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);
+    let out = run_motd();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let layer_reads: Vec<_> = proxy
         .requests()
@@ -211,6 +218,7 @@ async fn detached_run_and_cleanup_after_sigkill() {
     push_busybox(&reg.host(), "run/detach", 1 << 20).await;
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
+    let _guard = skiff.guard(root.path());
     let image = reg.reference("run/detach:latest");
 
     let out = skiff.run(&[
@@ -259,7 +267,7 @@ async fn detached_run_and_cleanup_after_sigkill() {
         .status()
         .unwrap();
     assert!(killed.success());
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    wait_until_dead(monitor as i32);
     let out = skiff.run(&["ps", "-a"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
@@ -307,15 +315,16 @@ async fn sigkill_during_a_stalled_start_leaves_no_hung_process() {
     }
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
+    let _guard = skiff.guard(root.path());
     let image = format!("{}/run/stall:latest", proxy.host());
-    let mut child = skiff
-        .command()
-        .args(["run", "--rm", &image, "sh", "-c", "echo never"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop::spawn(
+        skiff
+            .command()
+            .args(["run", "--rm", &image, "sh", "-c", "echo never"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     let stalled = || {
         proxy
             .requests()
@@ -329,8 +338,16 @@ async fn sigkill_during_a_stalled_start_leaves_no_hung_process() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(stalled(), "the container never read a layer byte");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let descendants = descendants_of(child.id() as i32);
+    // The container's processes exist by now (one of them is blocked in the stalled
+    // read); wait, bounded, until skiff's process tree shows them.
+    let mut descendants = descendants_of(child.id() as i32);
+    for _ in 0..250 {
+        if !descendants.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        descendants = descendants_of(child.id() as i32);
+    }
     assert!(!descendants.is_empty(), "skiff started no container");
 
     child.kill().unwrap();
@@ -359,28 +376,19 @@ async fn sigkill_during_a_stalled_start_leaves_no_hung_process() {
     assert!(no_fuse_mounts_under(root.path()), "a dead mount is left");
 }
 
-/// Every process below `pid` (children of any of its threads, recursively).
-fn descendants_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    let mut todo = vec![pid];
-    while let Some(p) = todo.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for t in tasks.flatten() {
-            let path = t.path().join("children");
-            for c in std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .split_whitespace()
-            {
-                if let Ok(c) = c.parse() {
-                    out.push(c);
-                    todo.push(c);
-                }
-            }
+/// Waits (bounded) until `pid` has exited: gone from /proc, or a zombie.
+fn wait_until_dead(pid: i32) {
+    for _ in 0..500 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if stat.is_empty() || zombie {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    out
+    panic!("process {pid} is still running");
 }
 
 /// Aborts the FUSE connection of every mount under `dir` (through fusectl), so

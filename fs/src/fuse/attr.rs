@@ -147,6 +147,9 @@ impl super::SkiffFs {
     pub(super) fn do_setattr(&self, ino: u64, a: SetAttr) -> super::Res<super::Attr> {
         use super::errno;
         use crate::upper;
+        if a.size != Some(0) {
+            self.prefetch_for_copy_up(ino);
+        }
         let mut st = self.state.write();
         self.copy_up(&mut st, ino, a.size == Some(0))?;
         let p = self.upper_path(&st, ino)?;

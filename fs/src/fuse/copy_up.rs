@@ -154,7 +154,9 @@ impl SkiffFs {
     }
 
     /// Fetches a lower file's missing chunks before copy-up takes the state lock, so a
-    /// slow registry holds only this request, not every other operation.
+    /// slow registry holds only this request, not every other operation of the mount
+    /// (copy-up then finds them in the cache). Fetched in groups of at most
+    /// [`PREFETCH_GROUP`] bytes, so a big file is never held in memory whole.
     pub(super) fn prefetch_for_copy_up(&self, ino: u64) {
         let id = {
             let st = self.state.read();
@@ -166,12 +168,72 @@ impl SkiffFs {
         let Some(ln) = id.and_then(|id| self.tree.node(id)) else {
             return;
         };
-        if let Some(idx) = self.tree.layers.get(ln.layer) {
-            let chunks = idx.chunks_of(&ln.entry);
-            if !chunks.is_empty() && !self.fetcher.all_on_disk(chunks) {
-                // Errors surface again (as EIO) in copy_up.
-                let _ = self.fetcher.fetch_blocking(ln.layer, chunks);
+        let Some(idx) = self.tree.layers.get(ln.layer) else {
+            return;
+        };
+        let chunks = idx.chunks_of(&ln.entry);
+        if chunks.is_empty() || self.fetcher.all_on_disk(chunks) {
+            return;
+        }
+        for group in groups_of_bytes(chunks, PREFETCH_GROUP) {
+            if self.fetcher.all_on_disk(group) {
+                continue;
+            }
+            // Errors surface again (as EIO) in copy_up.
+            if self.fetcher.fetch_blocking(ln.layer, group).is_err() {
+                return;
             }
         }
+    }
+}
+
+/// Bytes of file content one copy-up prefetch step holds at most (a bigger chunk is
+/// a group of its own).
+const PREFETCH_GROUP: u64 = 16 << 20;
+
+/// `chunks` split into runs of at most `max` content bytes each (a chunk bigger than
+/// `max` alone).
+fn groups_of_bytes(
+    chunks: &[skiff_proto::index::Chunk],
+    max: u64,
+) -> Vec<&[skiff_proto::index::Chunk]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, c) in chunks.iter().enumerate() {
+        if i > start && bytes + c.len > max {
+            out.push(&chunks[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += c.len;
+    }
+    if start < chunks.len() {
+        out.push(&chunks[start..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::index::{Chunk, ChunkEncoding};
+    use skiff_proto::Digest;
+
+    fn chunk(len: u64) -> Chunk {
+        Chunk {
+            blob_offset: 0,
+            blob_len: len,
+            file_offset: 0,
+            len,
+            digest: Digest::of(b""),
+            encoding: ChunkEncoding::Raw,
+        }
+    }
+
+    #[test]
+    fn prefetch_groups_stay_under_the_bound() {
+        let cs: Vec<Chunk> = [4, 4, 4, 10, 1, 1].iter().map(|&l| chunk(l)).collect();
+        let lens: Vec<usize> = groups_of_bytes(&cs, 8).iter().map(|g| g.len()).collect();
+        assert_eq!(lens, vec![2, 1, 1, 2]);
+        assert!(groups_of_bytes(&[], 8).is_empty());
     }
 }

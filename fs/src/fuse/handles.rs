@@ -170,7 +170,12 @@ impl SkiffFs {
         if !crate::upper::lstat(&p).is_ok_and(|s| s.st_mode & libc::S_IFMT == libc::S_IFREG) {
             return None;
         }
-        OpenOptions::new().read(true).write(true).open(&p).ok()
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&p)
+            .ok()
     }
 
     fn open_upper(&self, st: &super::Nodes, ino: u64, flags: i32) -> Res<File> {
@@ -179,9 +184,10 @@ impl SkiffFs {
         let mut o = OpenOptions::new();
         o.read(acc == libc::O_RDONLY || acc == libc::O_RDWR);
         o.write(acc == libc::O_WRONLY || acc == libc::O_RDWR);
-        let keep = flags
-            & (libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOFOLLOW);
-        o.custom_flags(keep);
+        let keep = flags & (libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC);
+        // The node is a file the kernel opened; a symlink in its place in the upper
+        // dir (put there behind our back) must not lead to a host file.
+        o.custom_flags(keep | libc::O_NOFOLLOW);
         o.open(&p).map_err(errno)
     }
 
@@ -356,6 +362,9 @@ impl SkiffFs {
     pub(super) fn do_opendir(&self, ino: u64) -> Res<u64> {
         let mut st = self.state.write();
         let entries = self.list(&mut st, ino)?;
+        // Listing registered every child; most are never looked up by the kernel.
+        st.maybe_sweep();
+        self.count_nodes(&st);
         Ok(self.handles.insert(Handle::Dir { entries }))
     }
 
@@ -404,14 +413,21 @@ impl SkiffFs {
             .enumerate()
             .skip(offset as usize)
         {
-            let attr = if i < 2 {
-                self.attr(&st, *cino)
+            // `.` and `..` are not counted as kernel lookups; every other entry is.
+            let (attr, counted) = if i < 2 {
+                (self.attr(&st, *cino), None)
             } else {
-                self.lookup_in(&mut st, ino, name).map(|(_, a, t)| (a, t))
+                match self.lookup_in(&mut st, ino, name) {
+                    Ok((found, a, t)) => (Ok((a, t)), Some(found)),
+                    Err(e) => (Err(e), None),
+                }
             };
             let Ok(attr) = attr else { continue };
             if add(*cino, (i + 1) as u64, name, &attr) {
                 break;
+            }
+            if let Some(found) = counted {
+                st.remember(found);
             }
         }
         Ok(())

@@ -106,6 +106,7 @@ impl SkiffFs {
         if let Some(up) = &config.upper {
             std::fs::create_dir_all(up)?;
             std::fs::create_dir_all(up.join(upper::WORK_DIR))?;
+            upper::clear_work_dir(up)?;
         }
         let upper_fd = match &config.upper {
             Some(up) => Some(File::open(up)?),
@@ -151,6 +152,25 @@ impl SkiffFs {
     fn lower_attr(&self, ino: u64, id: LowerId) -> Res<FileAttr> {
         let n = self.tree.node(id).ok_or(Errno::ENOENT)?;
         Ok(attr_of_lower(ino, n))
+    }
+
+    /// Publishes the node table's size in the stats (a gauge).
+    fn count_nodes(&self, st: &Nodes) {
+        self.stats
+            .nodes
+            .store(st.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The kernel drops `nlookup` lookups of each (inode, nlookup) of `forgotten`;
+    /// nodes it no longer holds leave the table, and the table is swept of nodes only
+    /// the filesystem itself looked up once it has grown.
+    fn do_forget(&self, forgotten: impl IntoIterator<Item = (u64, u64)>) {
+        let mut st = self.state.write();
+        for (ino, n) in forgotten {
+            st.forget(ino, n);
+        }
+        st.maybe_sweep();
+        self.count_nodes(&st);
     }
 
     /// The attributes of a known inode: the upper entry's if it has one, else the lower's.

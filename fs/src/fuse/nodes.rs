@@ -1,6 +1,13 @@
 //! The inode and name table: every inode the kernel has been told about, what it
 //! stands for (a lower entry, an upper entry, or both merged) and the names it is
 //! reachable by. Paths into the upper directory are built from these names.
+//!
+//! Lifetime: each node counts the kernel's lookups of it (every entry reply); a FUSE
+//! `forget` takes them back and a node at zero is dropped. Nodes registered only for
+//! the filesystem's own use (listing a directory, resolving a path) start at zero and
+//! are dropped by [`Nodes::sweep`] unless a node the kernel holds needs them as an
+//! ancestor. Dropping loses nothing: a node is rebuilt by the next lookup, with the
+//! same inode number (derived from the lower tree or the upper entry).
 
 use super::Res;
 use crate::tree::LowerId;
@@ -27,6 +34,8 @@ pub(crate) struct Node {
     pub upper: bool,
     /// Names (parent inode, name), most recent last; directories have one.
     pub names: Vec<(u64, OsString)>,
+    /// Lookups the kernel holds (entry replies minus forgotten ones).
+    pub lookups: u64,
 }
 
 impl Node {
@@ -51,7 +60,12 @@ impl Node {
 #[derive(Debug)]
 pub(crate) struct Nodes {
     nodes: HashMap<u64, Node>,
+    /// Table size after the last sweep: the next one runs when it has doubled.
+    swept_at: usize,
 }
+
+/// Below this many nodes the table is never swept (too small to matter).
+const SWEEP_MIN: usize = 4096;
 
 impl Nodes {
     /// A table holding only the root directory (merged over lower directory
@@ -65,9 +79,70 @@ impl Nodes {
                 lower: root_lower,
                 upper: root_upper,
                 names: vec![(ROOT_INO, OsString::new())],
+                lookups: 0,
             },
         );
-        Nodes { nodes }
+        Nodes { nodes, swept_at: 0 }
+    }
+
+    /// How many nodes the table holds.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Counts one kernel lookup of `ino` (an entry reply about it is being sent).
+    pub fn remember(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// The kernel forgets `nlookup` lookups of `ino`; at zero the node goes (never
+    /// the root).
+    pub fn forget(&mut self, ino: u64, nlookup: u64) {
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        n.lookups = n.lookups.saturating_sub(nlookup);
+        if n.lookups == 0 && ino != ROOT_INO {
+            self.nodes.remove(&ino);
+        }
+    }
+
+    /// Drops every node the kernel holds no lookup of and that is no ancestor of one
+    /// it does, once the table has doubled since the last sweep (amortized cost).
+    pub fn maybe_sweep(&mut self) {
+        if self.nodes.len() >= SWEEP_MIN.max(self.swept_at * 2) {
+            self.sweep();
+        }
+    }
+
+    /// Drops every node the kernel holds no lookup of and that is no ancestor (through
+    /// any name) of one it does.
+    pub fn sweep(&mut self) {
+        let mut keep: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        keep.insert(ROOT_INO);
+        let mut stack: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.lookups > 0)
+            .map(|(&i, _)| i)
+            .collect();
+        while let Some(ino) = stack.pop() {
+            if !keep.insert(ino) {
+                continue;
+            }
+            if let Some(n) = self.nodes.get(&ino) {
+                stack.extend(
+                    n.names
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .filter(|p| !keep.contains(p)),
+                );
+            }
+        }
+        self.nodes.retain(|ino, _| keep.contains(ino));
+        self.swept_at = self.nodes.len();
     }
 
     /// The node `ino`, if known.
@@ -106,6 +181,7 @@ impl Nodes {
             lower,
             upper: true,
             names: Vec::new(),
+            lookups: 0,
         });
         node.kind = kind;
         node.lower = lower;
@@ -128,6 +204,7 @@ impl Nodes {
             lower: Some(id),
             upper: false,
             names: Vec::new(),
+            lookups: 0,
         });
         Self::name_node(node, kind, parent, name);
     }
@@ -140,13 +217,15 @@ impl Nodes {
         node.add_name(parent, name);
     }
 
-    /// The path of `ino` relative to the root, through the most recent names.
+    /// The path of `ino` relative to the root, through the most recent names (of a
+    /// hard link, the most recent whose parent is still known).
     pub fn path(&self, ino: u64) -> Res<PathBuf> {
         let mut parts = Vec::new();
         let mut cur = ino;
         while cur != ROOT_INO {
             let n = self.node(cur)?;
-            let (p, name) = n.names.last().ok_or(Errno::ENOENT)?;
+            let known = |(p, _): &&(u64, OsString)| *p == ROOT_INO || self.nodes.contains_key(p);
+            let (p, name) = n.names.iter().rev().find(known).ok_or(Errno::ENOENT)?;
             parts.push(name.as_os_str());
             cur = *p;
             if parts.len() > MAX_DEPTH {
@@ -219,6 +298,56 @@ mod tests {
         t.register_lower(11, FileType::RegularFile, 7, 10, os("passwd"));
         let n = t.get(11).unwrap();
         assert_eq!((n.kind, n.lower, n.upper), (FileType::Symlink, None, true));
+    }
+
+    #[test]
+    fn forgotten_nodes_go_and_come_back_with_the_same_inode() {
+        let mut t = table();
+        t.remember(10);
+        t.remember(11);
+        t.remember(11);
+        t.forget(11, 1);
+        assert!(t.get(11).is_some(), "one lookup is still held");
+        t.forget(11, 1);
+        assert!(t.get(11).is_none());
+        t.forget(ROOT_INO, 5);
+        assert!(t.get(ROOT_INO).is_some(), "the root stays");
+        // A later lookup registers it again under the same number.
+        t.register_lower(11, FileType::RegularFile, 2, 10, os("passwd"));
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
+        // Forgetting an unknown inode is harmless.
+        t.forget(12345, 1);
+    }
+
+    #[test]
+    fn a_sweep_keeps_what_the_kernel_holds_and_its_ancestors() {
+        let mut t = table();
+        t.register_lower(12, FileType::Directory, 3, 10, os("sub"));
+        t.register_lower(13, FileType::RegularFile, 4, 12, os("deep"));
+        t.register_lower(14, FileType::RegularFile, 5, 10, os("listed"));
+        t.remember(13);
+        t.sweep();
+        // 13 is held; 12 and 10 are its ancestors; 11, 14, 20, 21 were only listed.
+        let mut left: Vec<u64> = t.nodes.keys().copied().collect();
+        left.sort();
+        assert_eq!(left, vec![ROOT_INO, 10, 12, 13]);
+        assert_eq!(t.path(13).unwrap(), PathBuf::from("etc/sub/deep"));
+        t.forget(13, 1);
+        t.sweep();
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_hard_link_whose_recent_parent_went_uses_another_name() {
+        let mut t = table();
+        t.register_lower(12, FileType::Directory, 3, ROOT_INO, os("other"));
+        t.register_lower(11, FileType::RegularFile, 2, 12, os("pw"));
+        t.remember(10);
+        t.remember(11);
+        t.sweep();
+        assert!(t.get(12).is_some(), "an ancestor through a name is kept");
+        t.nodes.remove(&12);
+        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
     }
 
     #[test]

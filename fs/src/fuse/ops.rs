@@ -102,7 +102,18 @@ impl fuser::Filesystem for SkiffFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let mut st = self.state.write();
         let r = self.lookup_in(&mut st, parent.0, name);
+        if let Ok((ino, _, _)) = r {
+            st.remember(ino);
+            self.count_nodes(&st);
+        }
+        drop(st);
         reply.send(r.map(|(_, attr, ttl)| (attr, ttl)))
+    }
+
+    // `batch_forget` keeps fuser's default, which calls this for each inode
+    // (fuser 0.18 does not export `ForgetOne` to override it).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.do_forget([(ino.0, nlookup)]);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

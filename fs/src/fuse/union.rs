@@ -38,7 +38,7 @@ impl SkiffFs {
             return Err(Errno::ENAMETOOLONG);
         }
         let parent_upper = pnode.upper;
-        if parent == ROOT_INO && name == upper::WORK_DIR && self.upper.is_some() {
+        if self.is_work_dir(parent, name) {
             return Err(Errno::ENOENT);
         }
         let lower_child = self.lower_child(st, parent, name);
@@ -81,6 +81,14 @@ impl SkiffFs {
         Ok((ino, self.lower_attr(ino, id)?, LOWER_TTL))
     }
 
+    /// Whether `name` in `parent` is the upper directory's hidden work directory: it
+    /// is not shown, and nothing may be created, renamed or linked under its name
+    /// (a rename onto it would replace the copy-up scratch space, or hand it to the
+    /// container).
+    pub(super) fn is_work_dir(&self, parent: u64, name: &OsStr) -> bool {
+        parent == ROOT_INO && name == upper::WORK_DIR && self.upper.is_some()
+    }
+
     /// Resolves a root-relative path through the merged view.
     pub(super) fn resolve(&self, st: &mut Nodes, path: &Path) -> Res<u64> {
         let mut cur = ROOT_INO;
@@ -103,7 +111,7 @@ impl SkiffFs {
             for e in std::fs::read_dir(&p).map_err(errno)? {
                 let e = e.map_err(errno)?;
                 let name = e.file_name();
-                if ino == ROOT_INO && name == upper::WORK_DIR {
+                if self.is_work_dir(ino, &name) {
                     continue;
                 }
                 seen.insert(name.clone());
@@ -155,6 +163,9 @@ impl SkiffFs {
         self.upper_root()?;
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
+        }
+        if self.is_work_dir(parent, name) {
+            return Err(Errno::EPERM);
         }
         match self.lookup_in(st, parent, name) {
             Ok(_) => return Err(Errno::EEXIST),
@@ -212,6 +223,8 @@ impl SkiffFs {
         let mode = make(st, &p, hides)?;
         self.own_new(req, st, parent, &p, mode)?;
         let (ino, attr, ttl) = self.lookup_in(st, parent, name)?;
+        // The entry reply about to be sent is a kernel lookup.
+        st.remember(ino);
         Ok((ino, (attr, ttl)))
     }
 
@@ -281,6 +294,7 @@ impl SkiffFs {
 
     /// Links `ino` (copied up first) as `newname` in `newparent`.
     pub(super) fn do_link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<Attr> {
+        self.prefetch_for_copy_up(ino);
         let mut st = self.state.write();
         if st.get(ino).map(|n| n.kind) == Some(FileType::Directory) {
             return Err(Errno::EPERM);
@@ -289,7 +303,8 @@ impl SkiffFs {
         let from = self.upper_path(&st, ino)?;
         let (p, _) = self.prepare_new(&mut st, newparent, newname)?;
         upper::link(&from, &p).map_err(errno)?;
-        let (_, attr, ttl) = self.lookup_in(&mut st, newparent, newname)?;
+        let (linked, attr, ttl) = self.lookup_in(&mut st, newparent, newname)?;
+        st.remember(linked);
         Ok((attr, ttl))
     }
 
@@ -362,6 +377,14 @@ impl SkiffFs {
         newname: &OsStr,
         flags: RenameFlags,
     ) -> Res<()> {
+        // A lower file that moves is copied up: fetch its content before the lock.
+        let moving = {
+            let mut st = self.state.write();
+            self.lookup_in(&mut st, parent, name).map(|(ino, _, _)| ino)
+        };
+        if let Ok(ino) = moving {
+            self.prefetch_for_copy_up(ino);
+        }
         let mut st = self.state.write();
         let st = &mut *st;
         self.upper_root()?;
@@ -369,6 +392,12 @@ impl SkiffFs {
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return Err(Errno::EINVAL);
+        }
+        if self.is_work_dir(parent, name) {
+            return Err(Errno::ENOENT);
+        }
+        if self.is_work_dir(newparent, newname) {
+            return Err(Errno::EPERM);
         }
         let (src, sattr, _) = self.lookup_in(st, parent, name)?;
         let dst = match self.lookup_in(st, newparent, newname) {

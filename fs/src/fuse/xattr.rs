@@ -69,6 +69,7 @@ impl SkiffFs {
         if upper::is_private_xattr(name.as_bytes()) {
             return Err(Errno::EPERM);
         }
+        self.prefetch_for_copy_up(ino);
         let mut st = self.state.write();
         self.copy_up(&mut st, ino, false)?;
         let p = self.upper_path(&st, ino)?;
@@ -80,6 +81,7 @@ impl SkiffFs {
         if upper::is_private_xattr(name.as_bytes()) {
             return Err(Errno::EPERM);
         }
+        self.prefetch_for_copy_up(ino);
         let mut st = self.state.write();
         self.copy_up(&mut st, ino, false)?;
         let p = self.upper_path(&st, ino)?;

@@ -13,6 +13,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+// Extended attributes read with libc, not with skiff_fs::upper (the code under test).
+#[path = "../../../tests/src/xattrs.rs"]
+mod xattrs;
+pub use xattrs::xattrs_of;
+
 /// One entry of a test layer.
 pub enum Item<'a> {
     Dir(&'a str, u32),
@@ -276,6 +281,18 @@ impl Mounted {
         self.handle.as_ref().unwrap().stats()
     }
 
+    /// Waits (bounded: 60 s) until the mount's fetcher has no queued or running job,
+    /// so that counters read afterwards are final.
+    pub fn wait_fetches_idle(&self) {
+        assert!(
+            self.handle
+                .as_ref()
+                .unwrap()
+                .wait_fetches_idle(std::time::Duration::from_secs(60)),
+            "fetches still running after 60 s"
+        );
+    }
+
     pub fn unmount(mut self) -> skiff_fs::StatsSnapshot {
         self.handle.take().unwrap().unmount().expect("unmount")
     }
@@ -308,22 +325,6 @@ pub struct Meta {
     pub xattrs: Vec<(String, Vec<u8>)>,
     pub link: Option<PathBuf>,
     pub content: Option<Vec<u8>>,
-}
-
-pub fn xattrs_of(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = skiff_fs::upper::list_xattrs(p)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|k| {
-            let v = skiff_fs::upper::get_xattr(p, &k)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            (String::from_utf8_lossy(&k).into_owned(), v)
-        })
-        .collect();
-    out.sort();
-    out
 }
 
 pub fn meta(p: &Path) -> Meta {
@@ -406,4 +407,70 @@ pub fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A blob whose reads wait until the gate opens, recording each read's offset: lets a
+/// test hold a fetch in flight while it checks what else the mount does meanwhile.
+pub struct GatedBlob {
+    /// The blob read once the gate is open.
+    pub inner: Arc<CountingBlob>,
+    open: parking_lot::Mutex<bool>,
+    /// Offsets of the reads asked for so far, gate open or not.
+    pub seen: parking_lot::Mutex<Vec<u64>>,
+    changed: parking_lot::Condvar,
+}
+
+impl GatedBlob {
+    /// A closed gate in front of `inner`.
+    pub fn new(inner: Arc<CountingBlob>) -> Arc<GatedBlob> {
+        Arc::new(GatedBlob {
+            inner,
+            open: parking_lot::Mutex::new(false),
+            seen: parking_lot::Mutex::new(Vec::new()),
+            changed: parking_lot::Condvar::new(),
+        })
+    }
+
+    /// Waits until `n` reads have been asked for.
+    pub fn wait_seen(&self, n: usize) {
+        let mut s = self.seen.lock();
+        while s.len() < n {
+            self.changed.wait(&mut s);
+        }
+    }
+
+    /// Opens the gate: waiting and later reads go through.
+    pub fn release(&self) {
+        *self.open.lock() = true;
+        self.changed.notify_all();
+    }
+}
+
+impl BlobReader for GatedBlob {
+    fn digest(&self) -> Digest {
+        self.inner.digest()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
+        self.seen.lock().push(offset);
+        self.changed.notify_all();
+        let mut open = self.open.lock();
+        while !*open {
+            self.changed.wait(&mut open);
+        }
+        drop(open);
+        self.inner.read_at(offset, len)
+    }
+}
+
+/// Opens the gate when dropped, so a failing assertion cannot leave fetch workers or
+/// FUSE threads blocked (and the unmount hanging).
+pub struct ReleaseOnDrop(pub Arc<GatedBlob>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }

@@ -78,6 +78,19 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     )?;
     print_layers(&image, &layers);
     if args.push {
+        // An index taken from a published artifact was not derived here: pushing it
+        // again would vouch for what someone else wrote.
+        let foreign: Vec<String> = layers
+            .iter()
+            .filter(|l| l.published)
+            .map(|l| l.descriptor.digest.to_string())
+            .collect();
+        if !foreign.is_empty() {
+            anyhow::bail!(
+                "not republishing the published index of layer(s) {}: build them here with --no-published",
+                foreign.join(", ")
+            );
+        }
         let digest = rt.block_on(publish(&client, &image, &layers, &bars))?;
         println!(
             "published index artifact {digest} for {}@{}",

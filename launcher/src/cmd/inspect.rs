@@ -26,14 +26,28 @@ pub struct Args {
 
 /// Runs `skiff inspect`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
-    let image = if args.local {
-        load_local(global, &Reference::parse(&args.image)?)?
+    // Which host (a mirror from hosts.toml, or the registry) served the manifest.
+    let (image, served_by) = if args.local {
+        (load_local(global, &Reference::parse(&args.image)?)?, None)
     } else {
-        args.registry.resolve(&runtime()?, &args.image)?.1
+        let (client, image) = args.registry.resolve(&runtime()?, &args.image)?;
+        let served_by = client.served_by(&image.manifest_digest);
+        (image, served_by)
     };
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&image))?),
-        Format::Text => print_text(&image),
+        Format::Json => {
+            let mut doc = to_json(&image);
+            if let (Some(host), Some(obj)) = (&served_by, doc.as_object_mut()) {
+                obj.insert("servedBy".into(), json!(host));
+            }
+            println!("{}", serde_json::to_string_pretty(&doc)?)
+        }
+        Format::Text => {
+            print_text(&image);
+            if let Some(host) = &served_by {
+                println!("Served by:  {host}");
+            }
+        }
     }
     Ok(0)
 }

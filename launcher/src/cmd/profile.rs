@@ -74,7 +74,7 @@ pub fn save_local(root: &Path, digest: &Digest, profile: &Profile) -> anyhow::Re
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, profile.to_json())
+    skiff_proto::store::write_private(&tmp, &profile.to_json())
         .and_then(|_| std::fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -1,11 +1,13 @@
 //! Registry flags shared by every subcommand that talks to a registry
-//! (`pull`, `inspect`, and later `mount`/`run`): `#[command(flatten)]` them.
+//! (`pull`, `inspect`, `mount`, `run`, `index`, `profile`, `convert`):
+//! `#[command(flatten)]` them.
 
 use anyhow::{bail, Context};
 use skiff_proto::image::Platform;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::{Client, ClientOptions, Credentials};
 use std::io::Read;
+use std::path::PathBuf;
 
 /// How to reach and authenticate to the image's registry.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -25,6 +27,16 @@ pub struct RegistryArgs {
     /// Read the registry password from standard input.
     #[arg(long, requires = "username")]
     pub password_stdin: bool,
+    /// Mirror configuration in containerd's layout: DIR/<registry host[:port]>/hosts.toml
+    /// (or DIR/_default/hosts.toml) lists mirrors and pull-through caches to pull
+    /// through before the registry itself.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SKIFF_HOSTS_DIR",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl RegistryArgs {
@@ -56,6 +68,7 @@ impl RegistryArgs {
         Ok(ClientOptions {
             credentials,
             insecure_registries: self.insecure_registries.clone(),
+            hosts_dir: self.hosts_dir.clone().filter(|d| !d.as_os_str().is_empty()),
             ..ClientOptions::default()
         })
     }

@@ -506,8 +506,8 @@ fn detach_image(global: &Global) -> anyhow::Result<u8> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let log_file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let log_file = skiff_proto::store::create_private_file(&log)
+        .with_context(|| format!("creating {}", log.display()))?;
     // The first -d/--detach is skiff's own: everything after IMAGE is the command's.
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = argv.iter().position(|a| a == "-d" || a == "--detach") {
@@ -596,8 +596,8 @@ fn detach(
 ) -> anyhow::Result<u8> {
     use nix::unistd::{fork, ForkResult};
     let log = ContainerState::log_path(&global.root, &record.id);
-    let log_file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let log_file = skiff_proto::store::create_private_file(&log)
+        .with_context(|| format!("creating {}", log.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: skiff is single-threaded here; the child only runs the container.
     match unsafe { fork() }? {

@@ -3,6 +3,7 @@
 //! Detected from /proc/self/mountinfo; limits go to v1 controllers when they are
 //! mounted there, else to v2.
 
+use super::devices_bpf;
 use super::spec::Resources;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,9 @@ pub enum CgroupError {
     /// A limit needs a controller that is neither a v1 hierarchy nor available in v2.
     #[error("cgroup controller {0} is not available")]
     MissingController(&'static str),
+    /// The eBPF device filter could not be built or attached.
+    #[error(transparent)]
+    DeviceFilter(#[from] super::devices_bpf::DeviceFilterError),
     /// Reading or writing a cgroup file failed.
     #[error("cgroup {path}: {source}")]
     Io {
@@ -105,6 +109,21 @@ pub fn detect_layout(mountinfo: &str) -> Result<Layout, CgroupError> {
 pub struct Cgroup {
     /// Every directory created, deepest last.
     dirs: Vec<PathBuf>,
+    /// The hierarchies the container has its own cgroup in, as it mounts them.
+    mounts: Vec<CgroupMount>,
+}
+
+/// One cgroup filesystem the container mounts read-only under its `/sys/fs/cgroup`,
+/// seen from its cgroup namespace (so its root is the container's own cgroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMount {
+    /// Directory below /sys/fs/cgroup (named like the host's mount point); empty for
+    /// a pure v2 host, where cgroup2 is mounted on /sys/fs/cgroup itself.
+    pub subdir: String,
+    /// `cgroup` (v1) or `cgroup2`.
+    pub fstype: &'static str,
+    /// The v1 hierarchy's controllers, comma-separated (the mount's data).
+    pub controllers: Option<String>,
 }
 
 /// Relative path of this process's cgroup in a v1 hierarchy with `controller`, or in v2
@@ -128,9 +147,11 @@ fn own_path(proc_cgroup: &str, controller: &str) -> String {
 impl Cgroup {
     /// Creates the container's cgroups, sets `limits` and returns them; the container's
     /// PID 1 is added with [`Cgroup::add`] before it runs anything.
-    /// With `restrict_devices`, a v1 devices controller (if mounted) limits device
-    /// access to Docker's default list; on pure v2 that needs eBPF, which skiff does
-    /// not do yet.
+    /// With `restrict_devices`, device access is limited to Docker's default list: by
+    /// the v1 devices controller where it is mounted, and by an eBPF device program on
+    /// the container's v2 cgroup (the only filter on a pure v2 host, so a failure to
+    /// attach it is an error there; on a hybrid host the v1 controller stays in force
+    /// and the failure is logged).
     pub fn create(
         id: &str,
         limits: &Resources,
@@ -142,15 +163,28 @@ impl Cgroup {
             .map_err(io(Path::new("/proc/self/cgroup")))?;
         let layout = detect_layout(&mountinfo)?;
         let name = format!("skiff-{id}");
-        let mut cg = Cgroup { dirs: Vec::new() };
+        let mut cg = Cgroup {
+            dirs: Vec::new(),
+            mounts: Vec::new(),
+        };
         let v1 = match &layout {
             Layout::V1(v1) | Layout::Hybrid { v1, .. } => v1.clone(),
             Layout::V2(_) => Vec::new(),
         };
+        let v1_hierarchy = |ctrl: &str| v1.iter().find(|(c, _)| c.iter().any(|x| x == ctrl));
         let v1_dir = |ctrl: &str| -> Option<PathBuf> {
-            v1.iter()
-                .find(|(c, _)| c.iter().any(|x| x == ctrl))
-                .map(|(_, mnt)| mnt.join(own_path(&proc_cgroup, ctrl)).join(&name))
+            v1_hierarchy(ctrl).map(|(_, mnt)| mnt.join(own_path(&proc_cgroup, ctrl)).join(&name))
+        };
+        // Records that the container has its own cgroup in `ctrl`'s v1 hierarchy.
+        let v1_mount = |ctrl: &str| -> Option<CgroupMount> {
+            v1_hierarchy(ctrl).map(|(controllers, mnt)| CgroupMount {
+                subdir: mnt
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| controllers.join(",")),
+                fstype: "cgroup",
+                controllers: Some(controllers.join(",")),
+            })
         };
 
         // v2 (pure or the hybrid's unified mount): the container gets its own
@@ -168,6 +202,11 @@ impl Cgroup {
                 let dir = parent.join(&name);
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 cg.dirs.push(dir.clone());
+                cg.mounts.push(CgroupMount {
+                    subdir: String::new(),
+                    fstype: "cgroup2",
+                    controllers: None,
+                });
                 Some(dir)
             }
             Layout::Hybrid { unified: m, .. } => {
@@ -182,9 +221,18 @@ impl Cgroup {
         };
 
         if restrict_devices {
+            if let Some(dir) = &v2_dir {
+                if let Err(e) = attach_device_filter(dir) {
+                    match layout {
+                        Layout::V2(_) => return Err(e),
+                        _ => tracing::warn!("{e} (the v1 devices controller still applies)"),
+                    }
+                }
+            }
             if let Some(dir) = v1_dir("devices") {
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 cg.dirs.push(dir.clone());
+                cg.mounts.extend(v1_mount("devices"));
                 write(&dir.join("devices.deny"), "a")?;
                 for rule in DEFAULT_DEVICE_RULES {
                     write(&dir.join("devices.allow"), rule)?;
@@ -196,6 +244,11 @@ impl Cgroup {
                 if let Some(dir) = v1_dir(ctrl) {
                     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                     cg.dirs.push(dir.clone());
+                    if let Some(m) = v1_mount(ctrl) {
+                        if !cg.mounts.contains(&m) {
+                            cg.mounts.push(m);
+                        }
+                    }
                     for (f, v) in v1_file {
                         write(&dir.join(f), v)?;
                     }
@@ -237,6 +290,13 @@ impl Cgroup {
             )?;
         }
         Ok(cg)
+    }
+
+    /// The cgroup filesystems the container mounts under its `/sys/fs/cgroup`: each
+    /// hierarchy it has its own cgroup in (never one where its namespace root would be
+    /// skiff's cgroup, which holds other processes).
+    pub fn mounts(&self) -> &[CgroupMount] {
+        &self.mounts
     }
 
     /// Moves `pid` into every cgroup of the container.
@@ -281,9 +341,30 @@ impl Drop for Cgroup {
     }
 }
 
+/// Attaches the eBPF program allowing [`DEFAULT_DEVICE_RULES`] to the v2 cgroup `dir`.
+fn attach_device_filter(dir: &Path) -> Result<(), CgroupError> {
+    let rules = DEFAULT_DEVICE_RULES
+        .iter()
+        .map(|r| devices_bpf::DeviceRule::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    devices_bpf::attach(dir, &rules)?;
+    Ok(())
+}
+
+/// The mount point of the unified (v2) hierarchy, pure or hybrid, if any (for tests
+/// that attach to a cgroup of their own).
+#[cfg(test)]
+pub fn v2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    match detect_layout(&mountinfo).ok()? {
+        Layout::V2(m) | Layout::Hybrid { unified: m, .. } => Some(m),
+        Layout::V1(_) => None,
+    }
+}
+
 /// Devices a container may use (runc's and Docker's defaults): mknod of any, and
 /// read/write of null, zero, full, random, urandom, tty, console, ptmx, ptys, tun.
-const DEFAULT_DEVICE_RULES: &[&str] = &[
+pub const DEFAULT_DEVICE_RULES: &[&str] = &[
     "c *:* m",
     "b *:* m",
     "c 1:3 rwm",
@@ -329,7 +410,10 @@ pub fn remove_stale(id: &str) {
         Err(_) => {}
     }
     dirs.retain(|d| d.exists());
-    let mut cg = Cgroup { dirs };
+    let mut cg = Cgroup {
+        dirs,
+        mounts: Vec::new(),
+    };
     if let Err(e) = cg.destroy() {
         tracing::warn!("removing stale cgroup: {e}");
     }

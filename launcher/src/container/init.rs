@@ -13,6 +13,7 @@
 //! Every kernel call goes through [`Syscall`], so the order is tested with the
 //! recorder. A failure goes to the main process over the error pipe.
 
+use super::cgroups::CgroupMount;
 use super::process::{self, InitError, Program, EXIT_SETUP};
 use super::spec::{ContainerSpec, NetworkMode};
 use super::sys::Syscall;
@@ -33,6 +34,8 @@ pub struct InitConfig<'a> {
     pub default_nofile: u64,
     /// pty slave path for `-t` (bound to /dev/console).
     pub console: Option<&'a Path>,
+    /// The cgroup filesystems mounted read-only on the container's /sys/fs/cgroup.
+    pub cgroup_mounts: &'a [CgroupMount],
 }
 
 /// Runs PID 1: waits on `go_r` for the main process, sets up and execs. Never
@@ -45,28 +48,33 @@ pub fn run(
     pty: Option<&terminal::Pty>,
     old_mask: &SigSet,
 ) -> ! {
-    wait_for_cgroups(go_r);
-    let failure = start(sys, cfg, pty, old_mask);
+    wait_for_cgroups(&go_r);
+    let failure = start(sys, cfg, pty, old_mask, &|| !sync::writer_gone(&go_r));
     sync::report_failure(err_w, &failure)
 }
 
 /// Blocks until the main process has put this process in its cgroups; leaves quietly
 /// if the main process went away instead.
-fn wait_for_cgroups(go_r: OwnedFd) {
+fn wait_for_cgroups(go_r: &OwnedFd) {
     let mut go = [0u8; 1];
-    if sync::read_full(&go_r, &mut go) != 1 {
+    if sync::read_full(go_r, &mut go) != 1 {
         // SAFETY: ending a forked child without running the parent's destructors.
         unsafe { libc::_exit(EXIT_SETUP as i32) }
     }
 }
 
 /// The four steps from the cgroups to exec; returns only with what failed.
+/// `monitor_alive` tells whether the main process is still there.
 fn start(
     sys: &dyn Syscall,
     cfg: &InitConfig<'_>,
     pty: Option<&terminal::Pty>,
     old_mask: &SigSet,
+    monitor_alive: &dyn Fn() -> bool,
 ) -> InitError {
+    if let Err(e) = tie_to_monitor(sys, monitor_alive) {
+        return e;
+    }
     if let Err(e) = attach_stdio(sys, cfg.spec, pty) {
         return InitError::setup("setting up stdio", e);
     }
@@ -74,8 +82,30 @@ fn start(
         Ok(p) => p,
         Err(e) => return e,
     };
+    // Changing the uid or gid clears the parent-death signal (runc restores it too).
+    if let Err(e) = tie_to_monitor(sys, monitor_alive) {
+        return e;
+    }
     clean_slate(sys, old_mask);
     exec(sys, &program)
+}
+
+/// PID 1 dies with SIGKILL when the main process (its parent since the intermediate
+/// process exited: skiff is a subreaper, and forks from its main thread, which
+/// supervises the container to the end) dies, so a SIGKILLed skiff does not leave a
+/// container running on a dead FUSE mount. Set, then checked: a monitor that died
+/// just before the prctl sent no signal (runc checks getppid; in a new PID namespace
+/// that reads 0, so the go pipe's write end, held by the monitor, tells instead).
+fn tie_to_monitor(sys: &dyn Syscall, monitor_alive: &dyn Fn() -> bool) -> Result<(), InitError> {
+    sys.set_parent_death_signal(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| InitError::setup("setting the parent-death signal", e))?;
+    if !monitor_alive() {
+        return Err(InitError {
+            code: EXIT_SETUP,
+            message: "the monitoring skiff process exited".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Step 1. Like runc, PID 1 leads its own session: a terminal's Ctrl-C reaches skiff,
@@ -101,14 +131,25 @@ fn attach_stdio(
 /// Step 2: sets up the container and returns the program to exec.
 pub fn prepare(sys: &dyn Syscall, cfg: &InitConfig<'_>) -> Result<Program, InitError> {
     let spec = cfg.spec;
+    // A cgroup namespace rooted at the cgroups the main process put us in (so after
+    // "go", as runc does): the container sees its own cgroup as `/`.
+    sys.unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| InitError::setup("creating the cgroup namespace", e))?;
     sys.set_hostname(&spec.hostname)
         .map_err(|e| InitError::setup("setting hostname", e))?;
     if spec.network == NetworkMode::Isolated {
         sys.set_loopback_up()
             .map_err(|e| InitError::setup("network", e))?;
     }
-    rootfs::prepare(sys, cfg.rootfs, spec, cfg.etc_dir, cfg.console)
-        .map_err(|e| InitError::setup("preparing rootfs", e))?;
+    rootfs::prepare(
+        sys,
+        cfg.rootfs,
+        spec,
+        cfg.etc_dir,
+        cfg.console,
+        cfg.cgroup_mounts,
+    )
+    .map_err(|e| InitError::setup("preparing rootfs", e))?;
     // The working directory is created while the root is still writable (--read-only
     // comes with finalize), as Docker does.
     let cwd = PathBuf::from(&spec.cwd);
@@ -209,8 +250,9 @@ mod tests {
                 etc_dir: &etc,
                 default_nofile: 1024,
                 console: None,
+                cgroup_mounts: &[],
             };
-            let err = start(rec, &cfg, None, &SigSet::empty());
+            let err = start(rec, &cfg, None, &SigSet::empty(), &|| true);
             let tmp = self.dir.path().to_str().unwrap();
             let calls = rec
                 .calls
@@ -227,12 +269,12 @@ mod tests {
     const ROOTFS_STEPS: &[&str] = &[
         "mount - / -",
         "mount $T/rootfs $T/rootfs - bind",
-        "mount proc $T/rootfs/proc proc",
-        "mount tmpfs $T/rootfs/dev tmpfs",
-        "mount devpts $T/rootfs/dev/pts devpts",
-        "mount tmpfs $T/rootfs/dev/shm tmpfs",
-        "mount mqueue $T/rootfs/dev/mqueue mqueue",
-        "mount sysfs $T/rootfs/sys sysfs ro",
+        "mount proc $T/rootfs/proc proc nosuid nodev noexec",
+        "mount tmpfs $T/rootfs/dev tmpfs nosuid",
+        "mount devpts $T/rootfs/dev/pts devpts nosuid noexec",
+        "mount tmpfs $T/rootfs/dev/shm tmpfs nosuid nodev noexec",
+        "mount mqueue $T/rootfs/dev/mqueue mqueue nosuid nodev noexec",
+        "mount sysfs $T/rootfs/sys sysfs ro nosuid nodev noexec",
         "mount $T/etc/resolv.conf $T/rootfs/etc/resolv.conf - bind",
         "mount $T/etc/hostname $T/rootfs/etc/hostname - bind",
         "mount $T/etc/hosts $T/rootfs/etc/hosts - bind",
@@ -258,6 +300,7 @@ mod tests {
         "identity 54321 65432 []",
         "caps 0",
         "chdir /",
+        "pdeathsig SIGKILL",
         "signals default",
         "sigmask",
         "cloexec 3..",
@@ -276,7 +319,14 @@ mod tests {
         assert_eq!(
             calls,
             expected(&[
-                &["setsid", "dup2 0", "sethostname box", "loopback up"],
+                &[
+                    "pdeathsig SIGKILL",
+                    "setsid",
+                    "dup2 0",
+                    "unshare cgroup",
+                    "sethostname box",
+                    "loopback up",
+                ],
                 ROOTFS_STEPS,
                 DEVICE_STEPS,
                 &[
@@ -322,14 +372,19 @@ mod tests {
             calls,
             expected(&[
                 // -i keeps stdin; the host network needs no loopback.
-                &["setsid", "sethostname box"],
+                &[
+                    "pdeathsig SIGKILL",
+                    "setsid",
+                    "unshare cgroup",
+                    "sethostname box",
+                ],
                 ROOTFS_STEPS,
                 DEVICE_STEPS,
                 &[
                     "mount /proc/sys /proc/sys - bind",
-                    "mount - /proc/sys - remount-bind ro",
+                    "mount - /proc/sys - remount-bind ro nosuid nodev noexec",
                     "mount /proc/sysrq-trigger /proc/sysrq-trigger - bind",
-                    "mount - /proc/sysrq-trigger - remount-bind ro",
+                    "mount - /proc/sysrq-trigger - remount-bind ro nosuid nodev noexec",
                     "mount /dev/null /proc/kcore - bind",
                     "mount tmpfs /sys/firmware tmpfs ro",
                     "mount - / - remount-bind ro",
@@ -357,9 +412,10 @@ mod tests {
             etc_dir: &etc,
             default_nofile: 1024,
             console: None,
+            cgroup_mounts: &[],
         };
         let rec = Recorder::default();
-        let err = start(&rec, &cfg, None, &SigSet::empty());
+        let err = start(&rec, &cfg, None, &SigSet::empty(), &|| true);
         assert_eq!(err.code, process::EXIT_NOT_FOUND);
         assert_eq!(rec.calls.borrow().last().unwrap(), "chdir /");
     }

@@ -101,6 +101,7 @@ pub fn run_with(
         etc_dir: &etc_dir,
         default_nofile: default_nofile(),
         console: None,
+        cgroup_mounts: cgroup.as_ref().map(|c| c.mounts()).unwrap_or(&[]),
     };
     let result = spawn(
         &LinuxSyscall,
@@ -142,6 +143,7 @@ fn spawn(
     let (pid_r, pid_w) = sync::pipe()?;
     let (go_r, go_w) = sync::pipe()?;
     let (err_r, err_w) = sync::pipe()?;
+    let fuse_fds = intermediate::fuse_descriptors();
     let console = pty.as_ref().map(|p| p.slave_path.clone());
     let cfg = InitConfig {
         console: console.as_deref(),
@@ -153,7 +155,7 @@ fn spawn(
     match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
         ForkResult::Child => {
             drop((pid_r, go_w, err_r));
-            intermediate::run(sys, spec, pid_w, &err_w, || {
+            intermediate::run(sys, spec, &fuse_fds, pid_w, &err_w, || {
                 init::run(sys, &cfg, go_r, &err_w, pty.as_ref(), old_mask)
             })
         }
@@ -197,8 +199,9 @@ fn start_pid1(
             return Err(e.into());
         }
     }
+    // go_w stays open until PID 1 has exec'd: PID 1 checks it to learn whether skiff
+    // is still there once its parent-death signal is set.
     let _ = nix::unistd::write(&go_w, b"g");
-    drop(go_w);
     let term = pty
         .map(|p| terminal::Session::start(p, spec.stdin))
         .transpose()?;
@@ -206,6 +209,7 @@ fn start_pid1(
         let _ = waitpid(pid, None);
         return Err(e);
     }
+    drop(go_w);
     Ok((pid, term))
 }
 

@@ -16,6 +16,7 @@
 //! [`sys::Syscall`], so their order is tested with a recorder.
 
 pub mod cgroups;
+pub mod devices_bpf;
 pub mod etc_files;
 pub mod init;
 pub mod intermediate;

@@ -2,6 +2,7 @@
 //! kernel filesystems and device nodes, the user's mounts, `pivot_root`, then runc's
 //! read-only and masked paths.
 
+use super::cgroups::CgroupMount;
 use super::spec::ContainerSpec;
 use super::sys::{FileKind, SysError, Syscall};
 use nix::mount::MsFlags;
@@ -43,6 +44,8 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/sched_debug",
     "/sys/firmware",
     "/proc/scsi",
+    // Docker masks it too: energy counters are a side channel (CVE-2020-8694).
+    "/sys/devices/virtual/powercap",
 ];
 
 /// Paths runc's default spec makes read-only (`runc spec`, `readonlyPaths`).
@@ -57,22 +60,26 @@ pub const READONLY_PATHS: &[&str] = &[
 /// The runtime files skiff provides in every container, by container path.
 pub const ETC_FILES: &[&str] = &["/etc/resolv.conf", "/etc/hostname", "/etc/hosts"];
 
+/// How many symlinks [`secure_join`] follows before it gives up with ELOOP (the
+/// kernel's MAXSYMLINKS).
+pub const MAX_SYMLINKS: usize = 40;
+
 /// Resolves `path` (absolute, inside the container) under `root`, following symlinks
-/// as if `root` were `/`, so no symlink in the image can point a mount outside the
-/// rootfs (what runc's securejoin does).
-pub fn secure_join(root: &Path, path: &Path) -> PathBuf {
-    let mut resolved = PathBuf::new(); // relative to root
-    let mut pending: Vec<PathBuf> = vec![path.to_path_buf()];
-    let mut links = 0;
-    // Components still to walk, in order (stack of reversed components).
-    let mut todo: Vec<std::ffi::OsString> = Vec::new();
-    if let Some(p) = pending.pop() {
-        todo.extend(p.components().rev().filter_map(|c| match c {
+/// as if `root` were `/`, so no symlink in the image can point a mount, a device node or
+/// any other setup write outside the rootfs (what runc's securejoin does). More than
+/// [`MAX_SYMLINKS`] links is ELOOP, never a half-resolved path.
+pub fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, SysError> {
+    fn parts(p: &Path) -> impl DoubleEndedIterator<Item = std::ffi::OsString> + '_ {
+        p.components().filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),
             Component::ParentDir => Some("..".into()),
             _ => None,
-        }));
+        })
     }
+    let mut resolved = PathBuf::new(); // relative to root
+    let mut links = 0;
+    // Components still to walk: a stack, next one last.
+    let mut todo: Vec<std::ffi::OsString> = parts(path).rev().collect();
     while let Some(part) = todo.pop() {
         if part == ".." {
             resolved.pop();
@@ -80,21 +87,24 @@ pub fn secure_join(root: &Path, path: &Path) -> PathBuf {
         }
         let candidate = resolved.join(&part);
         match std::fs::read_link(root.join(&candidate)) {
-            Ok(target) if links < 40 => {
+            Ok(target) => {
                 links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(SysError {
+                        call: "secure_join",
+                        target: path.display().to_string(),
+                        errno: nix::errno::Errno::ELOOP,
+                    });
+                }
                 if target.is_absolute() {
                     resolved = PathBuf::new();
                 }
-                todo.extend(target.components().rev().filter_map(|c| match c {
-                    Component::Normal(n) => Some(n.to_os_string()),
-                    Component::ParentDir => Some("..".into()),
-                    _ => None,
-                }));
+                todo.extend(parts(&target).rev());
             }
-            _ => resolved = candidate,
+            Err(_) => resolved = candidate,
         }
     }
-    root.join(resolved)
+    Ok(root.join(resolved))
 }
 
 /// Creates `path` as a directory (with parents) if missing.
@@ -134,7 +144,7 @@ fn kernel_mounts() -> Vec<KernelMount> {
         KernelMount {
             destination: "/proc",
             fstype: "proc",
-            flags: MsFlags::empty(),
+            flags: nne,
             data: None,
         },
         KernelMount {
@@ -192,13 +202,15 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 
 /// Mounts everything below `rootfs` and pivots into it. Runs in the container's new
 /// mount namespace, before the process gives up root. `etc_dir` holds the generated
-/// resolv.conf, hostname and hosts files; `console` is the pty slave for `-t`.
+/// resolv.conf, hostname and hosts files; `console` is the pty slave for `-t`;
+/// `cgroups` are the cgroup filesystems mounted read-only on /sys/fs/cgroup.
 pub fn prepare(
     sys: &dyn Syscall,
     rootfs: &Path,
     spec: &ContainerSpec,
     etc_dir: &Path,
     console: Option<&Path>,
+    cgroups: &[CgroupMount],
 ) -> Result<(), RootfsError> {
     // Nothing we mount may propagate back to the host.
     sys.mount(
@@ -219,21 +231,22 @@ pub fn prepare(
     )?;
 
     for m in kernel_mounts() {
-        let target = secure_join(rootfs, Path::new(m.destination));
+        let target = secure_join(rootfs, Path::new(m.destination))?;
         ensure_dir(&target)?;
         sys.mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data)?;
     }
+    mount_cgroups(sys, rootfs, cgroups)?;
 
     for name in ETC_FILES {
         let file = Path::new(name).file_name().unwrap_or_default();
         let source = etc_dir.join(file);
-        let target = secure_join(rootfs, Path::new(name));
+        let target = secure_join(rootfs, Path::new(name))?;
         ensure_file(&target)?;
         bind(sys, &source, &target, false)?;
     }
 
     for b in &spec.binds {
-        let target = secure_join(rootfs, &b.destination);
+        let target = secure_join(rootfs, &b.destination)?;
         if b.source.is_dir() {
             ensure_dir(&target)?;
         } else {
@@ -242,7 +255,7 @@ pub fn prepare(
         bind(sys, &b.source, &target, b.read_only)?;
     }
     for t in &spec.tmpfs {
-        let target = secure_join(rootfs, t);
+        let target = secure_join(rootfs, t)?;
         ensure_dir(&target)?;
         sys.mount(
             Some("tmpfs"),
@@ -253,7 +266,9 @@ pub fn prepare(
         )?;
     }
 
-    let dev = rootfs.join("dev");
+    // Resolved like every other setup path: an image whose /dev is a symlink must not
+    // get device nodes created wherever it points on the host.
+    let dev = secure_join(rootfs, Path::new("/dev"))?;
     let old_umask = sys.umask(Mode::empty());
     for (name, major, minor) in DEVICES {
         sys.mknod(
@@ -278,6 +293,54 @@ pub fn prepare(
     }
 
     sys.pivot_root(rootfs)?;
+    Ok(())
+}
+
+/// The container's /sys/fs/cgroup, read-only, as docker mounts it with a private
+/// cgroup namespace: cgroup2 itself on a pure v2 host; else a tmpfs holding one v1
+/// mount per hierarchy the container has its own cgroup in. Runs in the container's
+/// cgroup namespace, so each mount's root is the container's cgroup and it sees its
+/// own limits (what JVM, Go and Node read).
+fn mount_cgroups(
+    sys: &dyn Syscall,
+    rootfs: &Path,
+    cgroups: &[CgroupMount],
+) -> Result<(), RootfsError> {
+    if cgroups.is_empty() {
+        return Ok(());
+    }
+    let nne = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    let ro = nne | MsFlags::MS_RDONLY;
+    let base = secure_join(rootfs, Path::new("/sys/fs/cgroup"))?;
+    let v2_only = cgroups.iter().any(|m| m.subdir.is_empty());
+    if !v2_only {
+        sys.mount(
+            Some("tmpfs"),
+            &base,
+            Some("tmpfs"),
+            nne,
+            Some("mode=755,size=64k"),
+        )?;
+    }
+    for m in cgroups {
+        let target = if m.subdir.is_empty() {
+            base.clone()
+        } else {
+            let t = base.join(&m.subdir);
+            ensure_dir(&t)?;
+            t
+        };
+        sys.mount(
+            Some(m.fstype),
+            &target,
+            Some(m.fstype),
+            ro,
+            m.controllers.as_deref(),
+        )?;
+    }
+    if !v2_only {
+        sys.mount(None, &base, None, MsFlags::MS_REMOUNT | ro, None)?;
+    }
     Ok(())
 }
 
@@ -369,13 +432,145 @@ mod tests {
         std::os::unix::fs::symlink("/etc/shadow", root.join("etc/hosts")).unwrap();
         std::os::unix::fs::symlink("../../../..", root.join("etc/up")).unwrap();
         std::os::unix::fs::symlink("sub", root.join("rel")).unwrap();
+        let join = |p: &str| secure_join(root, Path::new(p)).unwrap();
+        assert_eq!(join("/etc/hosts"), root.join("etc/shadow"));
+        assert_eq!(join("/etc/up/x"), root.join("x"));
+        assert_eq!(join("/../../a"), root.join("a"));
+        assert_eq!(join("/rel/b"), root.join("sub/b"));
+    }
+
+    #[test]
+    fn secure_join_gives_eloop_after_forty_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // A chain of 41 links l0 -> l1 -> ... -> l41 (a plain name at the end).
+        for i in 0..=40 {
+            std::os::unix::fs::symlink(format!("l{}", i + 1), root.join(format!("l{i}"))).unwrap();
+        }
+        let err = secure_join(root, Path::new("/l0/x")).unwrap_err();
+        assert_eq!(err.errno, nix::errno::Errno::ELOOP);
+        // 40 links are still fine.
         assert_eq!(
-            secure_join(root, Path::new("/etc/hosts")),
-            root.join("etc/shadow")
+            secure_join(root, Path::new("/l1/x")).unwrap(),
+            root.join("l41/x")
         );
-        assert_eq!(secure_join(root, Path::new("/etc/up/x")), root.join("x"));
-        assert_eq!(secure_join(root, Path::new("/../../a")), root.join("a"));
-        assert_eq!(secure_join(root, Path::new("/rel/b")), root.join("sub/b"));
+        // A loop is ELOOP too, not a half-resolved path.
+        std::os::unix::fs::symlink("b", root.join("a")).unwrap();
+        std::os::unix::fs::symlink("a", root.join("b")).unwrap();
+        let err = secure_join(root, Path::new("/a/etc")).unwrap_err();
+        assert_eq!(err.errno, nix::errno::Errno::ELOOP);
+    }
+
+    /// A temp dir holding an empty `rootfs/` and `etc/`.
+    struct Dirs {
+        dir: tempfile::TempDir,
+        root: PathBuf,
+        etc: PathBuf,
+    }
+
+    impl Dirs {
+        fn new() -> Dirs {
+            let dir = tempfile::tempdir().unwrap();
+            let (root, etc) = (dir.path().join("rootfs"), dir.path().join("etc"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::create_dir_all(&etc).unwrap();
+            Dirs { dir, root, etc }
+        }
+
+        /// Runs [`prepare`] for a default `true` container with `cgroups`; returns the
+        /// recorded calls.
+        fn prepare(&self, cgroups: &[CgroupMount]) -> Vec<String> {
+            let opts = RunOptions {
+                command: vec!["true".into()],
+                ..Default::default()
+            };
+            let spec =
+                ContainerSpec::new(None, &opts, "id".into(), self.dir.path().into()).unwrap();
+            let rec = Recorder::default();
+            prepare(&rec, &self.root, &spec, &self.etc, None, cgroups).unwrap();
+            rec.calls.into_inner()
+        }
+    }
+
+    #[test]
+    fn device_nodes_follow_a_dev_symlink_inside_the_rootfs() {
+        let d = Dirs::new();
+        // Absolute, so on the host it would point outside the rootfs.
+        let outside = d.dir.path().join("outside");
+        std::os::unix::fs::symlink(&outside, d.root.join("dev")).unwrap();
+        let calls = d.prepare(&[]);
+        let inside = format!("{}{}", d.root.display(), outside.display());
+        let mknods: Vec<&String> = calls.iter().filter(|c| c.starts_with("mknod")).collect();
+        assert_eq!(mknods.len(), DEVICES.len());
+        for m in mknods {
+            assert!(m.starts_with(&format!("mknod {inside}/")), "{m}");
+        }
+        assert!(!outside.exists(), "nothing is created outside the rootfs");
+    }
+
+    #[test]
+    fn proc_is_nosuid_noexec_nodev_and_powercap_masked() {
+        let d = Dirs::new();
+        let calls = d.prepare(&[]);
+        let proc_mount = format!(
+            "mount proc {}/proc proc nosuid nodev noexec",
+            d.root.display()
+        );
+        assert!(calls.contains(&proc_mount), "{calls:?}");
+
+        let rec = Recorder {
+            files: [(
+                PathBuf::from("/sys/devices/virtual/powercap"),
+                FileKind::Dir,
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        finalize(&rec, false).unwrap();
+        assert_eq!(
+            rec.calls.into_inner(),
+            ["mount tmpfs /sys/devices/virtual/powercap tmpfs ro"]
+        );
+    }
+
+    #[test]
+    fn cgroups_are_mounted_read_only_after_sys() {
+        let v1 = |name: &str| CgroupMount {
+            subdir: name.into(),
+            fstype: "cgroup",
+            controllers: Some(name.into()),
+        };
+        let d = Dirs::new();
+        let r = d.root.display().to_string();
+        let calls = d.prepare(&[v1("memory"), v1("pids")]);
+        let sys = calls.iter().position(|c| c.contains("sysfs")).unwrap();
+        assert_eq!(
+            calls[sys + 1..sys + 5],
+            [
+                format!("mount tmpfs {r}/sys/fs/cgroup tmpfs nosuid nodev noexec"),
+                format!("mount cgroup {r}/sys/fs/cgroup/memory cgroup ro nosuid nodev noexec"),
+                format!("mount cgroup {r}/sys/fs/cgroup/pids cgroup ro nosuid nodev noexec"),
+                format!("mount - {r}/sys/fs/cgroup - remount ro nosuid nodev noexec"),
+            ]
+        );
+        // Pure v2: cgroup2 itself, no tmpfs.
+        let v2 = CgroupMount {
+            subdir: String::new(),
+            fstype: "cgroup2",
+            controllers: None,
+        };
+        let calls = Dirs::new().prepare(&[v2]);
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| c.contains("/sys/fs/cgroup"))
+                .count(),
+            1
+        );
+        assert!(calls
+            .iter()
+            .any(|c| c.ends_with("/sys/fs/cgroup cgroup2 ro nosuid nodev noexec")));
     }
 
     #[test]
@@ -393,7 +588,7 @@ mod tests {
         };
         let spec = ContainerSpec::new(None, &opts, "id".into(), dir.path().into()).unwrap();
         let rec = Recorder::default();
-        prepare(&rec, &root, &spec, &etc, None).unwrap();
+        prepare(&rec, &root, &spec, &etc, None, &[]).unwrap();
         let calls = rec.calls.borrow();
         let targets: Vec<String> = calls
             .iter()

@@ -143,7 +143,7 @@ impl ContainerState {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&tmp, json).map_err(io)?;
+        skiff_proto::store::write_private(&tmp, &json).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)
     }
 

@@ -1,7 +1,9 @@
 //! The pipes the three phases talk over, all close-on-exec:
 //!
 //! - *pid*: the intermediate process tells the main process PID 1's host pid;
-//! - *go*: the main process tells PID 1 it is in its cgroups and may set up;
+//! - *go*: the main process tells PID 1 it is in its cgroups and may set up; it
+//!   keeps its end open until PID 1 has exec'd, so PID 1 can tell whether its monitor
+//!   is still there ([`writer_gone`]);
 //! - *error*: a phase that fails before exec writes its exit status and message;
 //!   a successful exec closes the pipe, so the main process reads EOF.
 
@@ -27,6 +29,20 @@ pub fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> usize {
         }
     }
     n
+}
+
+/// Whether every write end of the pipe whose read end is `fd` is closed (POLLHUP),
+/// without blocking: for PID 1, whether the main process has died.
+pub fn writer_gone(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd we own, without waiting.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & libc::POLLHUP != 0
 }
 
 /// Sends a pre-exec failure to the main process and exits (child side only).

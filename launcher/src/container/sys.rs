@@ -55,6 +55,8 @@ pub trait Syscall {
     fn file_kind(&self, path: &Path) -> Option<FileKind>;
     /// prctl(PR_SET_CHILD_SUBREAPER): orphans below us are re-parented to us.
     fn set_child_subreaper(&self) -> SysResult;
+    /// prctl(PR_SET_PDEATHSIG): `signal` arrives when the parent (thread) dies.
+    fn set_parent_death_signal(&self, signal: nix::sys::signal::Signal) -> SysResult;
     /// Closes a descriptor this process inherited.
     fn close(&self, fd: RawFd) -> SysResult;
     /// unshare(2) into new namespaces.
@@ -132,6 +134,10 @@ impl Syscall for LinuxSyscall {
         Errno::result(r)
             .map(drop)
             .map_err(err("prctl", "PR_SET_CHILD_SUBREAPER"))
+    }
+
+    fn set_parent_death_signal(&self, signal: nix::sys::signal::Signal) -> SysResult {
+        nix::sys::prctl::set_pdeathsig(signal).map_err(err("prctl", "PR_SET_PDEATHSIG"))
     }
 
     fn close(&self, fd: RawFd) -> SysResult {
@@ -414,6 +420,9 @@ pub mod recording {
         fn set_child_subreaper(&self) -> SysResult {
             self.push("subreaper".into())
         }
+        fn set_parent_death_signal(&self, signal: nix::sys::signal::Signal) -> SysResult {
+            self.push(format!("pdeathsig {signal}"))
+        }
         fn close(&self, fd: RawFd) -> SysResult {
             self.push(format!("close {fd}"))
         }
@@ -424,6 +433,7 @@ pub mod recording {
                 (CloneFlags::CLONE_NEWIPC, "ipc"),
                 (CloneFlags::CLONE_NEWPID, "pid"),
                 (CloneFlags::CLONE_NEWNET, "net"),
+                (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
             ];
             let set: Vec<&str> = names
                 .iter()
@@ -494,8 +504,18 @@ pub mod recording {
             } else {
                 ""
             };
+            let mut extra = String::new();
+            for (flag, name) in [
+                (MsFlags::MS_NOSUID, " nosuid"),
+                (MsFlags::MS_NODEV, " nodev"),
+                (MsFlags::MS_NOEXEC, " noexec"),
+            ] {
+                if flags.contains(flag) {
+                    extra.push_str(name);
+                }
+            }
             self.push(format!(
-                "mount {} {} {}{kind}{ro}",
+                "mount {} {} {}{kind}{ro}{extra}",
                 source.unwrap_or("-"),
                 target.display(),
                 fstype.unwrap_or("-")

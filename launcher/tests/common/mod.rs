@@ -1,10 +1,23 @@
 //! Shared fixtures for the `skiff run` tests: a busybox image built with umoci, its
 //! runc bundle, and helpers to run `skiff` and `runc` on it. Tests run as root.
+//!
+//! [`Rootfs`] and [`Image`] clean up on drop, even after a failed assertion: every
+//! container of their state root is removed (`skiff rm -f`, which also kills a
+//! container whose skiff is gone) and whatever is still mounted below their
+//! directory is lazily unmounted before the directory is deleted. Processes a test
+//! spawns are held in a [`KillOnDrop`] and runc
+//! containers in a [`RuncContainer`].
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+
+// The same guard code the skiff-tests harness uses (std and libc only).
+#[path = "../../../tests/src/guard.rs"]
+mod guard;
+#[allow(unused_imports)] // not every test binary uses both
+pub use guard::{descendants_of, KillOnDrop};
 
 /// Path of the skiff binary under test.
 pub fn skiff_bin() -> &'static str {
@@ -91,6 +104,32 @@ impl Rootfs {
     /// Asserts nothing of this test is still mounted.
     pub fn assert_no_mounts(&self) {
         assert_no_mounts_under(self.dir.path());
+    }
+}
+
+impl Drop for Rootfs {
+    fn drop(&mut self) {
+        clean_up(&self.state, self.dir.path());
+    }
+}
+
+/// Removes every container of skiff root `state` and unmounts what is left below
+/// `dir` (see the module comment).
+fn clean_up(state: &Path, dir: &Path) {
+    guard::remove_all_containers(Path::new(skiff_bin()), state);
+    guard::unmount_all_under(dir);
+}
+
+/// A runc container id, force-deleted on drop (`runc delete -f`).
+pub struct RuncContainer(pub String);
+
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["delete", "-f", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -204,6 +243,12 @@ impl Image {
         c.args(args);
         c.stdin(Stdio::null());
         c
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        clean_up(&self.state, self.dir.path());
     }
 }
 

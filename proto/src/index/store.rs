@@ -65,6 +65,47 @@ pub fn decode(what: &str, bytes: &[u8]) -> Result<Option<LayerIndex>, IndexError
     LayerIndex::from_bytes(what, &raw).map(Some)
 }
 
+/// Loads the index stored at `path`, which must describe `blob`.
+fn load_at(path: &Path, blob: &Digest) -> Result<Option<LayerIndex>, IndexError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(IndexError::Store {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let what = path.display().to_string();
+    let index = decode(&what, &bytes)?;
+    if let Some(idx) = &index {
+        if idx.blob != *blob {
+            return Err(IndexError::Encoding {
+                what,
+                reason: format!("holds the index of {}, not {blob}", idx.blob),
+            });
+        }
+    }
+    Ok(index)
+}
+
+/// Writes `index` to `path` atomically (a temporary file beside it, synced, renamed).
+fn save_at(path: &Path, index: &LayerIndex) -> Result<PathBuf, IndexError> {
+    let bytes = encode(index)?;
+    let io_err = |source| IndexError::Store {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
+    tmp.write_all(&bytes).map_err(io_err)?;
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(path.to_path_buf())
+}
+
 /// A directory of stored indexes.
 #[derive(Debug, Clone)]
 pub struct IndexStore {
@@ -82,46 +123,47 @@ impl IndexStore {
         Ok(IndexStore { dir })
     }
 
-    /// Where the index of `blob` lives.
+    /// Where the index of `blob` lives, when it was derived from the layer itself (its
+    /// TOC, or a streaming pass over it).
     pub fn path_for(&self, blob: &Digest) -> PathBuf {
         self.dir.join(format!("sha256-{}.idx", blob.hex()))
     }
 
-    /// Loads the index of `blob`, or `None` if none is stored (or it has an older
-    /// format).
-    pub fn load(&self, blob: &Digest) -> Result<Option<LayerIndex>, IndexError> {
-        let path = self.path_for(blob);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(IndexError::Store { path, source }),
-        };
-        let what = path.display().to_string();
-        let index = decode(&what, &bytes)?;
-        if let Some(idx) = &index {
-            if idx.blob != *blob {
-                return Err(IndexError::Encoding {
-                    what,
-                    reason: format!("holds the index of {}, not {blob}", idx.blob),
-                });
-            }
-        }
-        Ok(index)
+    /// Where an index of `blob` taken from an artifact published in repository `repo`
+    /// lives. Published indexes are kept apart per repository: anyone who can push to
+    /// some repository can publish an index for a popular base layer, and it must not
+    /// decide what another repository's images show.
+    pub fn published_path_for(&self, blob: &Digest, repo: &str) -> PathBuf {
+        self.dir
+            .join("published")
+            .join(Digest::of(repo.as_bytes()).hex())
+            .join(format!("sha256-{}.idx", blob.hex()))
     }
 
-    /// Stores `index` atomically under its blob digest.
+    /// Loads the index of `blob` derived from the layer, or `None` if none is stored
+    /// (or it has an older format).
+    pub fn load(&self, blob: &Digest) -> Result<Option<LayerIndex>, IndexError> {
+        load_at(&self.path_for(blob), blob)
+    }
+
+    /// Loads the index of `blob` published in `repo`, if one was stored.
+    pub fn load_published(
+        &self,
+        blob: &Digest,
+        repo: &str,
+    ) -> Result<Option<LayerIndex>, IndexError> {
+        load_at(&self.published_path_for(blob, repo), blob)
+    }
+
+    /// Stores `index`, derived from the layer, atomically under its blob digest.
     pub fn save(&self, index: &LayerIndex) -> Result<PathBuf, IndexError> {
-        let path = self.path_for(&index.blob);
-        let bytes = encode(index)?;
-        let io_err = |source| IndexError::Store {
-            path: path.clone(),
-            source,
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_err)?;
-        tmp.write_all(&bytes).map_err(io_err)?;
-        tmp.as_file().sync_all().map_err(io_err)?;
-        tmp.persist(&path).map_err(|e| io_err(e.error))?;
-        Ok(path)
+        save_at(&self.path_for(&index.blob), index)
+    }
+
+    /// Stores `index`, taken from an artifact published in `repo`, apart from the
+    /// indexes derived from layers (see [`IndexStore::published_path_for`]).
+    pub fn save_published(&self, index: &LayerIndex, repo: &str) -> Result<PathBuf, IndexError> {
+        save_at(&self.published_path_for(&index.blob, repo), index)
     }
 
     /// The stored index of `blob`, building and storing it with `build` if absent.
@@ -183,5 +225,32 @@ mod tests {
         // An index stored under the wrong name is refused.
         std::fs::write(store.path_for(&Digest::of(b"other")), encode(&idx).unwrap()).unwrap();
         assert!(store.load(&Digest::of(b"other")).is_err());
+    }
+
+    #[test]
+    fn published_indexes_are_kept_per_repository_and_apart_from_derived_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IndexStore::open(dir.path()).unwrap();
+        let idx = LayerIndex {
+            blob: Digest::of(b"layer"),
+            blob_size: 0,
+            format: crate::index::LayerFormat::Tar,
+            entries: vec![],
+            chunks: vec![],
+            checkpoints: vec![],
+            prefetch: vec![],
+        };
+        store.save_published(&idx, "evil/x").unwrap();
+        assert_eq!(
+            store.load_published(&idx.blob, "evil/x").unwrap(),
+            Some(idx.clone())
+        );
+        assert_eq!(
+            store.load_published(&idx.blob, "library/python").unwrap(),
+            None
+        );
+        assert_eq!(store.load(&idx.blob).unwrap(), None);
+        store.save(&idx).unwrap();
+        assert_eq!(store.load(&idx.blob).unwrap(), Some(idx));
     }
 }

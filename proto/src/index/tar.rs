@@ -310,9 +310,14 @@ pub fn walk_tar_limited(
         }
         entries.push(entry);
     }
-    // The tar crate stops at the end-of-archive marker; what follows is padding.
+    // The tar crate stops at the end-of-archive marker; what follows is padding, but
+    // it must still decode: for a compressed layer this reads on to the end of the
+    // stream, where gzip's trailer (CRC-32 and length) and zstd's checksum are checked
+    // and a cut blob is noticed. A corrupted stream can inflate to a tar that ends
+    // early, and everything indexed before that point would otherwise be believed.
     let mut rest = archive.into_inner();
-    let _ = std::io::copy(&mut rest, &mut std::io::sink());
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .map_err(|e| malformed(format!("reading past the end of the tar: {e}")))?;
     Ok(TarWalk { entries, chunks })
 }
 

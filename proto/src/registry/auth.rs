@@ -3,6 +3,7 @@
 
 use super::client::{excerpt, Client};
 use super::credentials::Credentials;
+use super::endpoint::Endpoint;
 use super::error::{RegistryError, Result};
 use super::retry::{retry, Attempt};
 use base64::Engine as _;
@@ -119,12 +120,37 @@ pub(crate) struct AuthState {
     pub tokens: HashMap<String, CachedToken>,
 }
 
+/// `Basic <base64>` when `host` holds a username and password.
+pub(crate) fn basic_header(host: &Endpoint) -> Option<String> {
+    match &host.credentials {
+        Some(Credentials::Basic { username, password }) => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+        )),
+        _ => None,
+    }
+}
+
+fn lock_auth(host: &Endpoint) -> std::sync::MutexGuard<'_, AuthState> {
+    host.auth.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remembers `host`'s latest challenge and forgets the token it refused for `scope`, so
+/// the next request fetches a new one.
+pub(crate) fn challenged(host: &Endpoint, challenge: Option<Challenge>, scope: &str) {
+    let mut state = lock_auth(host);
+    state.tokens.remove(scope);
+    state.challenge = challenge;
+}
+
 impl Client {
-    /// The `Authorization` value for a request to our own host, fetching a token
-    /// first when the registry wants Bearer and we hold none fresh for `scope`.
-    pub(crate) async fn auth_header(&self, scope: &str) -> Result<Option<String>> {
+    /// The `Authorization` value for a request to `host` itself, fetching a token first
+    /// when it wants Bearer and we hold none fresh for `scope`. Each host (a mirror, the
+    /// registry) has its own challenge, tokens and credentials: a mirror never sees the
+    /// registry's.
+    pub(crate) async fn auth_header(&self, host: &Endpoint, scope: &str) -> Result<Option<String>> {
         let challenge = {
-            let state = self.lock_auth();
+            let state = lock_auth(host);
             match &state.challenge {
                 None => return Ok(None),
                 Some(Challenge::Basic) => None,
@@ -137,39 +163,21 @@ impl Client {
             }
         };
         match challenge {
-            None => Ok(self.basic_header()),
+            None => Ok(basic_header(host)),
             Some(c) => {
-                let token = self.fetch_token(&c, scope).await?;
+                let token = self.fetch_token(host, &c, scope).await?;
                 Ok(Some(format!("Bearer {token}")))
             }
         }
     }
 
-    /// `Basic <base64>` when the client holds a username and password.
-    pub(crate) fn basic_header(&self) -> Option<String> {
-        match &self.credentials {
-            Some(Credentials::Basic { username, password }) => Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
-            )),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn lock_auth(&self) -> std::sync::MutexGuard<'_, AuthState> {
-        self.auth.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remembers the registry's latest challenge and forgets the token it refused for
-    /// `scope`, so the next request fetches a new one.
-    pub(crate) fn challenged(&self, challenge: Option<Challenge>, scope: &str) {
-        let mut state = self.lock_auth();
-        state.tokens.remove(scope);
-        state.challenge = challenge;
-    }
-
     /// Asks the token endpoint for a token for `scope` and caches it.
-    async fn fetch_token(&self, challenge: &Challenge, scope: &str) -> Result<String> {
+    async fn fetch_token(
+        &self,
+        host: &Endpoint,
+        challenge: &Challenge,
+        scope: &str,
+    ) -> Result<String> {
         let Challenge::Bearer { realm, service, .. } = challenge else {
             return Err(RegistryError::Token {
                 realm: String::new(),
@@ -181,7 +189,8 @@ impl Client {
             message,
         };
         let mut url = Url::parse(realm).map_err(|e| terr(format!("realm is not a URL: {e}")))?;
-        let request = match &self.credentials {
+        let http = host.http(&self.options)?;
+        let request = match &host.credentials {
             Some(Credentials::IdentityToken(refresh)) => {
                 let mut form = url::form_urlencoded::Serializer::new(String::new());
                 form.append_pair("grant_type", "refresh_token")
@@ -193,8 +202,7 @@ impl Client {
                 if !scope.is_empty() {
                     form.append_pair("scope", scope);
                 }
-                self.http()?
-                    .post(url.clone())
+                http.post(url.clone())
                     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                     .body(form.finish())
             }
@@ -211,8 +219,8 @@ impl Client {
                         q.append_pair("account", username);
                     }
                 }
-                let mut req = self.http()?.get(url.clone());
-                if let Some(b) = self.basic_header() {
+                let mut req = http.get(url.clone());
+                if let Some(b) = basic_header(host) {
                     req = req.header(header::AUTHORIZATION, b);
                 }
                 req
@@ -271,7 +279,7 @@ impl Client {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
         tracing::debug!(realm = %realm, scope, ?lifetime, "got bearer token");
-        self.lock_auth().tokens.insert(
+        lock_auth(host).tokens.insert(
             scope.to_string(),
             CachedToken {
                 token: token.clone(),

@@ -2,6 +2,7 @@
 //! streaming downloads that resume where a broken connection left off.
 
 use super::client::{read_capped, Client, Req, Subject};
+use super::endpoint::Route;
 use super::error::{RegistryError, Result};
 use super::options::Access;
 use super::retry::{retry, Attempt};
@@ -10,6 +11,7 @@ use crate::image::Descriptor;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
+use std::sync::Arc;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// Largest blob [`Client::get_blob`] buffers (configs are KiBs; this is generous).
@@ -74,6 +76,7 @@ impl Client {
         let subject = Subject::Blob(digest);
         let mut req = Req::new(Method::GET, url, Some(repository));
         req.redirect_key = Some(digest);
+        req.route = Route::Pull;
         let mut ok = vec![StatusCode::OK];
         if let Some((start, end_inclusive)) = range {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes={start}-{end_inclusive}")) {
@@ -85,8 +88,9 @@ impl Client {
     }
 
     /// Reads `len` bytes at `offset` of a blob with one Range GET. The bytes are raw
-    /// and unverified (chunk digests verify them). A registry that answers 200 (ignoring
-    /// Range) gives [`RegistryError::RangeIgnored`].
+    /// and unverified (chunk digests verify them). A host that answers `200` (ignoring
+    /// Range) is read to the end once and the whole blob verified (see `whole_read.rs`);
+    /// concurrent reads of that blob wait for it, then ask with Range again.
     pub async fn get_blob_range(
         &self,
         repository: &str,
@@ -103,15 +107,36 @@ impl Client {
                 url: digest.to_string(),
                 message: format!("range {offset}+{len} overflows"),
             })?;
-        let resp = self
-            .blob_get(repository, digest, Some((offset, end)))
-            .await?;
+        let gate = self.in_flight.gate(digest);
+        // A whole-body read of this blob is under way: once it ends, the host (a
+        // pull-through cache) has the blob and answers Range.
+        drop(gate.lock().await);
+        let mut round = 0;
+        let resp = loop {
+            let resp = self
+                .blob_get(repository, digest, Some((offset, end)))
+                .await?;
+            if resp.status() != StatusCode::OK {
+                break resp;
+            }
+            // Range ignored. One whole-body read per blob at a time: if another is under
+            // way, drop this answer, wait for it and ask again (twice; then read whole
+            // ourselves, after it).
+            let held = match Arc::clone(&gate).try_lock_owned() {
+                Ok(held) => held,
+                Err(_) if round < 2 => {
+                    drop(resp);
+                    drop(gate.lock().await);
+                    round += 1;
+                    continue;
+                }
+                Err(_) => Arc::clone(&gate).lock_owned().await,
+            };
+            let bytes = self.range_from_whole_body(resp, digest, offset, len).await;
+            drop(held);
+            return bytes;
+        };
         let url = resp.url().to_string();
-        if resp.status() == StatusCode::OK {
-            return Err(RegistryError::RangeIgnored {
-                digest: digest.to_string(),
-            });
-        }
         let bytes = resp
             .bytes()
             .await

@@ -4,14 +4,19 @@
 //! Bearer token fetched after a `401` challenge and refreshed when it expires or is
 //! refused; see [`super::auth`]), retries transient failures (connection errors, 5xx,
 //! 429) through the one retry loop in `retry.rs`, and follows redirects by hand so
-//! that `Authorization` is only ever sent to the registry's own host. The requests
+//! that `Authorization` is only ever sent to the registry's own host. Pulls and tag
+//! resolution go to the mirrors of `hosts.toml` first (`endpoint.rs`), falling back to
+//! the next host when one fails and finally to the registry itself. The requests
 //! themselves live beside it: `manifests.rs`, `blobs.rs`, `push.rs`, `referrers.rs`.
 
-use super::auth::{self, AuthState, Challenge};
-use super::credentials::{self, Credentials};
+use super::auth::{self, basic_header, challenged, Challenge};
+use super::credentials;
+use super::endpoint::{Endpoint, Route, Tls};
 use super::error::{ErrorCode, ErrorEnvelope, RegistryError, Result};
+use super::hosts::{self, Capabilities};
 pub use super::options::{Access, ClientOptions};
-use super::retry::{retry, Attempt};
+use super::retry::{retry, Attempt, RetryPolicy};
+use super::whole_read::InFlight;
 use crate::digest::Digest;
 use crate::reference;
 use bytes::Bytes;
@@ -19,7 +24,6 @@ use reqwest::header::{self, HeaderMap};
 use reqwest::{Method, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use url::Url;
@@ -77,6 +81,8 @@ pub(crate) struct Req<'a> {
     pub body: Option<Bytes>,
     /// For blob GETs: remember where the registry redirects this blob.
     pub redirect_key: Option<Digest>,
+    /// Which hosts may serve it (mirrors only for pulls and tag resolution).
+    pub route: Route,
 }
 
 impl<'a> Req<'a> {
@@ -89,24 +95,31 @@ impl<'a> Req<'a> {
             headers: HeaderMap::new(),
             body: None,
             redirect_key: None,
+            route: Route::Upstream,
         }
     }
 }
+
+/// The host that answered a request, attached to its [`Response`]'s extensions.
+#[derive(Clone, Debug)]
+pub(crate) struct ServedBy(pub String);
 
 /// A client for one registry.
 pub struct Client {
     pub(super) registry: String,
     pub(super) base: Url,
-    /// Built on first use, so a run served from the local store never builds one. (With
-    /// native-tls, building loaded the system CA bundle twice: ~90 ms here; rustls with
-    /// the platform verifier reads the roots at the first TLS handshake.)
-    http: OnceLock<reqwest::Client>,
-    pub(super) credentials: Option<Credentials>,
+    /// `base/v2/`: request URLs are built under it, then moved onto the host serving them.
+    v2_root: Url,
+    /// The hosts to try: mirrors from `hosts.toml` in file order, the registry last.
+    /// Each builds its HTTP client on first use, so a run served from the local store
+    /// never builds one.
+    endpoints: Vec<Endpoint>,
     pub(super) options: ClientOptions,
-    pub(super) auth: Mutex<AuthState>,
-    /// Where the registry last redirected each blob (to skip the hop next time).
-    redirects: Mutex<HashMap<Digest, Url>>,
     pub(super) stats: Arc<FetchStats>,
+    /// Whole-blob reads under way (a registry that ignored Range), one per blob.
+    pub(super) in_flight: InFlight,
+    /// Which host last served each blob or manifest, by digest.
+    served: Mutex<HashMap<Digest, String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -149,43 +162,88 @@ impl Client {
                 message: format!("registry host does not form a URL: {e}"),
             }
         })?;
+        let v2_root = base.join("v2/").map_err(|e| RegistryError::BadResponse {
+            url: base.to_string(),
+            message: format!("cannot form the API root: {e}"),
+        })?;
         let credentials = match &options.credentials {
             Some(c) => Some(c.clone()),
             None if options.use_docker_config => credentials::from_docker_config(registry)?,
             None => None,
         };
+        let file = match &options.hosts_dir {
+            Some(dir) => hosts::load(dir, registry)?,
+            None => None,
+        };
+        let mut endpoints = Vec::new();
+        let (upstream_root, settings, capabilities) = match file {
+            None => (v2_root.clone(), Default::default(), Capabilities::ALL),
+            Some(file) => {
+                for entry in &file.mirrors {
+                    endpoints.push(Endpoint::mirror(registry, entry, &options)?);
+                }
+                match file.server {
+                    Some(server) => (server.api_root, file.server_settings, server.capabilities),
+                    None => (v2_root.clone(), file.server_settings, Capabilities::ALL),
+                }
+            }
+        };
+        endpoints.push(Endpoint::upstream(
+            registry,
+            upstream_root,
+            credentials,
+            &settings.headers,
+            Tls {
+                skip_verify: settings.skip_verify.unwrap_or(false),
+                ca: settings.ca,
+                client: settings.client,
+            },
+            capabilities,
+        )?);
+        if endpoints.len() > 1 {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+            tracing::debug!(registry, hosts = ?names, "hosts to try");
+        }
         Ok(Client {
             registry: registry.to_string(),
             base,
-            http: OnceLock::new(),
-            credentials,
+            v2_root,
+            endpoints,
             options,
-            auth: Mutex::new(AuthState::default()),
-            redirects: Mutex::new(HashMap::new()),
             stats: Arc::new(FetchStats::default()),
+            in_flight: InFlight::default(),
+            served: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The HTTP client, built on first use.
-    pub(crate) fn http(&self) -> Result<&reqwest::Client> {
-        if let Some(c) = self.http.get() {
-            return Ok(c);
+    /// The hosts this client tries, in order (`host[:port]`; the registry last).
+    pub fn hosts(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// The host (`host[:port]`) that last served the blob or manifest `digest`: a mirror
+    /// or the registry itself.
+    pub fn served_by(&self, digest: &Digest) -> Option<String> {
+        self.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .cloned()
+    }
+
+    /// Remembers which host `resp` came from for `digest`.
+    pub(crate) fn note_served(&self, digest: Digest, resp: &Response) {
+        if let Some(ServedBy(host)) = resp.extensions().get::<ServedBy>() {
+            self.note_served_host(digest, host.clone());
         }
-        // reqwest is built without a crypto provider (its default one, aws-lc-rs, needs
-        // cmake and more to build); ring it is. An error only means one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let built = reqwest::Client::builder()
-            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(self.options.connect_timeout)
-            .read_timeout(self.options.read_timeout)
-            .build()
-            .map_err(|e| RegistryError::Network {
-                method: "INIT".into(),
-                url: self.base.to_string(),
-                source: e,
-            })?;
-        Ok(self.http.get_or_init(|| built))
+    }
+
+    /// Remembers that `host` served `digest`.
+    pub(crate) fn note_served_host(&self, digest: Digest, host: String) {
+        self.served
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest, host);
     }
 
     /// The registry as named.
@@ -193,7 +251,8 @@ impl Client {
         &self.registry
     }
 
-    /// `scheme://host[:port]/` requests go to.
+    /// `scheme://host[:port]/` of the registry as named (a `hosts.toml` `server` or
+    /// mirror may serve requests instead; see [`Client::hosts`]).
     pub fn base_url(&self) -> &Url {
         &self.base
     }
@@ -226,32 +285,82 @@ impl Client {
         Ok(())
     }
 
-    pub(crate) fn same_origin(&self, url: &Url) -> bool {
-        url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default()
+    /// Sends `req` to the first host that can serve it: the mirrors its route allows
+    /// (in `hosts.toml` order, skipping those that failed lately), then the registry.
+    /// A mirror that fails (unreachable, 5xx after retries, refused auth) or does not
+    /// have the content (any non-2xx answer) hands over to the next host. Returns the
+    /// final response whatever its status (except as [`Client::send_to`] says).
+    pub(crate) async fn send(&self, req: Req<'_>) -> Result<Response> {
+        let hosts: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.serves(req.route))
+            .collect();
+        let last = hosts.len().saturating_sub(1);
+        for (i, host) in hosts.into_iter().enumerate() {
+            let outcome = self.send_to(host, &req).await;
+            if i < last {
+                match &outcome {
+                    Ok(resp) if resp.status().is_success() => {}
+                    Ok(resp) => {
+                        tracing::info!(mirror = %host.name, url = %req.url, status = %resp.status(), "mirror cannot serve this; trying the next host");
+                        continue;
+                    }
+                    Err(e) => {
+                        host.mark_down();
+                        tracing::warn!(mirror = %host.name, url = %req.url, error = %e, "mirror failed; trying the next host");
+                        continue;
+                    }
+                }
+            }
+            let mut resp = outcome?;
+            resp.extensions_mut().insert(ServedBy(host.name.clone()));
+            if let Some(d) = req.redirect_key {
+                if resp.status().is_success() {
+                    self.note_served(d, &resp);
+                }
+            }
+            return Ok(resp);
+        }
+        Err(RegistryError::BadResponse {
+            url: req.url.to_string(),
+            message: "no host may serve this request".into(),
+        })
     }
 
-    /// Sends `req` with auth, retries and redirects. Returns the final response
-    /// whatever its status (except 401, which becomes [`RegistryError::Unauthorized`]
-    /// once authenticating did not help, and 5xx/429 after retries run out).
-    pub(crate) async fn send(&self, req: Req<'_>) -> Result<Response> {
+    /// Sends `req` to one host with auth, retries and redirects. Returns the final
+    /// response whatever its status (except 401, which becomes
+    /// [`RegistryError::Unauthorized`] once authenticating did not help, and 5xx/429
+    /// after retries run out).
+    async fn send_to(&self, host: &Endpoint, req: &Req<'_>) -> Result<Response> {
         let scope = req.access.scope(req.repository);
+        let url = host.map_url(&req.url, &self.v2_root);
         // A blob whose redirect target we remember goes straight there, once.
         let cached_target = req
             .redirect_key
-            .and_then(|d| self.redirects.lock().ok()?.get(&d).cloned());
+            .and_then(|d| host.redirects.lock().ok()?.get(&d).cloned());
         let state = SendState {
             cached_target,
             auth_tries: 0,
         };
-        let (req, scope) = (&req, scope.as_str());
+        // A mirror gets few retries: the next host is the better bet.
+        let policy = if host.is_mirror {
+            RetryPolicy {
+                max_attempts: self.options.retry.max_attempts.min(2),
+                ..self.options.retry.clone()
+            }
+        } else {
+            self.options.retry.clone()
+        };
+        let (scope, url) = (scope.as_str(), &url);
         retry(
-            &self.options.retry,
-            req.url.as_str(),
+            &policy,
+            url.as_str(),
             state,
             |mut state, attempt| async move {
-                let outcome = self.send_attempt(req, scope, &mut state, attempt).await;
+                let outcome = self
+                    .send_attempt(host, req, url, scope, &mut state, attempt)
+                    .await;
                 (state, outcome)
             },
         )
@@ -262,25 +371,27 @@ impl Client {
     /// redirect or token was dropped) or retry after a pause (a transient failure).
     async fn send_attempt(
         &self,
+        host: &Endpoint,
         req: &Req<'_>,
+        url: &Url,
         scope: &str,
         state: &mut SendState,
         attempt: u32,
     ) -> Result<Attempt<Response>> {
         let outcome = match state.cached_target.take() {
             Some(target) => {
-                let auth = if self.same_origin(&target) {
-                    self.auth_header(scope).await?
+                let auth = if host.same_origin(&target) {
+                    self.auth_header(host, scope).await?
                 } else {
                     None
                 };
-                return match self.send_once(req, target.clone(), auth).await {
+                return match self.send_once(host, req, target.clone(), auth).await {
                     Ok(resp) if resp.status().is_success() => Ok(Attempt::Done(resp)),
                     _ => {
                         // Expired or failing: forget it and ask the registry again.
                         tracing::debug!(target = %target, "cached redirect failed; re-resolving");
                         if let Some(d) = req.redirect_key {
-                            if let Ok(mut m) = self.redirects.lock() {
+                            if let Ok(mut m) = host.redirects.lock() {
                                 m.remove(&d);
                             }
                         }
@@ -288,11 +399,11 @@ impl Client {
                     }
                 };
             }
-            None => self.send_following(req, scope).await,
+            None => self.send_following(host, req, url, scope).await,
         };
         let exhausted = |last: &str| RegistryError::RetriesExhausted {
             method: req.method.to_string(),
-            url: req.url.to_string(),
+            url: url.to_string(),
             attempts: attempt,
             last: last.to_string(),
         };
@@ -307,7 +418,7 @@ impl Client {
                         .filter_map(|v| v.to_str().ok())
                         .find_map(auth::parse_challenge);
                     state.auth_tries += 1;
-                    let have_creds_for_basic = self.basic_header().is_some();
+                    let have_creds_for_basic = basic_header(host).is_some();
                     let retry_auth = match &challenge {
                         Some(Challenge::Bearer { .. }) => state.auth_tries <= 2,
                         Some(Challenge::Basic) => state.auth_tries <= 1 && have_creds_for_basic,
@@ -315,18 +426,22 @@ impl Client {
                     };
                     if retry_auth {
                         // A refused token is stale: drop it so a new one is fetched.
-                        self.challenged(challenge, scope);
+                        challenged(host, challenge, scope);
                         return Ok(Attempt::Again);
                     }
                     let body = read_limited(resp).await;
                     let mut detail = ErrorEnvelope::parse(&body)
                         .map(|e| format!(": {}", e.summary()))
                         .unwrap_or_default();
-                    if self.credentials.is_none() {
+                    if host.credentials.is_none() {
                         detail.push_str(" (no credentials given: use --username/--password-stdin or docker login)");
                     }
                     return Err(RegistryError::Unauthorized {
-                        registry: self.registry.clone(),
+                        registry: if host.is_mirror {
+                            host.name.clone()
+                        } else {
+                            self.registry.clone()
+                        },
                         repository: req.repository.unwrap_or("/v2/").to_string(),
                         detail,
                     });
@@ -352,7 +467,7 @@ impl Client {
                 // A certificate the system does not trust will not change on a retry.
                 Err(RegistryError::TlsRejected {
                     method: req.method.to_string(),
-                    url: req.url.to_string(),
+                    url: url.to_string(),
                     reason: tls_rejection(&source).unwrap_or_default(),
                 })
             }
@@ -369,15 +484,21 @@ impl Client {
     }
 
     /// One attempt, following redirects by hand.
-    async fn send_following(&self, req: &Req<'_>, scope: &str) -> Result<Response> {
-        let mut url = req.url.clone();
+    async fn send_following(
+        &self,
+        host: &Endpoint,
+        req: &Req<'_>,
+        start: &Url,
+        scope: &str,
+    ) -> Result<Response> {
+        let mut url = start.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let auth = if self.same_origin(&url) {
-                self.auth_header(scope).await?
+            let auth = if host.same_origin(&url) {
+                self.auth_header(host, scope).await?
             } else {
                 None
             };
-            let resp = self.send_once(req, url.clone(), auth).await?;
+            let resp = self.send_once(host, req, url.clone(), auth).await?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
@@ -394,21 +515,33 @@ impl Client {
             })?;
             tracing::debug!(to = %url, "following redirect");
             if let Some(d) = req.redirect_key {
-                if let Ok(mut m) = self.redirects.lock() {
+                if let Ok(mut m) = host.redirects.lock() {
                     m.insert(d, url.clone());
                 }
             }
         }
         Err(RegistryError::TooManyRedirects {
-            url: req.url.to_string(),
+            url: start.to_string(),
         })
     }
 
-    async fn send_once(&self, req: &Req<'_>, url: Url, auth: Option<String>) -> Result<Response> {
-        let mut builder = self
-            .http()?
+    async fn send_once(
+        &self,
+        host: &Endpoint,
+        req: &Req<'_>,
+        url: Url,
+        auth: Option<String>,
+    ) -> Result<Response> {
+        let mut headers = req.headers.clone();
+        if host.same_origin(&url) {
+            for (k, v) in &host.headers {
+                headers.append(k, v.clone());
+            }
+        }
+        let mut builder = host
+            .http(&self.options)?
             .request(req.method.clone(), url.clone())
-            .headers(req.headers.clone());
+            .headers(headers);
         if let Some(a) = auth {
             builder = builder.header(header::AUTHORIZATION, a);
         }

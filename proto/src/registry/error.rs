@@ -104,12 +104,9 @@ pub enum RegistryError {
     /// Content did not match its digest (never served).
     #[error(transparent)]
     Digest(#[from] DigestError),
-    /// The registry answered a Range request with the whole blob (status 200).
-    #[error("registry ignored the Range header for blob {digest} (answered 200 instead of 206); lazy reads need Range support")]
-    RangeIgnored {
-        /// The blob.
-        digest: String,
-    },
+    /// The mirror configuration (`hosts.toml`) could not be used.
+    #[error(transparent)]
+    Hosts(#[from] super::hosts::HostsError),
     /// The response was malformed (wrong length, bad header, bad JSON…).
     #[error("bad response from {url}: {message}")]
     BadResponse {

@@ -1,7 +1,8 @@
 //! Manifests: fetching one by tag or digest (verified), and resolving a reference to
 //! one platform's manifest and config.
 
-use super::client::{read_capped, Client, Req, Subject};
+use super::client::{read_capped, Client, Req, ServedBy, Subject};
+use super::endpoint::Route;
 use super::error::{RegistryError, Result};
 use crate::digest::Digest;
 use crate::image::{self, ManifestKind, Platform, ResolvedImage, MANIFEST_ACCEPT};
@@ -24,7 +25,13 @@ impl Client {
     ) -> Result<(Bytes, Option<String>, Digest)> {
         let url = self.url(&format!("{repository}/manifests/{reference}"))?;
         let subject = Subject::Manifest(format!("{}/{repository}:{reference}", self.registry));
+        let by_digest = reference.parse::<Digest>().is_ok();
         let mut req = Req::new(Method::GET, url.clone(), Some(repository));
+        req.route = if by_digest {
+            Route::Pull
+        } else {
+            Route::Resolve
+        };
         req.headers.insert(
             header::ACCEPT,
             HeaderValue::from_str(&MANIFEST_ACCEPT.join(", "))
@@ -43,6 +50,7 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
+        let served_by = resp.extensions().get::<ServedBy>().cloned();
         let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &url).await?;
         let what = format!("manifest {}/{repository}:{reference}", self.registry);
         let digest = match reference.parse::<Digest>() {
@@ -58,6 +66,9 @@ impl Client {
                 actual
             }
         };
+        if let Some(ServedBy(host)) = served_by {
+            self.note_served_host(digest, host);
+        }
         Ok((bytes, content_type, digest))
     }
 

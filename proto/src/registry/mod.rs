@@ -6,7 +6,9 @@
 //!
 //! One job per module: `client` sends requests (auth, redirects, TLS refusals),
 //! `retry` is the one retry loop they all go through, [`auth`] fetches and caches
-//! tokens, `options` says how to reach a registry, `manifests`, `blobs`, `push` and
+//! tokens, `options` says how to reach a registry, [`hosts`] reads containerd's
+//! `hosts.toml` mirror configuration and `endpoint` is one host to try (a mirror or the
+//! registry), `whole_read` serves Range reads from hosts that answer with the whole blob, `manifests`, `blobs`, `push` and
 //! [`referrers`] are the requests themselves, [`artifact`] pushes and fetches the
 //! artifacts that refer to an image (layer indexes, prefetch profiles), [`error`]
 //! says what went wrong (and parses registries' error bodies).
@@ -16,13 +18,16 @@ pub mod auth;
 mod blobs;
 mod client;
 pub mod credentials;
+mod endpoint;
 pub mod error;
+pub mod hosts;
 mod manifests;
 mod options;
 mod push;
 pub mod referrers;
 mod remote_blob;
 mod retry;
+mod whole_read;
 
 pub use client::{is_loopback, Client, FetchStats};
 pub use credentials::Credentials;

@@ -2,6 +2,7 @@
 
 use super::credentials::Credentials;
 use super::retry::RetryPolicy;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How to reach and authenticate to a registry.
@@ -23,6 +24,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest silence while reading a response before the attempt fails.
     pub read_timeout: Duration,
+    /// Where containerd-style `<registry>/hosts.toml` files name mirrors to try first
+    /// (`None`: no mirrors; the `skiff` binary defaults to `/etc/containerd/certs.d`).
+    pub hosts_dir: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -35,6 +39,7 @@ impl Default for ClientOptions {
             upload_chunk_size: 16 << 20,
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
+            hosts_dir: None,
         }
     }
 }

@@ -8,7 +8,8 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use tokio::runtime::Handle;
 
-/// One registry blob, read on demand. Each [`BlobReader::read_at`] is one Range GET;
+/// One registry blob, read on demand. Each [`BlobReader::read_at`] is one Range GET (or,
+/// from a host that ignores Range, one whole verified read; see `whole_read.rs`);
 /// [`BlobReader::stream`] is one streaming GET, verified against the digest at the end.
 ///
 /// The trait is synchronous: calls block on `handle`. **Call them only from threads that

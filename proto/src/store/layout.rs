@@ -99,6 +99,20 @@ impl RootLayout {
         self.mounts().join(format!("{name}.json"))
     }
 
+    /// The directories only skiff (root) may enter: everything that holds image
+    /// content, container trees, logs or counters. [`super::secure_root`] keeps them
+    /// at [`super::PRIVATE_DIR_MODE`].
+    pub fn private_dirs(&self) -> [PathBuf; 6] {
+        [
+            self.containers(),
+            self.cache(),
+            self.indexes(),
+            self.profiles(),
+            self.tmp(),
+            self.mounts(),
+        ]
+    }
+
     /// The directory holding every container's directory.
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
@@ -185,6 +199,17 @@ mod tests {
         assert_eq!(l.mounts(), Path::new("/r/mounts"));
         assert_eq!(l.containers(), Path::new("/r/containers"));
         assert_eq!(l.daemon_socket(), Path::new("/r/daemon.sock"));
+        assert_eq!(
+            l.private_dirs().map(|p| p.to_string_lossy().into_owned()),
+            [
+                "/r/containers",
+                "/r/cache",
+                "/r/indexes",
+                "/r/profiles",
+                "/r/tmp",
+                "/r/mounts"
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,395 @@
+//! Mirrors and pull-through caches: hosts that ignore Range (a cold docker-registry
+//! proxy answers 200 with the whole blob), mirrors configured through containerd's
+//! `hosts.toml`, fallback to the registry when a mirror is gone, and Bearer tokens that
+//! expire while reads go on.
+
+use skiff_proto::blob::BlobReader;
+use skiff_proto::digest::Digest;
+use skiff_proto::image::Platform;
+use skiff_proto::reference::Reference;
+use skiff_proto::registry::{Client, ClientOptions, RegistryError, RemoteBlob};
+use skiff_tests::cli::Skiff;
+use skiff_tests::fixtures::{self, build_image, push_built, Entry, Layer};
+use skiff_tests::proxy::{Fault, FaultProxy, Rule};
+use skiff_tests::registry::{Registry, RegistryOptions};
+use skiff_tests::test_client_options;
+use skiff_tests::token::{IssuerOptions, TokenIssuer};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A 3 MiB incompressible file and a small one, in one gzip layer.
+fn layers() -> Vec<Layer> {
+    vec![Layer::tar_gzip(&[
+        Entry::dir("data", 0o755),
+        Entry::file("data/big.bin", &fixtures::pseudo_random(11, 3 << 20), 0o644),
+        Entry::file("data/hello.txt", b"hello through the mirror\n", 0o644),
+    ])]
+}
+
+fn client_for(host: &str, hosts_dir: Option<&Path>) -> Client {
+    Client::new(
+        host,
+        ClientOptions {
+            hosts_dir: hosts_dir.map(Path::to_path_buf),
+            ..test_client_options()
+        },
+    )
+    .unwrap()
+}
+
+/// The file docker-registry keeps blob `d` in, under `storage`.
+fn stored_blob(storage: &Path, d: &Digest) -> PathBuf {
+    let hex = d.hex();
+    storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_ignoring_range_is_read_whole_once_and_verified() {
+    let reg = Registry::start();
+    let img = fixtures::push_image(&reg.host(), "norange:v1", fixtures::sample_layers()).await;
+    let proxy = FaultProxy::start(reg.addr());
+    proxy.add_rule(Rule::new("/blobs/", Fault::StripRange, None));
+    let c = Arc::new(client_for(&proxy.host(), None));
+    let d = img.manifest.layers[1].digest;
+    let blob = &img.layers[1].blob;
+    let before = c.stats().bytes();
+    let got = c.get_blob_range("norange", d, 10, 100).await.unwrap();
+    assert_eq!(&got[..], &blob[10..110]);
+    // The whole blob was read (to verify it, and so a cache finishes storing it).
+    assert_eq!(c.stats().bytes() - before, blob.len() as u64);
+
+    // Concurrent reads of one blob while the first answer ignores Range: all get their
+    // bytes; the host was asked without Range honoured once.
+    proxy.clear_rules();
+    proxy.clear_requests();
+    proxy.add_rule(Rule::new("/blobs/", Fault::StripRange, Some(1)));
+    let rb = Arc::new(RemoteBlob::new(
+        Arc::clone(&c),
+        "norange",
+        d,
+        blob.len() as u64,
+        tokio::runtime::Handle::current(),
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let rb = Arc::clone(&rb);
+        tasks.push(tokio::task::spawn_blocking(move || {
+            rb.read_at(i * 100_000, 4096).unwrap()
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let off = i * 100_000;
+        assert_eq!(t.await.unwrap(), &blob[off..off + 4096]);
+    }
+    let stripped = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.fault == Some(Fault::StripRange))
+        .count();
+    assert_eq!(stripped, 1);
+
+    // A blob whose bytes do not match its digest is refused, not served in part.
+    let d0 = img.manifest.layers[0].digest;
+    let path = stored_blob(reg.storage(), &d0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    proxy.add_rule(Rule::new("/blobs/", Fault::StripRange, None));
+    let err = c.get_blob_range("norange", d0, 0, 10).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Digest(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_target_ignoring_range_is_read_whole() {
+    let reg = Registry::start();
+    let img = fixtures::push_image(&reg.host(), "cdn/app:v1", fixtures::sample_layers()).await;
+    let target = FaultProxy::start(reg.addr());
+    target.add_rule(Rule::new("/blobs/", Fault::StripRange, None));
+    let front = FaultProxy::start(reg.addr());
+    front.add_rule(
+        Rule::new("/blobs/sha256:", Fault::Redirect(target.base_url()), None).method("GET"),
+    );
+    let c = client_for(&front.host(), None);
+    let d = img.manifest.layers[1].digest;
+    let got = c.get_blob_range("cdn/app", d, 5000, 300).await.unwrap();
+    assert_eq!(&got[..], &img.layers[1].blob[5000..5300]);
+    assert!(target.count(Some("GET"), "/blobs/") >= 1);
+}
+
+/// `<dir>/<registry>/hosts.toml` naming `mirror` first and `server` as the registry.
+fn write_hosts(dir: &Path, registry: &str, server: &str, mirror: &str, caps: &str) {
+    let d = dir.join(registry);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("hosts.toml"),
+        format!(
+            "server = \"http://{server}\"\n\n[host.\"http://{mirror}\"]\n  capabilities = {caps}\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_toml_mirror_is_used_first_with_ns_and_without_upstream_credentials() {
+    // The registry wants Basic credentials; the mirror (a pre-seeded cache sharing its
+    // storage) wants none and must never see the registry's.
+    let upstream = Registry::start_basic("up", "secret");
+    let creds = Some(skiff_proto::registry::Credentials::basic("up", "secret"));
+    let pusher = Client::new(
+        &upstream.host(),
+        ClientOptions {
+            credentials: creds.clone(),
+            ..test_client_options()
+        },
+    )
+    .unwrap();
+    let img = build_image(fixtures::sample_layers(), &Platform::host(), &["/bin/sh"]);
+    push_built(&pusher, "lib/app", "v1", &img).await;
+    let mirror = Registry::start_with(RegistryOptions {
+        storage: Some(upstream.storage().to_path_buf()),
+        ..Default::default()
+    });
+    let mp = FaultProxy::start(mirror.addr());
+    let direct = FaultProxy::start(upstream.addr());
+    let hosts = tempfile::tempdir().unwrap();
+    // The reference names the registry by a name no one listens on: only hosts.toml
+    // says where its server and mirror are.
+    let registry = "registry.invalid:5000";
+    write_hosts(
+        hosts.path(),
+        registry,
+        &direct.host(),
+        &mp.host(),
+        "[\"pull\"]",
+    );
+    let c = Client::new(
+        registry,
+        ClientOptions {
+            hosts_dir: Some(hosts.path().to_path_buf()),
+            credentials: creds,
+            ..test_client_options()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.hosts(), [mp.host(), direct.host()]);
+    let r = Reference::parse(&format!("{registry}/lib/app:v1")).unwrap();
+    let got = c.resolve(&r, None).await.unwrap();
+    assert_eq!(got.manifest_digest, img.digest);
+    // A pull-only mirror is not asked for the tag; the digest-addressed rest is.
+    assert_eq!(mp.count(None, "/manifests/v1"), 0);
+    assert!(direct.count(None, "/manifests/v1") > 0);
+    assert_eq!(
+        c.served_by(&img.digest).as_deref(),
+        Some(direct.host().as_str())
+    );
+    for (desc, layer) in got.layers().iter().zip(&img.layers) {
+        assert_eq!(
+            c.get_blob("lib/app", desc.digest).await.unwrap(),
+            layer.blob
+        );
+        assert_eq!(
+            c.served_by(&desc.digest).as_deref(),
+            Some(mp.host().as_str())
+        );
+    }
+    let to_mirror = mp.requests();
+    assert!(!to_mirror.is_empty());
+    for r in &to_mirror {
+        assert!(r.path.contains("ns=registry.invalid%3A5000"), "{}", r.path);
+        assert!(
+            r.authorization.is_none(),
+            "upstream credentials sent to the mirror"
+        );
+    }
+    assert_eq!(direct.count(None, "/blobs/"), 0);
+    // The registry itself got the credentials.
+    assert!(direct.requests().iter().any(|r| r.authorization.is_some()));
+
+    // The mirror fails: the next host (the registry) serves, and the mirror is skipped
+    // for a while after.
+    mp.add_rule(Rule::new("/blobs/", Fault::Status(503), None));
+    let d = got.layers()[0].digest;
+    assert_eq!(c.get_blob("lib/app", d).await.unwrap(), img.layers[0].blob);
+    assert_eq!(c.served_by(&d).as_deref(), Some(direct.host().as_str()));
+    let mirror_tries = mp.count(None, "/blobs/");
+    assert_eq!(c.get_blob("lib/app", d).await.unwrap(), img.layers[0].blob);
+    assert_eq!(
+        mp.count(None, "/blobs/"),
+        mirror_tries,
+        "failed mirror skipped"
+    );
+}
+
+/// `skiff mount IMAGE DIR -d`, then reads `files` and unmounts.
+fn mount_and_read(skiff: &Skiff, image: &str, hosts_dir: &Path, dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = skiff
+        .command()
+        .args(["mount", image])
+        .arg(dir)
+        .arg("-d")
+        .arg("--hosts-dir")
+        .arg(hosts_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "skiff mount: {}", text(&out));
+    let files = ["data/hello.txt", "data/big.bin"];
+    let read: Vec<std::io::Result<Vec<u8>>> =
+        files.iter().map(|f| std::fs::read(dir.join(f))).collect();
+    let umount = skiff.run(&["umount", &dir.to_string_lossy()]);
+    if !umount.status.success() {
+        let _ = Command::new("fusermount3").arg("-uz").arg(dir).status();
+    }
+    read.into_iter()
+        .zip(files)
+        .map(|(r, f)| r.unwrap_or_else(|e| panic!("reading {f}: {e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estargz_through_a_cold_then_warm_pull_through_cache_and_without_it() {
+    let upstream = Registry::start();
+    // Counts what the cache asks of the registry.
+    let up = FaultProxy::start(upstream.addr());
+    let mirror = Registry::start_with(RegistryOptions {
+        proxy_remote: Some(up.base_url()),
+        ..Default::default()
+    });
+    let mp = FaultProxy::start(mirror.addr());
+    // Where skiff reaches the registry itself (hosts.toml `server`).
+    let direct = FaultProxy::start(upstream.addr());
+    let work = tempfile::tempdir().unwrap();
+    let hosts = work.path().join("certs.d");
+    write_hosts(
+        &hosts,
+        &upstream.host(),
+        &direct.host(),
+        &mp.host(),
+        "[\"pull\", \"resolve\"]",
+    );
+
+    let image = build_image(layers(), &Platform::host(), &["/bin/sh"]);
+    push_built(
+        &skiff_tests::client(&upstream.host()),
+        "app",
+        "gzip",
+        &image,
+    )
+    .await;
+    let converter = Skiff::new(&work.path().join("converter"));
+    let out = converter.run(&[
+        "convert",
+        "-q",
+        &upstream.reference("app:gzip"),
+        &upstream.reference("app:esgz"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "skiff convert: {}", text(&out));
+    direct.clear_requests();
+    up.clear_requests();
+
+    let want_big = fixtures::pseudo_random(11, 3 << 20);
+    let want_hello = b"hello through the mirror\n".to_vec();
+    let esgz = upstream.reference("app:esgz");
+    for (round, name) in ["cold", "warm"].iter().enumerate() {
+        let skiff = Skiff::new(&work.path().join(name));
+        let got = mount_and_read(
+            &skiff,
+            &esgz,
+            &hosts,
+            &work.path().join(format!("mnt-{name}")),
+        );
+        assert_eq!(got[0], want_hello, "{name}");
+        assert!(got[1] == want_big, "{name}: big.bin differs");
+        assert!(
+            mp.count(Some("GET"), "/blobs/") > 0,
+            "{name}: mirror not used"
+        );
+        assert!(
+            mp.count(Some("GET"), "/manifests/esgz") > 0,
+            "{name}: tag not resolved there"
+        );
+        assert_eq!(
+            direct.count(None, "/blobs/"),
+            0,
+            "{name}: the registry was asked directly"
+        );
+        if round == 0 {
+            // Lazy reads asked the cold cache for ranges (it answers those with the
+            // whole blob), and the cache fetched the layers from the registry.
+            assert!(mp.requests().iter().any(|r| r.range.is_some()));
+            assert!(up.count(Some("GET"), "/blobs/") > 0);
+        }
+    }
+
+    // The mirror goes away: the registry itself serves.
+    drop(mp);
+    drop(mirror);
+    let skiff = Skiff::new(&work.path().join("no-mirror"));
+    let got = mount_and_read(&skiff, &esgz, &hosts, &work.path().join("mnt-no-mirror"));
+    assert_eq!(got[0], want_hello);
+    assert!(got[1] == want_big);
+    assert!(direct.count(Some("GET"), "/blobs/") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_reads_outlive_short_lived_tokens() {
+    let issuer = TokenIssuer::start(IssuerOptions {
+        // Claims 5 minutes, so the client only learns of expiry from a 401.
+        expires_in: 300,
+        real_lifetime: Some(2),
+        ..Default::default()
+    });
+    let reg = Registry::start_with(RegistryOptions {
+        auth: issuer.registry_auth(),
+        ..Default::default()
+    });
+    let c = Arc::new(client_for(&reg.host(), None));
+    let image = build_image(fixtures::sample_layers(), &Platform::host(), &["/bin/sh"]);
+    push_built(&c, "tok/app", "v1", &image).await;
+    let layer = image.layers[1].blob.clone();
+    let rb = RemoteBlob::new(
+        Arc::clone(&c),
+        "tok/app",
+        Digest::of(&layer),
+        layer.len() as u64,
+        tokio::runtime::Handle::current(),
+    );
+    let before = issuer.requests().len();
+    let reads = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(6) {
+            let off = (n * 7919) % (layer.len() as u64 - 512);
+            let got = rb.read_at(off, 512).expect("read after token expiry");
+            assert_eq!(got, &layer[off as usize..off as usize + 512]);
+            n += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n
+    })
+    .await
+    .unwrap();
+    assert!(reads > 20, "{reads} reads");
+    // Tokens were renewed after the registry refused expired ones.
+    assert!(
+        issuer.requests().len() - before >= 2,
+        "{} token requests",
+        issuer.requests().len() - before
+    );
+}
