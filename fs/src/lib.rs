@@ -135,32 +135,89 @@ impl MountOptions {
     }
 }
 
-struct Prepared {
-    fs: fuse::SkiffFs,
+/// The read-only half of a mount, built once per image and shareable by any number of
+/// mounts of it (a daemon serving many containers of one image): the merged lower tree,
+/// the chunk fetcher (its in-flight table makes concurrent reads of one chunk from
+/// different mounts share a fetch) and the counters they write.
+pub struct SharedLower {
+    layers: Vec<Layer>,
     tree: Arc<tree::LowerTree>,
     fetcher: Arc<Fetcher>,
     stats: Arc<Stats>,
     cache: Arc<ChunkCache>,
+}
+
+impl SharedLower {
+    /// Merges `layers` and starts a fetcher of `fetch_threads` workers reading into
+    /// `cache` (which the caller may share with other images).
+    pub fn build(
+        layers: Vec<Layer>,
+        cache: Arc<ChunkCache>,
+        fetch_threads: usize,
+        tuning: FetchTuning,
+    ) -> Result<SharedLower, MountError> {
+        let tree = Arc::new(tree::LowerTree::build(
+            layers.iter().map(|l| l.index.clone()).collect(),
+        )?);
+        let stats = Arc::new(Stats::default());
+        let fetcher = Arc::new(Fetcher::with_tuning(
+            layers.clone(),
+            cache.clone(),
+            stats.clone(),
+            fetch_threads,
+            tuning,
+        ));
+        Ok(SharedLower {
+            layers,
+            tree,
+            fetcher,
+            stats,
+            cache,
+        })
+    }
+
+    /// The counters of every mount of this lower view together.
+    pub fn stats(&self) -> StatsSnapshot {
+        cache_snapshot(&self.stats, &self.cache)
+    }
+
+    /// Stops the fetcher (once no mount uses it any more).
+    pub fn shutdown(&self) {
+        self.fetcher.shutdown();
+    }
+}
+
+impl Drop for SharedLower {
+    /// The fetcher's workers end with the last user of the lower view.
+    fn drop(&mut self) {
+        self.fetcher.shutdown();
+    }
+}
+
+struct Prepared {
+    fs: fuse::SkiffFs,
+    lower: Arc<SharedLower>,
     config: fuser::Config,
 }
 
 fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
-    let tree = Arc::new(tree::LowerTree::build(
-        opts.layers.iter().map(|l| l.index.clone()).collect(),
-    )?);
     let cache = ChunkCache::open(&opts.cache_dir, opts.cache_limit, opts.mem_cache_limit)?;
-    let stats = Arc::new(Stats::default());
-    let fetcher = Arc::new(Fetcher::with_tuning(
+    let lower = SharedLower::build(
         opts.layers.clone(),
-        cache.clone(),
-        stats.clone(),
+        cache,
         opts.fetch_threads,
         opts.tuning.clone(),
-    ));
+    )?;
+    prepare_on(Arc::new(lower), opts)
+}
+
+/// The filesystem of one mount over `lower`; `opts.layers` and the cache and fetcher
+/// settings of `opts` are ignored (they are `lower`'s).
+fn prepare_on(lower: Arc<SharedLower>, opts: &MountOptions) -> Result<Prepared, MountError> {
     let fs = fuse::SkiffFs::new(
-        tree.clone(),
-        fetcher.clone(),
-        stats.clone(),
+        lower.tree.clone(),
+        lower.fetcher.clone(),
+        lower.stats.clone(),
         fuse::FsConfig {
             upper: opts.upper.clone(),
             recorder: opts.record.clone(),
@@ -187,23 +244,16 @@ fn prepare(opts: &MountOptions) -> Result<Prepared, MountError> {
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(opts.fuse_threads.max(1));
-    Ok(Prepared {
-        fs,
-        tree,
-        fetcher,
-        stats,
-        cache,
-        config,
-    })
+    Ok(Prepared { fs, lower, config })
 }
 
 /// A mounted filesystem running in the background. Dropping it unmounts.
 pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
-    stats: Arc<Stats>,
-    cache: Arc<ChunkCache>,
-    fetcher: Arc<Fetcher>,
+    lower: Arc<SharedLower>,
+    /// Whether unmounting stops the fetcher (false when `lower` is shared).
+    owns_lower: bool,
     stats_file: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -252,14 +302,19 @@ fn spawn_stats_writer(
 
 /// Queues, in this order: the recorded profile's ranges, the producer-marked files of
 /// every layer (eStargz landmarks), and with `background_fetch` every other chunk.
-fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher) {
+fn start_prefetch(
+    opts: &MountOptions,
+    layers: &[Layer],
+    tree: &tree::LowerTree,
+    fetcher: &Fetcher,
+) {
     if let Some(profile) = &opts.profile {
         for (layer, chunks) in profile.plan(tree) {
             fetcher.queue_speculative(Priority::Prefetch, layer, chunks);
         }
     }
     if opts.prefetch {
-        for (li, l) in opts.layers.iter().enumerate() {
+        for (li, l) in layers.iter().enumerate() {
             let mut chunks = Vec::new();
             for &ei in &l.index.prefetch {
                 if let Some(e) = l.index.entries.get(ei as usize) {
@@ -272,7 +327,7 @@ fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher
         }
     }
     if opts.background_fetch {
-        for (li, l) in opts.layers.iter().enumerate() {
+        for (li, l) in layers.iter().enumerate() {
             let mut chunks = l.index.chunks.clone();
             chunks.sort_by_key(|c| c.blob_offset);
             chunks.dedup_by_key(|c| c.digest);
@@ -283,27 +338,46 @@ fn start_prefetch(opts: &MountOptions, tree: &tree::LowerTree, fetcher: &Fetcher
 
 /// Mounts the merged view of `opts.layers` on `mountpoint` in the background.
 pub fn mount(opts: MountOptions, mountpoint: &Path) -> Result<MountHandle, MountError> {
-    let p = prepare(&opts)?;
+    spawn(prepare(&opts)?, true, opts, mountpoint)
+}
+
+/// Mounts `lower` (built once, shared with other mounts of the same image) with
+/// `opts.upper` on `mountpoint` in the background. `opts.layers` and the cache and
+/// fetcher settings of `opts` are ignored: they are `lower`'s. Unmounting leaves
+/// `lower`'s fetcher running for the other mounts.
+pub fn mount_shared(
+    lower: Arc<SharedLower>,
+    opts: MountOptions,
+    mountpoint: &Path,
+) -> Result<MountHandle, MountError> {
+    spawn(prepare_on(lower, &opts)?, false, opts, mountpoint)
+}
+
+fn spawn(
+    p: Prepared,
+    owns_lower: bool,
+    opts: MountOptions,
+    mountpoint: &Path,
+) -> Result<MountHandle, MountError> {
     let session = fuser::Session::new(p.fs, mountpoint, &p.config)
         .and_then(|s| s.spawn())
         .map_err(|source| MountError::Fuse {
             mountpoint: mountpoint.to_path_buf(),
             source,
         })?;
-    start_prefetch(&opts, &p.tree, &p.fetcher);
+    start_prefetch(&opts, &p.lower.layers, &p.lower.tree, &p.lower.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
-        p.stats.clone(),
-        p.cache.clone(),
+        p.lower.stats.clone(),
+        p.lower.cache.clone(),
         stop.clone(),
     );
     Ok(MountHandle {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
-        stats: p.stats,
-        cache: p.cache,
-        fetcher: p.fetcher,
+        lower: p.lower,
+        owns_lower,
         stats_file: opts.stats_file,
         stop,
         writer,
@@ -323,12 +397,13 @@ pub fn mount_foreground(
         source,
     };
     let session = fuser::Session::new(p.fs, mountpoint, &p.config).map_err(fuse_err)?;
-    start_prefetch(&opts, &p.tree, &p.fetcher);
+    let lower = p.lower;
+    start_prefetch(&opts, &lower.layers, &lower.tree, &lower.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
-        p.stats.clone(),
-        p.cache.clone(),
+        lower.stats.clone(),
+        lower.cache.clone(),
         stop.clone(),
     );
     let r = session.run().map_err(fuse_err);
@@ -336,8 +411,8 @@ pub fn mount_foreground(
     if let Some(w) = writer {
         let _ = w.join();
     }
-    p.fetcher.shutdown();
-    let snap = cache_snapshot(&p.stats, &p.cache);
+    lower.shutdown();
+    let snap = lower.stats();
     if let Some(f) = &opts.stats_file {
         write_stats(f, &snap);
     }
@@ -352,23 +427,23 @@ impl MountHandle {
 
     /// The current counters.
     pub fn stats(&self) -> StatsSnapshot {
-        cache_snapshot(&self.stats, &self.cache)
+        self.lower.stats()
     }
 
     /// The chunk cache (tests drop its memory part to force disk reads).
     pub fn cache(&self) -> &Arc<ChunkCache> {
-        &self.cache
+        &self.lower.cache
     }
 
     /// Waits until the fetcher has nothing queued or running (prefetch and background
     /// fetch done), or `timeout` passed; returns whether it is idle.
     pub fn wait_fetches_idle(&self, timeout: std::time::Duration) -> bool {
-        self.fetcher.wait_idle(timeout)
+        self.lower.fetcher.wait_idle(timeout)
     }
 
     /// Whether the fetcher has nothing queued or running.
     pub fn fetches_idle(&self) -> bool {
-        self.fetcher.is_idle()
+        self.lower.fetcher.is_idle()
     }
 
     /// Unmounts and waits for the session to end; returns the final counters.
@@ -398,7 +473,12 @@ impl MountHandle {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
-        self.fetcher.shutdown();
+        if self.owns_lower {
+            self.lower.shutdown();
+        } else {
+            // Others share the cache: what this mount fetched is on disk now anyway.
+            self.lower.cache.flush();
+        }
         let snap = self.stats();
         if let Some(f) = &self.stats_file {
             write_stats(f, &snap);

@@ -2,6 +2,7 @@
 
 mod cmd;
 mod container;
+mod daemon;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Prefetch profiles: push, pull or show an image's recorded start-up reads.
     Profile(cmd::profile::Args),
+    /// Run the resident daemon serving every mount of the root; or `status` / `stop` it.
+    Daemon(daemon::Args),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Stop(a) => cmd::stop::run(&cli.global, a),
         Command::Rm(a) => cmd::rm::run(&cli.global, a),
         Command::Profile(a) => cmd::profile::run(&cli.global, a),
+        Command::Daemon(a) => daemon::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

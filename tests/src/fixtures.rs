@@ -407,3 +407,11 @@ pub fn gnu_tar_data_offsets(blob: &[u8]) -> std::collections::HashMap<String, (u
     }
     offsets
 }
+
+/// Builds the [`busybox_layers`] image (for this host's platform, Cmd `/bin/sh`) and
+/// pushes it as `repo:latest` to the registry at `host`.
+pub async fn push_busybox(host: &str, repo: &str, big: usize) -> BuiltImage {
+    let image = build_image(busybox_layers(big), &Platform::host(), &["/bin/sh"]);
+    push_built(&crate::client(host), repo, "latest", &image).await;
+    image
+}

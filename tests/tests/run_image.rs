@@ -2,21 +2,11 @@
 //! view, a real container on it.
 
 use skiff_tests::cli::{describe, Skiff};
-use skiff_tests::fixtures::{self, build_image, push_built};
+use skiff_tests::fixtures::push_busybox;
 use skiff_tests::guard::{descendants_of, KillOnDrop};
 use skiff_tests::proxy::{Fault, FaultProxy, Rule};
 use skiff_tests::registry::Registry;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
-async fn push_busybox(host: &str, repo: &str, big: usize) -> fixtures::BuiltImage {
-    let image = build_image(
-        fixtures::busybox_layers(big),
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(&skiff_tests::client(host), repo, "latest", &image).await;
-    image
-}
 
 fn no_fuse_mounts_under(dir: &std::path::Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

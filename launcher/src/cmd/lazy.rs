@@ -78,7 +78,10 @@ fn resolve_inner(
     want_profile: bool,
 ) -> anyhow::Result<LazyImage> {
     let rt = runtime()?;
-    let (client, resolved) = resolve_image(global, registry, pull, &rt, image)?;
+    let client_for =
+        |r: &Reference| -> anyhow::Result<Arc<Client>> { Ok(Arc::new(registry.client_for(r)?)) };
+    let (client, resolved) =
+        resolve_image(global, registry, &client_for, pull, rt.handle(), image)?;
     let profile = if !want_profile {
         ProfileLookup::None
     } else if let Some(p) = super::profile::load_local(&global.root, &resolved.manifest_digest) {
@@ -89,6 +92,27 @@ fn resolve_inner(
             rt.spawn(async move { super::profile::fetch_published(&c, &i).await }),
         )
     };
+    let layers = index_layers(global, &client, rt.handle(), &resolved, image, progress)?;
+    Ok(LazyImage {
+        image: resolved,
+        layers,
+        client,
+        profile,
+        _runtime: rt,
+    })
+}
+
+/// Finds or builds the index of every layer of `resolved` (local store, published
+/// index, TOC, or a streaming pass, in that order), with blob readers through
+/// `client` on `rt`. Shows progress bars only when `progress` is set.
+pub fn index_layers(
+    global: &Global,
+    client: &Arc<Client>,
+    rt: &tokio::runtime::Handle,
+    resolved: &ResolvedImage,
+    image: &str,
+    progress: bool,
+) -> anyhow::Result<Vec<Layer>> {
     let store = IndexStore::open(global.layout().indexes())
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
     let bars = MultiProgress::new();
@@ -96,9 +120,9 @@ fn resolve_inner(
         bars.set_draw_target(ProgressDrawTarget::hidden());
     }
     let resolved_layers = resolve_layers(
-        &client,
-        rt.handle(),
-        &resolved,
+        client,
+        rt,
+        resolved,
         &store,
         &ResolveOptions {
             progress: Some(&super::index::IndexingBars(&bars)),
@@ -112,24 +136,28 @@ fn resolve_inner(
         }
         tracing::info!(layer = %l.descriptor.digest, source = %l.source, "layer index ready");
     }
-    let layers = resolved_layers
+    Ok(resolved_layers
         .into_iter()
         .map(|l| Layer {
             index: l.index,
             blob: l.blob,
         })
-        .collect();
-    Ok(LazyImage {
-        image: resolved,
-        layers,
-        client,
-        profile,
-        _runtime: rt,
-    })
+        .collect())
 }
 
 /// When `run` and `mount` ask the registry for the image, as docker's `--pull`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
     /// Use the image as last resolved (by `pull` or a previous `run`), if the local store
     /// knows the reference; else ask the registry.
@@ -143,28 +171,32 @@ pub enum PullPolicy {
 
 /// The manifest and config for `image`: from the local store when the pull policy
 /// allows and the store knows the reference (so a warm start makes no registry request
-/// at all), else from the registry, remembering the answer for next time.
-fn resolve_image(
+/// at all), else from the registry (platform from `registry`), remembering the answer
+/// for next time. `client_for` gives the client of a registry (a fresh one, or the
+/// daemon's shared one).
+pub fn resolve_image(
     global: &Global,
     registry: &RegistryArgs,
+    client_for: &dyn Fn(&Reference) -> anyhow::Result<Arc<Client>>,
     pull: PullPolicy,
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     image: &str,
 ) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
     let reference = Reference::parse(image)?;
+    let client = client_for(&reference)?;
     if pull != PullPolicy::Always {
         match super::inspect::load_local(global, &reference) {
-            Ok(resolved) => {
-                let client = Arc::new(registry.client_for(&reference)?);
-                return Ok((client, resolved));
-            }
+            Ok(resolved) => return Ok((client, resolved)),
             Err(e) if pull == PullPolicy::Never => {
                 return Err(e.context("--pull never"));
             }
             Err(e) => tracing::debug!("{reference} not usable from the local store: {e:#}"),
         }
     }
-    let (client, resolved) = registry.resolve(rt, image)?;
+    let platform = registry.platform()?;
+    let resolved = rt
+        .block_on(client.resolve(&reference, platform.as_ref()))
+        .with_context(|| format!("resolving {reference}"))?;
     let store = Store::open(&global.root)?;
     super::pull::store_metadata(&store, &resolved)?;
     store.put_image(&super::pull::image_record(&reference, &resolved))?;

@@ -79,7 +79,8 @@ pub fn stats_path(root: &Path, dir: &Path) -> PathBuf {
     RootLayout::new(root).mount_stats(&canon)
 }
 
-fn is_mounted(dir: &Path) -> bool {
+/// Whether `dir` is a mount point (in this process's mount namespace).
+pub fn is_mounted(dir: &Path) -> bool {
     let canon = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let want = canon.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -104,7 +105,8 @@ fn sha256_file(path: &Path) -> anyhow::Result<Digest> {
     Ok(h.finish())
 }
 
-fn tar_layer(path: &Path, digest: Option<Digest>) -> anyhow::Result<Layer> {
+/// A local uncompressed tar layer, indexed now (`digest` computed if not given).
+pub fn tar_layer(path: &Path, digest: Option<Digest>) -> anyhow::Result<Layer> {
     let digest = match digest {
         Some(d) => d,
         None => sha256_file(path)?,
@@ -126,7 +128,7 @@ fn tar_layer(path: &Path, digest: Option<Digest>) -> anyhow::Result<Layer> {
 }
 
 /// Reads the layers of `DIR:TAG` from an OCI image layout.
-fn oci_layers(spec: &str) -> anyhow::Result<Vec<Layer>> {
+pub fn oci_layers(spec: &str) -> anyhow::Result<Vec<Layer>> {
     let (dir, tag) = spec.rsplit_once(':').unwrap_or((spec, "latest"));
     let dir = Path::new(dir);
     let read_json = |p: PathBuf| -> anyhow::Result<serde_json::Value> {
@@ -160,6 +162,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         [image, dir] => (Some(image.clone()), PathBuf::from(dir)),
         _ => bail!("usage: skiff mount [IMAGE] DIR"),
     };
+    if let Some(daemon) =
+        crate::daemon::connect(global).filter(|_| args.registry.username.is_none())
+    {
+        return mount_through(&daemon, &args, image, &dir);
+    }
     if args.detach {
         return detach(&dir);
     }
@@ -219,6 +226,63 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `skiff mount` when a daemon answers: the daemon serves the mount, this command
+/// returns once it is mounted (with or without `-d`). `--cache-limit-mib` is the
+/// daemon's then.
+fn mount_through(
+    daemon: &crate::daemon::client::DaemonClient,
+    args: &Args,
+    image: Option<String>,
+    dir: &Path,
+) -> anyhow::Result<u8> {
+    use crate::daemon::protocol::{ImageSource, MountRequest, Request};
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+    let source = if args.layers.is_empty() && args.oci_layout.is_none() {
+        let Some(image) = image else {
+            bail!("nothing to mount: give IMAGE, --layer FILE or --oci-layout DIR:TAG");
+        };
+        ImageSource::Registry {
+            image,
+            pull: args.pull,
+            platform: args.registry.platform.clone(),
+            insecure_registries: args.registry.insecure_registries.clone(),
+        }
+    } else {
+        let oci_layout = match &args.oci_layout {
+            Some(spec) => {
+                let (d, tag) = spec.rsplit_once(':').unwrap_or((spec, "latest"));
+                Some(format!("{}:{tag}", absolute(Path::new(d))?.display()))
+            }
+            None => None,
+        };
+        ImageSource::Local {
+            oci_layout,
+            layers: args
+                .layers
+                .iter()
+                .map(|l| absolute(l))
+                .collect::<Result<_, _>>()?,
+        }
+    };
+    let upper = match &args.upper {
+        Some(u) => {
+            std::fs::create_dir_all(u).with_context(|| format!("creating {}", u.display()))?;
+            Some(absolute(u)?)
+        }
+        None => None,
+    };
+    daemon.request(&Request::Mount(MountRequest {
+        source,
+        mountpoint: absolute(dir)?,
+        upper,
+        container: None,
+        prefetch: true,
+        background_fetch: false,
+    }))?;
+    eprintln!("skiff: mounted on {} (by the daemon)", dir.display());
+    Ok(0)
+}
+
 /// Re-runs this command without `-d` in a new session and waits until it is mounted.
 fn detach(dir: &Path) -> anyhow::Result<u8> {
     let exe = std::env::current_exe()?;
@@ -254,7 +318,15 @@ fn detach(dir: &Path) -> anyhow::Result<u8> {
 }
 
 /// Runs `skiff umount`.
-pub fn umount(_global: &Global, args: UmountArgs) -> anyhow::Result<u8> {
+pub fn umount(global: &Global, args: UmountArgs) -> anyhow::Result<u8> {
+    if let Some(daemon) = crate::daemon::connect(global) {
+        let mountpoint = std::path::absolute(&args.dir)?;
+        let request = crate::daemon::protocol::Request::Unmount { mountpoint };
+        // Otherwise not the daemon's: a standalone `skiff mount`'s, unmounted as before.
+        if let crate::daemon::protocol::Response::Unmounted = daemon.request(&request)? {
+            return Ok(0);
+        }
+    }
     let st = std::process::Command::new("fusermount3")
         .arg("-u")
         .arg(&args.dir)

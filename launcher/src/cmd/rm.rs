@@ -26,7 +26,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
                 }
                 super::stop::stop(global, &s.id, std::time::Duration::ZERO)?;
             }
-            let dir = global.layout().container(&s.id).dir().to_path_buf();
+            let paths = global.layout().container(&s.id);
+            // A monitor that died may have left its view with the daemon.
+            crate::daemon::release(&global.root, &paths.rootfs());
+            let dir = paths.dir().to_path_buf();
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| anyhow::anyhow!("removing {}: {e}", dir.display()))?;
             Ok(())

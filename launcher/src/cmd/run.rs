@@ -277,6 +277,11 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
+    if let Some(daemon) =
+        crate::daemon::connect(global).filter(|_| args.registry.username.is_none())
+    {
+        return run_through(&daemon, global, &args, image, opts, &id, name, detached_id);
+    }
     let mut lazy =
         super::lazy::resolve_for_run(global, &args.registry, args.pull, image, global.verbose > 0)?;
     let paths = global.layout().container(&id);
@@ -320,6 +325,97 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         "registry traffic"
     );
     drop(lazy);
+    if args.rm {
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
+    Ok(code)
+}
+
+/// `skiff run IMAGE` when a daemon answers: the daemon mounts the container's view (the
+/// image's lower tree, shared with its other containers, plus this container's upper);
+/// this process stays the container's monitor and asks the daemon to unmount at the
+/// end. If this process dies first, the daemon notices and unmounts by itself.
+/// Profiles are not recorded through the daemon (a local one is prefetched).
+#[allow(clippy::too_many_arguments)]
+fn run_through(
+    daemon: &crate::daemon::client::DaemonClient,
+    global: &Global,
+    args: &Args,
+    image: &str,
+    opts: RunOptions,
+    id: &str,
+    name: String,
+    detached_id: Option<String>,
+) -> anyhow::Result<u8> {
+    use crate::daemon::protocol::{ImageSource, MountRequest, Request, Response};
+    let paths = global.layout().container(id);
+    let state_dir = paths.dir().to_path_buf();
+    let mountpoint = paths.rootfs();
+    let upper = (!args.read_only).then(|| paths.upper());
+    for dir in [Some(&mountpoint), upper.as_ref()].into_iter().flatten() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if args.record_profile {
+        eprintln!("skiff: --record-profile is not supported through the daemon yet; not recording");
+    }
+    let request = Request::Mount(MountRequest {
+        source: ImageSource::Registry {
+            image: image.to_string(),
+            pull: args.pull,
+            platform: args.registry.platform.clone(),
+            insecure_registries: args.registry.insecure_registries.clone(),
+        },
+        mountpoint: std::path::absolute(&mountpoint)?,
+        upper: upper.as_ref().map(std::path::absolute).transpose()?,
+        container: Some(id.to_string()),
+        prefetch: !args.no_prefetch,
+        background_fetch: args.background_fetch,
+    });
+    let asked = std::time::Instant::now();
+    let config = match daemon.request(&request) {
+        Ok(Response::Mounted { config }) => config,
+        Ok(r) => {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            anyhow::bail!("unexpected answer from the daemon: {r:?}");
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e).with_context(|| format!("mounting {image}"));
+        }
+    };
+    tracing::debug!(elapsed = ?asked.elapsed(), "the daemon mounted the view");
+    let unmount = || {
+        let req = Request::Unmount {
+            mountpoint: mountpoint.clone(),
+        };
+        let asked = std::time::Instant::now();
+        if let Err(e) = daemon.request(&req) {
+            eprintln!("skiff: {e:#}");
+        }
+        tracing::debug!(elapsed = ?asked.elapsed(), "the daemon unmounted the view");
+    };
+    let spec = match ContainerSpec::new(
+        config.as_ref().and_then(|c| c.config().as_ref()),
+        &opts,
+        id.to_string(),
+        state_dir.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            unmount();
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(e.into());
+        }
+    };
+    let mut record = new_record(id, name, &spec, &mountpoint, detached_id.is_some());
+    let code = match record.save(&global.root) {
+        Ok(()) => supervise(global, &spec, &mountpoint, &mut record),
+        Err(e) => {
+            eprintln!("skiff: {e}");
+            125
+        }
+    };
+    unmount();
     if args.rm {
         let _ = std::fs::remove_dir_all(&state_dir);
     }

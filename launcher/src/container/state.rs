@@ -177,7 +177,9 @@ impl ContainerState {
         super::cgroups::remove_stale(&self.id);
         // A `skiff run IMAGE` killed outright leaves its lazy view mounted with no FUSE
         // server behind it (every access fails with ENOTCONN): detach it.
+        // Served by the daemon: it lets go of it (it also notices the dead monitor).
         if self.rootfs.starts_with(RootLayout::new(root).containers()) {
+            crate::daemon::release(root, &self.rootfs);
             let _ = nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
         self.status = Status::Exited;

@@ -9,6 +9,7 @@
 //! <root>/profiles/<manifest hex>.json   local prefetch profiles, by manifest digest
 //! <root>/mounts/<mount point>.json      counters of a `skiff mount`, '/' → '_'
 //! <root>/containers/<id>/               one container: see [`ContainerPaths`]
+//! <root>/daemon.sock                    the socket `skiff daemon` listens on
 //! ```
 //!
 //! The type lives beside the [`Store`](super::Store) rather than in the launcher because
@@ -117,6 +118,12 @@ impl RootLayout {
         self.root.join("containers")
     }
 
+    /// The unix socket a `skiff daemon` serving this root listens on (the CLI uses the
+    /// daemon when a connection to it succeeds).
+    pub fn daemon_socket(&self) -> PathBuf {
+        self.root.join("daemon.sock")
+    }
+
     /// The paths of container `id`.
     pub fn container(&self, id: &str) -> ContainerPaths {
         ContainerPaths::in_dir(self.containers().join(id))
@@ -191,6 +198,7 @@ mod tests {
         assert_eq!(l.profiles(), Path::new("/r/profiles"));
         assert_eq!(l.mounts(), Path::new("/r/mounts"));
         assert_eq!(l.containers(), Path::new("/r/containers"));
+        assert_eq!(l.daemon_socket(), Path::new("/r/daemon.sock"));
         assert_eq!(
             l.private_dirs().map(|p| p.to_string_lossy().into_owned()),
             [

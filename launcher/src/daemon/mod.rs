@@ -1,0 +1,191 @@
+//! `skiff daemon`: one resident process serving every mount of a root.
+//!
+//! [`state`] holds what the daemon owns (chunk cache, registry clients, the
+//! [`state::ImageCache`] of merged trees, the [`state::MountTable`]), [`server`]
+//! answers the socket, [`protocol`] is what goes over it, and [`client`] is the CLI's
+//! side. Mounts do not yet survive a restart of the daemon: stopping it unmounts.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod state;
+
+use crate::cmd::Global;
+use anyhow::Context;
+use protocol::{Request, Response, StatusReport};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Arguments of `skiff daemon`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Without a subcommand: run the daemon in the foreground.
+    #[command(subcommand)]
+    pub action: Option<Action>,
+    /// The socket to listen on (default: <root>/daemon.sock, where the CLI looks).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Bound of the on-disk chunk cache, in MiB.
+    #[arg(long, default_value_t = 10240)]
+    pub cache_limit_mib: u64,
+    /// How many images to keep resolved and merged in memory.
+    #[arg(long, default_value_t = 16)]
+    pub max_images: usize,
+}
+
+/// `skiff daemon` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Action {
+    /// Show mounts, cache use, registries and uptime.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unmount everything and stop the daemon (refused while containers run).
+    Stop {
+        /// Unmount containers' root filesystems too.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The daemon of `global`'s root, if it answers.
+pub fn connect(global: &Global) -> Option<client::DaemonClient> {
+    client::DaemonClient::connect(&global.layout().daemon_socket())
+}
+
+/// Asks the daemon of `root`, if one answers, to unmount `mountpoint` (a container's
+/// root filesystem being cleaned up); returns whether it did. Failures are logged only:
+/// the caller detaches the mount itself anyway.
+pub fn release(root: &std::path::Path, mountpoint: &std::path::Path) -> bool {
+    let socket = skiff_proto::store::RootLayout::new(root).daemon_socket();
+    let Some(c) = client::DaemonClient::connect(&socket) else {
+        return false;
+    };
+    let req = Request::Unmount {
+        mountpoint: mountpoint.to_path_buf(),
+    };
+    match c.request(&req) {
+        Ok(Response::Unmounted) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            false
+        }
+    }
+}
+
+/// Runs `skiff daemon [status|stop]`.
+pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| global.layout().daemon_socket());
+    match args.action {
+        None => serve(global, &args, socket),
+        Some(Action::Status { json }) => {
+            let c = client::DaemonClient::connect(&socket)
+                .with_context(|| format!("no daemon answers on {}", socket.display()))?;
+            match c.request(&Request::Status)? {
+                Response::Status(s) if json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Response::Status(s) => print_status(&s),
+                r => anyhow::bail!("unexpected answer from the daemon: {r:?}"),
+            }
+            Ok(0)
+        }
+        Some(Action::Stop { force }) => {
+            let c = client::DaemonClient::connect(&socket)
+                .with_context(|| format!("no daemon answers on {}", socket.display()))?;
+            c.request(&Request::Stop { force })?;
+            // Wait until it is gone, so a following command runs standalone.
+            for _ in 0..600 {
+                if std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                    return Ok(0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            anyhow::bail!(
+                "the daemon still answers on {} after 30 s",
+                socket.display()
+            )
+        }
+    }
+}
+
+fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
+    // SIGINT/SIGTERM are taken by one thread (blocked before any other starts), which
+    // stops the daemon as `skiff daemon stop --force` does.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGINT);
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    mask.thread_block()?;
+    let listener = server::listen(&socket)?;
+    let state = Arc::new(state::DaemonState::new(
+        global.clone(),
+        &state::DaemonConfig {
+            cache_limit: args.cache_limit_mib.saturating_mul(1 << 20),
+            max_images: args.max_images,
+        },
+    )?);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (stop, socket) = (stop.clone(), socket.clone());
+        std::thread::Builder::new()
+            .name("skiff-daemon-signals".into())
+            .spawn(move || {
+                if let Ok(sig) = mask.wait() {
+                    tracing::info!(?sig, "stopping");
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = std::os::unix::net::UnixStream::connect(&socket);
+                }
+            })?;
+    }
+    eprintln!("skiff: daemon listening on {}", socket.display());
+    server::serve(state, listener, socket, stop);
+    eprintln!("skiff: daemon stopped");
+    Ok(0)
+}
+
+fn print_status(s: &StatusReport) {
+    println!("pid:        {}", s.pid);
+    println!("uptime:     {} s", s.uptime_secs);
+    println!(
+        "cache:      {} ({} MiB of {} MiB)",
+        s.cache_dir.display(),
+        s.cache_bytes >> 20,
+        s.cache_limit >> 20
+    );
+    println!("registries:");
+    for r in &s.registries {
+        println!(
+            "  {}  {} requests, {} bytes",
+            r.registry, r.requests, r.bytes
+        );
+    }
+    println!("images in memory:");
+    for i in &s.images {
+        println!("  {}  {} layers, {} mounts", i.image, i.layers, i.mounts);
+    }
+    println!("mounts:");
+    for m in &s.mounts {
+        let what = match (&m.container, m.running) {
+            (Some(id), true) => format!("container {} (running)", &id[..id.len().min(12)]),
+            (Some(id), false) => format!("container {}", &id[..id.len().min(12)]),
+            (None, _) => "mount".to_string(),
+        };
+        let upper = m
+            .upper
+            .as_ref()
+            .map(|u| format!(" upper {}", u.display()))
+            .unwrap_or_default();
+        println!(
+            "  {}  {}  {}{}",
+            m.mountpoint.display(),
+            m.image,
+            what,
+            upper
+        );
+    }
+}
