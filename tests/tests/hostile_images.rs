@@ -139,6 +139,9 @@ struct Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if !is_mounted(&self.dir) {
+            return;
+        }
         let _ = Command::new("fusermount3")
             .arg("-uz")
             .arg(&self.dir)
@@ -207,8 +210,9 @@ impl World {
         m
     }
 
-    /// `skiff mount` (with `env`), which must fail, leave no mount, and say every one
-    /// of `words` on stderr. Returns stderr.
+    /// `skiff mount` (with `env`) in the foreground (with `-d` the daemon's reason is
+    /// not shown), which must fail within two minutes, leave no mount, and say every
+    /// one of `words` on stderr. Returns stderr.
     fn mount_refused(
         &self,
         image: &str,
@@ -216,10 +220,30 @@ impl World {
         env: &[(&str, &str)],
         words: &[&str],
     ) -> String {
-        let (mut cmd, dir) = self.mount_cmd(image, name);
-        cmd.envs(env.iter().copied());
-        let out = cmd.output().expect("running skiff mount");
+        let dir = self.work.join(format!("mnt-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
         let _m = Mounted { dir: dir.clone() };
+        let mut cmd = self.skiff.command();
+        cmd.arg("mount")
+            .arg(image)
+            .arg(&dir)
+            .envs(env.iter().copied());
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("running skiff mount");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "skiff mount accepted it (still running): {}",
+                    describe(&out)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
         assert_ne!(
             out.status.code(),
             Some(0),
@@ -464,10 +488,10 @@ async fn hard_links_out_of_the_root_or_to_directories_are_refused() {
     let to_dir = RawTar::new()
         .dir("d/", 0o755)
         .file("d/f", 0o644, b"f\n")
-        .hardlink("h", "d")
+        .hardlink("dirlink", "d")
         .finish();
     let (image, _) = w.push("hl-dir", vec![gzip_layer(&to_dir)]).await;
-    w.mount_refused(&image, "hl-dir", &[], &["h"]);
+    w.mount_refused(&image, "hl-dir", &[], &["dirlink"]);
     w.assert_outside_untouched();
 }
 
