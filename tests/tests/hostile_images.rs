@@ -681,7 +681,7 @@ async fn a_gzip_bomb_is_refused_over_the_byte_limit() {
         &image,
         "bomb",
         &[("SKIFF_MAX_LAYER_BYTES", "1073741824")],
-        &["SKIFF_MAX_LAYER_BYTES"],
+        &["zeros", "SKIFF_MAX_LAYER_BYTES"],
     );
     w.assert_outside_untouched();
 }
