@@ -16,6 +16,7 @@ pub use permissions::{
 
 use crate::blob::{BlobError, FileBlob};
 use crate::digest::Digest;
+use crate::tempfiles::{remove_stale_temps, temp_name};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,9 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
     }
 }
 
+/// Name prefix of the store's partial downloads under `tmp/`.
+const PARTIAL_PREFIX: &str = "partial";
+
 impl Store {
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
@@ -96,6 +100,9 @@ impl Store {
         for p in [layout.blobs(), layout.images(), layout.tmp()] {
             std::fs::create_dir_all(&p).map_err(io_err("creating", &p))?;
         }
+        // Partial downloads of processes that died (a killed pull) are leftovers;
+        // a live process's are not touched.
+        remove_stale_temps(&layout.tmp(), |name| name.starts_with(PARTIAL_PREFIX));
         Ok(Store { layout })
     }
 
@@ -127,11 +134,14 @@ impl Store {
         Ok(data)
     }
 
-    /// A fresh temporary file in the store's tmp dir (same filesystem as blobs).
+    /// A fresh temporary file in the store's tmp dir (same filesystem as blobs),
+    /// named after this process ([`temp_name`]) so a later open can tell a dead
+    /// process's leftovers from a live one's.
     pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
         let dir = self.layout.tmp();
         tempfile::Builder::new()
-            .prefix("partial-")
+            .prefix(&temp_name(PARTIAL_PREFIX))
+            .rand_bytes(0)
             .tempfile_in(&dir)
             .map_err(io_err("creating temp file in", &dir))
     }
@@ -250,6 +260,24 @@ mod tests {
                 .unwrap()
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn an_open_removes_partial_downloads_of_dead_processes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mine = store.temp_file().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let theirs = dir.path().join(format!("tmp/partial.{dead}.7"));
+        std::fs::write(&theirs, b"half a blob").unwrap();
+        Store::open(dir.path()).unwrap();
+        assert!(!theirs.exists(), "a dead pull's partial blob is left");
+        assert!(
+            mine.path().exists(),
+            "a live writer's partial blob was removed"
         );
     }
 }

@@ -466,6 +466,29 @@ async fn escaping_paths_are_refused_by_name() {
         let (image, _) = w.push(&format!("escape{i}"), vec![gzip_layer(&tar)]).await;
         w.mount_refused(&image, &format!("escape{i}"), &[], &[bad]);
         w.assert_outside_untouched();
+        if i == 0 {
+            // `skiff mount -d` gives the same reason (it used to say only that the
+            // mount daemon exited early).
+            let dir = w.work.join("mnt-escape-detached");
+            std::fs::create_dir_all(&dir).unwrap();
+            let _m = Mounted { dir: dir.clone() };
+            let out = w
+                .skiff
+                .command()
+                .arg("mount")
+                .arg("-d")
+                .arg(&image)
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(bad),
+                "{}",
+                describe(&out)
+            );
+            assert!(!is_mounted(&dir));
+        }
     }
 }
 

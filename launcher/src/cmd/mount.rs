@@ -290,11 +290,14 @@ fn detach(dir: &Path) -> anyhow::Result<u8> {
         .skip(1)
         .filter(|a| a != "-d" && a != "--detach")
         .collect();
+    // The child's stderr goes to an unlinked file, so a refusal (a path escaping the
+    // root, a digest mismatch…) can be shown to the caller instead of only its status.
+    let mut errors = tempfile::tempfile()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .stderr(errors.try_clone()?);
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe.
     unsafe {
@@ -310,7 +313,15 @@ fn detach(dir: &Path) -> anyhow::Result<u8> {
             return Ok(0);
         }
         if let Some(status) = child.try_wait()? {
-            bail!("the mount daemon exited early ({status}); run without -d to see why");
+            use std::io::{Read, Seek};
+            let mut said = String::new();
+            errors.rewind()?;
+            // Bounded: only the start of what it printed matters.
+            (&mut errors).take(64 << 10).read_to_string(&mut said).ok();
+            bail!(
+                "the mount daemon exited early ({status}): {}",
+                said.trim().trim_start_matches("skiff: ")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
