@@ -189,6 +189,8 @@ impl Client {
             message,
         };
         let mut url = Url::parse(realm).map_err(|e| terr(format!("realm is not a URL: {e}")))?;
+        realm_may_get_credentials(&host.api_root, &url, host.credentials.is_some())
+            .map_err(terr)?;
         let http = host.http(&self.options)?;
         let request = match &host.credentials {
             Some(Credentials::IdentityToken(refresh)) => {
@@ -290,9 +292,43 @@ impl Client {
     }
 }
 
+/// Whether credentials may be sent to token `realm` for a registry at `api_root`: an
+/// https registry whose challenge names a plain-http realm would make skiff send the
+/// Basic credentials or the refresh token in cleartext (a man in the middle of the
+/// registry connection could not, but one on the way to the realm could read them).
+/// Anonymous token requests carry no secret and stay allowed.
+fn realm_may_get_credentials(
+    api_root: &Url,
+    realm: &Url,
+    credentials: bool,
+) -> std::result::Result<(), String> {
+    if credentials && api_root.scheme() == "https" && realm.scheme() != "https" {
+        return Err(format!(
+            "refusing to send credentials for https registry {} to plain-http token realm {}",
+            api_root.host_str().unwrap_or_default(),
+            realm.host_str().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_go_to_a_plain_http_realm_of_an_https_registry() {
+        let https = Url::parse("https://reg.example/v2/").unwrap();
+        let http = Url::parse("http://reg.example/v2/").unwrap();
+        let plain_realm = Url::parse("http://auth.example/token").unwrap();
+        let tls_realm = Url::parse("https://auth.example/token").unwrap();
+        let err = realm_may_get_credentials(&https, &plain_realm, true).unwrap_err();
+        assert!(err.contains("plain-http token realm auth.example"), "{err}");
+        assert!(realm_may_get_credentials(&https, &tls_realm, true).is_ok());
+        // Nothing secret to leak, or a registry that is plain http anyway.
+        assert!(realm_may_get_credentials(&https, &plain_realm, false).is_ok());
+        assert!(realm_may_get_credentials(&http, &plain_realm, true).is_ok());
+    }
 
     #[test]
     fn parses_challenges() {

@@ -389,7 +389,7 @@ impl Client {
                     Ok(resp) if resp.status().is_success() => Ok(Attempt::Done(resp)),
                     _ => {
                         // Expired or failing: forget it and ask the registry again.
-                        tracing::debug!(target = %target, "cached redirect failed; re-resolving");
+                        tracing::debug!(target = %redacted(&target), "cached redirect failed; re-resolving");
                         if let Some(d) = req.redirect_key {
                             if let Ok(mut m) = host.redirects.lock() {
                                 m.remove(&d);
@@ -510,10 +510,13 @@ impl Client {
                 return Ok(resp);
             };
             url = url.join(location).map_err(|e| RegistryError::BadResponse {
-                url: url.to_string(),
-                message: format!("bad redirect Location {location:?}: {e}"),
+                url: redacted(&url),
+                message: format!(
+                    "bad redirect Location {:?}: {e}",
+                    location.split('?').next().unwrap_or_default()
+                ),
             })?;
-            tracing::debug!(to = %url, "following redirect");
+            tracing::debug!(to = %redacted(&url), "following redirect");
             if let Some(d) = req.redirect_key {
                 if let Ok(mut m) = host.redirects.lock() {
                     m.insert(d, url.clone());
@@ -554,8 +557,9 @@ impl Client {
             .await
             .map_err(|source| RegistryError::Network {
                 method: req.method.to_string(),
-                url: url.to_string(),
-                source,
+                url: redacted(&url),
+                // reqwest's message names the URL again, query and all.
+                source: source.without_url(),
             })
     }
 
@@ -707,9 +711,37 @@ fn tls_rejection(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// `url` as logs and errors may show it: without its query, fragment and user info.
+/// A blob redirect usually points at object storage with a presigned query (a
+/// signature and credentials valid for minutes) that must not end up in logs.
+pub(crate) fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    let had_query = shown.query().is_some();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    let mut out = shown.to_string();
+    if had_query {
+        out.push_str("?…");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_targets_are_shown_without_their_signature() {
+        let u = Url::parse(
+            "https://user:pw@bucket.s3.example/blobs/x?X-Amz-Signature=abc&X-Amz-Credential=k#f",
+        )
+        .unwrap();
+        assert_eq!(redacted(&u), "https://bucket.s3.example/blobs/x?…");
+        let plain = Url::parse("http://127.0.0.1:5000/v2/a/blobs/sha256:00").unwrap();
+        assert_eq!(redacted(&plain), plain.as_str());
+    }
 
     #[test]
     fn loopback_detection() {
