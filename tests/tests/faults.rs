@@ -132,6 +132,61 @@ async fn retries_5xx_and_drops_then_gives_up_at_the_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_registry_gives_an_error_not_a_hang() {
+    let reg = Registry::start();
+    fixtures::push_image(&reg.host(), "hung:v1", fixtures::sample_layers()).await;
+    let proxy = FaultProxy::start(reg.addr());
+    // Accepts the request, then never answers (for longer than the test may take).
+    proxy.add_rule(Rule::new(
+        "/manifests/v1",
+        Fault::Stall(std::time::Duration::from_secs(600)),
+        None,
+    ));
+    let c = Client::new(
+        &proxy.host(),
+        ClientOptions {
+            read_timeout: std::time::Duration::from_secs(1),
+            ..test_client_options()
+        },
+    )
+    .unwrap();
+    let r = Reference::parse(&format!("{}/hung:v1", proxy.host())).unwrap();
+    // The outer bound only keeps a broken build from hanging the suite.
+    let err = tokio::time::timeout(std::time::Duration::from_secs(120), c.resolve(&r, None))
+        .await
+        .expect("resolve hung on a silent registry")
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::RetriesExhausted { attempts: 4, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert_eq!(proxy.count(Some("GET"), "/manifests/v1"), 4);
+
+    // The CLI takes the bound from --read-timeout.
+    let root = tempfile::tempdir().unwrap();
+    let mut child = skiff_tests::cli::Skiff::new(root.path())
+        .command()
+        .args(["pull", "--read-timeout", "1", &r.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("skiff pull hung on a silent registry despite --read-timeout 1");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("timed out"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_download_resumes_with_range() {
     let reg = Registry::start();
     let data = pseudo_random(5, 2 << 20);

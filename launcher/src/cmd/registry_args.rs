@@ -37,6 +37,16 @@ pub struct RegistryArgs {
         default_value = "/etc/containerd/certs.d"
     )]
     pub hosts_dir: Option<PathBuf>,
+    /// Seconds a registry may stay silent on a request (no bytes of an answer) before
+    /// the attempt fails and is retried; a hung registry then gives an error instead
+    /// of a hang.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "SKIFF_READ_TIMEOUT",
+        default_value_t = 60
+    )]
+    pub read_timeout: u64,
 }
 
 impl RegistryArgs {
@@ -69,6 +79,7 @@ impl RegistryArgs {
             credentials,
             insecure_registries: self.insecure_registries.clone(),
             hosts_dir: self.hosts_dir.clone().filter(|d| !d.as_os_str().is_empty()),
+            read_timeout: std::time::Duration::from_secs(self.read_timeout.max(1)),
             ..ClientOptions::default()
         })
     }
