@@ -25,6 +25,7 @@ pub mod guard;
 pub mod proxy;
 pub mod registry;
 pub mod token;
+pub mod walk;
 pub mod xattrs;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -20,6 +20,7 @@ use skiff_proto::Digest;
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::{self, build_image, push_built, BuiltImage, Layer};
 use skiff_tests::registry::Registry;
+use skiff_tests::walk::walk;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -346,23 +347,6 @@ fn meta(p: &Path) -> Meta {
         link: ft.is_symlink().then(|| std::fs::read_link(p).unwrap()),
         content: ft.is_file().then(|| Digest::of(&std::fs::read(p).unwrap())),
     }
-}
-
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(r.clone());
-            }
-            out.push(r);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The mount shows exactly umoci's tree.

@@ -31,6 +31,7 @@ use skiff_tests::cli::Skiff;
 use skiff_tests::fixtures::{self, build_image, push_built, BuiltImage, Layer};
 use skiff_tests::proxy::{FaultProxy, Recorded};
 use skiff_tests::registry::Registry;
+use skiff_tests::walk::walk;
 use skiff_tests::xattrs::xattrs_of;
 use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -515,24 +516,6 @@ fn meta(p: &Path) -> Meta {
             Digest::of(&std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())))
         }),
     }
-}
-
-/// All paths under `root`, relative, sorted.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(r.clone());
-            }
-            out.push(r);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// What a comparison lets pass, each for a documented reason.

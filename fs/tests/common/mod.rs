@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 // Extended attributes read with libc, not with skiff_fs::upper (the code under test).
+#[path = "../../../tests/src/walk.rs"]
+mod walk;
 #[path = "../../../tests/src/xattrs.rs"]
 mod xattrs;
+pub use walk::walk;
 pub use xattrs::xattrs_of;
 
 /// One entry of a test layer.
@@ -359,24 +362,6 @@ pub fn meta(p: &Path) -> Meta {
         link: ft.is_symlink().then(|| std::fs::read_link(p).unwrap()),
         content: ft.is_file().then(|| std::fs::read(p).unwrap()),
     }
-}
-
-/// All paths under `root`, relative, sorted.
-pub fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(r.clone());
-            }
-            out.push(r);
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Compares two trees path by path; returns the differences.
