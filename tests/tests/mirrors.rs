@@ -393,3 +393,192 @@ async fn range_reads_outlive_short_lived_tokens() {
         issuer.requests().len() - before
     );
 }
+
+/// Runs `skopeo` with `args`, failing the test with its output if it fails.
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(out.status.success(), "skopeo {args:?}: {}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lazy_format_runs_through_a_cold_then_warm_pull_through_cache() {
+    if !skiff_tests::tools_or_skip(&["skopeo"], "containers need root") {
+        return;
+    }
+    let upstream = Registry::start();
+    let up = FaultProxy::start(upstream.addr());
+    let mirror = Registry::start_with(RegistryOptions {
+        proxy_remote: Some(up.base_url()),
+        ..Default::default()
+    });
+    let mp = FaultProxy::start(mirror.addr());
+    let direct = FaultProxy::start(upstream.addr());
+    let work = tempfile::tempdir().unwrap();
+    let hosts = work.path().join("certs.d");
+    write_hosts(
+        &hosts,
+        &upstream.host(),
+        &direct.host(),
+        &mp.host(),
+        "[\"pull\", \"resolve\"]",
+    );
+
+    // The three lazy formats of one busybox image: eStargz (skiff convert), zstd:chunked
+    // (skopeo) and gzip with a published index (skiff index --push).
+    let image = fixtures::push_busybox(&upstream.host(), "app", 2 << 20).await;
+    let tools = Skiff::new(&work.path().join("tools"));
+    let out = tools.run(&[
+        "convert",
+        "-q",
+        &upstream.reference("app:latest"),
+        &upstream.reference("app:esgz"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "skiff convert: {}", text(&out));
+    let layout = work.path().join("layout");
+    fixtures::write_oci_layout(&layout, "src", &image);
+    let zc = work.path().join("zc");
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-compress-format",
+        "zstd:chunked",
+        "--dest-compress",
+        &format!("oci:{}:src", layout.display()),
+        &format!("oci:{}:zc", zc.display()),
+    ]);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:zc", zc.display()),
+        &format!("docker://{}", upstream.reference("app:zc")),
+    ]);
+    let out = tools.run(&["index", "-q", "--push", &upstream.reference("app:latest")]);
+    assert_eq!(out.status.code(), Some(0), "skiff index: {}", text(&out));
+
+    for tag in ["esgz", "zc", "latest"] {
+        let reference = upstream.reference(&format!("app:{tag}"));
+        for round in ["cold", "warm"] {
+            direct.clear_requests();
+            mp.clear_requests();
+            let skiff = Skiff::new(&work.path().join(format!("{tag}-{round}")));
+            let out = skiff
+                .command()
+                .args(["run", "--rm", "--hosts-dir"])
+                .arg(&hosts)
+                .args([&reference, "cat", "/etc/motd"])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{tag} {round}: {}", text(&out));
+            assert_eq!(out.stdout, b"hello from layer two\n", "{tag} {round}");
+            assert!(
+                mp.count(Some("GET"), "/blobs/") > 0,
+                "{tag} {round}: mirror not used"
+            );
+            assert_eq!(
+                direct.count(None, "/blobs/"),
+                0,
+                "{tag} {round}: the registry was asked for blobs directly"
+            );
+            if tag == "latest" {
+                // The published index came through the mirror (found by its fallback
+                // tag), so no gzip layer had to be read whole to index it: once the
+                // mirror holds the blobs, every layer read is a Range read.
+                assert!(
+                    mp.count(Some("GET"), "/manifests/sha256-") > 0,
+                    "{round}: published index not looked up through the mirror"
+                );
+                if round == "warm" {
+                    for l in &image.layers {
+                        let hex = Digest::of(&l.blob).hex();
+                        for r in mp.requests().iter().filter(|r| r.path.contains(&hex)) {
+                            assert!(r.range.is_some(), "layer read whole: {}", r.path);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // The mirror goes away: every format still runs, from the registry itself.
+    drop(mp);
+    drop(mirror);
+    for tag in ["esgz", "zc", "latest"] {
+        direct.clear_requests();
+        let skiff = Skiff::new(&work.path().join(format!("{tag}-no-mirror")));
+        let out = skiff
+            .command()
+            .args(["run", "--rm", "--hosts-dir"])
+            .arg(&hosts)
+            .args([
+                &upstream.reference(&format!("app:{tag}")),
+                "cat",
+                "/etc/motd",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{tag} without mirror: {}",
+            text(&out)
+        );
+        assert_eq!(out.stdout, b"hello from layer two\n");
+        assert!(
+            direct.count(Some("GET"), "/blobs/") > 0,
+            "{tag}: registry unused"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_hosts_toml_is_followed_without_a_restart() {
+    let upstream = Registry::start();
+    let mirror = Registry::start_with(RegistryOptions {
+        storage: Some(upstream.storage().to_path_buf()),
+        ..Default::default()
+    });
+    let mp = FaultProxy::start(mirror.addr());
+    let direct = FaultProxy::start(upstream.addr());
+    let image = build_image(fixtures::sample_layers(), &Platform::host(), &["/bin/sh"]);
+    push_built(&skiff_tests::client(&upstream.host()), "app", "v1", &image).await;
+    let hosts = tempfile::tempdir().unwrap();
+    let registry = "registry.invalid:5000";
+    let file = hosts.path().join(registry).join("hosts.toml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, format!("server = \"http://{}\"\n", direct.host())).unwrap();
+    let c = client_for(registry, Some(hosts.path()));
+    let d = Digest::of(&image.layers[0].blob);
+    assert_eq!(c.get_blob("app", d).await.unwrap(), image.layers[0].blob);
+    assert_eq!(c.served_by(&d).as_deref(), Some(direct.host().as_str()));
+
+    // A mirror is added: after the recheck period, requests go there.
+    let wait = || tokio::time::sleep(Duration::from_millis(1100));
+    wait().await;
+    std::fs::write(
+        &file,
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
+            direct.host(),
+            mp.host()
+        ),
+    )
+    .unwrap();
+    wait().await;
+    assert_eq!(c.get_blob("app", d).await.unwrap(), image.layers[0].blob);
+    assert_eq!(c.served_by(&d).as_deref(), Some(mp.host().as_str()));
+    assert_eq!(c.hosts(), [mp.host(), direct.host()]);
+
+    // A half-written edit does not break anything: the hosts in use stay.
+    std::fs::write(&file, "server = \"http://").unwrap();
+    wait().await;
+    assert_eq!(c.get_blob("app", d).await.unwrap(), image.layers[0].blob);
+    assert_eq!(c.hosts(), [mp.host(), direct.host()]);
+
+    // The file goes: only the registry as named is left (no one listens there, so
+    // the request fails, which shows the mirror and `server` are no longer used).
+    std::fs::remove_file(&file).unwrap();
+    wait().await;
+    assert_eq!(c.hosts(), [registry.to_string()]);
+}

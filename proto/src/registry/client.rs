@@ -11,9 +11,9 @@
 
 use super::auth::{self, basic_header, challenged, Challenge};
 use super::credentials;
-use super::endpoint::{Endpoint, Route, Tls};
+use super::endpoint::{Endpoint, Route};
 use super::error::{ErrorCode, ErrorEnvelope, RegistryError, Result};
-use super::hosts::{self, Capabilities};
+use super::host_set::{HostInputs, HostSet};
 pub use super::options::{Access, ClientOptions};
 use super::retry::{retry, Attempt, RetryPolicy};
 use super::whole_read::InFlight;
@@ -110,10 +110,10 @@ pub struct Client {
     pub(super) base: Url,
     /// `base/v2/`: request URLs are built under it, then moved onto the host serving them.
     v2_root: Url,
-    /// The hosts to try: mirrors from `hosts.toml` in file order, the registry last.
-    /// Each builds its HTTP client on first use, so a run served from the local store
-    /// never builds one.
-    endpoints: Vec<Endpoint>,
+    /// The hosts to try: mirrors from `hosts.toml` in file order, the registry last
+    /// (re-read when the file changes). Each builds its HTTP client on first use, so a
+    /// run served from the local store never builds one.
+    hosts: HostSet,
     pub(super) options: ClientOptions,
     pub(super) stats: Arc<FetchStats>,
     /// Whole-blob reads under way (a registry that ignored Range), one per blob.
@@ -171,44 +171,19 @@ impl Client {
             None if options.use_docker_config => credentials::from_docker_config(registry)?,
             None => None,
         };
-        let file = match &options.hosts_dir {
-            Some(dir) => hosts::load(dir, registry)?,
-            None => None,
-        };
-        let mut endpoints = Vec::new();
-        let (upstream_root, settings, capabilities) = match file {
-            None => (v2_root.clone(), Default::default(), Capabilities::ALL),
-            Some(file) => {
-                for entry in &file.mirrors {
-                    endpoints.push(Endpoint::mirror(registry, entry, &options)?);
-                }
-                match file.server {
-                    Some(server) => (server.api_root, file.server_settings, server.capabilities),
-                    None => (v2_root.clone(), file.server_settings, Capabilities::ALL),
-                }
-            }
-        };
-        endpoints.push(Endpoint::upstream(
-            registry,
-            upstream_root,
-            credentials,
-            &settings.headers,
-            Tls {
-                skip_verify: settings.skip_verify.unwrap_or(false),
-                ca: settings.ca,
-                client: settings.client,
+        let hosts = HostSet::new(
+            HostInputs {
+                registry: registry.to_string(),
+                v2_root: v2_root.clone(),
+                credentials,
             },
-            capabilities,
-        )?);
-        if endpoints.len() > 1 {
-            let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
-            tracing::debug!(registry, hosts = ?names, "hosts to try");
-        }
+            &options,
+        )?;
         Ok(Client {
             registry: registry.to_string(),
             base,
             v2_root,
-            endpoints,
+            hosts,
             options,
             stats: Arc::new(FetchStats::default()),
             in_flight: InFlight::default(),
@@ -218,7 +193,8 @@ impl Client {
 
     /// The hosts this client tries, in order (`host[:port]`; the registry last).
     pub fn hosts(&self) -> Vec<String> {
-        self.endpoints.iter().map(|e| e.name.clone()).collect()
+        let hosts = self.hosts.current(&self.options);
+        hosts.endpoints.iter().map(|e| e.name.clone()).collect()
     }
 
     /// The host (`host[:port]`) that last served the blob or manifest `digest`: a mirror
@@ -291,7 +267,8 @@ impl Client {
     /// have the content (any non-2xx answer) hands over to the next host. Returns the
     /// final response whatever its status (except as [`Client::send_to`] says).
     pub(crate) async fn send(&self, req: Req<'_>) -> Result<Response> {
-        let hosts: Vec<&Endpoint> = self
+        let current = self.hosts.current(&self.options);
+        let hosts: Vec<&Endpoint> = current
             .endpoints
             .iter()
             .filter(|e| e.serves(req.route))

@@ -7,11 +7,13 @@
 //! One job per module: `client` sends requests (auth, redirects, TLS refusals),
 //! `retry` is the one retry loop they all go through, [`auth`] fetches and caches
 //! tokens, `options` says how to reach a registry, [`hosts`] reads containerd's
-//! `hosts.toml` mirror configuration and `endpoint` is one host to try (a mirror or the
-//! registry), `whole_read` serves Range reads from hosts that answer with the whole blob, `manifests`, `blobs`, `push` and
-//! [`referrers`] are the requests themselves, [`artifact`] pushes and fetches the
-//! artifacts that refer to an image (layer indexes, prefetch profiles), [`error`]
-//! says what went wrong (and parses registries' error bodies).
+//! `hosts.toml` mirror configuration, `endpoint` is one host to try (a mirror or the
+//! registry) and `host_set` the list of them (re-read when `hosts.toml` changes),
+//! `whole_read` serves Range reads from hosts that answer with the whole blob,
+//! `manifests`, `blobs`, `push` and [`referrers`] are the requests themselves,
+//! [`artifact`] pushes and fetches the artifacts that refer to an image (layer indexes,
+//! prefetch profiles), [`error`] says what went wrong (and parses registries' error
+//! bodies).
 
 pub mod artifact;
 pub mod auth;
@@ -20,6 +22,7 @@ mod client;
 pub mod credentials;
 mod endpoint;
 pub mod error;
+mod host_set;
 pub mod hosts;
 mod manifests;
 mod options;
