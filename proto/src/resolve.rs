@@ -15,6 +15,11 @@
 //! 3. the layer's own TOC (eStargz, zstd:chunked), read with Range requests;
 //! 4. one streaming pass over the blob (plain tar, tar+gzip with checkpoints, tar+zstd).
 //!
+//! A published index (1 or 2) whose whole layer is in the local image store
+//! ([`ResolveOptions::whole_layers`], after `skiff pull`) is checked against it
+//! ([`crate::index::verify`]) and replaced by the layer's own index; one that does not
+//! match is refused for good ([`IndexStore::refuse_published`]).
+//!
 //! Layers are handled in parallel (bounded by [`ResolveOptions::parallel`]); what is
 //! built or fetched is saved to the store. Every returned blob reader is a
 //! [`RemoteBlob`] over the same [`Client`], so `client.stats()` counts all traffic.
@@ -29,9 +34,11 @@ use crate::digest::Digest;
 use crate::image::{Descriptor, Manifest, ResolvedImage};
 use crate::index::artifact::{decode_index_blob, find_layer_index, INDEX_ARTIFACT_TYPE};
 use crate::index::store::{IndexStore, MAX_DECODED};
+use crate::index::verify::{check_published, VerifyError};
 use crate::index::{estargz, gzip, open_index_with, zstd_chunked};
 use crate::index::{IndexError, IndexOptions, LayerFormat, LayerIndex};
 use crate::registry::{Client, RegistryError, RemoteBlob};
+use crate::store::Store;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
@@ -47,6 +54,9 @@ pub enum IndexSource {
     Toc,
     /// Built by one streaming pass over the layer blob.
     Streamed,
+    /// Derived from the whole layer in the local image store (which a published index
+    /// was checked against).
+    LocalLayer,
 }
 
 impl std::fmt::Display for IndexSource {
@@ -56,6 +66,7 @@ impl std::fmt::Display for IndexSource {
             IndexSource::Published => "published artifact",
             IndexSource::Toc => "layer TOC",
             IndexSource::Streamed => "streaming pass",
+            IndexSource::LocalLayer => "whole layer in the local store",
         })
     }
 }
@@ -77,6 +88,9 @@ pub struct ResolvedLayer {
     /// or earlier, from the store's published area) rather than derived from the
     /// layer here: `skiff index --push` must not republish it as its own.
     pub published: bool,
+    /// A published index was checked against the whole layer: `Some(true)` it
+    /// matched, `Some(false)` it did not (and was refused); `None` not checked.
+    pub matched_layer: Option<bool>,
 }
 
 /// Progress of the streaming passes [`resolve_layers`] makes, for a UI to show
@@ -100,6 +114,11 @@ pub struct ResolveOptions<'a> {
     pub progress: Option<&'a dyn ResolveProgress>,
     /// Distance between gzip checkpoints in an index built here (uncompressed bytes).
     pub span: u64,
+    /// Where whole, digest-verified layer blobs may be (the local image store, after
+    /// `skiff pull`): a published index of a layer found there is checked against
+    /// the layer and replaced by the layer's own index (see
+    /// [`crate::index::verify`]).
+    pub whole_layers: Option<&'a Store>,
 }
 
 impl Default for ResolveOptions<'_> {
@@ -110,6 +129,7 @@ impl Default for ResolveOptions<'_> {
             save: true,
             progress: None,
             span: gzip::DEFAULT_SPAN,
+            whole_layers: None,
         }
     }
 }
@@ -317,35 +337,61 @@ fn resolve_one(
         layer.size,
         handle.clone(),
     ));
-    let done = |index: LayerIndex, source: IndexSource, refused: Vec<String>, published| {
-        if opts.save && source != IndexSource::Store {
-            let saved = if published {
-                store.save_published(&index, repo)
-            } else {
-                store.save(&index)
-            };
-            if let Err(e) = saved {
-                tracing::warn!(layer = %layer.digest, "saving the index: {e}");
+    let done =
+        |index: LayerIndex, source: IndexSource, refused: Vec<String>, published, matched_layer| {
+            if opts.save && source != IndexSource::Store {
+                let saved = if published {
+                    store.save_published(&index, repo)
+                } else {
+                    store.save(&index)
+                };
+                if let Err(e) = saved {
+                    tracing::warn!(layer = %layer.digest, "saving the index: {e}");
+                }
             }
-        }
-        ResolvedLayer {
-            descriptor: layer.clone(),
-            index: Arc::new(index),
-            blob: Arc::clone(&blob),
-            source,
-            refused,
-            published,
+            ResolvedLayer {
+                descriptor: layer.clone(),
+                index: Arc::new(index),
+                blob: Arc::clone(&blob),
+                source,
+                refused,
+                published,
+                matched_layer,
+            }
+        };
+    // A published index meets the whole layer here when the store has it.
+    let confirm = |index: LayerIndex, source: IndexSource, refused: &mut Vec<String>| {
+        match check_whole_layer(&index, layer, opts.whole_layers, store, repo, refused) {
+            Some((derived, matched)) => done(
+                derived,
+                IndexSource::LocalLayer,
+                std::mem::take(refused),
+                false,
+                Some(matched),
+            ),
+            None => done(index, source, std::mem::take(refused), true, None),
         }
     };
     if let Some((index, published)) = from_store {
-        return Ok(done(index, IndexSource::Store, refused, published));
+        if published {
+            return Ok(confirm(index, IndexSource::Store, &mut refused));
+        }
+        return Ok(done(index, IndexSource::Store, refused, false, None));
     }
     if let Some(p) = published {
         refused.extend(p.problems.iter().cloned());
+        if let Some(why) = store.published_refusal(&layer.digest, repo) {
+            refused.push(format!(
+                "indexes published in {repo} for this layer are refused: {why}"
+            ));
+        }
         // Newest first: the fallback tag's index lists artifacts in push order.
         for artifact in p.artifacts.iter().rev() {
+            if store.published_refusal(&layer.digest, repo).is_some() {
+                break;
+            }
             match fetch_published(client, handle, repo, artifact, layer) {
-                Ok(Some(index)) => return Ok(done(index, IndexSource::Published, refused, true)),
+                Ok(Some(index)) => return Ok(confirm(index, IndexSource::Published, &mut refused)),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(layer = %layer.digest, "published index refused: {e}");
@@ -390,7 +436,59 @@ fn resolve_one(
         LayerFormat::Estargz | LayerFormat::ZstdChunked => IndexSource::Toc,
         _ => IndexSource::Streamed,
     };
-    Ok(done(index, source, refused, false))
+    Ok(done(index, source, refused, false, None))
+}
+
+/// Checks the published `index` of `layer` against the whole layer when `whole`
+/// holds it. Returns the layer's own index to use instead and whether the published
+/// one matched, or `None` to keep the published one (no whole layer here, or it
+/// could not be read). A published index that lies is refused for good.
+fn check_whole_layer(
+    index: &LayerIndex,
+    layer: &Descriptor,
+    whole: Option<&Store>,
+    store: &IndexStore,
+    repo: &str,
+    refused: &mut Vec<String>,
+) -> Option<(LayerIndex, bool)> {
+    let whole = whole.filter(|w| w.has_blob(&layer.digest, layer.size))?;
+    let checked = whole
+        .open_blob(&layer.digest)
+        .map_err(|e| e.to_string())
+        .and_then(|blob| {
+            let oci = layer.to_oci().map_err(|e| e.to_string())?;
+            Ok(check_published(index, &oci, &blob))
+        });
+    match checked {
+        Ok(Ok(derived)) => {
+            tracing::info!(layer = %layer.digest, repo, "published index matches the whole layer");
+            Some((derived, true))
+        }
+        Ok(Err(VerifyError::Differs {
+            layer: digest,
+            differences,
+            derived,
+        })) => {
+            let reason = format!(
+                "published index does not match the layer: {}",
+                differences.join("; ")
+            );
+            tracing::error!(layer = %digest, repo, "{reason}; using the layer's own index");
+            if let Err(e) = store.refuse_published(&digest, repo, &reason) {
+                tracing::warn!(layer = %digest, "recording the refusal: {e}");
+            }
+            refused.push(reason);
+            Some((*derived, false))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(layer = %layer.digest, "{e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(layer = %layer.digest, "reading the whole layer to check its published index: {e}");
+            None
+        }
+    }
 }
 
 /// Lists and verifies the index artifacts published for `image` in its repository.

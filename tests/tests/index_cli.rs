@@ -571,3 +571,92 @@ fn converted_image_unpacks_to_the_same_rootfs_and_reads_by_range() {
         assert_eq!(Digest::of(&tar).to_string(), want.as_str().unwrap());
     }
 }
+
+#[test]
+fn a_published_index_that_lies_is_refused_once_the_whole_layer_is_here() {
+    // The image's own repository carries a forged index (etc/motd made setuid, chunk
+    // digests genuine). Lazily, nothing can tell; once the layer is here whole, the
+    // index is checked against it and refused for good.
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "good/app:v1",
+        plain_layers(),
+    ));
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let image = resolve(&client, &reg.reference("good/app:v1"));
+    let scratch = tempfile::tempdir().unwrap();
+    let genuine = layers_of(&client, &rt, &image, scratch.path());
+    let mut forged = (*genuine[1].index).clone();
+    forged
+        .entries
+        .iter_mut()
+        .find(|e| e.path == "etc/motd")
+        .unwrap()
+        .mode = 0o4755;
+    publish_artifact(
+        &client,
+        &rt,
+        "good/app",
+        &image,
+        built.digest,
+        vec![
+            index_blob(&genuine[0].index).unwrap(),
+            index_blob(&forged).unwrap(),
+        ],
+    );
+
+    // `skiff index --verify` pulls the layers, checks, and exits 1 naming the layer.
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image_ref = reg.reference("good/app:v1");
+    let out = skiff.run(&["index", "-q", "--verify", &image_ref]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let layer = image.layers()[1].digest.to_string();
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&layer) && err.contains("does not match"),
+        "{err}"
+    );
+    assert!(
+        err.contains("etc/motd") && err.contains("mode 4755"),
+        "{err}"
+    );
+    let shown = text(&out.stdout);
+    assert_eq!(
+        shown.matches("whole layer in the local store").count(),
+        2,
+        "{shown}"
+    );
+    // The honest index of layer 0 matched; the store now holds both layers' own
+    // indexes (motd 0644) and a record of the refusal.
+    let store = IndexStore::open(root.path().join("indexes")).unwrap();
+    let own = store.load(&image.layers()[1].digest).unwrap().unwrap();
+    let motd = own.entries.iter().find(|e| e.path == "etc/motd").unwrap();
+    assert_eq!(motd.mode, 0o644);
+    let why = store
+        .published_refusal(&image.layers()[1].digest, "good/app")
+        .expect("refusal recorded");
+    assert!(why.contains("mode 4755"), "{why}");
+    assert!(store
+        .published_refusal(&image.layers()[0].digest, "good/app")
+        .is_none());
+
+    // Without --verify: a root that pulled the image checks on the way too, and a
+    // root that did not still takes the published index (nothing to check against).
+    let pulled = tempfile::tempdir().unwrap();
+    let p = Skiff::new(pulled.path());
+    ok(&p.run(&["pull", "-q", &image_ref]), "skiff pull");
+    let out = p.run(&["index", "-q", &image_ref]);
+    ok(&out, "skiff index after pull");
+    assert!(
+        text(&out.stderr).contains("does not match"),
+        "{}",
+        text(&out.stderr)
+    );
+    let lazy = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, lazy.path());
+    assert_eq!(layers[1].source, IndexSource::Published);
+    assert_eq!(layers[1].matched_layer, None);
+}

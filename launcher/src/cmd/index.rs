@@ -1,7 +1,7 @@
 //! `skiff index`: build (or load) every layer's index of an image, show them, and
 //! optionally publish them beside the image as an OCI artifact.
 
-use super::pull::human;
+use super::pull::{human, pull};
 use super::registry_args::{runtime, RegistryArgs};
 use super::Global;
 use anyhow::Context;
@@ -13,6 +13,7 @@ use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
 use skiff_proto::resolve::{resolve_layers, ResolveOptions, ResolveProgress, ResolvedLayer};
+use skiff_proto::store::Store;
 use std::sync::Arc;
 
 /// Arguments of `skiff index`.
@@ -27,6 +28,11 @@ pub struct Args {
     /// Do not look for indexes already published beside the image.
     #[arg(long)]
     pub no_published: bool,
+    /// Pull the image's layers whole (verified) and check every published index
+    /// against its layer: one that does not match is refused for good, and the
+    /// command exits 1.
+    #[arg(long, conflicts_with = "no_published")]
+    pub verify: bool,
     /// Layers indexed at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -63,6 +69,18 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     if args.quiet {
         bars.set_draw_target(ProgressDrawTarget::hidden());
     }
+    // Layers pulled whole (now with --verify, or earlier) check published indexes.
+    let whole = Store::open(&global.root)
+        .with_context(|| format!("opening the store at {}", global.root.display()))?;
+    if args.verify {
+        rt.block_on(pull(
+            &client,
+            &whole,
+            &reference,
+            platform.as_ref(),
+            !args.quiet,
+        ))?;
+    }
     let layers = resolve_layers(
         &client,
         rt.handle(),
@@ -74,9 +92,29 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             save: true,
             progress: Some(&IndexingBars(&bars)),
             span: args.span,
+            whole_layers: Some(&whole),
         },
     )?;
     print_layers(&image, &layers);
+    if args.verify {
+        let lying: Vec<String> = layers
+            .iter()
+            .filter(|l| l.matched_layer == Some(false))
+            .map(|l| l.descriptor.digest.to_string())
+            .collect();
+        let matched = layers
+            .iter()
+            .filter(|l| l.matched_layer == Some(true))
+            .count();
+        if !lying.is_empty() {
+            eprintln!(
+                "skiff: the published index of layer(s) {} does not match the layer; refused, the layers' own indexes are used",
+                lying.join(", ")
+            );
+            return Ok(1);
+        }
+        println!("{matched} published index(es) checked against their layers: all match");
+    }
     if args.push {
         // An index taken from a published artifact was not derived here: pushing it
         // again would vouch for what someone else wrote.

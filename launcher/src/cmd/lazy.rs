@@ -115,6 +115,9 @@ pub fn index_layers(
 ) -> anyhow::Result<Vec<Layer>> {
     let store = IndexStore::open(global.layout().indexes())
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
+    // Layers pulled whole earlier check (and replace) published indexes.
+    let whole = Store::open(&global.root)
+        .with_context(|| format!("opening the store at {}", global.root.display()))?;
     let bars = MultiProgress::new();
     if !progress {
         bars.set_draw_target(ProgressDrawTarget::hidden());
@@ -126,6 +129,7 @@ pub fn index_layers(
         &store,
         &ResolveOptions {
             progress: Some(&super::index::IndexingBars(&bars)),
+            whole_layers: Some(&whole),
             ..ResolveOptions::default()
         },
     )

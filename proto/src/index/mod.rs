@@ -35,6 +35,7 @@ pub mod store;
 pub mod tar;
 pub mod toc;
 pub mod validate;
+pub mod verify;
 pub mod zstd;
 pub mod zstd_chunked;
 

@@ -20,10 +20,10 @@ use std::collections::HashMap;
 use std::io::Write;
 
 /// An in-memory blob.
-struct MemBlob(Vec<u8>, Digest);
+pub(super) struct MemBlob(Vec<u8>, Digest);
 
 impl MemBlob {
-    fn new(data: Vec<u8>) -> MemBlob {
+    pub(super) fn new(data: Vec<u8>) -> MemBlob {
         let d = Digest::of(&data);
         MemBlob(data, d)
     }
@@ -68,7 +68,7 @@ fn sample_tar() -> Vec<u8> {
 }
 
 /// A tar of regular files (mode 0644, owner 1:2, one fixed mtime).
-fn tar_of(files: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+pub(super) fn tar_of(files: Vec<(String, Vec<u8>)>) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut h = tar::Header::new_gnu();

@@ -106,6 +106,11 @@ fn save_at(path: &Path, index: &LayerIndex) -> Result<PathBuf, IndexError> {
     Ok(path.to_path_buf())
 }
 
+/// Where the refusal of the published index stored at `path` is recorded.
+fn refusal_path(path: &Path) -> PathBuf {
+    path.with_extension("refused")
+}
+
 /// A directory of stored indexes.
 #[derive(Debug, Clone)]
 pub struct IndexStore {
@@ -146,13 +151,51 @@ impl IndexStore {
         load_at(&self.path_for(blob), blob)
     }
 
-    /// Loads the index of `blob` published in `repo`, if one was stored.
+    /// Loads the index of `blob` published in `repo`, if one was stored (and none
+    /// published there was refused; see [`IndexStore::refuse_published`]).
     pub fn load_published(
         &self,
         blob: &Digest,
         repo: &str,
     ) -> Result<Option<LayerIndex>, IndexError> {
+        if self.published_refusal(blob, repo).is_some() {
+            return Ok(None);
+        }
         load_at(&self.published_path_for(blob, repo), blob)
+    }
+
+    /// Records that an index of `blob` published in `repo` lied about the layer
+    /// (`reason`), and drops the stored copy: no index published there for this layer
+    /// is used again. The record stays for the user to read (and delete).
+    pub fn refuse_published(
+        &self,
+        blob: &Digest,
+        repo: &str,
+        reason: &str,
+    ) -> Result<(), IndexError> {
+        let path = self.published_path_for(blob, repo);
+        let marker = refusal_path(&path);
+        let io_err = |source| IndexError::Store {
+            path: marker.clone(),
+            source,
+        };
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        std::fs::write(&marker, format!("{reason}\n")).map_err(io_err)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(IndexError::Store { path, source }),
+        }
+    }
+
+    /// Why indexes of `blob` published in `repo` are refused, if they are.
+    pub fn published_refusal(&self, blob: &Digest, repo: &str) -> Option<String> {
+        let marker = refusal_path(&self.published_path_for(blob, repo));
+        std::fs::read_to_string(marker)
+            .ok()
+            .map(|s| s.trim_end().to_string())
     }
 
     /// Stores `index`, derived from the layer, atomically under its blob digest.
