@@ -35,6 +35,9 @@ pub struct IssuerOptions {
     /// (the registry allows 60 s of clock skew past `exp`, which this accounts for), to
     /// test re-authentication on 401 during long reads.
     pub real_lifetime: Option<u64>,
+    /// Accept OAuth2 `POST` requests with `grant_type=refresh_token` carrying this
+    /// refresh token (docker's "identity token"); any other refresh token gets 401.
+    pub refresh_token: Option<String>,
 }
 
 impl Default for IssuerOptions {
@@ -45,6 +48,7 @@ impl Default for IssuerOptions {
             users: None,
             use_access_token_field: false,
             real_lifetime: None,
+            refresh_token: None,
         }
     }
 }
@@ -60,6 +64,10 @@ pub struct TokenRequest {
     pub authorization: Option<String>,
     /// Whether a token was issued.
     pub issued: bool,
+    /// `GET` or `POST`.
+    pub method: String,
+    /// The `refresh_token` of a `POST` form (`grant_type=refresh_token`).
+    pub refresh_token: Option<String>,
 }
 
 struct Shared {
@@ -80,7 +88,8 @@ pub struct TokenIssuer {
 }
 
 impl TokenIssuer {
-    /// Generates a key and certificate and starts serving `GET /token`.
+    /// Generates a key and certificate and starts serving `/token` (`GET`, and `POST`
+    /// for refresh tokens).
     pub fn start(options: IssuerOptions) -> TokenIssuer {
         let dir = tempfile::Builder::new()
             .prefix("skiff-issuer-")
@@ -256,37 +265,74 @@ fn serve(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let head = String::from_utf8_lossy(&buf).to_string();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
     let mut lines = head.split("\r\n");
-    let target = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("/")
-        .to_string();
-    let authorization = lines
+    let request_line = lines.next().unwrap_or_default().to_string();
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_string();
+    let target = words.next().unwrap_or("/").to_string();
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, v)| v.trim().to_string());
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let authorization = header("authorization");
+    // A POST carries its parameters as a form body.
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+        .min(64 << 10);
+    let mut body = buf[end..].to_vec();
+    while body.len() < length {
+        let n = conn.read(&mut tmp)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
     let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let form = String::from_utf8_lossy(&body).to_string();
+    let params = if method == "POST" {
+        form.as_str()
+    } else {
+        query
+    };
     let mut scopes = Vec::new();
     let mut service = None;
-    for pair in query.split('&') {
+    let mut grant_type = None;
+    let mut refresh_token = None;
+    for pair in params.split('&') {
         if let Some((k, v)) = pair.split_once('=') {
+            let v = percent_decode(v);
             match k {
-                "scope" => scopes.push(percent_decode(v)),
-                "service" => service = Some(percent_decode(v)),
+                "scope" => scopes.push(v),
+                "service" => service = Some(v),
+                "grant_type" => grant_type = Some(v),
+                "refresh_token" => refresh_token = Some(v),
                 _ => {}
             }
         }
     }
-    let authorized = match &shared.options.users {
-        None => true,
-        Some((u, p)) => {
-            let want = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-            );
-            authorization.as_deref() == Some(want.as_str())
+    let authorized = if method == "POST" {
+        grant_type.as_deref() == Some("refresh_token")
+            && refresh_token.is_some()
+            && refresh_token == shared.options.refresh_token
+    } else {
+        match &shared.options.users {
+            None => shared.options.refresh_token.is_none(),
+            Some((u, p)) => {
+                let want = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+                );
+                authorization.as_deref() == Some(want.as_str())
+            }
         }
     };
     shared
@@ -298,6 +344,8 @@ fn serve(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
             service: service.clone(),
             authorization: authorization.clone(),
             issued: authorized,
+            method: method.clone(),
+            refresh_token: refresh_token.clone(),
         });
     if !authorized {
         let body = r#"{"details":"bad credentials"}"#;

@@ -175,3 +175,59 @@ async fn flaky_token_endpoint_is_retried() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_token_is_exchanged_by_post_and_again_after_a_refusal() {
+    // Docker's "identitytoken" is an OAuth2 refresh token: tokens are asked for with
+    // POST grant_type=refresh_token (never GET, never Basic). The first token is
+    // already expired, so the registry refuses it and a second POST must follow.
+    let issuer = TokenIssuer::start(IssuerOptions {
+        refresh_token: Some("rt-secret".into()),
+        first_token_expired: true,
+        ..Default::default()
+    });
+    let reg = Registry::start_with(RegistryOptions {
+        auth: issuer.registry_auth(),
+        ..Default::default()
+    });
+    let c = client_with(
+        &reg.host(),
+        Some(Credentials::IdentityToken("rt-secret".into())),
+    );
+    let err = c.get_manifest("oauth/app", "v1").await.unwrap_err();
+    // Through authentication (twice: the first token was refused); the repository is
+    // simply empty.
+    assert!(
+        matches!(
+            err,
+            RegistryError::ManifestUnknown { .. } | RegistryError::NameUnknown { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(issuer.requests().len(), 2);
+    push_and_pull(&c, &reg.host(), "oauth/app").await;
+    let seen = issuer.requests();
+    assert!(seen.len() > 2, "{seen:?}");
+    for r in &seen {
+        assert_eq!(r.method, "POST", "{r:?}");
+        assert_eq!(r.refresh_token.as_deref(), Some("rt-secret"));
+        assert_eq!(r.service.as_deref(), Some(SERVICE));
+        assert!(r.authorization.is_none(), "Basic sent with a refresh token");
+        assert!(r.issued);
+    }
+    // The expired first token was refused and replaced: more tokens than scopes.
+    assert!(seen
+        .iter()
+        .any(|r| r.scopes.iter().any(|s| s.contains("oauth/app"))));
+
+    // A wrong refresh token: a clear error from the token endpoint, not a hang.
+    let wrong = client_with(
+        &reg.host(),
+        Some(Credentials::IdentityToken("stale".into())),
+    );
+    let err = wrong.get_manifest("oauth/app", "v1").await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    let last = issuer.requests().pop().unwrap();
+    assert_eq!(last.method, "POST");
+    assert!(!last.issued);
+}
