@@ -81,6 +81,48 @@ fn detached_ps_logs_stop_rm() {
 }
 
 #[test]
+fn logs_follow_streams_until_the_container_exits() {
+    use std::io::{BufRead, BufReader, Read};
+    let r = Rootfs::new();
+    let out = r.skiff(&[
+        "-d",
+        "--name",
+        "chatty",
+        "sh",
+        "-c",
+        "trap 'echo two; exit 3' TERM; echo one; while :; do sleep 0.05; done",
+    ]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let mut follow = common::KillOnDrop::spawn(
+        Command::new(common::skiff_bin())
+            .arg("--root")
+            .arg(&r.state)
+            .args(["logs", "-f", "chatty"])
+            .stdout(std::process::Stdio::piped()),
+    );
+    let mut lines = BufReader::new(follow.stdout.take().unwrap());
+    // The output so far arrives while the container (and so `logs -f`) runs on.
+    let mut first = String::new();
+    lines.read_line(&mut first).unwrap();
+    assert_eq!(first, "one\n");
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f ended while the container runs"
+    );
+    // Output written later follows, and `logs -f` ends by itself when the container
+    // exits.
+    assert_eq!(code(&skiff(&r, &["stop", "chatty"])), 0);
+    let mut rest = String::new();
+    lines.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "two\n");
+    let status = follow.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(ps_line(&r, "chatty").unwrap().contains("Exited (3)"));
+    assert_eq!(code(&skiff(&r, &["rm", "chatty"])), 0);
+    r.assert_no_mounts();
+}
+
+#[test]
 fn stop_kills_after_grace_and_rm_force() {
     let r = Rootfs::new();
     // sleep as PID 1 ignores SIGTERM: stop must fall back to SIGKILL.
