@@ -17,11 +17,13 @@
 //! ```
 
 pub mod cache;
+pub mod elf;
 pub mod fetcher;
 pub mod fuse;
 pub mod materialize;
 mod pack;
 pub mod plan;
+pub mod predict;
 pub mod profile;
 pub mod reader;
 pub mod stats;

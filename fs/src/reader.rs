@@ -5,6 +5,7 @@
 
 use crate::fetcher::{FetchError, Fetcher};
 use crate::plan;
+use crate::predict::Predictor;
 use crate::profile::Recorder;
 use crate::stats::Stats;
 use crate::tree::{LowerId, LowerTree};
@@ -53,7 +54,9 @@ pub struct ReadConfig {
     pub recorder: Option<Arc<Recorder>>,
     /// Read-ahead on sequential reads that miss the cache, in blob bytes (0: off).
     pub readahead: u64,
-    /// Executable files up to this size are queued whole on their first miss (0: off).
+    /// Executable files up to this size are queued whole on their first miss, and
+    /// what the dynamic loader will open after an ELF file is fetched ahead
+    /// ([`crate::predict`]) (0: both off).
     pub whole_file_max: u64,
 }
 
@@ -67,6 +70,8 @@ pub struct LowerReader {
     read_ends: Mutex<HashMap<LowerId, u64>>,
     /// Lower files whose remaining chunks were queued whole.
     whole_queued: Mutex<HashSet<LowerId>>,
+    /// Fetches ahead of the dynamic loader (`None`: off).
+    predictor: Option<Arc<Predictor>>,
 }
 
 impl LowerReader {
@@ -77,11 +82,14 @@ impl LowerReader {
         stats: Arc<Stats>,
         config: ReadConfig,
     ) -> LowerReader {
+        let predictor = (config.whole_file_max > 0)
+            .then(|| Arc::new(Predictor::new(tree.clone(), fetcher.clone())));
         LowerReader {
             tree,
             fetcher,
             stats,
             config,
+            predictor,
             read_ends: Mutex::new(HashMap::new()),
             whole_queued: Mutex::new(HashSet::new()),
         }
@@ -118,8 +126,13 @@ impl LowerReader {
         let chunks: Vec<Chunk> = all.get(wanted.clone()).unwrap_or(&[]).to_vec();
         // The one cache lookup of this read: what it finds goes with the job, so the
         // fetcher does not ask again.
+        // A read from a file's start may be exec or the loader opening a library.
+        let predictor = self.predictor.clone().filter(|_| offset == 0);
         let found = match self.fetcher.lookup(&chunks) {
             Ok(data) => {
+                if let Some(p) = &predictor {
+                    p.on_head(id, pieces(&chunks, &data));
+                }
                 let out = assemble(&chunks, &data, offset, end);
                 self.stats.record_read(start.elapsed(), out.len());
                 return done(Ok(out));
@@ -159,7 +172,10 @@ impl LowerReader {
                 Ok(data) => {
                     let out = assemble(&chunks, &data, offset, end);
                     stats.record_read(start.elapsed(), out.len());
-                    done(Ok(out))
+                    done(Ok(out));
+                    if let Some(p) = predictor {
+                        p.on_head(id, pieces(&chunks, &data));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lower read failed");
@@ -183,6 +199,15 @@ impl LowerReader {
         self.fetcher
             .queue_speculative(crate::fetcher::Priority::Prefetch, layer, rest);
     }
+}
+
+/// The verified data of `chunks`, by file offset.
+fn pieces(chunks: &[Chunk], data: &[Arc<Vec<u8>>]) -> Vec<(u64, Arc<Vec<u8>>)> {
+    chunks
+        .iter()
+        .map(|c| c.file_offset)
+        .zip(data.iter().cloned())
+        .collect()
 }
 
 /// The bytes `[offset, end)` of a file, from the verified data of its `chunks`.

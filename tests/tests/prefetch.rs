@@ -681,3 +681,214 @@ fn cold_run_prefetches_the_profile_before_the_containers_reads() {
         "profile fetched {profile_reads:?}"
     );
 }
+
+/// The host's `/usr/bin/ls` with its interpreter and libraries (as `ldd` lists them),
+/// each stored at its real path, with the host's symlinks on the way (`/lib64`,
+/// merged-`/usr` links) as symlink entries. Returns the layer entries and the
+/// libraries' paths (as the loader names them).
+fn ls_with_its_libraries() -> (Vec<Entry>, Vec<String>) {
+    let out = std::process::Command::new("ldd")
+        .arg("/usr/bin/ls")
+        .output()
+        .expect("ldd");
+    assert!(out.status.success());
+    let mut libs: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next().unwrap_or(""),
+            None => line.split_whitespace().next().unwrap_or(""),
+        };
+        if path.starts_with('/') {
+            libs.push(path.to_string());
+        }
+    }
+    assert!(libs.len() >= 2, "ldd /usr/bin/ls: {libs:?}");
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut made: std::collections::BTreeSet<String> = Default::default();
+    let add_path =
+        |entries: &mut Vec<Entry>, made: &mut std::collections::BTreeSet<String>, host: &str| {
+            // Each parent on the way: a symlink where the host has one, else a directory.
+            let mut prefix = String::new();
+            let comps: Vec<&str> = host.trim_start_matches('/').split('/').collect();
+            for c in &comps[..comps.len() - 1] {
+                prefix = if prefix.is_empty() {
+                    c.to_string()
+                } else {
+                    format!("{prefix}/{c}")
+                };
+                if !made.insert(prefix.clone()) {
+                    continue;
+                }
+                let host_path = format!("/{prefix}");
+                match std::fs::read_link(&host_path) {
+                    Ok(target) => {
+                        entries.push(Entry::symlink(&prefix, &target.to_string_lossy()));
+                        // Its target must exist too.
+                        let real = std::fs::canonicalize(&host_path).unwrap();
+                        let real = real.to_string_lossy().trim_start_matches('/').to_string();
+                        let mut p = String::new();
+                        for c in real.split('/') {
+                            p = if p.is_empty() {
+                                c.to_string()
+                            } else {
+                                format!("{p}/{c}")
+                            };
+                            if made.insert(p.clone()) {
+                                entries.push(Entry::dir(&p, 0o755));
+                            }
+                        }
+                    }
+                    Err(_) => entries.push(Entry::dir(&prefix, 0o755)),
+                }
+            }
+            let real = std::fs::canonicalize(host).unwrap();
+            let real_rel = real.to_string_lossy().trim_start_matches('/').to_string();
+            let name = host.trim_start_matches('/').to_string();
+            if std::fs::symlink_metadata(host)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+                && made.insert(name.clone())
+            {
+                entries.push(Entry::symlink(
+                    &name,
+                    &std::fs::read_link(host).unwrap().to_string_lossy(),
+                ));
+            }
+            if made.insert(real_rel.clone()) {
+                entries.push(Entry::file(
+                    &real_rel,
+                    &std::fs::read(&real).unwrap(),
+                    0o755,
+                ));
+            }
+        };
+    add_path(&mut entries, &mut made, "/usr/bin/ls");
+    for l in &libs {
+        add_path(&mut entries, &mut made, l);
+    }
+    // Directories first, so every parent exists when its children are applied.
+    entries.sort_by_key(|e| !matches!(e, Entry::Dir { .. }));
+    (entries, libs)
+}
+
+/// Without a profile, the head of a program being read (as exec reads it) brings in
+/// what the dynamic loader will open next — the interpreter and every library, the
+/// parts the loader reads — but not the libraries' text, which stays lazy. Shown by
+/// reading through the mount with the registry gone afterwards; and without
+/// prediction the same reads fail.
+#[test]
+fn a_programs_head_brings_the_loader_parts_of_its_libraries() {
+    let rt = runtime();
+    let reg = Registry::start();
+    let (entries, libs) = ls_with_its_libraries();
+    let image = build_image(
+        vec![Layer::tar_gzip(&entries)],
+        &skiff_proto::image::Platform::host(),
+        &["/usr/bin/ls"],
+    );
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    rt.block_on(push_built(&client, "predict/ls", "latest", &image));
+    let libc = libs
+        .iter()
+        .find(|l| l.contains("libc.so"))
+        .expect("libc")
+        .clone();
+    let libc_bytes = std::fs::read(&libc).unwrap();
+
+    for predict in [true, false] {
+        let proxy = FaultProxy::start(reg.addr());
+        let via = Arc::new(skiff_tests::client(&proxy.host()));
+        let reference = Reference::parse(&format!("{}/predict/ls:latest", proxy.host())).unwrap();
+        let resolved = rt.block_on(via.resolve(&reference, None)).unwrap();
+        // Small chunks and checkpoint spans, so that "part of a library" is visible.
+        let layers: Vec<FsLayer> = resolved
+            .layers()
+            .iter()
+            .map(|d| {
+                let blob: Arc<dyn skiff_proto::blob::BlobReader> =
+                    Arc::new(skiff_proto::registry::RemoteBlob::new(
+                        via.clone(),
+                        "predict/ls",
+                        d.digest,
+                        d.size,
+                        rt.handle().clone(),
+                    ));
+                let opts = skiff_proto::index::IndexOptions {
+                    chunk_size: 64 << 10,
+                    span: 64 << 10,
+                    progress: None,
+                };
+                let index =
+                    skiff_proto::index::open_index_with(&d.to_oci().unwrap(), blob.as_ref(), &opts)
+                        .unwrap();
+                FsLayer {
+                    index: Arc::new(index),
+                    blob,
+                }
+            })
+            .collect();
+        let cache = tempfile::tempdir().unwrap();
+        let mut opts = MountOptions::new(layers, cache.path().to_path_buf());
+        opts.prefetch = false;
+        opts.background_fetch = false;
+        // No neighbours or read-ahead riding along: only what is asked or predicted.
+        opts.readahead = 0;
+        opts.tuning.neighbour_window = 0;
+        opts.tuning.merge_gap = 0;
+        if !predict {
+            opts.whole_file_max = 0;
+        }
+        let m = Mounted::new(opts);
+        // What exec does first: read the program's head.
+        let mut head = vec![0u8; 4096];
+        use std::io::Read;
+        std::fs::File::open(m.path("usr/bin/ls"))
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(&head[..4], b"\x7fELF");
+        // Let what was queued finish (no new request for a while), then lose the
+        // registry.
+        let mut last = usize::MAX;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(300));
+            let n = proxy.requests().len();
+            if n == last {
+                break;
+            }
+            last = n;
+        }
+        proxy.add_rule(skiff_tests::proxy::Rule::new(
+            "/blobs/",
+            skiff_tests::proxy::Fault::Status(404),
+            None,
+        ));
+        let read_at = |path: &str, offset: u64, len: usize| -> std::io::Result<Vec<u8>> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(m.path(path))?;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        };
+        for lib in &libs {
+            // By its real path: an absolute symlink read through the mount would be
+            // followed on the host.
+            let real = std::fs::canonicalize(lib).unwrap();
+            let got = read_at(&real.to_string_lossy(), 0, 4096);
+            if predict {
+                let got = got.unwrap_or_else(|e| panic!("{lib} head not fetched ahead: {e}"));
+                assert_eq!(got, std::fs::read(lib).unwrap()[..4096], "{lib}");
+            } else {
+                assert!(got.is_err(), "{lib} was fetched without prediction");
+            }
+        }
+        if predict {
+            // libc's text, in the middle of the file, was left for when it runs.
+            let mid = libc_bytes.len() as u64 / 2;
+            assert!(read_at(&libc, mid, 4096).is_err(), "libc was fetched whole");
+        }
+        drop(m);
+    }
+}

@@ -1,0 +1,273 @@
+//! Fetching ahead of the dynamic loader, without a recorded profile.
+//!
+//! Starting a program costs one round trip per library on a cold mount: the loader
+//! opens the interpreter, then each `DT_NEEDED` library, then theirs, one after the
+//! other, and each waits for its own miss (python3 on Debian: ld.so, libm, libz,
+//! libexpat, libc in turn). The names are all in bytes that are fetched anyway: when
+//! the head of an ELF file comes in (exec'd program or library), [`Predictor`] reads
+//! its interpreter and needed libraries ([`crate::elf`]), resolves them in the merged
+//! tree the way the loader will (`DT_RUNPATH`, then the default directories), and
+//! queues for each library the bytes the loader reads before any code runs (headers,
+//! symbol tables, the segments it relocates), then does the same for their needs as
+//! those arrive. Text pages stay lazy: libraries are mapped and run sparsely.
+
+use crate::elf::{self, Sparse};
+use crate::fetcher::{Fetcher, Priority};
+use crate::plan;
+use crate::tree::{LowerId, LowerTree, ROOT};
+use parking_lot::Mutex;
+use skiff_proto::index::{Chunk, EntryKind};
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Bytes of a predicted library fetched first (its headers; with large chunks, all
+/// of a small library).
+const HEAD_BYTES: u64 = 64 << 10;
+/// Where the loader looks after `DT_RUNPATH` when `ld.so.cache` does not say (the
+/// multiarch directories of Debian and Ubuntu first, as their cache lists them).
+const DEFAULT_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+/// Symlinks followed resolving one path (the kernel's limit).
+const MAX_HOPS: usize = 40;
+/// Most files predicted for one mount: a bound on what a hostile image can queue.
+const MAX_PREDICTED: usize = 4096;
+
+/// The files of one mount whose loads were predicted, and how to fetch ahead.
+pub struct Predictor {
+    tree: Arc<LowerTree>,
+    fetcher: Arc<Fetcher>,
+    /// Files examined or queued already (each is looked at once).
+    seen: Mutex<HashSet<LowerId>>,
+}
+
+impl Predictor {
+    /// A predictor over `tree`'s files, fetching through `fetcher`.
+    pub fn new(tree: Arc<LowerTree>, fetcher: Arc<Fetcher>) -> Predictor {
+        Predictor {
+            tree,
+            fetcher,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The first bytes of lower file `id` were read (`parts`: the verified chunks the
+    /// read got, by file offset). If it is a dynamically linked ELF file seen for the
+    /// first time, what its loading will open next is queued.
+    pub fn on_head(self: &Arc<Self>, id: LowerId, parts: Vec<(u64, Arc<Vec<u8>>)>) {
+        let starts_elf = parts
+            .iter()
+            .find(|(off, _)| *off == 0)
+            .is_some_and(|(_, b)| elf::is_elf(b));
+        if !starts_elf || !self.first_look(id) {
+            return;
+        }
+        self.examine(id, parts, false, false);
+    }
+
+    /// Marks `id` as seen; false if it was already (or the bound is reached).
+    fn first_look(&self, id: LowerId) -> bool {
+        let mut seen = self.seen.lock();
+        seen.len() < MAX_PREDICTED && seen.insert(id)
+    }
+
+    /// Looks at what is known of file `id`. A library being predicted also gets its
+    /// loader ranges queued. When the dynamic section is not among the pieces yet,
+    /// those ranges are fetched once and the file looked at again.
+    fn examine(
+        self: &Arc<Self>,
+        id: LowerId,
+        parts: Vec<(u64, Arc<Vec<u8>>)>,
+        as_library: bool,
+        second_look: bool,
+    ) {
+        let file = Sparse::new(parts.iter().map(|(o, b)| (*o, b.as_slice())).collect());
+        let Some(headers) = elf::headers(&file) else {
+            return;
+        };
+        let origin = self.origin(id);
+        if let Some(interp) = headers.interp(&file) {
+            if let Some(dep) = self.lookup(&interp) {
+                self.predict(dep);
+            }
+        }
+        let loader_chunks = self.chunks_for(id, &headers.loader_ranges());
+        match headers.dynamic(&file) {
+            Some(dynamic) => {
+                for name in &dynamic.needed {
+                    if let Some(dep) = self.find_library(name, &dynamic.runpath, &origin) {
+                        self.predict(dep);
+                    }
+                }
+                if as_library && !second_look {
+                    if let Some((layer, chunks)) = loader_chunks {
+                        self.fetcher
+                            .queue_speculative(Priority::Prefetch, layer, chunks);
+                    }
+                }
+            }
+            None if !second_look => {
+                let Some((layer, chunks)) = loader_chunks else {
+                    return;
+                };
+                let me = Arc::clone(self);
+                let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
+                self.fetcher.submit_with(
+                    Priority::Prefetch,
+                    layer,
+                    chunks,
+                    Box::new(move |r| match r {
+                        Ok(data) => {
+                            let parts = offsets.into_iter().zip(data).collect();
+                            me.examine(id, parts, as_library, true);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "fetching loader ranges failed"),
+                    }),
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Queues the head of library `id` (once); its loader ranges and needs follow
+    /// when the head is in.
+    fn predict(self: &Arc<Self>, id: LowerId) {
+        if !self.first_look(id) {
+            return;
+        }
+        let Some((layer, chunks)) = self.chunks_for(id, &[0..HEAD_BYTES]) else {
+            return;
+        };
+        if let Some(path) = self.tree.node(id).and_then(|n| n.paths.first()) {
+            tracing::debug!(path, "predicted: the loader will open it");
+        }
+        let me = Arc::clone(self);
+        let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
+        self.fetcher.submit_with(
+            Priority::Prefetch,
+            layer,
+            chunks,
+            Box::new(move |r| match r {
+                Ok(data) => {
+                    let parts = offsets.into_iter().zip(data).collect();
+                    me.examine(id, parts, true, false);
+                }
+                Err(e) => tracing::debug!(error = %e, "predicted fetch failed"),
+            }),
+        );
+    }
+
+    /// The layer and chunks of regular file `id` that cover `ranges` (file offsets),
+    /// in file order, each once.
+    fn chunks_for(&self, id: LowerId, ranges: &[Range<u64>]) -> Option<(usize, Vec<Chunk>)> {
+        let node = self.tree.node(id)?;
+        if node.entry.kind != EntryKind::Reg {
+            return None;
+        }
+        let index = self.tree.layers.get(node.layer)?;
+        let all = index.chunks_of(&node.entry);
+        let size = node.entry.size;
+        let mut picked: Vec<usize> = Vec::new();
+        for r in ranges {
+            let (start, end) = (r.start.min(size), r.end.min(size));
+            if start >= end {
+                continue;
+            }
+            picked.extend(plan::chunk_range(all, start, end));
+        }
+        picked.sort_unstable();
+        picked.dedup();
+        let chunks: Vec<Chunk> = picked
+            .into_iter()
+            .filter_map(|i| all.get(i).copied())
+            .collect();
+        (!chunks.is_empty()).then_some((node.layer, chunks))
+    }
+
+    /// The directory of file `id` (the loader's `$ORIGIN`).
+    fn origin(&self, id: LowerId) -> String {
+        let path = self
+            .tree
+            .node(id)
+            .and_then(|n| n.paths.first())
+            .map(String::as_str)
+            .unwrap_or("");
+        let dir = crate::tree::split(path).0;
+        format!("/{dir}")
+    }
+
+    /// Where the loader finds library `name`: a path as given, else the first of the
+    /// run path (with `$ORIGIN`) and the default directories that holds it.
+    fn find_library(&self, name: &str, runpath: &[String], origin: &str) -> Option<LowerId> {
+        if name.contains('/') {
+            return if name.starts_with('/') {
+                self.lookup(name)
+            } else {
+                None
+            };
+        }
+        let expanded = runpath
+            .iter()
+            .map(|d| d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin));
+        expanded
+            .chain(DEFAULT_DIRS.iter().map(|d| d.to_string()))
+            .find_map(|dir| self.lookup(&format!("{dir}/{name}")))
+    }
+
+    /// The regular file at absolute `path` in the merged tree, following symlinks
+    /// (within the root: `..` stops there, absolute targets start from it).
+    fn lookup(&self, path: &str) -> Option<LowerId> {
+        let mut hops = 0;
+        let mut stack: Vec<LowerId> = vec![ROOT];
+        let mut todo: Vec<String> = components(path);
+        todo.reverse();
+        while let Some(name) = todo.pop() {
+            let dir = *stack.last()?;
+            match name.as_str() {
+                "." => continue,
+                ".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let id = self.tree.child(dir, &name)?;
+            let node = self.tree.node(id)?;
+            if node.entry.kind == EntryKind::Symlink {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return None;
+                }
+                if node.entry.link.starts_with('/') {
+                    stack.truncate(1);
+                }
+                let mut target = components(&node.entry.link);
+                target.reverse();
+                todo.extend(target);
+                continue;
+            }
+            stack.push(id);
+        }
+        let id = *stack.last()?;
+        (self.tree.node(id)?.entry.kind == EntryKind::Reg).then_some(id)
+    }
+}
+
+/// The non-empty components of a path.
+fn components(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
+}
