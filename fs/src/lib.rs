@@ -108,6 +108,11 @@ pub struct MountOptions {
     /// The first cache miss in an executable lower file of at most this many bytes
     /// queues the rest of the file at prefetch priority (0: off).
     pub whole_file_max: u64,
+    /// Files to read right after mounting, as on-demand reads, before anyone asks:
+    /// the program about to be exec'd (each item lists candidate paths, as `PATH`
+    /// gives them; the first regular file found is read) and the files the launcher
+    /// reads itself (`/etc/passwd`, `/etc/group`). See [`predict::warm`].
+    pub warm: Vec<Vec<String>>,
 }
 
 impl MountOptions {
@@ -133,6 +138,7 @@ impl MountOptions {
             tuning: FetchTuning::default(),
             readahead: 1 << 20,
             whole_file_max: 64 << 20,
+            warm: Vec::new(),
         }
     }
 }
@@ -307,9 +313,12 @@ fn spawn_stats_writer(
 fn start_prefetch(
     opts: &MountOptions,
     layers: &[Layer],
-    tree: &tree::LowerTree,
-    fetcher: &Fetcher,
+    tree: &Arc<tree::LowerTree>,
+    fetcher: &Arc<Fetcher>,
 ) {
+    if !opts.warm.is_empty() {
+        predict::warm(tree, fetcher, &opts.warm, opts.whole_file_max);
+    }
     if let Some(profile) = &opts.profile {
         for (layer, chunks) in profile.plan(tree) {
             fetcher.queue_speculative(Priority::Prefetch, layer, chunks);

@@ -14,7 +14,7 @@
 use crate::elf::{self, Sparse};
 use crate::fetcher::{Fetcher, Priority};
 use crate::plan;
-use crate::tree::{LowerId, LowerTree, ROOT};
+use crate::tree::{LowerId, LowerTree};
 use parking_lot::Mutex;
 use skiff_proto::index::{Chunk, EntryKind};
 use std::collections::HashSet;
@@ -37,8 +37,6 @@ const DEFAULT_DIRS: &[&str] = &[
     "/usr/lib",
     "/usr/local/lib",
 ];
-/// Symlinks followed resolving one path (the kernel's limit).
-const MAX_HOPS: usize = 40;
 /// Most files predicted for one mount: a bound on what a hostile image can queue.
 const MAX_PREDICTED: usize = 4096;
 
@@ -96,7 +94,7 @@ impl Predictor {
         };
         let origin = self.origin(id);
         if let Some(interp) = headers.interp(&file) {
-            if let Some(dep) = self.lookup(&interp) {
+            if let Some(dep) = self.tree.resolve_file(&interp) {
                 self.predict(dep);
             }
         }
@@ -210,7 +208,7 @@ impl Predictor {
     fn find_library(&self, name: &str, runpath: &[String], origin: &str) -> Option<LowerId> {
         if name.contains('/') {
             return if name.starts_with('/') {
-                self.lookup(name)
+                self.tree.resolve_file(name)
             } else {
                 None
             };
@@ -220,54 +218,48 @@ impl Predictor {
             .map(|d| d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin));
         expanded
             .chain(DEFAULT_DIRS.iter().map(|d| d.to_string()))
-            .find_map(|dir| self.lookup(&format!("{dir}/{name}")))
-    }
-
-    /// The regular file at absolute `path` in the merged tree, following symlinks
-    /// (within the root: `..` stops there, absolute targets start from it).
-    fn lookup(&self, path: &str) -> Option<LowerId> {
-        let mut hops = 0;
-        let mut stack: Vec<LowerId> = vec![ROOT];
-        let mut todo: Vec<String> = components(path);
-        todo.reverse();
-        while let Some(name) = todo.pop() {
-            let dir = *stack.last()?;
-            match name.as_str() {
-                "." => continue,
-                ".." => {
-                    if stack.len() > 1 {
-                        stack.pop();
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            let id = self.tree.child(dir, &name)?;
-            let node = self.tree.node(id)?;
-            if node.entry.kind == EntryKind::Symlink {
-                hops += 1;
-                if hops > MAX_HOPS {
-                    return None;
-                }
-                if node.entry.link.starts_with('/') {
-                    stack.truncate(1);
-                }
-                let mut target = components(&node.entry.link);
-                target.reverse();
-                todo.extend(target);
-                continue;
-            }
-            stack.push(id);
-        }
-        let id = *stack.last()?;
-        (self.tree.node(id)?.entry.kind == EntryKind::Reg).then_some(id)
+            .find_map(|dir| self.tree.resolve_file(&format!("{dir}/{name}")))
     }
 }
 
-/// The non-empty components of a path.
-fn components(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|c| !c.is_empty())
-        .map(String::from)
-        .collect()
+/// Reads the head of the first regular file of each item of `warm` (candidate paths)
+/// right away, as an on-demand read would: an executable gets the rest of it queued
+/// (files up to `whole_file_max`) and its loader's files predicted, so that the
+/// program the container is about to exec is on its way while the container is set
+/// up. Nothing waits for these reads.
+pub fn warm(
+    tree: &Arc<LowerTree>,
+    fetcher: &Arc<Fetcher>,
+    warm: &[Vec<String>],
+    whole_file_max: u64,
+) {
+    let predictor = Arc::new(Predictor::new(tree.clone(), fetcher.clone()));
+    for candidates in warm {
+        let Some(id) = candidates.iter().find_map(|p| tree.resolve_file(p)) else {
+            continue;
+        };
+        let Some((layer, head)) = predictor.chunks_for(id, &[0..HEAD_BYTES]) else {
+            continue;
+        };
+        let Some(node) = tree.node(id) else { continue };
+        let executable =
+            whole_file_max > 0 && node.entry.mode & 0o111 != 0 && node.entry.size <= whole_file_max;
+        if executable {
+            if let Some(idx) = tree.layers.get(layer) {
+                let rest = plan::rest_of_file(idx.chunks_of(&node.entry), &head);
+                fetcher.queue_speculative(Priority::Prefetch, layer, rest);
+            }
+        }
+        let p = predictor.clone();
+        let offsets: Vec<u64> = head.iter().map(|c| c.file_offset).collect();
+        fetcher.submit(
+            layer,
+            head,
+            Box::new(move |r| match r {
+                Ok(data) if executable => p.on_head(id, offsets.into_iter().zip(data).collect()),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "warm-up read failed"),
+            }),
+        );
+    }
 }

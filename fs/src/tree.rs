@@ -206,10 +206,58 @@ impl LowerTree {
         (id as usize).lt(&self.nodes.len()).then_some(id)
     }
 
+    /// The regular file at absolute `path` in the merged tree, following symlinks
+    /// (within the root: `..` stops there, absolute targets start from it).
+    pub fn resolve_file(&self, path: &str) -> Option<LowerId> {
+        let mut hops = 0;
+        let mut stack: Vec<LowerId> = vec![ROOT];
+        let mut todo: Vec<String> = components(path);
+        todo.reverse();
+        while let Some(name) = todo.pop() {
+            let dir = *stack.last()?;
+            match name.as_str() {
+                "." => continue,
+                ".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let id = self.child(dir, &name)?;
+            let node = self.node(id)?;
+            if node.entry.kind == EntryKind::Symlink {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return None;
+                }
+                if node.entry.link.starts_with('/') {
+                    stack.truncate(1);
+                }
+                let mut target = components(&node.entry.link);
+                target.reverse();
+                todo.extend(target);
+                continue;
+            }
+            stack.push(id);
+        }
+        let id = *stack.last()?;
+        (self.node(id)?.entry.kind == EntryKind::Reg).then_some(id)
+    }
+
     /// The layer index a node's entry comes from.
     pub fn layer_of(&self, id: LowerId) -> Option<&Arc<LayerIndex>> {
         self.layers.get(self.node(id)?.layer)
     }
+}
+
+/// The non-empty components of a path.
+fn components(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 struct Builder {
@@ -352,6 +400,37 @@ mod tests {
             checkpoints: vec![],
             prefetch: vec![],
         })
+    }
+
+    #[test]
+    fn resolves_files_through_symlinks_within_the_root() {
+        use EntryKind::*;
+        let t = LowerTree::build(vec![layer(vec![
+            ("usr", Dir, ""),
+            ("usr/lib", Dir, ""),
+            ("usr/lib/libc.so.6", Reg, ""),
+            ("usr/lib/libc.so", Symlink, "libc.so.6"),
+            ("lib", Symlink, "usr/lib"),
+            ("lib64", Symlink, "/usr/lib"),
+            ("up", Symlink, "../../../usr/lib/libc.so.6"),
+            ("a", Symlink, "b"),
+            ("b", Symlink, "a"),
+        ])])
+        .unwrap();
+        let libc = t.resolve_file("/usr/lib/libc.so.6").unwrap();
+        for p in [
+            "usr/lib/libc.so",
+            "/lib/libc.so.6",
+            "/lib64/libc.so",
+            "/lib/../lib/./libc.so.6",
+            "/up",
+        ] {
+            assert_eq!(t.resolve_file(p), Some(libc), "{p}");
+        }
+        // Not regular files, missing, or a loop: nothing.
+        for p in ["/usr/lib", "/lib", "/usr/lib/nope", "/a", "/a/x"] {
+            assert_eq!(t.resolve_file(p), None, "{p}");
+        }
     }
 
     #[test]

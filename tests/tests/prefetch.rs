@@ -776,8 +776,9 @@ fn ls_with_its_libraries() -> (Vec<Entry>, Vec<String>) {
 /// Without a profile, the head of a program being read (as exec reads it) brings in
 /// what the dynamic loader will open next — the interpreter and every library, the
 /// parts the loader reads — but not the libraries' text, which stays lazy. Shown by
-/// reading through the mount with the registry gone afterwards; and without
-/// prediction the same reads fail.
+/// reading through the mount with the registry gone afterwards; without prediction
+/// the same reads fail. With the program named in `MountOptions::warm` (what `skiff
+/// run` passes for the program it execs), the mount does all of it before any read.
 #[test]
 fn a_programs_head_brings_the_loader_parts_of_its_libraries() {
     let rt = runtime();
@@ -797,7 +798,9 @@ fn a_programs_head_brings_the_loader_parts_of_its_libraries() {
         .clone();
     let libc_bytes = std::fs::read(&libc).unwrap();
 
-    for predict in [true, false] {
+    // (predict, warm): read the head ourselves with and without prediction, or let
+    // the mount read it first thing (as `skiff run` asks for the program it execs).
+    for (predict, warm) in [(true, false), (false, false), (true, true)] {
         let proxy = FaultProxy::start(reg.addr());
         let via = Arc::new(skiff_tests::client(&proxy.host()));
         let reference = Reference::parse(&format!("{}/predict/ls:latest", proxy.host())).unwrap();
@@ -840,15 +843,21 @@ fn a_programs_head_brings_the_loader_parts_of_its_libraries() {
         if !predict {
             opts.whole_file_max = 0;
         }
+        if warm {
+            // PATH order: the first candidate does not exist.
+            opts.warm = vec![vec!["/usr/local/bin/ls".into(), "/usr/bin/ls".into()]];
+        }
         let m = Mounted::new(opts);
-        // What exec does first: read the program's head.
-        let mut head = vec![0u8; 4096];
-        use std::io::Read;
-        std::fs::File::open(m.path("usr/bin/ls"))
-            .unwrap()
-            .read_exact(&mut head)
-            .unwrap();
-        assert_eq!(&head[..4], b"\x7fELF");
+        if !warm {
+            // What exec does first: read the program's head.
+            let mut head = vec![0u8; 4096];
+            use std::io::Read;
+            std::fs::File::open(m.path("usr/bin/ls"))
+                .unwrap()
+                .read_exact(&mut head)
+                .unwrap();
+            assert_eq!(&head[..4], b"\x7fELF");
+        }
         // Let what was queued finish (no new request for a while), then lose the
         // registry.
         let mut last = usize::MAX;
@@ -872,6 +881,10 @@ fn a_programs_head_brings_the_loader_parts_of_its_libraries() {
             f.read_exact_at(&mut buf, offset)?;
             Ok(buf)
         };
+        if warm {
+            let ls = read_at("usr/bin/ls", 0, 4096).expect("the program was read first");
+            assert_eq!(ls, std::fs::read("/usr/bin/ls").unwrap()[..4096]);
+        }
         for lib in &libs {
             // By its real path: an absolute symlink read through the mount would be
             // followed on the host.

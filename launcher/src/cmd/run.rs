@@ -304,6 +304,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     let mut mount_opts = lazy.mount_options(global);
     mount_opts.upper = upper;
     let recording = plan_prefetch(global, &args, &mut lazy, &mut mount_opts);
+    mount_opts.warm = warm_files(&spec);
     let handle = match skiff_fs::mount(mount_opts, &mountpoint) {
         Ok(h) => h,
         Err(e) => {
@@ -420,6 +421,38 @@ fn run_through(
         let _ = std::fs::remove_dir_all(&state_dir);
     }
     Ok(code)
+}
+
+/// What the container will read first, for the mount to fetch at once
+/// ([`skiff_fs::MountOptions::warm`]): the program it execs (every place `PATH` may
+/// find it, in order, as execvp looks) and the user and group files the setup reads.
+fn warm_files(spec: &ContainerSpec) -> Vec<Vec<String>> {
+    let mut warm = vec![
+        vec!["/etc/passwd".to_string()],
+        vec!["/etc/group".to_string()],
+    ];
+    let Some(program) = spec.args.first().filter(|p| !p.is_empty()) else {
+        return warm;
+    };
+    let candidates = if program.contains('/') {
+        let cwd = spec.cwd.trim_end_matches('/');
+        vec![match program.starts_with('/') {
+            true => program.clone(),
+            false => format!("{cwd}/{program}"),
+        }]
+    } else {
+        let path = spec
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(crate::container::spec::DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| d.starts_with('/'))
+            .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
+            .collect()
+    };
+    warm.insert(0, candidates);
+    warm
 }
 
 /// Sets the prefetch profile, recording and background fetch of a `run` mount. Returns
