@@ -451,7 +451,9 @@ fn warm_files(spec: &ContainerSpec) -> Vec<Vec<String>> {
             .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
             .collect()
     };
-    warm.insert(0, candidates);
+    // After the small files: on a shared link, a program's megabytes would hold up
+    // the user lookups the setup waits for before it can exec.
+    warm.push(candidates);
     warm
 }
 

@@ -529,15 +529,24 @@ impl Client {
             builder = builder.body(body.clone());
         }
         self.stats.add_request();
-        builder
-            .send()
-            .await
-            .map_err(|source| RegistryError::Network {
-                method: req.method.to_string(),
-                url: redacted(&url),
-                // reqwest's message names the URL again, query and all.
-                source: source.without_url(),
-            })
+        let sent = std::time::Instant::now();
+        let answer = builder.send().await;
+        // One line per request (headers in, body not yet read): the trace that shows
+        // where a cold start waits on round trips.
+        tracing::debug!(
+            method = %req.method,
+            url = %redacted(&url),
+            status = answer.as_ref().map(|r| r.status().as_u16()).unwrap_or(0),
+            ms = sent.elapsed().as_millis() as u64,
+            range = req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or(""),
+            "registry request"
+        );
+        answer.map_err(|source| RegistryError::Network {
+            method: req.method.to_string(),
+            url: redacted(&url),
+            // reqwest's message names the URL again, query and all.
+            source: source.without_url(),
+        })
     }
 
     /// [`Client::send`], then [`Client::expect`] one of the `ok` statuses.
