@@ -92,6 +92,11 @@ pub const EMPTY_CONFIG: &[u8] = b"{}";
 
 /// `artifactType` of a Skiff layer-index artifact (see [`crate::index::artifact`]).
 pub const INDEX_ARTIFACT_TYPE: &str = "application/vnd.skiff.layer-index.v1";
+/// Annotation of an index artifact listed in an image index beside the manifest it
+/// describes (`skiff index --bind`): that manifest's digest. Bound this way, the
+/// layer indexes are covered by the image index's digest (and any signature over it),
+/// unlike an artifact found through the referrers API.
+pub const BOUND_SUBJECT_ANNOTATION: &str = "dev.skiff.index.subject";
 /// Media type of one layer's encoded index in a layer-index artifact.
 pub const INDEX_LAYER_MEDIA_TYPE: &str = "application/vnd.skiff.layer-index.v1.postcard";
 /// `artifactType` of a Skiff prefetch-profile artifact.
@@ -314,10 +319,11 @@ impl Index {
     /// The entry whose platform best matches `want`: exact variant first, then any
     /// entry with the same os/arch when `want` names no variant.
     pub fn select(&self, want: &Platform) -> Option<&Descriptor> {
+        // Artifacts listed beside images (bound indexes) are never the image.
         let candidates = || {
-            self.manifests
-                .iter()
-                .filter(|d| d.platform.as_ref().is_some_and(|p| p.matches(want)))
+            self.manifests.iter().filter(|d| {
+                d.artifact_type.is_none() && d.platform.as_ref().is_some_and(|p| p.matches(want))
+            })
         };
         candidates()
             .find(|d| d.platform.as_ref().is_some_and(|p| p.variant_eq(want)))
@@ -499,6 +505,27 @@ impl ResolvedImage {
     /// The layers, bottom first.
     pub fn layers(&self) -> &[Descriptor] {
         &self.manifest.layers
+    }
+
+    /// The index artifacts the image index binds to this manifest (`skiff index
+    /// --bind`): entries of [`INDEX_ARTIFACT_TYPE`] whose
+    /// [`BOUND_SUBJECT_ANNOTATION`] names [`ResolvedImage::manifest_digest`].
+    pub fn bound_index_artifacts(&self) -> Vec<Descriptor> {
+        let Some(bytes) = &self.index_bytes else {
+            return Vec::new();
+        };
+        let Ok(index) = serde_json::from_slice::<Index>(bytes) else {
+            return Vec::new();
+        };
+        let subject = self.manifest_digest.to_string();
+        index
+            .manifests
+            .into_iter()
+            .filter(|d| {
+                d.artifact_type.as_deref() == Some(INDEX_ARTIFACT_TYPE)
+                    && d.annotations.get(BOUND_SUBJECT_ANNOTATION) == Some(&subject)
+            })
+            .collect()
     }
 
     /// The descriptor of the platform manifest (what artifacts name as `subject`).

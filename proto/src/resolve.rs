@@ -50,6 +50,8 @@ pub enum IndexSource {
     Store,
     /// An index artifact published beside the image.
     Published,
+    /// An index artifact the image index binds to the manifest (`skiff index --bind`).
+    Bound,
     /// The layer's own TOC (eStargz, zstd:chunked), read with Range requests.
     Toc,
     /// Built by one streaming pass over the layer blob.
@@ -64,6 +66,7 @@ impl std::fmt::Display for IndexSource {
         f.write_str(match self {
             IndexSource::Store => "local store",
             IndexSource::Published => "published artifact",
+            IndexSource::Bound => "bound in the image index",
             IndexSource::Toc => "layer TOC",
             IndexSource::Streamed => "streaming pass",
             IndexSource::LocalLayer => "whole layer in the local store",
@@ -208,6 +211,8 @@ pub enum ResolveError {
 
 /// The manifests of the index artifacts published for an image, verified.
 struct Published {
+    /// Whether they are bound in the image index rather than found as referrers.
+    bound: bool,
     artifacts: Vec<Manifest>,
     /// Why artifacts (or the lookup) were refused, for every layer's `refused`.
     problems: Vec<String>,
@@ -260,7 +265,11 @@ pub fn resolve_layers(
         .zip(layers)
         .any(|((i, _), l)| i.is_none() && !carries_toc(l));
     let published = if opts.use_published && needs_published {
-        Some(find_published(client, handle, image))
+        let bound = image.bound_index_artifacts();
+        Some(match bound.is_empty() {
+            true => find_published(client, handle, image),
+            false => fetch_bound(client, handle, image, &bound),
+        })
     } else {
         None
     };
@@ -391,7 +400,13 @@ fn resolve_one(
                 break;
             }
             match fetch_published(client, handle, repo, artifact, layer) {
-                Ok(Some(index)) => return Ok(confirm(index, IndexSource::Published, &mut refused)),
+                Ok(Some(index)) => {
+                    let source = match p.bound {
+                        true => IndexSource::Bound,
+                        false => IndexSource::Published,
+                    };
+                    return Ok(confirm(index, source, &mut refused));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(layer = %layer.digest, "published index refused: {e}");
@@ -524,6 +539,56 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
         }
     }
     Published {
+        bound: false,
+        artifacts,
+        problems,
+    }
+}
+
+/// Fetches the index artifacts the image index binds to the manifest (`bound`, from
+/// [`ResolvedImage::bound_index_artifacts`]): by digest, so verified by it, and
+/// checked to be index artifacts about this manifest.
+fn fetch_bound(
+    client: &Arc<Client>,
+    handle: &Handle,
+    image: &ResolvedImage,
+    bound: &[Descriptor],
+) -> Published {
+    let repo = image.reference.repository();
+    let mut artifacts = Vec::new();
+    let mut problems = Vec::new();
+    for d in bound {
+        let fetched = handle
+            .block_on(client.get_manifest(repo, &d.digest.to_string()))
+            .and_then(|(bytes, _, _)| {
+                serde_json::from_slice::<Manifest>(&bytes).map_err(|e| RegistryError::BadResponse {
+                    url: format!("{repo}@{}", d.digest),
+                    message: format!("bound index artifact is not a manifest: {e}"),
+                })
+            });
+        match fetched {
+            Ok(m)
+                if m.artifact_type.as_deref() == Some(INDEX_ARTIFACT_TYPE)
+                    && m.subject.as_ref().map(|s| s.digest) == Some(image.manifest_digest) =>
+            {
+                artifacts.push(m)
+            }
+            Ok(_) => problems.push(format!(
+                "bound artifact {} is not a layer index of {}",
+                d.digest, image.manifest_digest
+            )),
+            Err(source) => {
+                let e = ResolveError::Artifact {
+                    digest: d.digest,
+                    source: Box::new(source),
+                };
+                tracing::warn!("{e}");
+                problems.push(e.to_string());
+            }
+        }
+    }
+    Published {
+        bound: true,
         artifacts,
         problems,
     }

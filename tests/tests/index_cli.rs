@@ -660,3 +660,81 @@ fn a_published_index_that_lies_is_refused_once_the_whole_layer_is_here() {
     assert_eq!(layers[1].source, IndexSource::Published);
     assert_eq!(layers[1].matched_layer, None);
 }
+
+#[test]
+fn bound_indexes_travel_in_the_image_index_and_other_tools_still_pick_the_image() {
+    if !skiff_tests::tools_or_skip(&["skopeo"], "for symmetry with the other tools tests") {
+        return;
+    }
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "bind/app:v1",
+        plain_layers(),
+    ));
+    let image_ref = reg.reference("bind/app:v1");
+    let publisher = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = Skiff::new(publisher.path()).run(&["index", "-q", "--bind", &image_ref]);
+        ok(&out, "skiff index --bind");
+        assert!(
+            text(&out.stdout).contains("bound: image index"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    // The tag now names an index: the image manifest first, its index artifact beside
+    // it (binding twice replaced the first artifact entry rather than adding one).
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image_ref}"))
+        .output()
+        .unwrap();
+    ok(&raw, "skopeo inspect --raw");
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    assert_eq!(entries[0]["digest"], built.digest.to_string());
+    assert_eq!(
+        entries[1]["annotations"]["dev.skiff.index.subject"],
+        built.digest.to_string()
+    );
+    // Another tool resolving the tag for this platform gets the image.
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{image_ref}"))
+        .output()
+        .unwrap();
+    ok(&inspect, "skopeo inspect");
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    // ("Digest" is the index's now; the layers are the image's.)
+    let want: Vec<String> = built
+        .layers
+        .iter()
+        .map(|l| Digest::of(&l.blob).to_string())
+        .collect();
+    let got: Vec<String> = info["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want, "{info}");
+
+    // Skiff on a fresh root takes the bound indexes, without asking for referrers.
+    let proxy = FaultProxy::start(reg.addr());
+    let client = Arc::new(skiff_tests::client(&proxy.host()));
+    let image = resolve(&client, &format!("{}/bind/app:v1", proxy.host()));
+    assert_eq!(image.manifest_digest, built.digest);
+    let fresh = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, fresh.path());
+    for l in &layers {
+        assert_eq!(l.source, IndexSource::Bound, "{}", l.descriptor.digest);
+    }
+    assert_eq!(proxy.count(None, "/referrers/"), 0);
+    assert_eq!(proxy.count(None, "/manifests/sha256-"), 0);
+    // And the files read right through them.
+    let files = read_all(&layers[1].index, layers[1].blob.as_ref());
+    assert_eq!(files["etc/motd"], b"hello\n");
+}

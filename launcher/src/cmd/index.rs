@@ -7,7 +7,10 @@ use super::Global;
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skiff_proto::digest::Digest;
-use skiff_proto::image::{Descriptor, ResolvedImage, INDEX_ARTIFACT_TYPE};
+use skiff_proto::image::{
+    Descriptor, Index, ResolvedImage, BOUND_SUBJECT_ANNOTATION, INDEX_ARTIFACT_TYPE,
+    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+};
 use skiff_proto::index::artifact::{index_blob, IndexBlob};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
@@ -33,6 +36,15 @@ pub struct Args {
     /// command exits 1.
     #[arg(long, conflicts_with = "no_published")]
     pub verify: bool,
+    /// Publish the indexes and bind them to the image: push an image index that lists
+    /// the image manifest and the index artifact side by side, under the image's tag
+    /// (or --bind-tag), so that the image index's digest (and a signature over it)
+    /// covers the indexes. Other tools still pick the image from it.
+    #[arg(long)]
+    pub bind: bool,
+    /// The tag the binding image index is pushed under (default: the image's own).
+    #[arg(long, value_name = "TAG", requires = "bind")]
+    pub bind_tag: Option<String>,
     /// Layers indexed at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -115,7 +127,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         }
         println!("{matched} published index(es) checked against their layers: all match");
     }
-    if args.push {
+    if args.push || args.bind {
         // An index taken from a published artifact was not derived here: pushing it
         // again would vouch for what someone else wrote.
         let foreign: Vec<String> = layers
@@ -135,8 +147,77 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             image.reference.name(),
             image.manifest_digest
         );
+        if args.bind {
+            let tag = match (&args.bind_tag, image.reference.tag()) {
+                (Some(t), _) => t.clone(),
+                (None, Some(t)) => t.to_string(),
+                (None, None) => anyhow::bail!(
+                    "--bind needs a tag to push the image index under: {} names a digest; give --bind-tag",
+                    image.reference
+                ),
+            };
+            let bound = rt.block_on(bind(&client, &image, digest, &tag))?;
+            println!(
+                "bound: image index {bound} ({}:{tag}) lists {} and its indexes",
+                image.reference.name(),
+                image.manifest_digest
+            );
+        }
     }
     Ok(0)
+}
+
+/// Pushes, under `tag`, an image index listing the image manifest first and the index
+/// artifact `artifact` beside it (same platform, so tools that pick by platform take
+/// the first entry, the image; [`BOUND_SUBJECT_ANNOTATION`] names the manifest).
+/// An image that came from an index keeps all of its entries.
+async fn bind(
+    client: &Client,
+    image: &ResolvedImage,
+    artifact: Digest,
+    tag: &str,
+) -> anyhow::Result<Digest> {
+    let repo = image.reference.repository();
+    let (artifact_bytes, _, _) = client
+        .get_manifest(repo, &artifact.to_string())
+        .await
+        .context("reading back the index artifact")?;
+    let mut entry = Descriptor::new(MEDIA_OCI_MANIFEST, artifact, artifact_bytes.len() as u64);
+    entry.artifact_type = Some(INDEX_ARTIFACT_TYPE.to_string());
+    entry.platform = Some(image.platform.clone());
+    entry.annotations.insert(
+        BOUND_SUBJECT_ANNOTATION.to_string(),
+        image.manifest_digest.to_string(),
+    );
+    let mut index = match &image.index_bytes {
+        Some(bytes) => serde_json::from_slice::<Index>(bytes).context("parsing the image index")?,
+        None => {
+            let mut m = image.manifest_descriptor();
+            m.platform = Some(image.platform.clone());
+            Index::oci(vec![m])
+        }
+    };
+    // A binding made earlier for this manifest is replaced, not kept beside.
+    let subject = image.manifest_digest.to_string();
+    index.manifests.retain(|d| {
+        d.artifact_type.as_deref() != Some(INDEX_ARTIFACT_TYPE)
+            || d.annotations.get(BOUND_SUBJECT_ANNOTATION) != Some(&subject)
+    });
+    index.manifests.push(entry);
+    let media_type = index
+        .media_type
+        .clone()
+        .unwrap_or_else(|| MEDIA_OCI_INDEX.to_string());
+    let bytes = serde_json::to_vec(&index).context("encoding the image index")?;
+    client
+        .push_manifest(repo, tag, &media_type, &bytes)
+        .await
+        .with_context(|| {
+            format!(
+                "pushing the image index as {}:{tag}",
+                image.reference.name()
+            )
+        })
 }
 
 /// Draws one `indicatif` bar per streaming pass of [`resolve_layers`].
