@@ -44,6 +44,8 @@ pub struct RegistryOptions {
     pub bind_ip: Option<std::net::IpAddr>,
     /// Serve HTTPS with this (certificate chain, key) pair of PEM files.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
     /// Run as a pull-through cache of this registry URL (`proxy.remoteurl`, e.g.
     /// `http://127.0.0.1:PORT`); such a registry refuses pushes.
     pub proxy_remote: Option<String>,
@@ -120,9 +122,14 @@ impl Registry {
             let addr = SocketAddr::new(ip, port);
             let tls = match &options.tls {
                 Some((cert, key)) => format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    "  tls:\n    certificate: {}\n    key: {}\n{}",
                     cert.display(),
-                    key.display()
+                    key.display(),
+                    options
+                        .client_ca
+                        .as_ref()
+                        .map(|ca| format!("    clientcas:\n      - {}\n", ca.display()))
+                        .unwrap_or_default()
                 ),
                 None => String::new(),
             };

@@ -582,3 +582,147 @@ async fn an_edited_hosts_toml_is_followed_without_a_restart() {
     wait().await;
     assert_eq!(c.hosts(), [registry.to_string()]);
 }
+
+/// A throwaway CA in `dir` (`ca.crt`), a server certificate for 127.0.0.1
+/// (`srv.crt`/`srv.key`) and a client certificate (`client.crt`/`client.key`), both
+/// signed by it.
+fn make_pki(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=skiff mirror test CA",
+    ]);
+    std::fs::write(dir.join("srv.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("srv", "127.0.0.1"), ("client", "skiff client")] {
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "1",
+            "-extfile",
+            &format!("{name}.cnf"),
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_mirror_is_used_with_its_ca_and_client_certificate_and_skipped_without() {
+    // An HTTPS mirror that wants client certificates, in front of (sharing the storage
+    // of) a plain registry. Each hosts.toml variant gets a fresh client; which host
+    // served a blob says whether the mirror's TLS settings worked.
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let p = |f: &str| pki.path().join(f);
+    let upstream = Registry::start();
+    let image = build_image(fixtures::sample_layers(), &Platform::host(), &["/bin/sh"]);
+    push_built(
+        &skiff_tests::client(&upstream.host()),
+        "tls/app",
+        "v1",
+        &image,
+    )
+    .await;
+    let mirror = Registry::start_with(RegistryOptions {
+        storage: Some(upstream.storage().to_path_buf()),
+        tls: Some((p("srv.crt"), p("srv.key"))),
+        client_ca: Some(p("ca.crt")),
+        ..Default::default()
+    });
+    let hosts = tempfile::tempdir().unwrap();
+    let file = hosts.path().join(upstream.host()).join("hosts.toml");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let d = Digest::of(&image.layers[0].blob);
+    let mirror_host = mirror.host();
+    let cases = [
+        (
+            "ca and client certificate",
+            format!(
+                "ca = \"{}\"\nclient = [[\"{}\", \"{}\"]]",
+                p("ca.crt").display(),
+                p("client.crt").display(),
+                p("client.key").display()
+            ),
+            &mirror_host,
+        ),
+        (
+            "skip_verify and client certificate",
+            format!(
+                "skip_verify = true\nclient = [[\"{}\", \"{}\"]]",
+                p("client.crt").display(),
+                p("client.key").display()
+            ),
+            &mirror_host,
+        ),
+        (
+            "no client certificate",
+            format!("ca = \"{}\"", p("ca.crt").display()),
+            &upstream.host(),
+        ),
+        (
+            "an untrusted server",
+            format!(
+                "client = [[\"{}\", \"{}\"]]",
+                p("client.crt").display(),
+                p("client.key").display()
+            ),
+            &upstream.host(),
+        ),
+    ];
+    for (what, settings, served) in &cases {
+        std::fs::write(
+            &file,
+            format!(
+                "[host.\"https://{mirror_host}\"]\n  capabilities = [\"pull\"]\n  {}\n",
+                settings.replace('\n', "\n  ")
+            ),
+        )
+        .unwrap();
+        let c = client_for(&upstream.host(), Some(hosts.path()));
+        assert_eq!(
+            c.get_blob("tls/app", d).await.unwrap(),
+            image.layers[0].blob,
+            "{what}"
+        );
+        assert_eq!(c.served_by(&d).as_deref(), Some(served.as_str()), "{what}");
+    }
+}
