@@ -26,6 +26,9 @@ pub enum Fault {
     CorruptByte,
     /// Remove the `Range` header before forwarding (a registry that ignores Range).
     StripRange,
+    /// As [`Fault::StripRange`], and send the answer slowly: this long after each
+    /// 64 KiB (a cold pull-through cache streaming a blob it is still fetching).
+    StripRangeSlowly(std::time::Duration),
     /// Answer `307` with `Location: <base><path>` (e.g. `http://127.0.0.1:P`).
     Redirect(String),
     /// Hold the request this long without answering, then close (a registry that hangs).
@@ -295,7 +298,9 @@ fn handle(mut conn: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io
             let _ = conn.shutdown(Shutdown::Both);
             return Ok(());
         }
-        Some(Fault::StripRange) => headers.retain(|(k, _)| !k.eq_ignore_ascii_case("range")),
+        Some(Fault::StripRange | Fault::StripRangeSlowly(_)) => {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("range"))
+        }
         _ => {}
     }
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("connection"));
@@ -325,6 +330,13 @@ fn handle(mut conn: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io
             conn.write_all(&resp[..cut])?;
             conn.flush()?;
             let _ = conn.shutdown(Shutdown::Both);
+        }
+        Some(Fault::StripRangeSlowly(pause)) => {
+            for piece in resp.chunks(64 << 10) {
+                conn.write_all(piece)?;
+                conn.flush()?;
+                std::thread::sleep(pause);
+            }
         }
         _ => conn.write_all(&resp)?,
     }

@@ -116,6 +116,59 @@ async fn a_host_ignoring_range_is_read_whole_once_and_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_arriving_during_a_whole_stream_take_their_bytes_from_it() {
+    // A host that always ignores Range and streams slowly (a cold pull-through cache):
+    // reads that come while the first one streams the blob, for ranges it has not
+    // passed yet, are answered from that stream, with no request of their own.
+    let reg = Registry::start();
+    let img = fixtures::push_image(&reg.host(), "ride:v1", layers()).await;
+    let proxy = FaultProxy::start(reg.addr());
+    let c = Arc::new(client_for(&proxy.host(), None));
+    let d = img.manifest.layers[0].digest;
+    let blob = img.layers[0].blob.clone();
+    let size = blob.len() as u64;
+    assert!(size > 2 << 20, "{size}");
+    proxy.add_rule(Rule::new(
+        "/blobs/",
+        Fault::StripRangeSlowly(Duration::from_millis(20)),
+        None,
+    ));
+    let before = c.stats().bytes();
+    let first = {
+        let c = Arc::clone(&c);
+        tokio::spawn(async move { c.get_blob_range("ride", d, 0, 4096).await })
+    };
+    while proxy.count(Some("GET"), "/blobs/") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut riders = Vec::new();
+    for i in 0..6u64 {
+        let c = Arc::clone(&c);
+        let off = size / 2 + i * 100_000;
+        riders.push((
+            off,
+            tokio::spawn(async move { c.get_blob_range("ride", d, off, 8192).await }),
+        ));
+    }
+    assert_eq!(&first.await.unwrap().unwrap()[..], &blob[..4096]);
+    for (off, t) in riders {
+        let got = t.await.unwrap().unwrap();
+        assert_eq!(
+            &got[..],
+            &blob[off as usize..off as usize + 8192],
+            "at {off}"
+        );
+    }
+    assert_eq!(
+        proxy.count(Some("GET"), "/blobs/"),
+        1,
+        "riders asked the host"
+    );
+    assert_eq!(c.stats().bytes() - before, size, "the blob came once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_target_ignoring_range_is_read_whole() {
     let reg = Registry::start();
     let img = fixtures::push_image(&reg.host(), "cdn/app:v1", fixtures::sample_layers()).await;

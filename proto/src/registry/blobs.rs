@@ -90,7 +90,8 @@ impl Client {
     /// Reads `len` bytes at `offset` of a blob with one Range GET. The bytes are raw
     /// and unverified (chunk digests verify them). A host that answers `200` (ignoring
     /// Range) is read to the end once and the whole blob verified (see `whole_read.rs`);
-    /// concurrent reads of that blob wait for it, then ask with Range again.
+    /// concurrent reads of that blob take their bytes from it, or (if it has passed
+    /// them) wait for it and ask with Range again.
     pub async fn get_blob_range(
         &self,
         repository: &str,
@@ -107,9 +108,13 @@ impl Client {
                 url: digest.to_string(),
                 message: format!("range {offset}+{len} overflows"),
             })?;
+        // A whole-body read of this blob is under way: take the bytes from it if it
+        // has not passed them yet; else, once it ends, the host (a pull-through cache)
+        // has the blob and answers Range.
+        if let Some(bytes) = self.in_flight.ride(digest, offset, len).await {
+            return Ok(bytes);
+        }
         let gate = self.in_flight.gate(digest);
-        // A whole-body read of this blob is under way: once it ends, the host (a
-        // pull-through cache) has the blob and answers Range.
         drop(gate.lock().await);
         let mut round = 0;
         let resp = loop {
