@@ -144,13 +144,16 @@ impl LowerReader {
         // Read-ahead: on a sequential read, the file's next chunks that are nearby in
         // the blob and not stored ride along in the same request (the reply uses only
         // `chunks`).
+        // A random read of a big file: the rest of its block rides along.
+        let cache = self.fetcher.cache();
         let extra = if sequential {
-            let cache = self.fetcher.cache();
             plan::readahead(all, wanted, self.config.readahead, |c| {
                 cache.contains(&c.digest)
             })
         } else {
-            Vec::new()
+            plan::block_around(all, wanted, fsize, block_size(), |c| {
+                cache.contains(&c.digest)
+            })
         };
         let taken = chunks.len() + extra.len();
         if plan::wants_whole_file(
@@ -199,6 +202,18 @@ impl LowerReader {
         self.fetcher
             .queue_speculative(crate::fetcher::Priority::Prefetch, layer, rest);
     }
+}
+
+/// [`plan::RANDOM_READ_BLOCK`], or `SKIFF_READ_BLOCK` bytes (0: off) when set: for
+/// benchmarks weighing block sizes.
+fn block_size() -> u64 {
+    static BLOCK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BLOCK.get_or_init(|| {
+        std::env::var("SKIFF_READ_BLOCK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(plan::RANDOM_READ_BLOCK)
+    })
 }
 
 /// The verified data of `chunks`, by file offset.
