@@ -125,6 +125,7 @@ fn invalid_flag_values_are_125() {
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
     let out = std::process::Command::new(common::skiff_bin())
+        .env("SKIFF_NETWORK", "none")
         .args(["run", "--rootfs", "/nonexistent-rootfs", "true"])
         .output()
         .unwrap();
