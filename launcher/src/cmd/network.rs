@@ -50,7 +50,11 @@ struct RmArgs {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunNetworkArgs {
     /// Publish a container port: [IP:]HOST:CONTAINER[/tcp|udp] (bridge networks).
-    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER[/PROTO]")]
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
     pub publish: Vec<String>,
     /// Nameserver for the container's resolv.conf (replaces the host's).
     #[arg(long, value_name = "IP")]

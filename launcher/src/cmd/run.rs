@@ -237,7 +237,10 @@ fn network_setup(
     name: &str,
 ) -> anyhow::Result<crate::network::NetworkSetup> {
     // The runtime's default hostname (ContainerSpec): the id's first 12 digits.
-    let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id.chars().take(12).collect());
     let flags = args.net.flags(args.network.as_deref());
     Ok(crate::network::NetworkSetup::new(
         &global.root,

@@ -161,8 +161,7 @@ impl NetworkSetup {
             }
             _ => {}
         }
-        if !matches!(mode, Mode::Network(_)) && extra_hosts.iter().any(|h| h.ip == "host-gateway")
-        {
+        if !matches!(mode, Mode::Network(_)) && extra_hosts.iter().any(|h| h.ip == "host-gateway") {
             return Err(NetworkError::Conflict(
                 "--add-host ...:host-gateway needs a network with a gateway".into(),
             ));

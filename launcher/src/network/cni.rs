@@ -215,7 +215,10 @@ mod tests {
         assert_eq!(conf["name"], "n");
         assert_eq!(conf["cniVersion"], "1.0.0");
         assert_eq!(conf["prevResult"], prev);
-        assert_eq!(conf["runtimeConfig"], json!({"portMappings": [{"hostPort": 1}]}));
+        assert_eq!(
+            conf["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 1}]})
+        );
         let bridge = plugin_config(&list, &json!({"type": "bridge"}), None, &rc);
         assert!(bridge.get("runtimeConfig").is_none() && bridge.get("prevResult").is_none());
     }

@@ -142,7 +142,10 @@ mod tests {
         assert_eq!((e.host.as_str(), e.ip.as_str()), ("db", "10.0.0.5"));
         assert_eq!(parse_add_host("v6=[::1]").unwrap().ip, "::1");
         assert_eq!(parse_add_host("v6:::1").unwrap().ip, "::1");
-        assert_eq!(parse_add_host("gw:host-gateway").unwrap().ip, "host-gateway");
+        assert_eq!(
+            parse_add_host("gw:host-gateway").unwrap().ip,
+            "host-gateway"
+        );
         for bad in ["db", ":1.2.3.4", "db:notanip"] {
             assert!(parse_add_host(bad).is_err(), "{bad}");
         }

@@ -69,7 +69,13 @@ mod tests {
         let b = Ipv4Net::parse("10.89.3.0/24").unwrap();
         assert!(a.overlaps(&b) && b.overlaps(&a));
         assert!(!b.overlaps(&Ipv4Net::parse("10.89.4.0/24").unwrap()));
-        for bad in ["10.89.0.1/16", "10.89.0.0", "10.89.0.0/31", "x/8", "10.0.0.0/33"] {
+        for bad in [
+            "10.89.0.1/16",
+            "10.89.0.0",
+            "10.89.0.0/31",
+            "x/8",
+            "10.0.0.0/33",
+        ] {
             assert_eq!(Ipv4Net::parse(bad), None, "{bad}");
         }
     }

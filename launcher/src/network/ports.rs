@@ -81,7 +81,14 @@ mod tests {
             m("127.0.0.1", 53, 5353, "udp")
         );
         assert_eq!(parse("[::1]:8080:80").unwrap(), m("::1", 8080, 80, "tcp"));
-        for bad in ["80", "a:80", "8080:80/sctp", "1.2.3:8080:80", "0:80", "80-81:80-81"] {
+        for bad in [
+            "80",
+            "a:80",
+            "8080:80/sctp",
+            "1.2.3:8080:80",
+            "0:80",
+            "80-81:80-81",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         let json = serde_json::to_string(&parse("127.0.0.1:8080:80").unwrap()).unwrap();

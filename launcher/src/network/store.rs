@@ -160,7 +160,10 @@ impl NetworkStore {
             .iter()
             .find(|n| n.subnet().is_some_and(|s| s.overlaps(&subnet)))
         {
-            return Err(NetworkError::SubnetInUse(subnet.to_string(), other.name.clone()));
+            return Err(NetworkError::SubnetInUse(
+                subnet.to_string(),
+                other.name.clone(),
+            ));
         }
         let bridge = if name == DEFAULT_NETWORK {
             DEFAULT_BRIDGE.to_string()
@@ -203,7 +206,10 @@ impl NetworkStore {
 /// at most 64 characters, not one of `none`, `host`, `default`.
 fn check_name(name: &str) -> Result<(), NetworkError> {
     let ok = name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
@@ -278,9 +284,15 @@ mod tests {
             store.create("c", Ipv4Net::parse("10.90.1.128/25")),
             Err(NetworkError::SubnetInUse(..))
         ));
-        assert!(matches!(store.create("a", None), Err(NetworkError::NetworkExists(_))));
+        assert!(matches!(
+            store.create("a", None),
+            Err(NetworkError::NetworkExists(_))
+        ));
         for bad in ["host", "none", "-x", "a/b", ""] {
-            assert!(matches!(store.create(bad, None), Err(NetworkError::BadName(_))));
+            assert!(matches!(
+                store.create(bad, None),
+                Err(NetworkError::BadName(_))
+            ));
         }
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join("networks/a.conflist"))
@@ -291,7 +303,10 @@ mod tests {
         let names: Vec<String> = store.list().unwrap().into_iter().map(|n| n.name).collect();
         assert_eq!(names, ["a", "b", "bridge"]);
         store.remove("a").unwrap();
-        assert!(matches!(store.load("a"), Err(NetworkError::NoSuchNetwork(_))));
+        assert!(matches!(
+            store.load("a"),
+            Err(NetworkError::NoSuchNetwork(_))
+        ));
         // The freed bridge name and subnet are given out again.
         let c = store.create("c", None).unwrap();
         assert_eq!(c.bridge(), Some("skiff1"));
