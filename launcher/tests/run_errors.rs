@@ -114,7 +114,11 @@ fn invalid_flag_values_are_125() {
             &["--volume", "relative:/x", "true"][..],
             "invalid volume specification",
         ),
-        (&["--network", "bridge7", "true"][..], "invalid --network"),
+        // Any name may be a network made with `skiff network create`; docker's message.
+        (
+            &["--network", "bridge7", "true"][..],
+            "network bridge7 not found",
+        ),
         (
             &["--no-such-flag", "true"][..],
             "unknown flag: --no-such-flag",
