@@ -444,3 +444,52 @@ fn after_sigkill_of_skiff_the_next_command_removes_veth_rules_and_lease() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_torn_down(&ns, &r, "bridge", &id, &ip);
 }
+
+#[test]
+fn network_flags_that_do_not_fit_the_mode_are_125_and_none_keeps_dns_and_hosts() {
+    // No bridge is made here: --network none and host, or a failure before any.
+    let r = Rootfs::new();
+    for (args, needle) in [
+        (
+            &["--network", "none", "-p", "8080:80", "true"][..],
+            "conflicting options: port publishing",
+        ),
+        (
+            &["--network", "host", "--dns", "192.0.2.1", "true"][..],
+            "conflicting options: dns",
+        ),
+        (
+            &["--network", "none", "--add-host", "gw:host-gateway", "true"][..],
+            "host-gateway needs a network",
+        ),
+        (&["--network", "none", "-p", "80", "true"][..], "invalid -p"),
+        (
+            &["--network", "none", "--dns", "x", "true"][..],
+            "invalid --dns",
+        ),
+    ] {
+        let out = r.skiff(args);
+        assert_eq!(code(&out), 125, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    let out = r.skiff(&[
+        "--network",
+        "none",
+        "--dns",
+        "192.0.2.53",
+        "--dns-search",
+        "example.test",
+        "--add-host",
+        "db:192.0.2.7",
+        "cat",
+        "/etc/resolv.conf",
+        "/etc/hosts",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("nameserver 192.0.2.53\nsearch example.test\n"),
+        "{text}"
+    );
+    assert!(text.contains("192.0.2.7\tdb\n127.0.1.1\t"), "{text}");
+}

@@ -133,6 +133,10 @@ impl NetworkStore {
         } else {
             name
         };
+        // A name that could not have been created (`container:x`, `../x`) names no file.
+        if check_name(name).is_err() {
+            return Err(NetworkError::NoSuchNetwork(name.to_string()));
+        }
         if self.path(name).exists() {
             return self.read(name);
         }
@@ -188,6 +192,9 @@ impl NetworkStore {
     /// Removes network `name`'s config and its (empty) lease directory. The caller
     /// checks that no container uses it and holds the lock.
     pub fn remove(&self, name: &str) -> Result<(), NetworkError> {
+        if check_name(name).is_err() {
+            return Err(NetworkError::NoSuchNetwork(name.to_string()));
+        }
         let path = self.path(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {
