@@ -7,6 +7,7 @@ SKIFF_APT_PACKAGES=(
   build-essential pkg-config libssl-dev openssl ca-certificates curl bc python3 zstd
   docker-registry skopeo umoci runc fuse3 busybox-static apache2-utils
   containerd stargz-snapshotter fuse-overlayfs libseccomp-dev
+  containernetworking-plugins iptables iproute2
 )
 
 missing=()

@@ -3,6 +3,7 @@
 mod cmd;
 mod container;
 mod daemon;
+mod network;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ enum Command {
     Stop(cmd::stop::Args),
     /// Remove containers.
     Rm(cmd::rm::Args),
+    /// Manage networks: create, ls, rm.
+    Network(cmd::network::Args),
     /// Prefetch profiles: push, pull or show an image's recorded start-up reads.
     Profile(cmd::profile::Args),
     /// Run the resident daemon serving every mount of the root; or `status` / `stop` it.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Logs(a) => cmd::logs::run(&cli.global, a),
         Command::Stop(a) => cmd::stop::run(&cli.global, a),
         Command::Rm(a) => cmd::rm::run(&cli.global, a),
+        Command::Network(a) => cmd::network::run(&cli.global, a),
         Command::Profile(a) => cmd::profile::run(&cli.global, a),
         Command::Daemon(a) => daemon::run(&cli.global, a),
     };

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 fn skiff(r: &Rootfs, args: &[&str]) -> Output {
     Command::new(common::skiff_bin())
+        .env("SKIFF_NETWORK", common::TEST_NETWORK)
         .arg("--root")
         .arg(&r.state)
         .args(args)

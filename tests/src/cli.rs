@@ -78,6 +78,8 @@ impl Skiff {
         c.arg("--root").arg(&self.root);
         c.env("DOCKER_CONFIG", self.root.join("no-docker-config"));
         c.env("SKIFF_HOSTS_DIR", self.root.join("no-hosts-dir"));
+        // `skiff run` defaults to the bridge network; tests stay off the host's.
+        c.env("SKIFF_NETWORK", "none");
         c.stdin(Stdio::null());
         c
     }

@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod lazy;
 pub mod logs;
 pub mod mount;
+pub mod network;
 pub mod profile;
 pub mod ps;
 pub mod pull;

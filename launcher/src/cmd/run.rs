@@ -39,9 +39,14 @@ pub struct Args {
     /// Container hostname (default: the first 12 hex digits of its id).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
-    /// Network: "none" (default; own namespace with loopback only) or "host".
-    #[arg(long, alias = "net", value_name = "MODE")]
+    /// Network: "bridge" (default: bridge skiff0 with outbound NAT), a network made
+    /// with `skiff network create`, "none" (loopback only) or "host". SKIFF_NETWORK
+    /// sets the default.
+    #[arg(long, alias = "net", value_name = "NETWORK", env = "SKIFF_NETWORK")]
     pub network: Option<String>,
+    /// Ports, DNS and hosts entries (see crate::network).
+    #[command(flatten)]
+    pub net: super::network::RunNetworkArgs,
     /// All capabilities, no seccomp filter, every device.
     #[arg(long)]
     pub privileged: bool,
@@ -167,6 +172,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     }
     let id = new_id();
     let name = claim_name(global, &args, &id)?;
+    let mut net = network_setup(global, &args, &id, &name)?;
     let state_dir = global.layout().container(&id).dir().to_path_buf();
     let spec = ContainerSpec::new(
         image_config.as_ref().and_then(|c| c.config().as_ref()),
@@ -179,9 +185,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let mut record = new_record(&id, name, &spec, &rootfs, args.detach);
     record.save(&global.root)?;
     if args.detach {
-        return detach(global, &spec, &rootfs, record, args.rm);
+        return detach(global, &spec, &rootfs, record, &mut net, args.rm);
     }
-    let code = supervise(global, &spec, &rootfs, &mut record);
+    let code = supervise(global, &spec, &rootfs, &mut record, &mut net);
     if args.rm {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
@@ -205,7 +211,7 @@ fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> 
         workdir: args.workdir.clone(),
         user: args.user.clone(),
         hostname: args.hostname.clone(),
-        network: args.network.clone(),
+        network: Some(args.net.flags(args.network.as_deref()).namespace_mode()),
         privileged: args.privileged,
         ulimits: args.ulimit.clone(),
         volumes: args.volume.clone(),
@@ -220,6 +226,29 @@ fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> 
         cap_drop: args.cap_drop.clone(),
         security_opt: args.security_opt.clone(),
     })
+}
+
+/// The container's network side from `--network`, `-p`, `--dns*` and `--add-host`
+/// (checked now, attached once PID 1's namespaces exist).
+fn network_setup(
+    global: &Global,
+    args: &Args,
+    id: &str,
+    name: &str,
+) -> anyhow::Result<crate::network::NetworkSetup> {
+    // The runtime's default hostname (ContainerSpec): the id's first 12 digits.
+    let hostname = args
+        .hostname
+        .clone()
+        .unwrap_or_else(|| id.chars().take(12).collect());
+    let flags = args.net.flags(args.network.as_deref());
+    Ok(crate::network::NetworkSetup::new(
+        &global.root,
+        &flags,
+        id,
+        name,
+        &hostname,
+    )?)
 }
 
 /// The container's name (given, or the id's first 12 digits), refused if in use.
@@ -274,13 +303,24 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     }
     let id = detached_id.clone().unwrap_or_else(new_id);
     let name = claim_name(global, &args, &id)?;
+    let mut net = network_setup(global, &args, &id, &name)?;
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
     if let Some(daemon) =
         crate::daemon::connect(global).filter(|_| args.registry.username.is_none())
     {
-        return run_through(&daemon, global, &args, image, opts, &id, name, detached_id);
+        return run_through(
+            &daemon,
+            global,
+            &args,
+            image,
+            opts,
+            &id,
+            name,
+            detached_id,
+            &mut net,
+        );
     }
     let mut lazy =
         super::lazy::resolve_for_run(global, &args.registry, args.pull, image, global.verbose > 0)?;
@@ -312,7 +352,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
             return Err(e).with_context(|| format!("mounting {image}"));
         }
     };
-    let code = supervise(global, &spec, &mountpoint, &mut record);
+    let code = supervise(global, &spec, &mountpoint, &mut record, &mut net);
     if let Some((recorder, replace)) = recording {
         save_recording(global, &lazy, &recorder, replace);
     }
@@ -347,6 +387,7 @@ fn run_through(
     id: &str,
     name: String,
     detached_id: Option<String>,
+    net: &mut crate::network::NetworkSetup,
 ) -> anyhow::Result<u8> {
     use crate::daemon::protocol::{ImageSource, MountRequest, Request, Response};
     let paths = global.layout().container(id);
@@ -410,7 +451,7 @@ fn run_through(
     };
     let mut record = new_record(id, name, &spec, &mountpoint, detached_id.is_some());
     let code = match record.save(&global.root) {
-        Ok(()) => supervise(global, &spec, &mountpoint, &mut record),
+        Ok(()) => supervise(global, &spec, &mountpoint, &mut record, net),
         Err(e) => {
             eprintln!("skiff: {e}");
             125
@@ -594,6 +635,7 @@ fn supervise(
     spec: &ContainerSpec,
     rootfs: &Path,
     record: &mut ContainerState,
+    net: &mut crate::network::NetworkSetup,
 ) -> u8 {
     let root = global.root.clone();
     let mut on_start = |pid: i32| {
@@ -603,7 +645,7 @@ fn supervise(
             tracing::warn!("{e}");
         }
     };
-    let result = container::run_with(spec, rootfs, &mut on_start);
+    let result = container::run_attached(spec, rootfs, net, &mut on_start);
     record.status = Status::Exited;
     let code = match result {
         Ok(status) => status.code(),
@@ -627,6 +669,7 @@ fn detach(
     spec: &ContainerSpec,
     rootfs: &Path,
     mut record: ContainerState,
+    net: &mut crate::network::NetworkSetup,
     rm: bool,
 ) -> anyhow::Result<u8> {
     use nix::unistd::{fork, ForkResult};
@@ -659,7 +702,7 @@ fn detach(
                     let _ = nix::unistd::write(&w, b"r");
                 }
             };
-            let result = container::run_with(spec, rootfs, &mut on_start);
+            let result = container::run_attached(spec, rootfs, net, &mut on_start);
             record.status = Status::Exited;
             match result {
                 Ok(status) => record.exit_code = Some(status.code()),

@@ -66,6 +66,28 @@ pub fn default_nofile() -> u64 {
     hard.min(1 << 20)
 }
 
+/// Work on PID 1's namespaces between their creation and PID 1's setup (the network
+/// attachments of `crate::network`), undone once PID 1 has exited.
+pub trait Attach {
+    /// Called with PID 1's host pid once it is in its cgroups and before it goes on:
+    /// files written now into the state directory's etc/ are the ones PID 1 mounts.
+    /// An error kills PID 1 and fails the run (exit status 125).
+    fn attach(&mut self, pid1: i32) -> Result<(), String>;
+    /// Called once PID 1 has exited or failed to start, whether or not `attach` ran
+    /// or succeeded.
+    fn detach(&mut self);
+}
+
+/// No attachments: the container's namespaces as `intermediate` made them.
+pub struct NoAttach;
+
+impl Attach for NoAttach {
+    fn attach(&mut self, _pid1: i32) -> Result<(), String> {
+        Ok(())
+    }
+    fn detach(&mut self) {}
+}
+
 /// Runs the container described by `spec` on the root filesystem at `rootfs`, calling
 /// `on_start` with PID 1's host pid once it has exec'd the program, and waits for it.
 /// Returns PID 1's status; skiff's own output is nothing. Signals to skiff are
@@ -73,6 +95,17 @@ pub fn default_nofile() -> u64 {
 pub fn run_with(
     spec: &ContainerSpec,
     rootfs: &Path,
+    on_start: &mut dyn FnMut(i32),
+) -> Result<ExitStatus, RunError> {
+    run_attached(spec, rootfs, &mut NoAttach, on_start)
+}
+
+/// [`run_with`], with `attach` called on PID 1's namespaces before it goes on and
+/// its `detach` after it exited.
+pub fn run_attached(
+    spec: &ContainerSpec,
+    rootfs: &Path,
+    attach: &mut dyn Attach,
     on_start: &mut dyn FnMut(i32),
 ) -> Result<ExitStatus, RunError> {
     if !rootfs.is_dir() {
@@ -108,6 +141,7 @@ pub fn run_with(
         &init_cfg,
         cgroup.as_ref(),
         &old_mask,
+        attach,
         on_start,
     );
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
@@ -131,6 +165,7 @@ fn spawn(
     cfg: &InitConfig<'_>,
     cgroup: Option<&cgroups::Cgroup>,
     old_mask: &SigSet,
+    attach: &mut dyn Attach,
     on_start: &mut dyn FnMut(i32),
 ) -> Result<ExitStatus, RunError> {
     let spec = cfg.spec;
@@ -164,9 +199,14 @@ fn spawn(
         } => {
             drop((pid_w, go_r, err_w));
             let ends = MainEnds { pid_r, go_w, err_r };
-            let (pid, mut term) = start_pid1(spec, intermediate, ends, cgroup, pty)?;
-            on_start(pid.as_raw());
-            wait_forwarding(pid, term.as_mut())
+            let result = start_pid1(spec, intermediate, ends, cgroup, attach, pty).and_then(
+                |(pid, mut term)| {
+                    on_start(pid.as_raw());
+                    wait_forwarding(pid, term.as_mut())
+                },
+            );
+            attach.detach();
+            result
         }
     }
 }
@@ -179,6 +219,7 @@ fn start_pid1(
     intermediate: Pid,
     ends: MainEnds,
     cgroup: Option<&cgroups::Cgroup>,
+    attach: &mut dyn Attach,
     pty: Option<terminal::Pty>,
 ) -> Result<(Pid, Option<terminal::Session>), RunError> {
     let MainEnds { pid_r, go_w, err_r } = ends;
@@ -198,6 +239,11 @@ fn start_pid1(
             let _ = waitpid(pid, None);
             return Err(e.into());
         }
+    }
+    if let Err(e) = attach.attach(pid.as_raw()) {
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(RunError::Attach(e));
     }
     // go_w stays open until PID 1 has exec'd: PID 1 checks it to learn whether skiff
     // is still there once its parent-death signal is set.

@@ -32,7 +32,7 @@ pub mod sys;
 pub mod terminal;
 pub mod users;
 
-pub use main::{block_handled_signals, run_with};
+pub use main::{block_handled_signals, run_attached, run_with};
 pub use spec::{ContainerSpec, RunOptions};
 
 use std::path::Path;
@@ -64,6 +64,9 @@ pub enum RunError {
     /// Setting up the terminal failed.
     #[error("terminal: {0}")]
     Terminal(#[from] terminal::TerminalError),
+    /// Attaching the container's namespaces (its network) failed.
+    #[error("{0}")]
+    Attach(String),
     /// The container failed before exec (bad user, command not found, mount error...).
     #[error("{0}")]
     Init(#[from] process::InitError),

@@ -175,6 +175,10 @@ impl ContainerState {
             );
         }
         super::cgroups::remove_stale(&self.id);
+        // CNI DEL of its network attachments, so no veth, iptables rule or lease stays.
+        if let Err(e) = crate::network::attach::release(root, &self.id) {
+            tracing::warn!("tearing down the network of {}: {e}", self.id);
+        }
         // A `skiff run IMAGE` killed outright leaves its lazy view mounted with no FUSE
         // server behind it (every access fails with ENOTCONN): detach it.
         // Served by the daemon: it lets go of it (it also notices the dead monitor).

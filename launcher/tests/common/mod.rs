@@ -19,6 +19,11 @@ mod guard;
 #[allow(unused_imports)] // not every test binary uses both
 pub use guard::{descendants_of, KillOnDrop};
 
+/// The default network of `skiff run` in tests (`SKIFF_NETWORK`): `none`, so that no
+/// test outside `run_network` (which makes its own network namespace) touches the
+/// host's network.
+pub const TEST_NETWORK: &str = "none";
+
 /// Path of the skiff binary under test.
 pub fn skiff_bin() -> &'static str {
     env!("CARGO_BIN_EXE_skiff")
@@ -86,6 +91,7 @@ impl Rootfs {
     /// `skiff --root STATE run --rootfs ROOTFS <args>`.
     pub fn skiff_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(skiff_bin());
+        c.env("SKIFF_NETWORK", TEST_NETWORK);
         c.arg("--root")
             .arg(&self.state)
             .arg("run")
@@ -237,6 +243,7 @@ impl Image {
     /// The command for [`Image::skiff`].
     pub fn skiff_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(skiff_bin());
+        c.env("SKIFF_NETWORK", TEST_NETWORK);
         c.arg("--root").arg(&self.state).arg("run").arg("--rm");
         c.arg("--rootfs").arg(self.bundle.join("rootfs"));
         c.arg("--image-config").arg(&self.image_config);
