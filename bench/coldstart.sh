@@ -31,6 +31,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-/work/shared/peers}
+# No network for the container, as `ctr run` and `runc run` give it: skiff's default
+# bridge (CNI) would add its setup to every run and put interfaces on the host.
+export SKIFF_NETWORK=none
 RATE=100 RTT=20 RUNS=3 IMAGES=python,gcc,node TOOLS=fullpull,podman,stargz,skiff
 CACHE=/var/tmp/skiff-bench OUT=$HERE/RESULTS.md MIRROR=http://deb.debian.org/debian
 CALIBRATE=1 SKIFF= MERGE=0

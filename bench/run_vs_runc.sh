@@ -7,6 +7,9 @@
 set -eu
 N=${1:-50}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
+# No network for the container, as `ctr run` and `runc run` give it: skiff's default
+# bridge (CNI) would add its setup to every run and put interfaces on the host.
+export SKIFF_NETWORK=none
 SKIFF=${SKIFF:-$HERE/target/debug/skiff}
 W=$(mktemp -d /tmp/skiff-bench-run.XXXXXX)
 REG_PID=
