@@ -7,9 +7,11 @@
 //! the head of an ELF file comes in (exec'd program or library), [`Predictor`] reads
 //! its interpreter and needed libraries ([`crate::elf`]), resolves them in the merged
 //! tree the way the loader will (`DT_RUNPATH`, then the default directories), and
-//! queues for each library the bytes the loader reads before any code runs (headers,
-//! symbol tables, the segments it relocates), then does the same for their needs as
-//! those arrive. Text pages stay lazy: libraries are mapped and run sparsely.
+//! queues for each library its first block ([`plan::RANDOM_READ_BLOCK`], the 4 MiB
+//! an eStargz chunk gives: all of most libraries) and the other bytes the loader reads
+//! before any code runs (symbol tables, the segments it relocates), then does the
+//! same for their needs as those arrive. The text of bigger libraries stays lazy:
+//! they are mapped and run sparsely.
 
 use crate::elf::{self, Sparse};
 use crate::fetcher::{Fetcher, Priority};
@@ -21,9 +23,12 @@ use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
-/// Bytes of a predicted library fetched first (its headers; with large chunks, all
-/// of a small library).
-const HEAD_BYTES: u64 = 64 << 10;
+/// Bytes of a predicted library fetched first: a block, as a random read of a big
+/// file takes. Libraries in small chunks (zstd:chunked) then cost a round trip each,
+/// as they do with eStargz's 4 MiB chunks; with only their first 64 KiB, node on
+/// zstd:chunked took 3.8 s instead of 3.1 s, python 1.27 s instead of 1.05 s, gcc 3.45
+/// s instead of 2.95 s (100 Mbit/s, 20 ms; eStargz and plain gzip within noise).
+const HEAD_BYTES: u64 = plan::RANDOM_READ_BLOCK;
 /// Where the loader looks after `DT_RUNPATH` when `ld.so.cache` does not say (the
 /// multiarch directories of Debian and Ubuntu first, as their cache lists them).
 const DEFAULT_DIRS: &[&str] = &[
