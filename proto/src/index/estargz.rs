@@ -26,6 +26,8 @@ pub const FOOTER_SIZE: u64 = 51;
 pub const LEGACY_FOOTER_SIZE: u64 = 47;
 /// How much of the blob's tail is fetched at first: enough for most TOCs.
 pub const TAIL_READ: u64 = 256 << 10;
+/// The most read from a big layer's tail in the first request.
+const MAX_TAIL_READ: u64 = 1 << 20;
 /// Largest compressed TOC accepted.
 pub const MAX_TOC_COMPRESSED: u64 = 64 << 20;
 /// Largest uncompressed TOC accepted.
@@ -100,8 +102,17 @@ pub struct FetchedToc {
     pub digest: Digest,
 }
 
-/// Fetches the footer and TOC (one Range read, two if the TOC is larger than
-/// [`TAIL_READ`]), checks it against `expected` and parses it. With `expected` `None`
+/// How much of a `size`-byte layer's tail the first read takes: [`TAIL_READ`], or for
+/// big layers about 1/128 of the layer (at most [`MAX_TAIL_READ`]), since the TOC
+/// grows with the layer: python's 51 MB layer has a 330 KB TOC, which took a second
+/// round trip after a 256 KiB tail; a round trip costs more than the extra bytes
+/// (20 ms against 12 ms for 144 KB at 100 Mbit/s).
+pub fn tail_read(size: u64) -> u64 {
+    (size / 128).clamp(TAIL_READ, MAX_TAIL_READ)
+}
+
+/// Fetches the footer and TOC (one Range read, two if the TOC is larger than the tail
+/// read, [`tail_read`]), checks it against `expected` and parses it. With `expected` `None`
 /// the TOC is parsed unverified (chunks are still verified against their digests).
 pub fn read_toc(blob: &dyn BlobReader, expected: Option<Digest>) -> Result<FetchedToc, IndexError> {
     let digest = blob.digest();
@@ -112,7 +123,7 @@ pub fn read_toc(blob: &dyn BlobReader, expected: Option<Digest>) -> Result<Fetch
             format!("blob of {size} bytes is too small to hold a footer"),
         ));
     }
-    let tail_len = size.min(TAIL_READ);
+    let tail_len = size.min(tail_read(size));
     let tail_start = size - tail_len;
     let tail = blob.read_at(tail_start, tail_len)?;
     let (toc_offset, footer) = parse_footer(&tail).map_err(|e| malformed(digest, e))?;

@@ -8,7 +8,7 @@
 //!
 //! | layer | reader | blob reads to build | a chunk read fetches |
 //! |---|---|---|---|
-//! | eStargz (`…stargz/toc.digest` annotation) | [`estargz`] | 1 `read_at` of the tail (2 if the TOC is > 256 KiB) | its gzip member |
+//! | eStargz (`…stargz/toc.digest` annotation) | [`estargz`] | 1 `read_at` of the tail (2 if the TOC is larger than [`estargz::tail_read`]) | its gzip member |
 //! | zstd:chunked (`…zstd-chunked.manifest-position`) | [`zstd_chunked`] | 1 `read_at` of the TOC | its zstd frame |
 //! | tar | [`tar`] | one `stream()` | exactly the bytes |
 //! | tar+gzip (incl. Docker's) | [`gzip`] | one `stream()` | checkpoint → next checkpoint (≤ one span, 2 MiB of output by default; `skiff index --span`) |
