@@ -72,7 +72,25 @@ pub struct LowerReader {
     whole_queued: Mutex<HashSet<LowerId>>,
     /// Fetches ahead of the dynamic loader (`None`: off).
     predictor: Option<Arc<Predictor>>,
+    /// Big files being read from start to end: how far ahead they are queued.
+    streams: Mutex<HashMap<LowerId, Stream>>,
 }
+
+/// Read-ahead state of one file read sequentially (see [`LowerReader::stream_ahead`]).
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// File offset up to which chunks are queued.
+    ahead: u64,
+    /// How much the next step queues (doubles up to [`STREAM_WINDOW_MAX`]).
+    window: u64,
+}
+
+/// Files at least this big get streaming read-ahead.
+const STREAM_MIN_FILE: u64 = 4 << 20;
+/// The first streaming read-ahead step, in file bytes.
+const STREAM_WINDOW_START: u64 = 2 << 20;
+/// The largest step.
+const STREAM_WINDOW_MAX: u64 = 16 << 20;
 
 impl LowerReader {
     /// A reader of `tree`'s files through `fetcher`.
@@ -90,6 +108,7 @@ impl LowerReader {
             stats,
             config,
             predictor,
+            streams: Mutex::new(HashMap::new()),
             read_ends: Mutex::new(HashMap::new()),
             whole_queued: Mutex::new(HashSet::new()),
         }
@@ -116,12 +135,15 @@ impl LowerReader {
         if let (Some(rec), Some(path)) = (&self.config.recorder, ln.paths.first()) {
             rec.record(path, offset, end);
         }
-        let sequential = {
+        let (sequential, continued) = {
             let mut ends = self.read_ends.lock();
             let prev = ends.insert(id, end);
-            offset == 0 || prev == Some(offset)
+            (offset == 0 || prev == Some(offset), prev == Some(offset))
         };
         let all = idx.chunks_of(&ln.entry);
+        if continued {
+            self.stream_ahead(id, ln.layer, all, end, fsize);
+        }
         let wanted = plan::chunk_range(all, offset, end);
         let chunks: Vec<Chunk> = all.get(wanted.clone()).unwrap_or(&[]).to_vec();
         // The one cache lookup of this read: what it finds goes with the job, so the
@@ -186,6 +208,39 @@ impl LowerReader {
                 }
             }),
         );
+    }
+
+    /// Keeps a big file that is read from start to end fetched ahead of its reader, as
+    /// the kernel's read-ahead does for a disk: when the reader comes within half a
+    /// window of what is queued, the next window is queued (as prefetch jobs that
+    /// several workers fetch side by side), and the window doubles. Fetching only on
+    /// each miss left a round trip idle per megabyte: a first `cat` of node's 47 MB
+    /// libnode moved 81 Mbit/s over a 100 Mbit/s, 20 ms link.
+    fn stream_ahead(&self, id: LowerId, layer: usize, all: &[Chunk], end: u64, fsize: u64) {
+        if fsize < STREAM_MIN_FILE {
+            return;
+        }
+        let (from, to) = {
+            let mut streams = self.streams.lock();
+            let s = streams.entry(id).or_insert(Stream {
+                ahead: end,
+                window: STREAM_WINDOW_START,
+            });
+            s.ahead = s.ahead.max(end);
+            if s.ahead >= fsize || s.ahead - end >= s.window / 2 {
+                return;
+            }
+            let from = s.ahead;
+            s.ahead = from.saturating_add(s.window).min(fsize);
+            s.window = (s.window * 2).min(STREAM_WINDOW_MAX);
+            (from, s.ahead)
+        };
+        let chunks = all
+            .get(plan::chunk_range(all, from, to))
+            .unwrap_or(&[])
+            .to_vec();
+        self.fetcher
+            .queue_speculative(crate::fetcher::Priority::Prefetch, layer, chunks);
     }
 
     /// Queues, once per file, the chunks of a lower file that `taken` (this read) does

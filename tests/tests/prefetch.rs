@@ -894,3 +894,54 @@ fn a_programs_head_brings_the_loader_parts_of_its_libraries() {
         drop(m);
     }
 }
+
+/// A big file read from its start is fetched ahead of its reader (windows that grow),
+/// not only a chunk and a read-ahead at a time: after reading its first 3 MiB, the
+/// registry has been asked for well beyond what those reads and one read-ahead cover.
+#[test]
+fn a_big_file_read_in_order_is_fetched_ahead_of_its_reader() {
+    let rt = runtime();
+    let reg = Registry::start();
+    let big = fixtures::pseudo_random(9, 24 << 20);
+    // A plain tar: blob offsets are file offsets plus the header.
+    push_indexed(
+        &rt,
+        &reg,
+        "stream/big",
+        vec![Layer::tar(&[Entry::file("big.bin", &big, 0o644)])],
+    );
+    let proxy = FaultProxy::start(reg.addr());
+    let store = tempfile::tempdir().unwrap();
+    let layers = lazy_layers(&rt, &proxy.host(), "stream/big", store.path());
+    let cache = tempfile::tempdir().unwrap();
+    let mut opts = MountOptions::new(layers.clone(), cache.path().to_path_buf());
+    opts.prefetch = false;
+    opts.background_fetch = false;
+    proxy.clear_requests();
+    let m = Mounted::new(opts);
+    use std::io::Read;
+    let mut f = std::fs::File::open(m.path("big.bin")).unwrap();
+    let mut buf = vec![0u8; 128 << 10];
+    for i in 0..24 {
+        f.read_exact(&mut buf).unwrap();
+        let at = i * (128 << 10);
+        assert!(buf == big[at..at + (128 << 10)], "bytes at {at}");
+    }
+    // Let what was queued finish.
+    let mut last = usize::MAX;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let n = proxy.requests().len();
+        if n == last {
+            break;
+        }
+        last = n;
+    }
+    let fetched = bytes_of(&union(range_reads(&proxy.requests(), &layers)));
+    // The reads covered 3 MiB; the chunk and 1 MiB of read-ahead would make ~8 MiB
+    // (the tar index's chunks are 4 MiB); streaming ahead queues 2 + 4 MiB windows
+    // past the reader on top.
+    assert!(fetched >= 12 << 20, "only {fetched} bytes fetched ahead");
+    assert!(fetched < 24 << 20, "the whole file was fetched: {fetched}");
+    drop(m);
+}
