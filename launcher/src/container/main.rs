@@ -215,7 +215,7 @@ fn start_pid1(
 
 /// Waits for PID 1, forwarding signals to it, reaping every child skiff has (PID 1 and
 /// anything re-parented to it), resizing the pty on SIGWINCH.
-fn wait_forwarding(
+pub(super) fn wait_forwarding(
     pid: Pid,
     mut term: Option<&mut terminal::Session>,
 ) -> Result<ExitStatus, RunError> {

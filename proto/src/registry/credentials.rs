@@ -84,7 +84,7 @@ pub fn docker_config_path() -> Option<PathBuf> {
 }
 
 /// Keys a registry may be filed under in `auths` (Docker Hub has legacy spellings).
-fn keys_for(registry: &str) -> Vec<String> {
+pub(crate) fn keys_for(registry: &str) -> Vec<String> {
     let mut keys = vec![
         registry.to_string(),
         format!("https://{registry}"),
@@ -102,6 +102,16 @@ fn keys_for(registry: &str) -> Vec<String> {
         keys.push("registry-1.docker.io".into());
     }
     keys
+}
+
+/// The name docker files `registry`'s credentials under (in `auths` and credential
+/// helpers): Docker Hub's legacy URL, else the registry as named.
+pub(crate) fn server_url(registry: &str) -> String {
+    if registry == "docker.io" {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        registry.to_string()
+    }
 }
 
 /// Credentials for `registry` (as named in references, e.g. `docker.io`) from the
@@ -182,11 +192,7 @@ fn run_helper(
         message,
     };
     let program = format!("docker-credential-{helper}");
-    let server = if registry == "docker.io" {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        registry.to_string()
-    };
+    let server = server_url(registry);
     let program_path = match helper_dir {
         Some(dir) => dir.join(&program),
         None => PathBuf::from(&program),
