@@ -422,6 +422,8 @@ impl From<Filter> for FilterRecord {
                 .iter()
                 .map(|i| [i.code.into(), i.jt.into(), i.jf.into(), i.k])
                 .collect(),
+            // c_ulong is u32 on 32-bit targets.
+            #[allow(clippy::unnecessary_cast)]
             flags: f.flags as u64,
         }
     }
