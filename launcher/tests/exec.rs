@@ -5,32 +5,14 @@
 
 mod common;
 
-use common::{code, Rootfs};
-use std::process::{Command, Output, Stdio};
-
-fn skiff(r: &Rootfs, args: &[&str]) -> Output {
-    Command::new(common::skiff_bin())
-        .arg("--root")
-        .arg(&r.state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{code, stderr_text as err, stdout_text as text, Rootfs};
+use std::process::{Command, Stdio};
 
 /// `skiff exec <args>` (flags, container, command), asserting it exits 0; its stdout.
 fn exec_ok(r: &Rootfs, args: &[&str]) -> String {
     let mut all = vec!["exec"];
     all.extend_from_slice(args);
-    let out = skiff(r, &all);
+    let out = r.skiff_at_root(&all);
     assert_eq!(code(&out), 0, "exec {args:?}: {}", err(&out));
     text(&out)
 }
@@ -45,7 +27,7 @@ fn start(r: &Rootfs, name: &str, flags: &[&str], script: &str) {
     let out = r.skiff(&args);
     assert_eq!(code(&out), 0, "{}", err(&out));
     for _ in 0..500 {
-        if code(&skiff(r, &["exec", name, "test", "-e", "/ready"])) == 0 {
+        if code(&r.skiff_at_root(&["exec", name, "test", "-e", "/ready"])) == 0 {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -130,7 +112,7 @@ fn exec_sees_the_containers_processes_files_and_settings() {
     );
     assert!(exec_ok(&r, &["-u", "1234:10", "box", "id"]).starts_with("uid=1234 gid=10(wheel)"));
     assert_eq!(exec_ok(&r, &["-w", "/etc", "box", "pwd"]), "/etc\n");
-    let out = skiff(&r, &["exec", "-w", "/nowhere", "box", "pwd"]);
+    let out = r.skiff_at_root(&["exec", "-w", "/nowhere", "box", "pwd"]);
     assert_eq!(
         code(&out),
         126,
@@ -156,29 +138,29 @@ fn exec_sees_the_containers_processes_files_and_settings() {
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
 
     // Exit statuses: the command's, 128+N for a signal, 127 when not found.
-    assert_eq!(code(&skiff(&r, &["exec", "box", "sh", "-c", "exit 7"])), 7);
     assert_eq!(
-        code(&skiff(&r, &["exec", "box", "sh", "-c", "kill -9 $$"])),
+        code(&r.skiff_at_root(&["exec", "box", "sh", "-c", "exit 7"])),
+        7
+    );
+    assert_eq!(
+        code(&r.skiff_at_root(&["exec", "box", "sh", "-c", "kill -9 $$"])),
         137
     );
-    let missing = skiff(&r, &["exec", "box", "no-such-program"]);
+    let missing = r.skiff_at_root(&["exec", "box", "no-such-program"]);
     assert_eq!(code(&missing), 127, "{}", err(&missing));
 
     // -t: a terminal on stdin and stdout; without it, none.
-    let out = skiff(
-        &r,
-        &[
-            "exec",
-            "-t",
-            "box",
-            "sh",
-            "-c",
-            "test -t 0 && test -t 1 && echo tty",
-        ],
-    );
+    let out = r.skiff_at_root(&[
+        "exec",
+        "-t",
+        "box",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo tty",
+    ]);
     assert_eq!(code(&out), 0, "{}", err(&out));
     assert_eq!(text(&out).trim_end(), "tty");
-    let out = skiff(&r, &["exec", "box", "sh", "-c", "test -t 0 || echo none"]);
+    let out = r.skiff_at_root(&["exec", "box", "sh", "-c", "test -t 0 || echo none"]);
     assert_eq!(text(&out), "none\n");
     // -i passes stdin through.
     let mut child = Command::new(common::skiff_bin())
@@ -193,7 +175,7 @@ fn exec_sees_the_containers_processes_files_and_settings() {
     child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
     assert_eq!(text(&child.wait_with_output().unwrap()), "piped\n");
 
-    assert_eq!(code(&skiff(&r, &["stop", "-t", "0", "box"])), 0);
+    assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "0", "box"])), 0);
     r.assert_no_mounts();
 }
 
@@ -202,7 +184,7 @@ fn a_detached_exec_stays_inside_the_container_and_ends_with_it() {
     let r = Rootfs::new();
     start(&r, "host", &[], "true");
     let pid1 = pid1_of(&r, "host");
-    let out = skiff(&r, &["exec", "-d", "host", "sleep", "1234"]);
+    let out = r.skiff_at_root(&["exec", "-d", "host", "sleep", "1234"]);
     assert_eq!(code(&out), 0, "{}", err(&out));
     assert_eq!(text(&out), "");
 
@@ -233,7 +215,7 @@ fn a_detached_exec_stays_inside_the_container_and_ends_with_it() {
     assert!(exec_ok(&r, &["host", "ps", "-o", "args"]).contains("sleep 1234"));
 
     // Stopping the container ends it too.
-    assert_eq!(code(&skiff(&r, &["stop", "-t", "0", "host"])), 0);
+    assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "0", "host"])), 0);
     for _ in 0..200 {
         if !std::path::Path::new(&format!("/proc/{sleep}/cmdline")).exists()
             || std::fs::read(format!("/proc/{sleep}/cmdline")).is_ok_and(|c| c.is_empty())
@@ -251,16 +233,16 @@ fn exec_into_a_stopped_or_unknown_container_fails_clearly() {
     let r = Rootfs::new();
     let out = r.skiff(&["--name", "done", "true"]);
     assert_eq!(code(&out), 0);
-    let out = skiff(&r, &["exec", "done", "true"]);
+    let out = r.skiff_at_root(&["exec", "done", "true"]);
     assert_eq!(code(&out), 125);
     assert!(
         err(&out).contains("container done is not running"),
         "{}",
         err(&out)
     );
-    let out = skiff(&r, &["exec", "nobody", "true"]);
+    let out = r.skiff_at_root(&["exec", "nobody", "true"]);
     assert_eq!(code(&out), 125);
     assert!(err(&out).contains("no such container"), "{}", err(&out));
-    let out = skiff(&r, &["exec", "done"]);
+    let out = r.skiff_at_root(&["exec", "done"]);
     assert_eq!(code(&out), 125);
 }

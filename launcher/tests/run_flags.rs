@@ -4,16 +4,7 @@
 
 mod common;
 
-use common::{code, Rootfs};
-use std::process::{Command, Output, Stdio};
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{code, stderr_text as err, stdout_text as text, Rootfs};
 
 /// `skiff run --rm --rootfs … <args>`, asserting exit 0; its stdout.
 fn run_ok(r: &Rootfs, args: &[&str]) -> String {
@@ -22,16 +13,6 @@ fn run_ok(r: &Rootfs, args: &[&str]) -> String {
     let out = r.skiff(&all);
     assert_eq!(code(&out), 0, "{args:?}: {}", err(&out));
     text(&out)
-}
-
-fn skiff(r: &Rootfs, args: &[&str]) -> Output {
-    Command::new(common::skiff_bin())
-        .arg("--root")
-        .arg(&r.state)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -53,9 +34,9 @@ fn init_runs_tini_as_pid_1() {
     let out = r.skiff(&["-d", "--init", "--name", "t", "sleep", "100"]);
     assert_eq!(code(&out), 0, "{}", err(&out));
     let started = std::time::Instant::now();
-    assert_eq!(code(&skiff(&r, &["stop", "-t", "20", "t"])), 0);
+    assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "20", "t"])), 0);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    let ps = text(&skiff(&r, &["ps", "-a"]));
+    let ps = text(&r.skiff_at_root(&["ps", "-a"]));
     assert!(ps.contains("Exited (143)"), "{ps}");
 }
 
@@ -243,7 +224,7 @@ fn stop_signal_and_labels() {
         assert_eq!(code(&out), 0, "{}", err(&out));
     }
     let names = |filter: &str| -> Vec<String> {
-        let out = skiff(&r, &["ps", "-a", "--filter", filter]);
+        let out = r.skiff_at_root(&["ps", "-a", "--filter", filter]);
         assert_eq!(code(&out), 0, "{}", err(&out));
         let mut v: Vec<String> = text(&out)
             .lines()
@@ -259,10 +240,10 @@ fn stop_signal_and_labels() {
 
     // Give the trap a moment to be installed, then stop sends SIGUSR1.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(code(&skiff(&r, &["stop", "-t", "20", "web"])), 0);
-    let ps = text(&skiff(&r, &["ps", "-a", "--filter", "name=web"]));
+    assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "20", "web"])), 0);
+    let ps = text(&r.skiff_at_root(&["ps", "-a", "--filter", "name=web"]));
     assert!(ps.contains("Exited (5)"), "{ps}");
-    assert_eq!(text(&skiff(&r, &["logs", "web"])), "got\n");
+    assert_eq!(text(&r.skiff_at_root(&["logs", "web"])), "got\n");
 
     let out = r.skiff(&["--rm", "--stop-signal", "SIGNOPE", "true"]);
     assert_eq!(code(&out), 125);

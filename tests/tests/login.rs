@@ -4,7 +4,7 @@
 //! removes it and pulls fail again.
 
 use skiff_tests::cli::Skiff;
-use skiff_tests::fixtures::{self, build_image, push_built};
+use skiff_tests::fixtures;
 use skiff_tests::registry::Registry;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -37,20 +37,7 @@ fn skiff_with(skiff: &Skiff, config: &Path, args: &[&str], password: &str) -> Ou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_pull_logout_against_basic_auth() {
     let reg = Registry::start_basic("erin", "c0rrect");
-    let client = skiff_proto::registry::Client::new(
-        &reg.host(),
-        skiff_proto::registry::ClientOptions {
-            credentials: Some(skiff_proto::registry::Credentials::basic("erin", "c0rrect")),
-            ..skiff_tests::test_client_options()
-        },
-    )
-    .unwrap();
-    let image = build_image(
-        fixtures::sample_layers(),
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(&client, "private", "v1", &image).await;
+    fixtures::push_sample_as(&reg.host(), "erin", "c0rrect", "private", "v1").await;
     let reference = reg.reference("private:v1");
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());

@@ -97,6 +97,8 @@ pub fn run(_global: &Global, args: Args) -> anyhow::Result<u8> {
         &registry,
         ClientOptions {
             credentials: Some(credentials),
+            // Only the credentials being checked, never those stored already.
+            use_docker_config: false,
             insecure_registries: args.insecure_registries.clone(),
             ..ClientOptions::default()
         },

@@ -17,7 +17,7 @@ use super::process::{self, InitError, Program, EXIT_CANNOT_INVOKE, EXIT_SETUP};
 use super::security::Security;
 use super::spec::{self, ContainerSpec, Rlimit};
 use super::sys::{LinuxSyscall, Syscall};
-use super::{cgroups, init, main, sync, terminal, users, ExitStatus, RunError};
+use super::{cgroups, init, intermediate, main, sync, terminal, ExitStatus, RunError};
 use nix::sched::CloneFlags;
 use nix::sys::signal::SigSet;
 use nix::sys::wait::waitpid;
@@ -266,7 +266,7 @@ fn spawn(
                 slave: slave.as_ref(),
                 null: &null,
             };
-            intermediate(sys, namespaces, pid_w, &err_w, || {
+            join_and_fork(sys, namespaces, pid_w, &err_w, || {
                 run_process(sys, process, &stdio, go_r, &err_w, old_mask)
             })
         }
@@ -296,16 +296,7 @@ fn start(
     cgroup_dirs: &[PathBuf],
     pid1: i32,
 ) -> Result<Pid, RunError> {
-    let mut buf = [0u8; 4];
-    let got = sync::read_full(&pid_r, &mut buf);
-    let _ = waitpid(intermediate, None);
-    if got != 4 {
-        return Err(sync::read_failure(err_r).unwrap_or(RunError::Os(
-            "joining the container",
-            nix::errno::Errno::ECHILD,
-        )));
-    }
-    let pid = Pid::from_raw(i32::from_ne_bytes(buf));
+    let (pid, err_r) = sync::receive_pid(&pid_r, intermediate, err_r, "joining the container")?;
     if let Err(e) = join_cgroups(cgroup_dirs, pid.as_raw(), pid1) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(pid, None);
@@ -340,7 +331,7 @@ fn join_cgroups(dirs: &[PathBuf], pid: i32, pid1: i32) -> Result<(), cgroups::Cg
 
 /// The intermediate process: joins the namespaces, forks the process, sends its pid,
 /// and exits. Never returns.
-fn intermediate(
+fn join_and_fork(
     sys: &dyn Syscall,
     namespaces: &[(OwnedFd, CloneFlags)],
     pid_w: OwnedFd,
@@ -350,19 +341,7 @@ fn intermediate(
     if let Err(e) = join_namespaces(sys, namespaces) {
         sync::report_failure(err_w, &e);
     }
-    // SAFETY: a forked, single-threaded process; the child only sets up and execs.
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => sync::report_failure(err_w, &InitError::setup("fork", e)),
-        Ok(ForkResult::Parent { child }) => {
-            let _ = nix::unistd::write(&pid_w, &child.as_raw().to_ne_bytes());
-            // SAFETY: leaving the intermediate process without destructors.
-            unsafe { libc::_exit(0) }
-        }
-        Ok(ForkResult::Child) => {
-            drop(pid_w);
-            match process() {}
-        }
-    }
+    intermediate::fork_child(pid_w, err_w, process)
 }
 
 /// The descriptors the process's stdio comes from, opened before the fork.
@@ -426,17 +405,7 @@ fn attach_stdio(
 /// Inside the container: the user, the container's rlimits and privileges, the
 /// working directory; returns the program to exec.
 pub fn prepare(sys: &dyn Syscall, process: &ExecProcess) -> Result<Program, InitError> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve_with_groups(&process.user, &passwd, &group, &process.group_add)
-        .map_err(|e| InitError {
-            code: EXIT_SETUP,
-            message: e.to_string(),
-        })?;
-    let mut env = process.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
+    let (user, env) = process::container_user(&process.user, &process.group_add, &process.env)?;
     process::apply_rlimits(sys, &process.rlimits, process.default_nofile)?;
     process::apply_privileges(
         sys,

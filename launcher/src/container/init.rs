@@ -17,7 +17,7 @@ use super::cgroups::CgroupMount;
 use super::process::{self, InitError, Program, EXIT_SETUP};
 use super::spec::{ContainerSpec, NetworkMode};
 use super::sys::Syscall;
-use super::{rootfs, sync, sysctl, terminal, users};
+use super::{rootfs, sync, sysctl, terminal};
 use nix::sys::signal::SigSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -163,19 +163,7 @@ pub fn prepare(sys: &dyn Syscall, cfg: &InitConfig<'_>) -> Result<Program, InitE
     rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
 
     // The user is looked up in the container's own files, after pivot_root.
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user =
-        users::resolve_with_groups(&spec.user, &passwd, &group, &spec.group_add).map_err(|e| {
-            InitError {
-                code: EXIT_SETUP,
-                message: e.to_string(),
-            }
-        })?;
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
+    let (user, env) = process::container_user(&spec.user, &spec.group_add, &spec.env)?;
 
     process::set_rlimits(sys, spec, cfg.default_nofile)?;
     process::drop_privileges(sys, spec, &user)?;

@@ -73,6 +73,29 @@ impl Program {
     }
 }
 
+/// Looks `user_spec` (and `--group-add`'s `group_add`) up in the container's own
+/// /etc/passwd and /etc/group (so: after pivot_root or joining its mount namespace);
+/// returns the user and `env` with HOME added from its entry when missing.
+pub fn container_user(
+    user_spec: &str,
+    group_add: &[String],
+    env: &[String],
+) -> Result<(users::ResolvedUser, Vec<String>), InitError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let user = users::resolve_with_groups(user_spec, &passwd, &group, group_add).map_err(|e| {
+        InitError {
+            code: EXIT_SETUP,
+            message: e.to_string(),
+        }
+    })?;
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    Ok((user, env))
+}
+
 /// Becomes the container user with its capabilities: bounding set first (needs
 /// CAP_SETPCAP, so while still root), then uid/gid/groups (keeping permitted caps),
 /// then effective/permitted (none for a non-root user, as exec would drop them

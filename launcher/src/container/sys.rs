@@ -117,21 +117,24 @@ pub trait Syscall {
     fn setns(&self, fd: BorrowedFd<'_>, kind: CloneFlags) -> SysResult;
 }
 
+/// Each CLONE_NEW* flag with its short name, as in /proc/PID/ns.
+pub const NAMESPACES: &[(CloneFlags, &str)] = &[
+    (CloneFlags::CLONE_NEWUSER, "user"),
+    (CloneFlags::CLONE_NEWNS, "mnt"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWPID, "pid"),
+    (CloneFlags::CLONE_NEWNET, "net"),
+    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+];
+
 /// Short name of one CLONE_NEW* flag, as in /proc/PID/ns (`mnt`, `pid`, ...).
 pub fn namespace_name(kind: CloneFlags) -> &'static str {
-    [
-        (CloneFlags::CLONE_NEWUSER, "user"),
-        (CloneFlags::CLONE_NEWNS, "mnt"),
-        (CloneFlags::CLONE_NEWUTS, "uts"),
-        (CloneFlags::CLONE_NEWIPC, "ipc"),
-        (CloneFlags::CLONE_NEWPID, "pid"),
-        (CloneFlags::CLONE_NEWNET, "net"),
-        (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
-    ]
-    .iter()
-    .find(|(f, _)| *f == kind)
-    .map(|(_, n)| *n)
-    .unwrap_or("namespace")
+    NAMESPACES
+        .iter()
+        .find(|(f, _)| *f == kind)
+        .map(|(_, n)| *n)
+        .unwrap_or("namespace")
 }
 
 /// The real kernel.
@@ -450,15 +453,7 @@ pub mod recording {
             self.push(format!("close {fd}"))
         }
         fn unshare(&self, flags: CloneFlags) -> SysResult {
-            let names = [
-                (CloneFlags::CLONE_NEWNS, "mnt"),
-                (CloneFlags::CLONE_NEWUTS, "uts"),
-                (CloneFlags::CLONE_NEWIPC, "ipc"),
-                (CloneFlags::CLONE_NEWPID, "pid"),
-                (CloneFlags::CLONE_NEWNET, "net"),
-                (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
-            ];
-            let set: Vec<&str> = names
+            let set: Vec<&str> = NAMESPACES
                 .iter()
                 .filter(|(f, _)| flags.contains(*f))
                 .map(|(_, n)| *n)

@@ -181,6 +181,31 @@ fn lookup(path: &Path, registry: &str, helper_dir: Option<&Path>) -> Result<Opti
     Ok(None)
 }
 
+/// Runs `docker-credential-<helper> <action>` (from `helper_dir` instead of `$PATH`
+/// if given) with `input` on stdin; its output, whatever its exit status.
+pub(crate) fn call_helper(
+    helper: &str,
+    helper_dir: Option<&Path>,
+    action: &str,
+    input: &[u8],
+) -> std::io::Result<std::process::Output> {
+    let program = format!("docker-credential-{helper}");
+    let path = match helper_dir {
+        Some(dir) => dir.join(&program),
+        None => PathBuf::from(&program),
+    };
+    let mut child = Command::new(&path)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    child.wait_with_output()
+}
+
 /// Runs `docker-credential-<helper> get` with the server URL on stdin.
 fn run_helper(
     helper: &str,
@@ -193,25 +218,8 @@ fn run_helper(
     };
     let program = format!("docker-credential-{helper}");
     let server = server_url(registry);
-    let program_path = match helper_dir {
-        Some(dir) => dir.join(&program),
-        None => PathBuf::from(&program),
-    };
-    let mut child = Command::new(&program_path)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let out = call_helper(helper, helper_dir, "get", server.as_bytes())
         .map_err(|e| err(format!("running {program}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .map_err(|e| err(format!("writing to {program}: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(format!("waiting for {program}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);

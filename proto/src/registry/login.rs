@@ -5,13 +5,12 @@
 //! `auths` entry, as docker leaves one). Every other key of the file is kept; the file
 //! is written whole (temp file + rename) with mode 0600, its directory created 0700.
 
-use super::credentials::{keys_for, server_url};
+use super::credentials::{call_helper, keys_for, server_url};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// Errors reading or writing docker's config file, or from a credential helper.
 #[derive(Debug, thiserror::Error)]
@@ -244,21 +243,8 @@ impl DockerConfigFile {
             action,
             message,
         };
-        let path = match &self.helper_dir {
-            Some(d) => d.join(&program),
-            None => PathBuf::from(&program),
-        };
-        let mut child = Command::new(&path)
-            .arg(action)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let out = call_helper(helper, self.helper_dir.as_deref(), action, input)
             .map_err(|e| fail(e.to_string()))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input).map_err(|e| fail(e.to_string()))?;
-        }
-        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
         if !out.status.success() {
             let said = String::from_utf8_lossy(if out.stderr.is_empty() {
                 &out.stdout
