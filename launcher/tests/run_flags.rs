@@ -247,6 +247,31 @@ fn stop_signal_and_labels() {
 
     let out = r.skiff(&["--rm", "--stop-signal", "SIGNOPE", "true"]);
     assert_eq!(code(&out), 125);
+
+    // Without --stop-signal, the image's StopSignal.
+    let config = r.dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+            "config":{"StopSignal":"SIGUSR1"}}"#,
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let out = r.skiff(&[
+        "-d",
+        "--name",
+        "img",
+        "--image-config",
+        config,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "20", "img"])), 0);
+    let ps = text(&r.skiff_at_root(&["ps", "-a", "--filter", "name=img"]));
+    assert!(ps.contains("Exited (5)"), "{ps}");
 }
 
 #[test]

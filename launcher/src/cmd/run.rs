@@ -218,6 +218,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let rootfs =
         std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
     let mut record = new_record(&id, name, &spec, &rootfs, args.detach, &args);
+    image_stop_signal(
+        &mut record,
+        image_config.as_ref().and_then(|c| c.config().as_ref()),
+    );
     record.save(&global.root)?;
     if args.detach {
         return detach(global, &spec, &rootfs, record, args.rm);
@@ -335,6 +339,17 @@ fn new_record(
     }
 }
 
+/// Without `--stop-signal`, the image's `StopSignal` is what `skiff stop` sends first
+/// (as docker does); one skiff cannot parse is left out (SIGTERM then).
+fn image_stop_signal(record: &mut ContainerState, image: Option<&oci_spec::image::Config>) {
+    if record.stop_signal.is_some() {
+        return;
+    }
+    record.stop_signal = image
+        .and_then(|c| c.stop_signal().clone())
+        .filter(|s| super::stop::parse_signal(s).is_ok());
+}
+
 /// Set by `skiff run -d IMAGE` for the monitor process it re-executes: the container
 /// id the parent waits for.
 const DETACHED_ID_ENV: &str = "SKIFF_DETACHED_ID";
@@ -378,6 +393,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         state_dir.clone(),
     )?;
     let mut record = new_record(&id, name, &spec, &mountpoint, detached_id.is_some(), &args);
+    image_stop_signal(&mut record, lazy.image.config.config().as_ref());
     // Saved before mounting, so a skiff killed from here on leaves a record whose
     // stale-state cleanup unmounts the view.
     record.save(&global.root)?;
@@ -488,6 +504,10 @@ fn run_through(
         }
     };
     let mut record = new_record(id, name, &spec, &mountpoint, detached_id.is_some(), args);
+    image_stop_signal(
+        &mut record,
+        config.as_ref().and_then(|c| c.config().as_ref()),
+    );
     let code = match record.save(&global.root) {
         Ok(()) => supervise(global, &spec, &mountpoint, &mut record),
         Err(e) => {
