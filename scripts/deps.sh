@@ -6,7 +6,7 @@ set -euo pipefail
 SKIFF_APT_PACKAGES=(
   build-essential pkg-config libssl-dev openssl ca-certificates curl bc python3 zstd
   docker-registry skopeo umoci runc fuse3 busybox-static apache2-utils
-  containerd stargz-snapshotter fuse-overlayfs libseccomp-dev
+  containerd stargz-snapshotter fuse-overlayfs libseccomp-dev tini
   containernetworking-plugins iptables iproute2
 )
 

@@ -46,6 +46,12 @@ enum Command {
     Gc(cmd::mount::GcArgs),
     /// Run a container from an image.
     Run(cmd::run::Args),
+    /// Log in to a registry (checks the credentials, then stores them as docker does).
+    Login(cmd::login::Args),
+    /// Forget a registry's stored credentials.
+    Logout(cmd::login::LogoutArgs),
+    /// Run a command in a running container.
+    Exec(cmd::exec::Args),
     /// List containers.
     Ps(cmd::ps::Args),
     /// Print a detached container's output.
@@ -88,6 +94,9 @@ fn main() -> ExitCode {
         Command::Stats(a) => cmd::mount::stats(&cli.global, a),
         Command::Gc(a) => cmd::mount::gc(&cli.global, a),
         Command::Run(a) => cmd::run::run(&cli.global, a),
+        Command::Exec(a) => cmd::exec::run(&cli.global, a),
+        Command::Login(a) => cmd::login::run(&cli.global, a),
+        Command::Logout(a) => cmd::login::logout(&cli.global, a),
         Command::Ps(a) => cmd::ps::run(&cli.global, a),
         Command::Logs(a) => cmd::logs::run(&cli.global, a),
         Command::Stop(a) => cmd::stop::run(&cli.global, a),

@@ -253,6 +253,31 @@ pub async fn push_image(host: &str, repo_tag: &str, layers: Vec<Layer>) -> Built
     image
 }
 
+/// Builds an image of [`sample_layers`] (Cmd `/bin/sh`, host platform) and pushes it
+/// as `repo:tag` to `host`, a loopback registry behind Basic auth for
+/// `username`/`password`.
+pub async fn push_sample_as(
+    host: &str,
+    username: &str,
+    password: &str,
+    repo: &str,
+    tag: &str,
+) -> BuiltImage {
+    let client = Client::new(
+        host,
+        skiff_proto::registry::ClientOptions {
+            credentials: Some(skiff_proto::registry::Credentials::basic(
+                username, password,
+            )),
+            ..crate::test_client_options()
+        },
+    )
+    .expect("a client for the test registry");
+    let image = build_image(sample_layers(), &Platform::host(), &["/bin/sh"]);
+    push_built(&client, repo, tag, &image).await;
+    image
+}
+
 /// A three-layer sample: a gzip base tree, an uncompressed tar layer with a 1 MiB
 /// binary-ish file, and a gzip layer overriding a file.
 pub fn sample_layers() -> Vec<Layer> {

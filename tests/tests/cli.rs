@@ -156,20 +156,7 @@ async fn corrupted_layer_never_lands_in_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_from_flags_and_docker_config() {
     let reg = Registry::start_basic("dave", "hunter2");
-    let c = skiff_proto::registry::Client::new(
-        &reg.host(),
-        skiff_proto::registry::ClientOptions {
-            credentials: Some(skiff_proto::registry::Credentials::basic("dave", "hunter2")),
-            ..skiff_tests::test_client_options()
-        },
-    )
-    .unwrap();
-    let image = build_image(
-        fixtures::sample_layers(),
-        &skiff_proto::image::Platform::host(),
-        &["/bin/sh"],
-    );
-    push_built(&c, "locked", "v1", &image).await;
+    let image = fixtures::push_sample_as(&reg.host(), "dave", "hunter2", "locked", "v1").await;
     let reference = reg.reference("locked:v1");
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());

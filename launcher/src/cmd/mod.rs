@@ -2,10 +2,12 @@
 //! process exit status.
 
 pub mod convert;
+pub mod exec;
 pub mod images;
 pub mod index;
 pub mod inspect;
 pub mod lazy;
+pub mod login;
 pub mod logs;
 pub mod mount;
 pub mod network;

@@ -12,6 +12,38 @@ pub struct Args {
     /// Only print the ids.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Only containers matching: label=KEY or label=KEY=VALUE (repeatable: all must
+    /// match), name=NAME, status=running|exited|created.
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
+
+/// Whether container `s` passes every `--filter`.
+fn matches(s: &state::ContainerState, filters: &[String]) -> anyhow::Result<bool> {
+    for f in filters {
+        let ok = match f.split_once('=') {
+            Some(("label", want)) => s
+                .labels
+                .iter()
+                .any(|l| l == want || l.split_once('=').map(|(k, _)| k) == Some(want)),
+            Some(("name", name)) => s.name == name,
+            Some(("status", st)) => {
+                let now = match s.status {
+                    Status::Running => "running",
+                    Status::Created => "created",
+                    Status::Exited => "exited",
+                };
+                now == st
+            }
+            _ => anyhow::bail!(
+                "invalid --filter {f:?}: want label=KEY[=VALUE], name=NAME or status=STATUS"
+            ),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Runs `skiff ps`.
@@ -27,6 +59,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         .iter()
         .filter(|s| args.all || s.status == Status::Running)
     {
+        if !matches(s, &args.filter)? {
+            continue;
+        }
         if args.quiet {
             println!("{}", &s.id[..12.min(s.id.len())]);
             continue;

@@ -125,6 +125,43 @@ pub struct Args {
     /// default one), or no-new-privileges (setuid programs gain nothing).
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
+    /// Run tini (Debian's, bound read-only at /sbin/docker-init) as PID 1: it reaps
+    /// orphans and forwards signals to the command.
+    #[arg(long)]
+    pub init: bool,
+    /// Give the container a host device: HOST[:CONTAINER][:PERMS] (PERMS of r, w, m).
+    #[arg(long = "device", value_name = "HOST[:CONTAINER][:PERMS]")]
+    pub device: Vec<String>,
+    /// Mount: type=bind,source=HOST,target=PATH[,readonly] or
+    /// type=tmpfs,target=PATH[,tmpfs-size=SIZE][,tmpfs-mode=MODE].
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Add a supplementary group (name in the container's /etc/group, or gid).
+    #[arg(long = "group-add", value_name = "GROUP")]
+    pub group_add: Vec<String>,
+    /// Size of /dev/shm (default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Set a namespaced kernel parameter (kernel.shm*, kernel.msg*, kernel.sem,
+    /// fs.mqueue.*, kernel.domainname, net.*).
+    #[arg(long = "sysctl", value_name = "KEY=VALUE")]
+    pub sysctl: Vec<String>,
+    /// Signal `skiff stop` sends first (default SIGTERM).
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Label the container (see `skiff ps --filter label=KEY[=VALUE]`).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Memory plus swap limit (needs --memory; -1 for unlimited swap).
+    #[arg(long = "memory-swap", value_name = "SIZE", allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// CPUs the container may use, e.g. 0-2,4.
+    #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+    pub cpuset_cpus: Option<String>,
+    /// Restart policy: no (default); always, unless-stopped and on-failure[:N] need a
+    /// supervising daemon.
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    pub restart: String,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
     #[arg(
         trailing_var_arg = true,
@@ -156,6 +193,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     {
         anyhow::bail!("unknown flag: {first}\nSee 'skiff run --help'.");
     }
+    check_restart(global, &args.restart)?;
+    if let Some(sig) = &args.stop_signal {
+        super::stop::parse_signal(sig)?;
+    }
     let Some(rootfs) = args.rootfs.clone() else {
         return run_image(global, args);
     };
@@ -182,7 +223,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     )?;
     let rootfs =
         std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
-    let mut record = new_record(&id, name, &spec, &rootfs, args.detach);
+    let mut record = new_record(&id, name, &spec, &rootfs, args.detach, &args);
+    image_stop_signal(
+        &mut record,
+        image_config.as_ref().and_then(|c| c.config().as_ref()),
+    );
     record.save(&global.root)?;
     if args.detach {
         return detach(global, &spec, &rootfs, record, &mut net, args.rm);
@@ -225,6 +270,14 @@ fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> 
         cap_add: args.cap_add.clone(),
         cap_drop: args.cap_drop.clone(),
         security_opt: args.security_opt.clone(),
+        init: args.init,
+        devices: args.device.clone(),
+        mounts: args.mount.clone(),
+        group_add: args.group_add.clone(),
+        shm_size: args.shm_size.clone(),
+        sysctls: args.sysctl.clone(),
+        memory_swap: args.memory_swap.clone(),
+        cpuset_cpus: args.cpuset_cpus.clone(),
     })
 }
 
@@ -251,6 +304,32 @@ fn network_setup(
     )?)
 }
 
+/// `--restart`: restarting a container needs a supervisor that outlives `skiff run`,
+/// which only the daemon could be; it does not restart containers yet either.
+fn check_restart(global: &Global, policy: &str) -> anyhow::Result<()> {
+    let name = policy.split(':').next().unwrap_or_default();
+    let valid = match policy.split_once(':') {
+        None => ["no", "always", "unless-stopped", "on-failure"].contains(&name),
+        Some(("on-failure", n)) => n.parse::<u32>().is_ok(),
+        Some(_) => false,
+    };
+    if !valid {
+        anyhow::bail!(
+            "invalid --restart {policy:?}: want no, always, unless-stopped or on-failure[:N]"
+        );
+    }
+    if name == "no" {
+        return Ok(());
+    }
+    if crate::daemon::connect(global).is_none() {
+        anyhow::bail!(
+            "--restart {policy} needs the skiff daemon to restart the container, and it is \
+             not running: start `skiff daemon` (or run without --restart)"
+        );
+    }
+    anyhow::bail!("--restart {policy}: the skiff daemon does not restart containers yet")
+}
+
 /// The container's name (given, or the id's first 12 digits), refused if in use.
 fn claim_name(global: &Global, args: &Args, id: &str) -> anyhow::Result<String> {
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
@@ -261,13 +340,15 @@ fn claim_name(global: &Global, args: &Args, id: &str) -> anyhow::Result<String> 
     Ok(name)
 }
 
-/// A fresh state record, monitored by this process.
+/// A fresh state record, monitored by this process, with the `--label` and
+/// `--stop-signal` of `args`.
 fn new_record(
     id: &str,
     name: String,
     spec: &ContainerSpec,
     rootfs: &Path,
     detached: bool,
+    args: &Args,
 ) -> ContainerState {
     ContainerState {
         id: id.to_string(),
@@ -281,7 +362,21 @@ fn new_record(
         exit_code: None,
         detached,
         error: None,
+        process: Some(container::exec::ProcessDefaults::of(spec)),
+        labels: args.label.clone(),
+        stop_signal: args.stop_signal.clone(),
     }
+}
+
+/// Without `--stop-signal`, the image's `StopSignal` is what `skiff stop` sends first
+/// (as docker does); one skiff cannot parse is left out (SIGTERM then).
+fn image_stop_signal(record: &mut ContainerState, image: Option<&oci_spec::image::Config>) {
+    if record.stop_signal.is_some() {
+        return;
+    }
+    record.stop_signal = image
+        .and_then(|c| c.stop_signal().clone())
+        .filter(|s| super::stop::parse_signal(s).is_ok());
 }
 
 /// Set by `skiff run -d IMAGE` for the monitor process it re-executes: the container
@@ -337,7 +432,8 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         id.clone(),
         state_dir.clone(),
     )?;
-    let mut record = new_record(&id, name, &spec, &mountpoint, detached_id.is_some());
+    let mut record = new_record(&id, name, &spec, &mountpoint, detached_id.is_some(), &args);
+    image_stop_signal(&mut record, lazy.image.config.config().as_ref());
     // Saved before mounting, so a skiff killed from here on leaves a record whose
     // stale-state cleanup unmounts the view.
     record.save(&global.root)?;
@@ -449,7 +545,11 @@ fn run_through(
             return Err(e.into());
         }
     };
-    let mut record = new_record(id, name, &spec, &mountpoint, detached_id.is_some());
+    let mut record = new_record(id, name, &spec, &mountpoint, detached_id.is_some(), args);
+    image_stop_signal(
+        &mut record,
+        config.as_ref().and_then(|c| c.config().as_ref()),
+    );
     let code = match record.save(&global.root) {
         Ok(()) => supervise(global, &spec, &mountpoint, &mut record, net),
         Err(e) => {

@@ -222,7 +222,7 @@ impl Cgroup {
 
         if restrict_devices {
             if let Some(dir) = &v2_dir {
-                if let Err(e) = attach_device_filter(dir) {
+                if let Err(e) = attach_device_filter(dir, &limits.device_rules) {
                     match layout {
                         Layout::V2(_) => return Err(e),
                         _ => tracing::warn!("{e} (the v1 devices controller still applies)"),
@@ -234,7 +234,11 @@ impl Cgroup {
                 cg.dirs.push(dir.clone());
                 cg.mounts.extend(v1_mount("devices"));
                 write(&dir.join("devices.deny"), "a")?;
-                for rule in DEFAULT_DEVICE_RULES {
+                for rule in DEFAULT_DEVICE_RULES
+                    .iter()
+                    .copied()
+                    .chain(limits.device_rules.iter().map(String::as_str))
+                {
                     write(&dir.join("devices.allow"), rule)?;
                 }
             }
@@ -263,13 +267,46 @@ impl Cgroup {
                 }
             };
         if let Some(mem) = limits.memory {
+            let mut v1_files = vec![("memory.limit_in_bytes", mem.to_string())];
+            // Swap limits exist on v1 only with swap accounting; docker then warns and
+            // goes on without one.
+            let memsw = v1_hierarchy("memory")
+                .is_some_and(|(_, m)| m.join("memory.memsw.limit_in_bytes").exists());
+            match limits.memory_swap {
+                Some(total) if memsw => {
+                    v1_files.push(("memory.memsw.limit_in_bytes", total.to_string()))
+                }
+                Some(_) if v1_hierarchy("memory").is_some() => tracing::warn!(
+                    "the kernel does not account swap (memory.memsw): --memory-swap is ignored"
+                ),
+                _ => {}
+            }
+            let swap_max = match limits.memory_swap {
+                None => "0".to_string(),
+                Some(total) if total < 0 => "max".to_string(),
+                Some(total) => (total as u64).saturating_sub(mem).to_string(),
+            };
             set(
                 "memory",
-                &[("memory.limit_in_bytes", mem.to_string())],
+                &v1_files,
                 &[
                     ("memory.max", mem.to_string()),
-                    ("memory.swap.max", "0".into()),
+                    ("memory.swap.max", swap_max),
                 ],
+            )?;
+        }
+        if let Some(cpus) = &limits.cpuset_cpus {
+            // A new v1 cpuset has no memory nodes: it takes its parent's.
+            let mems = v1_dir("cpuset")
+                .and_then(|d| std::fs::read_to_string(d.parent()?.join("cpuset.mems")).ok())
+                .unwrap_or_default();
+            set(
+                "cpuset",
+                &[
+                    ("cpuset.cpus", cpus.clone()),
+                    ("cpuset.mems", mems.trim().to_string()),
+                ],
+                &[("cpuset.cpus", cpus.clone())],
             )?;
         }
         if let Some(quota) = limits.cpu_quota {
@@ -341,11 +378,14 @@ impl Drop for Cgroup {
     }
 }
 
-/// Attaches the eBPF program allowing [`DEFAULT_DEVICE_RULES`] to the v2 cgroup `dir`.
-fn attach_device_filter(dir: &Path) -> Result<(), CgroupError> {
+/// Attaches the eBPF program allowing [`DEFAULT_DEVICE_RULES`] and `extra` (from
+/// `--device`) to the v2 cgroup `dir`.
+fn attach_device_filter(dir: &Path, extra: &[String]) -> Result<(), CgroupError> {
     let rules = DEFAULT_DEVICE_RULES
         .iter()
-        .map(|r| devices_bpf::DeviceRule::parse(r))
+        .copied()
+        .chain(extra.iter().map(String::as_str))
+        .map(devices_bpf::DeviceRule::parse)
         .collect::<Result<Vec<_>, _>>()?;
     devices_bpf::attach(dir, &rules)?;
     Ok(())
@@ -419,6 +459,50 @@ pub fn remove_stale(id: &str) {
     }
 }
 
+/// The cgroup directories process `pid` is in, as host paths: one per v1 hierarchy
+/// with controllers, and the v2 one. `skiff exec` puts its process in those of the
+/// container's PID 1.
+pub fn dirs_of(pid: i32) -> Result<Vec<PathBuf>, CgroupError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io(Path::new("/proc/self/mountinfo")))?;
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let proc_cgroup = std::fs::read_to_string(&path).map_err(io(&path))?;
+    Ok(process_dirs(&detect_layout(&mountinfo)?, &proc_cgroup))
+}
+
+/// [`dirs_of`] from the host's layout and the contents of /proc/PID/cgroup (read
+/// from the host's cgroup namespace, so the paths are the host's).
+fn process_dirs(layout: &Layout, proc_cgroup: &str) -> Vec<PathBuf> {
+    let (v1, v2): (&[(Vec<String>, PathBuf)], Option<&PathBuf>) = match layout {
+        Layout::V2(m) => (&[], Some(m)),
+        Layout::V1(v1) => (v1, None),
+        Layout::Hybrid { v1, unified } => (v1, Some(unified)),
+    };
+    let mut dirs = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, list, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or("/"));
+        let rel = path.trim_start_matches('/');
+        let mount = if list.is_empty() {
+            v2
+        } else {
+            let listed: Vec<&str> = list.split(',').collect();
+            v1.iter()
+                .find(|(c, _)| !c.is_empty() && c.iter().all(|x| listed.contains(&x.as_str())))
+                .map(|(_, m)| m)
+        };
+        if let Some(m) = mount {
+            dirs.push(m.join(rel));
+        }
+    }
+    dirs
+}
+
+/// Moves process `pid` into the cgroup directory `dir`.
+pub fn join(dir: &Path, pid: i32) -> Result<(), CgroupError> {
+    write(&dir.join("cgroup.procs"), &pid.to_string())
+}
+
 /// SIGKILLs every task left in a cgroup directory.
 fn kill_all(dir: &Path) {
     if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
@@ -442,6 +526,9 @@ fn enable_v2_controllers(parent: &Path, limits: &Resources) -> Result<(), Cgroup
     }
     if limits.pids.is_some() {
         wanted.push("+pids");
+    }
+    if limits.cpuset_cpus.is_some() {
+        wanted.push("+cpuset");
     }
     if wanted.is_empty() {
         return Ok(());
@@ -492,6 +579,25 @@ mod tests {
             .join("\n");
         assert!(matches!(detect_layout(&v1).unwrap(), Layout::V1(_)));
         assert!(matches!(detect_layout(""), Err(CgroupError::NotMounted)));
+    }
+
+    #[test]
+    fn process_dirs_map_to_host_paths() {
+        let layout = detect_layout(HYBRID).unwrap();
+        let pc = "5:memory:/user/skiff-x\n4:name=systemd:/s\n3:cpu,cpuacct:/c\n0::/u/skiff-x\n";
+        assert_eq!(
+            process_dirs(&layout, pc),
+            [
+                PathBuf::from("/sys/fs/cgroup/memory/user/skiff-x"),
+                PathBuf::from("/sys/fs/cgroup/cpu/c"),
+                PathBuf::from("/sys/fs/cgroup/unified/u/skiff-x"),
+            ]
+        );
+        let v2 = Layout::V2("/sys/fs/cgroup".into());
+        assert_eq!(
+            process_dirs(&v2, "0::/skiff/skiff-y\n"),
+            [PathBuf::from("/sys/fs/cgroup/skiff/skiff-y")]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::cgroups::CgroupMount;
 use super::process::{self, InitError, Program, EXIT_SETUP};
 use super::spec::{ContainerSpec, NetworkMode};
 use super::sys::Syscall;
-use super::{rootfs, sync, terminal, users};
+use super::{rootfs, sync, sysctl, terminal};
 use nix::sys::signal::SigSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -155,19 +155,15 @@ pub fn prepare(sys: &dyn Syscall, cfg: &InitConfig<'_>) -> Result<Program, InitE
     let cwd = PathBuf::from(&spec.cwd);
     std::fs::create_dir_all(&cwd)
         .map_err(|e| InitError::setup(&format!("creating working directory {}", spec.cwd), e))?;
+    // Namespaced sysctls, while /proc/sys is still writable (as runc does).
+    for (key, value) in &spec.sysctls {
+        std::fs::write(sysctl::proc_path(key), value)
+            .map_err(|e| InitError::setup(&format!("setting sysctl {key}={value}"), e))?;
+    }
     rootfs::finalize(sys, spec.read_only).map_err(|e| InitError::setup("preparing rootfs", e))?;
 
     // The user is looked up in the container's own files, after pivot_root.
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = users::resolve(&spec.user, &passwd, &group).map_err(|e| InitError {
-        code: EXIT_SETUP,
-        message: e.to_string(),
-    })?;
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
+    let (user, env) = process::container_user(&spec.user, &spec.group_add, &spec.env)?;
 
     process::set_rlimits(sys, spec, cfg.default_nofile)?;
     process::drop_privileges(sys, spec, &user)?;
@@ -184,14 +180,14 @@ pub fn prepare(sys: &dyn Syscall, cfg: &InitConfig<'_>) -> Result<Program, InitE
 /// Step 3. Resets what skiff changed (ignored signals: Rust ignores SIGPIPE; the
 /// mask) and marks every descriptor above stderr close-on-exec, so none of skiff's
 /// (say, the FUSE server's /dev/fuse) reaches the container (runc does the same).
-fn clean_slate(sys: &dyn Syscall, old_mask: &SigSet) {
+pub(super) fn clean_slate(sys: &dyn Syscall, old_mask: &SigSet) {
     sys.reset_signal_dispositions();
     let _ = sys.set_signal_mask(old_mask);
     let _ = sys.close_range_cloexec(3);
 }
 
 /// Step 4. Returns only if exec failed: 127 when the program is gone, else 126.
-fn exec(sys: &dyn Syscall, program: &Program) -> InitError {
+pub(super) fn exec(sys: &dyn Syscall, program: &Program) -> InitError {
     let e = sys.execve(&program.path, &program.argv, &program.envp);
     let code = match e.errno {
         nix::errno::Errno::ENOENT => process::EXIT_NOT_FOUND,

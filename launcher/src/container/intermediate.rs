@@ -49,6 +49,17 @@ pub fn run(
             },
         );
     }
+    fork_child(pid_w, err_w, init)
+}
+
+/// The intermediate process's last step (for `skiff run` and `skiff exec`): forks
+/// `child` (in the PID namespace unshared or joined before), sends its pid on `pid_w`
+/// and exits; a failed fork goes to `err_w`.
+pub fn fork_child(
+    pid_w: OwnedFd,
+    err_w: &OwnedFd,
+    child: impl FnOnce() -> std::convert::Infallible,
+) -> ! {
     // SAFETY: the process is single-threaded (it is a fork); the child only sets up
     // the container and execs.
     match unsafe { nix::unistd::fork() } {
@@ -66,7 +77,7 @@ pub fn run(
         }
         Ok(ForkResult::Child) => {
             drop(pid_w);
-            match init() {}
+            match child() {}
         }
     }
 }

@@ -223,16 +223,7 @@ fn start_pid1(
     pty: Option<terminal::Pty>,
 ) -> Result<(Pid, Option<terminal::Session>), RunError> {
     let MainEnds { pid_r, go_w, err_r } = ends;
-    let mut buf = [0u8; 4];
-    let got = sync::read_full(&pid_r, &mut buf);
-    let _ = waitpid(intermediate, None);
-    if got != 4 {
-        return Err(sync::read_failure(err_r).unwrap_or(RunError::Os(
-            "starting container",
-            nix::errno::Errno::ECHILD,
-        )));
-    }
-    let pid = Pid::from_raw(i32::from_ne_bytes(buf));
+    let (pid, err_r) = sync::receive_pid(&pid_r, intermediate, err_r, "starting container")?;
     if let Some(cg) = cgroup {
         if let Err(e) = cg.add(pid.as_raw()) {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
@@ -261,7 +252,7 @@ fn start_pid1(
 
 /// Waits for PID 1, forwarding signals to it, reaping every child skiff has (PID 1 and
 /// anything re-parented to it), resizing the pty on SIGWINCH.
-fn wait_forwarding(
+pub(super) fn wait_forwarding(
     pid: Pid,
     mut term: Option<&mut terminal::Session>,
 ) -> Result<ExitStatus, RunError> {

@@ -16,11 +16,14 @@
 //! [`sys::Syscall`], so their order is tested with a recorder.
 
 pub mod cgroups;
+pub mod devices;
 pub mod devices_bpf;
 pub mod etc_files;
+pub mod exec;
 pub mod init;
 pub mod intermediate;
 pub mod main;
+pub mod mounts;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
@@ -29,6 +32,7 @@ pub mod spec;
 pub mod state;
 pub mod sync;
 pub mod sys;
+pub mod sysctl;
 pub mod terminal;
 pub mod users;
 

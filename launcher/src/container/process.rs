@@ -2,7 +2,8 @@
 //! the program it execs (found on `PATH` with docker's exit statuses). The steps are
 //! functions over [`Syscall`]; [`super::init`] calls them in runc's order.
 
-use super::spec::ContainerSpec;
+use super::security::Security;
+use super::spec::{ContainerSpec, Rlimit};
 use super::sys::Syscall;
 use super::users;
 use std::ffi::CString;
@@ -72,6 +73,29 @@ impl Program {
     }
 }
 
+/// Looks `user_spec` (and `--group-add`'s `group_add`) up in the container's own
+/// /etc/passwd and /etc/group (so: after pivot_root or joining its mount namespace);
+/// returns the user and `env` with HOME added from its entry when missing.
+pub fn container_user(
+    user_spec: &str,
+    group_add: &[String],
+    env: &[String],
+) -> Result<(users::ResolvedUser, Vec<String>), InitError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let user = users::resolve_with_groups(user_spec, &passwd, &group, group_add).map_err(|e| {
+        InitError {
+            code: EXIT_SETUP,
+            message: e.to_string(),
+        }
+    })?;
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    Ok((user, env))
+}
+
 /// Becomes the container user with its capabilities: bounding set first (needs
 /// CAP_SETPCAP, so while still root), then uid/gid/groups (keeping permitted caps),
 /// then effective/permitted (none for a non-root user, as exec would drop them
@@ -83,7 +107,19 @@ pub fn drop_privileges(
     spec: &ContainerSpec,
     user: &users::ResolvedUser,
 ) -> Result<(), InitError> {
-    let security = &spec.security;
+    apply_privileges(sys, &spec.security, spec.privileged, &spec.user, user)
+}
+
+/// [`drop_privileges`] from its parts (what `skiff exec` recorded of the container):
+/// `security` and `privileged` as the container has them; `user_spec` names the user
+/// in messages.
+pub fn apply_privileges(
+    sys: &dyn Syscall,
+    security: &Security,
+    privileged: bool,
+    user_spec: &str,
+    user: &users::ResolvedUser,
+) -> Result<(), InitError> {
     let load_seccomp = || match &security.seccomp {
         Some(f) => sys
             .load_seccomp(f)
@@ -94,13 +130,13 @@ pub fn drop_privileges(
         load_seccomp()?;
     }
     let caps = security.capabilities.clone();
-    if !spec.privileged {
+    if !privileged {
         sys.drop_bounding(&caps)
             .map_err(|e| InitError::setup("dropping capabilities", e))?;
     }
     sys.set_identity(user.uid, user.gid, &user.additional_gids)
-        .map_err(|e| InitError::setup(&format!("switching to user {:?}", spec.user), e))?;
-    let effective = match (spec.privileged, user.uid) {
+        .map_err(|e| InitError::setup(&format!("switching to user {user_spec:?}"), e))?;
+    let effective = match (privileged, user.uid) {
         (true, 0) => None,
         (false, 0) => Some(caps),
         (_, _) => Some(Default::default()),
@@ -122,12 +158,21 @@ pub fn set_rlimits(
     spec: &ContainerSpec,
     default_nofile: u64,
 ) -> Result<(), InitError> {
+    apply_rlimits(sys, &spec.rlimits, default_nofile)
+}
+
+/// [`set_rlimits`] from the list of limits alone (for `skiff exec`).
+pub fn apply_rlimits(
+    sys: &dyn Syscall,
+    rlimits: &[Rlimit],
+    default_nofile: u64,
+) -> Result<(), InitError> {
     let nofile = libc::RLIMIT_NOFILE as u32;
-    if !spec.rlimits.iter().any(|r| r.resource == nofile) {
+    if !rlimits.iter().any(|r| r.resource == nofile) {
         sys.set_rlimit(nofile, default_nofile, default_nofile)
             .map_err(|e| InitError::setup("setting resource limits", e))?;
     }
-    for r in &spec.rlimits {
+    for r in rlimits {
         sys.set_rlimit(r.resource, r.soft, r.hard)
             .map_err(|e| InitError::setup("setting resource limits", e))?;
     }

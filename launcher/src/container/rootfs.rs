@@ -134,10 +134,11 @@ struct KernelMount {
     destination: &'static str,
     fstype: &'static str,
     flags: MsFlags,
-    data: Option<&'static str>,
+    data: Option<String>,
 }
 
-fn kernel_mounts() -> Vec<KernelMount> {
+/// The kernel filesystems, /dev/shm of `shm_size` bytes (`--shm-size`).
+fn kernel_mounts(shm_size: u64) -> Vec<KernelMount> {
     let nosuid = MsFlags::MS_NOSUID;
     let nne = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     vec![
@@ -151,19 +152,19 @@ fn kernel_mounts() -> Vec<KernelMount> {
             destination: "/dev",
             fstype: "tmpfs",
             flags: nosuid | MsFlags::MS_STRICTATIME,
-            data: Some("mode=755,size=65536k"),
+            data: Some("mode=755,size=65536k".into()),
         },
         KernelMount {
             destination: "/dev/pts",
             fstype: "devpts",
             flags: nosuid | MsFlags::MS_NOEXEC,
-            data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5".into()),
         },
         KernelMount {
             destination: "/dev/shm",
             fstype: "tmpfs",
             flags: nne,
-            data: Some("mode=1777,size=65536k"),
+            data: Some(format!("mode=1777,size={shm_size}")),
         },
         KernelMount {
             destination: "/dev/mqueue",
@@ -230,10 +231,16 @@ pub fn prepare(
         None,
     )?;
 
-    for m in kernel_mounts() {
+    for m in kernel_mounts(spec.shm_size) {
         let target = secure_join(rootfs, Path::new(m.destination))?;
         ensure_dir(&target)?;
-        sys.mount(Some(m.fstype), &target, Some(m.fstype), m.flags, m.data)?;
+        sys.mount(
+            Some(m.fstype),
+            &target,
+            Some(m.fstype),
+            m.flags,
+            m.data.as_deref(),
+        )?;
     }
     mount_cgroups(sys, rootfs, cgroups)?;
 
@@ -255,14 +262,14 @@ pub fn prepare(
         bind(sys, &b.source, &target, b.read_only)?;
     }
     for t in &spec.tmpfs {
-        let target = secure_join(rootfs, t)?;
+        let target = secure_join(rootfs, &t.destination)?;
         ensure_dir(&target)?;
         sys.mount(
             Some("tmpfs"),
             &target,
             Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
+            t.flags,
+            Some(&t.data),
         )?;
     }
 
@@ -277,6 +284,26 @@ pub fn prepare(
             Mode::from_bits_truncate(0o666),
             makedev(*major, *minor),
         )?;
+    }
+    for d in &spec.devices {
+        // Resolved like /dev itself: a symlink in the image cannot move it.
+        let target = secure_join(rootfs, &d.destination)?;
+        if let Some(parent) = target.parent() {
+            ensure_dir(parent)?;
+        }
+        let kind = if d.kind == 'b' {
+            SFlag::S_IFBLK
+        } else {
+            SFlag::S_IFCHR
+        };
+        sys.mknod(
+            &target,
+            kind,
+            Mode::from_bits_truncate(d.mode),
+            makedev(d.major, d.minor),
+        )?;
+        std::os::unix::fs::lchown(&target, Some(d.owner.0), Some(d.owner.1))
+            .map_err(io(&target))?;
     }
     sys.umask(old_umask);
     for (link, target) in DEV_SYMLINKS {

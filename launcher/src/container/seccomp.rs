@@ -392,8 +392,10 @@ fn applies(rule: &Rule, host: &Host, caps: &HashSet<String>) -> Result<bool, Sec
     Ok(true)
 }
 
-/// A compiled filter, ready to load.
-#[derive(Clone)]
+/// A compiled filter, ready to load. Serialized (as its instructions) into the
+/// container's state, so `skiff exec` loads the very filter PID 1 got.
+#[derive(Clone, serde::Serialize, Deserialize)]
+#[serde(into = "FilterRecord", from = "FilterRecord")]
 pub struct Filter {
     program: Vec<libc::sock_filter>,
     flags: libc::c_ulong,
@@ -402,6 +404,48 @@ pub struct Filter {
 impl std::fmt::Debug for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Filter({} instructions)", self.program.len())
+    }
+}
+
+/// [`Filter`] as stored: each instruction as `[code, jt, jf, k]`, and the flags.
+#[derive(serde::Serialize, Deserialize)]
+struct FilterRecord {
+    program: Vec<[u32; 4]>,
+    flags: u64,
+}
+
+impl From<Filter> for FilterRecord {
+    fn from(f: Filter) -> FilterRecord {
+        FilterRecord {
+            program: f
+                .program
+                .iter()
+                .map(|i| [i.code.into(), i.jt.into(), i.jf.into(), i.k])
+                .collect(),
+            // c_ulong is u32 on 32-bit targets.
+            #[allow(clippy::unnecessary_cast)]
+            flags: f.flags as u64,
+        }
+    }
+}
+
+impl From<FilterRecord> for Filter {
+    fn from(r: FilterRecord) -> Filter {
+        // Out-of-range fields are truncated: the kernel's verifier refuses a broken
+        // program when it is loaded, so nothing here needs to be trusted.
+        Filter {
+            program: r
+                .program
+                .iter()
+                .map(|[code, jt, jf, k]| libc::sock_filter {
+                    code: *code as u16,
+                    jt: *jt as u8,
+                    jf: *jf as u8,
+                    k: *k,
+                })
+                .collect(),
+            flags: r.flags as libc::c_ulong,
+        }
     }
 }
 

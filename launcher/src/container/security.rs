@@ -37,10 +37,12 @@ pub enum SecurityError {
     Seccomp(#[from] seccomp::SeccompError),
 }
 
-/// The container's privileges, worked out from the flags before it is forked.
-#[derive(Debug, Clone)]
+/// The container's privileges, worked out from the flags before it is forked. Kept in
+/// the container's state, so `skiff exec` gives its processes the same.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Security {
     /// Bounding set, and effective/permitted set of a root process.
+    #[serde(with = "capability_names")]
     pub capabilities: CapsHashSet,
     /// Set no_new_privs (`--security-opt no-new-privileges`).
     pub no_new_privileges: bool,
@@ -83,6 +85,26 @@ impl Security {
             no_new_privileges,
             seccomp,
         })
+    }
+}
+
+/// A capability set as a sorted list of names (`CAP_CHOWN`, ...).
+mod capability_names {
+    use caps::{Capability, CapsHashSet};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::str::FromStr;
+
+    pub fn serialize<S: Serializer>(set: &CapsHashSet, s: S) -> Result<S::Ok, S::Error> {
+        let mut names: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+        names.sort();
+        names.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<CapsHashSet, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|n| Capability::from_str(n).map_err(serde::de::Error::custom))
+            .collect()
     }
 }
 

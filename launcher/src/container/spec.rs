@@ -17,9 +17,6 @@ pub enum SpecError {
     /// A `-v` value is not `HOST:CONTAINER[:ro|rw]` with absolute paths.
     #[error("invalid volume specification {0:?}: want HOST:CONTAINER[:ro|rw] with absolute paths")]
     BadVolume(String),
-    /// A `--tmpfs` value is not an absolute path.
-    #[error("invalid tmpfs path {0:?}: must be absolute")]
-    BadTmpfs(String),
     /// A `--ulimit` value is not `name=soft[:hard]` with a known name.
     #[error("invalid ulimit {0:?}: want NAME=SOFT[:HARD], e.g. nofile=1024:2048")]
     BadUlimit(String),
@@ -43,6 +40,28 @@ pub enum SpecError {
     /// `--cap-add`, `--cap-drop` or `--security-opt` is invalid.
     #[error(transparent)]
     Security(#[from] super::security::SecurityError),
+    /// A `--device` is invalid.
+    #[error(transparent)]
+    Device(#[from] super::devices::DeviceError),
+    /// A `--tmpfs` or `--mount` is invalid.
+    #[error(transparent)]
+    Mount(#[from] super::mounts::MountError),
+    /// A `--sysctl` is invalid or not namespaced.
+    #[error(transparent)]
+    Sysctl(#[from] super::sysctl::SysctlError),
+    /// A `--shm-size` value is not a positive size.
+    #[error("invalid --shm-size {0:?}: want a positive size like 64m")]
+    BadShmSize(String),
+    /// A `--memory-swap` value is not a size or -1, is below `--memory`, or comes
+    /// without `--memory`.
+    #[error("invalid --memory-swap {0:?}: {1}")]
+    BadMemorySwap(String, &'static str),
+    /// A `--cpuset-cpus` value is not a CPU list like `0-2,4`.
+    #[error("invalid --cpuset-cpus {0:?}: want a list like 0-2,4")]
+    BadCpuset(String),
+    /// `--init` without tini on the host.
+    #[error("--init needs tini: install Debian's tini package (looked for {0})")]
+    NoInit(String),
 }
 
 /// How the container sees the network.
@@ -66,7 +85,7 @@ pub struct BindMount {
 }
 
 /// One resource limit (`setrlimit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rlimit {
     /// `libc::RLIMIT_*` value.
     pub resource: u32,
@@ -85,6 +104,12 @@ pub struct Resources {
     pub cpu_quota: Option<u64>,
     /// Maximum number of tasks (`--pids-limit`).
     pub pids: Option<u64>,
+    /// Memory plus swap in bytes (`--memory-swap`); -1 is unlimited swap.
+    pub memory_swap: Option<i64>,
+    /// CPUs the container may run on (`--cpuset-cpus`, e.g. `0-2,4`).
+    pub cpuset_cpus: Option<String>,
+    /// Device cgroup rules beyond docker's default list (from `--device`).
+    pub device_rules: Vec<String>,
 }
 
 /// Everything the runtime needs, apart from the root filesystem, to start a container.
@@ -111,8 +136,8 @@ pub struct ContainerSpec {
     pub rlimits: Vec<Rlimit>,
     /// `-v` bind mounts.
     pub binds: Vec<BindMount>,
-    /// `--tmpfs` mount points.
-    pub tmpfs: Vec<PathBuf>,
+    /// `--tmpfs` and `--mount type=tmpfs` mounts.
+    pub tmpfs: Vec<super::mounts::TmpfsMount>,
     /// Mount the root filesystem read-only.
     pub read_only: bool,
     /// Cgroup limits.
@@ -125,6 +150,14 @@ pub struct ContainerSpec {
     pub state_dir: PathBuf,
     /// Capabilities, no_new_privs and the seccomp filter.
     pub security: super::security::Security,
+    /// Host devices given to the container (`--device`).
+    pub devices: Vec<super::devices::Device>,
+    /// Supplementary groups added to the user's (`--group-add`), names or ids.
+    pub group_add: Vec<String>,
+    /// Size of /dev/shm in bytes (`--shm-size`, default 64 MiB).
+    pub shm_size: u64,
+    /// Namespaced kernel settings (`--sysctl`), written by PID 1.
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// The flags of `skiff run` that shape the container, independent of clap.
@@ -172,6 +205,22 @@ pub struct RunOptions {
     pub cap_drop: Vec<String>,
     /// `--security-opt` values.
     pub security_opt: Vec<String>,
+    /// `--init`: tini as PID 1.
+    pub init: bool,
+    /// `--device` values.
+    pub devices: Vec<String>,
+    /// `--mount` values.
+    pub mounts: Vec<String>,
+    /// `--group-add` values.
+    pub group_add: Vec<String>,
+    /// `--shm-size`.
+    pub shm_size: Option<String>,
+    /// `--sysctl` values.
+    pub sysctls: Vec<String>,
+    /// `--memory-swap`.
+    pub memory_swap: Option<String>,
+    /// `--cpuset-cpus`.
+    pub cpuset_cpus: Option<String>,
 }
 
 impl ContainerSpec {
@@ -198,7 +247,7 @@ impl ContainerSpec {
         } else {
             image.and_then(|c| c.cmd().clone()).unwrap_or_default()
         };
-        let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        let mut args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
         if args.is_empty() {
             return Err(SpecError::NoCommand);
         }
@@ -254,25 +303,58 @@ impl ContainerSpec {
             .iter()
             .map(|u| parse_ulimit(u))
             .collect::<Result<Vec<_>, _>>()?;
-        let binds = opts
+        let mut binds = opts
             .volumes
             .iter()
             .map(|v| parse_volume(v))
             .collect::<Result<Vec<_>, _>>()?;
-        let tmpfs = opts
+        let mut tmpfs = opts
             .tmpfs
             .iter()
-            .map(|t| {
-                let path = t.split(':').next().unwrap_or_default();
-                if path.starts_with('/') {
-                    Ok(PathBuf::from(path))
-                } else {
-                    Err(SpecError::BadTmpfs(t.clone()))
-                }
-            })
+            .map(|t| super::mounts::parse_tmpfs(t))
             .collect::<Result<Vec<_>, _>>()?;
+        for m in &opts.mounts {
+            match super::mounts::parse_mount(m)? {
+                super::mounts::Mount::Bind(b) => binds.push(b),
+                super::mounts::Mount::Tmpfs(t) => tmpfs.push(t),
+            }
+        }
+        if opts.init {
+            // docker's place for it, bound read-only; it runs the command as its child.
+            let tini = init_binary()?;
+            binds.push(BindMount {
+                source: tini,
+                destination: PathBuf::from(DOCKER_INIT),
+                read_only: true,
+            });
+            args.splice(0..0, [DOCKER_INIT.to_string(), "--".to_string()]);
+        }
+        let devices = opts
+            .devices
+            .iter()
+            .map(|d| super::devices::Device::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sysctls = opts
+            .sysctls
+            .iter()
+            .map(|s| super::sysctl::parse(s, network == NetworkMode::Isolated))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shm_size = match &opts.shm_size {
+            None => 64 << 20,
+            Some(s) => parse_size(s)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| SpecError::BadShmSize(s.clone()))?,
+        };
+        let memory = opts.memory.as_deref().map(parse_memory).transpose()?;
         let resources = Resources {
-            memory: opts.memory.as_deref().map(parse_memory).transpose()?,
+            memory_swap: opts
+                .memory_swap
+                .as_deref()
+                .map(|s| parse_memory_swap(s, memory))
+                .transpose()?,
+            cpuset_cpus: opts.cpuset_cpus.as_deref().map(parse_cpuset).transpose()?,
+            device_rules: devices.iter().map(|d| d.cgroup_rule()).collect(),
+            memory,
             cpu_quota: opts.cpus.as_deref().map(parse_cpus).transpose()?,
             pids: match opts.pids_limit {
                 None | Some(-1) => None,
@@ -305,8 +387,74 @@ impl ContainerSpec {
             stdin: opts.interactive,
             state_dir,
             security,
+            devices,
+            group_add: opts.group_add.clone(),
+            shm_size,
+            sysctls,
         })
     }
+}
+
+/// Where `--init` puts tini in the container (docker's path).
+pub const DOCKER_INIT: &str = "/sbin/docker-init";
+
+/// Host paths tried for `--init`'s tini, static first (it must run in any image, with
+/// or without a C library); `SKIFF_INIT_PATH` comes before them.
+const TINI_PATHS: &[&str] = &["/usr/bin/tini-static", "/usr/bin/tini"];
+
+/// The tini binary `--init` binds into the container.
+pub fn init_binary() -> Result<PathBuf, SpecError> {
+    let env = std::env::var_os("SKIFF_INIT_PATH").map(PathBuf::from);
+    env.into_iter()
+        .chain(TINI_PATHS.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+        .ok_or_else(|| SpecError::NoInit(format!("$SKIFF_INIT_PATH, {}", TINI_PATHS.join(", "))))
+}
+
+/// Parses `--memory-swap` (memory plus swap, or -1 for unlimited swap) against the
+/// `--memory` it needs, as docker checks it.
+pub fn parse_memory_swap(s: &str, memory: Option<u64>) -> Result<i64, SpecError> {
+    let bad = |why| SpecError::BadMemorySwap(s.to_string(), why);
+    let Some(memory) = memory else {
+        return Err(bad("it needs --memory"));
+    };
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    let total = parse_size(s).ok_or_else(|| bad("want a size like 128m, or -1"))?;
+    if total < memory {
+        return Err(bad("it must be at least --memory"));
+    }
+    i64::try_from(total).map_err(|_| bad("too large"))
+}
+
+/// Checks a `--cpuset-cpus` list (`0-2,4`).
+pub fn parse_cpuset(s: &str) -> Result<String, SpecError> {
+    let ok = !s.is_empty()
+        && s.split(',').all(|part| {
+            let mut ends = part.splitn(2, '-');
+            let first = ends.next().and_then(|a| a.parse::<u32>().ok());
+            match (first, ends.next()) {
+                (Some(_), None) => true,
+                (Some(a), Some(b)) => b.parse::<u32>().is_ok_and(|b| b >= a),
+                _ => false,
+            }
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(SpecError::BadCpuset(s.to_string()))
+    }
+}
+
+/// `base` with the `-e` values of `extra` applied in order (`K=V` replaces or adds,
+/// `K` alone copies the host's value): the environment of a `skiff exec` process.
+pub fn merge_env(base: &[String], extra: &[String]) -> Result<Vec<String>, SpecError> {
+    let mut env = base.to_vec();
+    for kv in extra {
+        set_env(&mut env, &expand_host_env(kv))?;
+    }
+    Ok(env)
 }
 
 /// `K` alone takes the host's value (Docker's `-e K`); unset on the host means skip.
@@ -570,5 +718,57 @@ mod tests {
             ..Default::default()
         })
         .is_err());
+    }
+
+    #[test]
+    fn docker_resource_flags_parse_or_fail_clearly() {
+        assert_eq!(
+            parse_memory_swap("128m", Some(64 << 20)).unwrap(),
+            128 << 20
+        );
+        assert_eq!(parse_memory_swap("-1", Some(64 << 20)).unwrap(), -1);
+        assert!(parse_memory_swap("128m", None).is_err());
+        assert!(parse_memory_swap("32m", Some(64 << 20)).is_err());
+        assert_eq!(parse_cpuset("0-2,4").unwrap(), "0-2,4");
+        for bad in ["", "a", "2-1", "0,", "-1"] {
+            assert!(parse_cpuset(bad).is_err(), "{bad}");
+        }
+        let s = spec(RunOptions {
+            shm_size: Some("8m".into()),
+            sysctls: vec!["kernel.sem=1 2 3 4".into()],
+            group_add: vec!["audio".into()],
+            mounts: vec!["type=tmpfs,target=/t".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.shm_size, 8 << 20);
+        assert_eq!(
+            s.sysctls,
+            [("kernel.sem".to_string(), "1 2 3 4".to_string())]
+        );
+        assert_eq!(s.tmpfs[0].destination, PathBuf::from("/t"));
+        assert!(spec(RunOptions {
+            shm_size: Some("0".into()),
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn init_runs_the_command_under_tini() {
+        let Ok(tini) = init_binary() else {
+            panic!("tini is needed: apt-get install tini");
+        };
+        let s = spec(RunOptions {
+            init: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.args, [DOCKER_INIT, "--", "/bin/ep", "a", "b"]);
+        let bind = s.binds.last().unwrap();
+        assert_eq!(
+            (&bind.source, bind.destination.to_str(), bind.read_only),
+            (&tini, Some(DOCKER_INIT), true)
+        );
     }
 }

@@ -107,6 +107,16 @@ pub struct ContainerState {
     pub detached: bool,
     /// Why it failed to start, if it did.
     pub error: Option<String>,
+    /// What `skiff exec` processes share with PID 1 (absent in the state of a
+    /// container started by an older skiff).
+    #[serde(default)]
+    pub process: Option<super::exec::ProcessDefaults>,
+    /// `--label` values, `KEY=VALUE`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `--stop-signal`: what `skiff stop` sends first (SIGTERM when absent).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 /// Seconds since the epoch.
@@ -251,6 +261,9 @@ mod tests {
             exit_code: None,
             detached: false,
             error: None,
+            process: None,
+            labels: Vec::new(),
+            stop_signal: None,
         }
     }
 

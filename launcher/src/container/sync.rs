@@ -45,6 +45,24 @@ pub fn writer_gone(fd: &OwnedFd) -> bool {
     r > 0 && pfd.revents & libc::POLLHUP != 0
 }
 
+/// The main process's side of the pid pipe: reads the pid the intermediate process
+/// sends, and reaps that process. Without a pid, the error it (or its child) reported,
+/// else `what` failed with ECHILD. Gives the error pipe back when there is a pid.
+pub fn receive_pid(
+    pid_r: &OwnedFd,
+    intermediate: nix::unistd::Pid,
+    err_r: OwnedFd,
+    what: &'static str,
+) -> Result<(nix::unistd::Pid, OwnedFd), RunError> {
+    let mut buf = [0u8; 4];
+    let got = read_full(pid_r, &mut buf);
+    let _ = nix::sys::wait::waitpid(intermediate, None);
+    if got != 4 {
+        return Err(read_failure(err_r).unwrap_or(RunError::Os(what, nix::errno::Errno::ECHILD)));
+    }
+    Ok((nix::unistd::Pid::from_raw(i32::from_ne_bytes(buf)), err_r))
+}
+
 /// Sends a pre-exec failure to the main process and exits (child side only).
 pub fn report_failure(err_w: &OwnedFd, e: &InitError) -> ! {
     let mut msg = vec![e.code];

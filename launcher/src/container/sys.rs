@@ -113,6 +113,28 @@ pub trait Syscall {
     fn set_no_new_privs(&self) -> SysResult;
     /// seccomp(SECCOMP_SET_MODE_FILTER).
     fn load_seccomp(&self, filter: &super::seccomp::Filter) -> SysResult;
+    /// setns(2): joins the namespace `fd` refers to (`kind` is its one CLONE_NEW* flag).
+    fn setns(&self, fd: BorrowedFd<'_>, kind: CloneFlags) -> SysResult;
+}
+
+/// Each CLONE_NEW* flag with its short name, as in /proc/PID/ns.
+pub const NAMESPACES: &[(CloneFlags, &str)] = &[
+    (CloneFlags::CLONE_NEWUSER, "user"),
+    (CloneFlags::CLONE_NEWNS, "mnt"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWPID, "pid"),
+    (CloneFlags::CLONE_NEWNET, "net"),
+    (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
+];
+
+/// Short name of one CLONE_NEW* flag, as in /proc/PID/ns (`mnt`, `pid`, ...).
+pub fn namespace_name(kind: CloneFlags) -> &'static str {
+    NAMESPACES
+        .iter()
+        .find(|(f, _)| *f == kind)
+        .map(|(_, n)| *n)
+        .unwrap_or("namespace")
 }
 
 /// The real kernel.
@@ -352,6 +374,10 @@ impl Syscall for LinuxSyscall {
             format!("{} instructions", filter.instructions()),
         ))
     }
+
+    fn setns(&self, fd: BorrowedFd<'_>, kind: CloneFlags) -> SysResult {
+        nix::sched::setns(fd, kind).map_err(err("setns", namespace_name(kind)))
+    }
 }
 
 /// Lower-case name of an `RLIMIT_*` constant, for messages ("nofile").
@@ -427,15 +453,7 @@ pub mod recording {
             self.push(format!("close {fd}"))
         }
         fn unshare(&self, flags: CloneFlags) -> SysResult {
-            let names = [
-                (CloneFlags::CLONE_NEWNS, "mnt"),
-                (CloneFlags::CLONE_NEWUTS, "uts"),
-                (CloneFlags::CLONE_NEWIPC, "ipc"),
-                (CloneFlags::CLONE_NEWPID, "pid"),
-                (CloneFlags::CLONE_NEWNET, "net"),
-                (CloneFlags::CLONE_NEWCGROUP, "cgroup"),
-            ];
-            let set: Vec<&str> = names
+            let set: Vec<&str> = NAMESPACES
                 .iter()
                 .filter(|(f, _)| flags.contains(*f))
                 .map(|(_, n)| *n)
@@ -559,6 +577,9 @@ pub mod recording {
         }
         fn load_seccomp(&self, _filter: &crate::container::seccomp::Filter) -> SysResult {
             self.push("seccomp".into())
+        }
+        fn setns(&self, _fd: BorrowedFd<'_>, kind: CloneFlags) -> SysResult {
+            self.push(format!("setns {}", namespace_name(kind)))
         }
     }
 }

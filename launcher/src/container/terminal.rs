@@ -60,18 +60,32 @@ impl Pty {
     /// In the container's PID 1: new session, the slave as controlling terminal and
     /// as stdin, stdout and stderr.
     pub fn attach_as_controlling(&self, sys: &dyn Syscall) -> std::io::Result<()> {
-        let io = |e: super::sys::SysError| std::io::Error::from(e.errno);
-        sys.setsid().map_err(io)?;
-        let slave = std::fs::OpenOptions::new()
+        attach_controlling(sys, self.open_slave()?.as_fd())
+    }
+
+    /// Opens the slave side, not as this process's controlling terminal. `skiff exec`
+    /// opens it before its process joins the container's mount namespace, where the
+    /// host's devpts (and so the slave's path) is out of sight.
+    pub fn open_slave(&self) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&self.slave_path)?;
-        sys.set_controlling_terminal(slave.as_fd()).map_err(io)?;
-        for fd in 0..3 {
-            sys.dup2(slave.as_fd(), fd).map_err(io)?;
-        }
-        Ok(())
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(&self.slave_path)
     }
+}
+
+/// A new session with the pty slave `slave` as its controlling terminal and as
+/// stdin, stdout and stderr.
+pub fn attach_controlling(sys: &dyn Syscall, slave: BorrowedFd<'_>) -> std::io::Result<()> {
+    let io = |e: super::sys::SysError| std::io::Error::from(e.errno);
+    sys.setsid().map_err(io)?;
+    sys.set_controlling_terminal(slave).map_err(io)?;
+    for fd in 0..3 {
+        sys.dup2(slave, fd).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// The host side of a running `-t` container: raw mode and the copy threads.

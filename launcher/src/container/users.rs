@@ -142,6 +142,32 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ResolvedUser, Us
     })
 }
 
+/// [`resolve`], plus the supplementary groups of `--group-add` (names looked up in
+/// the container's `/etc/group`, or numeric ids).
+pub fn resolve_with_groups(
+    spec: &str,
+    passwd: &str,
+    group: &str,
+    extra: &[String],
+) -> Result<ResolvedUser, UserError> {
+    let mut user = resolve(spec, passwd, group)?;
+    let groups = parse_group(group);
+    for g in extra {
+        let gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => groups
+                .iter()
+                .find(|e| e.name == *g)
+                .map(|e| e.gid)
+                .ok_or_else(|| UserError::UnknownGroup(g.clone()))?,
+        };
+        if !user.additional_gids.contains(&gid) {
+            user.additional_gids.push(gid);
+        }
+    }
+    Ok(user)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +207,19 @@ mod tests {
         let u = resolve("alice:wheel", PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 10));
         assert!(u.additional_gids.is_empty());
+    }
+
+    #[test]
+    fn group_add_by_name_or_id() {
+        let extra = ["audio".to_string(), "4000".to_string(), "10".to_string()];
+        let u = resolve_with_groups("alice", PASSWD, GROUP, &extra).unwrap();
+        assert_eq!(u.additional_gids, vec![10, 29, 4000]);
+        let u = resolve_with_groups("0:0", PASSWD, GROUP, &extra).unwrap();
+        assert_eq!(u.additional_gids, vec![29, 4000, 10]);
+        assert_eq!(
+            resolve_with_groups("", PASSWD, GROUP, &["staff".to_string()]),
+            Err(UserError::UnknownGroup("staff".into()))
+        );
     }
 
     #[test]

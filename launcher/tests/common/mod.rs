@@ -107,6 +107,18 @@ impl Rootfs {
         self.skiff_cmd(args).output().unwrap()
     }
 
+    /// `skiff --root STATE <args>` (any subcommand: exec, ps, stop…) to completion,
+    /// stdin from /dev/null.
+    pub fn skiff_at_root(&self, args: &[&str]) -> Output {
+        Command::new(skiff_bin())
+            .arg("--root")
+            .arg(&self.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Asserts nothing of this test is still mounted.
     pub fn assert_no_mounts(&self) {
         assert_no_mounts_under(self.dir.path());
@@ -145,6 +157,16 @@ pub fn assert_no_mounts_under(dir: &Path) {
     let d = dir.to_string_lossy();
     let left: Vec<&str> = info.lines().filter(|l| l.contains(&*d)).collect();
     assert!(left.is_empty(), "leftover mounts: {left:#?}");
+}
+
+/// An output's stdout as text.
+pub fn stdout_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An output's stderr as text.
+pub fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The exit code of an output, 128+N for a signal (as a shell reports it).

@@ -84,7 +84,7 @@ pub fn docker_config_path() -> Option<PathBuf> {
 }
 
 /// Keys a registry may be filed under in `auths` (Docker Hub has legacy spellings).
-fn keys_for(registry: &str) -> Vec<String> {
+pub(crate) fn keys_for(registry: &str) -> Vec<String> {
     let mut keys = vec![
         registry.to_string(),
         format!("https://{registry}"),
@@ -102,6 +102,16 @@ fn keys_for(registry: &str) -> Vec<String> {
         keys.push("registry-1.docker.io".into());
     }
     keys
+}
+
+/// The name docker files `registry`'s credentials under (in `auths` and credential
+/// helpers): Docker Hub's legacy URL, else the registry as named.
+pub(crate) fn server_url(registry: &str) -> String {
+    if registry == "docker.io" {
+        "https://index.docker.io/v1/".to_string()
+    } else {
+        registry.to_string()
+    }
 }
 
 /// Credentials for `registry` (as named in references, e.g. `docker.io`) from the
@@ -171,6 +181,31 @@ fn lookup(path: &Path, registry: &str, helper_dir: Option<&Path>) -> Result<Opti
     Ok(None)
 }
 
+/// Runs `docker-credential-<helper> <action>` (from `helper_dir` instead of `$PATH`
+/// if given) with `input` on stdin; its output, whatever its exit status.
+pub(crate) fn call_helper(
+    helper: &str,
+    helper_dir: Option<&Path>,
+    action: &str,
+    input: &[u8],
+) -> std::io::Result<std::process::Output> {
+    let program = format!("docker-credential-{helper}");
+    let path = match helper_dir {
+        Some(dir) => dir.join(&program),
+        None => PathBuf::from(&program),
+    };
+    let mut child = Command::new(&path)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input)?;
+    }
+    child.wait_with_output()
+}
+
 /// Runs `docker-credential-<helper> get` with the server URL on stdin.
 fn run_helper(
     helper: &str,
@@ -182,30 +217,9 @@ fn run_helper(
         message,
     };
     let program = format!("docker-credential-{helper}");
-    let server = if registry == "docker.io" {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        registry.to_string()
-    };
-    let program_path = match helper_dir {
-        Some(dir) => dir.join(&program),
-        None => PathBuf::from(&program),
-    };
-    let mut child = Command::new(&program_path)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let server = server_url(registry);
+    let out = call_helper(helper, helper_dir, "get", server.as_bytes())
         .map_err(|e| err(format!("running {program}: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(server.as_bytes())
-            .map_err(|e| err(format!("writing to {program}: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err(format!("waiting for {program}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -13,7 +13,7 @@
 //! `manifests`, `blobs`, `push` and [`referrers`] are the requests themselves,
 //! [`artifact`] pushes and fetches the artifacts that refer to an image (layer indexes,
 //! prefetch profiles), [`error`] says what went wrong (and parses registries' error
-//! bodies).
+//! bodies); [`credentials`] reads docker's config file and [`login`] writes it.
 
 pub mod artifact;
 pub mod auth;
@@ -24,6 +24,7 @@ mod endpoint;
 pub mod error;
 mod host_set;
 pub mod hosts;
+pub mod login;
 mod manifests;
 mod options;
 mod push;
