@@ -25,8 +25,9 @@ pub fn fallback_tag(subject: &Digest) -> String {
 impl Client {
     /// The referrers of manifest `subject` in `repository` whose `artifactType` is
     /// `artifact_type`: from the referrers API when the registry has it, otherwise
-    /// from the fallback tag's index (none if that tag does not exist). Descriptors
-    /// are filtered client-side too (registries may ignore the `artifactType` query).
+    /// from the fallback tag's index (none if that tag does not exist; both are asked
+    /// at once). Descriptors are filtered client-side too (registries may ignore the
+    /// `artifactType` query).
     pub async fn referrers(
         &self,
         repository: &str,
@@ -39,10 +40,15 @@ impl Client {
         let mut req = Req::new(Method::GET, url.clone(), Some(repository));
         req.headers
             .insert(header::ACCEPT, HeaderValue::from_static(MEDIA_OCI_INDEX));
-        let resp = self.send(req).await?;
+        // The fallback tag is asked at the same time: registries without the API
+        // (docker-registry 2.8 among them) would otherwise cost a second round trip
+        // before any artifact is found.
+        let (resp, fallback) =
+            tokio::join!(self.send(req), self.fallback_index(repository, &subject));
+        let resp = resp?;
         let listing = if resp.status() == StatusCode::NOT_FOUND {
-            tracing::debug!(%repository, %subject, "no referrers API; trying the fallback tag");
-            self.fallback_index(repository, &subject).await?
+            tracing::debug!(%repository, %subject, "no referrers API; using the fallback tag");
+            fallback?
         } else {
             let resp = self
                 .expect(
