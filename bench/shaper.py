@@ -74,9 +74,15 @@ async def pump(reader, writer, link, not_before):
             t.cancel()
 
 
+PRIVATE_OK = False
+
+
 def loopback(hostport):
     host, port = hostport.rsplit(":", 1)
-    if not ipaddress.ip_address(host).is_loopback:
+    ip = ipaddress.ip_address(host)
+    # --private-ok: bench/fleet.sh runs shapers inside network namespaces it created,
+    # on private addresses of a bridge that exists only there.
+    if not (ip.is_loopback or (PRIVATE_OK and ip.is_private)):
         raise SystemExit(f"shaper: {hostport} is not a loopback address")
     return host, int(port)
 
@@ -85,10 +91,14 @@ async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", default="127.0.0.1:5001")
     ap.add_argument("--upstream", required=True)
+    ap.add_argument("--private-ok", action="store_true",
+                    help="also allow private addresses (inside a benchmark's own network namespace)")
     ap.add_argument("--control", required=True, help="host:port of the counter port")
     ap.add_argument("--delay-ms", type=float, default=10.0, help="one-way delay")
     ap.add_argument("--rate-mbit", type=float, default=0, help="0 = unlimited")
     a = ap.parse_args()
+    global PRIVATE_OK
+    PRIVATE_OK = a.private_ok
     d, rate = a.delay_ms / 1000, a.rate_mbit * 1e6
     up_link, down_link = Link(d, rate), Link(d, rate)
     uh, up = loopback(a.upstream)

@@ -111,7 +111,8 @@ pub struct MountOptions {
     /// Files to read right after mounting, as on-demand reads, before anyone asks:
     /// the program about to be exec'd (each item lists candidate paths, as `PATH`
     /// gives them; the first regular file found is read) and the files the launcher
-    /// reads itself (`/etc/passwd`, `/etc/group`). See [`predict::warm`].
+    /// reads itself (`/etc/passwd`, `/etc/group`). See [`predict::warm`]. Not used
+    /// when there is a `profile`, which holds the start-up reads already.
     pub warm: Vec<Vec<String>>,
 }
 
@@ -316,7 +317,8 @@ fn start_prefetch(
     tree: &Arc<tree::LowerTree>,
     fetcher: &Arc<Fetcher>,
 ) {
-    if !opts.warm.is_empty() {
+    // A recorded profile already holds the start-up reads, in the order they came.
+    if opts.profile.is_none() && !opts.warm.is_empty() {
         predict::warm(tree, fetcher, &opts.warm, opts.whole_file_max);
     }
     if let Some(profile) = &opts.profile {
