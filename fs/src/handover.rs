@@ -24,7 +24,8 @@ pub struct Negotiated {
     pub passthrough: bool,
 }
 
-/// A passthrough backing file registered on a connection for an inode.
+/// How an open inode's I/O is done on a connection: through a passthrough backing
+/// file registered for it, or ([`NO_BACKING`]) through the page cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Backing {
     /// The inode it backs.
@@ -34,6 +35,11 @@ pub struct Backing {
     /// Whether the backing file is the upper file (else a cached copy of a lower file).
     pub upper: bool,
 }
+
+/// [`Backing::id`] of an inode opened in page-cache mode (no backing file): the
+/// kernel refuses passthrough opens of it while such an open lasts. The kernel never
+/// gives out backing id 0.
+pub const NO_BACKING: u32 = 0;
 
 /// Told, before the kernel hears of it, of every backing file an inode's passthrough
 /// starts with (`Some`) and, before it is closed, of its end (`None`), so the record

@@ -391,9 +391,8 @@ pub fn resume_shared(
     opts.background_fetch = false;
     let p = prepare_on(lower, &opts)?;
     let negotiated = p.fs.negotiated();
-    let session =
-        fuser::Session::from_initialized_fd(p.fs, fuse, p.config.acl, p.config.clone())
-            .map_err(fuse_err)?;
+    let session = fuser::Session::from_initialized_fd(p.fs, fuse, p.config.acl, p.config.clone())
+        .map_err(fuse_err)?;
     spawn_session(session, negotiated, p.lower, false, true, opts, mountpoint)
 }
 
@@ -404,13 +403,14 @@ fn spawn(
     mountpoint: &Path,
 ) -> Result<MountHandle, MountError> {
     let negotiated = p.fs.negotiated();
-    let session = fuser::Session::new(p.fs, mountpoint, &p.config).map_err(|source| {
-        MountError::Fuse {
+    let session =
+        fuser::Session::new(p.fs, mountpoint, &p.config).map_err(|source| MountError::Fuse {
             mountpoint: mountpoint.to_path_buf(),
             source,
-        }
-    })?;
-    spawn_session(session, negotiated, p.lower, owns_lower, false, opts, mountpoint)
+        })?;
+    spawn_session(
+        session, negotiated, p.lower, owns_lower, false, opts, mountpoint,
+    )
 }
 
 /// Starts serving `session` in the background (and the prefetch and stats writer).
@@ -587,8 +587,7 @@ fn umount_and_join_resumed(
     mountpoint: &Path,
     session: fuser::BackgroundSession,
 ) -> std::io::Result<()> {
-    nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty())
-        .map_err(std::io::Error::from)?;
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()).map_err(std::io::Error::from)?;
     session.join()
 }
 

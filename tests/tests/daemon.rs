@@ -48,11 +48,15 @@ impl Daemon {
     fn wait_socket(&mut self) {
         let socket = self.root.join("daemon.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&socket).is_err() {
+        while let Err(e) = UnixStream::connect(&socket) {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("daemon exited ({st}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "no daemon socket: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no daemon socket ({e}): {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -128,7 +132,9 @@ fn keeper_pid(root: &Path) -> Option<i32> {
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = stat.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z'));
+    let zombie = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, r)| r.starts_with('Z'));
     (String::from_utf8_lossy(&cmdline).contains("keeper") && !zombie).then_some(pid)
 }
 
@@ -511,7 +517,11 @@ async fn a_container_reads_on_while_the_daemon_is_killed_and_restarted() {
         if let Some(m) = fuse_mounts_under(&containers).into_iter().next() {
             break PathBuf::from(m);
         }
-        assert!(Instant::now() < deadline, "no container mount: {}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "no container mount: {}",
+            daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     std::thread::sleep(Duration::from_millis(1500));
@@ -536,7 +546,11 @@ async fn a_container_reads_on_while_the_daemon_is_killed_and_restarted() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while run.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "container still runs: {}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "container still runs: {}",
+            daemon.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = std::mem::replace(
@@ -631,10 +645,13 @@ async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
             let (mut reads, mut bad) = (0u64, Vec::new());
             let mut i = 0usize;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let ls = std::process::Command::new("ls").arg(dir.join("bin")).output();
+                let ls = std::process::Command::new("ls")
+                    .arg(dir.join("bin"))
+                    .output();
                 match ls {
-                    Ok(o) if o.status.success()
-                        && String::from_utf8_lossy(&o.stdout).contains("busybox") => {}
+                    Ok(o)
+                        if o.status.success()
+                            && String::from_utf8_lossy(&o.stdout).contains("busybox") => {}
                     other => bad.push(format!("ls: {other:?}")),
                 }
                 let cat = std::process::Command::new("cat")
@@ -669,7 +686,10 @@ async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
     crash_and_restart(&mut daemon, &skiff);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (reads, bad) = reader.join().unwrap();
-    eprintln!("host reads during restarts: {reads}, failed or wrong: {}", bad.len());
+    eprintln!(
+        "host reads during restarts: {reads}, failed or wrong: {}",
+        bad.len()
+    );
     assert!(bad.is_empty(), "{bad:#?}\n{}", daemon.log());
     assert!(reads >= 80, "only {reads} reads");
     // The upper directory holds what was written, in overlayfs's format.

@@ -9,7 +9,7 @@
 
 use super::union::DirEntry;
 use super::{errno, Attr, Res, SkiffFs};
-use crate::handover::{Backing, BackingLog, RestartConfig};
+use crate::handover::{Backing, BackingLog, RestartConfig, NO_BACKING};
 use crate::stats::Stats;
 use crate::tree::LowerId;
 use fuser::{BackingId, Errno, FileType, FopenFlags, Request};
@@ -40,7 +40,8 @@ pub(super) enum Handle {
 /// The I/O mode of an open inode and how many handles use it.
 struct OpenMode {
     backing: Option<Arc<BackingId>>,
-    /// Whether this server registered `backing` (and records its end).
+    /// Whether this server chose the mode (and records its end); else it was
+    /// inherited from an earlier server, and is kept.
     owned: bool,
     /// Whether the backing file is the upper file (else a cached lower file).
     upper: bool,
@@ -156,7 +157,7 @@ impl Handles {
             if let Some(m) = modes.get_mut(&ino) {
                 m.count = m.count.saturating_sub(1);
                 if m.count == 0 {
-                    if m.owned && m.backing.is_some() {
+                    if m.owned && self.passthrough {
                         // Recorded gone before the kernel closes it: a record never
                         // names a closed backing id.
                         self.log_backing(ino, None);
@@ -194,7 +195,21 @@ impl Handles {
         }
         if self.passthrough {
             let mut inherited = self.inherited.lock();
-            match inherited.get(&ino) {
+            match inherited.get(&ino).copied() {
+                // Opened in page-cache mode under an earlier server and maybe still
+                // open so: a passthrough open would be refused, stay in that mode.
+                Some(b) if b.id == NO_BACKING => {
+                    modes.insert(
+                        ino,
+                        OpenMode {
+                            backing: None,
+                            owned: false,
+                            upper,
+                            count: 1,
+                        },
+                    );
+                    return Ok(None);
+                }
                 Some(b) if b.upper == upper => {
                     let backing = Some(Arc::new(BackingId::unowned(b.id)));
                     modes.insert(
@@ -240,6 +255,18 @@ impl Handles {
         } else {
             None
         };
+        if self.passthrough && backing.is_none() {
+            // A page-cache open is recorded too: while it may be open, a later
+            // server must not pass this inode through.
+            self.log_backing(
+                ino,
+                Some(Backing {
+                    ino,
+                    id: NO_BACKING,
+                    upper,
+                }),
+            );
+        }
         modes.insert(
             ino,
             OpenMode {

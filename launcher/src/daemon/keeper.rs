@@ -70,7 +70,11 @@ pub fn socket_path(root: &Path) -> PathBuf {
     root.join("daemon-keeper.sock")
 }
 
-fn send(fd: BorrowedFd<'_>, msg: &KeeperMsg, attach: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+fn send(
+    fd: BorrowedFd<'_>,
+    msg: &KeeperMsg,
+    attach: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
     let fds: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&fds)];
@@ -348,6 +352,11 @@ fn start(global: &crate::cmd::Global, path: &Path) -> anyhow::Result<()> {
     unsafe {
         cmd.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            // The daemon blocks SIGINT/SIGTERM for its signal thread; the keeper
+            // must die of them (it is told to exit, or killed by whoever cleans up).
+            nix::sys::signal::SigSet::all()
+                .thread_unblock()
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }

@@ -172,7 +172,9 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
                     if keeps_mounts {
                         // The keeper holds every connection: requests wait in the
                         // kernel until the next daemon serves them.
-                        eprintln!("skiff: daemon exiting on {sig:?}; mounts stay for the next daemon");
+                        eprintln!(
+                            "skiff: daemon exiting on {sig:?}; mounts stay for the next daemon"
+                        );
                         std::process::exit(0);
                     }
                     tracing::info!(?sig, "stopping");

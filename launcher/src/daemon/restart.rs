@@ -48,10 +48,8 @@ pub fn resume_mounts(state: &DaemonState) -> usize {
             return 0;
         }
     };
-    let mut held: HashMap<String, (OwnedFd, Vec<skiff_fs::Backing>)> = held
-        .into_iter()
-        .map(|(id, fd, b)| (id, (fd, b)))
-        .collect();
+    let mut held: HashMap<String, (OwnedFd, Vec<skiff_fs::Backing>)> =
+        held.into_iter().map(|(id, fd, b)| (id, (fd, b))).collect();
     let mut resumed = 0;
     for record in state.records.load_all() {
         let id = record.id.clone();
