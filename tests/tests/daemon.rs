@@ -332,23 +332,7 @@ async fn stop_refuses_while_a_container_runs() {
     let out = skiff.run(&["stop", "-t", "1", "bg"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     // `skiff stop` returns once the exit is recorded; the monitor unmounts just after.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = skiff.run(&["daemon", "stop"]);
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
-    assert!(daemon.wait_exit().success(), "{}", daemon.log());
-    assert!(fuse_mounts_under(root.path()).is_empty());
+    stop_for_good(&mut daemon, &skiff);
     assert!(!root.path().join("daemon.sock").exists());
 
     // No daemon: standalone, as before.
@@ -579,8 +563,8 @@ async fn a_container_reads_on_while_the_daemon_is_killed_and_restarted() {
     stop_for_good(&mut daemon, &skiff);
 }
 
-/// `skiff daemon stop` unmounts everything under the root, the daemon exits and the
-/// keeper with it.
+/// `skiff daemon stop` (retried while a container's monitor has yet to unmount)
+/// unmounts everything under the root, the daemon exits and the keeper with it.
 fn stop_for_good(daemon: &mut Daemon, skiff: &Skiff) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
