@@ -21,8 +21,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(skiff: &Skiff) -> Daemon {
+        Daemon::start_with(skiff, &[])
+    }
+
+    /// Starts `skiff -v daemon ARGS…`.
+    fn start_with(skiff: &Skiff, args: &[&str]) -> Daemon {
         let mut d = Daemon {
-            child: Daemon::spawn(skiff),
+            child: Daemon::spawn_with(skiff, args),
             root: skiff.root.clone(),
         };
         d.wait_socket();
@@ -31,6 +36,10 @@ impl Daemon {
 
     /// Starts `skiff -v daemon`, its log appended to `<root>/daemon.log`.
     fn spawn(skiff: &Skiff) -> Child {
+        Daemon::spawn_with(skiff, &[])
+    }
+
+    fn spawn_with(skiff: &Skiff, args: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -39,6 +48,7 @@ impl Daemon {
         skiff
             .command()
             .args(["-v", "daemon"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -680,4 +690,90 @@ async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
     assert!(upper.join("tmp/mine").exists());
 
     stop_for_good(&mut daemon, &skiff);
+}
+
+/// Issue 10: 8 containers of 3 images started at once through the daemon (64 MiB
+/// cache bound): every output is right, no chunk of an image's own layer is fetched
+/// twice, and the cache stays within its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_containers_of_three_images_at_once() {
+    let reg = Registry::start();
+    let sizes = [1 << 20, 2 << 20, 3 << 20];
+    let publisher = tempfile::tempdir().unwrap();
+    let mut built = Vec::new();
+    for (i, big) in sizes.iter().enumerate() {
+        let repo = format!("daemon/many{i}");
+        built.push(push_busybox(&reg.host(), &repo, *big).await);
+        // Published indexes, so layers are read by Range only (no indexing pass).
+        let out = Skiff::new(publisher.path()).run(&[
+            "index",
+            "--push",
+            "-q",
+            &reg.reference(&format!("{repo}:latest")),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    let proxy = FaultProxy::start(reg.addr());
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let _guard = skiff.guard(root.path());
+    let daemon = Daemon::start_with(&skiff, &["--cache-limit-mib", "64"]);
+
+    let runs: Vec<(usize, Child)> = (0..8)
+        .map(|n| {
+            let i = n % 3;
+            let image = format!("{}/daemon/many{i}:latest", proxy.host());
+            let child = skiff
+                .command()
+                .args(["run", "--rm", "--no-prefetch", "--background-fetch=false"])
+                .args([&image, "cat", "/data/big"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (i, child)
+        })
+        .collect();
+    for (i, child) in runs {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            describe(&out),
+            daemon.log()
+        );
+        assert!(
+            out.stdout == fixtures::pseudo_random(7, sizes[i]),
+            "image {i}: wrong bytes ({} read)",
+            out.stdout.len()
+        );
+    }
+
+    for (i, b) in built.iter().enumerate() {
+        let top = skiff_proto::Digest::of(&b.layers[1].blob).to_string();
+        let mut fetched = 0u64;
+        for r in proxy.requests().iter().filter(|r| r.path.ends_with(&top)) {
+            let range = r.range.as_deref().expect("layers are read by Range only");
+            let (s, e) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+            fetched += e.parse::<u64>().unwrap() - s.parse::<u64>().unwrap() + 1;
+        }
+        let blob_len = b.layers[1].blob.len() as u64;
+        eprintln!("image {i}: fetched {fetched} bytes of its {blob_len}-byte layer");
+        assert!(fetched >= sizes[i] as u64, "fetched only {fetched}");
+        assert!(
+            fetched <= blob_len,
+            "image {i}: fetched {fetched} of {blob_len}: chunks fetched twice"
+        );
+    }
+    let out = skiff.run(&["daemon", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (used, limit) = (
+        status["cache_bytes"].as_u64().unwrap(),
+        status["cache_limit"].as_u64().unwrap(),
+    );
+    eprintln!("cache: {used} of {limit} bytes");
+    assert_eq!(limit, 64 << 20);
+    assert!(used <= limit, "cache holds {used} > {limit}");
 }
