@@ -1,7 +1,9 @@
 //! What a restarted daemon needs to serve the mounts of the one before: one
 //! [`MountRecord`] per mount, each its own JSON file under `<root>/daemon/mounts/`,
-//! replaced whole by write-to-temp, fsync, rename, fsync-directory. A kill at any
-//! point leaves every record either as it was or as it became, never half written.
+//! replaced whole by write-to-temp and rename. A kill of the daemon at any point
+//! leaves every record either as it was or as it became, never half written. There
+//! is no fsync: the records only matter while the kernel keeps the mounts, which a
+//! machine crash (the one thing fsync would guard against) ends anyway.
 
 use super::protocol::ImageSource;
 use crate::container::state::ProcessId;
@@ -58,19 +60,14 @@ impl MountRecords {
         let tmp = path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        drop(f);
+        std::fs::rename(&tmp, &path)
     }
 
     /// Deletes the record `id` (a missing one is fine).
     pub fn remove(&self, id: &str) {
         match std::fs::remove_file(self.path(id)) {
-            Ok(()) => {
-                if let Ok(d) = std::fs::File::open(&self.dir) {
-                    let _ = d.sync_all();
-                }
-            }
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(id, "removing the mount record: {e}"),
         }
