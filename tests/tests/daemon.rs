@@ -162,12 +162,45 @@ fn fuse_mounts_under(dir: &Path) -> Vec<String> {
 /// A registry holding the busybox image (1 MiB big file) as `repo:latest`, a fresh
 /// skiff root, and the image's reference.
 async fn busybox_on_fresh_root(repo: &str) -> (Registry, tempfile::TempDir, Skiff, String) {
-    let reg = Registry::start();
-    push_busybox(&reg.host(), repo, 1 << 20).await;
-    let root = tempfile::tempdir().unwrap();
-    let skiff = Skiff::new(root.path());
-    let image = reg.reference(&format!("{repo}:latest"));
-    (reg, root, skiff, image)
+    busybox_sized(repo, 1 << 20).await
+}
+
+/// Checks a command through the daemon exited 0 (showing the daemon's log if not).
+fn assert_ok(out: &std::process::Output, daemon: &Daemon) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        describe(out),
+        daemon.log()
+    );
+}
+
+/// Waits for a `skiff run` and checks it exited 0 and printed `expected`.
+fn assert_output(child: Child, expected: &[u8], daemon: &Daemon) {
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, daemon);
+    assert!(
+        out.stdout == expected,
+        "wrong bytes ({} read)",
+        out.stdout.len()
+    );
+}
+
+/// Bytes of layer `blob` fetched through `proxy` (every request a Range).
+fn range_bytes(proxy: &FaultProxy, blob: &[u8]) -> u64 {
+    let digest = skiff_proto::Digest::of(blob).to_string();
+    let mut fetched = 0u64;
+    for r in proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&digest))
+    {
+        let range = r.range.as_deref().expect("layers are read by Range only");
+        let (s, e) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        fetched += e.parse::<u64>().unwrap() - s.parse::<u64>().unwrap() + 1;
+    }
+    fetched
 }
 
 fn status(skiff: &Skiff) -> String {
@@ -184,13 +217,7 @@ async fn mount_through_the_daemon_shows_the_image() {
     std::fs::create_dir(&dir).unwrap();
 
     let out = skiff.run(&["mount", &image, dir.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, &daemon);
     assert!(String::from_utf8_lossy(&out.stderr).contains("by the daemon"));
     // The command returned; the daemon serves the mount.
     let cat = std::process::Command::new("cat")
@@ -264,28 +291,10 @@ async fn two_containers_share_one_fetch_per_chunk() {
     let (a, b) = (run(), run());
     let expected = fixtures::pseudo_random(7, big);
     for child in [a, b] {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            describe(&out),
-            daemon.log()
-        );
-        assert!(
-            out.stdout == expected,
-            "wrong bytes ({} read)",
-            out.stdout.len()
-        );
+        assert_output(child, &expected, &daemon);
     }
 
-    let top = skiff_proto::Digest::of(&built.layers[1].blob).to_string();
-    let mut fetched = 0u64;
-    for r in proxy.requests().iter().filter(|r| r.path.ends_with(&top)) {
-        let range = r.range.as_deref().expect("layers are read by Range only");
-        let (s, e) = range.trim_start_matches("bytes=").split_once('-').unwrap();
-        fetched += e.parse::<u64>().unwrap() - s.parse::<u64>().unwrap() + 1;
-    }
+    let fetched = range_bytes(&proxy, &built.layers[1].blob);
     let blob_len = built.layers[1].blob.len() as u64;
     eprintln!("two containers fetched {fetched} bytes of a {blob_len}-byte layer");
     assert!(fetched >= big as u64, "fetched only {fetched}");
@@ -316,13 +325,7 @@ async fn stop_refuses_while_a_container_runs() {
     let mut daemon = Daemon::start(&skiff);
 
     let out = skiff.run(&["run", "-d", "--name", "bg", &image, "sleep", "300"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, &daemon);
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let s = status(&skiff);
     assert!(
@@ -555,13 +558,7 @@ async fn a_container_reads_on_while_the_daemon_is_killed_and_restarted() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("container: {}", stdout.trim());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, &daemon);
     assert!(stdout.contains("bad=0"), "{}", describe(&out));
     let rounds: u64 = stdout
         .split_whitespace()
@@ -584,13 +581,7 @@ fn stop_for_good(daemon: &mut Daemon, skiff: &Skiff) {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, daemon);
     assert!(daemon.wait_exit().success(), "{}", daemon.log());
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.keeper_pid().is_some() {
@@ -623,13 +614,7 @@ async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
         &image,
         dir.to_str().unwrap(),
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, &daemon);
     let data = fixtures::pseudo_random(7, big);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
@@ -735,29 +720,11 @@ async fn eight_containers_of_three_images_at_once() {
         })
         .collect();
     for (i, child) in runs {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            describe(&out),
-            daemon.log()
-        );
-        assert!(
-            out.stdout == fixtures::pseudo_random(7, sizes[i]),
-            "image {i}: wrong bytes ({} read)",
-            out.stdout.len()
-        );
+        assert_output(child, &fixtures::pseudo_random(7, sizes[i]), &daemon);
     }
 
     for (i, b) in built.iter().enumerate() {
-        let top = skiff_proto::Digest::of(&b.layers[1].blob).to_string();
-        let mut fetched = 0u64;
-        for r in proxy.requests().iter().filter(|r| r.path.ends_with(&top)) {
-            let range = r.range.as_deref().expect("layers are read by Range only");
-            let (s, e) = range.trim_start_matches("bytes=").split_once('-').unwrap();
-            fetched += e.parse::<u64>().unwrap() - s.parse::<u64>().unwrap() + 1;
-        }
+        let fetched = range_bytes(&proxy, &b.layers[1].blob);
         let blob_len = b.layers[1].blob.len() as u64;
         eprintln!("image {i}: fetched {fetched} bytes of its {blob_len}-byte layer");
         assert!(fetched >= sizes[i] as u64, "fetched only {fetched}");
