@@ -20,6 +20,7 @@ pub mod cache;
 pub mod elf;
 pub mod fetcher;
 pub mod fuse;
+pub mod handover;
 pub mod materialize;
 mod pack;
 pub mod plan;
@@ -33,6 +34,7 @@ pub mod upper;
 
 pub use cache::ChunkCache;
 pub use fetcher::{FetchError, FetchTuning, Fetcher, Layer, Priority};
+pub use handover::{Backing, BackingLog, Negotiated, RestartConfig};
 pub use profile::{Profile, Recorder};
 pub use stats::{Stats, StatsSnapshot};
 
@@ -114,6 +116,9 @@ pub struct MountOptions {
     /// reads itself (`/etc/passwd`, `/etc/group`). See [`predict::warm`]. Not used
     /// when there is a `profile`, which holds the start-up reads already.
     pub warm: Vec<Vec<String>>,
+    /// Continuing an earlier server of the mount's connection ([`resume_shared`]),
+    /// or recording what a later one needs.
+    pub restart: RestartConfig,
 }
 
 impl MountOptions {
@@ -140,6 +145,7 @@ impl MountOptions {
             readahead: 1 << 20,
             whole_file_max: 64 << 20,
             warm: Vec::new(),
+            restart: RestartConfig::default(),
         }
     }
 }
@@ -232,6 +238,7 @@ fn prepare_on(lower: Arc<SharedLower>, opts: &MountOptions) -> Result<Prepared, 
             recorder: opts.record.clone(),
             readahead: opts.readahead,
             whole_file_max: opts.whole_file_max,
+            restart: opts.restart.clone(),
         },
     )
     .map_err(|source| MountError::Upper {
@@ -259,6 +266,12 @@ fn prepare_on(lower: Arc<SharedLower>, opts: &MountOptions) -> Result<Prepared, 
 /// A mounted filesystem running in the background. Dropping it unmounts.
 pub struct MountHandle {
     session: Option<fuser::BackgroundSession>,
+    /// A duplicate of the connection's `/dev/fuse` descriptor (to hand over).
+    fuse_fd: Option<std::os::fd::OwnedFd>,
+    /// What INIT negotiated.
+    negotiated: Arc<std::sync::OnceLock<Negotiated>>,
+    /// Whether unmounting is ours to do (a resumed session has no fuser mount).
+    own_umount: bool,
     mountpoint: PathBuf,
     lower: Arc<SharedLower>,
     /// Whether unmounting stops the fetcher (false when `lower` is shared).
@@ -366,30 +379,93 @@ pub fn mount_shared(
     spawn(prepare_on(lower, &opts)?, false, opts, mountpoint)
 }
 
+/// Serves the already mounted and initialized FUSE connection `fuse` (handed over by
+/// an earlier server of the mount, now gone) on `mountpoint`, with `lower` (the same
+/// image) and `opts.upper`; `opts.restart` says how (its `resumed` must be set).
+/// Requests the earlier server read but never answered are asked for again. Nothing
+/// is prefetched again.
+pub fn resume_shared(
+    lower: Arc<SharedLower>,
+    mut opts: MountOptions,
+    mountpoint: &Path,
+    fuse: std::os::fd::OwnedFd,
+) -> Result<MountHandle, MountError> {
+    let fuse_err = |source| MountError::Fuse {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    };
+    if opts.restart.resumed.is_none() {
+        return Err(fuse_err(std::io::Error::other(
+            "resuming a connection without its negotiated settings",
+        )));
+    }
+    opts.prefetch = false;
+    opts.profile = None;
+    opts.background_fetch = false;
+    let p = prepare_on(lower, &opts)?;
+    let negotiated = p.fs.negotiated();
+    let session = fuser::Session::from_initialized_fd(p.fs, fuse, p.config.acl, p.config.clone())
+        .map_err(fuse_err)?;
+    spawn_session(session, negotiated, p.lower, false, true, opts, mountpoint)
+}
+
 fn spawn(
     p: Prepared,
     owns_lower: bool,
     opts: MountOptions,
     mountpoint: &Path,
 ) -> Result<MountHandle, MountError> {
-    let session = fuser::Session::new(p.fs, mountpoint, &p.config)
-        .and_then(|s| s.spawn())
-        .map_err(|source| MountError::Fuse {
+    let negotiated = p.fs.negotiated();
+    let session =
+        fuser::Session::new(p.fs, mountpoint, &p.config).map_err(|source| MountError::Fuse {
             mountpoint: mountpoint.to_path_buf(),
             source,
         })?;
-    start_prefetch(&opts, &p.lower.layers, &p.lower.tree, &p.lower.fetcher);
+    spawn_session(
+        session, negotiated, p.lower, owns_lower, false, opts, mountpoint,
+    )
+}
+
+/// Starts serving `session` in the background (and the prefetch and stats writer).
+fn spawn_session(
+    session: fuser::Session<fuse::SkiffFs>,
+    negotiated: Arc<std::sync::OnceLock<Negotiated>>,
+    lower: Arc<SharedLower>,
+    owns_lower: bool,
+    resumed: bool,
+    opts: MountOptions,
+    mountpoint: &Path,
+) -> Result<MountHandle, MountError> {
+    use std::os::fd::AsFd;
+    let fuse_err = |source| MountError::Fuse {
+        mountpoint: mountpoint.to_path_buf(),
+        source,
+    };
+    let fuse_fd = session.as_fd().try_clone_to_owned().map_err(fuse_err)?;
+    let session = session.spawn().map_err(fuse_err)?;
+    if resumed {
+        if let Err(e) = handover::resend_unanswered(fuse_fd.as_fd()) {
+            tracing::warn!(
+                mountpoint = %mountpoint.display(),
+                "asking the kernel to resend unanswered requests: {e}"
+            );
+        }
+    }
+    start_prefetch(&opts, &lower.layers, &lower.tree, &lower.fetcher);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
-        p.lower.stats.clone(),
-        p.lower.cache.clone(),
+        lower.stats.clone(),
+        lower.cache.clone(),
         stop.clone(),
     );
     Ok(MountHandle {
         session: Some(session),
+        fuse_fd: Some(fuse_fd),
+        negotiated,
+        own_umount: resumed,
         mountpoint: mountpoint.to_path_buf(),
-        lower: p.lower,
+        lower,
         owns_lower,
         stats_file: opts.stats_file,
         stop,
@@ -438,6 +514,18 @@ impl MountHandle {
         &self.mountpoint
     }
 
+    /// The connection's `/dev/fuse` descriptor (to hand to a keeper, so the mount
+    /// outlives this process).
+    pub fn fuse_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fuse_fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// What INIT negotiated (`None` until it ran).
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        self.negotiated.get().copied()
+    }
+
     /// The current counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.lower.stats()
@@ -466,8 +554,14 @@ impl MountHandle {
 
     fn finish(&mut self) -> Result<StatsSnapshot, MountError> {
         let mut result = Ok(());
+        self.fuse_fd = None;
         if let Some(s) = self.session.take() {
-            if let Err(e) = s.umount_and_join() {
+            let done = if self.own_umount {
+                umount_and_join_resumed(&self.mountpoint, s)
+            } else {
+                s.umount_and_join()
+            };
+            if let Err(e) = done {
                 // Busy: detach lazily so nothing is left mounted. Already unmounted
                 // (`skiff umount`, fusermount3 -u): EINVAL, and nothing to report.
                 let detached =
@@ -498,6 +592,16 @@ impl MountHandle {
         }
         result.map(|_| snap)
     }
+}
+
+/// Unmounts a resumed mount (its session has no fuser mount to do it), then waits for
+/// the session to end.
+fn umount_and_join_resumed(
+    mountpoint: &Path,
+    session: fuser::BackgroundSession,
+) -> std::io::Result<()> {
+    nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()).map_err(std::io::Error::from)?;
+    session.join()
 }
 
 impl Drop for MountHandle {

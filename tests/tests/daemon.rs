@@ -1,7 +1,7 @@
 //! `skiff daemon`: one process serving every mount of a root. A real registry (behind
 //! the counting proxy where bytes are counted), real FUSE mounts, real containers.
-//! Every test kills its daemon and unmounts whatever is left under its root on the
-//! way out, pass or fail ([`Daemon`]'s `Drop`).
+//! Every test kills its daemon and its keeper and unmounts whatever is left under its
+//! root on the way out, pass or fail ([`Daemon`]'s `Drop`).
 
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::{self, push_busybox};
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `skiff daemon` on a test root; killed (SIGKILL) on drop, and every mount left
-/// under the root detached.
+/// A `skiff daemon` on a test root; killed (SIGKILL) on drop with its keeper, and
+/// every mount left under the root detached.
 struct Daemon {
     child: Child,
     root: PathBuf,
@@ -21,25 +21,78 @@ struct Daemon {
 
 impl Daemon {
     fn start(skiff: &Skiff) -> Daemon {
-        let log = std::fs::File::create(skiff.root.join("daemon.log")).unwrap();
-        let child = skiff
+        Daemon::start_with(skiff, &[])
+    }
+
+    /// Starts `skiff -v daemon ARGS…`.
+    fn start_with(skiff: &Skiff, args: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            child: Daemon::spawn_with(skiff, args),
+            root: skiff.root.clone(),
+        };
+        d.wait_socket();
+        d
+    }
+
+    /// Starts `skiff -v daemon`, its log appended to `<root>/daemon.log`.
+    fn spawn(skiff: &Skiff) -> Child {
+        Daemon::spawn_with(skiff, &[])
+    }
+
+    fn spawn_with(skiff: &Skiff, args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(skiff.root.join("daemon.log"))
+            .unwrap();
+        skiff
             .command()
             .args(["-v", "daemon"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starting skiff daemon");
-        let d = Daemon {
-            child,
-            root: skiff.root.clone(),
-        };
-        let socket = skiff.root.join("daemon.sock");
+            .expect("starting skiff daemon")
+    }
+
+    fn wait_socket(&mut self) {
+        let socket = self.root.join("daemon.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "no daemon socket: {}", d.log());
+        while let Err(e) = UnixStream::connect(&socket) {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("daemon exited ({st}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no daemon socket ({e}): {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        d
+    }
+
+    /// Kills the daemon (SIGKILL, as a crash) and reaps it.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM (as an upgrade does) and waits for the daemon to exit.
+    fn terminate(&mut self) {
+        // SAFETY: signalling our own unreaped child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit();
+    }
+
+    /// Starts the daemon again (after `kill` or `terminate`) and waits for its socket.
+    fn restart(&mut self, skiff: &Skiff) {
+        self.child = Daemon::spawn(skiff);
+        self.wait_socket();
+    }
+
+    /// The keeper's pid, while its pid file says it runs.
+    fn keeper_pid(&self) -> Option<i32> {
+        keeper_pid(&self.root)
     }
 
     fn log(&self) -> String {
@@ -67,6 +120,10 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(pid) = self.keeper_pid() {
+            // SAFETY: a pid whose command line was just checked to be a keeper.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         for m in fuse_mounts_under(&self.root) {
             let _ = std::process::Command::new("fusermount3")
                 .arg("-uz")
@@ -74,6 +131,21 @@ impl Drop for Daemon {
                 .status();
         }
     }
+}
+
+/// The pid of `root`'s keeper, if its pid file names a live `skiff daemon keeper`.
+fn keeper_pid(root: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(root.join("daemon-keeper.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, r)| r.starts_with('Z'));
+    (String::from_utf8_lossy(&cmdline).contains("keeper") && !zombie).then_some(pid)
 }
 
 fn fuse_mounts_under(dir: &Path) -> Vec<String> {
@@ -90,12 +162,45 @@ fn fuse_mounts_under(dir: &Path) -> Vec<String> {
 /// A registry holding the busybox image (1 MiB big file) as `repo:latest`, a fresh
 /// skiff root, and the image's reference.
 async fn busybox_on_fresh_root(repo: &str) -> (Registry, tempfile::TempDir, Skiff, String) {
-    let reg = Registry::start();
-    push_busybox(&reg.host(), repo, 1 << 20).await;
-    let root = tempfile::tempdir().unwrap();
-    let skiff = Skiff::new(root.path());
-    let image = reg.reference(&format!("{repo}:latest"));
-    (reg, root, skiff, image)
+    busybox_sized(repo, 1 << 20).await
+}
+
+/// Checks a command through the daemon exited 0 (showing the daemon's log if not).
+fn assert_ok(out: &std::process::Output, daemon: &Daemon) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        describe(out),
+        daemon.log()
+    );
+}
+
+/// Waits for a `skiff run` and checks it exited 0 and printed `expected`.
+fn assert_output(child: Child, expected: &[u8], daemon: &Daemon) {
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, daemon);
+    assert!(
+        out.stdout == expected,
+        "wrong bytes ({} read)",
+        out.stdout.len()
+    );
+}
+
+/// Bytes of layer `blob` fetched through `proxy` (every request a Range).
+fn range_bytes(proxy: &FaultProxy, blob: &[u8]) -> u64 {
+    let digest = skiff_proto::Digest::of(blob).to_string();
+    let mut fetched = 0u64;
+    for r in proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with(&digest))
+    {
+        let range = r.range.as_deref().expect("layers are read by Range only");
+        let (s, e) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        fetched += e.parse::<u64>().unwrap() - s.parse::<u64>().unwrap() + 1;
+    }
+    fetched
 }
 
 fn status(skiff: &Skiff) -> String {
@@ -112,13 +217,7 @@ async fn mount_through_the_daemon_shows_the_image() {
     std::fs::create_dir(&dir).unwrap();
 
     let out = skiff.run(&["mount", &image, dir.to_str().unwrap()]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, &daemon);
     assert!(String::from_utf8_lossy(&out.stderr).contains("by the daemon"));
     // The command returned; the daemon serves the mount.
     let cat = std::process::Command::new("cat")
@@ -192,28 +291,10 @@ async fn two_containers_share_one_fetch_per_chunk() {
     let (a, b) = (run(), run());
     let expected = fixtures::pseudo_random(7, big);
     for child in [a, b] {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            describe(&out),
-            daemon.log()
-        );
-        assert!(
-            out.stdout == expected,
-            "wrong bytes ({} read)",
-            out.stdout.len()
-        );
+        assert_output(child, &expected, &daemon);
     }
 
-    let top = skiff_proto::Digest::of(&built.layers[1].blob).to_string();
-    let mut fetched = 0u64;
-    for r in proxy.requests().iter().filter(|r| r.path.ends_with(&top)) {
-        let range = r.range.as_deref().expect("layers are read by Range only");
-        let (s, e) = range.trim_start_matches("bytes=").split_once('-').unwrap();
-        fetched += e.parse::<u64>().unwrap() - s.parse::<u64>().unwrap() + 1;
-    }
+    let fetched = range_bytes(&proxy, &built.layers[1].blob);
     let blob_len = built.layers[1].blob.len() as u64;
     eprintln!("two containers fetched {fetched} bytes of a {blob_len}-byte layer");
     assert!(fetched >= big as u64, "fetched only {fetched}");
@@ -244,13 +325,7 @@ async fn stop_refuses_while_a_container_runs() {
     let mut daemon = Daemon::start(&skiff);
 
     let out = skiff.run(&["run", "-d", "--name", "bg", &image, "sleep", "300"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
+    assert_ok(&out, &daemon);
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let s = status(&skiff);
     assert!(
@@ -270,23 +345,7 @@ async fn stop_refuses_while_a_container_runs() {
     let out = skiff.run(&["stop", "-t", "1", "bg"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     // `skiff stop` returns once the exit is recorded; the monitor unmounts just after.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let out = loop {
-        let out = skiff.run(&["daemon", "stop"]);
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        describe(&out),
-        daemon.log()
-    );
-    assert!(daemon.wait_exit().success(), "{}", daemon.log());
-    assert!(fuse_mounts_under(root.path()).is_empty());
+    stop_for_good(&mut daemon, &skiff);
     assert!(!root.path().join("daemon.sock").exists());
 
     // No daemon: standalone, as before.
@@ -345,4 +404,343 @@ async fn warm_run_times_standalone_and_through_the_daemon() {
         }
     }
     drop(daemon);
+}
+
+/// The bytes of the big file are read in slices of this size.
+const SLICE: usize = 64 << 10;
+
+/// sha256 (hex) of each [`SLICE`] of `data`.
+fn slice_sums(data: &[u8]) -> Vec<String> {
+    use sha2::Digest as _;
+    data.chunks(SLICE)
+        .map(|c| hex::encode(sha2::Sha256::digest(c)))
+        .collect()
+}
+
+/// A busybox image whose big file is `big` bytes, on a fresh root.
+async fn busybox_sized(repo: &str, big: usize) -> (Registry, tempfile::TempDir, Skiff, String) {
+    let reg = Registry::start();
+    push_busybox(&reg.host(), repo, big).await;
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let image = reg.reference(&format!("{repo}:latest"));
+    (reg, root, skiff, image)
+}
+
+/// Kills the daemon three times (SIGKILL, as a crash) and stops it once with
+/// SIGTERM (as an upgrade), each time starting it again after a pause in which no
+/// daemon runs; reads go on all along.
+fn crash_and_restart(daemon: &mut Daemon, skiff: &Skiff) {
+    for round in 0..4 {
+        if round < 3 {
+            daemon.kill();
+        } else {
+            daemon.terminate();
+        }
+        // Reads issued now wait in the kernel for the next daemon.
+        std::thread::sleep(Duration::from_millis(700));
+        daemon.restart(skiff);
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
+/// The shell loop a container runs: each round reads a slice of the big lower file
+/// (most rounds one not read before, so not cached), the cached `/etc/motd`, and an
+/// upper file it has just written, checking each; until `/stop` appears. Prints its
+/// counts; exits 1 on any failed or wrong read.
+fn reader_script(sums: &[String]) -> String {
+    let mut s = String::new();
+    for (k, sum) in sums.iter().enumerate() {
+        s.push_str(&format!("s{k}={sum}\n"));
+    }
+    s.push_str(&format!(
+        r#"i=0; bad=0
+while [ ! -e /stop ]; do
+  k=$((i % {n}))
+  got=$(busybox dd if=/data/big bs={SLICE} skip=$k count=1 2>/dev/null | busybox sha256sum)
+  eval want=\$s$k
+  [ "${{got%% *}}" = "$want" ] || {{ bad=$((bad+1)); echo "BAD lower slice $k: $got" >&2; }}
+  m=$(cat /etc/motd)
+  [ "$m" = "hello from layer two" ] || {{ bad=$((bad+1)); echo "BAD motd: $m" >&2; }}
+  echo "mine $i" > /tmp/mine
+  u=$(cat /tmp/mine)
+  [ "$u" = "mine $i" ] || {{ bad=$((bad+1)); echo "BAD upper: $u" >&2; }}
+  i=$((i+1))
+done
+echo "rounds=$i reads=$((i*3)) bad=$bad"
+[ $bad -eq 0 ]
+"#,
+        n = sums.len()
+    ));
+    s
+}
+
+/// Whether any open descriptor of `pid` is a FUSE device or a skiff socket.
+fn holds_skiff_descriptors(pid: i32) -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|f| std::fs::read_link(f.path()).ok())
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| t.contains("/dev/fuse") || t.contains("daemon"))
+        .collect()
+}
+
+/// Issue 10: a container started through the daemon reads lower (uncached and
+/// cached) and upper files in a loop while the daemon is killed and restarted three
+/// times and SIGTERM-restarted once: no read fails or is wrong, and it exits 0. The
+/// container is the child of its own `skiff run`, never of the daemon, and holds no
+/// skiff descriptor. `skiff daemon stop` then unmounts everything and ends the
+/// keeper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_reads_on_while_the_daemon_is_killed_and_restarted() {
+    let big = 8 << 20;
+    let (_reg, root, skiff, image) = busybox_sized("daemon/restart-run", big).await;
+    let _guard = skiff.guard(root.path());
+    let mut daemon = Daemon::start(&skiff);
+    let sums = slice_sums(&fixtures::pseudo_random(7, big));
+    let mut run = skiff_tests::guard::KillOnDrop::spawn(
+        skiff
+            .command()
+            .args(["run", "--rm", "--no-prefetch", "--background-fetch=false"])
+            .args([&image, "sh", "-c", &reader_script(&sums)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let containers = root.path().join("containers");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rootfs = loop {
+        if let Some(m) = fuse_mounts_under(&containers).into_iter().next() {
+            break PathBuf::from(m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no container mount: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // The container's processes: below its `skiff run`, not below the daemon, and
+    // holding nothing of skiff's.
+    let in_container = skiff_tests::guard::descendants_of(run.id() as i32);
+    assert!(!in_container.is_empty());
+    let below_daemon = skiff_tests::guard::descendants_of(daemon.child.id() as i32);
+    for pid in &in_container {
+        assert!(!below_daemon.contains(pid), "{pid} is below the daemon");
+    }
+    let leaked: Vec<String> = in_container
+        .iter()
+        .filter(|&&p| p != run.id() as i32)
+        .flat_map(|&p| holds_skiff_descriptors(p))
+        .collect();
+    assert!(leaked.is_empty(), "container holds {leaked:?}");
+
+    crash_and_restart(&mut daemon, &skiff);
+    std::fs::write(rootfs.join("stop"), b"").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "container still runs: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = std::mem::replace(
+        &mut run.0,
+        std::process::Command::new("true").spawn().unwrap(),
+    )
+    .wait_with_output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("container: {}", stdout.trim());
+    assert_ok(&out, &daemon);
+    assert!(stdout.contains("bad=0"), "{}", describe(&out));
+    let rounds: u64 = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rounds="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(rounds >= 20, "only {rounds} rounds: {}", describe(&out));
+
+    stop_for_good(&mut daemon, &skiff);
+}
+
+/// `skiff daemon stop` (retried while a container's monitor has yet to unmount)
+/// unmounts everything under the root, the daemon exits and the keeper with it.
+fn stop_for_good(daemon: &mut Daemon, skiff: &Skiff) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = skiff.run(&["daemon", "stop"]);
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_ok(&out, daemon);
+    assert!(daemon.wait_exit().success(), "{}", daemon.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.keeper_pid().is_some() {
+        assert!(Instant::now() < deadline, "the keeper still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        fuse_mounts_under(&daemon.root).is_empty(),
+        "{:?}",
+        fuse_mounts_under(&daemon.root)
+    );
+}
+
+/// Issue 10: the same for `skiff mount` through the daemon, read from the host with
+/// `ls` and `cat` (and slices of the big file, and a file written in the upper
+/// directory) while the daemon is killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
+    let big = 8 << 20;
+    let (_reg, root, skiff, image) = busybox_sized("daemon/restart-mount", big).await;
+    let _guard = skiff.guard(root.path());
+    let mut daemon = Daemon::start(&skiff);
+    let dir = root.path().join("mnt");
+    let upper = root.path().join("upper");
+    std::fs::create_dir(&dir).unwrap();
+    let out = skiff.run(&[
+        "mount",
+        "--upper",
+        upper.to_str().unwrap(),
+        &image,
+        dir.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &daemon);
+    let data = fixtures::pseudo_random(7, big);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let (mut reads, mut bad) = (0u64, Vec::new());
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let ls = std::process::Command::new("ls")
+                    .arg(dir.join("bin"))
+                    .output();
+                match ls {
+                    Ok(o)
+                        if o.status.success()
+                            && String::from_utf8_lossy(&o.stdout).contains("busybox") => {}
+                    other => bad.push(format!("ls: {other:?}")),
+                }
+                let cat = std::process::Command::new("cat")
+                    .arg(dir.join("etc/motd"))
+                    .output();
+                match cat {
+                    Ok(o) if o.stdout == b"hello from layer two\n" => {}
+                    other => bad.push(format!("cat: {other:?}")),
+                }
+                let k = i % (big / SLICE);
+                let mut buf = vec![0u8; SLICE];
+                let slice = std::fs::File::open(dir.join("data/big"))
+                    .and_then(|f| f.read_exact_at(&mut buf, (k * SLICE) as u64));
+                if slice.is_err() || buf[..] != data[k * SLICE..(k + 1) * SLICE] {
+                    bad.push(format!("slice {k}: {slice:?}"));
+                }
+                let mine = dir.join("tmp/mine");
+                let text = format!("mine {i}\n");
+                let wrote = std::fs::write(&mine, &text);
+                let cat = std::process::Command::new("cat").arg(&mine).output();
+                match (wrote, cat) {
+                    (Ok(()), Ok(o)) if o.stdout == text.as_bytes() => {}
+                    other => bad.push(format!("upper: {other:?}")),
+                }
+                reads += 4;
+                i += 1;
+            }
+            (reads, bad)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    crash_and_restart(&mut daemon, &skiff);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (reads, bad) = reader.join().unwrap();
+    eprintln!(
+        "host reads during restarts: {reads}, failed or wrong: {}",
+        bad.len()
+    );
+    assert!(bad.is_empty(), "{bad:#?}\n{}", daemon.log());
+    assert!(reads >= 80, "only {reads} reads");
+    // The upper directory holds what was written, in overlayfs's format.
+    assert!(upper.join("tmp/mine").exists());
+
+    stop_for_good(&mut daemon, &skiff);
+}
+
+/// Issue 10: 8 containers of 3 images started at once through the daemon (64 MiB
+/// cache bound): every output is right, no chunk of an image's own layer is fetched
+/// twice, and the cache stays within its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_containers_of_three_images_at_once() {
+    let reg = Registry::start();
+    let sizes = [1 << 20, 2 << 20, 3 << 20];
+    let publisher = tempfile::tempdir().unwrap();
+    let mut built = Vec::new();
+    for (i, big) in sizes.iter().enumerate() {
+        let repo = format!("daemon/many{i}");
+        built.push(push_busybox(&reg.host(), &repo, *big).await);
+        // Published indexes, so layers are read by Range only (no indexing pass).
+        let out = Skiff::new(publisher.path()).run(&[
+            "index",
+            "--push",
+            "-q",
+            &reg.reference(&format!("{repo}:latest")),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    }
+    let proxy = FaultProxy::start(reg.addr());
+    let root = tempfile::tempdir().unwrap();
+    let skiff = Skiff::new(root.path());
+    let _guard = skiff.guard(root.path());
+    let daemon = Daemon::start_with(&skiff, &["--cache-limit-mib", "64"]);
+
+    let runs: Vec<(usize, Child)> = (0..8)
+        .map(|n| {
+            let i = n % 3;
+            let image = format!("{}/daemon/many{i}:latest", proxy.host());
+            let child = skiff
+                .command()
+                .args(["run", "--rm", "--no-prefetch", "--background-fetch=false"])
+                .args([&image, "cat", "/data/big"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (i, child)
+        })
+        .collect();
+    for (i, child) in runs {
+        assert_output(child, &fixtures::pseudo_random(7, sizes[i]), &daemon);
+    }
+
+    for (i, b) in built.iter().enumerate() {
+        let fetched = range_bytes(&proxy, &b.layers[1].blob);
+        let blob_len = b.layers[1].blob.len() as u64;
+        eprintln!("image {i}: fetched {fetched} bytes of its {blob_len}-byte layer");
+        assert!(fetched >= sizes[i] as u64, "fetched only {fetched}");
+        assert!(
+            fetched <= blob_len,
+            "image {i}: fetched {fetched} of {blob_len}: chunks fetched twice"
+        );
+    }
+    let out = skiff.run(&["daemon", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (used, limit) = (
+        status["cache_bytes"].as_u64().unwrap(),
+        status["cache_limit"].as_u64().unwrap(),
+    );
+    eprintln!("cache: {used} of {limit} bytes");
+    assert_eq!(limit, 64 << 20);
+    assert!(used <= limit, "cache holds {used} > {limit}");
 }

@@ -9,6 +9,7 @@
 
 use super::union::DirEntry;
 use super::{errno, Attr, Res, SkiffFs};
+use crate::handover::{Backing, BackingLog, RestartConfig, NO_BACKING};
 use crate::stats::Stats;
 use crate::tree::LowerId;
 use fuser::{BackingId, Errno, FileType, FopenFlags, Request};
@@ -21,12 +22,17 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// What an open file handle refers to.
-enum Handle {
+/// What an open file handle refers to. `counted`: the open counts in the inode's
+/// I/O mode (false for a handle of an earlier server reopened by this one).
+pub(super) enum Handle {
     /// A lower file read through the fetcher (until copied up; then the upper file).
-    Lower { ino: u64 },
+    Lower { ino: u64, counted: bool },
     /// An upper file.
-    Upper { file: Arc<File>, ino: u64 },
+    Upper {
+        file: Arc<File>,
+        ino: u64,
+        counted: bool,
+    },
     /// An open directory: its merged listing, taken at opendir.
     Dir { entries: Vec<DirEntry> },
 }
@@ -34,6 +40,9 @@ enum Handle {
 /// The I/O mode of an open inode and how many handles use it.
 struct OpenMode {
     backing: Option<Arc<BackingId>>,
+    /// Whether this server chose the mode (and records its end); else it was
+    /// inherited from an earlier server, and is kept.
+    owned: bool,
     /// Whether the backing file is the upper file (else a cached lower file).
     upper: bool,
     count: usize,
@@ -59,17 +68,54 @@ pub(super) enum ReadSource {
 pub(super) struct Handles {
     open: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Handles below this were given out by an earlier server of the connection.
+    fh_base: u64,
     /// How each open inode's file I/O is done; one mode per inode while it is open.
     io_modes: Mutex<HashMap<u64, OpenMode>>,
+    /// Backing files earlier servers registered, by inode: a new open of the inode
+    /// reuses its backing file (it may still be open in passthrough mode).
+    inherited: Mutex<HashMap<u64, Backing>>,
+    /// Where new backing files are recorded for a later server.
+    backing_log: Option<BackingLog>,
     /// Whether the kernel agreed to FUSE passthrough (set in `init`).
     pub passthrough: bool,
 }
 
 impl Handles {
+    /// A table whose handles start above those of earlier servers, knowing their
+    /// backing files.
+    pub fn new(restart: &RestartConfig) -> Handles {
+        Handles {
+            next_fh: AtomicU64::new(restart.fh_base()),
+            fh_base: restart.fh_base(),
+            inherited: Mutex::new(restart.backings.iter().map(|b| (b.ino, *b)).collect()),
+            backing_log: restart.backing_log.clone(),
+            passthrough: restart.resumed.is_some_and(|n| n.passthrough),
+            ..Handles::default()
+        }
+    }
+
     fn insert(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed) + 1;
         self.open.lock().insert(fh, h);
         fh
+    }
+
+    /// Puts `h` under `fh` (a handle of an earlier server), unless it is there.
+    pub fn put(&self, fh: u64, h: Handle) {
+        self.open.lock().entry(fh).or_insert(h);
+    }
+
+    /// Whether `fh` is unknown and from an earlier server (so it may be reopened).
+    pub fn is_inherited_unknown(&self, fh: u64) -> bool {
+        fh <= self.fh_base && !self.open.lock().contains_key(&fh)
+    }
+
+    /// Records `backing` of `ino` (or its end) where a later server finds it.
+    fn log_backing(&self, ino: u64, backing: Option<Backing>) {
+        if let Some(log) = &self.backing_log {
+            log(ino, backing);
+        }
     }
 
     /// The upper file behind handle `fh`, if it is one.
@@ -84,7 +130,7 @@ impl Handles {
     pub fn open_file_stat(&self, ino: u64) -> Option<libc::stat> {
         let handles = self.open.lock();
         handles.values().find_map(|h| match h {
-            Handle::Upper { file, ino: i } if *i == ino => nix::sys::stat::fstat(file).ok(),
+            Handle::Upper { file, ino: i, .. } if *i == ino => nix::sys::stat::fstat(file).ok(),
             _ => None,
         })
     }
@@ -100,11 +146,22 @@ impl Handles {
     /// Closes file handle `fh`; the inode's I/O mode ends with its last handle.
     pub fn release(&self, fh: u64) {
         let h = self.open.lock().remove(&fh);
-        if let Some(Handle::Upper { ino, .. } | Handle::Lower { ino }) = h {
+        if let Some(
+            Handle::Upper {
+                ino, counted: true, ..
+            }
+            | Handle::Lower { ino, counted: true },
+        ) = h
+        {
             let mut modes = self.io_modes.lock();
             if let Some(m) = modes.get_mut(&ino) {
                 m.count = m.count.saturating_sub(1);
                 if m.count == 0 {
+                    if m.owned && self.passthrough {
+                        // Recorded gone before the kernel closes it: a record never
+                        // names a closed backing id.
+                        self.log_backing(ino, None);
+                    }
                     modes.remove(&ino);
                 }
             }
@@ -136,10 +193,58 @@ impl Handles {
             m.count += 1;
             return Ok(m.backing.clone());
         }
+        if self.passthrough {
+            let mut inherited = self.inherited.lock();
+            match inherited.get(&ino).copied() {
+                // Opened in page-cache mode under an earlier server and maybe still
+                // open so: a passthrough open would be refused, stay in that mode.
+                Some(b) if b.id == NO_BACKING => {
+                    modes.insert(
+                        ino,
+                        OpenMode {
+                            backing: None,
+                            owned: false,
+                            upper,
+                            count: 1,
+                        },
+                    );
+                    return Ok(None);
+                }
+                Some(b) if b.upper == upper => {
+                    let backing = Some(Arc::new(BackingId::unowned(b.id)));
+                    modes.insert(
+                        ino,
+                        OpenMode {
+                            backing: backing.clone(),
+                            owned: false,
+                            upper,
+                            count: 1,
+                        },
+                    );
+                    return Ok(backing);
+                }
+                Some(_) => {
+                    // Copied up since: the old backing file is no longer this
+                    // inode's content (an open of it still in the kernel gives
+                    // ETXTBSY below, as it would without a restart).
+                    inherited.remove(&ino);
+                    self.log_backing(ino, None);
+                }
+                None => {}
+            }
+        }
         let backing = if self.passthrough {
             backing_file().and_then(|f| match register(&f) {
                 Ok(b) => {
                     stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                    self.log_backing(
+                        ino,
+                        Some(Backing {
+                            ino,
+                            id: b.backing_id(),
+                            upper,
+                        }),
+                    );
                     Some(Arc::new(b))
                 }
                 Err(e) => {
@@ -150,10 +255,23 @@ impl Handles {
         } else {
             None
         };
+        if self.passthrough && backing.is_none() {
+            // A page-cache open is recorded too: while it may be open, a later
+            // server must not pass this inode through.
+            self.log_backing(
+                ino,
+                Some(Backing {
+                    ino,
+                    id: NO_BACKING,
+                    upper,
+                }),
+            );
+        }
         modes.insert(
             ino,
             OpenMode {
                 backing: backing.clone(),
+                owned: true,
                 upper,
                 count: 1,
             },
@@ -178,7 +296,7 @@ impl SkiffFs {
             .ok()
     }
 
-    fn open_upper(&self, st: &super::Nodes, ino: u64, flags: i32) -> Res<File> {
+    pub(super) fn open_upper(&self, st: &super::Nodes, ino: u64, flags: i32) -> Res<File> {
         let p = self.upper_path(st, ino)?;
         let acc = flags & libc::O_ACCMODE;
         let mut o = OpenOptions::new();
@@ -225,7 +343,7 @@ impl SkiffFs {
                 || id.and_then(|id| self.materializer.materialize(&self.tree, &self.fetcher, id)),
                 register,
             )?;
-            let fh = self.handles.insert(Handle::Lower { ino });
+            let fh = self.handles.insert(Handle::Lower { ino, counted: true });
             Ok(Opened {
                 fh,
                 flags: FopenFlags::FOPEN_KEEP_CACHE,
@@ -280,6 +398,7 @@ impl SkiffFs {
         let fh = self.handles.insert(Handle::Upper {
             file: Arc::new(f),
             ino,
+            counted: true,
         });
         Ok(Opened {
             fh,

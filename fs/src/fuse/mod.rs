@@ -21,6 +21,7 @@ mod copy_up;
 mod handles;
 mod nodes;
 mod ops;
+mod recover;
 mod union;
 mod xattr;
 
@@ -62,6 +63,8 @@ pub struct FsConfig {
     /// cache, queue the rest of the file at prefetch priority if it is at most this big
     /// (0: off).
     pub whole_file_max: u64,
+    /// Continuing an earlier server of the connection, or preparing for a later one.
+    pub restart: crate::handover::RestartConfig,
 }
 
 /// The result of most operations: a value or the errno the kernel gets.
@@ -93,6 +96,11 @@ pub struct SkiffFs {
     materializer: Materializer,
     /// Unique names for copy-up scratch files.
     scratch: AtomicU64,
+    /// Whether this server took over a connection from an earlier one (inodes and
+    /// handles it does not know are found again, see `recover`).
+    resumed: bool,
+    /// What INIT negotiated, once known (for a later server).
+    negotiated: Arc<std::sync::OnceLock<crate::handover::Negotiated>>,
 }
 
 impl SkiffFs {
@@ -124,7 +132,9 @@ impl SkiffFs {
         );
         Ok(SkiffFs {
             state: RwLock::new(Nodes::new(Some(crate::tree::ROOT), config.upper.is_some())),
-            handles: Handles::default(),
+            handles: Handles::new(&config.restart),
+            resumed: config.restart.resumed.is_some(),
+            negotiated: Arc::new(config.restart.resumed.map(Into::into).unwrap_or_default()),
             materializer: Materializer::new(config.recorder.is_some()),
             reader,
             upper_fd,
@@ -134,6 +144,12 @@ impl SkiffFs {
             upper: config.upper,
             scratch: AtomicU64::new(1),
         })
+    }
+
+    /// What INIT negotiated, filled in when it has run (at once for a server that
+    /// took over a connection).
+    pub fn negotiated(&self) -> Arc<std::sync::OnceLock<crate::handover::Negotiated>> {
+        self.negotiated.clone()
     }
 
     /// The upper root as seen from the calling thread (`.`, see [`upper::enter_root`]);

@@ -96,10 +96,14 @@ impl fuser::Filesystem for SkiffFs {
         {
             self.handles.passthrough = true;
         }
+        let _ = self.negotiated.set(crate::handover::Negotiated {
+            passthrough: self.handles.passthrough,
+        });
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.known(parent.0);
         let mut st = self.state.write();
         let r = self.lookup_in(&mut st, parent.0, name);
         if let Ok((ino, _, _)) = r {
@@ -117,6 +121,7 @@ impl fuser::Filesystem for SkiffFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.known(ino.0);
         reply.send(self.do_getattr(ino.0, fh.map(|f| f.0)))
     }
 
@@ -138,6 +143,7 @@ impl fuser::Filesystem for SkiffFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.known(ino.0);
         let change = SetAttr {
             mode,
             uid,
@@ -151,6 +157,7 @@ impl fuser::Filesystem for SkiffFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.known(ino.0);
         reply.send(self.do_readlink(ino.0))
     }
 
@@ -164,6 +171,7 @@ impl fuser::Filesystem for SkiffFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.known(parent.0);
         reply.send(self.do_mknod(req, parent.0, name, mode, umask, rdev))
     }
 
@@ -176,14 +184,17 @@ impl fuser::Filesystem for SkiffFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.known(parent.0);
         reply.send(self.do_mkdir(req, parent.0, name, mode, umask))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(parent.0);
         reply.send(self.remove(parent.0, name, false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(parent.0);
         reply.send(self.remove(parent.0, name, true))
     }
 
@@ -195,6 +206,7 @@ impl fuser::Filesystem for SkiffFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.known(parent.0);
         reply.send(self.do_symlink(req, parent.0, link_name, target))
     }
 
@@ -208,6 +220,8 @@ impl fuser::Filesystem for SkiffFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.known(parent.0);
+        self.known(newparent.0);
         reply.send(self.do_rename(parent.0, name, newparent.0, newname, flags))
     }
 
@@ -219,10 +233,13 @@ impl fuser::Filesystem for SkiffFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.known(ino.0);
+        self.known(newparent.0);
         reply.send(self.do_link(ino.0, newparent.0, newname))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.known(ino.0);
         let r = self.do_open(ino.0, flags.0, |f| reply.open_backing(f));
         reply.send(r)
     }
@@ -234,10 +251,12 @@ impl fuser::Filesystem for SkiffFs {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.known(ino.0);
+        self.known_handle(ino.0, fh.0, flags.0);
         match self.do_read(ino.0, fh.0, offset, size) {
             Ok(ReadSource::Data(data)) => reply.ok_with(data),
             // Answered now from the cache, or later from a fetcher thread.
@@ -254,7 +273,7 @@ impl fuser::Filesystem for SkiffFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -263,6 +282,7 @@ impl fuser::Filesystem for SkiffFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.known_handle(ino.0, fh.0, flags.0);
         reply.send(self.do_write(fh.0, offset, data, flags.0))
     }
 
@@ -294,15 +314,17 @@ impl fuser::Filesystem for SkiffFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.known_handle(ino.0, fh.0, libc::O_RDONLY);
         reply.send(self.do_fsync(fh.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.known(ino.0);
         let r = self.do_opendir(ino.0).map(|fh| Opened {
             fh,
             flags: FopenFlags::empty(),
@@ -319,6 +341,8 @@ impl fuser::Filesystem for SkiffFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.known(ino.0);
+        self.known_dir_handle(ino.0, fh.0);
         let r = self.do_readdir(ino.0, fh.0, offset, |cino, next, kind, name| {
             reply.add(INodeNo(cino), next, kind, name)
         });
@@ -333,6 +357,8 @@ impl fuser::Filesystem for SkiffFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.known(ino.0);
+        self.known_dir_handle(ino.0, fh.0);
         let r = self.do_readdirplus(ino.0, fh.0, offset, |cino, next, name, (attr, ttl)| {
             reply.add(INodeNo(cino), next, name, ttl, attr, Generation(0))
         });
@@ -389,18 +415,22 @@ impl fuser::Filesystem for SkiffFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.known(ino.0);
         reply.send(self.do_setxattr(ino.0, name, value, flags))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.known(ino.0);
         reply.send(self.do_getxattr(ino.0, name).map(|v| (size, v)))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.known(ino.0);
         reply.send(self.do_listxattr(ino.0).map(|v| (size, v)))
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.known(ino.0);
         reply.send(self.do_removexattr(ino.0, name))
     }
 
@@ -418,6 +448,7 @@ impl fuser::Filesystem for SkiffFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.known(parent.0);
         let r = self.do_create(req, parent.0, name, mode, umask, flags, |f| {
             reply.open_backing(f)
         });
@@ -427,13 +458,14 @@ impl fuser::Filesystem for SkiffFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.known_handle(ino.0, fh.0, libc::O_RDWR);
         reply.send(self.do_fallocate(fh.0, offset, length, mode))
     }
 }

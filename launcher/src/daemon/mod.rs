@@ -3,10 +3,19 @@
 //! [`state`] holds what the daemon owns (chunk cache, registry clients, the
 //! [`state::ImageCache`] of merged trees, the [`state::MountTable`]), [`server`]
 //! answers the socket, [`protocol`] is what goes over it, and [`client`] is the CLI's
-//! side. Mounts do not yet survive a restart of the daemon: stopping it unmounts.
+//! side.
+//!
+//! Mounts survive a restart of the daemon (`SIGTERM`, `SIGINT`, or a crash): each
+//! mount's `/dev/fuse` connection is held by the [`keeper`] process, what is needed
+//! to serve it again is in its [`persist`] record, and the next daemon picks it up
+//! ([`restart`]). `skiff daemon stop` is what unmounts everything and ends the
+//! keeper.
 
 pub mod client;
+pub mod keeper;
+pub mod persist;
 pub mod protocol;
+pub mod restart;
 pub mod server;
 pub mod state;
 
@@ -43,11 +52,20 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// Unmount everything and stop the daemon (refused while containers run).
+    /// Unmount everything and stop the daemon and its keeper for good (refused
+    /// while containers run). A `SIGTERM` instead leaves every mount working for the
+    /// next daemon.
     Stop {
         /// Unmount containers' root filesystems too.
         #[arg(long)]
         force: bool,
+    },
+    /// (Started by the daemon.) Hold the mounts' FUSE connections across restarts.
+    #[command(hide = true)]
+    Keeper {
+        /// The socket to listen on.
+        #[arg(long, value_name = "PATH")]
+        keeper_socket: PathBuf,
     },
 }
 
@@ -85,6 +103,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         .unwrap_or_else(|| global.layout().daemon_socket());
     match args.action {
         None => serve(global, &args, socket),
+        Some(Action::Keeper { keeper_socket }) => keeper::run(&keeper_socket),
         Some(Action::Status { json }) => {
             let c = client::DaemonClient::connect(&socket)
                 .with_context(|| format!("no daemon answers on {}", socket.display()))?;
@@ -115,20 +134,34 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
 }
 
 fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
-    // SIGINT/SIGTERM are taken by one thread (blocked before any other starts), which
-    // stops the daemon as `skiff daemon stop --force` does.
+    // SIGINT/SIGTERM are taken by one thread (blocked before any other starts): with
+    // a keeper the daemon exits at once and its mounts wait for the next one;
+    // without, it stops as `skiff daemon stop --force` does.
     let mut mask = nix::sys::signal::SigSet::empty();
     mask.add(nix::sys::signal::Signal::SIGINT);
     mask.add(nix::sys::signal::Signal::SIGTERM);
     mask.thread_block()?;
     let listener = server::listen(&socket)?;
+    let keeper = match keeper::Keeper::connect_or_start(global) {
+        Ok(k) => Some(Arc::new(k)),
+        Err(e) => {
+            tracing::warn!("no keeper, mounts will not survive a restart: {e:#}");
+            None
+        }
+    };
+    let keeps_mounts = keeper.is_some();
     let state = Arc::new(state::DaemonState::new(
         global.clone(),
         &state::DaemonConfig {
             cache_limit: args.cache_limit_mib.saturating_mul(1 << 20),
             max_images: args.max_images,
         },
+        keeper,
     )?);
+    let resumed = restart::resume_mounts(&state);
+    if resumed > 0 {
+        eprintln!("skiff: daemon picked up {resumed} mount(s)");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (stop, socket) = (stop.clone(), socket.clone());
@@ -136,6 +169,14 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
             .name("skiff-daemon-signals".into())
             .spawn(move || {
                 if let Ok(sig) = mask.wait() {
+                    if keeps_mounts {
+                        // The keeper holds every connection: requests wait in the
+                        // kernel until the next daemon serves them.
+                        eprintln!(
+                            "skiff: daemon exiting on {sig:?}; mounts stay for the next daemon"
+                        );
+                        std::process::exit(0);
+                    }
                     tracing::info!(?sig, "stopping");
                     stop.store(true, Ordering::SeqCst);
                     let _ = std::os::unix::net::UnixStream::connect(&socket);

@@ -1,5 +1,6 @@
 //! The daemon's socket: accept, check the peer, answer one request per connection.
 
+use super::persist::MountRecord;
 use super::protocol::{MountRequest, Request, Response};
 use super::state::{lock, DaemonState, MountEntry};
 use crate::container::state::ProcessId;
@@ -165,7 +166,7 @@ fn answer(
             let entry = lock(&state.mounts).remove(&key);
             match entry {
                 Some(e) => {
-                    unmount(&key, e)?;
+                    unmount(state, &key, e)?;
                     Response::Unmounted
                 }
                 None => Response::NotMounted,
@@ -212,36 +213,63 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
     if m.container.is_none() {
         opts.stats_file = Some(stats_file.clone());
     }
-    let handle = skiff_fs::mount_shared(image.lower.clone(), opts, &mountpoint)
+    let id = state.new_mount_id();
+    opts.restart = state.restart_config(&id, 0, None);
+    let handle = skiff_fs::mount_shared(image.lower.clone(), opts.clone(), &mountpoint)
         .with_context(|| format!("mounting {} on {}", image.name, mountpoint.display()))?;
-    tracing::info!(image = %image.name, mountpoint = %mountpoint.display(), container = ?m.container, "mounted");
+    let container = m.container.map(|c| (c, ProcessId::of(peer.pid)));
+    let record = MountRecord {
+        id: id.clone(),
+        mountpoint: mountpoint.clone(),
+        source: super::restart::pinned(&m.source, &image),
+        name: image.name.clone(),
+        upper: m.upper.clone(),
+        container: container.clone(),
+        stats_file: opts.stats_file.clone(),
+        negotiated: handle.negotiated().unwrap_or_default(),
+        generation: 0,
+    };
+    if let Err(e) = state.hand_over(&record, &handle) {
+        state.forget_mount(&id);
+        let _ = handle.unmount();
+        return Err(e);
+    }
+    tracing::info!(id, image = %image.name, mountpoint = %mountpoint.display(), container = ?container, "mounted");
     let config = image.config.clone().map(Box::new);
     let entry = MountEntry {
+        id,
         handle,
         image,
         upper: m.upper,
-        container: m.container.map(|id| (id, ProcessId::of(peer.pid))),
+        container,
         stats_file,
     };
     lock(&state.mounts).insert(mountpoint, entry)?;
     Ok(Response::Mounted { config })
 }
 
-fn unmount(mountpoint: &Path, entry: MountEntry) -> anyhow::Result<()> {
+fn unmount(state: &DaemonState, mountpoint: &Path, entry: MountEntry) -> anyhow::Result<()> {
     let stats_file = entry.stats_file.clone();
+    let id = entry.id.clone();
     let result = entry.handle.unmount();
     let _ = std::fs::remove_file(&stats_file);
+    // Unmounted (or detached): nothing for a successor to serve.
+    state.forget_mount(&id);
     result.with_context(|| format!("unmounting {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
 }
 
+/// Unmounts everything and lets the keeper go: the daemon stops for good.
 fn unmount_all(state: &DaemonState) {
     let all = lock(&state.mounts).drain();
     for (p, e) in all {
-        if let Err(e) = unmount(&p, e) {
+        if let Err(e) = unmount(state, &p, e) {
             tracing::warn!("{e:#}");
         }
+    }
+    if let Some(k) = &state.keeper {
+        k.exit();
     }
 }
 
@@ -256,7 +284,7 @@ fn spawn_reaper(state: Arc<DaemonState>, stop: Arc<AtomicBool>) {
                 let gone = lock(&state.mounts).take_abandoned();
                 for (p, e) in gone {
                     tracing::info!(mountpoint = %p.display(), "mount abandoned");
-                    if let Err(e) = unmount(&p, e) {
+                    if let Err(e) = unmount(&state, &p, e) {
                         tracing::warn!("{e:#}");
                     }
                 }

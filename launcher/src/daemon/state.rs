@@ -3,9 +3,11 @@
 //! (resolved images with their merged lower trees and fetchers, shared by `Arc`) and
 //! the [`MountTable`].
 //!
-//! Restart survival (later) hooks in here: the mount table is what has to be
-//! persisted, and each entry's `/dev/fuse` descriptor is what has to be handed over.
+//! Each mount also has a [`MountRecord`] on disk and its `/dev/fuse` descriptor at
+//! the [`Keeper`], which is what lets the next daemon serve it (see `super::restart`).
 
+use super::keeper::Keeper;
+use super::persist::{MountRecord, MountRecords};
 use super::protocol::{ImageSource, ImageStatus, MountStatus, RegistryStatus, StatusReport};
 use crate::cmd::lazy::{index_layers, resolve_image};
 use crate::cmd::registry_args::RegistryArgs;
@@ -86,6 +88,8 @@ impl ImageCache {
 
 /// One mount the daemon serves.
 pub struct MountEntry {
+    /// Its id (its record's, and its descriptor's tag at the keeper).
+    pub id: String,
     /// The FUSE session (dropping it unmounts).
     pub handle: MountHandle,
     /// The image it shows.
@@ -186,6 +190,13 @@ pub struct DaemonState {
     images: Mutex<ImageCache>,
     /// Every mount served.
     pub mounts: Mutex<MountTable>,
+    /// The process holding every mount's connection across restarts (`None`: it
+    /// could not be started, and mounts end with this daemon).
+    pub keeper: Option<Arc<Keeper>>,
+    /// The mount records a successor reads.
+    pub records: MountRecords,
+    /// Numbers new mount ids.
+    next_mount: std::sync::atomic::AtomicU64,
 }
 
 /// Locks `m`, shrugging off poisoning (a panicked request thread leaves the tables
@@ -196,7 +207,11 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl DaemonState {
     /// Opens the chunk cache and starts the runtime.
-    pub fn new(global: Global, config: &DaemonConfig) -> anyhow::Result<DaemonState> {
+    pub fn new(
+        global: Global,
+        config: &DaemonConfig,
+        keeper: Option<Arc<Keeper>>,
+    ) -> anyhow::Result<DaemonState> {
         let cache_dir = global.layout().cache();
         let cache = ChunkCache::open(&cache_dir, config.cache_limit, 256 << 20)
             .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?;
@@ -205,6 +220,7 @@ impl DaemonState {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
+        let records = MountRecords::new(&global.root);
         Ok(DaemonState {
             global,
             started: Instant::now(),
@@ -214,7 +230,75 @@ impl DaemonState {
             clients: Mutex::default(),
             images: Mutex::new(ImageCache::new(config.max_images)),
             mounts: Mutex::default(),
+            keeper,
+            records,
+            next_mount: Default::default(),
         })
+    }
+
+    /// A mount id no other mount of this root has had: this daemon's start time
+    /// and a counter.
+    pub fn new_mount_id(&self) -> String {
+        static START: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let start = START.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        });
+        let n = self
+            .next_mount
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{start:x}-{n}")
+    }
+
+    /// The restart settings of mount `id`: its file handles start above those of its
+    /// earlier servers, and its backing files are recorded at the keeper.
+    pub fn restart_config(
+        &self,
+        id: &str,
+        generation: u32,
+        resumed: Option<(skiff_fs::Negotiated, Vec<skiff_fs::Backing>)>,
+    ) -> skiff_fs::RestartConfig {
+        let backing_log = self.keeper.clone().map(|k| {
+            let id = id.to_string();
+            Arc::new(move |ino: u64, b: Option<skiff_fs::Backing>| k.backing(&id, ino, b))
+                as skiff_fs::BackingLog
+        });
+        let (resumed, backings) = match resumed {
+            Some((n, b)) => (Some(n), b),
+            None => (None, Vec::new()),
+        };
+        skiff_fs::RestartConfig {
+            generation,
+            resumed,
+            backings,
+            backing_log,
+        }
+    }
+
+    /// Saves `record` and hands its connection to the keeper (in this order: a
+    /// record without a connection is detached by the next daemon, a connection
+    /// without a record would be a mount nobody knows).
+    pub fn hand_over(&self, record: &MountRecord, handle: &MountHandle) -> anyhow::Result<()> {
+        let Some(keeper) = &self.keeper else {
+            return Ok(());
+        };
+        self.records
+            .save(record)
+            .with_context(|| format!("saving the record of mount {}", record.id))?;
+        let fd = handle.fuse_fd().context("the mount has no connection")?;
+        keeper
+            .put(&record.id, fd)
+            .with_context(|| format!("handing mount {} to the keeper", record.id))
+    }
+
+    /// Forgets mount `id` for good (unmounted): its record and its connection.
+    pub fn forget_mount(&self, id: &str) {
+        self.records.remove(id);
+        if let Some(k) = &self.keeper {
+            k.forget(id);
+        }
     }
 
     /// The client of `reference`'s registry: made on first use, then shared (its

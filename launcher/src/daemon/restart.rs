@@ -1,0 +1,128 @@
+//! Picking up the mounts of the daemon before this one (stopped by `SIGTERM`, or
+//! killed): each [`MountRecord`] with its connection back from the keeper is served
+//! again over the same image; a record whose connection is gone is detached, a
+//! connection without a record is let go.
+
+use super::persist::MountRecord;
+use super::protocol::ImageSource;
+use super::state::{lock, DaemonState, ImageEntry, MountEntry};
+use anyhow::Context;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+/// `source` pinned to the manifest `image` was built from, so a successor mounts
+/// the very same tree (same inode numbers) even if the tag has moved since.
+pub fn pinned(source: &ImageSource, image: &ImageEntry) -> ImageSource {
+    match (source, &image.manifest) {
+        (
+            ImageSource::Registry {
+                image: reference,
+                platform,
+                insecure_registries,
+                ..
+            },
+            Some(digest),
+        ) => match skiff_proto::reference::Reference::parse(reference) {
+            Ok(r) => ImageSource::Registry {
+                image: r.with_digest(*digest).to_string(),
+                pull: crate::cmd::lazy::PullPolicy::Missing,
+                platform: platform.clone(),
+                insecure_registries: insecure_registries.clone(),
+            },
+            Err(_) => source.clone(),
+        },
+        _ => source.clone(),
+    }
+}
+
+/// Serves again every mount the previous daemon left with the keeper. Returns how
+/// many were picked up.
+pub fn resume_mounts(state: &DaemonState) -> usize {
+    let Some(keeper) = &state.keeper else {
+        return 0;
+    };
+    let held = match keeper.take() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("taking the mounts back from the keeper: {e:#}");
+            return 0;
+        }
+    };
+    let mut held: HashMap<String, (OwnedFd, Vec<skiff_fs::Backing>)> =
+        held.into_iter().map(|(id, fd, b)| (id, (fd, b))).collect();
+    let mut resumed = 0;
+    for record in state.records.load_all() {
+        let id = record.id.clone();
+        let mountpoint = record.mountpoint.clone();
+        let Some((fd, backings)) = held.remove(&id) else {
+            tracing::warn!(id, mountpoint = %mountpoint.display(), "a mount whose connection is gone: detaching it");
+            detach(&mountpoint);
+            state.forget_mount(&id);
+            continue;
+        };
+        match resume_one(state, record, fd, backings) {
+            Ok(()) => resumed += 1,
+            Err(e) => {
+                tracing::warn!(id, mountpoint = %mountpoint.display(), "could not serve a mount again, detaching it: {e:#}");
+                detach(&mountpoint);
+                state.forget_mount(&id);
+            }
+        }
+    }
+    for id in held.into_keys() {
+        tracing::warn!(id, "a connection without a mount record: letting it go");
+        keeper.forget(&id);
+    }
+    resumed
+}
+
+fn resume_one(
+    state: &DaemonState,
+    mut record: MountRecord,
+    fd: OwnedFd,
+    backings: Vec<skiff_fs::Backing>,
+) -> anyhow::Result<()> {
+    let (image, _) = state.image(&record.source)?;
+    let mut opts = skiff_fs::MountOptions::new(Vec::new(), state.global.layout().cache());
+    opts.upper = record.upper.clone();
+    opts.fs_name = record.name.clone();
+    opts.stats_file = record.stats_file.clone();
+    // The generation is saved before any handle of it is given out.
+    record.generation += 1;
+    state
+        .records
+        .save(&record)
+        .with_context(|| format!("saving the record of mount {}", record.id))?;
+    opts.restart = state.restart_config(
+        &record.id,
+        record.generation,
+        Some((record.negotiated, backings)),
+    );
+    let handle = skiff_fs::resume_shared(image.lower.clone(), opts, &record.mountpoint, fd)
+        .with_context(|| format!("serving {} again", record.mountpoint.display()))?;
+    tracing::info!(
+        id = record.id,
+        mountpoint = %record.mountpoint.display(),
+        generation = record.generation,
+        "mount picked up"
+    );
+    let stats_file = state.global.layout().mount_stats(&record.mountpoint);
+    let entry = MountEntry {
+        id: record.id,
+        handle,
+        image,
+        upper: record.upper,
+        container: record.container,
+        stats_file,
+    };
+    lock(&state.mounts).insert(record.mountpoint, entry)
+}
+
+/// Lazily unmounts `mountpoint` (nothing serves it any more).
+fn detach(mountpoint: &std::path::Path) {
+    if let Err(e) = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+        if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
+            tracing::warn!(mountpoint = %mountpoint.display(), "detaching: {e}");
+        }
+    }
+}
