@@ -8,6 +8,7 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod snapshots;
 pub mod state;
 
 use crate::cmd::Global;
@@ -32,6 +33,9 @@ pub struct Args {
     /// How many images to keep resolved and merged in memory.
     #[arg(long, default_value_t = 16)]
     pub max_images: usize,
+    /// Where to serve containerd's snapshotter API (default: <root>/snapshotter.sock).
+    #[arg(long, value_name = "PATH")]
+    pub snapshotter_address: Option<PathBuf>,
 }
 
 /// `skiff daemon` subcommands.
@@ -129,6 +133,11 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
             max_images: args.max_images,
         },
     )?);
+    let snapshotter_socket = args
+        .snapshotter_address
+        .clone()
+        .unwrap_or_else(|| global.root.join("snapshotter.sock"));
+    let snapshots = snapshots::Snapshots::start(state.clone(), &snapshotter_socket)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (stop, socket) = (stop.clone(), socket.clone());
@@ -144,6 +153,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
     }
     eprintln!("skiff: daemon listening on {}", socket.display());
     server::serve(state, listener, socket, stop);
+    snapshots.stop();
     eprintln!("skiff: daemon stopped");
     Ok(0)
 }
