@@ -268,13 +268,18 @@ async fn lazy_pull_and_run(format: Format) {
         served - pulled
     );
     assert!(served < total / 2, "{tag}: served {served} of {total} layer bytes");
-    // The containers are gone, so is their view.
+    // The containers are gone, so is their view, once containerd's garbage collector
+    // (asynchronous after `ctr run --rm`) has removed their snapshots.
     let views = s.daemon.skiff.root.join("snapshotter/views");
-    assert!(
-        skiff_tests::guard::mounts_under(&views).is_empty(),
-        "views left mounted: {:?}",
-        skiff_tests::guard::mounts_under(&views)
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !skiff_tests::guard::mounts_under(&views).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views left mounted: {:?}",
+            skiff_tests::guard::mounts_under(&views)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
