@@ -57,7 +57,7 @@ impl SkiffDaemon {
             .open(self.skiff.root.join("daemon.log"))
             .unwrap();
         let mut cmd = self.skiff.command();
-        cmd.args(["-vv", "daemon"]).stdout(Stdio::null()).stderr(log);
+        cmd.args(["-v", "daemon"]).stdout(Stdio::null()).stderr(log);
         self.child = Some(KillOnDrop::spawn(&mut cmd));
         wait_for_socket(&self.skiff.root.join("daemon.sock"), "skiff daemon", || {
             self.log()
@@ -150,8 +150,9 @@ state = "{state}"
             config.push_str(&format!(
                 r#"[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{sandbox}"
-  disable_cgroup = false
-  enable_selinux = false
+  # CRI gives the sandbox oom_score_adj -998, which needs CAP_SYS_RESOURCE; test
+  # machines (containers themselves) may lack it. Clamped to containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "skiff"
     disable_snapshot_annotations = false
@@ -215,7 +216,9 @@ state = "{state}"
 
     /// Runs `cmd`, asserting it succeeds; returns its stdout.
     pub fn ok(&self, cmd: &mut Command) -> String {
-        let out: Output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        let out: Output = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
         assert!(
             out.status.success(),
             "{cmd:?}: {}\ncontainerd log:\n{}",

@@ -130,7 +130,14 @@ async fn plain_pull_unpacks_onto_skiff_snapshots_and_runs() {
     push_busybox(&s.reg.host(), "ctd/plain", 1 << 20).await;
     let image = s.reg.reference("ctd/plain:latest");
     let c = &s.containerd;
-    c.ok(c.ctr().args(["images", "pull", "--plain-http", "--snapshotter", "skiff", &image]));
+    c.ok(c.ctr().args([
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "skiff",
+        &image,
+    ]));
     // Two layers unpacked by containerd into two committed snapshots on disk.
     assert_eq!(s.snapshot_dirs(), 2);
     let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
@@ -139,14 +146,22 @@ async fn plain_pull_unpacks_onto_skiff_snapshots_and_runs() {
     let out = s.run(&image, "plain1", &["cat", "/etc/motd"]);
     assert_eq!(out, "hello from layer two\n");
     // The whiteout of /bin/ls in layer two hides it.
-    let out = s.run(&image, "plain2", &["sh", "-c", "ls /bin; echo x > /tmp/w; cat /tmp/w"]);
+    let out = s.run(
+        &image,
+        "plain2",
+        &["sh", "-c", "ls /bin; echo x > /tmp/w; cat /tmp/w"],
+    );
     assert!(out.contains("busybox") && out.contains("x\n"), "{out}");
     assert!(!out.split_whitespace().any(|n| n == "ls"), "{out}");
     // Removing the image with a synchronous garbage collection removes every
     // snapshot (the layers' and the containers'), and with them their directories.
     c.ok(c.ctr().args(["images", "rm", "--sync", &image]));
     let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
-    assert_eq!(listed.lines().count(), 1, "only the header is left: {listed}");
+    assert_eq!(
+        listed.lines().count(),
+        1,
+        "only the header is left: {listed}"
+    );
     assert_eq!(s.snapshot_dirs(), 0);
 }
 
@@ -251,7 +266,11 @@ async fn lazy_pull_and_run(format: Format) {
     // Every layer was committed lazily: no directory on disk, remote labels.
     assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
     let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
-    assert_eq!(listed.matches("Committed").count(), layers.len(), "{listed}");
+    assert_eq!(
+        listed.matches("Committed").count(),
+        layers.len(),
+        "{listed}"
+    );
     let (pulled, whole) = layer_bytes(&proxy.requests(), &layers);
     assert!(whole.is_empty(), "layers read whole by the pull: {whole:?}");
 
@@ -259,7 +278,10 @@ async fn lazy_pull_and_run(format: Format) {
     assert_eq!(out, "hello from layer two\n");
     let out = s.run(&image, "lazy2", &["sh", "-c", "ls /bin; ls -l /data/big"]);
     assert!(out.contains("busybox") && out.contains("8388608"), "{out}");
-    assert!(!out.split_whitespace().any(|n| n == "ls"), "whiteout: {out}");
+    assert!(
+        !out.split_whitespace().any(|n| n == "ls"),
+        "whiteout: {out}"
+    );
 
     let (served, whole) = layer_bytes(&proxy.requests(), &layers);
     assert!(whole.is_empty(), "layers read whole: {whole:?}");
@@ -267,7 +289,10 @@ async fn lazy_pull_and_run(format: Format) {
         "{tag}: the pull read {pulled} and the runs {} of {total} layer bytes",
         served - pulled
     );
-    assert!(served < total / 2, "{tag}: served {served} of {total} layer bytes");
+    assert!(
+        served < total / 2,
+        "{tag}: served {served} of {total} layer bytes"
+    );
     // The containers are gone, so is their view, once containerd's garbage collector
     // (asynchronous after `ctr run --rm`) has removed their snapshots.
     let views = s.daemon.skiff.root.join("snapshotter/views");
@@ -315,8 +340,13 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
         &skiff_proto::image::Platform::host(),
         &["/bin/sleep", "1000000"],
     );
-    skiff_tests::fixtures::push_built(&skiff_tests::client(&reg.host()), "ctd/pause", "latest", &pause)
-        .await;
+    skiff_tests::fixtures::push_built(
+        &skiff_tests::client(&reg.host()),
+        "ctd/pause",
+        "latest",
+        &pause,
+    )
+    .await;
     push_busybox(&reg.host(), "ctd/app", 8 << 20).await;
     let publisher = Skiff::new(&work.path().join("publisher"));
     let out = publisher.run(&["index", "--push", "-q", &reg.reference("ctd/app:latest")]);
@@ -368,7 +398,8 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
             namespace: "default".into(),
             attempt: 0,
         }),
-        hostname: "skiff-pod".into(),
+        // A host-network pod shares the host's UTS namespace: no hostname of its own
+        // (the kubelet leaves it empty too).
         log_directory: logs.display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -412,7 +443,11 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
                     image: pulled.image_ref.clone(),
                     ..Default::default()
                 }),
-                command: vec!["/bin/sh".into(), "-c".into(), "cat /etc/motd; ls /bin".into()],
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "cat /etc/motd; ls /bin".into(),
+                ],
                 log_path: "app.log".into(),
                 ..Default::default()
             }),
@@ -444,7 +479,10 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
         if st.state == cri::ContainerState::ContainerExited as i32 {
             break st;
         }
-        assert!(std::time::Instant::now() < deadline, "still running: {st:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {st:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert_eq!(status.exit_code, 0, "{status:?}");
@@ -460,15 +498,18 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
         served - pull_bytes
     );
     assert!(served < total / 2, "served {served} of {total} layer bytes");
-    let listed = containerd.ok(Command::new("ctr").arg("-a").arg(containerd.socket()).args([
-        "-n",
-        "k8s.io",
-        "snapshots",
-        "--snapshotter",
-        "skiff",
-        "info",
-        &layers_chain_top(&containerd),
-    ]));
+    let listed = containerd.ok(Command::new("ctr")
+        .arg("-a")
+        .arg(containerd.socket())
+        .args([
+            "-n",
+            "k8s.io",
+            "snapshots",
+            "--snapshotter",
+            "skiff",
+            "info",
+            &layers_chain_top(&containerd),
+        ]));
     assert!(listed.contains("containerd.io/snapshot/remote"), "{listed}");
 
     runtime
@@ -478,7 +519,9 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
         .await
         .unwrap();
     runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
         .await
         .unwrap();
 }
@@ -486,14 +529,10 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
 /// The name of the top committed snapshot in containerd's `k8s.io` namespace that
 /// has a parent (a lazily committed layer of the app or sandbox image).
 fn layers_chain_top(containerd: &Containerd) -> String {
-    let out = containerd.ok(Command::new("ctr").arg("-a").arg(containerd.socket()).args([
-        "-n",
-        "k8s.io",
-        "snapshots",
-        "--snapshotter",
-        "skiff",
-        "ls",
-    ]));
+    let out = containerd.ok(Command::new("ctr")
+        .arg("-a")
+        .arg(containerd.socket())
+        .args(["-n", "k8s.io", "snapshots", "--snapshotter", "skiff", "ls"]));
     out.lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())

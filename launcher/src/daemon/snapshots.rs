@@ -41,7 +41,13 @@ fn source_of(image: &str) -> ImageSource {
 fn dir_name(chain: &str) -> String {
     chain
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -60,9 +66,11 @@ impl DaemonLayers {
         let lower = if top.layer + 1 == image.layers {
             image.lower.clone()
         } else {
-            let layers = image.lower.layers().get(..=top.layer).ok_or_else(|| {
-                anyhow::anyhow!("{} has no layer {}", image.name, top.layer)
-            })?;
+            let layers = image
+                .lower
+                .layers()
+                .get(..=top.layer)
+                .ok_or_else(|| anyhow::anyhow!("{} has no layer {}", image.name, top.layer))?;
             Arc::new(SharedLower::build(
                 layers.to_vec(),
                 image.lower.cache().clone(),
