@@ -239,7 +239,7 @@ state = "{state}"
             };
             let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            if args.iter().any(|a| *a == sock.as_bytes()) {
+            if args.contains(&sock.as_bytes()) {
                 pids.push(pid);
             }
         }

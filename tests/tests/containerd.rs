@@ -127,6 +127,11 @@ async fn plain_pull_unpacks_onto_skiff_snapshots_and_runs() {
         return;
     }
     let s = Setup::new();
+    // Only root (and the daemon's own uid) may talk to the snapshotter.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.daemon.socket()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
     push_busybox(&s.reg.host(), "ctd/plain", 1 << 20).await;
     let image = s.reg.reference("ctd/plain:latest");
     let c = &s.containerd;
