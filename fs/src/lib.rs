@@ -196,6 +196,16 @@ impl SharedLower {
         cache_snapshot(&self.stats, &self.cache)
     }
 
+    /// The layers, bottom first (a view of the first few is built from them).
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The chunk cache the fetcher reads into.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
     /// Stops the fetcher (once no mount uses it any more).
     pub fn shutdown(&self) {
         self.fetcher.shutdown();

@@ -20,6 +20,8 @@
 //! then a missing tool fails the test and names the tool.
 
 pub mod cli;
+pub mod containerd;
+pub mod cri;
 pub mod fixtures;
 pub mod guard;
 pub mod proxy;

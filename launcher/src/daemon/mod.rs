@@ -17,6 +17,7 @@ pub mod persist;
 pub mod protocol;
 pub mod restart;
 pub mod server;
+pub mod snapshots;
 pub mod state;
 
 use crate::cmd::Global;
@@ -41,6 +42,9 @@ pub struct Args {
     /// How many images to keep resolved and merged in memory.
     #[arg(long, default_value_t = 16)]
     pub max_images: usize,
+    /// Where to serve containerd's snapshotter API (default: <root>/snapshotter.sock).
+    #[arg(long, value_name = "PATH")]
+    pub snapshotter_address: Option<PathBuf>,
 }
 
 /// `skiff daemon` subcommands.
@@ -162,6 +166,11 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
     if resumed > 0 {
         eprintln!("skiff: daemon picked up {resumed} mount(s)");
     }
+    let snapshotter_socket = args
+        .snapshotter_address
+        .clone()
+        .unwrap_or_else(|| global.root.join("snapshotter.sock"));
+    let snapshots = snapshots::Snapshots::start(state.clone(), &snapshotter_socket)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let (stop, socket) = (stop.clone(), socket.clone());
@@ -185,6 +194,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
     }
     eprintln!("skiff: daemon listening on {}", socket.display());
     server::serve(state, listener, socket, stop);
+    snapshots.stop();
     eprintln!("skiff: daemon stopped");
     Ok(0)
 }

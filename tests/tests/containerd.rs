@@ -1,0 +1,547 @@
+//! containerd (Debian's, started by the test with its own config, root, state and
+//! sockets) with `skiff daemon` as its remote snapshotter: plain pulls unpack onto
+//! Skiff's overlay snapshots, `ctr-remote images rpull` serves eStargz, zstd:chunked
+//! and gzip-with-published-index images lazily, and the registry (counted through
+//! the proxy) serves a fraction of the image, never a layer whole.
+
+use skiff_tests::cli::{describe, Skiff};
+use skiff_tests::containerd::{tail, Containerd, SkiffDaemon};
+use skiff_tests::fixtures::push_busybox;
+use skiff_tests::proxy::{FaultProxy, Recorded};
+use skiff_tests::registry::Registry;
+use skiff_tests::tools_or_skip;
+use std::process::Command;
+
+const TOOLS: &[&str] = &[
+    "docker-registry",
+    "containerd",
+    "containerd-shim-runc-v2",
+    "ctr",
+    "ctr-remote",
+    "runc",
+    "skopeo",
+];
+
+fn tools() -> bool {
+    tools_or_skip(TOOLS, "containerd, mounts and containers")
+}
+
+/// A registry, a skiff daemon and a containerd using it, all under one temp dir
+/// (dropped in reverse order: containerd, daemon, registry, directory).
+struct Setup {
+    work: tempfile::TempDir,
+    reg: Registry,
+    daemon: SkiffDaemon,
+    containerd: Containerd,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let reg = Registry::start();
+        let root = work.path().join("skiff");
+        std::fs::create_dir_all(&root).unwrap();
+        let daemon = SkiffDaemon::start(Skiff::new(&root));
+        let containerd = Containerd::start(&work.path().join("containerd"), &daemon.socket(), None);
+        Setup {
+            work,
+            reg,
+            daemon,
+            containerd,
+        }
+    }
+
+    /// `ctr run --snapshotter skiff --rm IMAGE NAME ARGS…`'s output, asserting exit 0.
+    fn run(&self, image: &str, name: &str, args: &[&str]) -> String {
+        let mut cmd = self.containerd.ctr();
+        cmd.args(["run", "--snapshotter", "skiff", "--rm", image, name])
+            .args(args);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "ctr run: {}\ncontainerd:\n{}\nskiff daemon:\n{}",
+            describe(&out),
+            tail(&self.containerd.log(), 30),
+            tail(&self.daemon.log(), 60)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The snapshot directories holding unpacked layers and container uppers.
+    fn snapshot_dirs(&self) -> usize {
+        std::fs::read_dir(self.daemon.skiff.root.join("snapshotter/snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// Layer bytes the registry served through the proxy for `layers` (digest, size),
+/// and the GETs that took a layer whole.
+fn layer_bytes(reqs: &[Recorded], layers: &[(String, u64)]) -> (u64, Vec<String>) {
+    let mut bytes = 0;
+    let mut whole = Vec::new();
+    for r in reqs.iter().filter(|r| r.method == "GET") {
+        let Some((_, size)) = layers.iter().find(|(d, _)| r.path.ends_with(d.as_str())) else {
+            continue;
+        };
+        let range = r.range.as_deref().and_then(|v| {
+            let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+        });
+        match range {
+            Some((a, b)) => bytes += b.min(size - 1).saturating_sub(a) + 1,
+            None => {
+                bytes += size;
+                whole.push(r.path.clone());
+            }
+        }
+    }
+    (bytes, whole)
+}
+
+/// The layers (digest, size) of `image`'s manifest, read with skopeo.
+fn manifest_layers(image: &str) -> Vec<(String, u64)> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    m["layers"]
+        .as_array()
+        .expect("a single-platform manifest")
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_pull_unpacks_onto_skiff_snapshots_and_runs() {
+    if !tools() {
+        return;
+    }
+    let s = Setup::new();
+    // Only root (and the daemon's own uid) may talk to the snapshotter.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(s.daemon.socket()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    push_busybox(&s.reg.host(), "ctd/plain", 1 << 20).await;
+    let image = s.reg.reference("ctd/plain:latest");
+    let c = &s.containerd;
+    c.ok(c.ctr().args([
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "skiff",
+        &image,
+    ]));
+    // Two layers unpacked by containerd into two committed snapshots on disk.
+    assert_eq!(s.snapshot_dirs(), 2);
+    let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
+    assert_eq!(listed.matches("Committed").count(), 2, "{listed}");
+
+    let out = s.run(&image, "plain1", &["cat", "/etc/motd"]);
+    assert_eq!(out, "hello from layer two\n");
+    // The whiteout of /bin/ls in layer two hides it.
+    let out = s.run(
+        &image,
+        "plain2",
+        &["sh", "-c", "ls /bin; echo x > /tmp/w; cat /tmp/w"],
+    );
+    assert!(out.contains("busybox") && out.contains("x\n"), "{out}");
+    assert!(!out.split_whitespace().any(|n| n == "ls"), "{out}");
+    // Removing the image with a synchronous garbage collection removes every
+    // snapshot (the layers' and the containers'), and with them their directories.
+    c.ok(c.ctr().args(["images", "rm", "--sync", &image]));
+    let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
+    assert_eq!(
+        listed.lines().count(),
+        1,
+        "only the header is left: {listed}"
+    );
+    assert_eq!(s.snapshot_dirs(), 0);
+}
+
+/// How the lazily pulled image is made.
+enum Format {
+    /// The gzip image with a published Skiff index (`skiff index --push`).
+    GzipIndexed,
+    /// Converted by `ctr-remote images convert --estargz --oci`.
+    Estargz,
+    /// Converted by `skopeo copy --dest-compress-format zstd:chunked`.
+    ZstdChunked,
+}
+
+/// Pushes the busybox image (with an 8 MiB incompressible file no command reads) in
+/// `format` as `ctd/lazy:TAG`; returns the tag.
+async fn push_lazy_image(s: &Setup, format: Format) -> &'static str {
+    push_busybox(&s.reg.host(), "ctd/lazy", 8 << 20).await;
+    let source = s.reg.reference("ctd/lazy:latest");
+    let c = &s.containerd;
+    match format {
+        Format::GzipIndexed => {
+            let publisher = Skiff::new(&s.work.path().join("publisher"));
+            let out = publisher.run(&["index", "--push", "-q", &source]);
+            assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+            "latest"
+        }
+        Format::Estargz => {
+            let dest = s.reg.reference("ctd/lazy:esgz");
+            let conv = |cmd: &mut Command| {
+                // Another namespace: the converted layers must not be in the test's.
+                cmd.args(["-n", "convert"]);
+            };
+            let mut fetch = Command::new("ctr");
+            fetch.arg("-a").arg(c.socket());
+            conv(&mut fetch);
+            c.ok(fetch.args(["content", "fetch", "--plain-http", &source]));
+            let mut convert = Command::new("ctr-remote");
+            convert.arg("-a").arg(c.socket());
+            conv(&mut convert);
+            c.ok(convert.args(["images", "convert", "--estargz", "--oci", &source, &dest]));
+            let mut push = Command::new("ctr");
+            push.arg("-a").arg(c.socket());
+            conv(&mut push);
+            c.ok(push.args(["images", "push", "--plain-http", &dest]));
+            "esgz"
+        }
+        Format::ZstdChunked => {
+            let layout = s.work.path().join("zc");
+            let skopeo = |args: &[&str]| {
+                let out = Command::new("skopeo").args(args).output().unwrap();
+                assert!(out.status.success(), "skopeo {args:?}: {}", describe(&out));
+            };
+            // Into a layout first: pushing straight to the registry, skopeo reuses
+            // the gzip blobs it finds there instead of compressing.
+            skopeo(&[
+                "copy",
+                "-q",
+                "--src-tls-verify=false",
+                "--dest-compress-format",
+                "zstd:chunked",
+                "--dest-compress",
+                &format!("docker://{source}"),
+                &format!("oci:{}:zc", layout.display()),
+            ]);
+            skopeo(&[
+                "copy",
+                "-q",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:zc", layout.display()),
+                &format!("docker://{}", s.reg.reference("ctd/lazy:zc")),
+            ]);
+            "zc"
+        }
+    }
+}
+
+/// rpull of the image in `format` through the counting proxy, then two containers:
+/// the right output, no layer downloaded (by containerd or Skiff) whole, and the
+/// registry served under half of the layer bytes (the 8 MiB file is never read).
+async fn lazy_pull_and_run(format: Format) {
+    if !tools() {
+        return;
+    }
+    let s = Setup::new();
+    let tag = push_lazy_image(&s, format).await;
+    let proxy = FaultProxy::start(s.reg.addr());
+    let image = format!("{}/ctd/lazy:{tag}", proxy.host());
+    let layers = manifest_layers(&image);
+    let total: u64 = layers.iter().map(|l| l.1).sum();
+    proxy.clear_requests();
+
+    let c = &s.containerd;
+    c.ok(c.ctr_remote().args([
+        "images",
+        "rpull",
+        "--plain-http",
+        "--snapshotter",
+        "skiff",
+        &image,
+    ]));
+    // Every layer was committed lazily: no directory on disk, remote labels.
+    assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
+    let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
+    assert_eq!(
+        listed.matches("Committed").count(),
+        layers.len(),
+        "{listed}"
+    );
+    let (pulled, whole) = layer_bytes(&proxy.requests(), &layers);
+    assert!(whole.is_empty(), "layers read whole by the pull: {whole:?}");
+
+    let out = s.run(&image, "lazy1", &["cat", "/etc/motd"]);
+    assert_eq!(out, "hello from layer two\n");
+    let out = s.run(&image, "lazy2", &["sh", "-c", "ls /bin; ls -l /data/big"]);
+    assert!(out.contains("busybox") && out.contains("8388608"), "{out}");
+    assert!(
+        !out.split_whitespace().any(|n| n == "ls"),
+        "whiteout: {out}"
+    );
+
+    let (served, whole) = layer_bytes(&proxy.requests(), &layers);
+    assert!(whole.is_empty(), "layers read whole: {whole:?}");
+    eprintln!(
+        "{tag}: the pull read {pulled} and the runs {} of {total} layer bytes",
+        served - pulled
+    );
+    assert!(
+        served < total / 2,
+        "{tag}: served {served} of {total} layer bytes"
+    );
+    // The containers are gone, so is their view, once containerd's garbage collector
+    // (asynchronous after `ctr run --rm`) has removed their snapshots.
+    let views = s.daemon.skiff.root.join("snapshotter/views");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !skiff_tests::guard::mounts_under(&views).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views left mounted: {:?}",
+            skiff_tests::guard::mounts_under(&views)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpull_of_gzip_with_published_index_runs_lazily() {
+    lazy_pull_and_run(Format::GzipIndexed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpull_of_estargz_runs_lazily() {
+    lazy_pull_and_run(Format::Estargz).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpull_of_zstd_chunked_runs_lazily() {
+    lazy_pull_and_run(Format::ZstdChunked).await;
+}
+
+/// The Kubernetes path: containerd's CRI plugin on the skiff snapshotter, driven
+/// through the CRI API as the kubelet does. The sandbox ("pause") image is busybox
+/// sleeping, pushed to the test registry and named in containerd's config; the pod
+/// uses the host network (no CNI). The app container's log shows its output, it
+/// exits 0, and its image was pulled lazily.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_runs_a_pod_on_lazily_pulled_images() {
+    use skiff_tests::cri::v1 as cri;
+    if !tools() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let pause = skiff_tests::fixtures::build_image(
+        skiff_tests::fixtures::busybox_layers(0),
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sleep", "1000000"],
+    );
+    skiff_tests::fixtures::push_built(
+        &skiff_tests::client(&reg.host()),
+        "ctd/pause",
+        "latest",
+        &pause,
+    )
+    .await;
+    push_busybox(&reg.host(), "ctd/app", 8 << 20).await;
+    let publisher = Skiff::new(&work.path().join("publisher"));
+    let out = publisher.run(&["index", "--push", "-q", &reg.reference("ctd/app:latest")]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let proxy = FaultProxy::start(reg.addr());
+    let app = format!("{}/ctd/app:latest", proxy.host());
+    let layers = manifest_layers(&app);
+    let total: u64 = layers.iter().map(|l| l.1).sum();
+    proxy.clear_requests();
+
+    let root = work.path().join("skiff");
+    std::fs::create_dir_all(&root).unwrap();
+    let daemon = SkiffDaemon::start(Skiff::new(&root));
+    let containerd = Containerd::start(
+        &work.path().join("containerd"),
+        &daemon.socket(),
+        Some(&skiff_tests::containerd::CriConfig {
+            sandbox_image: reg.reference("ctd/pause:latest"),
+            plain_http: vec![reg.host(), proxy.host()],
+        }),
+    );
+    let (mut runtime, mut images) = skiff_tests::cri::connect(containerd.socket()).await;
+    let version = runtime
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("CRI version: {e}\n{}", tail(&containerd.log(), 40)));
+    eprintln!("CRI: {:?}", version.into_inner());
+
+    let pulled = images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: app.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage: {e}\n{}", tail(&containerd.log(), 40)))
+        .into_inner();
+    let (pull_bytes, whole) = layer_bytes(&proxy.requests(), &layers);
+    assert!(whole.is_empty(), "layers read whole by the pull: {whole:?}");
+
+    let logs = work.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "skiff-pod".into(),
+            uid: "skiff-pod-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        // A host-network pod shares the host's UTS namespace: no hostname of its own
+        // (the kubelet leaves it empty too).
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Node as i32,
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RunPodSandbox: {e}\ncontainerd:\n{}\nskiff:\n{}",
+                tail(&containerd.log(), 40),
+                tail(&daemon.log(), 40)
+            )
+        })
+        .into_inner()
+        .pod_sandbox_id;
+
+    let created = runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: pulled.image_ref.clone(),
+                    ..Default::default()
+                }),
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "cat /etc/motd; ls /bin".into(),
+                ],
+                log_path: "app.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", tail(&containerd.log(), 40)))
+        .into_inner()
+        .container_id;
+    runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: created.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", tail(&containerd.log(), 40)));
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let st = runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: created.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .expect("a container status");
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {st:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    // CRI's log format: "TIMESTAMP stdout F LINE".
+    let log = std::fs::read_to_string(logs.join("app.log")).unwrap();
+    assert!(log.contains(" stdout F hello from layer two"), "{log}");
+    assert!(log.contains(" stdout F busybox"), "{log}");
+
+    let (served, whole) = layer_bytes(&proxy.requests(), &layers);
+    assert!(whole.is_empty(), "layers read whole: {whole:?}");
+    eprintln!(
+        "CRI: the pull read {pull_bytes} and the pod {} of {total} layer bytes",
+        served - pull_bytes
+    );
+    assert!(served < total / 2, "served {served} of {total} layer bytes");
+    let listed = containerd.ok(Command::new("ctr")
+        .arg("-a")
+        .arg(containerd.socket())
+        .args([
+            "-n",
+            "k8s.io",
+            "snapshots",
+            "--snapshotter",
+            "skiff",
+            "info",
+            &layers_chain_top(&containerd),
+        ]));
+    assert!(listed.contains("containerd.io/snapshot/remote"), "{listed}");
+
+    runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+/// The name of the top committed snapshot in containerd's `k8s.io` namespace that
+/// has a parent (a lazily committed layer of the app or sandbox image).
+fn layers_chain_top(containerd: &Containerd) -> String {
+    let out = containerd.ok(Command::new("ctr")
+        .arg("-a")
+        .arg(containerd.socket())
+        .args(["-n", "k8s.io", "snapshots", "--snapshotter", "skiff", "ls"]));
+    out.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 3 && f[2] == "Committed")
+        .map(|f| f[0].to_string())
+        .unwrap_or_else(|| panic!("no committed snapshot with a parent: {out}"))
+}
