@@ -83,6 +83,9 @@ pub(crate) struct Req<'a> {
     pub redirect_key: Option<Digest>,
     /// Which hosts may serve it (mirrors only for pulls and tag resolution).
     pub route: Route,
+    /// A mirror's `404` is its answer, not a reason to ask the next host (a
+    /// referrers listing: `404` says the host has no referrers API).
+    pub final_404: bool,
 }
 
 impl<'a> Req<'a> {
@@ -96,6 +99,7 @@ impl<'a> Req<'a> {
             body: None,
             redirect_key: None,
             route: Route::Upstream,
+            final_404: false,
         }
     }
 }
@@ -279,6 +283,7 @@ impl Client {
             if i < last {
                 match &outcome {
                     Ok(resp) if resp.status().is_success() => {}
+                    Ok(resp) if req.final_404 && resp.status() == StatusCode::NOT_FOUND => {}
                     Ok(resp) => {
                         tracing::info!(mirror = %host.name, url = %req.url, status = %resp.status(), "mirror cannot serve this; trying the next host");
                         continue;

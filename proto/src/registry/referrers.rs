@@ -8,6 +8,7 @@
 //! pushing, keeping referrers others put there.
 
 use super::client::{read_capped, Client, Req, Subject};
+use super::endpoint::Route;
 use super::error::{RegistryError, Result};
 use crate::digest::Digest;
 use crate::image::{Descriptor, Index, ManifestKind, MEDIA_OCI_INDEX};
@@ -40,6 +41,11 @@ impl Client {
         let mut req = Req::new(Method::GET, url.clone(), Some(repository));
         req.headers
             .insert(header::ACCEPT, HeaderValue::from_static(MEDIA_OCI_INDEX));
+        // A listing, like a tag: mirrors that resolve may answer it, and a mirror
+        // without the API says so with 404 (nodes behind a mirror may have no route
+        // to the registry itself).
+        req.route = Route::Resolve;
+        req.final_404 = true;
         // The fallback tag is asked at the same time: registries without the API
         // (docker-registry 2.8 among them) would otherwise cost a second round trip
         // before any artifact is found.
