@@ -42,6 +42,15 @@ pub struct Args {
     /// How many images to keep resolved and merged in memory.
     #[arg(long, default_value_t = 16)]
     pub max_images: usize,
+    /// Mirror configuration in containerd's layout, DIR/<registry>/hosts.toml (or
+    /// DIR/_default/hosts.toml), for every image the daemon pulls; re-read on change.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "SKIFF_HOSTS_DIR",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    pub hosts_dir: PathBuf,
     /// Where to serve containerd's snapshotter API (default: <root>/snapshotter.sock).
     #[arg(long, value_name = "PATH")]
     pub snapshotter_address: Option<PathBuf>,
@@ -159,6 +168,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
         &state::DaemonConfig {
             cache_limit: args.cache_limit_mib.saturating_mul(1 << 20),
             max_images: args.max_images,
+            hosts_dir: Some(args.hosts_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
         },
         keeper,
     )?);

@@ -175,6 +175,9 @@ pub struct DaemonConfig {
     pub cache_limit: u64,
     /// How many images to keep in memory.
     pub max_images: usize,
+    /// containerd-style mirror configuration (`<dir>/<registry>/hosts.toml`), re-read
+    /// by each registry client when it changes.
+    pub hosts_dir: Option<PathBuf>,
 }
 
 /// Everything one daemon owns.
@@ -184,6 +187,7 @@ pub struct DaemonState {
     started: Instant,
     cache: Arc<ChunkCache>,
     cache_limit: u64,
+    hosts_dir: Option<PathBuf>,
     /// The async runtime every registry client and blob reader runs on.
     runtime: tokio::runtime::Runtime,
     clients: Mutex<HashMap<String, Arc<Client>>>,
@@ -226,6 +230,7 @@ impl DaemonState {
             started: Instant::now(),
             cache,
             cache_limit: config.cache_limit,
+            hosts_dir: config.hosts_dir.clone(),
             runtime,
             clients: Mutex::default(),
             images: Mutex::new(ImageCache::new(config.max_images)),
@@ -352,6 +357,7 @@ impl DaemonState {
                 let registry = RegistryArgs {
                     platform: platform.clone(),
                     insecure_registries: insecure_registries.clone(),
+                    hosts_dir: self.hosts_dir.clone(),
                     ..RegistryArgs::default()
                 };
                 let client_for = |r: &Reference| self.client_for(&registry, r);
