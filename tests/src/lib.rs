@@ -24,6 +24,7 @@ pub mod containerd;
 pub mod cri;
 pub mod fixtures;
 pub mod guard;
+pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod token;

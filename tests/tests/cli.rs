@@ -313,63 +313,10 @@ async fn https_inner() {
     // A throwaway CA and a server certificate for the registry's address.
     let pki = tempfile::tempdir().unwrap();
     let p = |f: &str| pki.path().join(f);
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(pki.path())
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=skiff test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=registry",
-    ]);
-    std::fs::write(p("ext.cnf"), format!("subjectAltName=IP:{ip}\n")).unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.crt",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    skiff_tests::pki::ca_and_certs(
+        pki.path(),
+        &[("srv", "registry", &format!("subjectAltName=IP:{ip}"))],
+    );
 
     // Push over plain HTTP on loopback; serve the same storage over HTTPS on `ip`.
     let plain = Registry::start();

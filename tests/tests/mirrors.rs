@@ -315,17 +315,29 @@ fn mount_and_read(skiff: &Skiff, image: &str, hosts_dir: &Path, dir: &Path) -> V
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn estargz_through_a_cold_then_warm_pull_through_cache_and_without_it() {
+/// A docker-registry pull-through cache of a fresh registry, configured in `hosts`
+/// (containerd's layout) as the mirror that pulls and resolves for it.
+struct PullThrough {
+    upstream: Registry,
+    /// Counts what the cache asks of the registry.
+    up: FaultProxy,
+    mirror: Registry,
+    /// Counts what skiff asks of the cache.
+    mp: FaultProxy,
+    /// Where skiff reaches the registry itself (hosts.toml `server`), counted.
+    direct: FaultProxy,
+    work: tempfile::TempDir,
+    hosts: PathBuf,
+}
+
+fn pull_through() -> PullThrough {
     let upstream = Registry::start();
-    // Counts what the cache asks of the registry.
     let up = FaultProxy::start(upstream.addr());
     let mirror = Registry::start_with(RegistryOptions {
         proxy_remote: Some(up.base_url()),
         ..Default::default()
     });
     let mp = FaultProxy::start(mirror.addr());
-    // Where skiff reaches the registry itself (hosts.toml `server`).
     let direct = FaultProxy::start(upstream.addr());
     let work = tempfile::tempdir().unwrap();
     let hosts = work.path().join("certs.d");
@@ -336,6 +348,28 @@ async fn estargz_through_a_cold_then_warm_pull_through_cache_and_without_it() {
         &mp.host(),
         "[\"pull\", \"resolve\"]",
     );
+    PullThrough {
+        upstream,
+        up,
+        mirror,
+        mp,
+        direct,
+        work,
+        hosts,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estargz_through_a_cold_then_warm_pull_through_cache_and_without_it() {
+    let PullThrough {
+        upstream,
+        up,
+        mirror,
+        mp,
+        direct,
+        work,
+        hosts,
+    } = pull_through();
 
     let image = build_image(layers(), &Platform::host(), &["/bin/sh"]);
     push_built(
@@ -458,23 +492,16 @@ async fn every_lazy_format_runs_through_a_cold_then_warm_pull_through_cache() {
     if !skiff_tests::tools_or_skip(&["skopeo"], "containers need root") {
         return;
     }
-    let upstream = Registry::start();
-    let up = FaultProxy::start(upstream.addr());
-    let mirror = Registry::start_with(RegistryOptions {
-        proxy_remote: Some(up.base_url()),
-        ..Default::default()
-    });
-    let mp = FaultProxy::start(mirror.addr());
-    let direct = FaultProxy::start(upstream.addr());
-    let work = tempfile::tempdir().unwrap();
-    let hosts = work.path().join("certs.d");
-    write_hosts(
-        &hosts,
-        &upstream.host(),
-        &direct.host(),
-        &mp.host(),
-        "[\"pull\", \"resolve\"]",
-    );
+    let PullThrough {
+        upstream,
+        // Kept alive: the cache reaches the registry through it.
+        up: _up,
+        mirror,
+        mp,
+        direct,
+        work,
+        hosts,
+    } = pull_through();
 
     // The three lazy formats of one busybox image: eStargz (skiff convert), zstd:chunked
     // (skopeo) and gzip with a published index (skiff index --push).
@@ -636,75 +663,19 @@ async fn an_edited_hosts_toml_is_followed_without_a_restart() {
     assert_eq!(c.hosts(), [registry.to_string()]);
 }
 
-/// A throwaway CA in `dir` (`ca.crt`), a server certificate for 127.0.0.1
-/// (`srv.crt`/`srv.key`) and a client certificate (`client.crt`/`client.key`), both
-/// signed by it.
-fn make_pki(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl");
-        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=skiff mirror test CA",
-    ]);
-    std::fs::write(dir.join("srv.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, cn) in [("srv", "127.0.0.1"), ("client", "skiff client")] {
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.crt"),
-            "-days",
-            "1",
-            "-extfile",
-            &format!("{name}.cnf"),
-        ]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_mirror_is_used_with_its_ca_and_client_certificate_and_skipped_without() {
     // An HTTPS mirror that wants client certificates, in front of (sharing the storage
     // of) a plain registry. Each hosts.toml variant gets a fresh client; which host
     // served a blob says whether the mirror's TLS settings worked.
     let pki = tempfile::tempdir().unwrap();
-    make_pki(pki.path());
+    skiff_tests::pki::ca_and_certs(
+        pki.path(),
+        &[
+            ("srv", "127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+            ("client", "skiff client", "extendedKeyUsage=clientAuth"),
+        ],
+    );
     let p = |f: &str| pki.path().join(f);
     let upstream = Registry::start();
     let image = build_image(fixtures::sample_layers(), &Platform::host(), &["/bin/sh"]);
