@@ -160,6 +160,9 @@ pub struct SharedLower {
     fetcher: Arc<Fetcher>,
     stats: Arc<Stats>,
     cache: Arc<ChunkCache>,
+    /// Fetches ahead of the dynamic loader, for every mount of this view: a library
+    /// predicted for one container is not predicted again for the next.
+    predictor: Arc<predict::Predictor>,
 }
 
 impl SharedLower {
@@ -182,12 +185,14 @@ impl SharedLower {
             fetch_threads,
             tuning,
         ));
+        let predictor = Arc::new(predict::Predictor::new(tree.clone(), fetcher.clone()));
         Ok(SharedLower {
             layers,
             tree,
             fetcher,
             stats,
             cache,
+            predictor,
         })
     }
 
@@ -248,6 +253,7 @@ fn prepare_on(lower: Arc<SharedLower>, opts: &MountOptions) -> Result<Prepared, 
             recorder: opts.record.clone(),
             readahead: opts.readahead,
             whole_file_max: opts.whole_file_max,
+            predictor: (opts.whole_file_max > 0).then(|| lower.predictor.clone()),
             restart: opts.restart.clone(),
         },
     )
@@ -334,15 +340,11 @@ fn spawn_stats_writer(
 
 /// Queues, in this order: the recorded profile's ranges, the producer-marked files of
 /// every layer (eStargz landmarks), and with `background_fetch` every other chunk.
-fn start_prefetch(
-    opts: &MountOptions,
-    layers: &[Layer],
-    tree: &Arc<tree::LowerTree>,
-    fetcher: &Arc<Fetcher>,
-) {
+fn start_prefetch(opts: &MountOptions, lower: &SharedLower) {
+    let (layers, tree, fetcher) = (&lower.layers, &lower.tree, &lower.fetcher);
     // A recorded profile already holds the start-up reads, in the order they came.
     if opts.profile.is_none() && !opts.warm.is_empty() {
-        predict::warm(tree, fetcher, &opts.warm, opts.whole_file_max);
+        lower.predictor.warm(&opts.warm, opts.whole_file_max);
     }
     if let Some(profile) = &opts.profile {
         for (layer, chunks) in profile.plan(tree) {
@@ -461,7 +463,7 @@ fn spawn_session(
             );
         }
     }
-    start_prefetch(&opts, &lower.layers, &lower.tree, &lower.fetcher);
+    start_prefetch(&opts, &lower);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),
@@ -497,7 +499,7 @@ pub fn mount_foreground(
     };
     let session = fuser::Session::new(p.fs, mountpoint, &p.config).map_err(fuse_err)?;
     let lower = p.lower;
-    start_prefetch(&opts, &lower.layers, &lower.tree, &lower.fetcher);
+    start_prefetch(&opts, &lower);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_stats_writer(
         opts.stats_file.clone(),

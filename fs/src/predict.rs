@@ -45,12 +45,20 @@ const DEFAULT_DIRS: &[&str] = &[
 /// Most files predicted for one mount: a bound on what a hostile image can queue.
 const MAX_PREDICTED: usize = 4096;
 
-/// The files of one mount whose loads were predicted, and how to fetch ahead.
+/// The files of one image whose loads were predicted, and how to fetch ahead.
 pub struct Predictor {
     tree: Arc<LowerTree>,
     fetcher: Arc<Fetcher>,
     /// Files examined or queued already (each is looked at once).
     seen: Mutex<HashSet<LowerId>>,
+}
+
+impl std::fmt::Debug for Predictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Predictor")
+            .field("seen", &self.seen.lock().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Predictor {
@@ -75,6 +83,46 @@ impl Predictor {
             return;
         }
         self.examine(id, parts, false, false);
+    }
+
+    /// Reads the head of the first regular file of each item of `warm` (candidate
+    /// paths) right away, as an on-demand read would: an executable gets the rest of it
+    /// queued (files up to `whole_file_max`) and its loader's files predicted, so that
+    /// the program the container is about to exec is on its way while the container is
+    /// set up. Nothing waits for these reads.
+    pub fn warm(self: &Arc<Self>, warm: &[Vec<String>], whole_file_max: u64) {
+        let (tree, fetcher) = (&self.tree, &self.fetcher);
+        for candidates in warm {
+            let Some(id) = candidates.iter().find_map(|p| tree.resolve_file(p)) else {
+                continue;
+            };
+            let Some((layer, head)) = self.chunks_for(id, &[0..HEAD_BYTES]) else {
+                continue;
+            };
+            let Some(node) = tree.node(id) else { continue };
+            let executable = whole_file_max > 0
+                && node.entry.mode & 0o111 != 0
+                && node.entry.size <= whole_file_max;
+            if executable {
+                if let Some(idx) = tree.layers.get(layer) {
+                    let rest = plan::rest_of_file(idx.chunks_of(&node.entry), &head);
+                    fetcher.queue_speculative(Priority::Prefetch, layer, rest);
+                }
+            }
+            let p = Arc::clone(self);
+            let offsets: Vec<u64> = head.iter().map(|c| c.file_offset).collect();
+            fetcher.submit(
+                layer,
+                head,
+                Box::new(move |r| match r {
+                    Ok(data) if executable => {
+                        p.on_head(id, offsets.into_iter().zip(data).collect())
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "warm-up read failed"),
+                }),
+            );
+        }
     }
 
     /// Marks `id` as seen; false if it was already (or the bound is reached).
@@ -119,23 +167,9 @@ impl Predictor {
                 }
             }
             None if !second_look => {
-                let Some((layer, chunks)) = loader_chunks else {
-                    return;
-                };
-                let me = Arc::clone(self);
-                let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
-                self.fetcher.submit_with(
-                    Priority::Prefetch,
-                    layer,
-                    chunks,
-                    Box::new(move |r| match r {
-                        Ok(data) => {
-                            let parts = offsets.into_iter().zip(data).collect();
-                            me.examine(id, parts, as_library, true);
-                        }
-                        Err(e) => tracing::debug!(error = %e, "fetching loader ranges failed"),
-                    }),
-                );
+                if let Some((layer, chunks)) = loader_chunks {
+                    self.fetch_then_examine(id, layer, chunks, as_library, true);
+                }
             }
             None => {}
         }
@@ -153,6 +187,19 @@ impl Predictor {
         if let Some(path) = self.tree.node(id).and_then(|n| n.paths.first()) {
             tracing::debug!(path, "predicted: the loader will open it");
         }
+        self.fetch_then_examine(id, layer, chunks, true, false);
+    }
+
+    /// Fetches `chunks` of file `id` (at prefetch priority) and looks at the file
+    /// again with them ([`Predictor::examine`]).
+    fn fetch_then_examine(
+        self: &Arc<Self>,
+        id: LowerId,
+        layer: usize,
+        chunks: Vec<Chunk>,
+        as_library: bool,
+        second_look: bool,
+    ) {
         let me = Arc::clone(self);
         let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
         self.fetcher.submit_with(
@@ -162,9 +209,9 @@ impl Predictor {
             Box::new(move |r| match r {
                 Ok(data) => {
                     let parts = offsets.into_iter().zip(data).collect();
-                    me.examine(id, parts, true, false);
+                    me.examine(id, parts, as_library, second_look);
                 }
-                Err(e) => tracing::debug!(error = %e, "predicted fetch failed"),
+                Err(e) => tracing::debug!(error = %e, "fetch ahead of the loader failed"),
             }),
         );
     }
@@ -224,47 +271,5 @@ impl Predictor {
         expanded
             .chain(DEFAULT_DIRS.iter().map(|d| d.to_string()))
             .find_map(|dir| self.tree.resolve_file(&format!("{dir}/{name}")))
-    }
-}
-
-/// Reads the head of the first regular file of each item of `warm` (candidate paths)
-/// right away, as an on-demand read would: an executable gets the rest of it queued
-/// (files up to `whole_file_max`) and its loader's files predicted, so that the
-/// program the container is about to exec is on its way while the container is set
-/// up. Nothing waits for these reads.
-pub fn warm(
-    tree: &Arc<LowerTree>,
-    fetcher: &Arc<Fetcher>,
-    warm: &[Vec<String>],
-    whole_file_max: u64,
-) {
-    let predictor = Arc::new(Predictor::new(tree.clone(), fetcher.clone()));
-    for candidates in warm {
-        let Some(id) = candidates.iter().find_map(|p| tree.resolve_file(p)) else {
-            continue;
-        };
-        let Some((layer, head)) = predictor.chunks_for(id, &[0..HEAD_BYTES]) else {
-            continue;
-        };
-        let Some(node) = tree.node(id) else { continue };
-        let executable =
-            whole_file_max > 0 && node.entry.mode & 0o111 != 0 && node.entry.size <= whole_file_max;
-        if executable {
-            if let Some(idx) = tree.layers.get(layer) {
-                let rest = plan::rest_of_file(idx.chunks_of(&node.entry), &head);
-                fetcher.queue_speculative(Priority::Prefetch, layer, rest);
-            }
-        }
-        let p = predictor.clone();
-        let offsets: Vec<u64> = head.iter().map(|c| c.file_offset).collect();
-        fetcher.submit(
-            layer,
-            head,
-            Box::new(move |r| match r {
-                Ok(data) if executable => p.on_head(id, offsets.into_iter().zip(data).collect()),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "warm-up read failed"),
-            }),
-        );
     }
 }

@@ -54,10 +54,11 @@ pub struct ReadConfig {
     pub recorder: Option<Arc<Recorder>>,
     /// Read-ahead on sequential reads that miss the cache, in blob bytes (0: off).
     pub readahead: u64,
-    /// Executable files up to this size are queued whole on their first miss, and
-    /// what the dynamic loader will open after an ELF file is fetched ahead
-    /// ([`crate::predict`]) (0: both off).
+    /// Executable files up to this size are queued whole on their first miss (0: off).
     pub whole_file_max: u64,
+    /// Fetches what the dynamic loader will open after an ELF file's head is read
+    /// ([`crate::predict`]; `None`: off).
+    pub predictor: Option<Arc<Predictor>>,
 }
 
 /// Serves lower-file reads for one mount.
@@ -100,8 +101,7 @@ impl LowerReader {
         stats: Arc<Stats>,
         config: ReadConfig,
     ) -> LowerReader {
-        let predictor = (config.whole_file_max > 0)
-            .then(|| Arc::new(Predictor::new(tree.clone(), fetcher.clone())));
+        let predictor = config.predictor.clone();
         LowerReader {
             tree,
             fetcher,

@@ -63,6 +63,8 @@ pub struct FsConfig {
     /// cache, queue the rest of the file at prefetch priority if it is at most this big
     /// (0: off).
     pub whole_file_max: u64,
+    /// Fetches ahead of the dynamic loader (the image's, shared by its mounts).
+    pub predictor: Option<Arc<crate::predict::Predictor>>,
     /// Continuing an earlier server of the connection, or preparing for a later one.
     pub restart: crate::handover::RestartConfig,
 }
@@ -128,6 +130,7 @@ impl SkiffFs {
                 recorder: config.recorder.clone(),
                 readahead: config.readahead,
                 whole_file_max: config.whole_file_max,
+                predictor: config.predictor.clone(),
             },
         );
         Ok(SkiffFs {
