@@ -196,9 +196,24 @@ impl SharedLower {
         })
     }
 
-    /// The counters of every mount of this lower view together.
+    /// The counters of every mount of this lower view together, and where each
+    /// remote layer's bytes came from.
     pub fn stats(&self) -> StatsSnapshot {
-        cache_snapshot(&self.stats, &self.cache)
+        let mut s = cache_snapshot(&self.stats, &self.cache);
+        s.layers = self
+            .layers
+            .iter()
+            .filter_map(|l| {
+                let source = l.blob.source()?;
+                Some(stats::LayerSource {
+                    digest: l.index.blob.to_string(),
+                    served_by: source.served_by,
+                    requests: source.requests,
+                    bytes: source.bytes,
+                })
+            })
+            .collect();
+        s
     }
 
     /// The layers, bottom first (a view of the first few is built from them).
@@ -314,8 +329,7 @@ fn write_stats(path: &Path, snap: &StatsSnapshot) {
 
 fn spawn_stats_writer(
     path: Option<PathBuf>,
-    stats: Arc<Stats>,
-    cache: Arc<ChunkCache>,
+    lower: Arc<SharedLower>,
     stop: Arc<AtomicBool>,
 ) -> Option<std::thread::JoinHandle<()>> {
     let path = path?;
@@ -326,7 +340,7 @@ fn spawn_stats_writer(
         .name("skiff-stats".into())
         .spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                write_stats(&path, &cache_snapshot(&stats, &cache));
+                write_stats(&path, &lower.stats());
                 for _ in 0..10 {
                     if stop.load(Ordering::Relaxed) {
                         break;
@@ -465,12 +479,7 @@ fn spawn_session(
     }
     start_prefetch(&opts, &lower);
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_stats_writer(
-        opts.stats_file.clone(),
-        lower.stats.clone(),
-        lower.cache.clone(),
-        stop.clone(),
-    );
+    let writer = spawn_stats_writer(opts.stats_file.clone(), lower.clone(), stop.clone());
     Ok(MountHandle {
         session: Some(session),
         fuse_fd: Some(fuse_fd),
@@ -501,12 +510,7 @@ pub fn mount_foreground(
     let lower = p.lower;
     start_prefetch(&opts, &lower);
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_stats_writer(
-        opts.stats_file.clone(),
-        lower.stats.clone(),
-        lower.cache.clone(),
-        stop.clone(),
-    );
+    let writer = spawn_stats_writer(opts.stats_file.clone(), lower.clone(), stop.clone());
     let r = session.run().map_err(fuse_err);
     stop.store(true, Ordering::Relaxed);
     if let Some(w) = writer {

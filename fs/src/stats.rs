@@ -70,6 +70,23 @@ pub struct StatsSnapshot {
     pub read_p90_us: u64,
     /// 99th percentile, microseconds.
     pub read_p99_us: u64,
+    /// Per remote layer: which host served it and how much (empty for local images).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerSource>,
+}
+
+/// Where one remote layer's bytes came from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LayerSource {
+    /// The layer blob's digest.
+    pub digest: String,
+    /// The host that served its latest request (a mirror or the registry), if any
+    /// request was made.
+    pub served_by: Option<String>,
+    /// Requests made for the layer.
+    pub requests: u64,
+    /// Blob bytes received.
+    pub bytes: u64,
 }
 
 impl Stats {
@@ -117,6 +134,7 @@ impl Stats {
             read_p50_us: self.percentile(&counts, 0.5),
             read_p90_us: self.percentile(&counts, 0.9),
             read_p99_us: self.percentile(&counts, 0.99),
+            layers: Vec::new(),
         }
     }
 }
@@ -142,6 +160,17 @@ impl std::fmt::Display for StatsSnapshot {
             f,
             "copy-ups: {}, passthrough opens: {}",
             self.copy_ups, self.passthrough_opens
-        )
+        )?;
+        for l in &self.layers {
+            write!(
+                f,
+                "\nlayer {}: served by {} ({} requests, {} bytes)",
+                l.digest,
+                l.served_by.as_deref().unwrap_or("nothing yet"),
+                l.requests,
+                l.bytes
+            )?;
+        }
+        Ok(())
     }
 }

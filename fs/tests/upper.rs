@@ -167,3 +167,67 @@ fn read_only_mount_refuses_writes() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     drop(m);
 }
+
+/// A file removed while a descriptor still holds it keeps its inode number to itself:
+/// a new file that the upper filesystem gives the same inode gets another number, so
+/// the kernel does not take it for the removed one (the held descriptor would then
+/// show the new file's attributes, and reopening it through `/proc/self/fd` would
+/// open the new file).
+#[test]
+fn a_removed_file_still_held_never_shares_its_inode_number_with_a_new_one() {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    // ext4 (with a journal) reuses a freed inode number at once; tmpfs would not.
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = image(&tmp.path().join("img"), &layers());
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(
+        options(&img, &tmp.path().join("cache"), Some(upper.clone())),
+        &mnt,
+    );
+    std::fs::create_dir(mnt.join("w")).unwrap();
+    std::fs::write(mnt.join("w/old"), b"old").unwrap();
+    let host_ino = std::fs::metadata(upper.join("w/old")).unwrap().ino();
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(mnt.join("w/old"))
+        .unwrap();
+    let held_ino = held.metadata().unwrap().ino();
+    std::fs::remove_file(mnt.join("w/old")).unwrap();
+
+    let mut reused = None;
+    for i in 0..1000 {
+        let name = format!("w/new{i}");
+        std::fs::write(mnt.join(&name), format!("new{i}")).unwrap();
+        if std::fs::metadata(upper.join(&name)).unwrap().ino() == host_ino {
+            reused = Some(name);
+            break;
+        }
+    }
+    let name = reused.expect(
+        "the upper filesystem never reused the removed file's inode number; \
+         this test needs one that does (ext4 with a journal)",
+    );
+    let new_ino = std::fs::metadata(mnt.join(&name)).unwrap().ino();
+    assert_ne!(
+        new_ino, held_ino,
+        "{name} took the removed file's inode number"
+    );
+    if let Ok(md) = held.metadata() {
+        assert_eq!(
+            md.ino(),
+            held_ino,
+            "the held descriptor now describes {name}"
+        );
+    }
+    let reopened = std::fs::read(format!("/proc/self/fd/{}", held.as_raw_fd()));
+    assert!(
+        reopened.is_err(),
+        "reopening the removed file gave {:?}",
+        reopened.map(|b| String::from_utf8_lossy(&b).into_owned())
+    );
+    drop(held);
+    drop(m);
+}

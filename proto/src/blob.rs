@@ -66,6 +66,18 @@ pub fn check_range(digest: Digest, size: u64, offset: u64, len: u64) -> Result<(
     Ok(())
 }
 
+/// Where a remote blob's bytes came from, for `skiff stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlobSource {
+    /// The host that served the latest request: a mirror from `hosts.toml` or the
+    /// registry itself (`None` before the first request).
+    pub served_by: Option<String>,
+    /// Requests this reader made.
+    pub requests: u64,
+    /// Blob bytes this reader received.
+    pub bytes: u64,
+}
+
 /// Random-access reads of one blob. Returned bytes are raw and unverified.
 pub trait BlobReader: Send + Sync {
     /// The blob's digest (of its full, compressed content).
@@ -76,6 +88,11 @@ pub trait BlobReader: Send + Sync {
 
     /// Reads exactly `len` bytes starting at `offset`.
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError>;
+
+    /// Where the bytes come from, for remote blobs (`None`: a local blob).
+    fn source(&self) -> Option<BlobSource> {
+        None
+    }
 
     /// Streams the whole blob from the start. The default reads it in 4 MiB ranges;
     /// remote readers override it with one streaming GET.

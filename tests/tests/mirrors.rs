@@ -289,8 +289,14 @@ async fn hosts_toml_mirror_is_used_first_with_ns_and_without_upstream_credential
     );
 }
 
-/// `skiff mount IMAGE DIR -d`, then reads `files` and unmounts.
-fn mount_and_read(skiff: &Skiff, image: &str, hosts_dir: &Path, dir: &Path) -> Vec<Vec<u8>> {
+/// `skiff mount IMAGE DIR -d`, then reads `files` and unmounts. Returns what was read
+/// and the hosts `skiff stats` says served the layers read (one per layer with requests).
+fn mount_read_and_see_hosts(
+    skiff: &Skiff,
+    image: &str,
+    hosts_dir: &Path,
+    dir: &Path,
+) -> (Vec<Vec<u8>>, Vec<String>) {
     std::fs::create_dir_all(dir).unwrap();
     let out = skiff
         .command()
@@ -305,14 +311,32 @@ fn mount_and_read(skiff: &Skiff, image: &str, hosts_dir: &Path, dir: &Path) -> V
     let files = ["data/hello.txt", "data/big.bin"];
     let read: Vec<std::io::Result<Vec<u8>>> =
         files.iter().map(|f| std::fs::read(dir.join(f))).collect();
+    // The stats file is rewritten once a second.
+    let mut hosts = Vec::new();
+    for _ in 0..30 {
+        let out = skiff.run(&["stats", "--json", &dir.to_string_lossy()]);
+        let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let layers = snap["layers"].as_array().cloned().unwrap_or_default();
+        hosts = layers
+            .iter()
+            .filter(|l| l["requests"].as_u64().unwrap_or(0) > 0)
+            .map(|l| l["served_by"].as_str().unwrap_or("none").to_string())
+            .collect();
+        if !hosts.is_empty() && hosts.iter().all(|h| h != "none") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let umount = skiff.run(&["umount", &dir.to_string_lossy()]);
     if !umount.status.success() {
         let _ = Command::new("fusermount3").arg("-uz").arg(dir).status();
     }
-    read.into_iter()
+    let read = read
+        .into_iter()
         .zip(files)
         .map(|(r, f)| r.unwrap_or_else(|e| panic!("reading {f}: {e}")))
-        .collect()
+        .collect();
+    (read, hosts)
 }
 
 /// A docker-registry pull-through cache of a fresh registry, configured in `hosts`
@@ -395,11 +419,16 @@ async fn estargz_through_a_cold_then_warm_pull_through_cache_and_without_it() {
     let esgz = upstream.reference("app:esgz");
     for (round, name) in ["cold", "warm"].iter().enumerate() {
         let skiff = Skiff::new(&work.path().join(name));
-        let got = mount_and_read(
+        let (got, served) = mount_read_and_see_hosts(
             &skiff,
             &esgz,
             &hosts,
             &work.path().join(format!("mnt-{name}")),
+        );
+        assert!(
+            !served.is_empty() && served.iter().all(|h| h.contains(&mp.host())),
+            "{name}: skiff stats says the layers came from {served:?}, not the mirror {}",
+            mp.host()
         );
         assert_eq!(got[0], want_hello, "{name}");
         assert!(got[1] == want_big, "{name}: big.bin differs");
@@ -428,7 +457,12 @@ async fn estargz_through_a_cold_then_warm_pull_through_cache_and_without_it() {
     drop(mp);
     drop(mirror);
     let skiff = Skiff::new(&work.path().join("no-mirror"));
-    let got = mount_and_read(&skiff, &esgz, &hosts, &work.path().join("mnt-no-mirror"));
+    let (got, served) =
+        mount_read_and_see_hosts(&skiff, &esgz, &hosts, &work.path().join("mnt-no-mirror"));
+    assert!(
+        !served.is_empty() && served.iter().all(|h| h.contains(&direct.host())),
+        "without the mirror skiff stats says the layers came from {served:?}"
+    );
     assert_eq!(got[0], want_hello);
     assert!(got[1] == want_big);
     assert!(direct.count(Some("GET"), "/blobs/") > 0);

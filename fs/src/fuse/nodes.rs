@@ -9,10 +9,10 @@
 //! ancestor. Dropping loses nothing: a node is rebuilt by the next lookup, with the
 //! same inode number (derived from the lower tree or the upper entry).
 
-use super::Res;
+use super::{Res, UPPER_INO_BASE};
 use crate::tree::LowerId;
 use fuser::{Errno, FileType};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
@@ -21,6 +21,10 @@ pub(crate) const ROOT_INO: u64 = 1;
 
 /// Deepest path [`Nodes::path`] follows before it gives up with `ELOOP`.
 const MAX_DEPTH: usize = 4096;
+
+/// Inode numbers given to upper entries whose natural number
+/// ([`UPPER_INO_BASE`] + upper inode) still names a removed entry the kernel holds.
+pub(crate) const RENUMBERED_INO_BASE: u64 = UPPER_INO_BASE + (1 << 55);
 
 /// One inode of the merged view.
 #[derive(Debug, Clone)]
@@ -62,6 +66,15 @@ pub(crate) struct Nodes {
     nodes: HashMap<u64, Node>,
     /// Table size after the last sweep: the next one runs when it has doubled.
     swept_at: usize,
+    /// Upper inodes whose entry is gone from the upper filesystem (last link removed)
+    /// while the kernel may still hold them (an open or O_PATH descriptor, a working
+    /// directory). The upper filesystem is free to reuse their inode numbers.
+    removed: HashSet<u64>,
+    /// Natural upper inode number → the number used instead, because the natural one
+    /// was still held as a removed entry when the upper filesystem reused it.
+    renumbered: HashMap<u64, u64>,
+    /// The next number to hand out from [`RENUMBERED_INO_BASE`] on.
+    next_renumbered: u64,
 }
 
 /// Below this many nodes the table is never swept (too small to matter).
@@ -82,7 +95,47 @@ impl Nodes {
                 lookups: 0,
             },
         );
-        Nodes { nodes, swept_at: 0 }
+        Nodes {
+            nodes,
+            swept_at: 0,
+            removed: HashSet::new(),
+            renumbered: HashMap::new(),
+            next_renumbered: RENUMBERED_INO_BASE,
+        }
+    }
+
+    /// The inode number of the upper entry whose inode on the upper filesystem is
+    /// `host_ino`: [`UPPER_INO_BASE`] + `host_ino`, unless that number still names a
+    /// removed entry the kernel holds. Then the new entry gets a number of its own:
+    /// with the same number the kernel would take the new file for the removed one
+    /// (same inode object), and a descriptor left on the removed file would reach the
+    /// new file's attributes and, through `/proc/self/fd`, its content.
+    pub fn upper_ino(&mut self, host_ino: u64) -> u64 {
+        let natural = UPPER_INO_BASE.saturating_add(host_ino);
+        let current = self.renumbered.get(&natural).copied().unwrap_or(natural);
+        if !self.removed.contains(&current) {
+            return current;
+        }
+        let fresh = self.next_renumbered;
+        self.next_renumbered += 1;
+        self.renumbered.insert(natural, fresh);
+        fresh
+    }
+
+    /// Records that upper entry `ino` lost its last link: its upper inode number may
+    /// be reused by the upper filesystem while the kernel still holds `ino`.
+    pub fn mark_removed(&mut self, ino: u64) {
+        if ino >= UPPER_INO_BASE && self.nodes.contains_key(&ino) {
+            self.removed.insert(ino);
+        }
+    }
+
+    /// Forgets what was recorded about `ino` once its node is dropped.
+    fn dropped(&mut self, ino: u64) {
+        self.removed.remove(&ino);
+        if ino >= RENUMBERED_INO_BASE {
+            self.renumbered.retain(|_, v| *v != ino);
+        }
     }
 
     /// How many nodes the table holds.
@@ -106,6 +159,7 @@ impl Nodes {
         n.lookups = n.lookups.saturating_sub(nlookup);
         if n.lookups == 0 && ino != ROOT_INO {
             self.nodes.remove(&ino);
+            self.dropped(ino);
         }
     }
 
@@ -143,6 +197,9 @@ impl Nodes {
         }
         self.nodes.retain(|ino, _| keep.contains(ino));
         self.swept_at = self.nodes.len();
+        let nodes = &self.nodes;
+        self.removed.retain(|ino| nodes.contains_key(ino));
+        self.renumbered.retain(|_, v| nodes.contains_key(v));
     }
 
     /// The node `ino`, if known.
@@ -317,6 +374,32 @@ mod tests {
         assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
         // Forgetting an unknown inode is harmless.
         t.forget(12345, 1);
+    }
+
+    #[test]
+    fn a_reused_upper_inode_gets_its_own_number_while_the_removed_one_is_held() {
+        let mut t = table();
+        let old = t.upper_ino(7);
+        assert_eq!(old, UPPER_INO_BASE + 7);
+        t.register_upper(old, FileType::RegularFile, None, 20, os("a"));
+        t.remember(old);
+        t.get_mut(old).unwrap().remove_name(20, os("a"));
+        t.mark_removed(old);
+        // The upper filesystem hands inode 7 to a new file: a number of its own,
+        // the same one on every lookup.
+        let new = t.upper_ino(7);
+        assert!(new >= RENUMBERED_INO_BASE, "{new:#x}");
+        assert_eq!(t.upper_ino(7), new);
+        t.register_upper(new, FileType::RegularFile, None, 20, os("b"));
+        t.remember(new);
+        // The removed file is forgotten: the new one keeps its number while held.
+        t.forget(old, 1);
+        assert_eq!(t.upper_ino(7), new);
+        // Once it is forgotten too, the natural number is free again.
+        t.forget(new, 1);
+        assert_eq!(t.upper_ino(7), old);
+        // Inodes nobody removed keep their natural numbers.
+        assert_eq!(t.upper_ino(8), UPPER_INO_BASE + 8);
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl SkiffFs {
                         .flatten()
                         .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
                         .filter(|&o| self.tree.id_of(o).is_some());
-                    let ino = origin.unwrap_or(super::UPPER_INO_BASE + s.st_ino);
+                    let ino = origin.unwrap_or_else(|| st.upper_ino(s.st_ino));
                     let lower = if kind == FileType::Directory {
                         if upper::is_opaque(&p) {
                             None
@@ -321,6 +321,7 @@ impl SkiffFs {
         self.copy_up(st, parent, false)?;
         let p = self.upper_path(st, parent)?.join(name);
         let in_upper = st.get(ino).map(|n| n.upper).unwrap_or(false);
+        let last_link = in_upper && (is_dir || upper::lstat(&p).is_ok_and(|s| s.st_nlink <= 1));
         if in_upper {
             if is_dir {
                 upper::clear_whiteouts(&p).map_err(errno)?;
@@ -337,6 +338,9 @@ impl SkiffFs {
             if n.names.is_empty() && !in_upper {
                 n.upper = false;
             }
+        }
+        if last_link {
+            st.mark_removed(ino);
         }
         Ok(())
     }
@@ -444,7 +448,11 @@ impl SkiffFs {
         let src_hides = self.lower_child(st, parent, name).is_some();
         let dst_hides = self.lower_child(st, newparent, newname).is_some();
         // What is at the destination in the upper dir: a whiteout or an emptied dir.
+        let mut replaced_last_link = false;
         if let Ok(s) = upper::lstat(&to) {
+            let is_dir = s.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            replaced_last_link =
+                !exchange && !upper::is_whiteout(&to, &s) && (is_dir || s.st_nlink <= 1);
             if upper::is_whiteout(&to, &s) && !exchange {
                 std::fs::remove_file(&to).map_err(errno)?;
             } else if s.st_mode & libc::S_IFMT == libc::S_IFDIR && !exchange {
@@ -471,6 +479,9 @@ impl SkiffFs {
                 if exchange {
                     n.names.push((parent, name.to_os_string()));
                 }
+            }
+            if replaced_last_link {
+                st.mark_removed(d);
             }
         }
         if let Some(n) = st.get_mut(src) {

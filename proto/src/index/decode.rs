@@ -14,6 +14,12 @@ pub fn decode_chunk(index: &LayerIndex, chunk: &Chunk, raw: &[u8]) -> Result<Vec
     };
     let len = usize::try_from(chunk.len)
         .map_err(|_| decode_err(format!("chunk length {} too large", chunk.len)))?;
+    let max = super::toc::max_chunk_len(chunk.encoding == ChunkEncoding::Zeros);
+    if chunk.len > max {
+        return Err(decode_err(format!(
+            "chunk of {len} bytes is larger than the {max} allowed"
+        )));
+    }
     let data = match chunk.encoding {
         ChunkEncoding::Raw => {
             if raw.len() < len {
@@ -33,14 +39,7 @@ pub fn decode_chunk(index: &LayerIndex, chunk: &Chunk, raw: &[u8]) -> Result<Vec
                 zstd::stream::read::Decoder::new(raw).map_err(|e| decode_err(e.to_string()))?;
             read_skip_take(dec, skip, len).map_err(|e| decode_err(e.to_string()))?
         }
-        ChunkEncoding::Zeros => {
-            if len > super::toc::MAX_CHUNK_LEN as usize {
-                return Err(decode_err(format!(
-                    "zero chunk of {len} bytes is too large"
-                )));
-            }
-            vec![0u8; len]
-        }
+        ChunkEncoding::Zeros => vec![0u8; len],
         ChunkEncoding::Checkpoint { checkpoint, skip } => {
             let cp = index
                 .checkpoints

@@ -10,7 +10,7 @@ use super::estargz::{self, parse_footer, TOC_DIGEST_ANNOTATION};
 use super::gzip::index_tar_gzip;
 use super::model::{Checkpoint, Chunk, ChunkEncoding, EntryKind, IndexError, LayerIndex};
 use super::tar::{walk_tar, DEFAULT_CHUNK_SIZE};
-use super::toc::{convert, Flavor, Toc, TocEntry};
+use super::toc::{convert, Flavor, Toc, TocEntry, MAX_CHUNK_LEN};
 use super::zstd_chunked::{self, index_zstd_chunked};
 use super::{store, IndexOptions};
 use crate::blob::BlobReader;
@@ -537,6 +537,38 @@ fn hostile_toc_entries_are_refused() {
             );
         }
     }
+}
+
+#[test]
+fn toc_chunks_over_the_cap_are_refused_and_holes_may_be_larger() {
+    let blob = Digest::of(b"b");
+    let data_end = 1 << 32;
+    let one_chunk = |size: u64, chunk_type: &str| {
+        toc_with(vec![TocEntry {
+            name: "big".into(),
+            kind: "reg".into(),
+            size,
+            chunk_digest: Digest::of(b"x").to_string(),
+            chunk_type: chunk_type.into(),
+            ..Default::default()
+        }])
+    };
+    for flavor in [Flavor::Estargz, Flavor::ZstdChunked] {
+        assert!(convert(&one_chunk(MAX_CHUNK_LEN, ""), flavor, blob, data_end).is_ok());
+        let Err(e) = convert(&one_chunk(MAX_CHUNK_LEN + 1, ""), flavor, blob, data_end) else {
+            panic!("a chunk over the cap was accepted");
+        };
+        assert!(e.to_string().contains("larger than the"), "{e}");
+    }
+    // A 512 MiB hole is one zstd:chunked `zeros` chunk: no blob bytes, accepted.
+    let hole = convert(
+        &one_chunk(512 << 20, "zeros"),
+        Flavor::ZstdChunked,
+        blob,
+        data_end,
+    )
+    .expect("a large hole is refused");
+    assert_eq!(hole.chunks[0].encoding, ChunkEncoding::Zeros);
 }
 
 #[test]

@@ -9,8 +9,24 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Largest chunk a TOC may declare; anything larger is refused as absurd.
-pub const MAX_CHUNK_LEN: u64 = 1 << 30;
+/// Largest chunk (decoded bytes) an index may declare. Real producers cut 4 MiB
+/// (eStargz, skiff's own indexes) or smaller (zstd:chunked's rolling checksum); a
+/// chunk is decoded into memory whole, once per reader, so a TOC naming 1 GiB chunks
+/// would cost gigabytes per read.
+pub const MAX_CHUNK_LEN: u64 = 64 << 20;
+
+/// Largest run of zeros (a hole, zstd:chunked's `zeros` chunks) one chunk may cover:
+/// holes cost no blob bytes, so they may be larger than data chunks.
+pub const MAX_ZERO_CHUNK_LEN: u64 = 1 << 30;
+
+/// The largest length a chunk of this kind may have.
+pub(crate) fn max_chunk_len(zeros: bool) -> u64 {
+    if zeros {
+        MAX_ZERO_CHUNK_LEN
+    } else {
+        MAX_CHUNK_LEN
+    }
+}
 
 /// A whole TOC document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -203,10 +219,17 @@ pub(crate) fn convert(
             } else {
                 p.chunk_size
             };
-            if len == 0 || len > MAX_CHUNK_LEN || expect.checked_add(len).is_none_or(|e| e > size) {
+            if len == 0 || expect.checked_add(len).is_none_or(|e| e > size) {
                 return Err(malformed(format!(
                     "{}: chunk of {len} bytes at {expect} does not fit a {size}-byte file",
                     entry.path
+                )));
+            }
+            if len > max_chunk_len(p.zeros) {
+                return Err(malformed(format!(
+                    "{}: chunk of {len} bytes at {expect} is larger than the {} allowed",
+                    entry.path,
+                    max_chunk_len(p.zeros)
                 )));
             }
             let digest_text = if !p.digest.is_empty() {

@@ -9,7 +9,7 @@
 
 use super::checkpoint::WINDOW_SIZE;
 use super::model::{clean_path, ChunkEncoding, EntryKind, IndexError, LayerIndex};
-use super::toc::MAX_CHUNK_LEN;
+use super::toc::max_chunk_len;
 
 /// Longest path an entry may have, in bytes (Linux `PATH_MAX`).
 pub const MAX_PATH_LEN: usize = 4096;
@@ -98,7 +98,7 @@ impl LayerIndex {
                 .is_some_and(|end| end <= self.blob_size);
             let ok = c.file_offset == expect
                 && c.len > 0
-                && c.len <= MAX_CHUNK_LEN
+                && c.len <= max_chunk_len(c.encoding == ChunkEncoding::Zeros)
                 && fits_blob
                 && match c.encoding {
                     ChunkEncoding::Zeros => c.blob_len == 0,

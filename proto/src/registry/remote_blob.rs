@@ -2,7 +2,7 @@
 
 use super::client::{Client, FetchStats};
 use super::error::RegistryError;
-use crate::blob::{check_range, BlobError, BlobReader};
+use crate::blob::{check_range, BlobError, BlobReader, BlobSource};
 use crate::digest::{Digest, DigestError, Hasher};
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -77,6 +77,14 @@ impl RemoteBlob {
 impl BlobReader for RemoteBlob {
     fn digest(&self) -> Digest {
         self.digest
+    }
+
+    fn source(&self) -> Option<BlobSource> {
+        Some(BlobSource {
+            served_by: self.client.served_by(&self.digest),
+            requests: self.stats.requests(),
+            bytes: self.stats.bytes(),
+        })
     }
 
     fn size(&self) -> u64 {
