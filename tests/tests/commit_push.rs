@@ -27,7 +27,7 @@ const CHANGES: &str = "echo committed > /new.txt \
 /// What a container of the committed image prints for [`SHOW`].
 const SHOWN: &str = "committed\ncommitted\nmotd=1\nonly\n640 1000 1000\n";
 const SHOW: &str = "cat /new.txt /hard.txt; test -e /etc/motd; echo motd=$?; \
-    ls -A /data; stat -c '%a %u %g' /new.txt";
+    busybox ls -A /data; stat -c '%a %u %g' /new.txt";
 
 fn ok(out: &Output, what: &str) -> String {
     assert_eq!(out.status.code(), Some(0), "{what}: {}", describe(out));
