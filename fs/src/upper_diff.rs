@@ -286,9 +286,7 @@ impl<W: Write> Walk<W> {
         let xattrs = read_xattrs(dirfd, &cname).map_err(io("reading xattrs of"))?;
         let private = |n: &[u8]| xattrs.iter().any(|(k, _)| k.as_slice() == n);
         let fmt = st.st_mode & libc::S_IFMT;
-        if fmt == libc::S_IFCHR
-            && st.st_rdev == 0
-            && !private(upper::USER_CHARDEV_XATTR.as_bytes())
+        if fmt == libc::S_IFCHR && st.st_rdev == 0 && !private(upper::USER_CHARDEV_XATTR.as_bytes())
         {
             let mut wh = OsString::from(WHITEOUT_PREFIX);
             wh.push(name);
@@ -347,9 +345,8 @@ impl<W: Write> Walk<W> {
                     inner: std::fs::File::from(file),
                     remaining: u64::try_from(st.st_size).unwrap_or(0),
                 };
-                self.builder
-                    .append_data(&mut header, rel, reader)
-                    .map_err(|source| match source.kind() {
+                self.builder.append_data(&mut header, rel, reader).map_err(
+                    |source| match source.kind() {
                         io::ErrorKind::UnexpectedEof => UpperDiffError::Changed {
                             path: rel.to_path_buf(),
                             what: "the file shrank",
@@ -358,7 +355,8 @@ impl<W: Write> Walk<W> {
                             path: rel.to_path_buf(),
                             source,
                         },
-                    })?;
+                    },
+                )?;
             }
             libc::S_IFLNK => {
                 let target = readlinkat(dirfd, &cname).map_err(io("reading the link"))?;
@@ -457,7 +455,9 @@ impl Read for Exact {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
@@ -537,14 +537,7 @@ fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
 fn readlinkat(dirfd: libc::c_int, name: &CStr) -> io::Result<OsString> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: buffer pointer and length match.
-    let n = unsafe {
-        libc::readlinkat(
-            dirfd,
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = unsafe { libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -35,13 +35,22 @@ fn ok(out: &Output, what: &str) -> String {
 }
 
 fn failed(out: &Output, what: &str) -> String {
-    assert_ne!(out.status.code(), Some(0), "{what} succeeded: {}", describe(out));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{what} succeeded: {}",
+        describe(out)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn tool(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
-    assert!(out.status.success(), "{program} {args:?}: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        describe(&out)
+    );
 }
 
 /// (kind, mode, uid, gid, content digest or link target) of one path: what the
@@ -156,9 +165,16 @@ fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
         "committed\n"
     );
     let md = std::fs::metadata(rootfs.join("new.txt")).unwrap();
-    assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 1000, 1000));
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o640, 1000, 1000)
+    );
     let hard = std::fs::metadata(rootfs.join("hard.txt")).unwrap();
-    assert_eq!(hard.ino(), md.ino(), "hard.txt is not a hard link of new.txt");
+    assert_eq!(
+        hard.ino(),
+        md.ino(),
+        "hard.txt is not a hard link of new.txt"
+    );
     assert!(!rootfs.join("etc/motd").exists(), "etc/motd is back");
     assert!(rootfs.join("etc/passwd").exists());
     let data: Vec<_> = std::fs::read_dir(rootfs.join("data"))
@@ -199,7 +215,10 @@ fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
     // On another registry: the base layers are streamed there from the first.
     let reg2 = Registry::start();
     let elsewhere = reg2.reference("copied/app:v3");
-    ok(&a.run(&["tag", &new, &elsewhere]), "tag for the other registry");
+    ok(
+        &a.run(&["tag", &new, &elsewhere]),
+        "tag for the other registry",
+    );
     ok(&a.run(&["push", &elsewhere]), "push to the other registry");
     drop(reg);
     let d = Skiff::new(&work.path().join("d"));
@@ -212,7 +231,10 @@ fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
     let err = failed(&a.run(&["rmi", &base]), "rmi of an image in use");
     assert!(err.contains("changer"), "{err}");
     let out = ok(&a.run(&["rmi", &other]), "rmi of a second name");
-    assert!(out.contains("Untagged") && !out.contains("Deleted"), "{out}");
+    assert!(
+        out.contains("Untagged") && !out.contains("Deleted"),
+        "{out}"
+    );
     ok(&a.run(&["rmi", &elsewhere]), "rmi of a third name");
     let err = failed(&a.run(&["rmi", &new]), "rmi of the new image in use");
     assert!(err.contains("user"), "{err}");

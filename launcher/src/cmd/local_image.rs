@@ -39,11 +39,7 @@ fn image_file(paths: &ContainerPaths) -> PathBuf {
 /// Notes in the container's directory that it runs `reference` (manifest `manifest`).
 /// A failure is logged, not fatal: the container runs anyway, only `commit` and
 /// `rmi` will not know its image.
-pub fn remember_container_image(
-    paths: &ContainerPaths,
-    reference: &str,
-    manifest: Option<Digest>,
-) {
+pub fn remember_container_image(paths: &ContainerPaths, reference: &str, manifest: Option<Digest>) {
     let reference = Reference::parse(reference)
         .map(|r| r.to_string())
         .unwrap_or_else(|_| reference.to_string());
@@ -99,9 +95,12 @@ pub fn load_by_digest(
         .read_blob(manifest)
         .with_context(|| format!("reading manifest {manifest} from the local store"))?;
     let parsed = Manifest::from_slice("stored manifest", &manifest_bytes)?;
-    let config_bytes = store
-        .read_blob(&parsed.config.digest)
-        .with_context(|| format!("reading config {} from the local store", parsed.config.digest))?;
+    let config_bytes = store.read_blob(&parsed.config.digest).with_context(|| {
+        format!(
+            "reading config {} from the local store",
+            parsed.config.digest
+        )
+    })?;
     let config = image::parse_config(parsed.config.digest, &config_bytes)?;
     Ok(ResolvedImage {
         reference: reference.clone(),
