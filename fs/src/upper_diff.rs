@@ -645,7 +645,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// (path, type, mode, uid, size, content, link target, xattrs) of every entry.
+    /// (path, type, mode, uid, content, link target) of every entry.
     type Listed = Vec<(String, tar::EntryType, u32, u64, Vec<u8>, Option<String>)>;
 
     fn read_layer(blob: &[u8]) -> Listed {
@@ -682,10 +682,18 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", up.join("etc/link")).unwrap();
         std::fs::create_dir(up.join("data")).unwrap();
         std::fs::write(up.join("data/only"), b"only\n").unwrap();
+        upper::set_xattr(&up.join("data/only"), b"user.note", b"kept", 0).unwrap();
         let root = unsafe { libc::geteuid() } == 0;
         if root {
             upper::make_whiteout(&up.join("etc/gone")).unwrap();
             upper::set_opaque(&up.join("data")).unwrap();
+            upper::set_xattr(
+                &up.join("data/only"),
+                upper::ORIGIN_XATTR.as_bytes(),
+                b"7",
+                0,
+            )
+            .unwrap();
         }
         let mut blob = Vec::new();
         let (digests, counts) = write_layer(&up, &mut blob, 6).unwrap();
@@ -721,6 +729,22 @@ mod tests {
         assert_eq!(get("etc/new").5.as_deref(), Some("etc/again"));
         assert_eq!(get("etc/link").1, tar::EntryType::Symlink);
         assert_eq!(get("etc/link").5.as_deref(), Some("/etc/passwd"));
+        // Users' xattrs travel as PAX records, skiff's own bookkeeping does not.
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+        let mut xattrs = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if let Some(pax) = e.pax_extensions().unwrap() {
+                for x in pax {
+                    let x = x.unwrap();
+                    xattrs.push((x.key().unwrap().to_string(), x.value_bytes().to_vec()));
+                }
+            }
+        }
+        assert_eq!(
+            xattrs,
+            [("SCHILY.xattr.user.note".to_string(), b"kept".to_vec())]
+        );
         if root {
             assert_eq!(counts.whiteouts, 1);
             assert_eq!(counts.opaque_dirs, 1);
