@@ -72,7 +72,7 @@ impl Client {
         }
         let resp = from.blob_get(from_repo, desc.digest, None).await?;
         let what = format!("blob {} from {}/{from_repo}", desc.digest, from.registry());
-        let source = Source::Stream(RemoteStream {
+        let source = Source::Stream(Box::new(RemoteStream {
             resp,
             pending: Bytes::new(),
             hasher: Hasher::new(),
@@ -80,7 +80,7 @@ impl Client {
             size: desc.size,
             digest: desc.digest,
             what,
-        });
+        }));
         self.upload_new(repository, desc.digest, desc.size, source)
             .await
     }
@@ -265,7 +265,7 @@ enum Source {
     Memory(Bytes),
     File(tokio::fs::File, std::path::PathBuf),
     /// A blob being downloaded from another registry, read front to back.
-    Stream(RemoteStream),
+    Stream(Box<RemoteStream>),
 }
 
 /// The body of a blob GET, handed out in the pieces an upload asks for (in order),
