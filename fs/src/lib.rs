@@ -31,6 +31,7 @@ pub mod stats;
 pub mod stream;
 pub mod tree;
 pub mod upper;
+pub mod upper_diff;
 
 pub use cache::ChunkCache;
 pub use fetcher::{FetchError, FetchTuning, Fetcher, Layer, Priority};

@@ -32,6 +32,14 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// List the images in the local store.
     Images(cmd::images::Args),
+    /// Make a container's changes a new image in the local store.
+    Commit(cmd::commit::Args),
+    /// Push an image of the local store to its registry.
+    Push(cmd::push::Args),
+    /// Give an image of the local store another name.
+    Tag(cmd::tag::Args),
+    /// Remove images from the local store.
+    Rmi(cmd::rmi::Args),
     /// Build (or load) every layer's lazy-read index; --push publishes them.
     Index(cmd::index::Args),
     /// Rewrite an image's layers to eStargz and push it under another name.
@@ -87,6 +95,10 @@ fn main() -> ExitCode {
         Command::Pull(a) => cmd::pull::run(&cli.global, a),
         Command::Inspect(a) => cmd::inspect::run(&cli.global, a),
         Command::Images(a) => cmd::images::run(&cli.global, a),
+        Command::Commit(a) => cmd::commit::run(&cli.global, a),
+        Command::Push(a) => cmd::push::run(&cli.global, a),
+        Command::Tag(a) => cmd::tag::run(&cli.global, a),
+        Command::Rmi(a) => cmd::rmi::run(&cli.global, a),
         Command::Index(a) => cmd::index::run(&cli.global, a),
         Command::Convert(a) => cmd::convert::run(&cli.global, a),
         Command::Mount(a) => cmd::mount::run(&cli.global, a),

@@ -73,6 +73,11 @@ pub struct ImageRecord {
     pub layers: usize,
     /// Seconds since the epoch when pulled.
     pub pulled_at: u64,
+    /// For an image made here (`skiff commit`, `skiff tag` into another repository):
+    /// the reference whose repository serves the layers the local store does not
+    /// hold. `None` for a pulled image, whose own repository has them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// The local store rooted at one directory.
@@ -193,6 +198,27 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets what `reference` points to; false if the store had no record of it.
+    /// Blobs stay (see [`Store::remove_blob`]).
+    pub fn remove_image(&self, reference: &str) -> Result<bool, StoreError> {
+        let path = self.layout.image_record(reference);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
+    /// Deletes blob `digest`; false if the store did not hold it.
+    pub fn remove_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let path = self.blob_path(digest);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
     /// The record for `reference`, if pulled.
     pub fn image(&self, reference: &str) -> Result<Option<ImageRecord>, StoreError> {
         let path = self.layout.image_record(reference);
@@ -248,6 +274,7 @@ mod tests {
             size: 5,
             layers: 1,
             pulled_at: 0,
+            base: None,
         };
         store.put_image(&rec).unwrap();
         assert_eq!(
@@ -255,6 +282,11 @@ mod tests {
             Some(rec.clone())
         );
         assert_eq!(store.images().unwrap(), vec![rec]);
+        assert!(store.remove_image("localhost:5000/a:b").unwrap());
+        assert!(!store.remove_image("localhost:5000/a:b").unwrap());
+        assert!(store.images().unwrap().is_empty());
+        assert!(store.remove_blob(&d).unwrap());
+        assert!(!store.has_blob(&d, 5));
         assert_eq!(
             std::fs::read_dir(RootLayout::new(dir.path()).tmp())
                 .unwrap()

@@ -140,11 +140,15 @@ pub fn index_layers(
         }
         tracing::info!(layer = %l.descriptor.digest, source = %l.source, "layer index ready");
     }
+    // A made-here image's own layers are read from the local store: no registry has
+    // them before it is pushed.
+    let local = super::local_image::local_layers(global, resolved);
     Ok(resolved_layers
         .into_iter()
-        .map(|l| Layer {
+        .zip(local)
+        .map(|(l, local)| Layer {
             index: l.index,
-            blob: l.blob,
+            blob: local.unwrap_or(l.blob),
         })
         .collect())
 }
@@ -190,7 +194,17 @@ pub fn resolve_image(
     let client = client_for(&reference)?;
     if pull != PullPolicy::Always {
         match super::inspect::load_local(global, &reference) {
-            Ok(resolved) => return Ok((client, resolved)),
+            // A made-here image (commit, tag) reads the layers the store lacks from
+            // the repository it was made from: its own may not have them yet. Its
+            // reference then names that repository, for the layer readers.
+            Ok(mut resolved) => match super::local_image::layers_source(global, &reference) {
+                Some(base) => {
+                    let client = client_for(&base)?;
+                    resolved.reference = base;
+                    return Ok((client, resolved));
+                }
+                None => return Ok((client, resolved)),
+            },
             Err(e) if pull == PullPolicy::Never => {
                 return Err(e.context("--pull never"));
             }

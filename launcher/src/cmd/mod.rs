@@ -1,12 +1,14 @@
 //! One module per subcommand; each has an `Args` (clap) and a `run` returning the
 //! process exit status.
 
+pub mod commit;
 pub mod convert;
 pub mod exec;
 pub mod images;
 pub mod index;
 pub mod inspect;
 pub mod lazy;
+pub mod local_image;
 pub mod login;
 pub mod logs;
 pub mod mount;
@@ -14,10 +16,13 @@ pub mod network;
 pub mod profile;
 pub mod ps;
 pub mod pull;
+pub mod push;
 pub mod registry_args;
 pub mod rm;
+pub mod rmi;
 pub mod run;
 pub mod stop;
+pub mod tag;
 
 use skiff_proto::store::RootLayout;
 use std::path::PathBuf;

@@ -97,6 +97,7 @@ pub fn image_record(reference: &Reference, image: &ResolvedImage) -> ImageRecord
         size: image.total_layer_size(),
         layers: image.layers().len(),
         pulled_at,
+        base: None,
     }
 }
 

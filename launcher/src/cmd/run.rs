@@ -437,6 +437,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     // Saved before mounting, so a skiff killed from here on leaves a record whose
     // stale-state cleanup unmounts the view.
     record.save(&global.root)?;
+    super::local_image::remember_container_image(&paths, image, Some(lazy.image.manifest_digest));
     let mut mount_opts = lazy.mount_options(global);
     mount_opts.upper = upper;
     let recording = plan_prefetch(global, &args, &mut lazy, &mut mount_opts);
@@ -496,6 +497,7 @@ fn run_through(
     if args.record_profile {
         eprintln!("skiff: --record-profile is not supported through the daemon yet; not recording");
     }
+    super::local_image::remember_container_image(&paths, image, None);
     let request = Request::Mount(MountRequest {
         source: ImageSource::Registry {
             image: image.to_string(),

@@ -1,11 +1,13 @@
 //! Pushing: blob uploads (monolithic POST+PUT, or chunked PATCH for large blobs),
-//! manifest PUTs and tags.
+//! blobs copied from another repository (cross-repository mount on the same
+//! registry, else streamed through), manifest PUTs and tags.
 
 use super::client::{Client, Req, Subject};
 use super::error::{RegistryError, Result};
 use super::options::Access;
-use crate::digest::Digest;
-use bytes::Bytes;
+use crate::digest::{Digest, Hasher};
+use crate::image::Descriptor;
+use bytes::{Bytes, BytesMut};
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -45,17 +47,100 @@ impl Client {
         .await
     }
 
+    /// Puts blob `desc` of repository `from_repo` on the registry `from` talks to into
+    /// `repository` here, unless it is there already (`HEAD`). On the same registry
+    /// it is mounted (`POST …/blobs/uploads/?mount=DIGEST&from=REPO`: no bytes move);
+    /// when the registry will not mount it, or `from` is another registry, it is
+    /// streamed from one to the other in upload-sized chunks and checked against its
+    /// digest on the way.
+    pub async fn copy_blob(
+        &self,
+        repository: &str,
+        desc: &Descriptor,
+        from: &Client,
+        from_repo: &str,
+    ) -> Result<()> {
+        if self.blob_exists(repository, desc.digest).await? == Some(desc.size) {
+            tracing::debug!(digest = %desc.digest, "blob already present; not copying");
+            return Ok(());
+        }
+        if from.registry() == self.registry()
+            && self.mount_blob(repository, desc.digest, from_repo).await?
+        {
+            tracing::debug!(digest = %desc.digest, from_repo, "blob mounted");
+            return Ok(());
+        }
+        let resp = from.blob_get(from_repo, desc.digest, None).await?;
+        let what = format!("blob {} from {}/{from_repo}", desc.digest, from.registry());
+        let source = Source::Stream(Box::new(RemoteStream {
+            resp,
+            pending: Bytes::new(),
+            hasher: Hasher::new(),
+            read: 0,
+            size: desc.size,
+            digest: desc.digest,
+            what,
+        }));
+        self.upload_new(repository, desc.digest, desc.size, source)
+            .await
+    }
+
+    /// Asks the registry to mount blob `digest` of repository `from` into
+    /// `repository`. True if it did; false if it opened an upload instead (it does
+    /// not have the blob there, or does not let this client read it, or does not
+    /// mount), which is then cancelled.
+    pub async fn mount_blob(&self, repository: &str, digest: Digest, from: &str) -> Result<bool> {
+        let mut url = self.url(&format!("{repository}/blobs/uploads/"))?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let mut req = Req::new(Method::POST, url.clone(), Some(repository));
+        req.access = Access::Push;
+        req.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        let resp = self
+            .send_expecting(
+                req,
+                &[StatusCode::CREATED, StatusCode::ACCEPTED],
+                &Subject::Blob(digest),
+            )
+            .await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
+        // Best effort: an abandoned upload session expires on its own anyway.
+        if let Ok(location) = upload_location(&url, &resp) {
+            let mut req = Req::new(Method::DELETE, location, Some(repository));
+            req.access = Access::Push;
+            if let Err(e) = self.send(req).await {
+                tracing::debug!(%digest, "cancelling the upload a mount opened: {e}");
+            }
+        }
+        Ok(false)
+    }
+
     async fn upload(
+        &self,
+        repository: &str,
+        digest: Digest,
+        size: u64,
+        source: Source,
+    ) -> Result<()> {
+        if self.blob_exists(repository, digest).await? == Some(size) {
+            tracing::debug!(%digest, "blob already present; skipping upload");
+            return Ok(());
+        }
+        self.upload_new(repository, digest, size, source).await
+    }
+
+    /// Uploads a blob the repository does not have.
+    async fn upload_new(
         &self,
         repository: &str,
         digest: Digest,
         size: u64,
         mut source: Source,
     ) -> Result<()> {
-        if self.blob_exists(repository, digest).await? == Some(size) {
-            tracing::debug!(%digest, "blob already present; skipping upload");
-            return Ok(());
-        }
         let start = self.url(&format!("{repository}/blobs/uploads/"))?;
         let mut req = Req::new(Method::POST, start.clone(), Some(repository));
         req.access = Access::Push;
@@ -179,11 +264,79 @@ fn upload_location(base: &Url, resp: &Response) -> Result<Url> {
 enum Source {
     Memory(Bytes),
     File(tokio::fs::File, std::path::PathBuf),
+    /// A blob being downloaded from another registry, read front to back.
+    Stream(Box<RemoteStream>),
+}
+
+/// The body of a blob GET, handed out in the pieces an upload asks for (in order),
+/// hashed on the way: the piece that completes the blob is only handed out if the
+/// digest matches, so a corrupted copy never gets its final `PUT`.
+struct RemoteStream {
+    resp: Response,
+    /// Received and not yet handed out.
+    pending: Bytes,
+    hasher: Hasher,
+    /// Bytes handed out so far.
+    read: u64,
+    size: u64,
+    digest: Digest,
+    /// The blob and where it comes from, for errors.
+    what: String,
+}
+
+impl RemoteStream {
+    async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
+        let bad = |message: String| RegistryError::BadResponse {
+            url: self.what.clone(),
+            message,
+        };
+        if offset != self.read {
+            return Err(bad(format!(
+                "asked for offset {offset} of a stream at {}",
+                self.read
+            )));
+        }
+        let len = len.min(self.size.saturating_sub(offset));
+        let want = usize::try_from(len).map_err(|_| bad(format!("piece of {len} bytes")))?;
+        let mut out = BytesMut::with_capacity(want);
+        while out.len() < want {
+            if self.pending.is_empty() {
+                match self.resp.chunk().await {
+                    Ok(Some(c)) => self.pending = c,
+                    Ok(None) => {
+                        return Err(bad(format!(
+                            "the blob ended after {} of {} bytes",
+                            self.read as usize + out.len(),
+                            self.size
+                        )))
+                    }
+                    Err(e) => return Err(bad(format!("reading the blob: {e}"))),
+                }
+            }
+            let take = (want - out.len()).min(self.pending.len());
+            out.extend_from_slice(&self.pending.split_to(take));
+        }
+        self.hasher.update(&out);
+        self.read += len;
+        if self.read == self.size {
+            let actual = self.hasher.clone().finish();
+            if actual != self.digest {
+                return Err(crate::digest::DigestError::Mismatch {
+                    what: self.what.clone(),
+                    expected: self.digest,
+                    actual,
+                }
+                .into());
+            }
+        }
+        Ok(out.freeze())
+    }
 }
 
 impl Source {
     async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes> {
         match self {
+            Source::Stream(s) => s.read(offset, len).await,
             Source::Memory(b) => {
                 let (start, end) = (offset as usize, offset.saturating_add(len) as usize);
                 Ok(b.slice(start.min(b.len())..end.min(b.len())))

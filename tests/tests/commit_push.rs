@@ -1,0 +1,247 @@
+//! `skiff commit`, `push`, `tag` and `rmi` end to end: a container's changes (a file
+//! written, a file deleted, a directory replaced) become a layer that a cold
+//! `skiff run` on a fresh root, `skiff mount`, and `skopeo copy` + `umoci unpack` all
+//! show the same way; the image runs locally before it is pushed; base layers reach
+//! another repository by cross-repository mount and another registry by streaming.
+//!
+//! Needs root, `docker-registry`, `skopeo`, `umoci`, `fusermount3`.
+
+use skiff_proto::digest::Digest;
+use skiff_tests::cli::{describe, Skiff};
+use skiff_tests::fixtures::push_busybox;
+use skiff_tests::registry::Registry;
+use skiff_tests::walk::walk;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// What the container changes in the busybox image: a new file (mode 0640, owned by
+/// alice) with a second hard link, `/etc/motd` (of the lower layer) deleted, and the
+/// lower `/data` (holding `big`) replaced by a new directory holding only `only`.
+const CHANGES: &str = "echo committed > /new.txt \
+    && busybox chmod 640 /new.txt && busybox chown 1000:1000 /new.txt \
+    && busybox ln /new.txt /hard.txt \
+    && rm /etc/motd \
+    && rm -rf /data && busybox mkdir /data && echo only > /data/only";
+
+/// What a container of the committed image prints for [`SHOW`].
+const SHOWN: &str = "committed\ncommitted\nmotd=1\nonly\n640 1000 1000\n";
+const SHOW: &str = "cat /new.txt /hard.txt; test -e /etc/motd; echo motd=$?; \
+    busybox ls -A /data; stat -c '%a %u %g' /new.txt";
+
+fn ok(out: &Output, what: &str) -> String {
+    assert_eq!(out.status.code(), Some(0), "{what}: {}", describe(out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output, what: &str) -> String {
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "{what} succeeded: {}",
+        describe(out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn tool(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        describe(&out)
+    );
+}
+
+/// (kind, mode, uid, gid, content digest or link target) of one path: what the
+/// trees are compared on (not mtimes: umoci stamps what it creates with the time of
+/// the unpack).
+fn meta(p: &Path) -> (char, u32, u32, u32, String) {
+    let md = std::fs::symlink_metadata(p).unwrap();
+    let ft = md.file_type();
+    let (kind, what) = if ft.is_dir() {
+        ('d', String::new())
+    } else if ft.is_symlink() {
+        ('l', std::fs::read_link(p).unwrap().display().to_string())
+    } else if ft.is_file() {
+        ('f', Digest::of(&std::fs::read(p).unwrap()).to_string())
+    } else if ft.is_char_device() {
+        ('c', md.rdev().to_string())
+    } else {
+        ('?', String::new())
+    };
+    (kind, md.mode(), md.uid(), md.gid(), what)
+}
+
+fn assert_same_tree(umoci: &Path, mounted: &Path) {
+    let (a, b) = (walk(umoci), walk(mounted));
+    assert_eq!(a, b, "umoci and skiff mount list different paths");
+    let diffs: Vec<String> = a
+        .iter()
+        .filter_map(|rel| {
+            let (ma, mb) = (meta(&umoci.join(rel)), meta(&mounted.join(rel)));
+            (ma != mb).then(|| format!("/{}: umoci {ma:?}, skiff {mb:?}", rel.display()))
+        })
+        .collect();
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+}
+
+#[test]
+fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
+    if !skiff_tests::tools_or_skip(
+        &["docker-registry", "skopeo", "umoci", "fusermount3"],
+        "FUSE mounts, containers, umoci unpack with owners",
+    ) {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = Registry::start();
+    rt.block_on(push_busybox(&reg.host(), "commit/base", 64 << 10));
+    let base = reg.reference("commit/base:latest");
+    let new = reg.reference("commit/new:v1");
+    let work = tempfile::tempdir().unwrap();
+    let a = Skiff::new(&work.path().join("a"));
+    let _guard_a = a.guard(work.path());
+
+    ok(
+        &a.run(&["run", "--name", "changer", &base, "sh", "-c", CHANGES]),
+        "the changing container",
+    );
+    let digest = ok(
+        &a.run(&[
+            "commit",
+            "-m",
+            "the change",
+            "--change",
+            "ENV COMMITTED=yes",
+            "changer",
+            &new,
+        ]),
+        "skiff commit",
+    );
+    assert!(digest.trim().starts_with("sha256:"), "{digest}");
+    let images = ok(&a.run(&["images"]), "skiff images");
+    assert!(images.contains("commit/new:v1"), "{images}");
+
+    // Before any push: the new layer comes from the local store.
+    let out = a.run(&["run", "--rm", &new, "sh", "-c", SHOW]);
+    assert_eq!(ok(&out, "run before push"), SHOWN);
+    let out = a.run(&["run", "--rm", &new, "sh", "-c", "echo $COMMITTED"]);
+    assert_eq!(ok(&out, "the --change"), "yes\n");
+
+    ok(&a.run(&["push", &new]), "skiff push");
+
+    // A cold run on a fresh root.
+    let b = Skiff::new(&work.path().join("b"));
+    let _guard_b = b.guard(work.path());
+    let out = b.run(&["run", "--rm", &new, "sh", "-c", SHOW]);
+    assert_eq!(ok(&out, "cold run of the pushed image"), SHOWN);
+
+    // umoci's unpack of what skopeo copies out of the registry shows the same tree
+    // as skiff's mount of it.
+    let layout = work.path().join("layout");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{new}"),
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    );
+    let bundle = work.path().join("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v1", layout.display()),
+            &bundle.display().to_string(),
+        ],
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("new.txt")).unwrap(),
+        "committed\n"
+    );
+    let md = std::fs::metadata(rootfs.join("new.txt")).unwrap();
+    assert_eq!(
+        (md.mode() & 0o7777, md.uid(), md.gid()),
+        (0o640, 1000, 1000)
+    );
+    let hard = std::fs::metadata(rootfs.join("hard.txt")).unwrap();
+    assert_eq!(
+        hard.ino(),
+        md.ino(),
+        "hard.txt is not a hard link of new.txt"
+    );
+    assert!(!rootfs.join("etc/motd").exists(), "etc/motd is back");
+    assert!(rootfs.join("etc/passwd").exists());
+    let data: Vec<_> = std::fs::read_dir(rootfs.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(data, ["only"]);
+
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(
+        &b.run(&["mount", &new, &mnt.display().to_string(), "-d"]),
+        "skiff mount",
+    );
+    assert_same_tree(&rootfs, &mnt);
+    ok(
+        &b.run(&["umount", &mnt.display().to_string()]),
+        "skiff umount",
+    );
+
+    // Another name in another repository of the same registry: the base layers are
+    // mounted there from commit/base.
+    let other = reg.reference("commit/other:v2");
+    ok(&a.run(&["tag", &new, &other]), "skiff tag");
+    let images = ok(&a.run(&["images"]), "skiff images");
+    assert!(images.contains("commit/other:v2"), "{images}");
+    ok(&a.run(&["push", &other]), "push of the tag");
+    let c = Skiff::new(&work.path().join("c"));
+    let _guard_c = c.guard(work.path());
+    let out = c.run(&["run", "--rm", &other, "cat", "/data/only"]);
+    assert_eq!(ok(&out, "run of the tag"), "only\n");
+
+    ok(
+        &a.run(&["run", "--name", "user", &new, "true"]),
+        "a container of the new image",
+    );
+
+    // On another registry: the base layers are streamed there from the first.
+    let reg2 = Registry::start();
+    let elsewhere = reg2.reference("copied/app:v3");
+    ok(
+        &a.run(&["tag", &new, &elsewhere]),
+        "tag for the other registry",
+    );
+    ok(&a.run(&["push", &elsewhere]), "push to the other registry");
+    drop(reg);
+    let d = Skiff::new(&work.path().join("d"));
+    let _guard_d = d.guard(work.path());
+    let out = d.run(&["run", "--rm", &elsewhere, "sh", "-c", SHOW]);
+    assert_eq!(ok(&out, "run from the other registry"), SHOWN);
+
+    // rmi: the base image is in use by "changer"; a second name is only untagged;
+    // the last name of an image in use needs --force, and then its layer goes.
+    let err = failed(&a.run(&["rmi", &base]), "rmi of an image in use");
+    assert!(err.contains("changer"), "{err}");
+    let out = ok(&a.run(&["rmi", &other]), "rmi of a second name");
+    assert!(
+        out.contains("Untagged") && !out.contains("Deleted"),
+        "{out}"
+    );
+    ok(&a.run(&["rmi", &elsewhere]), "rmi of a third name");
+    let err = failed(&a.run(&["rmi", &new]), "rmi of the new image in use");
+    assert!(err.contains("user"), "{err}");
+    let out = ok(&a.run(&["rmi", "--force", &new]), "rmi --force");
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    let images = ok(&a.run(&["images"]), "skiff images");
+    assert!(!images.contains("commit/new"), "{images}");
+    assert!(!images.contains("commit/other"), "{images}");
+    assert!(images.contains("commit/base"), "{images}");
+}
