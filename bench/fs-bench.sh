@@ -2,9 +2,12 @@
 # Skiff mount vs local disk vs fuse-overlayfs, in one run:
 #  1. sequential read of a 512 MiB file (skiff: chunk cache warm, page cache dropped)
 #  2. find + stat walk over ~30,000 files
-# Usage: bench/fs-bench.sh [SKIFF_BINARY]   (root; needs fuse-overlayfs, python3)
+# Usage: bench/fs-bench.sh [SKIFF_BINARY] [ROUNDS]   (root; needs fuse-overlayfs, python3)
+# Each measurement is taken ROUNDS times (default 5), the three systems interleaved, and
+# the median is printed: single reads with the page cache dropped vary 3x on a shared disk.
 set -euo pipefail
 SKIFF=${1:-target/debug/skiff}
+ROUNDS=${2:-5}
 W=$(mktemp -d /tmp/skiff-bench.XXXXXX)
 cleanup() {
   for m in "$W/skiff" "$W/ovl"; do mountpoint -q "$m" && { fusermount3 -u "$m" || umount -l "$m"; }; done
@@ -30,11 +33,20 @@ cat "$W/skiff/big.bin" > /dev/null   # fetch: fills skiff's chunk cache
 cat "$W/skiff/big.bin" > /dev/null   # fully cached now: assembled once for passthrough
 t() { local s e; s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-declare -A R W2
-for n in local skiff ovl; do
-  drop; R[$n]=$(t cat "$W/$n/big.bin")
-  drop; W2[$n]=$(t sh -c "find '$W/$n/tree' -exec stat -c '%s %Y' {} +")
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A R W2 RS WS
+for _ in $(seq "$ROUNDS"); do
+  for n in local skiff ovl; do
+    drop; RS[$n]="${RS[$n]:-} $(t cat "$W/$n/big.bin")"
+    drop; WS[$n]="${WS[$n]:-} $(t sh -c "find '$W/$n/tree' -exec stat -c '%s %Y' {} +")"
+  done
 done
+for n in local skiff ovl; do
+  # shellcheck disable=SC2086
+  R[$n]=$(median ${RS[$n]}); W2[$n]=$(median ${WS[$n]})
+done
+echo "medians of $ROUNDS rounds; every round:"
+for n in local skiff ovl; do echo "  $n: read${RS[$n]}; walk${WS[$n]}"; done
 printf "%-16s %10s %10s %12s\n" "" local skiff fuse-overlayfs
 printf "%-16s %10.3f %10.3f %12.3f\n" "read 512MiB (s)" "${R[local]}" "${R[skiff]}" "${R[ovl]}"
 printf "%-16s %10.3f %10.3f %12.3f\n" "walk 30k (s)" "${W2[local]}" "${W2[skiff]}" "${W2[ovl]}"
