@@ -24,8 +24,8 @@ stop() {
         rm -f "$D/skiff.pid"
     fi
     [ -f "$D/skiff/daemon-keeper.pid" ] && kill -TERM "$(cat "$D/skiff/daemon-keeper.pid")" 2>/dev/null
-    mount | awk -v d="$D/" 'index($3,d)==1{print $3}' | sort -r | xargs -r -n1 umount -l
-    return 0
+    # (a view the daemon detached may still be listed for a moment)
+    mount | awk -v d="$D/" 'index($3,d)==1{print $3}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 }
 stop; rm -rf "$D"; mkdir -p "$D/skiff"
 cat >"$D/config.toml" <<TOML

@@ -69,6 +69,20 @@ impl Setup {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ctr-remote images rpull --snapshotter skiff IMAGE` (a lazy pull), asserting
+    /// it succeeds.
+    fn rpull(&self, image: &str) {
+        let c = &self.containerd;
+        c.ok(c.ctr_remote().args([
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "skiff",
+            image,
+        ]));
+    }
+
     /// The snapshot directories holding unpacked layers and container uppers.
     fn snapshot_dirs(&self) -> usize {
         std::fs::read_dir(self.daemon.skiff.root.join("snapshotter/snapshots"))
@@ -261,15 +275,8 @@ async fn lazy_pull_and_run(format: Format) {
     let total: u64 = layers.iter().map(|l| l.1).sum();
     proxy.clear_requests();
 
+    s.rpull(&image);
     let c = &s.containerd;
-    c.ok(c.ctr_remote().args([
-        "images",
-        "rpull",
-        "--plain-http",
-        "--snapshotter",
-        "skiff",
-        &image,
-    ]));
     // Every layer was committed lazily: no directory on disk, remote labels.
     assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
     let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
@@ -607,15 +614,8 @@ async fn a_container_reads_on_while_the_snapshotter_restarts() {
     let mut s = Setup::new();
     let tag = push_lazy_image(&s, Format::GzipIndexed).await;
     let image = s.reg.reference(&format!("ctd/lazy:{tag}"));
+    s.rpull(&image);
     let c = &s.containerd;
-    c.ok(c.ctr_remote().args([
-        "images",
-        "rpull",
-        "--plain-http",
-        "--snapshotter",
-        "skiff",
-        &image,
-    ]));
 
     let big = skiff_tests::fixtures::pseudo_random(7, 8 << 20);
     let slices: Vec<String> = big.chunks(SLICE).map(sha256_hex).collect();
