@@ -113,90 +113,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-
-start_registry() {
-    local port; port=$(free_port)
-    cat >"$WORK/registry.yml" <<YML
-version: 0.1
-log: {level: error}
-storage:
-  filesystem: {rootdirectory: $CACHE/registry}
-  delete: {enabled: true}
-http: {addr: "127.0.0.1:$port"}
-YML
-    docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
-    PIDS+=($!)
-    wait_port "$port" || { cat "$WORK/registry.log" >&2; return 1; }
-    REG=127.0.0.1:$port
-}
-
-# start_shaper VAR RATE_MBIT ONE_WAY_DELAY_MS: a shaper in front of $REG; sets
-# VAR=host:port of the link and VAR_CTL=port of its counters.
-start_shaper() {
-    local var=$1 port ctl
-    port=$(free_port); ctl=$(free_port)
-    python3 "$HERE/shaper.py" --listen "127.0.0.1:$port" --upstream "$REG" \
-        --control "127.0.0.1:$ctl" --rate-mbit "$2" --delay-ms "$3" >"$WORK/shaper-$var.log" 2>&1 &
-    PIDS+=($!)
-    wait_port "$port" && wait_port "$ctl" || { cat "$WORK/shaper-$var.log" >&2; return 1; }
-    printf -v "$var" '127.0.0.1:%s' "$port"
-    printf -v "${var}_CTL" '%s' "$ctl"
-}
-
-# counters CTL_PORT [reset] -> "DOWN_BYTES"
-counters() {
-    local line
-    exec 3<>"/dev/tcp/127.0.0.1/$1"
-    echo "${2:-get}" >&3
-    read -r line <&3
-    exec 3<&-
-    line=${line#down=}
-    echo "${line%% *}"
-}
-
-# ---- the command run in each image, and the output that proves it ran -------------
-declare -A CMD_DESC EXPECT
-CMD_DESC[python]="python3 -c 'print(1)'"
-CMD_DESC[gcc]="gcc hello.c && ./hello"
-CMD_DESC[node]="node -e 'console.log(1)'"
-EXPECT[python]=1 EXPECT[gcc]=hello EXPECT[node]=1
-image_cmd() { # sets CMD=(...)
-    case $1 in
-    python) CMD=(python3 -c 'print(1)') ;;
-    node) CMD=(node -e 'console.log(1)') ;;
-    gcc) CMD=(sh -c 'printf "#include <stdio.h>\nint main(void){puts(\"hello\");return 0;}\n" >/tmp/hello.c && gcc -o /tmp/hello /tmp/hello.c && /tmp/hello') ;;
-    esac
-}
-
-# ---- one measured run ----------------------------------------------------------------
-# run_one IMAGE TOOL RUN_NO CMD... : runs, checks the output, appends a row to
-# $WORK/results.tsv: image tool run seconds bytes status
-run_one() {
-    local img=$1 tool=$2 n=$3; shift 3
-    local out=$WORK/log/$img.$tool.$n t0 t1 rc=0 secs bytes status=ok
-    counters "$LINK_CTL" reset >/dev/null
-    t0=$(date +%s.%N)
-    # a hung run (e.g. a stuck FUSE mount) must not stall the suite
-    timeout -k 10 "${RUN_TIMEOUT:-600}" "$@" >"$out.out" 2>"$out.err" </dev/null || rc=$?
-    t1=$(date +%s.%N)
-    bytes=$(counters "$LINK_CTL")
-    # the peers' scripts report their own total (excludes daemon start-up)
-    secs=$(grep -o 'total=[0-9.]*' "$out.err" | tail -1 | cut -d= -f2 || true)
-    [ -n "$secs" ] || secs=$(echo "$t1 - $t0" | bc)
-    if [ "$rc" != 0 ]; then
-        status="exit=$rc"
-    elif ! grep -qx "${EXPECT[$img]}" "$out.out"; then
-        status=bad-output
-    fi
-    [ "$status" = ok ] || log "  $tool on $img run $n: $status (log: $out.err)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$img" "$tool" "$n" "$secs" "$bytes" "$status" >>"$WORK/results.tsv"
-    if [ "$status" != ok ]; then
-        mkdir -p "$CACHE/failed-logs"
-        cp "$out.err" "$CACHE/failed-logs/" 2>/dev/null || true
-    fi
-}
+# free_port, wait_port, start_registry (lib/common.sh); start_shaper, counters,
+# run_one (lib/link.sh); the command of each image (lib/commands.sh)
+. "$HERE/lib/common.sh"
+. "$HERE/lib/link.sh"
+. "$HERE/lib/commands.sh"
 
 # Probe: can this skiff build run an image (`skiff run IMAGE CMD`)? Until the lead's
 # wiring lands it says "not wired in yet"; any other failure still runs the rows (and

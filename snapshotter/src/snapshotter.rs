@@ -31,17 +31,20 @@ pub struct Snapshotter {
 
 impl Snapshotter {
     /// Opens (or creates) the snapshotter state under `root`, with lazy layers from
-    /// `source`.
+    /// `source`. Views the source already has mounted (picked up from a daemon
+    /// before this one) that no snapshot stands on any more are released.
     pub fn open(root: &Path, source: Arc<dyn LayerSource>) -> Result<Snapshotter, SnapshotError> {
         std::fs::create_dir_all(root).map_err(SnapshotError::io("creating", root))?;
         let dirs = Dirs::new(root);
         std::fs::create_dir_all(dirs.all()).map_err(SnapshotError::io("creating", dirs.all()))?;
-        Ok(Snapshotter {
+        let s = Snapshotter {
             store: Store::open(&root.join("metadata.redb"))?,
             dirs,
             source,
             views: Mutex::new(()),
-        })
+        };
+        s.release_unused_views()?;
+        Ok(s)
     }
 
     /// Creates the active snapshot `key` over `parent` — or, for a lazy request whose

@@ -33,7 +33,7 @@ fn wait_for_socket(socket: &Path, what: &str, log: impl Fn() -> String) {
 }
 
 /// A `skiff daemon` serving the snapshotter on `<root>/snapshotter.sock`; killed on
-/// drop, and every mount below its root detached.
+/// drop with its keeper, and every mount below its root detached.
 pub struct SkiffDaemon {
     child: Option<KillOnDrop>,
     /// The skiff used to start it.
@@ -65,9 +65,29 @@ impl SkiffDaemon {
         wait_for_socket(&self.socket(), "the skiff snapshotter", || self.log());
     }
 
-    /// SIGKILLs the daemon (its mounts stay, dead).
+    /// SIGKILLs the daemon, as a crash (its mounts wait, held by its keeper, for
+    /// the next daemon).
     pub fn kill(&mut self) {
         self.child = None;
+    }
+
+    /// SIGTERMs the daemon, as an upgrade does, and waits for it to exit (its
+    /// mounts stay for the next daemon).
+    pub fn terminate(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon ignores SIGTERM:\n{}",
+                tail(&self.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The snapshotter socket.
@@ -84,8 +104,28 @@ impl SkiffDaemon {
 impl Drop for SkiffDaemon {
     fn drop(&mut self) {
         self.child = None;
+        if let Some(pid) = keeper_pid(&self.skiff.root) {
+            // SAFETY: a pid whose command line was just checked to be a keeper.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         unmount_all_under(&self.skiff.root);
     }
+}
+
+/// The pid of the keeper of the daemon of `root` (which holds the daemon's mounts
+/// across restarts), if its pid file names a live `skiff daemon keeper`.
+pub fn keeper_pid(root: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(root.join("daemon-keeper.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, r)| r.starts_with('Z'));
+    (String::from_utf8_lossy(&cmdline).contains("keeper") && !zombie).then_some(pid)
 }
 
 /// Extra configuration for containerd's CRI plugin (left disabled without it).

@@ -2,7 +2,8 @@
 //! sockets) with `skiff daemon` as its remote snapshotter: plain pulls unpack onto
 //! Skiff's overlay snapshots, `ctr-remote images rpull` serves eStargz, zstd:chunked
 //! and gzip-with-published-index images lazily, and the registry (counted through
-//! the proxy) serves a fraction of the image, never a layer whole.
+//! the proxy) serves a fraction of the image, never a layer whole. A container keeps
+//! reading while the daemon restarts under it.
 
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::containerd::{tail, Containerd, SkiffDaemon};
@@ -11,6 +12,7 @@ use skiff_tests::proxy::{FaultProxy, Recorded};
 use skiff_tests::registry::Registry;
 use skiff_tests::tools_or_skip;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const TOOLS: &[&str] = &[
     "docker-registry",
@@ -65,6 +67,20 @@ impl Setup {
             tail(&self.daemon.log(), 60)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr-remote images rpull --snapshotter skiff IMAGE` (a lazy pull), asserting
+    /// it succeeds.
+    fn rpull(&self, image: &str) {
+        let c = &self.containerd;
+        c.ok(c.ctr_remote().args([
+            "images",
+            "rpull",
+            "--plain-http",
+            "--snapshotter",
+            "skiff",
+            image,
+        ]));
     }
 
     /// The snapshot directories holding unpacked layers and container uppers.
@@ -259,15 +275,8 @@ async fn lazy_pull_and_run(format: Format) {
     let total: u64 = layers.iter().map(|l| l.1).sum();
     proxy.clear_requests();
 
+    s.rpull(&image);
     let c = &s.containerd;
-    c.ok(c.ctr_remote().args([
-        "images",
-        "rpull",
-        "--plain-http",
-        "--snapshotter",
-        "skiff",
-        &image,
-    ]));
     // Every layer was committed lazily: no directory on disk, remote labels.
     assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
     let listed = c.ok(c.ctr().args(["snapshots", "--snapshotter", "skiff", "ls"]));
@@ -544,4 +553,212 @@ fn layers_chain_top(containerd: &Containerd) -> String {
         .find(|f| f.len() == 3 && f[2] == "Committed")
         .map(|f| f[0].to_string())
         .unwrap_or_else(|| panic!("no committed snapshot with a parent: {out}"))
+}
+
+/// Bytes of `/data/big` each round of [`reader_script`] reads.
+const SLICE: usize = 64 << 10;
+
+/// sha256 (hex) of `data`.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The shell loop the container runs until `/stop` appears: each round reads one
+/// slice of `/data/big` (uncached on the first pass over the file, from the page
+/// cache after), and the small lower files and the busybox binary, each checked
+/// against `slices` and `files` (`(path, sha256)`). Keeps its round count in
+/// `/tmp/rounds`, prints its counts at the end; exits 1 on any failed or wrong read.
+fn reader_script(slices: &[String], files: &[(&str, String)]) -> String {
+    let mut s = String::new();
+    for (k, sum) in slices.iter().enumerate() {
+        s.push_str(&format!("s{k}={sum}\n"));
+    }
+    let paths: Vec<&str> = files.iter().map(|(p, _)| *p).collect();
+    let want: Vec<&str> = files.iter().map(|(_, h)| h.as_str()).collect();
+    s.push_str(&format!(
+        r#"files="{want}"
+i=0; bad=0
+while [ ! -e /stop ]; do
+  k=$((i % {n}))
+  got=$(busybox dd if=/data/big bs={SLICE} skip=$k count=1 2>/dev/null | busybox sha256sum)
+  eval want=\$s$k
+  [ "${{got%% *}}" = "$want" ] || {{ bad=$((bad+1)); echo "BAD slice $k: $got" >&2; }}
+  got=$(busybox sha256sum {paths} | while read -r h f; do printf '%s ' "$h"; done)
+  [ "$got" = "$files " ] || {{ bad=$((bad+1)); echo "BAD files: $got" >&2; }}
+  i=$((i+1))
+  echo $i > /tmp/rounds
+done
+echo "rounds=$i bad=$bad"
+[ $bad -eq 0 ]
+"#,
+        want = want.join(" "),
+        n = slices.len(),
+        paths = paths.join(" "),
+    ));
+    s
+}
+
+/// Issue 11: a container started by containerd on a lazily pulled image reads its
+/// lower files in a loop while the skiff daemon (its snapshotter, serving the
+/// container's lower view) is SIGKILLed twice and SIGTERMed once, each time started
+/// again: the view is served again by the next daemon, no read fails or is wrong,
+/// and the container exits 0. After each restart containerd reaches the snapshotter
+/// again and its snapshots are all there; once the container is gone its view is
+/// unmounted and forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_reads_on_while_the_snapshotter_restarts() {
+    if !tools() {
+        return;
+    }
+    let mut s = Setup::new();
+    let tag = push_lazy_image(&s, Format::GzipIndexed).await;
+    let image = s.reg.reference(&format!("ctd/lazy:{tag}"));
+    s.rpull(&image);
+    let c = &s.containerd;
+
+    let big = skiff_tests::fixtures::pseudo_random(7, 8 << 20);
+    let slices: Vec<String> = big.chunks(SLICE).map(sha256_hex).collect();
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let files = [
+        ("/etc/motd", sha256_hex(b"hello from layer two\n")),
+        (
+            "/etc/passwd",
+            sha256_hex(b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"),
+        ),
+        ("/etc/group", sha256_hex(b"root:x:0:\nalice:x:1000:\n")),
+        ("/bin/busybox", sha256_hex(&busybox)),
+    ];
+    let name = "restarts";
+    let mut run = skiff_tests::guard::KillOnDrop::spawn(
+        c.ctr()
+            .args(["run", "--snapshotter", "skiff", "--rm", &image, name])
+            .args(["sh", "-c", &reader_script(&slices, &files)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    // The container's root filesystem, as containerd's runc shim mounts it.
+    let rootfs = s
+        .work
+        .path()
+        .join("containerd/state/io.containerd.runtime.v2.task")
+        .join(skiff_tests::containerd::NAMESPACE)
+        .join(name)
+        .join("rootfs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rootfs.join("etc/motd").exists() {
+        assert!(run.try_wait().unwrap().is_none(), "ctr run ended early");
+        assert!(
+            Instant::now() < deadline,
+            "no container rootfs at {}:\n{}",
+            rootfs.display(),
+            tail(&s.containerd.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+
+    for round in 0..3 {
+        if round < 2 {
+            s.daemon.kill();
+        } else {
+            s.daemon.terminate();
+        }
+        // Reads issued now wait in the kernel for the next daemon.
+        std::thread::sleep(Duration::from_millis(700));
+        s.daemon.restart();
+        // containerd reconnects to the snapshotter; every snapshot is still there
+        // (the image's committed layers and the container's active one).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let listed = loop {
+            let out = s
+                .containerd
+                .ctr()
+                .args(["snapshots", "--snapshotter", "skiff", "ls"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd does not reach the snapshotter again: {}",
+                describe(&out)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(listed.matches("Committed").count(), 2, "{listed}");
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("Active")),
+            "{listed}"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let picked_up = s.daemon.log().matches("view picked up").count();
+    assert_eq!(picked_up, 3, "{}", tail(&s.daemon.log(), 40));
+    // Once past the first pass over the file (so cached slices are read too).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rounds: usize = std::fs::read_to_string(rootfs.join("tmp/rounds"))
+            .ok()
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or(0);
+        if rounds > slices.len() {
+            break;
+        }
+        assert!(run.try_wait().unwrap().is_none(), "ctr run ended early");
+        assert!(Instant::now() < deadline, "only {rounds} rounds");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(rootfs.join("stop"), b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the container still runs:\n{}",
+            tail(&s.daemon.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = std::mem::replace(&mut run.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("container: {}", stdout.trim());
+    assert!(
+        out.status.success() && stdout.contains("bad=0"),
+        "{}\nskiff daemon:\n{}",
+        describe(&out),
+        tail(&s.daemon.log(), 60)
+    );
+    let rounds: usize = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rounds="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        rounds > slices.len(),
+        "only {rounds} rounds: {}",
+        describe(&out)
+    );
+
+    // The container is gone: once containerd has removed its snapshot, its view is
+    // unmounted and its record and connection forgotten.
+    let views = s.daemon.skiff.root.join("snapshotter/views");
+    let records = s.daemon.skiff.root.join("daemon/mounts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mounted = skiff_tests::guard::mounts_under(&views);
+        let recorded = std::fs::read_dir(&records).map(|d| d.count()).unwrap_or(0);
+        if mounted.is_empty() && recorded == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "views left: {mounted:?}, {recorded} record(s)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

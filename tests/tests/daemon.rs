@@ -4,6 +4,7 @@
 //! root on the way out, pass or fail ([`Daemon`]'s `Drop`).
 
 use skiff_tests::cli::{describe, Skiff};
+use skiff_tests::containerd::keeper_pid;
 use skiff_tests::fixtures::{self, push_busybox};
 use skiff_tests::proxy::FaultProxy;
 use skiff_tests::registry::Registry;
@@ -131,21 +132,6 @@ impl Drop for Daemon {
                 .status();
         }
     }
-}
-
-/// The pid of `root`'s keeper, if its pid file names a live `skiff daemon keeper`.
-fn keeper_pid(root: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(root.join("daemon-keeper.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let zombie = stat
-        .rsplit_once(") ")
-        .is_some_and(|(_, r)| r.starts_with('Z'));
-    (String::from_utf8_lossy(&cmdline).contains("keeper") && !zombie).then_some(pid)
 }
 
 fn fuse_mounts_under(dir: &Path) -> Vec<String> {

@@ -34,6 +34,20 @@ pub struct MountRecord {
     pub negotiated: Negotiated,
     /// How many servers the connection has had (the current one included).
     pub generation: u32,
+    /// Set on the read-only view of a containerd snapshot chain (served by the
+    /// snapshotter side of the daemon, not listed among its mounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ChainView>,
+}
+
+/// Which chain a containerd snapshot view shows: layers `0..=top_layer` of the
+/// record's image.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ChainView {
+    /// The chain's name (the snapshot key of its top lazy layer).
+    pub chain: String,
+    /// The top layer's position in the image, bottom first.
+    pub top_layer: usize,
 }
 
 /// The directory of mount records.
@@ -124,12 +138,18 @@ mod tests {
             stats_file: None,
             negotiated: Negotiated { passthrough: true },
             generation: 2,
+            view: None,
         };
         recs.save(&r).unwrap();
         std::fs::write(root.path().join("daemon/mounts/m2.json.tmp"), b"{trunc").unwrap();
         let all = recs.load_all();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].generation, 2);
+        // Records written before views were recorded still read.
+        let old = serde_json::to_value(&r).unwrap();
+        assert!(old.get("view").is_none());
+        let back: MountRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.view, None);
         assert!(!root.path().join("daemon/mounts/m2.json.tmp").exists());
         recs.remove("m1");
         assert!(recs.load_all().is_empty());

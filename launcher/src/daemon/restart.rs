@@ -1,7 +1,8 @@
 //! Picking up the mounts of the daemon before this one (stopped by `SIGTERM`, or
 //! killed): each [`MountRecord`] with its connection back from the keeper is served
 //! again over the same image; a record whose connection is gone is detached, a
-//! connection without a record is let go.
+//! connection without a record is let go. The views of containerd snapshot chains
+//! are records too, picked up by the snapshotter side ([`resume_views`]).
 
 use super::persist::MountRecord;
 use super::protocol::ImageSource;
@@ -35,9 +36,37 @@ pub fn pinned(source: &ImageSource, image: &ImageEntry) -> ImageSource {
     }
 }
 
-/// Serves again every mount the previous daemon left with the keeper. Returns how
-/// many were picked up.
+/// Serves again every mount the previous daemon left with the keeper (the views of
+/// containerd snapshots are left to [`resume_views`]). Returns how many were picked
+/// up.
 pub fn resume_mounts(state: &DaemonState) -> usize {
+    resume_records(
+        state,
+        |r| r.view.is_none(),
+        |record, fd, backings| resume_one(state, record, fd, backings),
+    )
+}
+
+/// Hands each view of a containerd snapshot chain the previous daemon left with
+/// the keeper to `resume` (which serves it again); a view whose connection is gone
+/// or that cannot be served is detached and forgotten. Returns how many were picked
+/// up.
+pub fn resume_views(
+    state: &DaemonState,
+    resume: impl FnMut(MountRecord, OwnedFd, Vec<skiff_fs::Backing>) -> anyhow::Result<()>,
+) -> usize {
+    resume_records(state, |r| r.view.is_some(), resume)
+}
+
+/// Takes every connection back from the keeper and hands each record `which`
+/// selects, with its connection, to `resume`. Records not selected are left alone
+/// (their connections stay with the keeper); a connection without any record is
+/// let go.
+fn resume_records(
+    state: &DaemonState,
+    which: impl Fn(&MountRecord) -> bool,
+    mut resume: impl FnMut(MountRecord, OwnedFd, Vec<skiff_fs::Backing>) -> anyhow::Result<()>,
+) -> usize {
     let Some(keeper) = &state.keeper else {
         return 0;
     };
@@ -53,6 +82,11 @@ pub fn resume_mounts(state: &DaemonState) -> usize {
     let mut resumed = 0;
     for record in state.records.load_all() {
         let id = record.id.clone();
+        if !which(&record) {
+            // Not ours to serve: the keeper keeps its connection.
+            held.remove(&id);
+            continue;
+        }
         let mountpoint = record.mountpoint.clone();
         let Some((fd, backings)) = held.remove(&id) else {
             tracing::warn!(id, mountpoint = %mountpoint.display(), "a mount whose connection is gone: detaching it");
@@ -60,7 +94,7 @@ pub fn resume_mounts(state: &DaemonState) -> usize {
             state.forget_mount(&id);
             continue;
         };
-        match resume_one(state, record, fd, backings) {
+        match resume(record, fd, backings) {
             Ok(()) => resumed += 1,
             Err(e) => {
                 tracing::warn!(id, mountpoint = %mountpoint.display(), "could not serve a mount again, detaching it: {e:#}");
@@ -76,6 +110,26 @@ pub fn resume_mounts(state: &DaemonState) -> usize {
     resumed
 }
 
+/// Counts one more server of `record`'s connection, saves the record (before any
+/// handle of the new generation is given out) and gives the restart settings to
+/// serve it with (`backings`: those the keeper kept for it).
+pub fn next_generation(
+    state: &DaemonState,
+    record: &mut MountRecord,
+    backings: Vec<skiff_fs::Backing>,
+) -> anyhow::Result<skiff_fs::RestartConfig> {
+    record.generation += 1;
+    state
+        .records
+        .save(record)
+        .with_context(|| format!("saving the record of mount {}", record.id))?;
+    Ok(state.restart_config(
+        &record.id,
+        record.generation,
+        Some((record.negotiated, backings)),
+    ))
+}
+
 fn resume_one(
     state: &DaemonState,
     mut record: MountRecord,
@@ -87,17 +141,7 @@ fn resume_one(
     opts.upper = record.upper.clone();
     opts.fs_name = record.name.clone();
     opts.stats_file = record.stats_file.clone();
-    // The generation is saved before any handle of it is given out.
-    record.generation += 1;
-    state
-        .records
-        .save(&record)
-        .with_context(|| format!("saving the record of mount {}", record.id))?;
-    opts.restart = state.restart_config(
-        &record.id,
-        record.generation,
-        Some((record.negotiated, backings)),
-    );
+    opts.restart = next_generation(state, &mut record, backings)?;
     let handle = skiff_fs::resume_shared(image.lower.clone(), opts, &record.mountpoint, fd)
         .with_context(|| format!("serving {} again", record.mountpoint.display()))?;
     tracing::info!(

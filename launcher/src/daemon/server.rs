@@ -228,6 +228,7 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
         stats_file: opts.stats_file.clone(),
         negotiated: handle.negotiated().unwrap_or_default(),
         generation: 0,
+        view: None,
     };
     if let Err(e) = state.hand_over(&record, &handle) {
         state.forget_mount(&id);
