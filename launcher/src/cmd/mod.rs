@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod lazy;
 pub mod login;
 pub mod logs;
+pub mod mirror;
 pub mod mount;
 pub mod network;
 pub mod profile;
