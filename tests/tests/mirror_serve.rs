@@ -104,7 +104,10 @@ impl Drop for MirrorProc {
 /// Bytes of blob bodies upstream sent, from the proxy's record: the length of each
 /// blob GET's Range. Fails on a blob GET without Range (the mirror never reads whole).
 fn upstream_blob_bytes(requests: &[Recorded]) -> u64 {
-    blob_ranges(requests).iter().map(|(_, a, b)| b - a + 1).sum()
+    blob_ranges(requests)
+        .iter()
+        .map(|(_, a, b)| b - a + 1)
+        .sum()
 }
 
 /// (path, first, last byte) of every blob GET in `requests`.
@@ -133,7 +136,11 @@ fn layers() -> Vec<Layer> {
         Entry::dir("data", 0o755),
         Entry::file("data/big.bin", &fixtures::pseudo_random(11, 3 << 20), 0o644),
         Entry::file("data/hello.txt", b"hello through skiff mirror\n", 0o644),
-        Entry::file("data/unread.bin", &fixtures::pseudo_random(12, 2 << 20), 0o644),
+        Entry::file(
+            "data/unread.bin",
+            &fixtures::pseudo_random(12, 2 << 20),
+            0o644,
+        ),
     ])]
 }
 
@@ -159,7 +166,13 @@ async fn pulls_through_the_mirror_give_the_image() {
         &skiff_proto::image::Platform::host(),
         &["/bin/sh"],
     );
-    push_built(&skiff_tests::client(&upstream.host()), "lib/app", "v1", &image).await;
+    push_built(
+        &skiff_tests::client(&upstream.host()),
+        "lib/app",
+        "v1",
+        &image,
+    )
+    .await;
     let mirror = MirrorProc::start(work.path(), &up.host(), &work.path().join("cache"), &[]);
 
     // Skiff's own client, with the mirror as its registry: resolves, verifies.
@@ -168,7 +181,10 @@ async fn pulls_through_the_mirror_give_the_image() {
     let got = c.resolve(&r, None).await.unwrap();
     assert_eq!(got.manifest_digest, image.digest);
     for (desc, layer) in got.layers().iter().zip(&image.layers) {
-        assert_eq!(c.get_blob("lib/app", desc.digest).await.unwrap(), layer.blob);
+        assert_eq!(
+            c.get_blob("lib/app", desc.digest).await.unwrap(),
+            layer.blob
+        );
     }
     // A missing tag and blob are 404s, as from a registry.
     let missing = c.get_manifest("lib/app", "nope").await.unwrap_err();
@@ -179,7 +195,10 @@ async fn pulls_through_the_mirror_give_the_image() {
         ),
         "{missing}"
     );
-    assert_eq!(c.blob_size("lib/app", Digest::of(b"no")).await.unwrap(), None);
+    assert_eq!(
+        c.blob_size("lib/app", Digest::of(b"no")).await.unwrap(),
+        None
+    );
     // The tags listing is passed through, containerd's ns= ignored.
     let tags = c
         .get_listing("lib/app", "tags/list?ns=example.org", None)
@@ -230,7 +249,10 @@ async fn pulls_through_the_mirror_give_the_image() {
     // Every blob came from upstream once at most, in Range requests.
     let mut seen = BTreeSet::new();
     for (path, a, _) in blob_ranges(&up.requests()) {
-        assert!(seen.insert((path.clone(), a)), "{path} at {a} fetched twice");
+        assert!(
+            seen.insert((path.clone(), a)),
+            "{path} at {a} fetched twice"
+        );
     }
     let _ = mirror.stop();
 }
@@ -287,10 +309,7 @@ async fn concurrent_range_reads_of_a_cold_blob_fetch_each_block_once() {
         .iter()
         .flat_map(|&(off, len)| off / block..=(off + len - 1) / block)
         .collect();
-    let covered_bytes: u64 = covered
-        .iter()
-        .map(|b| block.min(size - b * block))
-        .sum();
+    let covered_bytes: u64 = covered.iter().map(|b| block.min(size - b * block)).sum();
     let ranges = blob_ranges(&up.requests());
     let sent = upstream_blob_bytes(&up.requests());
     assert_eq!(sent, covered_bytes, "upstream ranges: {ranges:?}");
@@ -310,7 +329,13 @@ async fn concurrent_range_reads_of_a_cold_blob_fetch_each_block_once() {
 }
 
 /// `skiff mount IMAGE DIR -d` through `hosts`, reads `files`, unmounts.
-fn mount_and_read(skiff: &Skiff, image: &str, hosts: &Path, dir: &Path, files: &[&str]) -> Vec<Vec<u8>> {
+fn mount_and_read(
+    skiff: &Skiff,
+    image: &str,
+    hosts: &Path,
+    dir: &Path,
+    files: &[&str],
+) -> Vec<Vec<u8>> {
     std::fs::create_dir_all(dir).unwrap();
     let _guard = skiff.guard(dir);
     let out = skiff
@@ -322,7 +347,12 @@ fn mount_and_read(skiff: &Skiff, image: &str, hosts: &Path, dir: &Path, files: &
         .arg(hosts)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "skiff mount: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "skiff mount: {}",
+        describe(&out)
+    );
     let read: Vec<std::io::Result<Vec<u8>>> =
         files.iter().map(|f| std::fs::read(dir.join(f))).collect();
     let umount = skiff.run(&["umount", &dir.to_string_lossy()]);
@@ -352,8 +382,18 @@ async fn four_cold_mounts_at_once_cost_upstream_about_one() {
         return;
     }
     let Setup { upstream, up, work } = setup();
-    let image = build_image(layers(), &skiff_proto::image::Platform::host(), &["/bin/sh"]);
-    push_built(&skiff_tests::client(&upstream.host()), "app", "gzip", &image).await;
+    let image = build_image(
+        layers(),
+        &skiff_proto::image::Platform::host(),
+        &["/bin/sh"],
+    );
+    push_built(
+        &skiff_tests::client(&upstream.host()),
+        "app",
+        "gzip",
+        &image,
+    )
+    .await;
     let converter = Skiff::new(&work.path().join("converter"));
     let out = converter.run(&[
         "convert",
@@ -361,7 +401,12 @@ async fn four_cold_mounts_at_once_cost_upstream_about_one() {
         &upstream.reference("app:gzip"),
         &upstream.reference("app:esgz"),
     ]);
-    assert_eq!(out.status.code(), Some(0), "skiff convert: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "skiff convert: {}",
+        describe(&out)
+    );
     let esgz = upstream.reference("app:esgz");
     let files = ["data/hello.txt", "data/big.bin"];
     let want: Vec<Vec<u8>> = vec![
@@ -372,7 +417,12 @@ async fn four_cold_mounts_at_once_cost_upstream_about_one() {
 
     // One node alone, through a cold mirror: what one node reads.
     let hosts = work.path().join("certs.d");
-    let alone = MirrorProc::start(work.path(), &up.host(), &work.path().join("cache-1"), &block);
+    let alone = MirrorProc::start(
+        work.path(),
+        &up.host(),
+        &work.path().join("cache-1"),
+        &block,
+    );
     write_hosts(&hosts, &upstream.host(), &alone.host());
     let node = Skiff::new(&work.path().join("alone"));
     let got = mount_and_read(&node, &esgz, &hosts, &work.path().join("mnt-alone"), &files);
@@ -382,11 +432,20 @@ async fn four_cold_mounts_at_once_cost_upstream_about_one() {
 
     // Four nodes at once, through another cold mirror.
     up.clear_requests();
-    let mirror = MirrorProc::start(work.path(), &up.host(), &work.path().join("cache-4"), &block);
+    let mirror = MirrorProc::start(
+        work.path(),
+        &up.host(),
+        &work.path().join("cache-4"),
+        &block,
+    );
     write_hosts(&hosts, &upstream.host(), &mirror.host());
     let threads: Vec<_> = (0..4)
         .map(|i| {
-            let (esgz, hosts, root) = (esgz.clone(), hosts.clone(), work.path().join(format!("n{i}")));
+            let (esgz, hosts, root) = (
+                esgz.clone(),
+                hosts.clone(),
+                work.path().join(format!("n{i}")),
+            );
             let files = files.map(str::to_string);
             std::thread::spawn(move || {
                 let files: Vec<&str> = files.iter().map(String::as_str).collect();

@@ -49,9 +49,7 @@ pub struct Args {
 fn parse_block_size(s: &str) -> Result<u64, String> {
     match parse_size(s) {
         Some(n) if (4096..=(64 << 20)).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{s:?} is not a block size between 4KiB and 64MiB"
-        )),
+        _ => Err(format!("{s:?} is not a block size between 4KiB and 64MiB")),
     }
 }
 
@@ -101,7 +99,9 @@ pub fn run(_global: &super::Global, args: Args) -> anyhow::Result<u8> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr().context("reading the listening address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the listening address")?;
         eprintln!(
             "skiff mirror: serving {} on http://{addr} (cache in {})",
             args.upstream,

@@ -113,13 +113,12 @@ pub enum BlockError {
 /// Result alias for the block cache.
 pub type Result<T, E = BlockError> = std::result::Result<T, E>;
 
+/// One upstream fetch under way: the bytes, or what went wrong.
+pub type FetchFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+
 /// Fetches `len` bytes at `offset` of one blob from upstream (the caller binds the
 /// blob, repository and client).
-pub type Fetcher = Arc<
-    dyn Fn(u64, u64) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>
-        + Send
-        + Sync,
->;
+pub type Fetcher = Arc<dyn Fn(u64, u64) -> FetchFuture + Send + Sync>;
 
 /// Counters of the block cache, for `/skiff/stats`.
 #[derive(Debug, Default)]
@@ -202,7 +201,10 @@ impl BlockStore {
     /// Forgets blob `digest` and removes its files (it did not match its digest).
     fn drop_blob(&self, blob: &CachedBlob) {
         let mut blobs = self.lock();
-        if blobs.get(&blob.digest).is_some_and(|b| std::ptr::eq(&**b, blob)) {
+        if blobs
+            .get(&blob.digest)
+            .is_some_and(|b| std::ptr::eq(&**b, blob))
+        {
             blobs.remove(&blob.digest);
         }
         for path in [&blob.data_path, &blob.map_path] {
@@ -338,11 +340,6 @@ impl CachedBlob {
         self.digest
     }
 
-    /// The blob's size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     fn lock(&self) -> MutexGuard<'_, BlockState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -353,7 +350,9 @@ impl CachedBlob {
 
     /// The blocks covering `len` bytes at `offset` (`len` > 0), as first and last.
     fn span(&self, offset: u64, len: u64) -> Result<(u64, u64)> {
-        let end = offset.checked_add(len).filter(|&e| e <= self.size && len > 0);
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= self.size && len > 0);
         let Some(end) = end else {
             return Err(BlockError::OutOfRange {
                 digest: self.digest,
@@ -395,14 +394,14 @@ impl CachedBlob {
                 let _ = rx.changed().await;
             }
         }
-        match self.all_present(first, last) {
-            true => Ok(()),
-            false => Err(BlockError::StillMissing {
-                digest: self.digest,
-                first,
-                last,
-            }),
+        if self.all_present(first, last) {
+            return Ok(());
         }
+        Err(BlockError::StillMissing {
+            digest: self.digest,
+            first,
+            last,
+        })
     }
 
     /// Whether blocks `first..=last` are all present.
@@ -421,12 +420,6 @@ impl CachedBlob {
         last: u64,
     ) -> Result<(Vec<(u64, u64, watch::Sender<()>)>, Vec<watch::Receiver<()>>)> {
         let mut st = self.lock();
-        if let Some(actual) = st.corrupt {
-            return Err(BlockError::Corrupt {
-                digest: self.digest,
-                actual,
-            });
-        }
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut waits = Vec::new();
         let mut open = false;
@@ -447,6 +440,14 @@ impl CachedBlob {
                     open = true;
                 }
             }
+        }
+        // Blocks already here are served even from a blob found corrupt (clients check
+        // what they read); nothing more is fetched into it.
+        if let Some(actual) = st.corrupt.filter(|_| !runs.is_empty() || !waits.is_empty()) {
+            return Err(BlockError::Corrupt {
+                digest: self.digest,
+                actual,
+            });
         }
         let claimed = runs
             .into_iter()
@@ -625,7 +626,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     fn counting_fetcher(blob: Arc<Vec<u8>>, bytes: Arc<AtomicU64>) -> Fetcher {
-        Arc::new(move |offset, len| {
+        Arc::new(move |offset, len| -> FetchFuture {
             let (blob, bytes) = (Arc::clone(&blob), Arc::clone(&bytes));
             Box::pin(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -699,10 +700,8 @@ mod tests {
         }
         assert_eq!(store.stats().corrupt.load(Ordering::SeqCst), 1);
         assert!(!dir.path().join(format!("{}.data", digest.hex())).exists());
-        assert!(matches!(
-            blob.ensure(0, 10, &fetch).await,
-            Err(BlockError::Corrupt { .. })
-        ));
+        // The old handle still reads what it has, and fetches nothing more.
+        blob.ensure(0, 10, &fetch).await.unwrap();
         // Asked again, the store starts from nothing.
         let fresh = store.blob(digest, 2500).unwrap();
         assert!(!Arc::ptr_eq(&fresh, &blob));

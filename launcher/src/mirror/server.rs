@@ -115,30 +115,31 @@ fn route(path: &str) -> Option<Route<'_>> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return valid_name(name).then_some(Route::Tags { name });
     }
-    for kind in ["/manifests/", "/blobs/", "/referrers/"] {
-        let Some(at) = rest.rfind(kind) else { continue };
-        let (name, last) = (&rest[..at], &rest[at + kind.len()..]);
-        if !valid_name(name) {
-            return None;
-        }
-        return match kind {
-            "/manifests/" => (last.parse::<Digest>().is_ok() || valid_tag(last)).then_some(
-                Route::Manifest {
-                    name,
-                    reference: last,
-                },
-            ),
-            "/blobs/" => Some(Route::Blob {
-                name,
-                digest: last.parse().ok()?,
-            }),
-            _ => Some(Route::Referrers {
-                name,
-                digest: last.parse().ok()?,
-            }),
-        };
+    // The kind word nearest the end: repository names may contain the others.
+    let (at, kind) = ["/manifests/", "/blobs/", "/referrers/"]
+        .into_iter()
+        .filter_map(|kind| Some((rest.rfind(kind)?, kind)))
+        .max()?;
+    let (name, last) = (&rest[..at], &rest[at + kind.len()..]);
+    if !valid_name(name) {
+        return None;
     }
-    None
+    match kind {
+        "/manifests/" => {
+            (last.parse::<Digest>().is_ok() || valid_tag(last)).then_some(Route::Manifest {
+                name,
+                reference: last,
+            })
+        }
+        "/blobs/" => Some(Route::Blob {
+            name,
+            digest: last.parse().ok()?,
+        }),
+        _ => Some(Route::Referrers {
+            name,
+            digest: last.parse().ok()?,
+        }),
+    }
 }
 
 /// The query without containerd's `ns=` (the mirror has one upstream).
@@ -149,6 +150,15 @@ fn query_without_ns(query: Option<&str>) -> String {
         .filter(|p| !p.is_empty() && !p.starts_with("ns="))
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// `path?query`, or `path` alone when the query is empty.
+fn with_query(path: String, query: &str) -> String {
+    if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{query}")
+    }
 }
 
 async fn handle(mirror: &Arc<Mirror>, req: Request<Incoming>) -> Response<Body> {
@@ -182,19 +192,13 @@ async fn handle(mirror: &Arc<Mirror>, req: Request<Incoming>) -> Response<Body> 
         }
         Some(Route::Referrers { name, digest }) => {
             let query = query_without_ns(req.uri().query());
-            let path = match query.is_empty() {
-                true => format!("referrers/{digest}"),
-                false => format!("referrers/{digest}?{query}"),
-            };
+            let path = with_query(format!("referrers/{digest}"), &query);
             let accept = "application/vnd.oci.image.index.v1+json";
             listing(mirror, name, &path, Some(accept), "MANIFEST_UNKNOWN", head).await
         }
         Some(Route::Tags { name }) => {
             let query = query_without_ns(req.uri().query());
-            let path = match query.is_empty() {
-                true => "tags/list".to_string(),
-                false => format!("tags/list?{query}"),
-            };
+            let path = with_query("tags/list".to_string(), &query);
             listing(mirror, name, &path, None, "NAME_UNKNOWN", head).await
         }
     };
@@ -214,9 +218,10 @@ fn empty() -> Body {
 /// A complete answer (headers only for `HEAD`, with the body's length).
 fn with_body(status: StatusCode, content_type: &str, body: Bytes, head: bool) -> Response<Body> {
     let len = body.len();
-    let body = match head {
-        true => empty(),
-        false => Full::new(body).map_err(|e| match e {}).boxed(),
+    let body = if head {
+        empty()
+    } else {
+        Full::new(body).map_err(|e| match e {}).boxed()
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -262,12 +267,7 @@ fn upstream_error(e: &RegistryError) -> Response<Body> {
     }
 }
 
-async fn manifest(
-    mirror: &Arc<Mirror>,
-    name: &str,
-    reference: &str,
-    head: bool,
-) -> Response<Body> {
+async fn manifest(mirror: &Arc<Mirror>, name: &str, reference: &str, head: bool) -> Response<Body> {
     let got = match reference.parse::<Digest>() {
         Ok(d) => mirror.upstream.manifest_by_digest(name, d).await,
         Err(_) => mirror.upstream.manifest_by_tag(name, reference).await,
@@ -276,10 +276,10 @@ async fn manifest(
         Ok(m) => m,
         Err(e) => return upstream_error(&e),
     };
-    mirror
-        .stats
-        .served_bytes
-        .fetch_add(if head { 0 } else { m.bytes.len() as u64 }, Ordering::Relaxed);
+    mirror.stats.served_bytes.fetch_add(
+        if head { 0 } else { m.bytes.len() as u64 },
+        Ordering::Relaxed,
+    );
     let content_type = m
         .content_type
         .as_deref()

@@ -39,7 +39,7 @@ pub async fn stream_blob(
         tokio::spawn(async move { blob.ensure(s, e - s, &fetch).await })
     };
     let mut next = windows.first().map(|&w| ensure(w));
-    for (i, &(s, e)) in windows.iter().enumerate() {
+    for (i, &(from, to)) in windows.iter().enumerate() {
         let Some(current) = next.take() else { return };
         next = windows.get(i + 1).map(|&w| ensure(w));
         let ready = match current.await {
@@ -47,13 +47,13 @@ pub async fn stream_blob(
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = ready {
-            tracing::warn!(digest = %blob.digest(), "serving bytes {s}..{e}: {e}");
+            tracing::warn!(digest = %blob.digest(), "serving bytes {from}..{to}: {e}");
             let _ = tx.send(Err(std::io::Error::other(e))).await;
             return;
         }
-        let mut at = s;
-        while at < e {
-            let n = (e - at).min(frame - at % frame);
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(frame - at % frame);
             let bytes = match blob.read(at, n).await {
                 Ok(b) => b,
                 Err(err) => {

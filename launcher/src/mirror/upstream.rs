@@ -3,7 +3,7 @@
 //! worth keeping kept, and each asked for once however many clients ask at a time:
 //! blob sizes, manifests by digest (on disk too), manifests by tag (for a few seconds).
 
-use super::blocks::Fetcher;
+use super::blocks::{FetchFuture, Fetcher};
 use bytes::Bytes;
 use skiff_proto::digest::Digest;
 use skiff_proto::registry::{Client, Listing, RegistryError};
@@ -142,7 +142,7 @@ impl Upstream {
     /// one Range request, within the concurrency cap.
     pub fn fetcher(self: &Arc<Self>, repository: &str, digest: Digest) -> Fetcher {
         let (up, repository) = (Arc::clone(self), Arc::<str>::from(repository));
-        Arc::new(move |offset, len| {
+        Arc::new(move |offset, len| -> FetchFuture {
             let (up, repository) = (Arc::clone(&up), Arc::clone(&repository));
             Box::pin(async move {
                 let _permit = up.permits.acquire().await.map_err(|e| e.to_string())?;
@@ -210,8 +210,7 @@ impl Upstream {
         reference: &str,
     ) -> Result<Manifest, RegistryError> {
         self.stats.manifest_requests.fetch_add(1, Ordering::Relaxed);
-        let (bytes, content_type, digest) =
-            self.client.get_manifest(repository, reference).await?;
+        let (bytes, content_type, digest) = self.client.get_manifest(repository, reference).await?;
         Ok(Manifest {
             bytes,
             content_type,
