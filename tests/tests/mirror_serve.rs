@@ -234,7 +234,7 @@ async fn pulls_through_the_mirror_give_the_image() {
     if skiff_tests::tools_or_skip(&["skopeo"], "only for the tool check") {
         let layout = work.path().join("oci");
         let out = Command::new("skopeo")
-            .args(["copy", "-q", "--src-tls-verify=false"])
+            .args(["copy", "-q", "--preserve-digests", "--src-tls-verify=false"])
             .arg(format!("docker://{}/lib/app:v1", mirror.host()))
             .arg(format!("oci:{}:v1", layout.display()))
             .output()
