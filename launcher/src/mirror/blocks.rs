@@ -478,23 +478,8 @@ impl CachedBlob {
         let outcome = match fetch(offset, len).await {
             Ok(bytes) if bytes.len() as u64 == len => {
                 self.stats.fetched_bytes.fetch_add(len, Relaxed);
-                let blob = Arc::clone(&self);
-                tokio::task::spawn_blocking(move || {
-                    blob.data
-                        .write_all_at(&bytes, offset)
-                        .map_err(|source| BlockError::Io {
-                            what: "writing",
-                            path: blob.data_path.clone(),
-                            source,
-                        })
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(BlockError::Task {
-                        digest: self.digest,
-                        message: e.to_string(),
-                    })
-                })
+                self.on_file("writing", move |data| data.write_all_at(&bytes, offset))
+                    .await
             }
             Ok(bytes) => Err(BlockError::ShortFetch {
                 digest: self.digest,
@@ -598,20 +583,30 @@ impl CachedBlob {
     /// Reads `len` bytes at `offset` from the file (the caller ensured them first).
     pub async fn read(self: &Arc<Self>, offset: u64, len: u64) -> Result<Bytes> {
         self.span(offset, len)?;
-        let blob = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
+        self.on_file("reading", move |data| {
             let mut buf = vec![0u8; len as usize];
-            blob.data
-                .read_exact_at(&mut buf, offset)
+            data.read_exact_at(&mut buf, offset)
                 .map(|()| Bytes::from(buf))
-                .map_err(|source| BlockError::Io {
-                    what: "reading",
-                    path: blob.data_path.clone(),
-                    source,
-                })
         })
         .await
-        .unwrap_or_else(|e| {
+    }
+
+    /// Runs blocking I/O `op` on the data file off the async threads.
+    async fn on_file<T: Send + 'static>(
+        self: &Arc<Self>,
+        what: &'static str,
+        op: impl FnOnce(&File) -> io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let blob = Arc::clone(self);
+        let outcome = tokio::task::spawn_blocking(move || {
+            op(&blob.data).map_err(|source| BlockError::Io {
+                what,
+                path: blob.data_path.clone(),
+                source,
+            })
+        })
+        .await;
+        outcome.unwrap_or_else(|e| {
             Err(BlockError::Task {
                 digest: self.digest,
                 message: e.to_string(),

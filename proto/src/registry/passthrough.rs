@@ -5,6 +5,7 @@
 use super::client::{read_capped, Client, Req, Subject};
 use super::endpoint::Route;
 use super::error::Result;
+use super::options::Access;
 use crate::digest::Digest;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderValue};
@@ -26,27 +27,8 @@ impl Client {
     /// The size of blob `digest` in `repository` (`HEAD` with pull access, through the
     /// hosts that may pull), `None` if the registry does not have it.
     pub async fn blob_size(&self, repository: &str, digest: Digest) -> Result<Option<u64>> {
-        let url = self.url(&format!("{repository}/blobs/{digest}"))?;
-        let mut req = Req::new(Method::HEAD, url, Some(repository));
-        req.route = Route::Pull;
-        let resp = self.send(req).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let resp = self
-            .expect(
-                &Method::HEAD,
-                resp,
-                &[StatusCode::OK],
-                &Subject::Blob(digest),
-                Some(repository),
-            )
-            .await?;
-        Ok(resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok()))
+        self.head_blob(repository, digest, Access::Pull, Route::Pull)
+            .await
     }
 
     /// `GET /v2/<repository>/<path>` (`path` may carry a query, e.g.
