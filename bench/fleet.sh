@@ -5,7 +5,14 @@
 #
 #   bash bench/fleet.sh [--nodes 8] [--images python,gcc,node] [--tools skiff,stargz]
 #                       [--rate-mbit 100] [--rtt-ms 20] [--upstream-rate-mbit 100]
+#                       [--mirror registry|skiff] [--mirror-block-size 64KiB]
 #                       [--cache /var/tmp/skiff-bench] [--skiff PATH] [--out FILE]
+#
+# --mirror says which pull-through mirror the fleet shares: `registry` (default) is
+# docker-registry in proxy mode, `skiff` is `skiff mirror` (lazy, range-caching,
+# single-flight; its /skiff/stats counters are reported under the table). Its blocks are
+# 64 KiB here: a node's lazy reads are scattered, and with skiff mirror's default 1 MiB
+# blocks upstream sent 3.65x what one node read (python, 2 nodes), with 64 KiB 1.14x.
 #
 # Root only; needs the images bench/coldstart.sh builds (run it once first) and, for the
 # stargz rows, the stargz-snapshotter peer (/work/shared/peers/stargz-setup.sh).
@@ -14,7 +21,8 @@
 # loopback; nothing touches the host's interfaces):
 #   hub namespace:  upstream docker-registry 127.0.0.1:5000 (the bench image storage)
 #                   upstream link: shaper 127.0.0.1:5001 -> 5000 (--upstream-rate-mbit)
-#                   mirror: docker-registry proxy 10.77.0.1:5002 -> 127.0.0.1:5001
+#                   mirror: docker-registry proxy or skiff mirror
+#                           10.77.0.1:5002 -> 127.0.0.1:5001
 #                   bridge fleetbr0 10.77.0.1/24
 #   node i:         veth 10.77.0.(10+i)/24 on that bridge
 #                   node link: shaper 127.0.0.1:6000 -> 10.77.0.1:5002 (--rate-mbit)
@@ -29,7 +37,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PEERS=/work/shared/peers
 NODES=8 IMAGES=python,gcc,node TOOLS=skiff,stargz RATE=100 RTT=20 UPRATE=100
-CACHE=/var/tmp/skiff-bench SKIFF="" OUT=""
+CACHE=/var/tmp/skiff-bench SKIFF="" OUT="" MIRROR=registry MIRROR_BLOCK=64KiB
 while [ $# -gt 0 ]; do
     case $1 in
     --nodes) NODES=$2; shift 2 ;;
@@ -39,11 +47,14 @@ while [ $# -gt 0 ]; do
     --rtt-ms) RTT=$2; shift 2 ;;
     --upstream-rate-mbit) UPRATE=$2; shift 2 ;;
     --cache) CACHE=$2; shift 2 ;;
+    --mirror) MIRROR=$2; shift 2 ;;
+    --mirror-block-size) MIRROR_BLOCK=$2; shift 2 ;;
     --skiff) SKIFF=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     *) echo "fleet.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
+case $MIRROR in registry|skiff) ;; *) echo "fleet.sh: --mirror is registry or skiff" >&2; exit 2 ;; esac
 [ "$(id -u)" = 0 ] || { echo "fleet.sh: run as root" >&2; exit 1; }
 [ -d "$CACHE/registry/docker" ] || { echo "fleet.sh: no bench images in $CACHE (run bench/coldstart.sh once)" >&2; exit 1; }
 SKIFF=${SKIFF:-$REPO/target/release/skiff}
@@ -134,13 +145,33 @@ for i in $(nodes); do
 done
 for i in $(nodes); do wait_port "in_node $i" 127.0.0.1 6000; done
 
+stop_mirror() { # the mirror started last, by the pid it wrote
+    [ -s "$W/mirror.pid" ] || return 0
+    local pid; pid=$(cat "$W/mirror.pid"); rm -f "$W/mirror.pid"
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 start_mirror() { # a cold mirror for each image and tool
-    in_hub pkill -f "docker-registry serve $W/mirror.yml" 2>/dev/null || true
-    sleep 0.3
+    stop_mirror
     rm -rf "$W/mirror"
-    registry_config "$W/mirror.yml" 10.77.0.1:5002 "$W/mirror" http://127.0.0.1:5001
-    in_hub setsid docker-registry serve "$W/mirror.yml" > "$W/mirror.log" 2>&1 &
+    case $MIRROR in
+    registry)
+        registry_config "$W/mirror.yml" 10.77.0.1:5002 "$W/mirror" http://127.0.0.1:5001
+        in_hub setsid sh -c 'echo $$ > "$1"; exec docker-registry serve "$2"' sh \
+            "$W/mirror.pid" "$W/mirror.yml" > "$W/mirror.log" 2>&1 & ;;
+    skiff)
+        in_hub setsid sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$W/mirror.pid" \
+            "$SKIFF" --root "$W/mirror-root" mirror --upstream http://127.0.0.1:5001 \
+            --listen 10.77.0.1:5002 --storage "$W/mirror" --block-size "$MIRROR_BLOCK" \
+            > "$W/mirror.log" 2>&1 & ;;
+    esac
     wait_port in_hub 10.77.0.1 5002
+}
+
+mirror_stats() { # skiff mirror's counters, as JSON on one line
+    in_hub python3 -c "import urllib.request; print(urllib.request.urlopen('http://10.77.0.1:5002/skiff/stats', timeout=5).read().decode())"
 }
 
 reset_counters() {
@@ -192,6 +223,9 @@ for img in "${IMGS[@]}"; do
         up=$(ctl in_hub 5101 get | down_bytes)
         mirror=0
         for i in $(nodes); do mirror=$((mirror + $(ctl "in_node $i" 6100 get | down_bytes))); done
+        if [ "$MIRROR" = skiff ]; then
+            printf '%s\t%s\t%s\n' "$img" "$tool" "$(mirror_stats || echo '{}')" >> "$W/mirror-stats.tsv"
+        fi
         ok=$(cat "$W"/time-* | awk '$2 == 0' | wc -l)
         last=$(cat "$W"/time-* | awk '{print $4}' | sort -n | tail -1)
         median=$(cat "$W"/time-* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
@@ -200,13 +234,26 @@ for img in "${IMGS[@]}"; do
     done
 done
 
+stop_mirror
+
 # ---- report ----------------------------------------------------------------------------
+if [ "$MIRROR" = skiff ]; then
+    MIRROR_TEXT="skiff mirror, ${MIRROR_BLOCK} blocks"
+else
+    MIRROR_TEXT="docker-registry proxy"
+fi
 {
     echo "### Fleet: $NODES nodes, ${RATE} Mbit/s and ${RTT} ms per node, upstream link ${UPRATE} Mbit/s"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), skiff $(cd "$REPO" && git rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg). Cold mirror (docker-registry proxy) and empty nodes for every row; eStargz images; skiff through hosts.toml, stargz-snapshotter with the node's link as its registry."
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), skiff $(cd "$REPO" && git rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg). Cold mirror ($MIRROR_TEXT) and empty nodes for every row; eStargz images; skiff through hosts.toml, stargz-snapshotter with the node's link as its registry."
     echo
     echo "| image | system | ok nodes | last node exit s | median node s | upstream sent MB | mirror sent MB | one node alone MB | upstream ÷ one node |"
     echo "|---|---|---|---|---|---|---|---|---|"
     awk -F'\t' '{ printf "| %s | %s | %s/%d | %.2f | %.2f | %.1f | %.1f | %.1f | %.2f× |\n", $1, $2, $3, '"$NODES"', $4, $5, $6/1e6, $7/1e6, $8/1e6, ($8 > 0 ? $6/$8 : 0) }' "$RESULTS"
+    if [ -s "$W/mirror-stats.tsv" ]; then
+        echo
+        echo "skiff mirror counters after each fleet run (/skiff/stats):"
+        echo
+        awk -F'\t' '{ printf "- %s / %s: `%s`\n", $1, $2, $3 }' "$W/mirror-stats.tsv"
+    fi
 } | tee "${OUT:-/dev/stdout}"

@@ -3,6 +3,7 @@
 mod cmd;
 mod container;
 mod daemon;
+mod mirror;
 mod network;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +75,8 @@ enum Command {
     Profile(cmd::profile::Args),
     /// Run the resident daemon serving every mount of the root; or `status` / `stop` it.
     Daemon(daemon::Args),
+    /// Serve a lazy, range-caching pull-through mirror of one registry.
+    Mirror(cmd::mirror::Args),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Network(a) => cmd::network::run(&cli.global, a),
         Command::Profile(a) => cmd::profile::run(&cli.global, a),
         Command::Daemon(a) => daemon::run(&cli.global, a),
+        Command::Mirror(a) => cmd::mirror::run(&cli.global, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

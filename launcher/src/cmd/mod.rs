@@ -11,6 +11,7 @@ pub mod lazy;
 pub mod local_image;
 pub mod login;
 pub mod logs;
+pub mod mirror;
 pub mod mount;
 pub mod network;
 pub mod profile;

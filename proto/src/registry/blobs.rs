@@ -28,10 +28,24 @@ struct Download<'f> {
 impl Client {
     /// The size of a blob if the repository has it (`HEAD`), `None` if not.
     pub async fn blob_exists(&self, repository: &str, digest: Digest) -> Result<Option<u64>> {
+        self.head_blob(repository, digest, Access::Push, Route::Upstream)
+            .await
+    }
+
+    /// `HEAD` of a blob with `access`, sent to the hosts `route` allows: its size, `None`
+    /// if the host does not have it.
+    pub(crate) async fn head_blob(
+        &self,
+        repository: &str,
+        digest: Digest,
+        access: Access,
+        route: Route,
+    ) -> Result<Option<u64>> {
         let url = self.url(&format!("{repository}/blobs/{digest}"))?;
         let subject = Subject::Blob(digest);
         let mut req = Req::new(Method::HEAD, url, Some(repository));
-        req.access = Access::Push;
+        req.access = access;
+        req.route = route;
         let resp = self.send(req).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
