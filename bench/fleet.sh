@@ -11,7 +11,7 @@
 # --mirror says which pull-through mirror the fleet shares: `registry` (default) is
 # docker-registry in proxy mode, `skiff` is `skiff mirror` (lazy, range-caching,
 # single-flight; its /skiff/stats counters are reported under the table). Its blocks are
-# 64 KiB here: a node's lazy reads are scattered, and with skiff mirror's default 1 MiB
+# 64 KiB (its default): a node's lazy reads are scattered, and with 1 MiB
 # blocks upstream sent 3.65x what one node read (python, 2 nodes), with 64 KiB 1.14x.
 #
 # Root only; needs the images bench/coldstart.sh builds (run it once first) and, for the
