@@ -23,7 +23,10 @@ stop() {
             kill -TERM "$(cat "$D/skiff.pid")" 2>/dev/null
         rm -f "$D/skiff.pid"
     fi
-    [ -f "$D/skiff/daemon-keeper.pid" ] && kill -TERM "$(cat "$D/skiff/daemon-keeper.pid")" 2>/dev/null
+    # (the keeper may be ending on its own and remove its pid file meanwhile)
+    local keeper
+    keeper=$(cat "$D/skiff/daemon-keeper.pid" 2>/dev/null || true)
+    [ -n "$keeper" ] && kill -TERM "$keeper" 2>/dev/null || true
     # (a view the daemon detached may still be listed for a moment)
     mount | awk -v d="$D/" 'index($3,d)==1{print $3}' | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 }
