@@ -179,7 +179,7 @@ fn spawn(
     let (pid_r, pid_w) = sync::pipe()?;
     let (go_r, go_w) = sync::pipe()?;
     let (err_r, err_w) = sync::pipe()?;
-    let stage = reexec::Stage::Run(reexec::RunStage {
+    let stage = reexec::Stage::Run(Box::new(reexec::RunStage {
         spec: spec.clone(),
         rootfs: cfg.rootfs.to_path_buf(),
         etc_dir: cfg.etc_dir.to_path_buf(),
@@ -187,7 +187,7 @@ fn spawn(
         console: pty.as_ref().map(|p| p.slave_path.clone()),
         cgroup_mounts: cfg.cgroup_mounts.to_vec(),
         old_mask: reexec::mask_to_numbers(old_mask),
-    });
+    }));
     let ends = reexec::ChildEnds {
         pid_w: &pid_w,
         go_r: &go_r,

@@ -49,7 +49,7 @@ const FIXED_FDS: RawFd = 4;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Stage {
     /// `skiff run`: the intermediate phase, whose child is the container's PID 1.
-    Run(RunStage),
+    Run(Box<RunStage>),
     /// `skiff exec`: join a running container, fork, set the process up.
     Exec(ExecStage),
 }
