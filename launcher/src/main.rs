@@ -80,6 +80,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `skiff container-init`: a container's setup, which `skiff run` and `skiff exec`
+    // execute afresh in their forked child (container::reexec). Not a user command,
+    // so not one of clap's, and checked before anything starts a thread.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == container::reexec::SUBCOMMAND)
+    {
+        container::reexec::main();
+    }
     // Like docker, a usage error exits 125 (clap's default would be 2).
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -36,8 +36,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     }
 }
 
-/// The v1 controller names (super options that are not controllers, like `xattr`
-/// or `name=systemd`, are left out).
+/// The v1 controller names (super options that are not controllers, like `xattr`,
+/// are left out; a named hierarchy's `name=…` is kept, it is how /proc/PID/cgroup
+/// lists it).
 const V1_CONTROLLERS: &[&str] = &[
     "blkio",
     "cpu",
@@ -88,7 +89,7 @@ pub fn detect_layout(mountinfo: &str) -> Result<Layout, CgroupError> {
             "cgroup" => {
                 let controllers: Vec<String> = super_opts
                     .split(',')
-                    .filter(|o| V1_CONTROLLERS.contains(o))
+                    .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
                     .map(str::to_string)
                     .collect();
                 v1.push((controllers, PathBuf::from(mount_point)));
@@ -115,13 +116,13 @@ pub struct Cgroup {
 
 /// One cgroup filesystem the container mounts read-only under its `/sys/fs/cgroup`,
 /// seen from its cgroup namespace (so its root is the container's own cgroup).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupMount {
     /// Directory below /sys/fs/cgroup (named like the host's mount point); empty for
     /// a pure v2 host, where cgroup2 is mounted on /sys/fs/cgroup itself.
     pub subdir: String,
     /// `cgroup` (v1) or `cgroup2`.
-    pub fstype: &'static str,
+    pub fstype: String,
     /// The v1 hierarchy's controllers, comma-separated (the mount's data).
     pub controllers: Option<String>,
 }
@@ -182,7 +183,7 @@ impl Cgroup {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| controllers.join(",")),
-                fstype: "cgroup",
+                fstype: "cgroup".into(),
                 controllers: Some(controllers.join(",")),
             })
         };
@@ -204,7 +205,7 @@ impl Cgroup {
                 cg.dirs.push(dir.clone());
                 cg.mounts.push(CgroupMount {
                     subdir: String::new(),
-                    fstype: "cgroup2",
+                    fstype: "cgroup2".into(),
                     controllers: None,
                 });
                 Some(dir)
@@ -325,6 +326,29 @@ impl Cgroup {
                 &[("pids.max", pids.to_string())],
                 &[("pids.max", pids.to_string())],
             )?;
+        }
+        // Every other v1 hierarchy: a cgroup of its own without limits, as runc makes
+        // them, so the container's /sys/fs/cgroup shows every hierarchy (as docker's
+        // does), each rooted at the container's own cgroup.
+        for (controllers, _) in &v1 {
+            let Some(key) = controllers.first() else {
+                continue;
+            };
+            let Some(dir) = v1_dir(key) else { continue };
+            if cg.dirs.contains(&dir) {
+                continue;
+            }
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            cg.dirs.push(dir.clone());
+            cg.mounts.extend(v1_mount(key));
+            if controllers.iter().any(|c| c == "cpuset") {
+                // A new v1 cpuset has no CPUs and memory nodes: it takes its parent's.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let parent = dir.parent().map(|p| p.join(f)).unwrap_or_default();
+                    let v = std::fs::read_to_string(&parent).map_err(io(&parent))?;
+                    write(&dir.join(f), v.trim())?;
+                }
+            }
         }
         Ok(cg)
     }
@@ -562,7 +586,7 @@ mod tests {
                     v1[0],
                     (vec!["cpu".to_string()], "/sys/fs/cgroup/cpu".into())
                 );
-                assert_eq!(v1[2].0, Vec::<String>::new()); // name=systemd has none
+                assert_eq!(v1[2].0, vec!["name=systemd".to_string()]);
                 assert_eq!(v1[3].0, vec!["cpu".to_string(), "cpuacct".to_string()]);
             }
             other => panic!("{other:?}"),
@@ -589,6 +613,7 @@ mod tests {
             process_dirs(&layout, pc),
             [
                 PathBuf::from("/sys/fs/cgroup/memory/user/skiff-x"),
+                PathBuf::from("/sys/fs/cgroup/systemd/s"),
                 PathBuf::from("/sys/fs/cgroup/cpu/c"),
                 PathBuf::from("/sys/fs/cgroup/unified/u/skiff-x"),
             ]

@@ -22,7 +22,7 @@ pub enum DeviceError {
 }
 
 /// One host device given to the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Device {
     /// Path inside the container.
     pub destination: PathBuf,

@@ -3,7 +3,8 @@
 //! The same three phases as a container's start, with joining instead of creating:
 //!
 //! - main (skiff itself): opens the container's namespaces (`/proc/<PID 1>/ns/*`),
-//!   the pty and the sync pipes, forks the intermediate process, puts the new process
+//!   the pty and the sync pipes, forks the intermediate process (which executes
+//!   `skiff container-init`, [`super::reexec`]), puts the new process
 //!   in PID 1's cgroups, lets it go, and waits for it forwarding signals;
 //! - intermediate: [`join_namespaces`] (user first, mount last, as runc's nsexec
 //!   does), then forks, because a PID namespace joined with setns holds only the
@@ -17,13 +18,13 @@ use super::process::{self, InitError, Program, EXIT_CANNOT_INVOKE, EXIT_SETUP};
 use super::security::Security;
 use super::spec::{self, ContainerSpec, Rlimit};
 use super::sys::{LinuxSyscall, Syscall};
-use super::{cgroups, init, intermediate, main, sync, terminal, ExitStatus, RunError};
+use super::{cgroups, init, intermediate, main, reexec, sync, terminal, ExitStatus, RunError};
 use nix::sched::CloneFlags;
 use nix::sys::signal::SigSet;
 use nix::sys::wait::waitpid;
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -84,7 +85,7 @@ pub struct ExecOptions {
 
 /// One process to start in a container: everything the forked side needs, worked out
 /// before the fork.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExecProcess {
     /// argv.
     pub args: Vec<String>,
@@ -257,33 +258,31 @@ fn spawn(
     let (pid_r, pid_w) = sync::pipe()?;
     let (go_r, go_w) = sync::pipe()?;
     let (err_r, err_w) = sync::pipe()?;
-
-    // SAFETY: skiff exec is single-threaded here; the children only set up and exec.
-    match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
-        ForkResult::Child => {
-            drop((pid_r, go_w, err_r));
-            let stdio = Stdio {
-                slave: slave.as_ref(),
-                null: &null,
-            };
-            join_and_fork(sys, namespaces, pid_w, &err_w, || {
-                run_process(sys, process, &stdio, go_r, &err_w, old_mask)
-            })
-        }
-        ForkResult::Parent {
-            child: intermediate,
-        } => {
-            drop((pid_w, go_r, err_w, slave, null));
-            let pid = start(intermediate, pid_r, go_w, err_r, cgroup_dirs, pid1)?;
-            if process.detach {
-                return Ok(None);
-            }
-            let mut term = pty
-                .map(|p| terminal::Session::start(p, process.stdin))
-                .transpose()?;
-            main::wait_forwarding(pid, term.as_mut()).map(Some)
-        }
+    let stage = reexec::Stage::Exec(reexec::ExecStage {
+        process: process.clone(),
+        namespaces: namespaces.iter().map(|(_, kind)| kind.bits()).collect(),
+        has_slave: slave.is_some(),
+        old_mask: reexec::mask_to_numbers(old_mask),
+    });
+    // The order reexec::main takes them in: namespaces, the slave, /dev/null.
+    let mut extra: Vec<RawFd> = namespaces.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+    extra.extend(slave.as_ref().map(|s| s.as_raw_fd()));
+    extra.push(null.as_raw_fd());
+    let ends = reexec::ChildEnds {
+        pid_w: &pid_w,
+        go_r: &go_r,
+        err_w: &err_w,
+    };
+    let intermediate = reexec::spawn(&stage, ends, &extra)?;
+    drop((pid_w, go_r, err_w, slave, null));
+    let pid = start(intermediate, pid_r, go_w, err_r, cgroup_dirs, pid1)?;
+    if process.detach {
+        return Ok(None);
     }
+    let mut term = pty
+        .map(|p| terminal::Session::start(p, process.stdin))
+        .transpose()?;
+    main::wait_forwarding(pid, term.as_mut()).map(Some)
 }
 
 /// Learns the process's pid, puts it in the container's cgroups, lets it go and waits
@@ -329,19 +328,26 @@ fn join_cgroups(dirs: &[PathBuf], pid: i32, pid1: i32) -> Result<(), cgroups::Cg
     Ok(())
 }
 
-/// The intermediate process: joins the namespaces, forks the process, sends its pid,
-/// and exits. Never returns.
-fn join_and_fork(
+/// The intermediate process (in `skiff container-init`, see [`super::reexec`]): joins
+/// the namespaces, forks the process, sends its pid, and exits; the process waits for
+/// its cgroups, takes its stdio (`slave` with `-t`, else `null` where needed), sets
+/// up and execs. Never returns.
+pub fn join_and_run(
     sys: &dyn Syscall,
     namespaces: &[(OwnedFd, CloneFlags)],
-    pid_w: OwnedFd,
-    err_w: &OwnedFd,
-    process: impl FnOnce() -> std::convert::Infallible,
+    process: &ExecProcess,
+    slave: Option<&std::fs::File>,
+    null: &std::fs::File,
+    (pid_w, go_r, err_w): (OwnedFd, OwnedFd, &OwnedFd),
+    old_mask: &SigSet,
 ) -> ! {
     if let Err(e) = join_namespaces(sys, namespaces) {
         sync::report_failure(err_w, &e);
     }
-    intermediate::fork_child(pid_w, err_w, process)
+    let stdio = Stdio { slave, null };
+    intermediate::fork_child(pid_w, err_w, || {
+        run_process(sys, process, &stdio, go_r, err_w, old_mask)
+    })
 }
 
 /// The descriptors the process's stdio comes from, opened before the fork.

@@ -45,11 +45,10 @@ pub fn run(
     cfg: &InitConfig<'_>,
     go_r: OwnedFd,
     err_w: &OwnedFd,
-    pty: Option<&terminal::Pty>,
     old_mask: &SigSet,
 ) -> ! {
     wait_for_cgroups(&go_r);
-    let failure = start(sys, cfg, pty, old_mask, &|| !sync::writer_gone(&go_r));
+    let failure = start(sys, cfg, old_mask, &|| !sync::writer_gone(&go_r));
     sync::report_failure(err_w, &failure)
 }
 
@@ -68,14 +67,13 @@ fn wait_for_cgroups(go_r: &OwnedFd) {
 fn start(
     sys: &dyn Syscall,
     cfg: &InitConfig<'_>,
-    pty: Option<&terminal::Pty>,
     old_mask: &SigSet,
     monitor_alive: &dyn Fn() -> bool,
 ) -> InitError {
     if let Err(e) = tie_to_monitor(sys, monitor_alive) {
         return e;
     }
-    if let Err(e) = attach_stdio(sys, cfg.spec, pty) {
+    if let Err(e) = attach_stdio(sys, cfg.spec, cfg.console) {
         return InitError::setup("setting up stdio", e);
     }
     let program = match prepare(sys, cfg) {
@@ -114,10 +112,10 @@ fn tie_to_monitor(sys: &dyn Syscall, monitor_alive: &dyn Fn() -> bool) -> Result
 fn attach_stdio(
     sys: &dyn Syscall,
     spec: &ContainerSpec,
-    pty: Option<&terminal::Pty>,
+    console: Option<&Path>,
 ) -> std::io::Result<()> {
-    if let Some(p) = pty {
-        return p.attach_as_controlling(sys);
+    if let Some(slave) = console {
+        return terminal::attach_controlling(sys, terminal::open_slave(slave)?.as_fd());
     }
     let _ = sys.setsid();
     if !spec.stdin {
@@ -248,7 +246,7 @@ mod tests {
                 console: None,
                 cgroup_mounts: &[],
             };
-            let err = start(rec, &cfg, None, &SigSet::empty(), &|| true);
+            let err = start(rec, &cfg, &SigSet::empty(), &|| true);
             let tmp = self.dir.path().to_str().unwrap();
             let calls = rec
                 .calls
@@ -411,7 +409,7 @@ mod tests {
             cgroup_mounts: &[],
         };
         let rec = Recorder::default();
-        let err = start(&rec, &cfg, None, &SigSet::empty(), &|| true);
+        let err = start(&rec, &cfg, &SigSet::empty(), &|| true);
         assert_eq!(err.code, process::EXIT_NOT_FOUND);
         assert_eq!(rec.calls.borrow().last().unwrap(), "chdir /");
     }

@@ -4,20 +4,21 @@
 //!
 //! 1. [`run_with`]: inputs, /etc files, cgroups, the signal mask; cleanup afterwards;
 //! 2. [`spawn`]: becomes a child subreaper, opens the pty and the sync pipes, forks
-//!    the intermediate process (which runs [`super::intermediate`], whose child runs
-//!    [`super::init`]);
+//!    the intermediate process, which executes `skiff container-init`
+//!    ([`super::reexec`]) and runs [`super::intermediate`], whose child runs
+//!    [`super::init`];
 //! 3. [`start_pid1`]: learns PID 1's pid, puts it in the cgroups, lets it go, starts
 //!    the terminal session and waits for exec (or its failure);
 //! 4. [`wait_forwarding`]: forwards signals to PID 1 and reaps until it exits.
 
 use super::cgroups;
-use super::init::{self, InitConfig};
+use super::init::InitConfig;
 use super::spec::{self, ContainerSpec};
 use super::sys::{LinuxSyscall, Syscall};
-use super::{etc_files, intermediate, sync, terminal, ExitStatus, RunError};
+use super::{etc_files, reexec, sync, terminal, ExitStatus, RunError};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 use skiff_proto::store::ContainerPaths;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -178,37 +179,30 @@ fn spawn(
     let (pid_r, pid_w) = sync::pipe()?;
     let (go_r, go_w) = sync::pipe()?;
     let (err_r, err_w) = sync::pipe()?;
-    let fuse_fds = intermediate::fuse_descriptors();
-    let console = pty.as_ref().map(|p| p.slave_path.clone());
-    let cfg = InitConfig {
-        console: console.as_deref(),
-        ..*cfg
+    let stage = reexec::Stage::Run(Box::new(reexec::RunStage {
+        spec: spec.clone(),
+        rootfs: cfg.rootfs.to_path_buf(),
+        etc_dir: cfg.etc_dir.to_path_buf(),
+        default_nofile: cfg.default_nofile,
+        console: pty.as_ref().map(|p| p.slave_path.clone()),
+        cgroup_mounts: cfg.cgroup_mounts.to_vec(),
+        old_mask: reexec::mask_to_numbers(old_mask),
+    }));
+    let ends = reexec::ChildEnds {
+        pid_w: &pid_w,
+        go_r: &go_r,
+        err_w: &err_w,
     };
-
-    // SAFETY: the children only make async-signal-safe-in-practice calls of a process
-    // that is single-threaded here (see block_handled_signals for threaded callers).
-    match unsafe { nix::unistd::fork() }.map_err(|e| RunError::Os("fork", e))? {
-        ForkResult::Child => {
-            drop((pid_r, go_w, err_r));
-            intermediate::run(sys, spec, &fuse_fds, pid_w, &err_w, || {
-                init::run(sys, &cfg, go_r, &err_w, pty.as_ref(), old_mask)
-            })
-        }
-        ForkResult::Parent {
-            child: intermediate,
-        } => {
-            drop((pid_w, go_r, err_w));
-            let ends = MainEnds { pid_r, go_w, err_r };
-            let result = start_pid1(spec, intermediate, ends, cgroup, attach, pty).and_then(
-                |(pid, mut term)| {
-                    on_start(pid.as_raw());
-                    wait_forwarding(pid, term.as_mut())
-                },
-            );
-            attach.detach();
-            result
-        }
-    }
+    let intermediate = reexec::spawn(&stage, ends, &[])?;
+    drop((pid_w, go_r, err_w));
+    let ends = MainEnds { pid_r, go_w, err_r };
+    let result =
+        start_pid1(spec, intermediate, ends, cgroup, attach, pty).and_then(|(pid, mut term)| {
+            on_start(pid.as_raw());
+            wait_forwarding(pid, term.as_mut())
+        });
+    attach.detach();
+    result
 }
 
 /// Learns PID 1's pid from the intermediate process, puts PID 1 in its cgroups, lets

@@ -6,6 +6,9 @@
 //! Process model (runc's and youki's), one module per process:
 //! - [`main`]: skiff itself forks the intermediate process, puts PID 1 in its cgroups,
 //!   then waits for it as a child subreaper, forwarding signals;
+//! - [`reexec`]: the forked child at once executes `skiff container-init`, so the
+//!   setup below runs in a fresh single-threaded process, not in a fork of the
+//!   threaded skiff (as `runc init`);
 //! - [`intermediate`]: unshares the mount, UTS, IPC, network and PID namespaces and
 //!   forks PID 1 into them;
 //! - [`init`]: PID 1 waits until it is in its cgroups, sets up its root filesystem and
@@ -25,6 +28,7 @@ pub mod intermediate;
 pub mod main;
 pub mod mounts;
 pub mod process;
+pub mod reexec;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;

@@ -25,11 +25,12 @@ pub enum MountError {
 }
 
 /// A tmpfs mounted in the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TmpfsMount {
     /// Absolute path inside the container.
     pub destination: PathBuf,
     /// Mount flags (`nosuid,nodev,noexec` unless the options say otherwise).
+    #[serde(with = "ms_flags_bits")]
     pub flags: MsFlags,
     /// Mount data: `mode=…,size=…`.
     pub data: String,
@@ -166,6 +167,20 @@ pub fn parse_mount(value: &str) -> Result<Mount, MountError> {
         }
         Some("volume") | None => Err(MountError::Volume(value.to_string())),
         Some(other) => Err(bad(&format!("unknown type {other:?}"))),
+    }
+}
+
+/// `MsFlags` as its bits, for the container's setup handed to `skiff container-init`.
+mod ms_flags_bits {
+    use nix::mount::MsFlags;
+
+    pub fn serialize<S: serde::Serializer>(flags: &MsFlags, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(flags.bits())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<MsFlags, D::Error> {
+        let bits = <u64 as serde::Deserialize>::deserialize(d)?;
+        Ok(MsFlags::from_bits_truncate(bits))
     }
 }
 

@@ -358,9 +358,9 @@ fn mount_cgroups(
             t
         };
         sys.mount(
-            Some(m.fstype),
+            Some(&m.fstype),
             &target,
-            Some(m.fstype),
+            Some(&m.fstype),
             ro,
             m.controllers.as_deref(),
         )?;
@@ -565,7 +565,7 @@ mod tests {
     fn cgroups_are_mounted_read_only_after_sys() {
         let v1 = |name: &str| CgroupMount {
             subdir: name.into(),
-            fstype: "cgroup",
+            fstype: "cgroup".into(),
             controllers: Some(name.into()),
         };
         let d = Dirs::new();
@@ -584,7 +584,7 @@ mod tests {
         // Pure v2: cgroup2 itself, no tmpfs.
         let v2 = CgroupMount {
             subdir: String::new(),
-            fstype: "cgroup2",
+            fstype: "cgroup2".into(),
             controllers: None,
         };
         let calls = Dirs::new().prepare(&[v2]);

@@ -65,7 +65,7 @@ pub enum SpecError {
 }
 
 /// How the container sees the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NetworkMode {
     /// A new network namespace with only the loopback interface up.
     Isolated,
@@ -74,7 +74,7 @@ pub enum NetworkMode {
 }
 
 /// A host directory or file bind-mounted into the container (`-v`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindMount {
     /// Host path (must exist).
     pub source: PathBuf,
@@ -96,7 +96,7 @@ pub struct Rlimit {
 }
 
 /// Cgroup limits; `None` means no limit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     /// Memory limit in bytes (`--memory`).
     pub memory: Option<u64>,
@@ -113,7 +113,7 @@ pub struct Resources {
 }
 
 /// Everything the runtime needs, apart from the root filesystem, to start a container.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ContainerSpec {
     /// Container id (64 hex digits, like Docker's).
     pub id: String,

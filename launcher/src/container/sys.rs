@@ -57,8 +57,6 @@ pub trait Syscall {
     fn set_child_subreaper(&self) -> SysResult;
     /// prctl(PR_SET_PDEATHSIG): `signal` arrives when the parent (thread) dies.
     fn set_parent_death_signal(&self, signal: nix::sys::signal::Signal) -> SysResult;
-    /// Closes a descriptor this process inherited.
-    fn close(&self, fd: RawFd) -> SysResult;
     /// unshare(2) into new namespaces.
     fn unshare(&self, flags: CloneFlags) -> SysResult;
     /// setsid(2): lead a new session.
@@ -160,12 +158,6 @@ impl Syscall for LinuxSyscall {
 
     fn set_parent_death_signal(&self, signal: nix::sys::signal::Signal) -> SysResult {
         nix::sys::prctl::set_pdeathsig(signal).map_err(err("prctl", "PR_SET_PDEATHSIG"))
-    }
-
-    fn close(&self, fd: RawFd) -> SysResult {
-        // SAFETY: the caller hands over a descriptor that no code here uses.
-        let r = unsafe { libc::close(fd) };
-        Errno::result(r).map(drop).map_err(err("close", fd))
     }
 
     fn unshare(&self, flags: CloneFlags) -> SysResult {
@@ -448,9 +440,6 @@ pub mod recording {
         }
         fn set_parent_death_signal(&self, signal: nix::sys::signal::Signal) -> SysResult {
             self.push(format!("pdeathsig {signal}"))
-        }
-        fn close(&self, fd: RawFd) -> SysResult {
-            self.push(format!("close {fd}"))
         }
         fn unshare(&self, flags: CloneFlags) -> SysResult {
             let set: Vec<&str> = NAMESPACES

@@ -57,23 +57,22 @@ impl Pty {
         Ok(Pty { master, slave_path })
     }
 
-    /// In the container's PID 1: new session, the slave as controlling terminal and
-    /// as stdin, stdout and stderr.
-    pub fn attach_as_controlling(&self, sys: &dyn Syscall) -> std::io::Result<()> {
-        attach_controlling(sys, self.open_slave()?.as_fd())
-    }
-
     /// Opens the slave side, not as this process's controlling terminal. `skiff exec`
     /// opens it before its process joins the container's mount namespace, where the
     /// host's devpts (and so the slave's path) is out of sight.
     pub fn open_slave(&self) -> std::io::Result<std::fs::File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&self.slave_path)
+        open_slave(&self.slave_path)
     }
+}
+
+/// Opens the pty slave at `path`, not as this process's controlling terminal.
+pub fn open_slave(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// A new session with the pty slave `slave` as its controlling terminal and as
