@@ -191,47 +191,7 @@ pub struct LowerTree {
 impl LowerTree {
     /// Folds `layers` (bottom first) into one tree.
     pub fn build(layers: Vec<Arc<LayerIndex>>) -> Result<LowerTree, TreeError> {
-        let built = Builder::fold(&layers)?;
-        let tree = Self::freeze(built, layers)?;
-        release_free_memory();
-        Ok(tree)
-    }
-
-    /// Turns the builder's maps into the compact sorted runs, then counts names with
-    /// one depth-first walk by name.
-    fn freeze(built: Vec<BuildNode<'_>>, layers: Vec<Arc<LayerIndex>>) -> Result<LowerTree, TreeError> {
-        let too_large = |_| TreeError::TooLarge;
-        let mut slots = Vec::with_capacity(built.len());
-        let total_children: usize = built.iter().map(|n| n.children.len()).sum();
-        let name_bytes: usize = built
-            .iter()
-            .flat_map(|n| n.children.keys())
-            .map(|k| k.len())
-            .sum();
-        let mut children = Vec::with_capacity(total_children);
-        let mut names = String::with_capacity(name_bytes);
-        for n in &built {
-            let first_child = u32::try_from(children.len()).map_err(too_large)?;
-            for (name, &id) in &n.children {
-                children.push(Child {
-                    name_start: u32::try_from(names.len()).map_err(too_large)?,
-                    name_len: u32::try_from(name.len()).map_err(too_large)?,
-                    id,
-                });
-                names.push_str(name);
-            }
-            slots.push(Slot {
-                layer: n.layer,
-                entry: n.entry,
-                nlink: 0,
-                first_child,
-                child_count: u32::try_from(n.children.len()).map_err(too_large)?,
-                name: UNNAMED,
-                parent: ROOT,
-            });
-        }
-        u32::try_from(names.len()).map_err(too_large)?;
-        drop(built);
+        let (slots, children, names) = freeze(Builder::fold(&layers)?)?;
         let mut tree = LowerTree {
             slots,
             children,
@@ -240,6 +200,7 @@ impl LowerTree {
             layers,
         };
         tree.count_names();
+        release_free_memory();
         Ok(tree)
     }
 
@@ -328,7 +289,11 @@ impl LowerTree {
         let s = self.slots.get(id as usize)?;
         Some(LowerNode {
             entry: self.entry_of(id),
-            layer: if s.layer == SYNTHETIC { 0 } else { s.layer as usize },
+            layer: if s.layer == SYNTHETIC {
+                0
+            } else {
+                s.layer as usize
+            },
             nlink: s.nlink,
             id,
             tree: self,
@@ -416,12 +381,48 @@ impl LowerTree {
 /// the heap, or in a thread's arena) until asked, and a long-lived mount or daemon
 /// would carry them for its whole life.
 pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call
     // it at any time.
-    unsafe {
-        libc::malloc_trim(0);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let _ = unsafe { libc::malloc_trim(0) };
+}
+
+/// Turns the builder's maps into the compact tables: slots in id order, each
+/// directory's children a run sorted by name, names end to end. Names and links are
+/// counted afterwards ([`LowerTree::count_names`]).
+fn freeze(built: Vec<BuildNode<'_>>) -> Result<(Vec<Slot>, Vec<Child>, String), TreeError> {
+    let too_large = |_| TreeError::TooLarge;
+    let mut slots = Vec::with_capacity(built.len());
+    let total_children: usize = built.iter().map(|n| n.children.len()).sum();
+    let name_bytes: usize = built
+        .iter()
+        .flat_map(|n| n.children.keys())
+        .map(|k| k.len())
+        .sum();
+    let mut children = Vec::with_capacity(total_children);
+    let mut names = String::with_capacity(name_bytes);
+    for n in &built {
+        let first_child = u32::try_from(children.len()).map_err(too_large)?;
+        for (name, &id) in &n.children {
+            children.push(Child {
+                name_start: u32::try_from(names.len()).map_err(too_large)?,
+                name_len: u32::try_from(name.len()).map_err(too_large)?,
+                id,
+            });
+            names.push_str(name);
+        }
+        slots.push(Slot {
+            layer: n.layer,
+            entry: n.entry,
+            nlink: 0,
+            first_child,
+            child_count: u32::try_from(n.children.len()).map_err(too_large)?,
+            name: UNNAMED,
+            parent: ROOT,
+        });
     }
+    u32::try_from(names.len()).map_err(too_large)?;
+    Ok((slots, children, names))
 }
 
 /// The non-empty components of a path.
