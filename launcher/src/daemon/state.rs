@@ -395,7 +395,14 @@ impl DaemonState {
             skiff_fs::FetchTuning::default(),
         )
         .with_context(|| format!("merging the layers of {name}"))?;
-        tracing::info!(image = %name, layers = count, "image ready in memory");
+        let (index_bytes, tree_bytes) = lower.memory_size();
+        tracing::info!(
+            image = %name,
+            layers = count,
+            index_bytes,
+            tree_bytes,
+            "image ready in memory"
+        );
         Ok(ImageEntry {
             name,
             config,
