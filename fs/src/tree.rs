@@ -808,6 +808,38 @@ mod tests {
     }
 
     #[test]
+    fn a_big_tree_stays_compact() {
+        // 100,000 files in 400 directories: the tree holds ids and names only (the
+        // entries stay in the layer index), a few dozen bytes per file.
+        let mut entries = Vec::new();
+        for d in 0..400 {
+            entries.push(Entry::new(format!("pkg{d:03}"), EntryKind::Dir));
+            for f in 0..250 {
+                entries.push(Entry::new(
+                    format!("pkg{d:03}/file-{f:06}.txt"),
+                    EntryKind::Reg,
+                ));
+            }
+        }
+        let l = Arc::new(LayerIndex {
+            blob: Digest::of(b"x"),
+            blob_size: 0,
+            format: LayerFormat::Tar,
+            entries,
+            chunks: vec![],
+            checkpoints: vec![],
+            prefetch: vec![],
+        });
+        let t = LowerTree::build(vec![l]).unwrap();
+        assert_eq!(t.len(), 1 + 400 + 100_000);
+        let per_file = t.memory_size() / 100_000;
+        assert!(per_file <= 64, "{per_file} bytes per file");
+        let f = at(&t, "pkg123/file-000042.txt").unwrap();
+        assert_eq!(t.node(f).unwrap().paths(), vec!["pkg123/file-000042.txt"]);
+        assert_eq!(t.node(t.child(ROOT, "pkg123").unwrap()).unwrap().nlink, 2);
+    }
+
+    #[test]
     fn a_symlink_loop_in_a_parent_is_an_error_not_a_hang() {
         use EntryKind::*;
         let l = layer(vec![
