@@ -4,7 +4,10 @@
 # once, so its merged tree is in the daemon's memory and its chunks in the cache), of
 # the same run standalone (SKIFF_NO_DAEMON=1, same kind of warm root) and of `runc run`
 # on the image unpacked by umoci, interleaved, RUNS times each. Prints a table and the
-# ratios; then the daemon's RSS with every image mounted.
+# ratios, the daemon's RSS, and where one more warm run of each image spends its time
+# (from the debug log lines of the CLI and the daemon: CLI start -> request sent ->
+# daemon mounted (FUSE INIT done) -> container started and exited -> unmounted -> CLI
+# exit).
 #
 #   bash bench/daemon.sh [--runs 10] [--images python,gcc,node] [--format esgz]
 #        [--cache /var/tmp/skiff-bench] [--skiff PATH]
@@ -114,7 +117,7 @@ wait_quiet() {
 start_registry
 log "registry $REG (storage $CACHE/registry)"
 mkdir -p "$WORK/d"
-start_daemon "$WORK/d"
+RUST_LOG=info,skiff=debug,fuser=warn start_daemon "$WORK/d"
 log "daemon pid $DAEMON_PID on $WORK/d"
 IFS=, read -r -a IMGS <<<"$IMAGES"
 echo -e "image\tdaemon_s\tstandalone_s\trunc_s" >"$WORK/medians.tsv"
@@ -140,6 +143,50 @@ for img in "${IMGS[@]}"; do
 done
 rss_runs=$(rss_mb "$DAEMON_PID") hwm_runs=$(rss_mb "$DAEMON_PID" VmHWM)
 
+# trace IMAGE: one more warm run through the daemon with debug logs; prints its phases.
+trace() {
+    image_cmd "$1"
+    local t0 t1 mark
+    mark=$(wc -l <"$WORK/daemon-d.log")
+    t0=$(now_s)
+    RUST_LOG=skiff=debug "$SKIFF" --root "$WORK/d" run --rm "$REG/bench/$1:$FORMAT" "${CMD[@]}" \
+        </dev/null >/dev/null 2>"$WORK/trace-$1.cli"
+    t1=$(now_s)
+    tail -n +"$((mark + 1))" "$WORK/daemon-d.log" >"$WORK/trace-$1.daemon"
+    python3 - "$1" "$t0" "$t1" "$WORK/trace-$1.cli" "$WORK/trace-$1.daemon" <<'PY'
+import re, sys, datetime
+img, t0, t1, cli, daemon = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+ansi = re.compile(r"\x1b\[[0-9;]*m")
+def first(path, needle):
+    for line in open(path, errors="replace"):
+        line = ansi.sub("", line)
+        if needle in line:
+            ts = line.split()[0].rstrip("Z")
+            return datetime.datetime.fromisoformat(ts).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return None
+marks = [
+    ("CLI start -> daemon found", first(cli, "using the daemon")),
+    ("-> mount request read", first(daemon, "request req=Mount")),
+    ("-> mounted (FUSE INIT answered)", first(daemon, "mounted id=")),
+    ("-> CLI has the view", first(cli, "the daemon mounted the view")),
+    ("-> container ran, unmount asked", first(daemon, "request req=Unmount")),
+    ("-> unmounted", first(daemon, "unmounted mountpoint")),
+    ("-> CLI exit", t1),
+]
+prev, parts = t0, []
+for name, t in marks:
+    if t is None:
+        parts.append(f"{name}: ?")
+        continue
+    parts.append(f"{name} {1000 * (t - prev):.1f} ms")
+    prev = t
+print(f"| {img} | {1000 * (t1 - t0):.0f} ms | " + "; ".join(parts) + " |")
+PY
+}
+echo "| image | traced warm run | phases |" >"$WORK/trace.md"
+echo "|---|---|---|" >>"$WORK/trace.md"
+for img in "${IMGS[@]}"; do trace "$img" >>"$WORK/trace.md"; done
+
 echo
 echo "Warm start, median of $RUNS (seconds; $FORMAT images; skiff $SKIFF)"
 echo
@@ -148,5 +195,7 @@ echo "|---|---|---|---|---|---|"
 tail -n +2 "$WORK/medians.tsv" | awk -F'\t' '{printf "| %s | %.3f | %.3f | %.3f | %.2f× | %.2f× |\n", $1, $2, $3, $4, $2/$4, $3/$4}'
 echo
 echo "daemon RSS after the runs: ${rss_runs} MB (peak ${hwm_runs} MB)"
+echo
+cat "$WORK/trace.md"
 exit 0
 }
