@@ -308,7 +308,7 @@ impl Nodes {
             let n = self.node(cur)?;
             let known = |(p, _): &&Name| *p == ROOT_INO || self.nodes.contains_key(p);
             let (p, name) = n.names.iter().rev().find(known).ok_or(Errno::ENOENT)?;
-            parts.push(name.as_os_str());
+            parts.push(&**name);
             cur = *p;
             if parts.len() > MAX_DEPTH {
                 return Err(Errno::ELOOP);
