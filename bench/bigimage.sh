@@ -155,7 +155,7 @@ for fmt in gzip esgz; do
 done
 
 mkdir -p "$WORK/d"
-start_daemon "$WORK/d" --mem-cache-mib "$MEM_CACHE"
+RUST_LOG=info,fuser=warn start_daemon "$WORK/d" --mem-cache-mib "$MEM_CACHE"
 base=$(rss_mb "$DAEMON_PID")
 # dmount REF DIR: a mount through the daemon; sets MOUNT_S.
 dmount() {
