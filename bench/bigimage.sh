@@ -19,7 +19,8 @@
 # Needs root, umoci, skopeo, jq, docker-registry; for the daemon part, the images of
 # bench/coldstart.sh in --cache (without them the daemon mounts only the big image).
 # The image (400 directories of small files, text of varied length) is built once into
-# CACHE/oci:big-N and pushed to the bench registry as bench/big-N:{gzip,esgz}.
+# CACHE/oci:big-N and pushed to the bench registry as bench/big-N:{gzip,esgz,zstd}
+# (bench/lib/images.sh); gzip and esgz are measured.
 {
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -120,19 +121,8 @@ start_registry
 log "registry $REG"
 build_big
 ref=$REG/bench/$NAME
-if ! registry_has "$ref:gzip"; then
-    log "pushing $NAME:gzip"
-    skopeo copy -q --dest-tls-verify=false "oci:$CACHE/oci:$NAME" "docker://$ref:gzip"
-fi
-if ! registry_has "$ref:esgz"; then
-    log "pushing $NAME:esgz (skiff convert)"
-    "$SKIFF" convert -q "$ref:gzip" "$ref:esgz"
-fi
-if [ ! -f "$CACHE/stamps/index-$NAME" ]; then
-    log "publishing the checkpoint index of $NAME:gzip"
-    "$SKIFF" --root "$WORK/index-root" index -q --push "$ref:gzip"
-    touch "$CACHE/stamps/index-$NAME"
-fi
+# :gzip with its published index, :esgz, :zstd, as for the other bench images
+push_variant "$NAME"
 
 echo
 echo "Standalone \`skiff mount\` of $NAME ($FILES files; skiff $SKIFF)"

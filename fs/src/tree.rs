@@ -33,21 +33,10 @@ const SYNTHETIC: u32 = u32::MAX;
 const UNNAMED: u32 = u32::MAX;
 
 /// The metadata of a directory the tree made up: mode 0755, owned by root, time 0.
-static SYNTHETIC_DIR: Entry = Entry {
-    path: String::new(),
-    kind: EntryKind::Dir,
-    mode: 0o755,
-    uid: 0,
-    gid: 0,
-    mtime: 0,
-    mtime_nsec: 0,
-    size: 0,
-    link: String::new(),
-    dev_major: 0,
-    dev_minor: 0,
-    xattrs: Vec::new(),
-    first_chunk: 0,
-    chunk_count: 0,
+static SYNTHETIC_DIR: Entry = {
+    let mut e = Entry::new(String::new(), EntryKind::Dir);
+    e.mode = 0o755;
+    e
 };
 
 /// Errors from building the merged tree.

@@ -151,7 +151,7 @@ pub struct Entry {
 
 impl Entry {
     /// A bare entry with zeroed metadata, for builders to fill in.
-    pub fn new(path: String, kind: EntryKind) -> Entry {
+    pub const fn new(path: String, kind: EntryKind) -> Entry {
         Entry {
             path,
             kind,
