@@ -43,18 +43,19 @@ wait_mounted() {
     return 1
 }
 
-# start_daemon ROOT: `skiff daemon` on ROOT in the background; sets DAEMON_PID once its
-# socket answers.
+# start_daemon ROOT [ARGS...]: `skiff daemon ARGS` on ROOT in the background; sets
+# DAEMON_PID once its socket answers.
 start_daemon() {
-    "$SKIFF" --root "$1" daemon >"$WORK/daemon-$(basename "$1").log" 2>&1 &
+    local root=$1; shift
+    "$SKIFF" --root "$root" daemon "$@" >"$WORK/daemon-$(basename "$root").log" 2>&1 &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
     local i
     for i in $(seq 300); do
-        "$SKIFF" --root "$1" daemon status >/dev/null 2>&1 && return 0
+        "$SKIFF" --root "$root" daemon status >/dev/null 2>&1 && return 0
         kill -0 "$DAEMON_PID" 2>/dev/null || break
         sleep 0.1
     done
-    cat "$WORK/daemon-$(basename "$1").log" >&2
+    cat "$WORK/daemon-$(basename "$root").log" >&2
     return 1
 }

@@ -222,6 +222,12 @@ impl SharedLower {
         &self.layers
     }
 
+    /// Approximate bytes of memory the layer indexes and the merged tree take.
+    pub fn memory_size(&self) -> (usize, usize) {
+        let indexes = self.layers.iter().map(|l| l.index.memory_size()).sum();
+        (indexes, self.tree.memory_size())
+    }
+
     /// The chunk cache the fetcher reads into.
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache

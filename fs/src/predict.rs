@@ -184,8 +184,8 @@ impl Predictor {
         let Some((layer, chunks)) = self.chunks_for(id, &[0..HEAD_BYTES]) else {
             return;
         };
-        if let Some(path) = self.tree.node(id).and_then(|n| n.paths.first()) {
-            tracing::debug!(path, "predicted: the loader will open it");
+        if let Some(path) = self.tree.node(id).and_then(|n| n.path()) {
+            tracing::debug!(path = %path, "predicted: the loader will open it");
         }
         self.fetch_then_examine(id, layer, chunks, true, false);
     }
@@ -248,10 +248,9 @@ impl Predictor {
         let path = self
             .tree
             .node(id)
-            .and_then(|n| n.paths.first())
-            .map(String::as_str)
-            .unwrap_or("");
-        let dir = crate::tree::split(path).0;
+            .and_then(|n| n.path())
+            .unwrap_or_default();
+        let dir = crate::tree::split(&path).0;
         format!("/{dir}")
     }
 

@@ -132,8 +132,10 @@ impl LowerReader {
             return done(Ok(Vec::new()));
         }
         let end = fsize.min(offset.saturating_add(u64::from(size)));
-        if let (Some(rec), Some(path)) = (&self.config.recorder, ln.paths.first()) {
-            rec.record(path, offset, end);
+        if let Some(rec) = &self.config.recorder {
+            if let Some(path) = ln.path() {
+                rec.record(&path, offset, end);
+            }
         }
         let (sequential, continued) = {
             let mut ends = self.read_ends.lock();

@@ -4,12 +4,17 @@
 //!
 //! Node ids are assigned in a deterministic order from the layer indexes, so the same
 //! image always gets the same inode numbers (see [`LowerTree::ino`]).
+//!
+//! Stored compactly, since an image may have hundreds of thousands of files: a node
+//! points at its entry in the layer index (no copy), each directory's children are a
+//! run of one array sorted by name (looked up by binary search), all names live end
+//! to end in one string, and paths are rebuilt from parent links when asked for.
 
 use skiff_proto::index::{Entry, EntryKind, LayerIndex};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-/// Index of a node in [`LowerTree::nodes`].
+/// Index of a node in the merged tree.
 pub type LowerId = u32;
 
 /// The id of the root directory.
@@ -18,6 +23,21 @@ pub const ROOT: LowerId = 0;
 /// Symlinks followed while resolving one entry's parent before giving up, as the
 /// kernel's path walk does (ELOOP).
 const MAX_SYMLINK_HOPS: usize = 40;
+
+/// [`Slot::layer`] of a directory the tree made up (the root until a layer names it,
+/// parents a layer's entries need but the layer lacks): its entry is
+/// [`SYNTHETIC_DIR`].
+const SYNTHETIC: u32 = u32::MAX;
+
+/// [`Slot::name`] of a node no directory names (the root, or replaced entries).
+const UNNAMED: u32 = u32::MAX;
+
+/// The metadata of a directory the tree made up: mode 0755, owned by root, time 0.
+static SYNTHETIC_DIR: Entry = {
+    let mut e = Entry::new(String::new(), EntryKind::Dir);
+    e.mode = 0o755;
+    e
+};
 
 /// Errors from building the merged tree.
 #[derive(Debug, thiserror::Error)]
@@ -38,31 +58,121 @@ pub enum TreeError {
         /// The entry being applied.
         path: String,
     },
-    /// The tree has more nodes than fit in a node id.
+    /// The tree has more nodes (or longer names in all) than fit in its 32-bit ids.
     #[error("too many entries in the merged tree")]
     TooLarge,
 }
 
-/// One file, directory or special file of the merged lower tree.
-#[derive(Debug, Clone)]
-pub struct LowerNode {
+/// One node of the merged tree, as stored: where its metadata is and where it sits,
+/// with no heap data of its own (a 100,000-file image's tree is a few MB).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Layer of the entry, or [`SYNTHETIC`].
+    layer: u32,
+    /// Position of the entry in that layer's [`LayerIndex::entries`].
+    entry: u32,
+    /// How many names in the merged tree refer to this node (directories: 2 + subdirs).
+    nlink: u32,
+    /// Its children: `children[first_child..first_child + child_count]`, by name.
+    first_child: u32,
+    /// See `first_child`.
+    child_count: u32,
+    /// The position in `children` of its first name (in the order of a depth-first
+    /// walk by name), or [`UNNAMED`]; further names of hard links are in `more_names`.
+    name: u32,
+    /// The directory holding that name.
+    parent: LowerId,
+}
+
+/// One name in a directory.
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    /// Where the name starts in [`LowerTree::names`].
+    name_start: u32,
+    /// Its length in bytes.
+    name_len: u32,
+    /// The node it names.
+    id: LowerId,
+}
+
+/// One file, directory or special file of the merged lower tree: a view into
+/// [`LowerTree`] ([`LowerTree::node`]).
+#[derive(Clone, Copy)]
+pub struct LowerNode<'a> {
     /// The entry's metadata (from the topmost layer that provides it). For a
     /// hard link this is the target's entry, with kind `Reg` (or the target's kind).
-    pub entry: Entry,
-    /// Layer the entry (and its chunks) come from.
+    pub entry: &'a Entry,
+    /// Layer the entry (and its chunks) come from (0 for directories the tree made
+    /// up).
     pub layer: usize,
-    /// Children by name, for directories.
-    pub children: BTreeMap<String, LowerId>,
     /// How many names in the merged tree refer to this node (directories: 2 + subdirs).
     pub nlink: u32,
-    /// All paths that name this node (more than one only for hard links).
-    pub paths: Vec<String>,
+    id: LowerId,
+    tree: &'a LowerTree,
+}
+
+impl std::fmt::Debug for LowerNode<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LowerNode")
+            .field("id", &self.id)
+            .field("entry", self.entry)
+            .field("layer", &self.layer)
+            .field("nlink", &self.nlink)
+            .finish()
+    }
+}
+
+impl<'a> LowerNode<'a> {
+    /// Children by name, in byte order (directories; empty for anything else).
+    pub fn children(&self) -> impl Iterator<Item = (&'a str, LowerId)> + 'a {
+        let tree = self.tree;
+        tree.child_range(self.id)
+            .iter()
+            .map(move |c| (tree.name_of(c), c.id))
+    }
+
+    /// Whether the directory has any child.
+    pub fn has_children(&self) -> bool {
+        !self.tree.child_range(self.id).is_empty()
+    }
+
+    /// All paths that name this node (more than one only for hard links), the first
+    /// one first (the first met walking the tree depth-first by name).
+    pub fn paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(slot) = self.tree.slots.get(self.id as usize) else {
+            return out;
+        };
+        if slot.name == UNNAMED {
+            return out;
+        }
+        out.push(self.tree.path_of(slot.parent, slot.name));
+        let more = &self.tree.more_names;
+        let from = more.partition_point(|&(id, _, _)| id < self.id);
+        for &(_, parent, name) in more[from..].iter().take_while(|m| m.0 == self.id) {
+            out.push(self.tree.path_of(parent, name));
+        }
+        out
+    }
+
+    /// The first of [`LowerNode::paths`], without building the others.
+    pub fn path(&self) -> Option<String> {
+        let slot = self.tree.slots.get(self.id as usize)?;
+        (slot.name != UNNAMED).then(|| self.tree.path_of(slot.parent, slot.name))
+    }
 }
 
 /// The merged view of all lower layers.
 pub struct LowerTree {
     /// All nodes; some may be unreachable (replaced or whited out).
-    pub nodes: Vec<LowerNode>,
+    slots: Vec<Slot>,
+    /// Every directory's children, a directory's run sorted by name.
+    children: Vec<Child>,
+    /// The children's names, end to end.
+    names: String,
+    /// Names after the first of nodes with several (hard links): (node, directory,
+    /// position in `children`), sorted by node, each node's in walk order.
+    more_names: Vec<(LowerId, LowerId, u32)>,
     /// The layer indexes, bottom first.
     pub layers: Vec<Arc<LayerIndex>>,
 }
@@ -70,18 +180,278 @@ pub struct LowerTree {
 impl LowerTree {
     /// Folds `layers` (bottom first) into one tree.
     pub fn build(layers: Vec<Arc<LayerIndex>>) -> Result<LowerTree, TreeError> {
-        let mut root = Entry::new(String::new(), EntryKind::Dir);
-        root.mode = 0o755;
+        let (slots, children, names) = freeze(Builder::fold(&layers)?)?;
+        let mut tree = LowerTree {
+            slots,
+            children,
+            names,
+            more_names: Vec::new(),
+            layers,
+        };
+        tree.count_names();
+        release_free_memory();
+        Ok(tree)
+    }
+
+    /// Sets every reachable node's link count and names.
+    fn count_names(&mut self) {
+        let mut stack = vec![ROOT];
+        self.slots[ROOT as usize].nlink = 2;
+        while let Some(dir) = stack.pop() {
+            let s = self.slots[dir as usize];
+            let run = s.first_child..s.first_child + s.child_count;
+            for pos in run {
+                let child = self.children[pos as usize].id;
+                if self.entry_of(child).kind == EntryKind::Dir {
+                    self.slots[child as usize].nlink = 2;
+                    self.slots[dir as usize].nlink += 1;
+                    stack.push(child);
+                } else {
+                    self.slots[child as usize].nlink += 1;
+                }
+                let c = &mut self.slots[child as usize];
+                if c.name == UNNAMED {
+                    c.name = pos;
+                    c.parent = dir;
+                } else {
+                    self.more_names.push((child, dir, pos));
+                }
+            }
+        }
+        // Stable: each node's names stay in walk order.
+        self.more_names.sort_by_key(|m| m.0);
+        self.more_names.shrink_to_fit();
+    }
+
+    /// The entry a node's metadata comes from.
+    fn entry_of(&self, id: LowerId) -> &Entry {
+        let s = &self.slots[id as usize];
+        if s.layer == SYNTHETIC {
+            return &SYNTHETIC_DIR;
+        }
+        &self.layers[s.layer as usize].entries[s.entry as usize]
+    }
+
+    /// The children of `id`, sorted by name.
+    fn child_range(&self, id: LowerId) -> &[Child] {
+        match self.slots.get(id as usize) {
+            Some(s) => {
+                let start = s.first_child as usize;
+                &self.children[start..start + s.child_count as usize]
+            }
+            None => &[],
+        }
+    }
+
+    fn name_of(&self, c: &Child) -> &str {
+        let start = c.name_start as usize;
+        &self.names[start..start + c.name_len as usize]
+    }
+
+    /// The path of the name at `children[pos]` in directory `dir`.
+    fn path_of(&self, mut dir: LowerId, pos: u32) -> String {
+        let mut parts = vec![self.name_of(&self.children[pos as usize])];
+        while dir != ROOT {
+            let s = &self.slots[dir as usize];
+            if s.name == UNNAMED {
+                break;
+            }
+            parts.push(self.name_of(&self.children[s.name as usize]));
+            dir = s.parent;
+        }
+        parts.reverse();
+        parts.join("/")
+    }
+
+    /// How many nodes the tree has (reachable or not).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the tree has no node (never: the root is always there).
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The node with id `id`.
+    pub fn node(&self, id: LowerId) -> Option<LowerNode<'_>> {
+        let s = self.slots.get(id as usize)?;
+        Some(LowerNode {
+            entry: self.entry_of(id),
+            layer: if s.layer == SYNTHETIC {
+                0
+            } else {
+                s.layer as usize
+            },
+            nlink: s.nlink,
+            id,
+            tree: self,
+        })
+    }
+
+    /// The child `name` of directory `dir`.
+    pub fn child(&self, dir: LowerId, name: &str) -> Option<LowerId> {
+        let run = self.child_range(dir);
+        run.binary_search_by(|c| self.name_of(c).cmp(name))
+            .ok()
+            .map(|i| run[i].id)
+    }
+
+    /// Approximate bytes of memory the tree itself occupies (not its layer indexes).
+    pub fn memory_size(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<LowerTree>()
+            + self.slots.capacity() * size_of::<Slot>()
+            + self.children.capacity() * size_of::<Child>()
+            + self.names.capacity()
+            + self.more_names.capacity() * size_of::<(LowerId, LowerId, u32)>()
+    }
+
+    /// The inode number of a lower node: stable for the same layer indexes.
+    pub fn ino(id: LowerId) -> u64 {
+        u64::from(id) + 1
+    }
+
+    /// The lower node for an inode number from [`LowerTree::ino`].
+    pub fn id_of(&self, ino: u64) -> Option<LowerId> {
+        let id = LowerId::try_from(ino.checked_sub(1)?).ok()?;
+        (id as usize).lt(&self.slots.len()).then_some(id)
+    }
+
+    /// The regular file at absolute `path` in the merged tree, following symlinks
+    /// (within the root: `..` stops there, absolute targets start from it).
+    pub fn resolve_file(&self, path: &str) -> Option<LowerId> {
+        let mut hops = 0;
+        let mut stack: Vec<LowerId> = vec![ROOT];
+        let mut todo: Vec<&str> = components(path);
+        todo.reverse();
+        while let Some(name) = todo.pop() {
+            let dir = *stack.last()?;
+            match name {
+                "." => continue,
+                ".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let id = self.child(dir, name)?;
+            let entry = self.entry_of(id);
+            if entry.kind == EntryKind::Symlink {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return None;
+                }
+                if entry.link.starts_with('/') {
+                    stack.truncate(1);
+                }
+                let mut target = components(&entry.link);
+                target.reverse();
+                todo.extend(target);
+                continue;
+            }
+            stack.push(id);
+        }
+        let id = *stack.last()?;
+        (self.entry_of(id).kind == EntryKind::Reg).then_some(id)
+    }
+
+    /// The layer index a node's entry comes from.
+    pub fn layer_of(&self, id: LowerId) -> Option<&Arc<LayerIndex>> {
+        self.layers.get(self.node(id)?.layer)
+    }
+}
+
+/// Hands the heap's free pages back to the kernel. Decoding the layer indexes and
+/// building the tree free tens of MB of temporary allocations for a big image (and an
+/// unmount frees a mount's inode table); glibc keeps them resident (in the middle of
+/// the heap, or in a thread's arena) until asked, and a long-lived mount or daemon
+/// would carry them for its whole life.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only returns free memory to the kernel; any thread may call
+    // it at any time.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let _ = unsafe { libc::malloc_trim(0) };
+}
+
+/// Turns the builder's maps into the compact tables: slots in id order, each
+/// directory's children a run sorted by name, names end to end. Names and links are
+/// counted afterwards ([`LowerTree::count_names`]).
+fn freeze(built: Vec<BuildNode<'_>>) -> Result<(Vec<Slot>, Vec<Child>, String), TreeError> {
+    let too_large = |_| TreeError::TooLarge;
+    let mut slots = Vec::with_capacity(built.len());
+    let total_children: usize = built.iter().map(|n| n.children.len()).sum();
+    let name_bytes: usize = built
+        .iter()
+        .flat_map(|n| n.children.keys())
+        .map(|k| k.len())
+        .sum();
+    let mut children = Vec::with_capacity(total_children);
+    let mut names = String::with_capacity(name_bytes);
+    for n in &built {
+        let first_child = u32::try_from(children.len()).map_err(too_large)?;
+        for (name, &id) in &n.children {
+            children.push(Child {
+                name_start: u32::try_from(names.len()).map_err(too_large)?,
+                name_len: u32::try_from(name.len()).map_err(too_large)?,
+                id,
+            });
+            names.push_str(name);
+        }
+        slots.push(Slot {
+            layer: n.layer,
+            entry: n.entry,
+            nlink: 0,
+            first_child,
+            child_count: u32::try_from(n.children.len()).map_err(too_large)?,
+            name: UNNAMED,
+            parent: ROOT,
+        });
+    }
+    u32::try_from(names.len()).map_err(too_large)?;
+    Ok((slots, children, names))
+}
+
+/// The non-empty components of a path.
+fn components(path: &str) -> Vec<&str> {
+    path.split('/').filter(|c| !c.is_empty()).collect()
+}
+
+/// A node while the tree is being built: its children in a map (names borrowed from
+/// the layer indexes, so building copies no string).
+struct BuildNode<'a> {
+    layer: u32,
+    entry: u32,
+    children: BTreeMap<&'a str, LowerId>,
+}
+
+impl BuildNode<'_> {
+    fn synthetic_dir() -> Self {
+        BuildNode {
+            layer: SYNTHETIC,
+            entry: 0,
+            children: BTreeMap::new(),
+        }
+    }
+}
+
+struct Builder<'a> {
+    layers: &'a [Arc<LayerIndex>],
+    nodes: Vec<BuildNode<'a>>,
+}
+
+impl<'a> Builder<'a> {
+    /// Applies `layers` (bottom first) with the OCI rules.
+    fn fold(layers: &'a [Arc<LayerIndex>]) -> Result<Vec<BuildNode<'a>>, TreeError> {
         let mut b = Builder {
-            nodes: vec![LowerNode {
-                entry: root,
-                layer: 0,
-                children: BTreeMap::new(),
-                nlink: 0,
-                paths: Vec::new(),
-            }],
+            layers,
+            nodes: vec![BuildNode::synthetic_dir()],
         };
         for (li, layer) in layers.iter().enumerate() {
+            let layer: &'a LayerIndex = layer;
+            let li32 = u32::try_from(li).map_err(|_| TreeError::TooLarge)?;
             // Opaque markers and whiteouts apply to the layers below, whatever their
             // position in this layer's tar, so they go first.
             for e in &layer.entries {
@@ -89,7 +459,7 @@ impl LowerTree {
                     if let Some(id) = b.resolve(&e.path)? {
                         // Opaque on a symlink clears the directory it points to, as
                         // the applier's RemoveAll under the resolved path does.
-                        let id = match b.nodes[id as usize].entry.kind {
+                        let id = match b.entry(id).kind {
                             EntryKind::Symlink => b.walk_dir(&e.path, &e.path, false)?,
                             _ => Some(id),
                         };
@@ -104,13 +474,14 @@ impl LowerTree {
                     b.remove(&e.path)?;
                 }
             }
-            for e in &layer.entries {
+            for (ei, e) in layer.entries.iter().enumerate() {
+                let ei = u32::try_from(ei).map_err(|_| TreeError::TooLarge)?;
                 match e.kind {
                     EntryKind::Whiteout | EntryKind::Opaque => {}
                     EntryKind::Hardlink => {
                         let target = b
                             .resolve(&e.link)?
-                            .filter(|&t| b.nodes[t as usize].entry.kind != EntryKind::Dir);
+                            .filter(|&t| b.entry(t).kind != EntryKind::Dir);
                         let Some(target) = target else {
                             return Err(TreeError::BadHardlink {
                                 layer: li,
@@ -127,153 +498,59 @@ impl LowerTree {
                         if e.path.is_empty() {
                             // The root directory's own metadata.
                             if e.kind == EntryKind::Dir {
-                                b.nodes[0].entry = e.clone();
+                                let root = &mut b.nodes[ROOT as usize];
+                                root.layer = li32;
+                                root.entry = ei;
                             }
                             continue;
                         }
                         if e.kind == EntryKind::Dir {
                             if let Some(existing) = b.resolve(&e.path)? {
-                                let n = &mut b.nodes[existing as usize];
-                                if n.entry.kind == EntryKind::Dir {
+                                if b.entry(existing).kind == EntryKind::Dir {
                                     // A directory over a directory merges: new metadata,
                                     // children kept.
-                                    n.entry = e.clone();
-                                    n.layer = li;
+                                    let n = &mut b.nodes[existing as usize];
+                                    n.layer = li32;
+                                    n.entry = ei;
                                     continue;
                                 }
                             }
                         }
-                        let id = b.push(LowerNode {
-                            entry: e.clone(),
-                            layer: li,
+                        let id = b.push(BuildNode {
+                            layer: li32,
+                            entry: ei,
                             children: BTreeMap::new(),
-                            nlink: 0,
-                            paths: Vec::new(),
                         })?;
                         b.attach(&e.path, id)?;
                     }
                 }
             }
         }
-        let mut nodes = b.nodes;
-        // Count names: walk the reachable tree once.
-        let mut stack = vec![(ROOT, String::new())];
-        nodes[0].nlink = 2;
-        while let Some((id, path)) = stack.pop() {
-            let children: Vec<(String, LowerId)> = nodes[id as usize]
-                .children
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect();
-            for (name, child) in children {
-                let cpath = if path.is_empty() {
-                    name
-                } else {
-                    format!("{path}/{name}")
-                };
-                let c = &mut nodes[child as usize];
-                if c.entry.kind == EntryKind::Dir {
-                    c.nlink = 2;
-                    nodes[id as usize].nlink += 1;
-                    stack.push((child, cpath.clone()));
-                } else {
-                    c.nlink += 1;
-                }
-                nodes[child as usize].paths.push(cpath);
-            }
+        Ok(b.nodes)
+    }
+
+    /// The entry node `id` stands for.
+    fn entry(&self, id: LowerId) -> &'a Entry {
+        let n = &self.nodes[id as usize];
+        if n.layer == SYNTHETIC {
+            return &SYNTHETIC_DIR;
         }
-        Ok(LowerTree { nodes, layers })
+        let layers: &'a [Arc<LayerIndex>] = self.layers;
+        &layers[n.layer as usize].entries[n.entry as usize]
     }
 
-    /// The node with id `id`.
-    pub fn node(&self, id: LowerId) -> Option<&LowerNode> {
-        self.nodes.get(id as usize)
-    }
-
-    /// The child `name` of directory `dir`.
-    pub fn child(&self, dir: LowerId, name: &str) -> Option<LowerId> {
-        self.node(dir)?.children.get(name).copied()
-    }
-
-    /// The inode number of a lower node: stable for the same layer indexes.
-    pub fn ino(id: LowerId) -> u64 {
-        u64::from(id) + 1
-    }
-
-    /// The lower node for an inode number from [`LowerTree::ino`].
-    pub fn id_of(&self, ino: u64) -> Option<LowerId> {
-        let id = LowerId::try_from(ino.checked_sub(1)?).ok()?;
-        (id as usize).lt(&self.nodes.len()).then_some(id)
-    }
-
-    /// The regular file at absolute `path` in the merged tree, following symlinks
-    /// (within the root: `..` stops there, absolute targets start from it).
-    pub fn resolve_file(&self, path: &str) -> Option<LowerId> {
-        let mut hops = 0;
-        let mut stack: Vec<LowerId> = vec![ROOT];
-        let mut todo: Vec<String> = components(path);
-        todo.reverse();
-        while let Some(name) = todo.pop() {
-            let dir = *stack.last()?;
-            match name.as_str() {
-                "." => continue,
-                ".." => {
-                    if stack.len() > 1 {
-                        stack.pop();
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            let id = self.child(dir, &name)?;
-            let node = self.node(id)?;
-            if node.entry.kind == EntryKind::Symlink {
-                hops += 1;
-                if hops > MAX_SYMLINK_HOPS {
-                    return None;
-                }
-                if node.entry.link.starts_with('/') {
-                    stack.truncate(1);
-                }
-                let mut target = components(&node.entry.link);
-                target.reverse();
-                todo.extend(target);
-                continue;
-            }
-            stack.push(id);
-        }
-        let id = *stack.last()?;
-        (self.node(id)?.entry.kind == EntryKind::Reg).then_some(id)
-    }
-
-    /// The layer index a node's entry comes from.
-    pub fn layer_of(&self, id: LowerId) -> Option<&Arc<LayerIndex>> {
-        self.layers.get(self.node(id)?.layer)
-    }
-}
-
-/// The non-empty components of a path.
-fn components(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|c| !c.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-struct Builder {
-    nodes: Vec<LowerNode>,
-}
-
-impl Builder {
-    fn push(&mut self, n: LowerNode) -> Result<LowerId, TreeError> {
+    fn push(&mut self, n: BuildNode<'a>) -> Result<LowerId, TreeError> {
         let id = LowerId::try_from(self.nodes.len()).map_err(|_| TreeError::TooLarge)?;
+        if id == UNNAMED {
+            return Err(TreeError::TooLarge);
+        }
         self.nodes.push(n);
         Ok(id)
     }
 
     /// The node at `path`: its parent directory resolved as [`Builder::walk_dir`] does
     /// (symlinks followed within the root), its last component taken as it is.
-    fn resolve(&mut self, path: &str) -> Result<Option<LowerId>, TreeError> {
+    fn resolve(&mut self, path: &'a str) -> Result<Option<LowerId>, TreeError> {
         if path.is_empty() {
             return Ok(Some(ROOT));
         }
@@ -284,7 +561,7 @@ impl Builder {
         Ok(self.nodes[dir as usize].children.get(name).copied())
     }
 
-    fn remove(&mut self, path: &str) -> Result<(), TreeError> {
+    fn remove(&mut self, path: &'a str) -> Result<(), TreeError> {
         let (parent, name) = split(path);
         if let Some(p) = self.walk_dir(parent, path, false)? {
             self.nodes[p as usize].children.remove(name);
@@ -294,12 +571,10 @@ impl Builder {
 
     /// Puts `id` at `path`, creating missing parent directories (as tar extractors do)
     /// and replacing whatever was there.
-    fn attach(&mut self, path: &str, id: LowerId) -> Result<(), TreeError> {
+    fn attach(&mut self, path: &'a str, id: LowerId) -> Result<(), TreeError> {
         let (parent, name) = split(path);
         if let Some(dir) = self.walk_dir(parent, path, true)? {
-            self.nodes[dir as usize]
-                .children
-                .insert(name.to_string(), id);
+            self.nodes[dir as usize].children.insert(name, id);
         }
         Ok(())
     }
@@ -313,18 +588,18 @@ impl Builder {
     /// is the path being applied, for the error.
     fn walk_dir(
         &mut self,
-        dir: &str,
+        dir: &'a str,
         entry: &str,
         create: bool,
     ) -> Result<Option<LowerId>, TreeError> {
         // Components still to walk, front first; symlink targets are spliced in.
-        let mut pending: VecDeque<String> = dir.split('/').map(str::to_string).collect();
+        let mut pending: VecDeque<&'a str> = dir.split('/').collect();
         // The directories walked so far, root first, so `..` can go back up.
         let mut stack = vec![ROOT];
         let mut hops = 0;
         while let Some(part) = pending.pop_front() {
             let cur = *stack.last().unwrap_or(&ROOT);
-            match part.as_str() {
+            match part {
                 "" | "." => continue,
                 ".." => {
                     if stack.len() > 1 {
@@ -334,35 +609,27 @@ impl Builder {
                 }
                 _ => {}
             }
-            let next = self.nodes[cur as usize].children.get(&part).copied();
-            match next.map(|n| (n, self.nodes[n as usize].entry.kind)) {
-                Some((n, EntryKind::Dir)) => stack.push(n),
-                Some((n, EntryKind::Symlink)) => {
+            let next = self.nodes[cur as usize].children.get(part).copied();
+            match next.map(|n| (n, self.entry(n))) {
+                Some((n, e)) if e.kind == EntryKind::Dir => stack.push(n),
+                Some((_, e)) if e.kind == EntryKind::Symlink => {
                     hops += 1;
                     if hops > MAX_SYMLINK_HOPS {
                         return Err(TreeError::SymlinkLoop {
                             path: entry.to_string(),
                         });
                     }
-                    let target = &self.nodes[n as usize].entry.link;
+                    let target: &'a str = &e.link;
                     if target.starts_with('/') {
                         stack.truncate(1);
                     }
                     for p in target.split('/').rev() {
-                        pending.push_front(p.to_string());
+                        pending.push_front(p);
                     }
                 }
                 _ if !create => return Ok(None),
                 _ => {
-                    let mut e = Entry::new(String::new(), EntryKind::Dir);
-                    e.mode = 0o755;
-                    let n = self.push(LowerNode {
-                        entry: e,
-                        layer: 0,
-                        children: BTreeMap::new(),
-                        nlink: 0,
-                        paths: Vec::new(),
-                    })?;
+                    let n = self.push(BuildNode::synthetic_dir())?;
                     self.nodes[cur as usize].children.insert(part, n);
                     stack.push(n);
                 }
@@ -463,6 +730,16 @@ mod tests {
         assert_eq!(t.child(ROOT, "g"), Some(f));
         assert_eq!(t.node(f).unwrap().nlink, 3);
         assert_eq!(t.node(ROOT).unwrap().nlink, 4);
+        // Every name of the hard-linked file, in walk order; one for the others.
+        assert_eq!(t.node(f).unwrap().paths(), vec!["f", "g", "h"]);
+        assert_eq!(t.node(f).unwrap().path().as_deref(), Some("f"));
+        let y = t.child(a, "y").unwrap();
+        assert_eq!(t.node(y).unwrap().paths(), vec!["a/y"]);
+        assert!(t.node(ROOT).unwrap().paths().is_empty());
+        let names: Vec<&str> = t.node(b).unwrap().children().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["new"]);
+        let names: Vec<&str> = t.node(ROOT).unwrap().children().map(|(n, _)| n).collect();
+        assert_eq!(names, vec!["a", "b", "f", "g", "h"]);
     }
 
     /// The path of `path`'s node, walking children by name only (no symlinks).
@@ -502,7 +779,7 @@ mod tests {
         assert!(at(&t, "usr/share/doc").is_some());
         assert_eq!(t.child(ROOT, "share"), None);
         assert_eq!(
-            t.node(at(&t, "usr/bin/tool").unwrap()).unwrap().paths,
+            t.node(at(&t, "usr/bin/tool").unwrap()).unwrap().paths(),
             vec!["usr/bin/tool".to_string()]
         );
     }
@@ -517,6 +794,38 @@ mod tests {
         assert_eq!(t.node(bin).unwrap().entry.kind, Dir);
         assert!(at(&t, "bin/x").is_some());
         assert!(at(&t, "usr/bin/x").is_none());
+    }
+
+    #[test]
+    fn a_big_tree_stays_compact() {
+        // 100,000 files in 400 directories: the tree holds ids and names only (the
+        // entries stay in the layer index), a few dozen bytes per file.
+        let mut entries = Vec::new();
+        for d in 0..400 {
+            entries.push(Entry::new(format!("pkg{d:03}"), EntryKind::Dir));
+            for f in 0..250 {
+                entries.push(Entry::new(
+                    format!("pkg{d:03}/file-{f:06}.txt"),
+                    EntryKind::Reg,
+                ));
+            }
+        }
+        let l = Arc::new(LayerIndex {
+            blob: Digest::of(b"x"),
+            blob_size: 0,
+            format: LayerFormat::Tar,
+            entries,
+            chunks: vec![],
+            checkpoints: vec![],
+            prefetch: vec![],
+        });
+        let t = LowerTree::build(vec![l]).unwrap();
+        assert_eq!(t.len(), 1 + 400 + 100_000);
+        let per_file = t.memory_size() / 100_000;
+        assert!(per_file <= 64, "{per_file} bytes per file");
+        let f = at(&t, "pkg123/file-000042.txt").unwrap();
+        assert_eq!(t.node(f).unwrap().paths(), vec!["pkg123/file-000042.txt"]);
+        assert_eq!(t.node(t.child(ROOT, "pkg123").unwrap()).unwrap().nlink, 2);
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl SkiffFs {
         let id = node.lower.ok_or(Errno::ENOENT)?;
         let (parent, _) = node.names.last().cloned().ok_or(Errno::ENOENT)?;
         self.copy_up(st, parent, false)?;
-        let ln = self.tree.node(id).ok_or(Errno::ENOENT)?.clone();
+        let ln = self.tree.node(id).ok_or(Errno::ENOENT)?;
         let e = &ln.entry;
         let dest = root.join(st.path(ino)?);
         let work = root.join(upper::WORK_DIR).join(format!(
@@ -113,9 +113,14 @@ impl SkiffFs {
             n.upper = true;
         }
         // Keep the other names of a lower hard link pointing at the same inode.
-        if ln.paths.len() > 1 && e.kind != EntryKind::Dir {
+        let paths = if ln.nlink > 1 && e.kind != EntryKind::Dir {
+            ln.paths()
+        } else {
+            Vec::new()
+        };
+        if paths.len() > 1 {
             let me = st.path(ino)?;
-            for other in &ln.paths {
+            for other in &paths {
                 if Path::new(other) != me {
                     self.link_other_name(st, ino, &dest, &root, other);
                 }

@@ -170,7 +170,7 @@ impl SkiffFs {
 
     fn lower_attr(&self, ino: u64, id: LowerId) -> Res<FileAttr> {
         let n = self.tree.node(id).ok_or(Errno::ENOENT)?;
-        Ok(attr_of_lower(ino, n))
+        Ok(attr_of_lower(ino, &n))
     }
 
     /// Publishes the node table's size in the stats (a gauge).

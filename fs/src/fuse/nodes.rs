@@ -13,7 +13,7 @@ use super::{Res, UPPER_INO_BASE};
 use crate::tree::LowerId;
 use fuser::{Errno, FileType};
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 
 /// The root directory's inode number.
@@ -37,7 +37,7 @@ pub(crate) struct Node {
     /// Whether the entry exists in the upper directory.
     pub upper: bool,
     /// Names (parent inode, name), most recent last; directories have one.
-    pub names: Vec<(u64, OsString)>,
+    pub names: Names,
     /// Lookups the kernel holds (entry replies minus forgotten ones).
     pub lookups: u64,
 }
@@ -46,17 +46,99 @@ impl Node {
     /// Makes (`parent`, `name`) this node's most recent name.
     pub fn add_name(&mut self, parent: u64, name: &OsStr) {
         self.remove_name(parent, name);
-        self.names.push((parent, name.to_os_string()));
+        self.names.push((parent, name));
     }
 
     /// Forgets the name (`parent`, `name`).
     pub fn remove_name(&mut self, parent: u64, name: &OsStr) {
-        self.names.retain(|(p, n)| !(*p == parent && n == name));
+        self.names.retain(|(p, n)| !(*p == parent && **n == *name));
     }
 
     /// The parent of the most recent name.
     pub fn parent(&self) -> Option<u64> {
         self.names.last().map(|(p, _)| *p)
+    }
+}
+
+/// One name of a node: the parent's inode and the name in it.
+pub(crate) type Name = (u64, Box<OsStr>);
+
+/// A node's names, most recent last. Almost every node has exactly one, and after a
+/// walk of a big image the kernel holds a node per file: one name is kept inline
+/// (no allocation but the name's bytes), only hard links with several names get a
+/// list.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Names {
+    /// No name (an upper entry whose names all went).
+    #[default]
+    None,
+    /// One name.
+    One(Name),
+    /// Two or more.
+    Many(Vec<Name>),
+}
+
+impl std::ops::Deref for Names {
+    type Target = [Name];
+
+    fn deref(&self) -> &[Name] {
+        match self {
+            Names::None => &[],
+            Names::One(n) => std::slice::from_ref(n),
+            Names::Many(v) => v,
+        }
+    }
+}
+
+impl Names {
+    /// Adds `name` as the most recent.
+    pub fn push(&mut self, (parent, name): (u64, impl Into<Box<OsStr>>)) {
+        let new = (parent, name.into());
+        *self = match std::mem::take(self) {
+            Names::None => Names::One(new),
+            Names::One(old) => Names::Many(vec![old, new]),
+            Names::Many(mut v) => {
+                v.push(new);
+                Names::Many(v)
+            }
+        };
+    }
+
+    /// Takes out the `i`th name (oldest first). Panics if there is none, as
+    /// `Vec::remove` does.
+    pub fn remove(&mut self, i: usize) -> Name {
+        let mut all = self.take_all();
+        let out = all.remove(i);
+        *self = Names::from_vec(all);
+        out
+    }
+
+    /// Keeps only the names `keep` accepts, in order.
+    pub fn retain(&mut self, keep: impl FnMut(&Name) -> bool) {
+        let mut all = self.take_all();
+        all.retain(keep);
+        *self = Names::from_vec(all);
+    }
+
+    /// Forgets every name.
+    pub fn clear(&mut self) {
+        *self = Names::None;
+    }
+
+    fn take_all(&mut self) -> Vec<Name> {
+        match std::mem::take(self) {
+            Names::None => Vec::new(),
+            Names::One(n) => vec![n],
+            Names::Many(v) => v,
+        }
+    }
+
+    fn from_vec(mut v: Vec<Name>) -> Names {
+        match v.len() {
+            0 => Names::None,
+            1 => Names::One(v.remove(0)),
+            _ => Names::Many(v),
+        }
     }
 }
 
@@ -91,7 +173,7 @@ impl Nodes {
                 kind: FileType::Directory,
                 lower: root_lower,
                 upper: root_upper,
-                names: vec![(ROOT_INO, OsString::new())],
+                names: Names::One((ROOT_INO, Box::default())),
                 lookups: 0,
             },
         );
@@ -237,7 +319,7 @@ impl Nodes {
             kind,
             lower,
             upper: true,
-            names: Vec::new(),
+            names: Names::None,
             lookups: 0,
         });
         node.kind = kind;
@@ -260,7 +342,7 @@ impl Nodes {
             kind,
             lower: Some(id),
             upper: false,
-            names: Vec::new(),
+            names: Names::None,
             lookups: 0,
         });
         Self::name_node(node, kind, parent, name);
@@ -281,9 +363,9 @@ impl Nodes {
         let mut cur = ino;
         while cur != ROOT_INO {
             let n = self.node(cur)?;
-            let known = |(p, _): &&(u64, OsString)| *p == ROOT_INO || self.nodes.contains_key(p);
+            let known = |(p, _): &&Name| *p == ROOT_INO || self.nodes.contains_key(p);
             let (p, name) = n.names.iter().rev().find(known).ok_or(Errno::ENOENT)?;
-            parts.push(name.as_os_str());
+            parts.push(&**name);
             cur = *p;
             if parts.len() > MAX_DEPTH {
                 return Err(Errno::ELOOP);

@@ -35,7 +35,7 @@ impl SkiffFs {
     fn find_again(&self, st: &mut Nodes, ino: u64) -> Res<()> {
         if ino < UPPER_INO_BASE {
             if let Some(n) = self.tree.id_of(ino).and_then(|id| self.tree.node(id)) {
-                for path in &n.paths {
+                for path in &n.paths() {
                     if self.resolve(st, Path::new(path)) == Ok(ino) {
                         return Ok(());
                     }

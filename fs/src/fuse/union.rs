@@ -119,7 +119,7 @@ impl SkiffFs {
             }
         }
         if let Some(lower) = node.lower.and_then(|l| self.tree.node(l)) {
-            for name in lower.children.keys() {
+            for (name, _) in lower.children() {
                 let n = OsString::from(name);
                 if !seen.contains(&n) {
                     names.push(n);
@@ -366,7 +366,7 @@ impl SkiffFs {
         st.get(ino)
             .and_then(|n| n.lower)
             .and_then(|l| self.tree.node(l))
-            .map(|l| !l.children.is_empty())
+            .map(|l| l.has_children())
             .unwrap_or(false)
     }
 

@@ -39,6 +39,10 @@ pub struct Args {
     /// Bound of the on-disk chunk cache, in MiB.
     #[arg(long, default_value_t = 10240)]
     pub cache_limit_mib: u64,
+    /// Bound of the in-memory copy of recently read chunks (part of the daemon's
+    /// RSS), in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mem_cache_mib: u64,
     /// How many images to keep resolved and merged in memory.
     #[arg(long, default_value_t = 16)]
     pub max_images: usize,
@@ -167,6 +171,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
         global.clone(),
         &state::DaemonConfig {
             cache_limit: args.cache_limit_mib.saturating_mul(1 << 20),
+            mem_cache_limit: args.mem_cache_mib.saturating_mul(1 << 20),
             max_images: args.max_images,
             hosts_dir: Some(args.hosts_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
         },

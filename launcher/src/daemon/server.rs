@@ -256,6 +256,8 @@ fn unmount(state: &DaemonState, mountpoint: &Path, entry: MountEntry) -> anyhow:
     let _ = std::fs::remove_file(&stats_file);
     // Unmounted (or detached): nothing for a successor to serve.
     state.forget_mount(&id);
+    // The mount's inode table (and maybe the last user of an evicted image) is gone.
+    skiff_fs::tree::release_free_memory();
     result.with_context(|| format!("unmounting {}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())

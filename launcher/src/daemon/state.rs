@@ -173,6 +173,8 @@ impl MountTable {
 pub struct DaemonConfig {
     /// The on-disk chunk cache bound, in bytes.
     pub cache_limit: u64,
+    /// The in-memory chunk cache bound, in bytes.
+    pub mem_cache_limit: u64,
     /// How many images to keep in memory.
     pub max_images: usize,
     /// containerd-style mirror configuration (`<dir>/<registry>/hosts.toml`), re-read
@@ -217,7 +219,7 @@ impl DaemonState {
         keeper: Option<Arc<Keeper>>,
     ) -> anyhow::Result<DaemonState> {
         let cache_dir = global.layout().cache();
-        let cache = ChunkCache::open(&cache_dir, config.cache_limit, 256 << 20)
+        let cache = ChunkCache::open(&cache_dir, config.cache_limit, config.mem_cache_limit)
             .with_context(|| format!("opening the chunk cache {}", cache_dir.display()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
@@ -393,7 +395,14 @@ impl DaemonState {
             skiff_fs::FetchTuning::default(),
         )
         .with_context(|| format!("merging the layers of {name}"))?;
-        tracing::info!(image = %name, layers = count, "image ready in memory");
+        let (index_bytes, tree_bytes) = lower.memory_size();
+        tracing::info!(
+            image = %name,
+            layers = count,
+            index_bytes,
+            tree_bytes,
+            "image ready in memory"
+        );
         Ok(ImageEntry {
             name,
             config,

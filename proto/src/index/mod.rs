@@ -90,6 +90,17 @@ pub fn open_index_with(
     blob: &dyn crate::blob::BlobReader,
     opts: &IndexOptions,
 ) -> Result<LayerIndex, IndexError> {
+    let mut index = build_index(descriptor, blob, opts)?;
+    index.shrink_to_fit();
+    Ok(index)
+}
+
+/// [`open_index_with`] before the tables are shrunk.
+fn build_index(
+    descriptor: &oci_spec::image::Descriptor,
+    blob: &dyn crate::blob::BlobReader,
+    opts: &IndexOptions,
+) -> Result<LayerIndex, IndexError> {
     let named = descriptor.digest().to_string();
     if named != blob.digest().to_string() {
         return Err(IndexError::WrongBlob {
