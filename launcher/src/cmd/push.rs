@@ -184,7 +184,7 @@ struct Outgoing {
 fn to_estargz(global: &Global, store: &Store, image: Outgoing) -> anyhow::Result<Outgoing> {
     let config: Value = serde_json::from_slice(&image.config).context("parsing the config")?;
     let committed = committed_layers(&config, image.manifest.layers.len());
-    let mut diff_ids = diff_ids(&config)?;
+    let mut diff_ids = config_diff_ids(&config)?;
     if diff_ids.len() != image.manifest.layers.len() {
         bail!(
             "the config lists {} diff_ids for {} layers",
@@ -263,7 +263,7 @@ fn convert_stored_layer(store: &Store, layer: &Descriptor) -> anyhow::Result<(De
 }
 
 /// The config's `rootfs.diff_ids`.
-fn diff_ids(config: &Value) -> anyhow::Result<Vec<Digest>> {
+fn config_diff_ids(config: &Value) -> anyhow::Result<Vec<Digest>> {
     config["rootfs"]["diff_ids"]
         .as_array()
         .context("the config has no rootfs.diff_ids list")?
