@@ -12,6 +12,7 @@
 use skiff_proto::digest::Digest;
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::push_busybox;
+use skiff_tests::guard::ContainerGuard;
 use skiff_tests::proxy::FaultProxy;
 use skiff_tests::registry::Registry;
 use skiff_tests::walk::walk;
@@ -139,27 +140,59 @@ fn assert_same_tree(umoci: &Path, mounted: &Path) {
     assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
 }
 
-#[test]
-fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
+/// A registry holding busybox as `PREFIX/base:latest`, and a root (`work/a`) where
+/// container "changer" of it ran a command making changes.
+struct Changed {
+    reg: Registry,
+    work: tempfile::TempDir,
+    a: Skiff,
+    _guard_a: ContainerGuard,
+    /// The busybox reference.
+    base: String,
+}
+
+/// [`Changed`] after `changes` ran (`None`: a tool is missing and the test skips).
+fn changed(prefix: &str, changes: &str) -> Option<Changed> {
     if !skiff_tests::tools_or_skip(
         &["docker-registry", "skopeo", "umoci", "fusermount3"],
         "FUSE mounts, containers, umoci unpack with owners",
     ) {
-        return;
+        return None;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reg = Registry::start();
-    rt.block_on(push_busybox(&reg.host(), "commit/base", 64 << 10));
-    let base = reg.reference("commit/base:latest");
-    let new = reg.reference("commit/new:v1");
+    let repo = format!("{prefix}/base");
+    rt.block_on(push_busybox(&reg.host(), &repo, 64 << 10));
+    let base = reg.reference(&format!("{repo}:latest"));
     let work = tempfile::tempdir().unwrap();
     let a = Skiff::new(&work.path().join("a"));
-    let _guard_a = a.guard(work.path());
-
+    let guard = a.guard(work.path());
     ok(
-        &a.run(&["run", "--name", "changer", &base, "sh", "-c", CHANGES]),
+        &a.run(&["run", "--name", "changer", &base, "sh", "-c", changes]),
         "the changing container",
     );
+    Some(Changed {
+        reg,
+        work,
+        a,
+        _guard_a: guard,
+        base,
+    })
+}
+
+#[test]
+fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
+    let Some(Changed {
+        reg,
+        work,
+        a,
+        _guard_a,
+        base,
+    }) = changed("commit", CHANGES)
+    else {
+        return;
+    };
+    let new = reg.reference("commit/new:v1");
     let digest = ok(
         &a.run(&[
             "commit",
@@ -300,33 +333,18 @@ fn range_len(range: &str) -> u64 {
 
 #[test]
 fn push_writes_estargz_by_default_and_gzip_on_request() {
-    if !skiff_tests::tools_or_skip(
-        &["docker-registry", "skopeo", "umoci", "fusermount3"],
-        "FUSE mounts, containers, umoci unpack with owners",
-    ) {
+    let Some(Changed {
+        reg,
+        work,
+        a,
+        _guard_a,
+        ..
+    }) = changed("fmt", CHANGES_WITH_BIG_FILE)
+    else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let reg = Registry::start();
-    rt.block_on(push_busybox(&reg.host(), "fmt/base", 64 << 10));
-    let base = reg.reference("fmt/base:latest");
+    };
     let lazy = reg.reference("fmt/estargz:v1");
     let plain = reg.reference("fmt/gzip:v1");
-    let work = tempfile::tempdir().unwrap();
-    let a = Skiff::new(&work.path().join("a"));
-    let _guard_a = a.guard(work.path());
-    ok(
-        &a.run(&[
-            "run",
-            "--name",
-            "changer",
-            &base,
-            "sh",
-            "-c",
-            CHANGES_WITH_BIG_FILE,
-        ]),
-        "the changing container",
-    );
     ok(&a.run(&["commit", "changer", &lazy]), "skiff commit");
     ok(&a.run(&["tag", &lazy, &plain]), "skiff tag");
 
