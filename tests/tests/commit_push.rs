@@ -4,15 +4,20 @@
 //! show the same way; the image runs locally before it is pushed; base layers reach
 //! another repository by cross-repository mount and another registry by streaming.
 //!
+//! `skiff push` writes the committed layer as eStargz by default (read lazily by a
+//! cold run), as plain gzip with `--format gzip`; both unpack to the same tree.
+//!
 //! Needs root, `docker-registry`, `skopeo`, `umoci`, `fusermount3`.
 
 use skiff_proto::digest::Digest;
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::fixtures::push_busybox;
+use skiff_tests::guard::ContainerGuard;
+use skiff_tests::proxy::FaultProxy;
 use skiff_tests::registry::Registry;
 use skiff_tests::walk::walk;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// What the container changes in the busybox image: a new file (mode 0640, owned by
@@ -73,6 +78,55 @@ fn meta(p: &Path) -> (char, u32, u32, u32, String) {
     (kind, md.mode(), md.uid(), md.gid(), what)
 }
 
+/// The files eStargz adds to a layer's tar, which an unpack by ordinary tools
+/// extracts and skiff's view hides.
+const ESTARGZ_FILES: [&str; 3] = [
+    "stargz.index.json",
+    ".prefetch.landmark",
+    ".no.prefetch.landmark",
+];
+
+/// `skopeo copy` of `reference` into an OCI layout under `dir`, then `umoci unpack`
+/// of it; the rootfs, without eStargz's own files.
+fn unpack(reference: &str, dir: &Path, name: &str) -> PathBuf {
+    let layout = dir.join(format!("layout-{name}"));
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &format!("oci:{}:{name}", layout.display()),
+        ],
+    );
+    let bundle = dir.join(format!("bundle-{name}"));
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:{name}", layout.display()),
+            &bundle.display().to_string(),
+        ],
+    );
+    let rootfs = bundle.join("rootfs");
+    for extra in ESTARGZ_FILES {
+        let _ = std::fs::remove_file(rootfs.join(extra));
+    }
+    rootfs
+}
+
+/// The manifest of `reference` as the registry holds it (`skopeo inspect --raw`).
+fn raw_manifest(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo inspect: {}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn assert_same_tree(umoci: &Path, mounted: &Path) {
     let (a, b) = (walk(umoci), walk(mounted));
     assert_eq!(a, b, "umoci and skiff mount list different paths");
@@ -86,27 +140,59 @@ fn assert_same_tree(umoci: &Path, mounted: &Path) {
     assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
 }
 
-#[test]
-fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
+/// A registry holding busybox as `PREFIX/base:latest`, and a root (`work/a`) where
+/// container "changer" of it ran a command making changes.
+struct Changed {
+    reg: Registry,
+    work: tempfile::TempDir,
+    a: Skiff,
+    _guard_a: ContainerGuard,
+    /// The busybox reference.
+    base: String,
+}
+
+/// [`Changed`] after `changes` ran (`None`: a tool is missing and the test skips).
+fn changed(prefix: &str, changes: &str) -> Option<Changed> {
     if !skiff_tests::tools_or_skip(
         &["docker-registry", "skopeo", "umoci", "fusermount3"],
         "FUSE mounts, containers, umoci unpack with owners",
     ) {
-        return;
+        return None;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reg = Registry::start();
-    rt.block_on(push_busybox(&reg.host(), "commit/base", 64 << 10));
-    let base = reg.reference("commit/base:latest");
-    let new = reg.reference("commit/new:v1");
+    let repo = format!("{prefix}/base");
+    rt.block_on(push_busybox(&reg.host(), &repo, 64 << 10));
+    let base = reg.reference(&format!("{repo}:latest"));
     let work = tempfile::tempdir().unwrap();
     let a = Skiff::new(&work.path().join("a"));
-    let _guard_a = a.guard(work.path());
-
+    let guard = a.guard(work.path());
     ok(
-        &a.run(&["run", "--name", "changer", &base, "sh", "-c", CHANGES]),
+        &a.run(&["run", "--name", "changer", &base, "sh", "-c", changes]),
         "the changing container",
     );
+    Some(Changed {
+        reg,
+        work,
+        a,
+        _guard_a: guard,
+        base,
+    })
+}
+
+#[test]
+fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
+    let Some(Changed {
+        reg,
+        work,
+        a,
+        _guard_a,
+        base,
+    }) = changed("commit", CHANGES)
+    else {
+        return;
+    };
+    let new = reg.reference("commit/new:v1");
     let digest = ok(
         &a.run(&[
             "commit",
@@ -139,27 +225,7 @@ fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
 
     // umoci's unpack of what skopeo copies out of the registry shows the same tree
     // as skiff's mount of it.
-    let layout = work.path().join("layout");
-    tool(
-        "skopeo",
-        &[
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{new}"),
-            &format!("oci:{}:v1", layout.display()),
-        ],
-    );
-    let bundle = work.path().join("bundle");
-    tool(
-        "umoci",
-        &[
-            "unpack",
-            "--image",
-            &format!("{}:v1", layout.display()),
-            &bundle.display().to_string(),
-        ],
-    );
-    let rootfs = bundle.join("rootfs");
+    let rootfs = unpack(&new, work.path(), "new");
     assert_eq!(
         std::fs::read_to_string(rootfs.join("new.txt")).unwrap(),
         "committed\n"
@@ -244,4 +310,125 @@ fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
     assert!(!images.contains("commit/new"), "{images}");
     assert!(!images.contains("commit/other"), "{images}");
     assert!(images.contains("commit/base"), "{images}");
+}
+
+/// The layer [`push_writes_estargz_by_default_and_gzip_on_request`] commits, with a
+/// 6 MiB file no command reads: a lazy run fetches little of the layer.
+const CHANGES_WITH_BIG_FILE: &str = "echo committed > /new.txt \
+    && busybox chmod 640 /new.txt && busybox chown 1000:1000 /new.txt \
+    && busybox ln /new.txt /hard.txt \
+    && rm /etc/motd \
+    && rm -rf /data && busybox mkdir /data && echo only > /data/only \
+    && busybox dd if=/dev/urandom of=/random.bin bs=1048576 count=6 2>/dev/null";
+
+/// Bytes asked for by a `Range: bytes=A-B` header.
+fn range_len(range: &str) -> u64 {
+    let (a, b) = range
+        .trim_start_matches("bytes=")
+        .split_once('-')
+        .unwrap_or_else(|| panic!("range {range:?}"));
+    let a: u64 = a.parse().unwrap();
+    b.parse::<u64>().map_or(u64::MAX, |b| b + 1 - a)
+}
+
+#[test]
+fn push_writes_estargz_by_default_and_gzip_on_request() {
+    let Some(Changed {
+        reg,
+        work,
+        a,
+        _guard_a,
+        ..
+    }) = changed("fmt", CHANGES_WITH_BIG_FILE)
+    else {
+        return;
+    };
+    let lazy = reg.reference("fmt/estargz:v1");
+    let plain = reg.reference("fmt/gzip:v1");
+    ok(&a.run(&["commit", "changer", &lazy]), "skiff commit");
+    ok(&a.run(&["tag", &lazy, &plain]), "skiff tag");
+
+    let err = failed(
+        &a.run(&["push", "--format", "zstd:chunked", &lazy]),
+        "push --format zstd:chunked",
+    );
+    assert!(err.contains("not supported yet"), "{err}");
+    ok(&a.run(&["push", &lazy]), "skiff push (eStargz)");
+    ok(
+        &a.run(&["push", "--format", "gzip", &plain]),
+        "skiff push --format gzip",
+    );
+
+    // The base layers are the same blobs in both; only the committed layer differs,
+    // and only the default push's carries the eStargz annotations.
+    let (m_lazy, m_plain) = (raw_manifest(&lazy), raw_manifest(&plain));
+    let (l_lazy, l_plain) = (
+        m_lazy["layers"].as_array().unwrap(),
+        m_plain["layers"].as_array().unwrap(),
+    );
+    assert_eq!(l_lazy.len(), l_plain.len());
+    let n = l_lazy.len();
+    assert_eq!(l_lazy[..n - 1], l_plain[..n - 1], "the base layers differ");
+    let (esgz, gz) = (&l_lazy[n - 1], &l_plain[n - 1]);
+    assert!(
+        esgz["mediaType"].as_str().unwrap().ends_with("gzip"),
+        "{esgz}"
+    );
+    assert!(
+        esgz["annotations"]["containerd.io/snapshot/stargz/toc.digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "no toc.digest annotation: {esgz}"
+    );
+    assert!(
+        esgz["annotations"]["io.containers.estargz.uncompressed-size"].is_string(),
+        "{esgz}"
+    );
+    assert!(gz["mediaType"].as_str().unwrap().ends_with("gzip"), "{gz}");
+    assert!(gz.get("annotations").is_none(), "{gz}");
+    assert_ne!(esgz["digest"], gz["digest"]);
+
+    // A cold run of the eStargz image on a fresh root reads the layer with Range
+    // requests only, and little of it (the 6 MiB file is never read).
+    let proxy = FaultProxy::start(reg.addr());
+    let via = format!("{}/fmt/estargz:v1", proxy.host());
+    let b = Skiff::new(&work.path().join("b"));
+    let _guard_b = b.guard(work.path());
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "--background-fetch=false",
+        &via,
+        "sh",
+        "-c",
+        SHOW,
+    ]);
+    assert_eq!(ok(&out, "cold run of the eStargz image"), SHOWN);
+    let layer = esgz["digest"].as_str().unwrap();
+    let size = esgz["size"].as_u64().unwrap();
+    let gets: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(layer))
+        .collect();
+    assert!(!gets.is_empty(), "the eStargz layer was not read");
+    let whole: Vec<_> = gets.iter().filter(|r| r.range.is_none()).collect();
+    assert!(whole.is_empty(), "the layer was fetched whole: {whole:?}");
+    let fetched: u64 = gets
+        .iter()
+        .map(|r| range_len(r.range.as_deref().unwrap()))
+        .fold(0, u64::saturating_add);
+    assert!(
+        fetched < size / 2,
+        "{fetched} of the layer's {size} bytes fetched: {gets:?}"
+    );
+
+    // Ordinary tools unpack both to the same tree.
+    let from_estargz = unpack(&lazy, work.path(), "estargz");
+    let from_gzip = unpack(&plain, work.path(), "gzip");
+    assert_eq!(
+        std::fs::read_to_string(from_estargz.join("new.txt")).unwrap(),
+        "committed\n"
+    );
+    assert_same_tree(&from_gzip, &from_estargz);
 }

@@ -23,8 +23,6 @@ use skiff_proto::digest::Digest;
 use skiff_proto::image::{
     Descriptor, MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_LAYER_GZIP,
 };
-use skiff_proto::index::store::IndexStore;
-use skiff_proto::index::{open_index_with, IndexOptions};
 use skiff_proto::reference::Reference;
 use skiff_proto::store::{ImageRecord, Store};
 use std::io::Write;
@@ -110,7 +108,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         MEDIA_OCI_LAYER_GZIP
     };
     let layer = write_layer(&store, &upper, media_type)?;
-    save_index(global, &store, &layer)?;
+    // No registry has this layer before a push: keep its index for a local run.
+    local_image::save_layer_index(global, &store, &layer.descriptor)?;
 
     let diff_id = layer.diff_id;
     let config = new_config(&base.config_bytes, &diff_id, &args)?;
@@ -180,17 +179,6 @@ fn write_layer(
     })
 }
 
-/// Builds and keeps the new layer's lazy-read index, so a run of the new image finds
-/// every layer's index locally (no registry has this layer before a push).
-fn save_index(global: &Global, store: &Store, layer: &NewLayer) -> anyhow::Result<()> {
-    let blob = store.open_blob(&layer.descriptor.digest)?;
-    let oci = layer.descriptor.to_oci()?;
-    let index = open_index_with(&oci, &blob, &IndexOptions::default())
-        .with_context(|| format!("indexing the new layer {}", layer.descriptor.digest))?;
-    IndexStore::open(global.layout().indexes())?.save(&index)?;
-    Ok(())
-}
-
 /// The base config with `diff_id` appended to `rootfs.diff_ids`, a history entry for
 /// it, `created` and `author` set, and the `--change` instructions applied. Fields
 /// skiff does not know are kept as they are.
@@ -218,7 +206,7 @@ fn new_config(base: &[u8], diff_id: &Digest, args: &Args) -> anyhow::Result<Vec<
 
     let mut entry = Map::new();
     entry.insert("created".into(), json!(created));
-    entry.insert("created_by".into(), json!("skiff commit"));
+    entry.insert("created_by".into(), json!(local_image::COMMIT_CREATED_BY));
     if let Some(a) = &args.author {
         entry.insert("author".into(), json!(a));
     }

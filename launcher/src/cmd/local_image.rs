@@ -12,7 +12,9 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use skiff_proto::blob::BlobReader;
 use skiff_proto::digest::Digest;
-use skiff_proto::image::{self, Manifest, ResolvedImage};
+use skiff_proto::image::{self, Descriptor, Manifest, ResolvedImage};
+use skiff_proto::index::store::IndexStore;
+use skiff_proto::index::{open_index_with, IndexOptions};
 use skiff_proto::reference::Reference;
 use skiff_proto::store::{ContainerPaths, ImageRecord, Store};
 use std::path::PathBuf;
@@ -20,6 +22,10 @@ use std::sync::Arc;
 
 /// Name of the file in a container's directory saying which image it runs.
 const CONTAINER_IMAGE_FILE: &str = "image.json";
+
+/// The `created_by` of the history entry `skiff commit` writes for its layer: how
+/// `skiff push` tells the layers skiff made from the base image's.
+pub const COMMIT_CREATED_BY: &str = "skiff commit";
 
 /// Which image a container was started from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -163,6 +169,18 @@ pub fn local_layers(global: &Global, resolved: &ResolvedImage) -> Vec<Option<Arc
             }
         })
         .collect()
+}
+
+/// Builds and keeps the lazy-read index of `layer`, a blob the local store holds
+/// whole (a committed layer, or its eStargz form made by `skiff push`), so a run
+/// finds the index locally whether or not a registry has the layer yet.
+pub fn save_layer_index(global: &Global, store: &Store, layer: &Descriptor) -> anyhow::Result<()> {
+    let blob = store.open_blob(&layer.digest)?;
+    let oci = layer.to_oci()?;
+    let index = open_index_with(&oci, &blob, &IndexOptions::default())
+        .with_context(|| format!("indexing layer {}", layer.digest))?;
+    IndexStore::open(global.layout().indexes())?.save(&index)?;
+    Ok(())
 }
 
 /// Seconds since the epoch, now.
