@@ -52,6 +52,11 @@ cleanup() {
     set +e
     [ -S "$WORK/d/daemon.sock" ] && timeout 30 "$SKIFF" --root "$WORK/d" daemon stop --force >/dev/null 2>&1
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    # A SIGTERMed daemon leaves its keeper holding the mounts (by design): end it too,
+    # or it outlives the script with dead connections.
+    for f in "$WORK"/*/daemon-keeper.pid; do
+        [ -f "$f" ] && kill -KILL "$(cat "$f" 2>/dev/null)" 2>/dev/null
+    done
     sleep 0.5
     mount | awk -v d="$WORK/" 'index($3,d)==1{print $3}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
     rm -rf "$WORK"

@@ -8,8 +8,8 @@
 //! /etc/{resolv.conf,hostname,hosts} bind-mounted, RLIMIT_NOFILE at the host's hard limit.
 //!
 //! Documented differences (not compared):
-//! - /sys/fs/cgroup: runc mounts the cgroup hierarchies there; skiff does not (yet),
-//!   so it is dropped from runc's mounts.
+//! - /sys/fs/cgroup: both mount it, from different configs (umoci's has no cgroup
+//!   mount); compared in tests/tests/conformance.rs, dropped from runc's mounts here.
 //! - ls -l timestamps of /dev entries (creation times differ by the run).
 
 mod common;
