@@ -190,6 +190,16 @@ impl Registry {
         &self.storage
     }
 
+    /// Where the registry keeps blob `d` on disk (to corrupt or remove it in a test).
+    pub fn stored_blob(&self, d: &skiff_proto::Digest) -> PathBuf {
+        let hex = d.hex();
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// The registry's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()

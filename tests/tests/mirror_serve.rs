@@ -471,16 +471,6 @@ async fn four_cold_mounts_at_once_cost_upstream_about_one() {
     let _ = mirror.stop();
 }
 
-/// The file docker-registry keeps blob `d` in, under `storage`.
-fn stored_blob(storage: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    storage
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data")
-}
-
 /// Waits until `cond` holds, up to 20 s.
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -498,7 +488,7 @@ async fn a_blob_not_matching_its_digest_is_not_kept() {
     let blob = image.layers[0].blob.clone();
     let size = blob.len() as u64;
     // Upstream's copy goes bad (same length, one byte flipped).
-    let path = stored_blob(upstream.storage(), &d);
+    let path = upstream.stored_blob(&d);
     let mut bad = blob.clone();
     bad[blob.len() / 2] ^= 0xff;
     std::fs::write(&path, &bad).unwrap();

@@ -48,16 +48,6 @@ fn client_for(host: &str, hosts_dir: Option<&Path>) -> Client {
     .unwrap()
 }
 
-/// The file docker-registry keeps blob `d` in, under `storage`.
-fn stored_blob(storage: &Path, d: &Digest) -> PathBuf {
-    let hex = d.hex();
-    storage
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(hex)
-        .join("data")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_ignoring_range_is_read_whole_once_and_verified() {
     let reg = Registry::start();
@@ -105,7 +95,7 @@ async fn a_host_ignoring_range_is_read_whole_once_and_verified() {
 
     // A blob whose bytes do not match its digest is refused, not served in part.
     let d0 = img.manifest.layers[0].digest;
-    let path = stored_blob(reg.storage(), &d0);
+    let path = reg.stored_blob(&d0);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
