@@ -61,6 +61,8 @@ pub fn skiff_bin() -> PathBuf {
 pub struct Skiff {
     /// `--root` for every command.
     pub root: PathBuf,
+    /// The binary run: [`skiff_bin`] unless [`Skiff::with_binary`] chose a copy.
+    binary: Option<PathBuf>,
 }
 
 impl Skiff {
@@ -68,13 +70,23 @@ impl Skiff {
     pub fn new(root: &Path) -> Skiff {
         Skiff {
             root: root.to_path_buf(),
+            binary: None,
+        }
+    }
+
+    /// A `skiff` running the binary at `binary` (a copy a test may see damaged)
+    /// with `root` as its store.
+    pub fn with_binary(root: &Path, binary: &Path) -> Skiff {
+        Skiff {
+            root: root.to_path_buf(),
+            binary: Some(binary.to_path_buf()),
         }
     }
 
     /// A command with `--root` set, no inherited Docker config and no mirrors (the
     /// machine's `/etc/containerd/certs.d` is not consulted unless `--hosts-dir` says).
     pub fn command(&self) -> Command {
-        let mut c = Command::new(skiff_bin());
+        let mut c = Command::new(self.binary.clone().unwrap_or_else(skiff_bin));
         c.arg("--root").arg(&self.root);
         c.env("DOCKER_CONFIG", self.root.join("no-docker-config"));
         c.env("SKIFF_HOSTS_DIR", self.root.join("no-hosts-dir"));

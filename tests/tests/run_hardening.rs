@@ -128,3 +128,129 @@ async fn host_users_cannot_reach_a_running_containers_tree() {
     let out = skiff.run(&["rm", "suid"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
+
+/// Issue 16, CVE-2019-5736: a process the container's setup executes as a
+/// `#!/proc/self/exe` script runs skiff's binary inside the container; a process of the
+/// container opens it through `/proc/<pid>/exe`, waits for it to exit, and reopens that
+/// descriptor for writing. The setup executes a read-only handle on the binary, so the
+/// write is refused and the binary is unchanged. The test runs a copy of skiff, so a
+/// broken build damages only the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_cannot_write_skiffs_binary_through_proc_exe() {
+    use std::process::Stdio;
+    let reg = Registry::start();
+    let mut layers = fixtures::busybox_layers(1 << 12);
+    // Executed by skiff's setup, the kernel runs `/proc/self/exe login /x`: skiff's own
+    // `login`, which waits for a user name on stdin. skiff is linked dynamically, so
+    // the image gets the host's loader and the libraries skiff needs (a glibc image
+    // would have them).
+    let mut entries = vec![
+        Entry::dir("lib", 0o755),
+        Entry::dir("lib/x86_64-linux-gnu", 0o755),
+        Entry::dir("lib64", 0o755),
+        Entry::file("x", b"#!/proc/self/exe login\n", 0o755),
+    ];
+    for library in shared_libraries(&skiff_tests::cli::skiff_bin()) {
+        let content = std::fs::read(&library).unwrap();
+        let path = library
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string();
+        entries.push(Entry::file(&path, &content, 0o755));
+    }
+    layers.push(Layer::tar_gzip(&entries));
+    let image = build_image(layers, &skiff_proto::image::Platform::host(), &["/bin/sh"]);
+    push_built(
+        &skiff_tests::client(&reg.host()),
+        "hard/exe",
+        "latest",
+        &image,
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("bin/skiff");
+    std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+    std::fs::copy(skiff_tests::cli::skiff_bin(), &binary).unwrap();
+    let before = std::fs::read(&binary).unwrap();
+    let root = dir.path().join("root");
+    let skiff = Skiff::with_binary(&root, &binary);
+    let _cleanup = Cleanup(&skiff, "exe");
+    let out = skiff.run(&[
+        "run",
+        "-d",
+        "--name",
+        "exe",
+        &reg.reference("hard/exe:latest"),
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    // The victim: `skiff exec -t` of the script (skiff's `login` then waits on the
+    // terminal for a user name).
+    let mut victim = skiff
+        .command()
+        .args(["exec", "-i", "-t", "exe", "/x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The attacker: finds the victim (its command line holds "login", spelled so the
+    // attacker's own does not), opens its executable, kills it, waits for it to be
+    // gone (or a zombie), and writes through the descriptor.
+    let script = r#"
+        pat="lo""gin"
+        for i in $(seq 1 400); do
+            for p in /proc/[0-9]*; do
+                if tr '\0' ' ' < $p/cmdline 2>/dev/null | grep -q "exe $pat /x"; then pid=${p#/proc/}; fi
+            done
+            [ -n "$pid" ] && break
+            sleep 0.05
+        done
+        [ -n "$pid" ] || { echo "no victim"; exit 1; }
+        exec 3< /proc/$pid/exe || { echo "cannot open the victim's executable"; exit 1; }
+        kill -9 $pid
+        while [ -e /proc/$pid ] && ! grep -q ') Z' /proc/$pid/stat 2>/dev/null; do sleep 0.05; done
+        if echo PWNED >> /proc/self/fd/3; then echo WROTE; else echo REFUSED; fi
+    "#;
+    let out = skiff.run(&["exec", "exe", "sh", "-c", script]);
+    drop(victim.stdin.take());
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let rest: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = out.status;
+    assert!(status.success(), "attacker: {rest:?} {stderr}");
+    assert_eq!(rest, ["REFUSED"], "{stderr}");
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(
+        std::fs::read(&binary).unwrap() == before,
+        "skiff's binary was written from inside the container"
+    );
+}
+
+/// The shared libraries `binary` loads (with the loader), as `ldd` lists them: host
+/// paths, which the image mirrors.
+fn shared_libraries(binary: &Path) -> Vec<std::path::PathBuf> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .expect("ldd (libc-bin)");
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/')
+                .then(|| std::path::PathBuf::from(path))
+        })
+        .collect()
+}

@@ -30,6 +30,7 @@ pub mod mounts;
 pub mod process;
 pub mod reexec;
 pub mod rootfs;
+pub mod sealed_exe;
 pub mod seccomp;
 pub mod security;
 pub mod spec;

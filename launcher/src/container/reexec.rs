@@ -1,6 +1,8 @@
 //! The container's setup in a freshly executed skiff (runc's `runc init`): the main
-//! process forks, and the child at once executes `/proc/self/exe container-init`, a
-//! subcommand no help lists. The intermediate and init phases (or, for `skiff exec`,
+//! process forks, and the child at once executes skiff's binary as `skiff
+//! container-init`, a subcommand no help lists. It executes a read-only handle on the
+//! binary ([`super::sealed_exe`]), never the host's file, so nothing in the container
+//! can write skiff's binary through `/proc/<pid>/exe` (CVE-2019-5736). The intermediate and init phases (or, for `skiff exec`,
 //! the joining and the process's setup) then run in a new, single-threaded process
 //! instead of a fork of the threaded skiff.
 //!
@@ -155,7 +157,8 @@ struct Plan {
     /// Copies of the descriptors to hand over, above the hand-over range and
     /// close-on-exec; the child `dup2`s copy `i` onto `FIRST_FD + i`.
     copies: Vec<OwnedFd>,
-    path: CString,
+    /// The sealed executable, also above the hand-over range ([`super::sealed_exe`]).
+    exe: OwnedFd,
     /// Owns the strings `argv_ptrs` points to.
     _argv: [CString; 2],
     argv_ptrs: [*const libc::c_char; 3],
@@ -178,16 +181,27 @@ impl Plan {
                     .map_err(|e| RunError::Os("dup of a descriptor for the container's setup", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let sealed = super::sealed_exe::get().map_err(|e| {
+            RunError::Init(InitError::setup(
+                "making a read-only handle on skiff's binary for the container's setup",
+                e,
+            ))
+        })?;
+        let exe = nix::fcntl::fcntl(&sealed.fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(last))
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor we now own.
+            .map(|new| unsafe { OwnedFd::from_raw_fd(new) })
+            .map_err(|e| RunError::Os("dup of skiff's sealed binary", e))?;
         let argv = [
             CString::new("skiff").expect("no NUL"),
             CString::new(SUBCOMMAND).expect("no NUL"),
         ];
         let argv_ptrs = [argv[0].as_ptr(), argv[1].as_ptr(), std::ptr::null()];
         let mut failure = vec![EXIT_SETUP];
-        failure.extend_from_slice(b"executing /proc/self/exe for the container's setup failed");
+        failure
+            .extend_from_slice(b"executing skiff's sealed binary for the container's setup failed");
         Ok(Plan {
             copies,
-            path: CString::new("/proc/self/exe").expect("no NUL"),
+            exe,
             _argv: argv,
             argv_ptrs,
             envp_ptrs: [std::ptr::null()],
@@ -212,10 +226,14 @@ impl Plan {
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            libc::execve(
-                self.path.as_ptr(),
+            // execveat(fd, "", AT_EMPTY_PATH): close-on-exec is fine for an ELF binary.
+            libc::syscall(
+                libc::SYS_execveat,
+                self.exe.as_raw_fd(),
+                c"".as_ptr(),
                 self.argv_ptrs.as_ptr(),
                 self.envp_ptrs.as_ptr(),
+                libc::AT_EMPTY_PATH,
             );
             self.fail()
         }
