@@ -49,7 +49,9 @@ pub fn get() -> Result<&'static SealedExe, &'static io::Error> {
     SEALED
         .get_or_init(|| {
             let exe = std::fs::read_link("/proc/self/exe")?;
-            make(&exe)
+            let sealed = make(&exe)?;
+            tracing::debug!(exe = %exe.display(), kind = ?sealed.kind, "sealed skiff's binary for container setups");
+            Ok(sealed)
         })
         .as_ref()
 }
