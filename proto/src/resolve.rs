@@ -3,9 +3,11 @@
 //!
 //! For each layer, in order of preference (the cheapest that works wins):
 //! 1. the local [`IndexStore`]: an index derived from the layer itself (keyed by layer
-//!    digest), else one published in this image's repository and stored apart
-//!    ([`IndexStore::load_published`]): a published index never serves another
-//!    repository's images;
+//!    digest), else one published for this image and stored apart by its
+//!    [`Publisher`] ([`IndexStore::load_published`]): for an image whose image index
+//!    binds index artifacts, only those artifacts' indexes (keyed by artifact digest);
+//!    otherwise those published in this image's repository. A published index never
+//!    serves another repository's images, nor replaces the one an image binds;
 //! 2. an index artifact published beside the image ([`crate::index::artifact`]), found
 //!    through [`Client::fetch_artifacts`] (referrers API or its `sha256-<hex>` tag
 //!    fallback), **in the image's own repository only** (the chunk digests in it are
@@ -33,7 +35,7 @@ use crate::blob::BlobReader;
 use crate::digest::Digest;
 use crate::image::{Descriptor, Manifest, ResolvedImage};
 use crate::index::artifact::{decode_index_blob, find_layer_index, INDEX_ARTIFACT_TYPE};
-use crate::index::store::{IndexStore, MAX_DECODED};
+use crate::index::store::{IndexStore, Publisher, MAX_DECODED};
 use crate::index::verify::{check_published, VerifyError};
 use crate::index::{estargz, gzip, open_index_with, zstd_chunked};
 use crate::index::{IndexError, IndexOptions, LayerFormat, LayerIndex};
@@ -213,7 +215,8 @@ pub enum ResolveError {
 struct Published {
     /// Whether they are bound in the image index rather than found as referrers.
     bound: bool,
-    artifacts: Vec<Manifest>,
+    /// Each artifact manifest with its digest.
+    artifacts: Vec<(Digest, Manifest)>,
     /// Why artifacts (or the lookup) were refused, for every layer's `refused`.
     problems: Vec<String>,
 }
@@ -230,20 +233,25 @@ pub fn resolve_layers(
 ) -> Result<Vec<ResolvedLayer>, ResolveError> {
     let repo = image.reference.repository().to_string();
     let layers = image.layers();
+    let bound = image.bound_index_artifacts();
+    // Whose published indexes this image takes: those its image index binds, else its
+    // repository's.
+    let publishers: Vec<Publisher> = match bound.is_empty() {
+        true => vec![Publisher::Repository(repo.clone())],
+        false => bound.iter().map(|d| Publisher::Bound(d.digest)).collect(),
+    };
     // Stored indexes first: when every layer has one, nothing else is asked.
-    let mut stored: Vec<(Option<(LayerIndex, bool)>, Vec<String>)> = layers
+    let mut stored: Vec<(Option<(LayerIndex, Option<Publisher>)>, Vec<String>)> = layers
         .iter()
         .map(|l| {
             let derived = store.load(&l.digest);
             let found = match derived {
-                Ok(None) if opts.use_published => store
-                    .load_published(&l.digest, &repo)
-                    .map(|i| i.map(|i| (i, true))),
-                other => other.map(|i| i.map(|i| (i, false))),
+                Ok(None) if opts.use_published => load_published(store, &l.digest, &publishers),
+                other => other.map(|i| i.map(|i| (i, None))),
             };
             match found {
-                Ok(Some((idx, published))) if idx.blob_size == l.size => {
-                    (Some((idx, published)), Vec::new())
+                Ok(Some((idx, publisher))) if idx.blob_size == l.size => {
+                    (Some((idx, publisher)), Vec::new())
                 }
                 Ok(Some(_)) => (
                     None,
@@ -265,7 +273,6 @@ pub fn resolve_layers(
         .zip(layers)
         .any(|((i, _), l)| i.is_none() && !carries_toc(l));
     let published = if opts.use_published && needs_published {
-        let bound = image.bound_index_artifacts();
         Some(match bound.is_empty() {
             true => find_published(client, handle, image),
             false => fetch_bound(client, handle, image, &bound),
@@ -277,7 +284,7 @@ pub fn resolve_layers(
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<ResolvedLayer, ResolveError>>>> =
         Mutex::new((0..layers.len()).map(|_| None).collect());
-    let stored_slots: Vec<Mutex<(Option<(LayerIndex, bool)>, Vec<String>)>> =
+    let stored_slots: Vec<Mutex<(Option<(LayerIndex, Option<Publisher>)>, Vec<String>)>> =
         stored.drain(..).map(Mutex::new).collect();
     let workers = opts.parallel.max(1).min(layers.len().max(1));
     std::thread::scope(|scope| {
@@ -335,7 +342,7 @@ fn resolve_one(
     layer: &Descriptor,
     store: &IndexStore,
     opts: &ResolveOptions,
-    from_store: Option<(LayerIndex, bool)>,
+    from_store: Option<(LayerIndex, Option<Publisher>)>,
     mut refused: Vec<String>,
     published: Option<&Published>,
 ) -> Result<ResolvedLayer, ResolveError> {
@@ -346,58 +353,72 @@ fn resolve_one(
         layer.size,
         handle.clone(),
     ));
-    let done =
-        |index: LayerIndex, source: IndexSource, refused: Vec<String>, published, matched_layer| {
-            if opts.save && source != IndexSource::Store {
-                let saved = if published {
-                    store.save_published(&index, repo)
-                } else {
-                    store.save(&index)
-                };
-                if let Err(e) = saved {
-                    tracing::warn!(layer = %layer.digest, "saving the index: {e}");
-                }
+    let done = |index: LayerIndex,
+                source: IndexSource,
+                refused: Vec<String>,
+                publisher: Option<&Publisher>,
+                matched_layer| {
+        if opts.save && source != IndexSource::Store {
+            let saved = match publisher {
+                Some(p) => store.save_published(&index, p),
+                None => store.save(&index),
+            };
+            if let Err(e) = saved {
+                tracing::warn!(layer = %layer.digest, "saving the index: {e}");
             }
-            ResolvedLayer {
-                descriptor: layer.clone(),
-                index: Arc::new(index),
-                blob: Arc::clone(&blob),
-                source,
-                refused,
-                published,
-                matched_layer,
-            }
-        };
+        }
+        ResolvedLayer {
+            descriptor: layer.clone(),
+            index: Arc::new(index),
+            blob: Arc::clone(&blob),
+            source,
+            refused,
+            published: publisher.is_some(),
+            matched_layer,
+        }
+    };
     // A published index meets the whole layer here when the store has it.
-    let confirm = |index: LayerIndex, source: IndexSource, refused: &mut Vec<String>| {
-        match check_whole_layer(&index, layer, opts.whole_layers, store, repo, refused) {
+    let confirm = |index: LayerIndex,
+                   source: IndexSource,
+                   publisher: &Publisher,
+                   refused: &mut Vec<String>| {
+        match check_whole_layer(&index, layer, opts.whole_layers, store, publisher, refused) {
             Some((derived, matched)) => done(
                 derived,
                 IndexSource::LocalLayer,
                 std::mem::take(refused),
-                false,
+                None,
                 Some(matched),
             ),
-            None => done(index, source, std::mem::take(refused), true, None),
+            None => done(
+                index,
+                source,
+                std::mem::take(refused),
+                Some(publisher),
+                None,
+            ),
         }
     };
-    if let Some((index, published)) = from_store {
-        if published {
-            return Ok(confirm(index, IndexSource::Store, &mut refused));
+    if let Some((index, publisher)) = from_store {
+        if let Some(publisher) = publisher {
+            return Ok(confirm(index, IndexSource::Store, &publisher, &mut refused));
         }
-        return Ok(done(index, IndexSource::Store, refused, false, None));
+        return Ok(done(index, IndexSource::Store, refused, None, None));
     }
     if let Some(p) = published {
         refused.extend(p.problems.iter().cloned());
-        if let Some(why) = store.published_refusal(&layer.digest, repo) {
-            refused.push(format!(
-                "indexes published in {repo} for this layer are refused: {why}"
-            ));
-        }
         // Newest first: the fallback tag's index lists artifacts in push order.
-        for artifact in p.artifacts.iter().rev() {
-            if store.published_refusal(&layer.digest, repo).is_some() {
-                break;
+        for (digest, artifact) in p.artifacts.iter().rev() {
+            let publisher = match p.bound {
+                true => Publisher::Bound(*digest),
+                false => Publisher::Repository(repo.to_string()),
+            };
+            if let Some(why) = store.published_refusal(&layer.digest, &publisher) {
+                let note = format!("indexes of this layer from {publisher} are refused: {why}");
+                if !refused.contains(&note) {
+                    refused.push(note);
+                }
+                continue;
             }
             match fetch_published(client, handle, repo, artifact, layer) {
                 Ok(Some(index)) => {
@@ -405,7 +426,7 @@ fn resolve_one(
                         true => IndexSource::Bound,
                         false => IndexSource::Published,
                     };
-                    return Ok(confirm(index, source, &mut refused));
+                    return Ok(confirm(index, source, &publisher, &mut refused));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -451,7 +472,7 @@ fn resolve_one(
         LayerFormat::Estargz | LayerFormat::ZstdChunked => IndexSource::Toc,
         _ => IndexSource::Streamed,
     };
-    Ok(done(index, source, refused, false, None))
+    Ok(done(index, source, refused, None, None))
 }
 
 /// Checks the published `index` of `layer` against the whole layer when `whole`
@@ -463,7 +484,7 @@ fn check_whole_layer(
     layer: &Descriptor,
     whole: Option<&Store>,
     store: &IndexStore,
-    repo: &str,
+    publisher: &Publisher,
     refused: &mut Vec<String>,
 ) -> Option<(LayerIndex, bool)> {
     let whole = whole.filter(|w| w.has_blob(&layer.digest, layer.size))?;
@@ -476,7 +497,7 @@ fn check_whole_layer(
         });
     match checked {
         Ok(Ok(derived)) => {
-            tracing::info!(layer = %layer.digest, repo, "published index matches the whole layer");
+            tracing::info!(layer = %layer.digest, %publisher, "published index matches the whole layer");
             Some((derived, true))
         }
         Ok(Err(VerifyError::Differs {
@@ -488,8 +509,8 @@ fn check_whole_layer(
                 "published index does not match the layer: {}",
                 differences.join("; ")
             );
-            tracing::error!(layer = %digest, repo, "{reason}; using the layer's own index");
-            if let Err(e) = store.refuse_published(&digest, repo, &reason) {
+            tracing::error!(layer = %digest, %publisher, "{reason}; using the layer's own index");
+            if let Err(e) = store.refuse_published(&digest, publisher, &reason) {
                 tracing::warn!(layer = %digest, "recording the refusal: {e}");
             }
             refused.push(reason);
@@ -504,6 +525,20 @@ fn check_whole_layer(
             None
         }
     }
+}
+
+/// The first index of `blob` stored from one of `publishers` (in order).
+fn load_published(
+    store: &IndexStore,
+    blob: &Digest,
+    publishers: &[Publisher],
+) -> Result<Option<(LayerIndex, Option<Publisher>)>, IndexError> {
+    for publisher in publishers {
+        if let Some(index) = store.load_published(blob, publisher)? {
+            return Ok(Some((index, Some(publisher.clone()))));
+        }
+    }
+    Ok(None)
 }
 
 /// Lists and verifies the index artifacts published for `image` in its repository.
@@ -527,7 +562,7 @@ fn find_published(client: &Arc<Client>, handle: &Handle, image: &ResolvedImage) 
     let mut artifacts = Vec::new();
     for (d, manifest) in listed {
         match manifest {
-            Ok(m) => artifacts.push(m),
+            Ok(m) => artifacts.push((d.digest, m)),
             Err(source) => {
                 let e = ResolveError::Artifact {
                     digest: d.digest,
@@ -571,7 +606,7 @@ fn fetch_bound(
                 if m.artifact_type.as_deref() == Some(INDEX_ARTIFACT_TYPE)
                     && m.subject.as_ref().map(|s| s.digest) == Some(image.manifest_digest) =>
             {
-                artifacts.push(m)
+                artifacts.push((d.digest, m))
             }
             Ok(_) => problems.push(format!(
                 "bound artifact {} is not a layer index of {}",

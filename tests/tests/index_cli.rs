@@ -11,7 +11,7 @@ use skiff_proto::index::artifact::{
     index_artifact_manifest, index_blob, IndexBlob, INDEX_ARTIFACT_TYPE,
 };
 use skiff_proto::index::decode_chunk;
-use skiff_proto::index::store::IndexStore;
+use skiff_proto::index::store::{IndexStore, Publisher};
 use skiff_proto::index::{EntryKind, LayerFormat, LayerIndex};
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::Client;
@@ -636,11 +636,17 @@ fn a_published_index_that_lies_is_refused_once_the_whole_layer_is_here() {
     let motd = own.entries.iter().find(|e| e.path == "etc/motd").unwrap();
     assert_eq!(motd.mode, 0o644);
     let why = store
-        .published_refusal(&image.layers()[1].digest, "good/app")
+        .published_refusal(
+            &image.layers()[1].digest,
+            &Publisher::Repository("good/app".into()),
+        )
         .expect("refusal recorded");
     assert!(why.contains("mode 4755"), "{why}");
     assert!(store
-        .published_refusal(&image.layers()[0].digest, "good/app")
+        .published_refusal(
+            &image.layers()[0].digest,
+            &Publisher::Repository("good/app".into()),
+        )
         .is_none());
 
     // Without --verify: a root that pulled the image checks on the way too, and a
@@ -737,4 +743,88 @@ fn bound_indexes_travel_in_the_image_index_and_other_tools_still_pick_the_image(
     // And the files read right through them.
     let files = read_all(&layers[1].index, layers[1].blob.as_ref());
     assert_eq!(files["etc/motd"], b"hello\n");
+}
+
+/// Issue 16, "key the store by (layer digest, index digest, source)": an index the
+/// repository published as a referrer, stored by a root that ran the image, does not
+/// decide what the image shows once its image index binds another (a signature over
+/// the image index covers the bound one, not the referrer).
+#[test]
+fn a_bound_index_decides_over_one_the_repository_published() {
+    let reg = Registry::start();
+    let rt = rt();
+    let built = rt.block_on(fixtures::push_image(
+        &reg.host(),
+        "bind/over:v1",
+        plain_layers(),
+    ));
+    let image_ref = reg.reference("bind/over:v1");
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let image = resolve(&client, &image_ref);
+    let scratch = tempfile::tempdir().unwrap();
+    let genuine = layers_of(&client, &rt, &image, scratch.path());
+    let mut forged = (*genuine[1].index).clone();
+    let motd = forged
+        .entries
+        .iter_mut()
+        .find(|e| e.path == "etc/motd")
+        .unwrap();
+    motd.mode = 0o4755;
+    publish_artifact(
+        &client,
+        &rt,
+        "bind/over",
+        &image,
+        built.digest,
+        vec![index_blob(&forged).unwrap()],
+    );
+    let mode_of = |l: &ResolvedLayer| {
+        l.index
+            .entries
+            .iter()
+            .find(|e| e.path == "etc/motd")
+            .unwrap()
+            .mode
+    };
+    // A root runs the image while only the referrer exists: it takes (and stores) it.
+    let victim = tempfile::tempdir().unwrap();
+    let layers = layers_of(&client, &rt, &image, victim.path());
+    assert_eq!(layers[1].source, IndexSource::Published);
+    assert_eq!(mode_of(&layers[1]), 0o4755);
+
+    // The image's owner binds the genuine indexes into the image index.
+    let owner = tempfile::tempdir().unwrap();
+    ok(
+        &Skiff::new(owner.path()).run(&["index", "-q", "--no-published", "--bind", &image_ref]),
+        "skiff index --bind",
+    );
+    let bound_image = resolve(&client, &image_ref);
+    assert_eq!(bound_image.manifest_digest, built.digest);
+    assert!(!bound_image.bound_index_artifacts().is_empty());
+    // The same root now shows what the bound index says, not the stored referrer's,
+    let layers = layers_of(&client, &rt, &bound_image, victim.path());
+    assert_eq!(layers[1].source, IndexSource::Bound);
+    assert_eq!(mode_of(&layers[1]), 0o644);
+    // and keeps it from the store under the bound artifact's key.
+    let again = layers_of(&client, &rt, &bound_image, victim.path());
+    assert_eq!(again[1].source, IndexSource::Store);
+    assert_eq!(mode_of(&again[1]), 0o644);
+    // The unbound image's view of the referrer is kept apart, as before.
+    let store = IndexStore::open(victim.path()).unwrap();
+    let referrer = store
+        .load_published(
+            &image.layers()[1].digest,
+            &Publisher::Repository("bind/over".into()),
+        )
+        .unwrap()
+        .expect("the referrer's index stays stored under its repository");
+    assert_eq!(
+        referrer
+            .entries
+            .iter()
+            .find(|e| e.path == "etc/motd")
+            .unwrap()
+            .mode,
+        0o4755
+    );
 }

@@ -111,6 +111,26 @@ fn refusal_path(path: &Path) -> PathBuf {
     path.with_extension("refused")
 }
 
+/// Who vouches for a published index: the key it is stored (and refused) under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publisher {
+    /// Found as a referrer (or through the fallback tag) of an image in this
+    /// repository.
+    Repository(String),
+    /// Bound in an image index by the digest of its artifact manifest (`skiff index
+    /// --bind`), so covered by a signature over that image index.
+    Bound(Digest),
+}
+
+impl std::fmt::Display for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Publisher::Repository(repo) => write!(f, "repository {repo}"),
+            Publisher::Bound(artifact) => write!(f, "bound artifact {artifact}"),
+        }
+    }
+}
+
 /// A directory of stored indexes.
 #[derive(Debug, Clone)]
 pub struct IndexStore {
@@ -134,15 +154,25 @@ impl IndexStore {
         self.dir.join(format!("sha256-{}.idx", blob.hex()))
     }
 
-    /// Where an index of `blob` taken from an artifact published in repository `repo`
-    /// lives. Published indexes are kept apart per repository: anyone who can push to
-    /// some repository can publish an index for a popular base layer, and it must not
-    /// decide what another repository's images show.
-    pub fn published_path_for(&self, blob: &Digest, repo: &str) -> PathBuf {
-        self.dir
-            .join("published")
-            .join(Digest::of(repo.as_bytes()).hex())
-            .join(format!("sha256-{}.idx", blob.hex()))
+    /// Where an index of `blob` published by `publisher` lives. Published indexes are
+    /// kept apart per publisher: anyone who can push to some repository can publish an
+    /// index for a popular base layer, and it must not decide what another
+    /// repository's images show; and an image index that binds an index artifact
+    /// (`skiff index --bind`) gets exactly that artifact's index, whatever else the
+    /// repository published for the layer.
+    pub fn published_path_for(&self, blob: &Digest, publisher: &Publisher) -> PathBuf {
+        let dir = match publisher {
+            Publisher::Repository(repo) => self
+                .dir
+                .join("published")
+                .join(Digest::of(repo.as_bytes()).hex()),
+            Publisher::Bound(artifact) => self
+                .dir
+                .join("published")
+                .join("bound")
+                .join(artifact.hex()),
+        };
+        dir.join(format!("sha256-{}.idx", blob.hex()))
     }
 
     /// Loads the index of `blob` derived from the layer, or `None` if none is stored
@@ -151,29 +181,29 @@ impl IndexStore {
         load_at(&self.path_for(blob), blob)
     }
 
-    /// Loads the index of `blob` published in `repo`, if one was stored (and none
-    /// published there was refused; see [`IndexStore::refuse_published`]).
+    /// Loads the index of `blob` published by `publisher`, if one was stored (and none
+    /// it published was refused; see [`IndexStore::refuse_published`]).
     pub fn load_published(
         &self,
         blob: &Digest,
-        repo: &str,
+        publisher: &Publisher,
     ) -> Result<Option<LayerIndex>, IndexError> {
-        if self.published_refusal(blob, repo).is_some() {
+        if self.published_refusal(blob, publisher).is_some() {
             return Ok(None);
         }
-        load_at(&self.published_path_for(blob, repo), blob)
+        load_at(&self.published_path_for(blob, publisher), blob)
     }
 
-    /// Records that an index of `blob` published in `repo` lied about the layer
-    /// (`reason`), and drops the stored copy: no index published there for this layer
-    /// is used again. The record stays for the user to read (and delete).
+    /// Records that an index of `blob` published by `publisher` lied about the layer
+    /// (`reason`), and drops the stored copy: no index it publishes for this layer is
+    /// used again. The record stays for the user to read (and delete).
     pub fn refuse_published(
         &self,
         blob: &Digest,
-        repo: &str,
+        publisher: &Publisher,
         reason: &str,
     ) -> Result<(), IndexError> {
-        let path = self.published_path_for(blob, repo);
+        let path = self.published_path_for(blob, publisher);
         let marker = refusal_path(&path);
         let io_err = |source| IndexError::Store {
             path: marker.clone(),
@@ -190,9 +220,9 @@ impl IndexStore {
         }
     }
 
-    /// Why indexes of `blob` published in `repo` are refused, if they are.
-    pub fn published_refusal(&self, blob: &Digest, repo: &str) -> Option<String> {
-        let marker = refusal_path(&self.published_path_for(blob, repo));
+    /// Why indexes of `blob` published by `publisher` are refused, if they are.
+    pub fn published_refusal(&self, blob: &Digest, publisher: &Publisher) -> Option<String> {
+        let marker = refusal_path(&self.published_path_for(blob, publisher));
         std::fs::read_to_string(marker)
             .ok()
             .map(|s| s.trim_end().to_string())
@@ -203,10 +233,14 @@ impl IndexStore {
         save_at(&self.path_for(&index.blob), index)
     }
 
-    /// Stores `index`, taken from an artifact published in `repo`, apart from the
-    /// indexes derived from layers (see [`IndexStore::published_path_for`]).
-    pub fn save_published(&self, index: &LayerIndex, repo: &str) -> Result<PathBuf, IndexError> {
-        save_at(&self.published_path_for(&index.blob, repo), index)
+    /// Stores `index`, published by `publisher`, apart from the indexes derived from
+    /// layers and from other publishers' (see [`IndexStore::published_path_for`]).
+    pub fn save_published(
+        &self,
+        index: &LayerIndex,
+        publisher: &Publisher,
+    ) -> Result<PathBuf, IndexError> {
+        save_at(&self.published_path_for(&index.blob, publisher), index)
     }
 
     /// The stored index of `blob`, building and storing it with `build` if absent.
@@ -271,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn published_indexes_are_kept_per_repository_and_apart_from_derived_ones() {
+    fn published_indexes_are_kept_per_publisher_and_apart_from_derived_ones() {
         let dir = tempfile::tempdir().unwrap();
         let store = IndexStore::open(dir.path()).unwrap();
         let idx = LayerIndex {
@@ -283,15 +317,31 @@ mod tests {
             checkpoints: vec![],
             prefetch: vec![],
         };
-        store.save_published(&idx, "evil/x").unwrap();
+        let evil = Publisher::Repository("evil/x".into());
+        let python = Publisher::Repository("library/python".into());
+        let bound = Publisher::Bound(Digest::of(b"artifact manifest"));
+        store.save_published(&idx, &evil).unwrap();
         assert_eq!(
-            store.load_published(&idx.blob, "evil/x").unwrap(),
+            store.load_published(&idx.blob, &evil).unwrap(),
             Some(idx.clone())
         );
+        assert_eq!(store.load_published(&idx.blob, &python).unwrap(), None);
+        assert_eq!(store.load_published(&idx.blob, &bound).unwrap(), None);
+        let mut other = idx.clone();
+        other.prefetch = vec![1];
+        store.save_published(&other, &bound).unwrap();
         assert_eq!(
-            store.load_published(&idx.blob, "library/python").unwrap(),
-            None
+            store.load_published(&idx.blob, &bound).unwrap(),
+            Some(other)
         );
+        assert_eq!(
+            store.load_published(&idx.blob, &evil).unwrap(),
+            Some(idx.clone()),
+            "an index bound elsewhere does not replace a repository's"
+        );
+        store.refuse_published(&idx.blob, &bound, "lied").unwrap();
+        assert_eq!(store.load_published(&idx.blob, &bound).unwrap(), None);
+        assert!(store.load_published(&idx.blob, &evil).unwrap().is_some());
         assert_eq!(store.load(&idx.blob).unwrap(), None);
         store.save(&idx).unwrap();
         assert_eq!(store.load(&idx.blob).unwrap(), Some(idx));
