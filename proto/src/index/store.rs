@@ -328,7 +328,7 @@ mod tests {
         assert_eq!(store.load_published(&idx.blob, &python).unwrap(), None);
         assert_eq!(store.load_published(&idx.blob, &bound).unwrap(), None);
         let mut other = idx.clone();
-        other.prefetch = vec![1];
+        other.format = crate::index::LayerFormat::TarGzip;
         store.save_published(&other, &bound).unwrap();
         assert_eq!(
             store.load_published(&idx.blob, &bound).unwrap(),
