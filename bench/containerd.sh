@@ -6,7 +6,7 @@
 #
 #   bash bench/containerd.sh [--rate-mbit 100] [--rtt-ms 20] [--runs 3]
 #        [--images python,gcc,node] [--cache /var/tmp/skiff-bench] [--skiff PATH]
-#        [--mirror http://deb.debian.org/debian] [--out FILE]
+#        [--mirror http://deb.debian.org/debian] [--out FILE] [--trace DIR]
 #
 # Each run, for each image: /work/shared/peers/stargz-run.sh (fresh containerd +
 # containerd-stargz-grpc, `ctr-remote images rpull` + `ctr-remote run`) and
@@ -19,7 +19,10 @@
 #
 # Prints one table: per image the median time of each, the ratio skiff ÷ stargz and
 # the median MB fetched (also written to --out if given). Raw rows are kept in
-# CACHE/last-containerd.tsv, logs of failed runs in CACHE/failed-logs/. Needs root.
+# CACHE/last-containerd.tsv, logs of failed runs in CACHE/failed-logs/. --trace DIR
+# keeps each skiff run's daemon log at RUST_LOG=debug (gRPC calls and registry
+# requests, timestamped), containerd's debug log and the rpull/run marks under DIR
+# (bench/lib/skiff-ctr-run.sh's SK_TRACE). Needs root.
 # Everything started here is stopped on exit, Ctrl-C included.
 # The whole script is one { ... } block so bash parses it before running.
 {
@@ -29,7 +32,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-/work/shared/peers}
 RATE=100 RTT=20 RUNS=3 IMAGES=python,gcc,node CACHE=/var/tmp/skiff-bench
-SKIFF= MIRROR=http://deb.debian.org/debian OUT=
+SKIFF= MIRROR=http://deb.debian.org/debian OUT= TRACE=
 while [ $# -gt 0 ]; do
     case $1 in
     --rate-mbit) RATE=$2; shift 2 ;;
@@ -40,6 +43,7 @@ while [ $# -gt 0 ]; do
     --skiff) SKIFF=$2; shift 2 ;;
     --mirror) MIRROR=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --trace) TRACE=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
     -h | --help) awk 'NR>1 && /^# The whole script/{exit} NR>1{sub(/^# ?/,""); print}' "$0"; exit 0 ;;
     *) echo "containerd.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -118,7 +122,7 @@ start_shaper LINK "$RATE" "$(echo "$RTT / 2" | bc -l)"
 log "shaped link $LINK -> $REG: ${RATE} Mbit/s, ${RTT} ms RTT"
 
 stargz_run() { run_one "$1" stargz "$2" env SGZ_DIR="$WORK/sgz" bash "$PEERS/stargz-run.sh" "$3" "${CMD[@]}"; }
-skiff_run() { run_one "$1" skiff "$2" env SKIFF="$SKIFF" SK_DIR="$WORK/sk" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
+skiff_run() { run_one "$1" skiff "$2" env SKIFF="$SKIFF" SK_DIR="$WORK/sk" SK_TRACE="$TRACE" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
 for n in $(seq "$RUNS"); do
     for img in "${IMGS[@]}"; do
         image_cmd "$img"
