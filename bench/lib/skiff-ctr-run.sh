@@ -17,7 +17,8 @@ A=$D/ctd.sock
 keep_trace() {
     [ -n "${SK_TRACE:-}" ] && [ -n "${t0:-}" ] || return 0
     local to t
-    to=$SK_TRACE/skiff-$(basename "${IMAGE%%:*}")-$$
+    t=${IMAGE##*/}
+    to=$SK_TRACE/skiff-${t%%:*}-$$
     mkdir -p "$to"
     cp "$D/skiff.log" "$D/containerd.log" "$to/" 2>/dev/null || true
     for t in "${t0:-}" "${t1:-}" "${t2:-}"; do
