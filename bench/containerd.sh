@@ -24,9 +24,9 @@
 # keeps each skiff run's daemon log at RUST_LOG=debug (gRPC calls and registry
 # requests, timestamped), containerd's debug log and the rpull/run marks under DIR
 # (bench/lib/skiff-ctr-run.sh's SK_TRACE). --baseline PATH runs a second skiff
-# binary (an earlier build) in the same rounds, right after the first, and adds its
-# medians and ratio to the table, so a change is measured against its base under the
-# same load. Needs root.
+# binary (an earlier build) in the same rounds, next to the first (alternating which
+# goes first), and adds its medians and ratios to the table, so a change is measured
+# against its base under the same load. Needs root.
 # Everything started here is stopped on exit, Ctrl-C included.
 # The whole script is one { ... } block so bash parses it before running.
 {
