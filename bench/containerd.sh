@@ -190,7 +190,7 @@ for img in images:
           f"| {failed.get((img, 'skiff'), 0)}/{failed.get((img, 'stargz'), 0)} |")
 if baseline:
     print()
-    print(f"Baseline (the same rounds, run right after each skiff run): {baseline}")
+    print(f"Baseline (the same rounds, next to each skiff run): {baseline}")
     print()
     print("| image | baseline (s) | baseline ÷ stargz | skiff ÷ baseline | baseline MB fetched "
           "| failed baseline runs |")
