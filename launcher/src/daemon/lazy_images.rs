@@ -16,9 +16,9 @@
 //! Nothing from containerd is trusted: a layer is served only if its digest is one
 //! of the layers of the manifest Skiff fetched itself (the snapshotter then checks
 //! it sits where the parent chain says), and the layers the labels list above it
-//! (when they do) must be the manifest's. A mismatch means the tag moved since Skiff resolved it: the image is
-//! resolved again once, from the registry; a layer still not found is unpacked by
-//! containerd instead.
+//! (when they do) must be the manifest's. A mismatch means the tag moved since
+//! Skiff resolved it: the image is resolved again once, from the registry; a layer
+//! still not found is unpacked by containerd instead.
 //!
 //! Once an image is resolved, the files any container of it reads first (the user
 //! and group files the runtime reads, the image's own program and the libraries its
