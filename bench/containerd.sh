@@ -6,7 +6,8 @@
 #
 #   bash bench/containerd.sh [--rate-mbit 100] [--rtt-ms 20] [--runs 3]
 #        [--images python,gcc,node] [--cache /var/tmp/skiff-bench] [--skiff PATH]
-#        [--mirror http://deb.debian.org/debian] [--out FILE]
+#        [--mirror http://deb.debian.org/debian] [--out FILE] [--trace DIR]
+#        [--baseline PATH]
 #
 # Each run, for each image: /work/shared/peers/stargz-run.sh (fresh containerd +
 # containerd-stargz-grpc, `ctr-remote images rpull` + `ctr-remote run`) and
@@ -19,7 +20,13 @@
 #
 # Prints one table: per image the median time of each, the ratio skiff ÷ stargz and
 # the median MB fetched (also written to --out if given). Raw rows are kept in
-# CACHE/last-containerd.tsv, logs of failed runs in CACHE/failed-logs/. Needs root.
+# CACHE/last-containerd.tsv, logs of failed runs in CACHE/failed-logs/. --trace DIR
+# keeps each skiff run's daemon log at RUST_LOG=debug (gRPC calls and registry
+# requests, timestamped), containerd's debug log and the rpull/run marks under DIR
+# (bench/lib/skiff-ctr-run.sh's SK_TRACE). --baseline PATH runs a second skiff
+# binary (an earlier build) in the same rounds, next to the first (alternating which
+# goes first), and adds its medians and ratios to the table, so a change is measured
+# against its base under the same load. Needs root.
 # Everything started here is stopped on exit, Ctrl-C included.
 # The whole script is one { ... } block so bash parses it before running.
 {
@@ -29,7 +36,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-/work/shared/peers}
 RATE=100 RTT=20 RUNS=3 IMAGES=python,gcc,node CACHE=/var/tmp/skiff-bench
-SKIFF= MIRROR=http://deb.debian.org/debian OUT=
+SKIFF= MIRROR=http://deb.debian.org/debian OUT= TRACE= BASELINE=
 while [ $# -gt 0 ]; do
     case $1 in
     --rate-mbit) RATE=$2; shift 2 ;;
@@ -40,6 +47,8 @@ while [ $# -gt 0 ]; do
     --skiff) SKIFF=$2; shift 2 ;;
     --mirror) MIRROR=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --trace) TRACE=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
+    --baseline) BASELINE=$2; shift 2 ;;
     -h | --help) awk 'NR>1 && /^# The whole script/{exit} NR>1{sub(/^# ?/,""); print}' "$0"; exit 0 ;;
     *) echo "containerd.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -118,7 +127,18 @@ start_shaper LINK "$RATE" "$(echo "$RTT / 2" | bc -l)"
 log "shaped link $LINK -> $REG: ${RATE} Mbit/s, ${RTT} ms RTT"
 
 stargz_run() { run_one "$1" stargz "$2" env SGZ_DIR="$WORK/sgz" bash "$PEERS/stargz-run.sh" "$3" "${CMD[@]}"; }
-skiff_run() { run_one "$1" skiff "$2" env SKIFF="$SKIFF" SK_DIR="$WORK/sk" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
+skiff_one() { run_one "$1" skiff "$2" env SKIFF="$SKIFF" SK_DIR="$WORK/sk" SK_TRACE="$TRACE" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
+baseline_one() { run_one "$1" baseline "$2" env SKIFF="$BASELINE" SK_DIR="$WORK/sk" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
+# skiff, and the baseline if given (alternating which goes first, as with stargz)
+skiff_run() {
+    if [ -z "$BASELINE" ]; then
+        skiff_one "$@"
+    elif [ $(($2 % 2)) = 1 ]; then
+        skiff_one "$@"; baseline_one "$@"
+    else
+        baseline_one "$@"; skiff_one "$@"
+    fi
+}
 for n in $(seq "$RUNS"); do
     for img in "${IMGS[@]}"; do
         image_cmd "$img"
@@ -137,9 +157,9 @@ touch "$WORK/results.tsv"
 cp "$WORK/results.tsv" "$CACHE/last-containerd.tsv"
 python3 - "$WORK/results.tsv" "$RATE" "$RTT" "$RUNS" \
     "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)" \
-    "$SKIFF ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo ?))" <<'PY' | tee "${OUT:-/dev/null}"
+    "$SKIFF ($(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo ?))" "$BASELINE" <<'PY' | tee "${OUT:-/dev/null}"
 import statistics, sys
-path, rate, rtt, runs, load0, load1, skiff = sys.argv[1:]
+path, rate, rtt, runs, load0, load1, skiff, baseline = sys.argv[1:]
 rows = {}
 failed = {}
 for line in open(path):
@@ -168,6 +188,21 @@ for img in images:
     print(f"| {img} | {fmt(ts, '{:.2f}')} | {fmt(tz, '{:.2f}')} | {fmt(ratio, '{:.2f}×')} "
           f"| {fmt(bs and bs / 1e6, '{:.1f}')} | {fmt(bz and bz / 1e6, '{:.1f}')} "
           f"| {failed.get((img, 'skiff'), 0)}/{failed.get((img, 'stargz'), 0)} |")
+if baseline:
+    print()
+    print(f"Baseline (the same rounds, next to each skiff run): {baseline}")
+    print()
+    print("| image | baseline (s) | baseline ÷ stargz | skiff ÷ baseline | baseline MB fetched "
+          "| failed baseline runs |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for img in images:
+        tb, ts, tz = med(img, "baseline", 0), med(img, "skiff", 0), med(img, "stargz", 0)
+        bb = med(img, "baseline", 1)
+        vs_stargz = tb / tz if tb is not None and tz else None
+        vs_base = ts / tb if ts is not None and tb else None
+        print(f"| {img} | {fmt(tb, '{:.2f}')} | {fmt(vs_stargz, '{:.2f}×')} "
+              f"| {fmt(vs_base, '{:.2f}×')} | {fmt(bb and bb / 1e6, '{:.1f}')} "
+              f"| {failed.get((img, 'baseline'), 0)} |")
 PY
 log "raw rows: $CACHE/last-containerd.tsv"
 exit 0

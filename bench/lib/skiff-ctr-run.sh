@@ -6,12 +6,27 @@
 # $SK_DIR (default /tmp/ctd-skiff) with empty caches; timed = rpull + run until exit
 # (the daemons' start-up is not counted, as in stargz-run.sh). Localhost registries
 # are plain http. Everything started here is stopped on exit.
+# SK_TRACE=DIR keeps a trace of the run in DIR/skiff-IMAGE-PID/: the daemon's log at
+# RUST_LOG=debug (each gRPC call and registry request, timestamped), containerd's at
+# debug level, and the wall-clock marks of rpull and run (times.txt).
 set -euo pipefail
 IMAGE=${1:?usage: $0 IMAGE [CMD...]}; shift
 SKIFF=${SKIFF:?SKIFF: the skiff binary}
 D=${SK_DIR:-/tmp/ctd-skiff}
 A=$D/ctd.sock
+keep_trace() {
+    [ -n "${SK_TRACE:-}" ] && [ -n "${t0:-}" ] || return 0
+    local to t
+    t=${IMAGE##*/}
+    to=$SK_TRACE/skiff-${t%%:*}-$$
+    mkdir -p "$to"
+    cp "$D/skiff.log" "$D/containerd.log" "$to/" 2>/dev/null || true
+    for t in "${t0:-}" "${t1:-}" "${t2:-}"; do
+        if [ -n "$t" ]; then date -u -d "@$t" +%T.%N; fi
+    done | paste -d' ' - <(printf '%s\n' "rpull start" "rpull end, run start" "run end") >"$to/times.txt"
+}
 stop() {
+    keep_trace
     # containerd first (its containers are gone after `run --rm`), then the daemon
     # for good (`daemon stop` unmounts every view and ends its keeper)
     if [ -f "$D/containerd.pid" ]; then
@@ -46,9 +61,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   type = "snapshot"
   address = "$D/skiff/snapshotter.sock"
 TOML
+CTD_LOG=()
+if [ -n "${SK_TRACE:-}" ]; then
+    export RUST_LOG=${RUST_LOG:-debug,h2=info,hyper=info,tower=info,reqwest=info}
+    CTD_LOG=(--log-level debug)
+fi
 setsid "$SKIFF" --root "$D/skiff" daemon >"$D/skiff.log" 2>&1 &
 echo $! >"$D/skiff.pid"
-setsid containerd --config "$D/config.toml" >"$D/containerd.log" 2>&1 &
+setsid containerd --config "$D/config.toml" "${CTD_LOG[@]}" >"$D/containerd.log" 2>&1 &
 echo $! >"$D/containerd.pid"
 trap stop EXIT
 for _ in $(seq 100); do [ -S "$A" ] && [ -S "$D/skiff/snapshotter.sock" ] && break; sleep 0.1; done

@@ -228,6 +228,14 @@ impl SharedLower {
         (indexes, self.tree.memory_size())
     }
 
+    /// Reads `files` into the cache now, before any mount of this view asks for them
+    /// (as [`MountOptions::warm`] does at mount time): each item lists candidate
+    /// paths and the first regular file found is read; an executable's loader and
+    /// libraries are predicted from its head, as for a mount.
+    pub fn warm(&self, files: &[Vec<String>], whole_file_max: u64) {
+        self.predictor.warm(files, whole_file_max);
+    }
+
     /// The chunk cache the fetcher reads into.
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache

@@ -31,8 +31,9 @@ pub struct LazyRequest {
     pub image: String,
     /// The layer's digest.
     pub digest: String,
-    /// The image's layer digests, bottom first, when the labels list them (they may
-    /// be cut short by containerd's label size limit).
+    /// The digests of this layer and the image's layers above it, bottom first,
+    /// when the labels list them (containerd and stargz's tools list `layers[i..]`
+    /// for layer `i`, cut short at their label size limit).
     pub layers: Vec<String>,
     /// Alternative URLs of the layer blob (foreign layers), if given.
     pub urls: Vec<String>,

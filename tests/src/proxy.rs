@@ -78,6 +78,8 @@ pub struct Recorded {
     pub authorization: Option<String>,
     /// The `Range` header, if any.
     pub range: Option<String>,
+    /// The `User-Agent` header, if any (tells containerd's requests from Skiff's).
+    pub user_agent: Option<String>,
     /// The fault applied, if any.
     pub fault: Option<Fault>,
 }
@@ -270,6 +272,7 @@ fn handle(mut conn: TcpStream, upstream: SocketAddr, state: &Mutex<State>) -> io
             path: path.clone(),
             authorization: header(&headers, "authorization"),
             range: header(&headers, "range"),
+            user_agent: header(&headers, "user-agent"),
             fault: fault.clone(),
         });
         fault

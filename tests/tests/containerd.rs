@@ -5,9 +5,10 @@
 //! the proxy) serves a fraction of the image, never a layer whole. A container keeps
 //! reading while the daemon restarts under it.
 
+use skiff_proto::image::Platform;
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::containerd::{tail, Containerd, SkiffDaemon};
-use skiff_tests::fixtures::push_busybox;
+use skiff_tests::fixtures::{build_image, busybox_layers, push_built, push_busybox, Entry, Layer};
 use skiff_tests::proxy::{FaultProxy, Recorded};
 use skiff_tests::registry::Registry;
 use skiff_tests::tools_or_skip;
@@ -115,16 +116,20 @@ fn layer_bytes(reqs: &[Recorded], layers: &[(String, u64)]) -> (u64, Vec<String>
     (bytes, whole)
 }
 
-/// The layers (digest, size) of `image`'s manifest, read with skopeo.
-fn manifest_layers(image: &str) -> Vec<(String, u64)> {
+/// `image`'s manifest, read with skopeo.
+fn manifest_json(image: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{image}"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
-    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    m["layers"]
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The layers (digest, size) of `image`'s manifest, read with skopeo.
+fn manifest_layers(image: &str) -> Vec<(String, u64)> {
+    manifest_json(image)["layers"]
         .as_array()
         .expect("a single-platform manifest")
         .iter()
@@ -201,7 +206,6 @@ enum Format {
 async fn push_lazy_image(s: &Setup, format: Format) -> &'static str {
     push_busybox(&s.reg.host(), "ctd/lazy", 8 << 20).await;
     let source = s.reg.reference("ctd/lazy:latest");
-    let c = &s.containerd;
     match format {
         Format::GzipIndexed => {
             let publisher = Skiff::new(&s.work.path().join("publisher"));
@@ -210,23 +214,7 @@ async fn push_lazy_image(s: &Setup, format: Format) -> &'static str {
             "latest"
         }
         Format::Estargz => {
-            let dest = s.reg.reference("ctd/lazy:esgz");
-            let conv = |cmd: &mut Command| {
-                // Another namespace: the converted layers must not be in the test's.
-                cmd.args(["-n", "convert"]);
-            };
-            let mut fetch = Command::new("ctr");
-            fetch.arg("-a").arg(c.socket());
-            conv(&mut fetch);
-            c.ok(fetch.args(["content", "fetch", "--plain-http", &source]));
-            let mut convert = Command::new("ctr-remote");
-            convert.arg("-a").arg(c.socket());
-            conv(&mut convert);
-            c.ok(convert.args(["images", "convert", "--estargz", "--oci", &source, &dest]));
-            let mut push = Command::new("ctr");
-            push.arg("-a").arg(c.socket());
-            conv(&mut push);
-            c.ok(push.args(["images", "push", "--plain-http", &dest]));
+            to_estargz(s, &source, &s.reg.reference("ctd/lazy:esgz"));
             "esgz"
         }
         Format::ZstdChunked => {
@@ -258,6 +246,31 @@ async fn push_lazy_image(s: &Setup, format: Format) -> &'static str {
             "zc"
         }
     }
+}
+
+/// Converts the image `source` to eStargz with `ctr-remote images convert` and pushes
+/// it as `dest` (through a containerd namespace of its own: the converted layers must
+/// not be in the test's).
+fn to_estargz(s: &Setup, source: &str, dest: &str) {
+    convert_ns(s, "ctr", &["content", "fetch", "--plain-http", source]);
+    convert_ns(
+        s,
+        "ctr-remote",
+        &["images", "convert", "--estargz", "--oci", source, dest],
+    );
+    convert_ns(s, "ctr", &["images", "push", "--plain-http", dest]);
+}
+
+/// Runs `program` (`ctr` or `ctr-remote`) with `args` in the test containerd's
+/// namespace for conversions, asserting success.
+fn convert_ns(s: &Setup, program: &str, args: &[&str]) {
+    let c = &s.containerd;
+    let mut cmd = Command::new(program);
+    cmd.arg("-a")
+        .arg(c.socket())
+        .args(["-n", "convert"])
+        .args(args);
+    c.ok(&mut cmd);
 }
 
 /// rpull of the image in `format` through the counting proxy, then two containers:
@@ -319,6 +332,131 @@ async fn lazy_pull_and_run(format: Format) {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Pushes the busybox image with a third layer holding `/opt/three` (`text`) as
+/// `ctd/three:latest`, converted to eStargz (as `ctd/three:v{version}` first).
+async fn push_three_layers(s: &Setup, text: &[u8], version: u32) {
+    let mut layers = busybox_layers(1 << 20);
+    layers.push(Layer::tar_gzip(&[
+        Entry::dir("opt", 0o755),
+        Entry::file("opt/three", text, 0o644),
+    ]));
+    let image = build_image(layers, &Platform::host(), &["/bin/sh"]);
+    let gzip = format!("gzip{version}");
+    push_built(
+        &skiff_tests::client(&s.reg.host()),
+        "ctd/three",
+        &gzip,
+        &image,
+    )
+    .await;
+    let converted = s.reg.reference(&format!("ctd/three:v{version}"));
+    to_estargz(
+        s,
+        &s.reg.reference(&format!("ctd/three:{gzip}")),
+        &converted,
+    );
+    let latest = s.reg.reference("ctd/three:latest");
+    convert_ns(
+        s,
+        "ctr",
+        &["images", "push", "--plain-http", &latest, &converted],
+    );
+}
+
+/// What Skiff (not containerd, which fetches the manifest and config itself) asked
+/// the registry for through `proxy`: manifest requests, config requests, and per
+/// layer the TOC reads (ranges that end at the blob's last byte, where eStargz keeps
+/// its TOC and footer).
+fn skiff_requests(proxy: &FaultProxy, image: &str) -> (usize, usize, Vec<usize>) {
+    let m = manifest_json(image);
+    let config = m["config"]["digest"].as_str().unwrap().to_string();
+    let layers = manifest_layers(image);
+    let reqs: Vec<Recorded> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user_agent
+                .as_deref()
+                .is_some_and(|a| a.starts_with("skiff/"))
+        })
+        .collect();
+    let manifests = reqs
+        .iter()
+        .filter(|r| r.path.contains("/manifests/"))
+        .count();
+    let configs = reqs.iter().filter(|r| r.path.ends_with(&config)).count();
+    let tocs = layers
+        .iter()
+        .map(|(digest, size)| {
+            let tail = format!("-{}", size - 1);
+            reqs.iter()
+                .filter(|r| r.path.ends_with(digest.as_str()))
+                .filter(|r| r.range.as_deref().is_some_and(|v| v.ends_with(&tail)))
+                .count()
+        })
+        .collect();
+    (manifests, configs, tocs)
+}
+
+/// A lazy rpull of a 3-layer image resolves it once: Skiff asks the registry for the
+/// manifest and the config once each and reads each layer's TOC once, for the three
+/// Prepares and the container's view. When the tag then moves to an image with
+/// another third layer, the next rpull's labels no longer match what Skiff resolved:
+/// it resolves the tag once more and serves the new layer lazily too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_rpull_resolves_the_image_once() {
+    if !tools() {
+        return;
+    }
+    let s = Setup::new();
+    push_three_layers(&s, b"layer three\n", 1).await;
+    let proxy = FaultProxy::start(s.reg.addr());
+    let image = format!("{}/ctd/three:latest", proxy.host());
+    let first = manifest_layers(&image);
+    assert_eq!(first.len(), 3);
+    proxy.clear_requests();
+
+    s.rpull(&image);
+    assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
+    let (manifests, configs, tocs) = skiff_requests(&proxy, &image);
+    assert_eq!(
+        (manifests, configs, tocs),
+        (1, 1, vec![1, 1, 1]),
+        "{}",
+        tail(&s.daemon.log(), 40)
+    );
+    let out = s.run(&image, "three1", &["cat", "/opt/three"]);
+    assert_eq!(out, "layer three\n");
+    let (manifests, configs, _) = skiff_requests(&proxy, &image);
+    assert_eq!(
+        (manifests, configs),
+        (1, 1),
+        "the view re-resolved the image"
+    );
+
+    // The tag moves: a new third layer under the same name.
+    push_three_layers(&s, b"layer three, second version\n", 2).await;
+    proxy.clear_requests();
+    s.rpull(&image);
+    assert_eq!(
+        s.snapshot_dirs(),
+        0,
+        "a layer was unpacked: {}",
+        tail(&s.daemon.log(), 40)
+    );
+    let (manifests, _, tocs) = skiff_requests(&proxy, &image);
+    assert_eq!(manifests, 1, "{}", tail(&s.daemon.log(), 40));
+    // The new layers' TOCs are read once, the others' not again.
+    let new: Vec<usize> = manifest_layers(&image)
+        .iter()
+        .map(|l| usize::from(!first.contains(l)))
+        .collect();
+    assert_eq!(new[2], 1, "the third layer is new");
+    assert_eq!(tocs, new, "{}", tail(&s.daemon.log(), 40));
+    let out = s.run(&image, "three2", &["cat", "/opt/three"]);
+    assert_eq!(out, "layer three, second version\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

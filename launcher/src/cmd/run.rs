@@ -570,22 +570,27 @@ fn run_through(
 /// ([`skiff_fs::MountOptions::warm`]): the program it execs (every place `PATH` may
 /// find it, in order, as execvp looks) and the user and group files the setup reads.
 fn warm_files(spec: &ContainerSpec) -> Vec<Vec<String>> {
+    warm_files_of(spec.args.first().map(String::as_str), &spec.env, &spec.cwd)
+}
+
+/// [`warm_files`] of a container that execs `program` (as given: a path, or a name
+/// looked up in `env`'s `PATH`) in the directory `cwd`.
+pub(crate) fn warm_files_of(program: Option<&str>, env: &[String], cwd: &str) -> Vec<Vec<String>> {
     let mut warm = vec![
         vec!["/etc/passwd".to_string()],
         vec!["/etc/group".to_string()],
     ];
-    let Some(program) = spec.args.first().filter(|p| !p.is_empty()) else {
+    let Some(program) = program.filter(|p| !p.is_empty()) else {
         return warm;
     };
     let candidates = if program.contains('/') {
-        let cwd = spec.cwd.trim_end_matches('/');
+        let cwd = cwd.trim_end_matches('/');
         vec![match program.starts_with('/') {
-            true => program.clone(),
+            true => program.to_string(),
             false => format!("{cwd}/{program}"),
         }]
     } else {
-        let path = spec
-            .env
+        let path = env
             .iter()
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(crate::container::spec::DEFAULT_PATH);

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod keeper;
+pub mod lazy_images;
 pub mod persist;
 pub mod protocol;
 pub mod restart;

@@ -1,6 +1,7 @@
 //! The daemon as a containerd remote snapshotter: the lazy-layer side of
-//! `skiff-snapshotter`. A lazy layer is one of an image the daemon resolves (manifest,
-//! config and layer indexes, no layer download) into its [`ImageCache`]; the view of
+//! `skiff-snapshotter`. A lazy layer is one of an image the daemon resolves once
+//! (manifest, config and layer indexes, no layer download) into its [`ImageCache`]
+//! and keeps in its [`LazyImages`], which answers every Prepare of the image; the view of
 //! a lazy chain (layers `0..=k` of an image) is one read-only FUSE mount of the
 //! merged tree, shared by every container of that chain — the image's own merged
 //! tree and fetcher when the chain is the whole image, a tree of the first `k + 1`
@@ -13,7 +14,9 @@
 //! snapshot stands on it any more) unmounts it and forgets both.
 //!
 //! [`ImageCache`]: super::state::ImageCache
+//! [`LazyImages`]: super::lazy_images::LazyImages
 
+use super::lazy_images::LazyImages;
 use super::persist::{ChainView, MountRecord};
 use super::protocol::ImageSource;
 use super::restart;
@@ -21,7 +24,6 @@ use super::state::{lock, DaemonState, ImageEntry};
 use crate::cmd::lazy::PullPolicy;
 use anyhow::Context;
 use skiff_fs::{MountHandle, SharedLower};
-use skiff_proto::reference::Reference;
 use skiff_snapshotter::labels::LazyRequest;
 use skiff_snapshotter::{LayerSource, NotLazy, RemoteLayer, SnapshotServer, Snapshotter};
 use std::collections::HashMap;
@@ -39,6 +41,8 @@ struct View {
 /// The daemon's lazy layers and the views mounted from them.
 pub struct DaemonLayers {
     state: Arc<DaemonState>,
+    /// Each image resolved once, for all its layers and views.
+    images: LazyImages,
     views_dir: PathBuf,
     /// Mounted views by chain name.
     views: Mutex<HashMap<String, View>>,
@@ -92,6 +96,7 @@ impl DaemonLayers {
     /// daemon before this one left with the keeper are served again.
     pub fn new(state: Arc<DaemonState>, views_dir: PathBuf) -> DaemonLayers {
         let layers = DaemonLayers {
+            images: LazyImages::new(state.clone()),
             state,
             views_dir,
             views: Mutex::default(),
@@ -107,7 +112,18 @@ impl DaemonLayers {
 
     fn mount_view(&self, chain: &str, top: &RemoteLayer, at: &Path) -> anyhow::Result<View> {
         let source = source_of(&top.image);
-        let (image, _) = self.state.image(&source)?;
+        let lazy = self.images.image(&top.image)?;
+        // The image as resolved now must be the one the chain was committed from
+        // (after a restart it comes from the local store, whose tag may have moved).
+        if lazy.layers.get(top.layer) != Some(&top.digest) {
+            anyhow::bail!(
+                "{} is no longer layer {} of {}",
+                top.digest,
+                top.layer,
+                top.image
+            );
+        }
+        let image = lazy.entry.clone();
         let lower = lower_of(&image, top.layer)?;
         std::fs::create_dir_all(at)?;
         // A view left by a daemon that died without a keeper is a dead FUSE mount.
@@ -201,27 +217,9 @@ impl DaemonLayers {
 
 impl LayerSource for DaemonLayers {
     fn prepare(&self, request: &LazyRequest) -> Result<RemoteLayer, NotLazy> {
-        let not_lazy = |e: anyhow::Error| NotLazy(format!("{e:#}"));
-        // Resolving and indexing the whole image once makes every later layer of it
-        // (and every view) a lookup.
-        let (image, _) = self
-            .state
-            .image(&source_of(&request.image))
-            .map_err(not_lazy)?;
-        let reference = Reference::parse(&request.image).map_err(|e| not_lazy(e.into()))?;
-        let resolved =
-            crate::cmd::inspect::load_local(&self.state.global, &reference).map_err(not_lazy)?;
-        let layer = resolved
-            .manifest
-            .layers
-            .iter()
-            .position(|d| d.digest.to_string() == request.digest)
-            .ok_or_else(|| {
-                NotLazy(format!(
-                    "{} is not a layer of {} for this platform",
-                    request.digest, image.name
-                ))
-            })?;
+        // The first layer of an image resolves and indexes all of it; every later
+        // layer (and every view) is a lookup.
+        let (_, layer) = self.images.layer(request)?;
         Ok(RemoteLayer {
             image: request.image.clone(),
             layer,

@@ -1,0 +1,286 @@
+//! The images the containerd snapshotter serves lazily, each resolved once.
+//!
+//! containerd's unpacker calls Prepare once per layer, each naming the image and
+//! the layer. The first Prepare that names an image resolves it through the
+//! daemon's image cache (manifest and config once, every layer's TOC or published
+//! index fetched in parallel) and keeps the result here, under the reference and
+//! with the manifest digest it resolved to; every later Prepare of that image (and
+//! the view of its chain) is answered from that one resolution, without the local
+//! store or the registry.
+//!
+//! What is kept per image is the resolution's result (manifest digest, layer
+//! digests) and a weak handle on the merged tree: the tree itself stays owned by the
+//! daemon's image cache and its bound. If that cache dropped it, the tree is built
+//! again from the image pinned to its manifest digest (local stores first).
+//!
+//! Nothing from containerd is trusted: a layer is served only if its digest is one
+//! of the layers of the manifest Skiff fetched itself (the snapshotter then checks
+//! it sits where the parent chain says), and the layers the labels list above it
+//! (when they do) must be the manifest's. A mismatch means the tag moved since
+//! Skiff resolved it: the image is resolved again once, from the registry; a layer
+//! still not found is unpacked by containerd instead.
+//!
+//! Once an image is resolved, the files any container of it reads first (the user
+//! and group files the runtime reads, the image's own program and the libraries its
+//! loader will open) are fetched in the background, while containerd finishes the
+//! pull and sets up the container.
+
+use super::protocol::ImageSource;
+use super::state::{lock, DaemonState, ImageEntry};
+use crate::cmd::lazy::PullPolicy;
+use skiff_proto::Digest;
+use skiff_snapshotter::labels::LazyRequest;
+use skiff_snapshotter::NotLazy;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// How many images' resolutions are kept (a forgotten one is resolved again from
+/// the local store).
+const MAX_IMAGES: usize = 256;
+
+/// Executables up to this size are fetched whole when warmed (a mount's default).
+const WHOLE_FILE_MAX: u64 = 64 << 20;
+
+/// One image resolved for lazy layers.
+pub struct LazyImage {
+    /// The resolved image: its merged tree and fetcher.
+    pub entry: Arc<ImageEntry>,
+    /// The digests of its layers, bottom first, as its manifest lists them.
+    pub layers: Vec<String>,
+}
+
+impl LazyImage {
+    fn new(entry: Arc<ImageEntry>) -> LazyImage {
+        let layers = entry
+            .lower
+            .layers()
+            .iter()
+            .map(|l| l.index.blob.to_string())
+            .collect();
+        LazyImage { entry, layers }
+    }
+
+    /// Which layer of this image `request` names ([`layer_of`]).
+    fn check(&self, request: &LazyRequest) -> Result<usize, String> {
+        layer_of(&self.layers, request).map_err(|why| {
+            let manifest = self.entry.manifest.map(|d| d.to_string());
+            format!(
+                "{why} (in {}@{})",
+                request.image,
+                manifest.as_deref().unwrap_or("?")
+            )
+        })
+    }
+}
+
+/// Which of `layers` (an image's, bottom first) `request` names, if its digest is
+/// one of them and the layers its labels list above it are the image's; why not
+/// otherwise.
+fn layer_of(layers: &[String], request: &LazyRequest) -> Result<usize, String> {
+    let layer = layers
+        .iter()
+        .position(|d| *d == request.digest)
+        .ok_or_else(|| format!("{} is not a layer of the image", request.digest))?;
+    // The labels list this layer and those above it, cut short when they exceed
+    // containerd's label size limit, never others.
+    if !layers[layer..].starts_with(&request.layers) {
+        return Err(format!(
+            "the labels list other layers from {} up than the image",
+            request.digest
+        ));
+    }
+    Ok(layer)
+}
+
+/// What one resolution of an image reference found.
+struct Resolution {
+    /// The manifest digest it resolved to.
+    manifest: Option<Digest>,
+    /// Its layer digests, bottom first.
+    layers: Vec<String>,
+    /// Its merged tree, while the daemon's image cache (or a view) keeps it.
+    entry: Weak<ImageEntry>,
+}
+
+/// A slot per image reference: filled once by whoever asks first while later
+/// askers of the same image wait on its lock.
+type Slot = Arc<Mutex<Option<Resolution>>>;
+
+/// The images resolved for the snapshotter, by reference.
+pub struct LazyImages {
+    state: Arc<DaemonState>,
+    images: Mutex<HashMap<String, Slot>>,
+}
+
+fn source_of(image: &str, pull: PullPolicy) -> ImageSource {
+    ImageSource::Registry {
+        image: image.to_string(),
+        pull,
+        platform: None,
+        insecure_registries: Vec::new(),
+    }
+}
+
+/// What a container of `entry` reads first: the user and group files the runtime
+/// reads, then the image's own program (its entrypoint, else its command).
+fn first_reads(entry: &ImageEntry) -> Vec<Vec<String>> {
+    let config = entry.config.as_ref().and_then(|c| c.config().as_ref());
+    let program = config.and_then(|c| {
+        c.entrypoint()
+            .as_ref()
+            .and_then(|e| e.first())
+            .or_else(|| c.cmd().as_ref().and_then(|c| c.first()))
+    });
+    let env = config.and_then(|c| c.env().clone()).unwrap_or_default();
+    let cwd = config
+        .and_then(|c| c.working_dir().clone())
+        .unwrap_or_else(|| "/".to_string());
+    crate::cmd::run::warm_files_of(program.map(String::as_str), &env, &cwd)
+}
+
+impl LazyImages {
+    /// No image resolved yet; images come from `state`.
+    pub fn new(state: Arc<DaemonState>) -> LazyImages {
+        LazyImages {
+            state,
+            images: Mutex::default(),
+        }
+    }
+
+    /// The image `request` names and which of its layers it asks for: from the
+    /// image as resolved before, else resolved now; resolved again from the
+    /// registry once if the request does not match it.
+    pub fn layer(&self, request: &LazyRequest) -> Result<(LazyImage, usize), NotLazy> {
+        let (image, fresh) = self.get(&request.image, false)?;
+        let why = match image.check(request) {
+            Ok(layer) => return Ok((image, layer)),
+            Err(why) if fresh => return Err(NotLazy(why)),
+            Err(why) => why,
+        };
+        tracing::info!(image = %request.image, "{why}: resolving the image again");
+        let (image, _) = self.get(&request.image, true)?;
+        let layer = image.check(request).map_err(NotLazy)?;
+        Ok((image, layer))
+    }
+
+    /// The image `reference` as resolved for the snapshotter (resolved now if it
+    /// is not yet, from the local store if that knows it).
+    pub fn image(&self, reference: &str) -> Result<LazyImage, NotLazy> {
+        self.get(reference, false).map(|(image, _)| image)
+    }
+
+    /// The image of `reference`, and whether this call resolved it; with `again`,
+    /// resolved from the registry whatever was known.
+    fn get(&self, reference: &str, again: bool) -> Result<(LazyImage, bool), NotLazy> {
+        let slot = {
+            let mut images = lock(&self.images);
+            if images.len() >= MAX_IMAGES && !images.contains_key(reference) {
+                // Any will do: a forgotten image is resolved again from the store.
+                if let Some(k) = images.keys().next().cloned() {
+                    images.remove(&k);
+                }
+            }
+            images.entry(reference.to_string()).or_default().clone()
+        };
+        let mut slot = lock(&*slot);
+        if let (Some(known), false) = (slot.as_mut(), again) {
+            let entry = match known.entry.upgrade() {
+                Some(e) => e,
+                None => {
+                    let e = self.rebuild(reference, known)?;
+                    known.entry = Arc::downgrade(&e);
+                    e
+                }
+            };
+            let layers = known.layers.clone();
+            return Ok((LazyImage { entry, layers }, false));
+        }
+        let pull = match again {
+            true => PullPolicy::Always,
+            false => PullPolicy::Missing,
+        };
+        let started = std::time::Instant::now();
+        let (entry, _) = self
+            .state
+            .image(&source_of(reference, pull))
+            .map_err(|e| NotLazy(format!("resolving {reference}: {e:#}")))?;
+        let image = LazyImage::new(entry);
+        tracing::info!(
+            image = %reference,
+            manifest = ?image.entry.manifest.as_ref().map(|d| d.to_string()),
+            layers = image.layers.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "image resolved for lazy layers"
+        );
+        image
+            .entry
+            .lower
+            .warm(&first_reads(&image.entry), WHOLE_FILE_MAX);
+        *slot = Some(Resolution {
+            manifest: image.entry.manifest,
+            layers: image.layers.clone(),
+            entry: Arc::downgrade(&image.entry),
+        });
+        Ok((image, true))
+    }
+
+    /// The merged tree of `known` again, after the daemon's image cache let it go:
+    /// built from the image pinned to its manifest digest, which must list the same
+    /// layers.
+    fn rebuild(&self, reference: &str, known: &Resolution) -> Result<Arc<ImageEntry>, NotLazy> {
+        let pinned = match (
+            known.manifest,
+            skiff_proto::reference::Reference::parse(reference),
+        ) {
+            (Some(d), Ok(r)) => r.with_digest(d).to_string(),
+            _ => reference.to_string(),
+        };
+        let (entry, _) = self
+            .state
+            .image(&source_of(&pinned, PullPolicy::Missing))
+            .map_err(|e| NotLazy(format!("resolving {pinned}: {e:#}")))?;
+        let layers = LazyImage::new(entry.clone()).layers;
+        if layers != known.layers {
+            return Err(NotLazy(format!(
+                "{pinned} lists other layers than when it was resolved"
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(digest: &str, layers: &[&str]) -> LazyRequest {
+        LazyRequest {
+            target: "sha256:chain".into(),
+            image: "reg/a:1".into(),
+            digest: digest.into(),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            urls: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_layer_is_found_only_where_the_labels_agree_with_the_manifest() {
+        let image: Vec<String> = ["sha256:a", "sha256:b", "sha256:c"]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        // No list, the full list above the layer, or a list cut short.
+        assert_eq!(layer_of(&image, &request("sha256:b", &[])), Ok(1));
+        assert_eq!(
+            layer_of(&image, &request("sha256:b", &["sha256:b", "sha256:c"])),
+            Ok(1)
+        );
+        assert_eq!(
+            layer_of(&image, &request("sha256:a", &["sha256:a", "sha256:b"])),
+            Ok(0)
+        );
+        // Another layer above it (the tag moved), or a layer not in the image.
+        assert!(layer_of(&image, &request("sha256:b", &["sha256:b", "sha256:x"])).is_err());
+        assert!(layer_of(&image, &request("sha256:x", &["sha256:x"])).is_err());
+    }
+}
