@@ -19,6 +19,14 @@
 //! chunks is left, so evicted pack members keep their space until then. A small
 //! in-memory LRU keeps hot chunks without touching the disk.
 //!
+//! Several processes may share one cache directory (standalone `skiff run`s beside
+//! each other or beside the daemon). Each counts only what it scanned at open and what
+//! it wrote since, so a process that is not alone (it holds a shared `flock` on
+//! `DIR/users.lock`, and tries for an exclusive one) re-reads the directory under an
+//! exclusive lock on `DIR/evict.lock` every [`RESCAN_DIVISOR`]th of the limit it writes,
+//! and evicts from what is really there: together they overshoot the limit by at most
+//! that much each. A process alone (the daemon, as intended) never rescans.
+//!
 //! Disk writes happen on a writer thread: [`ChunkCache::put`] makes the chunk readable
 //! at once (memory, and a pending map until it is on disk) and returns, so a fetch
 //! worker never waits for the filesystem.
@@ -120,6 +128,90 @@ impl DiskState {
     }
 }
 
+/// Reads what the cache directory holds now: every chunk file and pack, oldest first
+/// into the LRU (by mtime). Returns the state and the packs to delete (a pack whose
+/// chunks are all stored later elsewhere).
+fn scan(dir: &Path) -> io::Result<(DiskState, Vec<PathBuf>)> {
+    // (mtime, digest, where): oldest first into the LRU.
+    let mut found: Vec<(std::time::SystemTime, Digest, Stored)> = Vec::new();
+    for sub in fs::read_dir(dir.join("chunks"))?.flatten() {
+        let Ok(rd) = fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
+                continue;
+            };
+            let Ok(md) = e.metadata() else { continue };
+            let t = md.modified().unwrap_or(std::time::UNIX_EPOCH);
+            found.push((
+                t,
+                d,
+                Stored {
+                    len: md.len(),
+                    pack: None,
+                },
+            ));
+        }
+    }
+    let mut packs = HashMap::new();
+    let mut next_pack = 0u32;
+    for e in fs::read_dir(dir.join("packs"))?.flatten() {
+        let path = e.path();
+        let t = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let Ok(table) = read_pack_table(&path) else {
+            // Not a pack we wrote whole: nothing in it can be trusted to be indexed.
+            tracing::warn!(pack = %path.display(), "unreadable cache pack, removing");
+            let _ = fs::remove_file(&path);
+            continue;
+        };
+        let id = next_pack;
+        next_pack += 1;
+        for (d, offset, len) in &table {
+            found.push((
+                t,
+                *d,
+                Stored {
+                    len: *len as u64,
+                    pack: Some((id, *offset)),
+                },
+            ));
+        }
+        packs.insert(
+            id,
+            PackFile {
+                path,
+                live: table.len() as u32,
+            },
+        );
+    }
+    found.sort_by_key(|(t, _, _)| *t);
+    let mut state = DiskState {
+        lru: LruCache::unbounded(),
+        total: 0,
+        packs,
+        next_pack,
+    };
+    let mut doomed = Vec::new();
+    for (_, d, s) in found {
+        // A chunk stored twice (two processes raced): keep the later copy.
+        if let Some(old) = state.lru.put(d, s) {
+            state.total = state.total.saturating_sub(old.len);
+            if old.pack.is_some() {
+                doomed.extend(state.release(&d, old, dir));
+            }
+        }
+        state.total = state.total.saturating_add(s.len);
+    }
+    Ok((state, doomed))
+}
+
 fn chunk_path(dir: &Path, d: &Digest) -> PathBuf {
     let hex = d.hex();
     dir.join("chunks").join(&hex[..2]).join(hex)
@@ -131,11 +223,82 @@ struct MemState {
     limit: u64,
 }
 
+/// A process rescans a shared cache each time it has written this fraction of the
+/// limit (see the module documentation).
+pub const RESCAN_DIVISOR: u64 = 16;
+/// ... but not more often than every this many bytes.
+const MIN_RESCAN_INTERVAL: u64 = 64 << 10;
+
+impl DiskState {
+    /// Becomes `fresh` (what the directory holds now), keeping this process's access
+    /// order for the chunks it knew; chunks other processes stored since count as the
+    /// most recently used (they were written after this process last looked).
+    fn merge_from(&mut self, mut fresh: DiskState) {
+        let theirs: Vec<Digest> = fresh
+            .lru
+            .iter()
+            .rev()
+            .filter(|(d, _)| !self.lru.contains(d))
+            .map(|(d, _)| *d)
+            .collect();
+        let known: Vec<Digest> = self.lru.iter().rev().map(|(d, _)| *d).collect();
+        for d in known.iter().chain(&theirs) {
+            fresh.lru.promote(d);
+        }
+        *self = fresh;
+    }
+}
+
+/// An `flock` taken on a lock file of the cache directory, released when dropped.
+struct DirLock(fs::File);
+
+impl DirLock {
+    /// Opens (creating, mode 0600) `path` and takes `operation` on it.
+    fn take(path: &Path, operation: libc::c_int) -> io::Result<DirLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let lock = DirLock(file);
+        lock.flock(operation)?;
+        Ok(lock)
+    }
+
+    fn flock(&self, operation: libc::c_int) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock(2) on a descriptor we own.
+        if unsafe { libc::flock(self.0.as_raw_fd(), operation) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// With a shared lock held: whether no other process holds one. Linux converts a
+    /// lock by dropping it first, so the shared lock is taken again either way.
+    fn alone(&self) -> bool {
+        let alone = self.flock(libc::LOCK_EX | libc::LOCK_NB).is_ok();
+        let _ = self.flock(libc::LOCK_SH);
+        alone
+    }
+}
+
 /// A verified, persistent, size-bounded chunk store.
 pub struct ChunkCache {
     dir: PathBuf,
     limit: AtomicU64,
     disk: Mutex<DiskState>,
+    /// Held (shared) while open: tells processes sharing the directory apart from
+    /// one alone in it. `None` if the lock file could not be made (then every
+    /// eligible write rescans).
+    users: Option<DirLock>,
+    /// Bytes this process wrote since it last read the directory.
+    written_since_scan: AtomicU64,
+    /// Times the directory was re-read because another process shares it.
+    rescans: AtomicU64,
     mem: Mutex<MemState>,
     /// Corrupted chunks found (and dropped) so far.
     pub corrupt: AtomicU64,
@@ -163,90 +326,22 @@ impl ChunkCache {
         // them. Another live process sharing this cache may be writing the rest.
         remove_stale_temps(&dir.join("tmp"), |_| true);
         remove_stale_temps(&dir.join("files"), |name| name.contains(".tmp."));
-        // (mtime, digest, where): oldest first into the LRU.
-        let mut found: Vec<(std::time::SystemTime, Digest, Stored)> = Vec::new();
-        for sub in fs::read_dir(dir.join("chunks")).map_err(err)?.flatten() {
-            let Ok(rd) = fs::read_dir(sub.path()) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let Some(name) = e.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                let Ok(d) = format!("sha256:{name}").parse::<Digest>() else {
-                    continue;
-                };
-                let Ok(md) = e.metadata() else { continue };
-                let t = md.modified().unwrap_or(std::time::UNIX_EPOCH);
-                found.push((
-                    t,
-                    d,
-                    Stored {
-                        len: md.len(),
-                        pack: None,
-                    },
-                ));
-            }
-        }
-        let mut packs = HashMap::new();
-        let mut next_pack = 0u32;
-        for e in fs::read_dir(dir.join("packs")).map_err(err)?.flatten() {
-            let path = e.path();
-            let t = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(std::time::UNIX_EPOCH);
-            let Ok(table) = read_pack_table(&path) else {
-                // Not a pack we wrote whole: nothing in it can be trusted to be indexed.
-                tracing::warn!(pack = %path.display(), "unreadable cache pack, removing");
-                let _ = fs::remove_file(&path);
-                continue;
-            };
-            let id = next_pack;
-            next_pack += 1;
-            for (d, offset, len) in &table {
-                found.push((
-                    t,
-                    *d,
-                    Stored {
-                        len: *len as u64,
-                        pack: Some((id, *offset)),
-                    },
-                ));
-            }
-            packs.insert(
-                id,
-                PackFile {
-                    path,
-                    live: table.len() as u32,
-                },
-            );
-        }
-        found.sort_by_key(|(t, _, _)| *t);
-        let mut state = DiskState {
-            lru: LruCache::unbounded(),
-            total: 0,
-            packs,
-            next_pack,
-        };
-        let mut doomed = Vec::new();
-        for (_, d, s) in found {
-            // A chunk stored twice (two processes raced): keep the later copy.
-            if let Some(old) = state.lru.put(d, s) {
-                state.total = state.total.saturating_sub(old.len);
-                if old.pack.is_some() {
-                    doomed.extend(state.release(&d, old, dir));
-                }
-            }
-            state.total = state.total.saturating_add(s.len);
-        }
+        let (state, doomed) = scan(dir).map_err(err)?;
         for p in doomed {
             let _ = fs::remove_file(p);
         }
+        let users = DirLock::take(&dir.join("users.lock"), libc::LOCK_SH)
+            .map_err(
+                |e| tracing::warn!(dir = %dir.display(), "locking the cache's users file: {e}"),
+            )
+            .ok();
         let cache = Arc::new(ChunkCache {
             dir: dir.to_path_buf(),
             limit: AtomicU64::new(limit),
             disk: Mutex::new(state),
+            users,
+            written_since_scan: AtomicU64::new(0),
+            rescans: AtomicU64::new(0),
             mem: Mutex::new(MemState {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -425,6 +520,8 @@ impl ChunkCache {
                 size = 0;
             }
         }
+        let written = items.iter().map(|(_, v)| v.len() as u64).sum();
+        self.account_for_others(written);
         self.evict();
         {
             let mut pending = self.pending.lock();
@@ -552,6 +649,44 @@ impl ChunkCache {
     /// Changes the disk limit (takes effect at the next eviction).
     pub fn set_limit(&self, limit: u64) {
         self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// After this process wrote `written` more bytes: if it has written a
+    /// [`RESCAN_DIVISOR`]th of the limit since it last looked and another process
+    /// shares the directory, re-reads the directory and evicts from what is there,
+    /// under the directory's eviction lock. Runs on the writer thread, so no write of
+    /// this process lands between the scan and its use.
+    fn account_for_others(&self, written: u64) {
+        let since = self
+            .written_since_scan
+            .fetch_add(written, Ordering::Relaxed)
+            + written;
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == u64::MAX || since < (limit / RESCAN_DIVISOR).max(MIN_RESCAN_INTERVAL) {
+            return;
+        }
+        self.written_since_scan.store(0, Ordering::Relaxed);
+        if self.users.as_ref().is_some_and(DirLock::alone) {
+            return;
+        }
+        let _lock = match DirLock::take(&self.dir.join("evict.lock"), libc::LOCK_EX) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), "locking the cache for eviction: {e}");
+                return;
+            }
+        };
+        match scan(&self.dir) {
+            Ok((fresh, doomed)) => {
+                self.disk.lock().merge_from(fresh);
+                for p in doomed {
+                    let _ = fs::remove_file(p);
+                }
+                self.rescans.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(dir = %self.dir.display(), "re-reading the shared cache: {e}"),
+        }
+        self.evict();
     }
 
     /// Removes least recently used chunks until the disk cache fits its limit.
@@ -690,6 +825,73 @@ mod tests {
         c.evict();
         assert_eq!(c.usage(), (0, 0));
         assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 0);
+    }
+
+    /// Bytes of chunk files and packs in the cache directory.
+    fn bytes_on_disk(dir: &Path) -> u64 {
+        let mut total = 0;
+        for sub in ["chunks", "packs"] {
+            for e in walkdir(&dir.join(sub)) {
+                total += e;
+            }
+        }
+        total
+    }
+
+    fn walkdir(dir: &Path) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                sizes.extend(walkdir(&e.path()));
+            } else {
+                sizes.push(md.len());
+            }
+        }
+        sizes
+    }
+
+    #[test]
+    fn two_processes_sharing_a_cache_keep_it_within_the_limit_together() {
+        // Two opens of one directory hold their own locks and accounts, as two
+        // processes do. Each writes 3/4 of the limit: 1.5 limits without rescans.
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 8u64 << 20;
+        let chunk = 128 << 10;
+        let first = ChunkCache::open(dir.path(), limit, 0).unwrap();
+        let second = ChunkCache::open(dir.path(), limit, 0).unwrap();
+        let chunks = |seed: u32| -> Vec<Arc<Vec<u8>>> {
+            (0..48u32)
+                .map(|i| Arc::new((seed * 1000 + i).to_le_bytes().repeat(chunk / 4)))
+                .collect()
+        };
+        for (cache, seed) in [(&first, 1), (&second, 2)] {
+            for ch in chunks(seed) {
+                cache.put(Digest::of(&ch), ch);
+                cache.flush();
+            }
+        }
+        let interval = limit / RESCAN_DIVISOR;
+        let used = bytes_on_disk(dir.path());
+        assert!(
+            used <= limit + 2 * interval,
+            "{used} bytes on disk for a limit of {limit}"
+        );
+        assert!(second.rescans.load(Ordering::Relaxed) > 0);
+        // The second one's latest chunks are the ones kept.
+        let latest = chunks(2).pop().unwrap();
+        assert!(second.get(&Digest::of(&latest)).is_some());
+
+        // Alone in a directory, a cache never re-reads it.
+        drop((first, second));
+        let alone_dir = tempfile::tempdir().unwrap();
+        let alone = ChunkCache::open(alone_dir.path(), limit, 0).unwrap();
+        for ch in chunks(3).into_iter().chain(chunks(4)) {
+            alone.put(Digest::of(&ch), ch);
+            alone.flush();
+        }
+        assert_eq!(alone.rescans.load(Ordering::Relaxed), 0);
+        assert!(bytes_on_disk(alone_dir.path()) <= limit);
     }
 
     #[test]
