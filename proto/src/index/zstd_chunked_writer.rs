@@ -390,10 +390,20 @@ impl<W: Write> Frames<W> {
         })
     }
 
-    fn raw(out: &mut W, hash: &mut Hasher, pos: &mut u64, bytes: &[u8]) -> io::Result<()> {
-        out.write_all(bytes)?;
-        hash.update(bytes);
-        *pos += bytes.len() as u64;
+    /// Writes blob bytes as they are.
+    fn raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.blob_hash.update(bytes);
+        self.blob_pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the first `n` bytes the encoder left in `buf`.
+    fn emit(&mut self, n: usize) -> io::Result<()> {
+        let bytes = &self.buf[..n];
+        self.out.write_all(bytes)?;
+        self.blob_hash.update(bytes);
+        self.blob_pos += n as u64;
         Ok(())
     }
 
@@ -410,12 +420,7 @@ impl<W: Write> Frames<W> {
             let mut output = OutBuffer::around(&mut self.buf[..]);
             self.encoder.run(&mut input, &mut output)?;
             let n = output.pos();
-            Self::raw(
-                &mut self.out,
-                &mut self.blob_hash,
-                &mut self.blob_pos,
-                &self.buf[..n],
-            )?;
+            self.emit(n)?;
         }
         Ok(())
     }
@@ -427,12 +432,7 @@ impl<W: Write> Frames<W> {
                 let mut output = OutBuffer::around(&mut self.buf[..]);
                 let left = self.encoder.finish(&mut output, true)?;
                 let n = output.pos();
-                Self::raw(
-                    &mut self.out,
-                    &mut self.blob_hash,
-                    &mut self.blob_pos,
-                    &self.buf[..n],
-                )?;
+                self.emit(n)?;
                 if left == 0 {
                     break;
                 }
@@ -450,14 +450,9 @@ impl<W: Write> Frames<W> {
         })?;
         let mut head = SKIPPABLE_FRAME_MAGIC.to_le_bytes().to_vec();
         head.extend_from_slice(&len.to_le_bytes());
-        Self::raw(
-            &mut self.out,
-            &mut self.blob_hash,
-            &mut self.blob_pos,
-            &head,
-        )?;
+        self.raw(&head)?;
         let offset = self.blob_pos;
-        Self::raw(&mut self.out, &mut self.blob_hash, &mut self.blob_pos, data)?;
+        self.raw(data)?;
         Ok(offset)
     }
 }
@@ -470,19 +465,8 @@ mod tests {
     use crate::index::tar::index_tar;
     use crate::index::zstd_chunked::{index_zstd_chunked, parse_position};
     use crate::index::{decode_chunk, ChunkEncoding, EntryKind, LayerIndex};
+    use chunker::tests::pseudo_random;
     use std::collections::HashMap;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
         let mut h = tar::Header::new_gnu();

@@ -185,7 +185,7 @@ impl Chunker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// Chunks of `data` fed in `piece`-byte pieces: (is a hole, bytes).
@@ -221,8 +221,9 @@ mod tests {
         out
     }
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
+    /// Bytes with no structure (xorshift) from `seed`.
+    pub(crate) fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
         (0..n)
             .map(|_| {
                 x ^= x << 13;
