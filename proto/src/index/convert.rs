@@ -272,10 +272,16 @@ pub fn convert_stream_to_estargz(
     opts: &EstargzOptions,
     progress: Option<&dyn Fn(u64)>,
 ) -> Result<ConvertedLayer, ConvertError> {
+    convert_to_estargz(&mut spool(input)?, out, opts, progress)
+}
+
+/// A stream copied into a temporary file (positioned at its start), so that a
+/// writer can make its two passes over it.
+pub(crate) fn spool(input: impl Read) -> io::Result<File> {
     let mut spool = tempfile::tempfile()?;
     io::copy(&mut { input }, &mut spool)?;
     spool.seek(SeekFrom::Start(0))?;
-    convert_to_estargz(&mut spool, out, opts, progress)
+    Ok(spool)
 }
 
 /// Converts the uncompressed tar in `input` to eStargz written to `out`. `progress`,

@@ -20,7 +20,7 @@
 mod chunker;
 mod tar_split;
 
-use super::convert::{copy_range, plan, read_header, ConvertError, ConvertedLayer, Planned};
+use super::convert::{copy_range, plan, read_header, spool, ConvertError, ConvertedLayer, Planned};
 use super::toc::{TocEntry, MAX_CHUNK_LEN, MAX_ZERO_CHUNK_LEN};
 use super::zstd_chunked::{CHECKSUM_ANNOTATIONS, POSITION_ANNOTATIONS};
 use crate::digest::{Digest, Hasher};
@@ -137,9 +137,7 @@ pub fn convert_stream_to_zstd_chunked(
     opts: &ZstdChunkedOptions,
     progress: Option<&dyn Fn(u64)>,
 ) -> Result<ConvertedLayer, ConvertError> {
-    let mut spool = tempfile::tempfile()?;
-    io::copy(&mut { input }, &mut spool)?;
-    convert_to_zstd_chunked(&mut spool, out, opts, progress)
+    convert_to_zstd_chunked(&mut spool(input)?, out, opts, progress)
 }
 
 /// One TOC entry as containers/storage writes it: the shared fields, and the access
