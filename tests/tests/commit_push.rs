@@ -6,7 +6,8 @@
 //!
 //! `skiff push` writes the committed layer as eStargz by default, as zstd:chunked
 //! with `--format zstd:chunked` (both read lazily by a cold run), as plain gzip with
-//! `--format gzip`; all three unpack to the same tree.
+//! `--format gzip`; all three unpack to the same tree, as does `skiff convert
+//! --format zstd:chunked` of the gzip push.
 //!
 //! Needs root, `docker-registry`, `skopeo`, `umoci`, `fusermount3`, `zstd`.
 
@@ -529,4 +530,36 @@ fn push_writes_estargz_by_default_and_gzip_or_zstd_chunked_on_request() {
     );
     assert_same_tree(&from_gzip, &from_estargz);
     assert_same_tree(&from_gzip, &from_zstd);
+
+    // `skiff convert --format zstd:chunked` rewrites every layer of the gzip push
+    // (the base's too) the same way, to the same tree.
+    let converted = reg.reference("fmt/converted:v1");
+    ok(
+        &a.run(&[
+            "convert",
+            "-q",
+            "--format",
+            "zstd:chunked",
+            &plain,
+            &converted,
+        ]),
+        "skiff convert --format zstd:chunked",
+    );
+    for layer in raw_manifest(&converted)["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{layer}"
+        );
+        assert!(
+            layer["annotations"]["io.github.containers.zstd-chunked.manifest-position"].is_string(),
+            "{layer}"
+        );
+    }
+    let from_converted = unpack_with(
+        &converted,
+        work.path(),
+        "converted",
+        &["--dest-compress", "--dest-compress-format", "gzip"],
+    );
+    assert_same_tree(&from_gzip, &from_converted);
 }
