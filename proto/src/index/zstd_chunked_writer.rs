@@ -10,7 +10,7 @@
 //!
 //! Each bracket before the skippable frames is one zstd frame. Tar header records (with
 //! the previous entry's padding) share a frame until an entry with content comes;
-//! every chunk of a file's content ([`chunker`]: content-defined cuts, holes of zeros)
+//! every chunk of a file's content (`chunker`: content-defined cuts, holes of zeros)
 //! is a frame of its own, so a reader fetches and decodes exactly one chunk. The TOC
 //! is containers/storage's JSON (CRFS-style entries with `offset`, `endOffset` and,
 //! for files of several chunks, `chunk` entries), the tar-split lets containers/storage
