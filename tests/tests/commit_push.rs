@@ -4,10 +4,12 @@
 //! show the same way; the image runs locally before it is pushed; base layers reach
 //! another repository by cross-repository mount and another registry by streaming.
 //!
-//! `skiff push` writes the committed layer as eStargz by default (read lazily by a
-//! cold run), as plain gzip with `--format gzip`; both unpack to the same tree.
+//! `skiff push` writes the committed layer as eStargz by default, as zstd:chunked
+//! with `--format zstd:chunked` (both read lazily by a cold run), as plain gzip with
+//! `--format gzip`; all three unpack to the same tree, as does `skiff convert
+//! --format zstd:chunked` of the gzip push.
 //!
-//! Needs root, `docker-registry`, `skopeo`, `umoci`, `fusermount3`.
+//! Needs root, `docker-registry`, `skopeo`, `umoci`, `fusermount3`, `zstd`.
 
 use skiff_proto::digest::Digest;
 use skiff_tests::cli::{describe, Skiff};
@@ -89,16 +91,18 @@ const ESTARGZ_FILES: [&str; 3] = [
 /// `skopeo copy` of `reference` into an OCI layout under `dir`, then `umoci unpack`
 /// of it; the rootfs, without eStargz's own files.
 fn unpack(reference: &str, dir: &Path, name: &str) -> PathBuf {
+    unpack_with(reference, dir, name, &[])
+}
+
+/// [`unpack`] with more `skopeo copy` arguments.
+fn unpack_with(reference: &str, dir: &Path, name: &str, skopeo_args: &[&str]) -> PathBuf {
     let layout = dir.join(format!("layout-{name}"));
-    tool(
-        "skopeo",
-        &[
-            "copy",
-            "--src-tls-verify=false",
-            &format!("docker://{reference}"),
-            &format!("oci:{}:{name}", layout.display()),
-        ],
-    );
+    let source = format!("docker://{reference}");
+    let destination = format!("oci:{}:{name}", layout.display());
+    let mut args = vec!["copy", "--src-tls-verify=false"];
+    args.extend_from_slice(skopeo_args);
+    args.extend([source.as_str(), destination.as_str()]);
+    tool("skopeo", &args);
     let bundle = dir.join(format!("bundle-{name}"));
     tool(
         "umoci",
@@ -154,7 +158,7 @@ struct Changed {
 /// [`Changed`] after `changes` ran (`None`: a tool is missing and the test skips).
 fn changed(prefix: &str, changes: &str) -> Option<Changed> {
     if !skiff_tests::tools_or_skip(
-        &["docker-registry", "skopeo", "umoci", "fusermount3"],
+        &["docker-registry", "skopeo", "umoci", "fusermount3", "zstd"],
         "FUSE mounts, containers, umoci unpack with owners",
     ) {
         return None;
@@ -312,8 +316,9 @@ fn a_committed_container_pushed_and_run_elsewhere_shows_its_changes() {
     assert!(images.contains("commit/base"), "{images}");
 }
 
-/// The layer [`push_writes_estargz_by_default_and_gzip_on_request`] commits, with a
-/// 6 MiB file no command reads: a lazy run fetches little of the layer.
+/// The layer [`push_writes_estargz_by_default_and_gzip_or_zstd_chunked_on_request`]
+/// commits, with a 6 MiB file no command reads: a lazy run fetches little of the
+/// layer.
 const CHANGES_WITH_BIG_FILE: &str = "echo committed > /new.txt \
     && busybox chmod 640 /new.txt && busybox chown 1000:1000 /new.txt \
     && busybox ln /new.txt /hard.txt \
@@ -331,8 +336,56 @@ fn range_len(range: &str) -> u64 {
     b.parse::<u64>().map_or(u64::MAX, |b| b + 1 - a)
 }
 
+/// A cold run on a fresh root (under `work/root`) of `name` in `reg`, through a
+/// proxy that records requests, shows the committed changes, and reads the committed
+/// `layer` (a descriptor in the pushed manifest) with Range requests only, and less
+/// than half of it (the 6 MiB file is never read).
+fn assert_lazy_cold_run(
+    reg: &Registry,
+    work: &Path,
+    root: &str,
+    name: &str,
+    layer: &serde_json::Value,
+) {
+    let proxy = FaultProxy::start(reg.addr());
+    let via = format!("{}/{name}", proxy.host());
+    let b = Skiff::new(&work.join(root));
+    let _guard_b = b.guard(work);
+    let out = b.run(&[
+        "run",
+        "--rm",
+        "--background-fetch=false",
+        &via,
+        "sh",
+        "-c",
+        SHOW,
+    ]);
+    assert_eq!(ok(&out, &format!("cold run of {name}")), SHOWN);
+    let digest = layer["digest"].as_str().unwrap();
+    let size = layer["size"].as_u64().unwrap();
+    let gets: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.contains(digest))
+        .collect();
+    assert!(!gets.is_empty(), "the layer of {name} was not read");
+    let whole: Vec<_> = gets.iter().filter(|r| r.range.is_none()).collect();
+    assert!(
+        whole.is_empty(),
+        "the layer of {name} was fetched whole: {whole:?}"
+    );
+    let fetched: u64 = gets
+        .iter()
+        .map(|r| range_len(r.range.as_deref().unwrap()))
+        .fold(0, u64::saturating_add);
+    assert!(
+        fetched < size / 2,
+        "{fetched} of the {name} layer's {size} bytes fetched: {gets:?}"
+    );
+}
+
 #[test]
-fn push_writes_estargz_by_default_and_gzip_on_request() {
+fn push_writes_estargz_by_default_and_gzip_or_zstd_chunked_on_request() {
     let Some(Changed {
         reg,
         work,
@@ -345,31 +398,43 @@ fn push_writes_estargz_by_default_and_gzip_on_request() {
     };
     let lazy = reg.reference("fmt/estargz:v1");
     let plain = reg.reference("fmt/gzip:v1");
+    let chunked = reg.reference("fmt/zstd:v1");
     ok(&a.run(&["commit", "changer", &lazy]), "skiff commit");
     ok(&a.run(&["tag", &lazy, &plain]), "skiff tag");
+    ok(&a.run(&["tag", &lazy, &chunked]), "skiff tag");
 
-    let err = failed(
-        &a.run(&["push", "--format", "zstd:chunked", &lazy]),
-        "push --format zstd:chunked",
-    );
-    assert!(err.contains("not supported yet"), "{err}");
     ok(&a.run(&["push", &lazy]), "skiff push (eStargz)");
     ok(
         &a.run(&["push", "--format", "gzip", &plain]),
         "skiff push --format gzip",
     );
+    ok(
+        &a.run(&["push", "--format", "zstd:chunked", &chunked]),
+        "skiff push --format zstd:chunked",
+    );
 
-    // The base layers are the same blobs in both; only the committed layer differs,
-    // and only the default push's carries the eStargz annotations.
-    let (m_lazy, m_plain) = (raw_manifest(&lazy), raw_manifest(&plain));
-    let (l_lazy, l_plain) = (
+    // The base layers are the same blobs in all three; only the committed layer
+    // differs, and only the eStargz and zstd:chunked pushes' carry annotations.
+    let (m_lazy, m_plain, m_chunked) = (
+        raw_manifest(&lazy),
+        raw_manifest(&plain),
+        raw_manifest(&chunked),
+    );
+    let (l_lazy, l_plain, l_chunked) = (
         m_lazy["layers"].as_array().unwrap(),
         m_plain["layers"].as_array().unwrap(),
+        m_chunked["layers"].as_array().unwrap(),
     );
     assert_eq!(l_lazy.len(), l_plain.len());
+    assert_eq!(l_chunked.len(), l_plain.len());
     let n = l_lazy.len();
     assert_eq!(l_lazy[..n - 1], l_plain[..n - 1], "the base layers differ");
-    let (esgz, gz) = (&l_lazy[n - 1], &l_plain[n - 1]);
+    assert_eq!(
+        l_chunked[..n - 1],
+        l_plain[..n - 1],
+        "the base layers differ"
+    );
+    let (esgz, gz, zst) = (&l_lazy[n - 1], &l_plain[n - 1], &l_chunked[n - 1]);
     assert!(
         esgz["mediaType"].as_str().unwrap().ends_with("gzip"),
         "{esgz}"
@@ -387,48 +452,114 @@ fn push_writes_estargz_by_default_and_gzip_on_request() {
     assert!(gz["mediaType"].as_str().unwrap().ends_with("gzip"), "{gz}");
     assert!(gz.get("annotations").is_none(), "{gz}");
     assert_ne!(esgz["digest"], gz["digest"]);
-
-    // A cold run of the eStargz image on a fresh root reads the layer with Range
-    // requests only, and little of it (the 6 MiB file is never read).
-    let proxy = FaultProxy::start(reg.addr());
-    let via = format!("{}/fmt/estargz:v1", proxy.host());
-    let b = Skiff::new(&work.path().join("b"));
-    let _guard_b = b.guard(work.path());
-    let out = b.run(&[
-        "run",
-        "--rm",
-        "--background-fetch=false",
-        &via,
-        "sh",
-        "-c",
-        SHOW,
-    ]);
-    assert_eq!(ok(&out, "cold run of the eStargz image"), SHOWN);
-    let layer = esgz["digest"].as_str().unwrap();
-    let size = esgz["size"].as_u64().unwrap();
-    let gets: Vec<_> = proxy
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path.contains(layer))
-        .collect();
-    assert!(!gets.is_empty(), "the eStargz layer was not read");
-    let whole: Vec<_> = gets.iter().filter(|r| r.range.is_none()).collect();
-    assert!(whole.is_empty(), "the layer was fetched whole: {whole:?}");
-    let fetched: u64 = gets
-        .iter()
-        .map(|r| range_len(r.range.as_deref().unwrap()))
-        .fold(0, u64::saturating_add);
+    assert_eq!(
+        zst["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+        "{zst}"
+    );
+    let zann = &zst["annotations"];
     assert!(
-        fetched < size / 2,
-        "{fetched} of the layer's {size} bytes fetched: {gets:?}"
+        zann["io.github.containers.zstd-chunked.manifest-checksum"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "no manifest-checksum annotation: {zst}"
+    );
+    let position = |key: &str| -> Vec<u64> {
+        zann[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} annotation: {zst}"))
+            .split(':')
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let toc = position("io.github.containers.zstd-chunked.manifest-position");
+    assert_eq!((toc.len(), toc[3]), (4, 1), "{zst}");
+    let tar_split = position("io.github.containers.zstd-chunked.tarsplit-position");
+    assert_eq!(tar_split.len(), 3, "{zst}");
+    assert!(toc[0] + toc[1] < zst["size"].as_u64().unwrap(), "{zst}");
+    // zstd:chunked keeps the committed tar as it is: the diff_ids are the gzip push's.
+    let diff_ids = |reference: &str| {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--config", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo inspect --config: {}",
+            describe(&out)
+        );
+        let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        config["rootfs"]["diff_ids"].clone()
+    };
+    let chunked_diff_ids = diff_ids(&chunked);
+    assert_eq!(chunked_diff_ids, diff_ids(&plain));
+    // Plain `zstd -d` reads the layer (skipping the TOC, tar-split and footer
+    // frames) as exactly the tar its diff_id names.
+    let stored = reg.stored_blob(&zst["digest"].as_str().unwrap().parse().unwrap());
+    let out = Command::new("zstd")
+        .arg("-dc")
+        .arg(&stored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "zstd -dc: {}", describe(&out));
+    assert_eq!(
+        Digest::of(&out.stdout).to_string(),
+        chunked_diff_ids[n - 1].as_str().unwrap()
     );
 
-    // Ordinary tools unpack both to the same tree.
+    // Cold runs of the eStargz and zstd:chunked images on fresh roots read their
+    // layers lazily.
+    assert_lazy_cold_run(&reg, work.path(), "b", "fmt/estargz:v1", esgz);
+    assert_lazy_cold_run(&reg, work.path(), "c", "fmt/zstd:v1", zst);
+
+    // Ordinary tools unpack all three to the same tree.
     let from_estargz = unpack(&lazy, work.path(), "estargz");
     let from_gzip = unpack(&plain, work.path(), "gzip");
+    // umoci 0.4.7 (Debian 12's) cannot unpack tar+zstd layers: skopeo recompresses
+    // the layer as gzip on the way, decoding the zstd:chunked stream as
+    // containers/image does.
+    let from_zstd = unpack_with(
+        &chunked,
+        work.path(),
+        "zstd",
+        &["--dest-compress", "--dest-compress-format", "gzip"],
+    );
     assert_eq!(
         std::fs::read_to_string(from_estargz.join("new.txt")).unwrap(),
         "committed\n"
     );
     assert_same_tree(&from_gzip, &from_estargz);
+    assert_same_tree(&from_gzip, &from_zstd);
+
+    // `skiff convert --format zstd:chunked` rewrites every layer of the gzip push
+    // (the base's too) the same way, to the same tree.
+    let converted = reg.reference("fmt/converted:v1");
+    ok(
+        &a.run(&[
+            "convert",
+            "-q",
+            "--format",
+            "zstd:chunked",
+            &plain,
+            &converted,
+        ]),
+        "skiff convert --format zstd:chunked",
+    );
+    for layer in raw_manifest(&converted)["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{layer}"
+        );
+        assert!(
+            layer["annotations"]["io.github.containers.zstd-chunked.manifest-position"].is_string(),
+            "{layer}"
+        );
+    }
+    let from_converted = unpack_with(
+        &converted,
+        work.path(),
+        "converted",
+        &["--dest-compress", "--dest-compress-format", "gzip"],
+    );
+    assert_same_tree(&from_gzip, &from_converted);
 }

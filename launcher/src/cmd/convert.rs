@@ -1,11 +1,13 @@
-//! `skiff convert`: rewrite an image's layers to eStargz and push the result.
+//! `skiff convert`: rewrite an image's layers to eStargz (or, with `--format
+//! zstd:chunked`, to zstd:chunked) and push the result.
 //!
 //! Each layer is streamed from the source registry (verified), rewritten by
 //! [`convert_layer`] into a temporary file, and pushed to the destination with the
-//! `toc.digest` / uncompressed-size annotations. Layers already in eStargz are copied
-//! as they are. The config keeps every field but `rootfs.diff_ids`, which is set to
-//! the new layers' uncompressed digests ([`set_diff_ids`]). The manifest is an OCI
-//! manifest.
+//! format's annotations (eStargz: `toc.digest` and uncompressed size; zstd:chunked:
+//! the manifest checksum and position, the tar-split position). Layers already in
+//! that format are copied as they are. The config keeps every field but
+//! `rootfs.diff_ids`, which is set to the new layers' uncompressed digests
+//! ([`set_diff_ids`]). The manifest is an OCI manifest.
 
 use super::pull::human;
 use super::registry_args::{runtime, RegistryArgs};
@@ -15,16 +17,27 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skiff_proto::blob::BlobReader;
 use skiff_proto::digest::Digest;
 use skiff_proto::image::{
-    Descriptor, Manifest, ResolvedImage, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST,
+    Descriptor, Manifest, ResolvedImage, MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST,
 };
-use skiff_proto::index::convert::{convert_layer, set_diff_ids, EstargzOptions};
-use skiff_proto::index::estargz::TOC_DIGEST_ANNOTATION;
+use skiff_proto::index::convert::{
+    convert_layer, set_diff_ids, EstargzOptions, Target, ZstdChunkedOptions,
+};
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::{Client, RemoteBlob};
 use skiff_proto::store::Store;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::runtime::Handle;
+
+/// The formats `skiff convert` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// eStargz: tar+gzip with a table of contents.
+    Estargz,
+    /// zstd:chunked: tar+zstd with a table of contents (containers/storage's).
+    #[value(name = "zstd:chunked")]
+    ZstdChunked,
+}
 
 /// Arguments of `skiff convert`.
 #[derive(clap::Args, Debug)]
@@ -33,14 +46,19 @@ pub struct Args {
     pub src: String,
     /// Destination reference (a tag; may be on another registry).
     pub dst: String,
-    /// Largest chunk of a file per gzip member, in bytes.
+    /// The layers' format: estargz or zstd:chunked.
+    #[arg(long, value_enum, default_value = "estargz", value_name = "FORMAT")]
+    pub format: Format,
+    /// Largest chunk of a file: per gzip member (eStargz), or the cap on
+    /// zstd:chunked's content-defined chunks; in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     pub chunk_size: u64,
-    /// gzip compression level, 0 (none) to 9 (best).
-    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(0..=9))]
-    pub compression_level: u32,
+    /// Compression level: gzip's 0 (none) to 9 (best, the default) for eStargz,
+    /// zstd's 1 to 19 (default 3) for zstd:chunked.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=19))]
+    pub compression_level: Option<u32>,
     /// File listing paths (one per line) to put first in each layer, before
-    /// `.prefetch.landmark`, so a lazy mount can prefetch them.
+    /// `.prefetch.landmark`, so a lazy mount can prefetch them (eStargz only).
     #[arg(long, value_name = "FILE")]
     pub prefetch: Option<PathBuf>,
     /// No progress bars.
@@ -69,10 +87,31 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             .collect(),
         None => Vec::new(),
     };
-    let opts = EstargzOptions {
-        chunk_size: args.chunk_size,
-        level: args.compression_level,
-        prefetch,
+    let target = match args.format {
+        Format::Estargz => {
+            let level = args.compression_level.unwrap_or(9);
+            if level > 9 {
+                bail!("--compression-level {level}: gzip's levels are 0 to 9");
+            }
+            Target::Estargz(EstargzOptions {
+                chunk_size: args.chunk_size,
+                level,
+                prefetch,
+            })
+        }
+        Format::ZstdChunked => {
+            if args.prefetch.is_some() {
+                bail!("--prefetch needs --format estargz (zstd:chunked has no prefetch landmark)");
+            }
+            let level = args.compression_level.unwrap_or(3);
+            if level == 0 {
+                bail!("--compression-level 0: zstd's levels are 1 to 19");
+            }
+            Target::ZstdChunked(ZstdChunkedOptions {
+                level: level as i32,
+                max_chunk: args.chunk_size,
+            })
+        }
     };
     let platform = args.registry.platform()?;
     let src_client = Arc::new(args.registry.client_for(&src)?);
@@ -97,7 +136,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         rt.handle(),
         &image,
         &dst,
-        &opts,
+        &target,
         &store,
         &bars,
     )?;
@@ -115,7 +154,7 @@ pub fn convert_image(
     handle: &Handle,
     image: &ResolvedImage,
     dst: &Reference,
-    opts: &EstargzOptions,
+    target: &Target,
     store: &Store,
     bars: &MultiProgress,
 ) -> anyhow::Result<Digest> {
@@ -147,13 +186,13 @@ pub fn convert_image(
             handle.clone(),
         );
         let mut out = store.temp_file().context("creating a temporary file")?;
-        let (descriptor, diff_id) = if layer.annotations.contains_key(TOC_DIGEST_ANNOTATION) {
+        let (descriptor, diff_id) = if target.is_format_of(&layer.annotations) {
             bar.set_message("copying");
             let mut input = blob
                 .stream()
                 .with_context(|| format!("fetching layer {}", layer.digest))?;
             std::io::copy(&mut bar.wrap_read(&mut input), out.as_file_mut())
-                .with_context(|| format!("copying eStargz layer {}", layer.digest))?;
+                .with_context(|| format!("copying layer {}", layer.digest))?;
             let diff_id: Digest = old_diff_id
                 .to_string()
                 .parse()
@@ -166,12 +205,12 @@ pub fn convert_image(
                 &blob,
                 &layer.media_type,
                 out.as_file_mut(),
-                opts,
+                target,
                 Some(&progress),
             )
             .with_context(|| format!("converting layer {}", layer.digest))?;
             let mut d = Descriptor::new(
-                MEDIA_OCI_LAYER_GZIP,
+                target.media_type(),
                 converted.blob_digest,
                 converted.blob_size,
             );

@@ -7,9 +7,10 @@
 //! the config, then the manifest under the reference's tag.
 //!
 //! `--format` says how the layers skiff made (`skiff commit`) go up: eStargz by
-//! default ([`to_estargz`]: the same writer and annotations as `skiff convert`, so a
-//! lazy reader fetches only what it reads), or as the tar+gzip `commit` wrote. The
-//! base image's layers always go up as they are: their digests are the base's.
+//! default or zstd:chunked ([`convert_committed`]: the same writers and annotations
+//! as `skiff convert`, so a lazy reader fetches only what it reads), or as the
+//! tar+gzip `commit` wrote. The base image's layers always go up as they are: their
+//! digests are the base's.
 
 use super::local_image::{save_layer_index, COMMIT_CREATED_BY};
 use super::registry_args::{runtime, RegistryArgs};
@@ -17,9 +18,13 @@ use super::Global;
 use anyhow::{bail, Context};
 use serde_json::Value;
 use skiff_proto::digest::Digest;
-use skiff_proto::image::{Descriptor, Manifest};
-use skiff_proto::index::convert::{convert_layer, set_diff_ids, EstargzOptions};
-use skiff_proto::index::estargz::TOC_DIGEST_ANNOTATION;
+use skiff_proto::image::{
+    Descriptor, Manifest, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST,
+};
+use skiff_proto::index::convert::{
+    convert_layer, set_diff_ids, EstargzOptions, Target, ZstdChunkedOptions,
+};
 use skiff_proto::reference::{Reference, DEFAULT_TAG};
 use skiff_proto::registry::Client;
 use skiff_proto::store::{ImageRecord, Store};
@@ -34,7 +39,9 @@ pub enum LayerFormat {
     Estargz,
     /// Plain tar+gzip, as `skiff commit` wrote it.
     Gzip,
-    /// zstd:chunked: not supported yet (skiff reads it but has no writer).
+    /// zstd:chunked: tar+zstd with a table of contents, read lazily by skiff and
+    /// pulled partially by podman (containers/storage), and as plain zstd by
+    /// everything else.
     #[value(name = "zstd:chunked")]
     ZstdChunked,
 }
@@ -47,8 +54,8 @@ pub struct Args {
     /// Print only the pushed manifest's digest.
     #[arg(short, long)]
     pub quiet: bool,
-    /// How the layers skiff made go up: estargz, gzip or zstd:chunked (not supported
-    /// yet). Layers of the base image go up as they are.
+    /// How the layers skiff made go up: estargz, gzip or zstd:chunked. Layers of the
+    /// base image go up as they are.
     #[arg(long, value_enum, default_value = "estargz", value_name = "FORMAT")]
     pub format: LayerFormat,
     #[command(flatten)]
@@ -57,12 +64,6 @@ pub struct Args {
 
 /// Runs `skiff push`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
-    if args.format == LayerFormat::ZstdChunked {
-        bail!(
-            "--format zstd:chunked is not supported yet: skiff has no zstd:chunked writer \
-             (use --format estargz or --format gzip)"
-        );
-    }
     let reference = Reference::parse(&args.image)?;
     let store = Store::open(&global.root)
         .with_context(|| format!("opening the store at {}", global.root.display()))?;
@@ -74,16 +75,28 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let config = store.read_blob(&manifest.config.digest)?;
     let image = Outgoing {
         manifest_bytes,
+        manifest_media_type: record.manifest_media_type.clone(),
         manifest,
         config,
     };
+    let target = match args.format {
+        LayerFormat::Estargz => Some((Target::Estargz(EstargzOptions::default()), "eStargz")),
+        LayerFormat::ZstdChunked => Some((
+            Target::ZstdChunked(ZstdChunkedOptions::default()),
+            "zstd:chunked",
+        )),
+        LayerFormat::Gzip => None,
+    };
     let Outgoing {
         manifest_bytes,
+        manifest_media_type,
         manifest,
         config,
-    } = match args.format {
-        LayerFormat::Estargz if record.base.is_some() => to_estargz(global, &store, image)
-            .with_context(|| format!("writing the layers of {reference} as eStargz"))?,
+    } = match target {
+        Some((target, name)) if record.base.is_some() => {
+            convert_committed(global, &store, image, &target)
+                .with_context(|| format!("writing the layers of {reference} as {name}"))?
+        }
         _ => image,
     };
     let client = Arc::new(args.registry.client_for(&reference)?);
@@ -123,7 +136,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         None => reference.tag().unwrap_or(DEFAULT_TAG).to_string(),
     };
     let digest = rt
-        .block_on(client.push_manifest(repo, &tag, &record.manifest_media_type, &manifest_bytes))
+        .block_on(client.push_manifest(repo, &tag, &manifest_media_type, &manifest_bytes))
         .with_context(|| format!("pushing the manifest to {reference}"))?;
     if args.quiet {
         println!("{digest}");
@@ -168,20 +181,28 @@ async fn push_layer(
     Ok(())
 }
 
-/// An image as it goes up: the manifest (bytes and parsed) and the config.
+/// An image as it goes up: the manifest (bytes, media type and parsed) and the config.
 struct Outgoing {
     manifest_bytes: Vec<u8>,
+    manifest_media_type: String,
     manifest: Manifest,
     config: Vec<u8>,
 }
 
-/// `image` (made here) with the layers skiff committed rewritten as eStargz: each
-/// converted layer is written to the local store with its index (so a later lazy
-/// run finds it), its descriptor carries the `toc.digest` and uncompressed-size
-/// annotations, and its `diff_id` in the config becomes the eStargz tar's (which
-/// holds the TOC and landmark entries too). The new config and manifest go to the
-/// store as well. Layers already eStargz and the base image's go unchanged.
-fn to_estargz(global: &Global, store: &Store, image: Outgoing) -> anyhow::Result<Outgoing> {
+/// `image` (made here) with the layers skiff committed rewritten in `target`'s
+/// format: each converted layer is written to the local store with its index (so a
+/// later lazy run finds it), its descriptor carries the format's annotations, and its
+/// `diff_id` in the config becomes the new tar's (eStargz's holds the TOC and
+/// landmark entries too; zstd:chunked's is the committed tar itself). The new config
+/// and manifest go to the store as well. Layers already in that format and the base
+/// image's go unchanged; for zstd:chunked, a Docker manifest becomes an OCI one
+/// (Docker's has no zstd media type), its base layers relabelled, not rewritten.
+fn convert_committed(
+    global: &Global,
+    store: &Store,
+    image: Outgoing,
+    target: &Target,
+) -> anyhow::Result<Outgoing> {
     let config: Value = serde_json::from_slice(&image.config).context("parsing the config")?;
     let committed = committed_layers(&config, image.manifest.layers.len());
     let mut diff_ids = config_diff_ids(&config)?;
@@ -196,20 +217,30 @@ fn to_estargz(global: &Global, store: &Store, image: Outgoing) -> anyhow::Result
     let mut converted_any = false;
     for (i, layer) in manifest.layers.iter_mut().enumerate() {
         if !committed[i]
-            || layer.annotations.contains_key(TOC_DIGEST_ANNOTATION)
+            || target.is_format_of(&layer.annotations)
             || !store.has_blob(&layer.digest, layer.size)
         {
             continue;
         }
-        let (descriptor, diff_id) = convert_stored_layer(store, layer)?;
+        let (descriptor, diff_id) = convert_stored_layer(store, layer, target)?;
         save_layer_index(global, store, &descriptor)?;
-        tracing::info!(from = %layer.digest, to = %descriptor.digest, "layer written as eStargz");
+        tracing::info!(
+            from = %layer.digest,
+            to = %descriptor.digest,
+            media_type = %descriptor.media_type,
+            "committed layer converted"
+        );
         *layer = descriptor;
         diff_ids[i] = diff_id;
         converted_any = true;
     }
     if !converted_any {
         return Ok(image);
+    }
+    let mut manifest_media_type = image.manifest_media_type;
+    if matches!(target, Target::ZstdChunked(_)) && manifest_media_type == MEDIA_DOCKER_MANIFEST {
+        to_oci_media_types(&mut manifest);
+        manifest_media_type = MEDIA_OCI_MANIFEST.to_string();
     }
     let config = set_diff_ids(&image.config, &diff_ids).context("rewriting the config")?;
     let config_digest = store_blob(store, &config)?;
@@ -222,9 +253,24 @@ fn to_estargz(global: &Global, store: &Store, image: Outgoing) -> anyhow::Result
     store_blob(store, &manifest_bytes)?;
     Ok(Outgoing {
         manifest_bytes,
+        manifest_media_type,
         manifest,
         config,
     })
+}
+
+/// Relabels a Docker manifest's media types as OCI's (the blobs stay the same: a
+/// Docker config and gzip layer are an OCI config and gzip layer).
+fn to_oci_media_types(manifest: &mut Manifest) {
+    manifest.media_type = Some(MEDIA_OCI_MANIFEST.to_string());
+    if manifest.config.media_type == MEDIA_DOCKER_CONFIG {
+        manifest.config.media_type = MEDIA_OCI_CONFIG.to_string();
+    }
+    for layer in &mut manifest.layers {
+        if layer.media_type == MEDIA_DOCKER_LAYER_GZIP {
+            layer.media_type = MEDIA_OCI_LAYER_GZIP.to_string();
+        }
+    }
 }
 
 /// Writes `data` into the store under its digest; returns the digest.
@@ -234,30 +280,29 @@ fn store_blob(store: &Store, data: &[u8]) -> anyhow::Result<Digest> {
     Ok(digest)
 }
 
-/// Rewrites the stored tar+gzip `layer` as eStargz into the store: its descriptor
-/// (same media type, with the eStargz annotations) and its `diff_id`.
-fn convert_stored_layer(store: &Store, layer: &Descriptor) -> anyhow::Result<(Descriptor, Digest)> {
+/// Rewrites the stored tar+gzip `layer` in `target`'s format into the store: its
+/// descriptor (with the format's annotations; eStargz keeps the media type, which is
+/// tar+gzip already) and its `diff_id`.
+fn convert_stored_layer(
+    store: &Store,
+    layer: &Descriptor,
+    target: &Target,
+) -> anyhow::Result<(Descriptor, Digest)> {
     let blob = store.open_blob(&layer.digest)?;
     let mut temp = store.temp_file()?;
     let converted = {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file_mut());
-        let converted = convert_layer(
-            &blob,
-            &layer.media_type,
-            &mut out,
-            &EstargzOptions::default(),
-            None,
-        )
-        .with_context(|| format!("converting layer {} to eStargz", layer.digest))?;
-        out.flush().context("writing the eStargz layer")?;
+        let converted = convert_layer(&blob, &layer.media_type, &mut out, target, None)
+            .with_context(|| format!("converting layer {}", layer.digest))?;
+        out.flush().context("writing the converted layer")?;
         converted
     };
     store.commit_blob(&converted.blob_digest, temp)?;
-    let mut descriptor = Descriptor::new(
-        &layer.media_type,
-        converted.blob_digest,
-        converted.blob_size,
-    );
+    let media_type = match target {
+        Target::Estargz(_) => &layer.media_type,
+        Target::ZstdChunked(_) => target.media_type(),
+    };
+    let mut descriptor = Descriptor::new(media_type, converted.blob_digest, converted.blob_size);
     descriptor.annotations.extend(converted.annotations());
     Ok((descriptor, converted.diff_id))
 }
@@ -316,5 +361,27 @@ mod tests {
         // A history that does not line up with the layers marks none.
         assert_eq!(committed_layers(&config, 3), [false, false, false]);
         assert_eq!(committed_layers(&json!({}), 1), [false]);
+    }
+
+    #[test]
+    fn docker_media_types_become_oci() {
+        let blob = Digest::of(b"x");
+        let mut m = Manifest::oci(
+            Descriptor::new(MEDIA_DOCKER_CONFIG, blob, 1),
+            vec![
+                Descriptor::new(MEDIA_DOCKER_LAYER_GZIP, blob, 1),
+                Descriptor::new(skiff_proto::image::MEDIA_OCI_LAYER_ZSTD, blob, 1),
+            ],
+        );
+        m.media_type = Some(MEDIA_DOCKER_MANIFEST.to_string());
+        to_oci_media_types(&mut m);
+        assert_eq!(m.media_type.as_deref(), Some(MEDIA_OCI_MANIFEST));
+        assert_eq!(m.config.media_type, MEDIA_OCI_CONFIG);
+        assert_eq!(m.layers[0].media_type, MEDIA_OCI_LAYER_GZIP);
+        assert_eq!(
+            m.layers[1].media_type,
+            skiff_proto::image::MEDIA_OCI_LAYER_ZSTD
+        );
+        assert_eq!(m.layers[0].digest, blob);
     }
 }

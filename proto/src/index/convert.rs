@@ -1,5 +1,8 @@
-//! The eStargz writer: rewrites a plain (uncompressed) tar layer as an eStargz blob
-//! that is still an ordinary tar.gz (`gunzip | tar t` lists it).
+//! Layer conversion: what every writer shares (reading and verifying the source
+//! layer, the first pass over its tar, the result), and the eStargz writer, which
+//! rewrites a plain (uncompressed) tar layer as an eStargz blob that is still an
+//! ordinary tar.gz (`gunzip | tar t` lists it). The zstd:chunked writer is
+//! [`super::zstd_chunked_writer`]; [`convert_layer`] picks one by [`Target`].
 //!
 //! Two passes over a seekable copy of the tar: the first records where every entry's
 //! header records and data lie, the second writes them out in eStargz order — the
@@ -14,9 +17,10 @@ use super::model::clean_path;
 use super::toc::{
     format_rfc3339, format_rfc3339_nanos, Toc, TocEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
 };
+pub use super::zstd_chunked_writer::ZstdChunkedOptions;
 use crate::digest::{Digest, Hasher};
 use base64::Engine as _;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -24,10 +28,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     /// Reading the input or writing the output failed.
-    #[error("converting layer to eStargz: {0}")]
+    #[error("converting layer: {0}")]
     Io(#[from] io::Error),
     /// The input is not a tar Skiff can convert.
-    #[error("converting layer to eStargz: input tar: {0}")]
+    #[error("converting layer: input tar: {0}")]
     BadInput(String),
     /// Reading the source blob failed.
     #[error(transparent)]
@@ -76,48 +80,113 @@ pub struct ConvertedLayer {
     pub diff_id: Digest,
     /// Size of the uncompressed tar.
     pub uncompressed_size: u64,
-    /// sha256 of the TOC JSON: the value of the layer annotation
-    /// `containerd.io/snapshot/stargz/toc.digest`.
+    /// The digest the TOC is verified against: for eStargz the sha256 of the TOC JSON
+    /// (annotation `containerd.io/snapshot/stargz/toc.digest`), for zstd:chunked that
+    /// of the compressed TOC (`…zstd-chunked.manifest-checksum`).
     pub toc_digest: Digest,
+    /// The annotations the layer descriptor must carry.
+    annotations: Vec<(String, String)>,
 }
 
 impl ConvertedLayer {
-    /// The annotations the layer descriptor must carry (as stargz-snapshotter's
-    /// converter sets them).
+    /// A converted layer whose descriptor must carry `annotations`.
+    pub(crate) fn new(
+        blob: (Digest, u64),
+        tar: (Digest, u64),
+        toc_digest: Digest,
+        annotations: Vec<(String, String)>,
+    ) -> Self {
+        ConvertedLayer {
+            blob_digest: blob.0,
+            blob_size: blob.1,
+            diff_id: tar.0,
+            uncompressed_size: tar.1,
+            toc_digest,
+            annotations,
+        }
+    }
+
+    /// The annotations the layer descriptor must carry, as the format's own tools
+    /// (stargz-snapshotter's converter, containers/storage's compressor) set them.
     pub fn annotations(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                super::estargz::TOC_DIGEST_ANNOTATION.to_string(),
-                self.toc_digest.to_string(),
-            ),
-            (
-                super::estargz::UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
-                self.uncompressed_size.to_string(),
-            ),
-        ]
+        self.annotations.clone()
     }
 }
 
-/// One input entry: where its bytes are and what the TOC says about it.
-struct Planned {
-    header_start: u64,
-    data_start: u64,
-    size: u64,
-    toc: TocEntry,
+/// The format a layer is converted to, with its knobs.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// eStargz (a tar+gzip layer).
+    Estargz(EstargzOptions),
+    /// zstd:chunked (a tar+zstd layer).
+    ZstdChunked(ZstdChunkedOptions),
+}
+
+impl Target {
+    /// Whether a layer whose descriptor carries `annotations` is in this format
+    /// already (it has the format's TOC annotation).
+    pub fn is_format_of(&self, annotations: &BTreeMap<String, String>) -> bool {
+        let keys: &[&str] = match self {
+            Target::Estargz(_) => &[super::estargz::TOC_DIGEST_ANNOTATION],
+            Target::ZstdChunked(_) => &super::zstd_chunked::POSITION_ANNOTATIONS,
+        };
+        keys.iter().any(|k| annotations.contains_key(*k))
+    }
+
+    /// The media type of a layer in this format (the OCI one).
+    pub fn media_type(&self) -> &'static str {
+        match self {
+            Target::Estargz(_) => crate::image::MEDIA_OCI_LAYER_GZIP,
+            Target::ZstdChunked(_) => crate::image::MEDIA_OCI_LAYER_ZSTD,
+        }
+    }
+}
+
+/// One input entry: where its bytes are and what a TOC says about it.
+pub(crate) struct Planned {
+    /// Where its header records start (with any global header before them).
+    pub header_start: u64,
+    /// Where its data starts (just after its last header record).
+    pub data_start: u64,
+    /// Bytes of data.
+    pub size: u64,
+    /// Its TOC entry, with the cleaned path (as eStargz writes it).
+    pub toc: TocEntry,
+    /// The path exactly as the tar header has it (as zstd:chunked writes it).
+    pub raw_name: Vec<u8>,
+    /// The link target exactly as the tar header has it.
+    pub raw_link: Vec<u8>,
+    /// Access and change times (RFC 3339) when the header records them (a pax
+    /// `atime`/`ctime`, or a GNU header's fields), as Go's `archive/tar` reads them.
+    pub access_time: Option<String>,
+    /// See `access_time`.
+    pub change_time: Option<String>,
 }
 
 /// Converts one layer blob of an image (`media_type` tar, tar+gzip or tar+zstd, incl.
-/// Docker's) to eStargz written to `out`, verifying the source blob's digest as it
-/// streams. The caller pushes the result as a `tar+gzip` layer with
-/// [`ConvertedLayer::annotations`], and puts [`ConvertedLayer::diff_id`] in the config
-/// (see [`set_diff_ids`]).
+/// Docker's) to `target`'s format written to `out`, verifying the source blob's
+/// digest as it streams. The caller pushes the result as a layer of
+/// [`Target::media_type`] with [`ConvertedLayer::annotations`], and puts
+/// [`ConvertedLayer::diff_id`] in the config (see [`set_diff_ids`]).
 pub fn convert_layer(
     blob: &dyn crate::blob::BlobReader,
     media_type: &str,
     out: impl Write,
-    opts: &EstargzOptions,
+    target: &Target,
     progress: Option<&dyn Fn(u64)>,
 ) -> Result<ConvertedLayer, ConvertError> {
+    let mut spool = spool_layer(blob, media_type)?;
+    match target {
+        Target::Estargz(opts) => convert_to_estargz(&mut spool, out, opts, progress),
+        Target::ZstdChunked(opts) => {
+            super::zstd_chunked_writer::convert_to_zstd_chunked(&mut spool, out, opts, progress)
+        }
+    }
+}
+
+/// The uncompressed tar of a layer blob in a temporary file (positioned at its
+/// start), after checking the blob against its digest.
+fn spool_layer(blob: &dyn crate::blob::BlobReader, media_type: &str) -> Result<File, ConvertError> {
     let mut hashing = HashingReader {
         inner: blob.stream()?,
         hasher: Hasher::new(),
@@ -149,7 +218,7 @@ pub fn convert_layer(
         }));
     }
     spool.seek(SeekFrom::Start(0))?;
-    convert_to_estargz(&mut spool, out, opts, progress)
+    Ok(spool)
 }
 
 /// Hashes everything read through it.
@@ -203,10 +272,16 @@ pub fn convert_stream_to_estargz(
     opts: &EstargzOptions,
     progress: Option<&dyn Fn(u64)>,
 ) -> Result<ConvertedLayer, ConvertError> {
+    convert_to_estargz(&mut spool(input)?, out, opts, progress)
+}
+
+/// A stream copied into a temporary file (positioned at its start), so that a
+/// writer can make its two passes over it.
+pub(crate) fn spool(input: impl Read) -> io::Result<File> {
     let mut spool = tempfile::tempfile()?;
     io::copy(&mut { input }, &mut spool)?;
     spool.seek(SeekFrom::Start(0))?;
-    convert_to_estargz(&mut spool, out, opts, progress)
+    Ok(spool)
 }
 
 /// Converts the uncompressed tar in `input` to eStargz written to `out`. `progress`,
@@ -218,6 +293,11 @@ pub fn convert_to_estargz(
     progress: Option<&dyn Fn(u64)>,
 ) -> Result<ConvertedLayer, ConvertError> {
     let plan = plan(input)?;
+    if plan.iter().any(|p| p.toc.name == TOC_TAR_NAME) {
+        return Err(ConvertError::BadInput(format!(
+            "input already holds {TOC_TAR_NAME}"
+        )));
+    }
     let chunk_size = opts.chunk_size.max(1);
 
     // Output order: landmark choice, prefetch files with their parents, the rest.
@@ -296,8 +376,9 @@ pub fn convert_to_estargz(
     w.finish(&toc)
 }
 
-/// Pass one: every entry's byte ranges and TOC metadata.
-fn plan(input: &mut File) -> Result<Vec<Planned>, ConvertError> {
+/// Pass one: every entry's byte ranges and TOC metadata, read as Go's `archive/tar`
+/// (which stargz-snapshotter and containers/storage use) reads them.
+pub(crate) fn plan(input: &mut File) -> Result<Vec<Planned>, ConvertError> {
     input.seek(SeekFrom::Start(0))?;
     let bad = ConvertError::BadInput;
     let mut archive = tar::Archive::new(&mut *input);
@@ -333,8 +414,12 @@ fn plan(input: &mut File) -> Result<Vec<Planned>, ConvertError> {
                 )))
             }
         };
-        let raw = e.path().map_err(|x| bad(x.to_string()))?;
-        let raw = raw.to_string_lossy().into_owned();
+        let raw_name = e.path_bytes().into_owned();
+        let raw_link = e
+            .link_name_bytes()
+            .map(|l| l.into_owned())
+            .unwrap_or_default();
+        let raw = String::from_utf8_lossy(&raw_name).into_owned();
         let name = clean_path(&raw).ok_or_else(|| bad(format!("unsafe path {raw:?}")))?;
         let mut t = TocEntry {
             name,
@@ -366,17 +451,36 @@ fn plan(input: &mut File) -> Result<Vec<Planned>, ConvertError> {
         if kind == "reg" {
             t.size = size;
         }
+        // A GNU header's atime and ctime fields count when set (first byte not NUL).
+        let gnu_time = |field: &[u8; 12], value: io::Result<u64>| {
+            (field[0] != 0)
+                .then(|| value.ok())
+                .flatten()
+                .map(|secs| (secs as i64, 0))
+        };
+        let (mut atime, mut ctime) = match h.as_gnu() {
+            Some(g) => (gnu_time(&g.atime, g.atime()), gnu_time(&g.ctime, g.ctime())),
+            None => (None, None),
+        };
         if let Some(pax) = e.pax_extensions().map_err(|x| bad(x.to_string()))? {
             let mut xattrs = BTreeMap::new();
             for ext in pax.flatten() {
-                // A pax mtime overrides the header's (sub-second, or beyond its range).
-                if ext.key().ok() == Some("mtime") {
-                    if let Some((secs, nsec)) =
-                        ext.value().ok().and_then(crate::index::tar::parse_pax_time)
-                    {
-                        t.mod_time = format_rfc3339_nanos(secs, nsec);
+                let time = || ext.value().ok().and_then(crate::index::tar::parse_pax_time);
+                let number = || ext.value().ok().and_then(|v| v.parse::<i64>().ok());
+                match ext.key().ok() {
+                    // A pax mtime overrides the header's (sub-second, or beyond its range).
+                    Some("mtime") => {
+                        if let Some((secs, nsec)) = time() {
+                            t.mod_time = format_rfc3339_nanos(secs, nsec);
+                        }
+                        continue;
                     }
-                    continue;
+                    Some("atime") => atime = time().or(atime),
+                    Some("ctime") => ctime = time().or(ctime),
+                    // Ids too large for the header.
+                    Some("uid") => t.uid = number().unwrap_or(t.uid),
+                    Some("gid") => t.gid = number().unwrap_or(t.gid),
+                    _ => {}
                 }
                 if let Some(k) = ext.key().ok().and_then(|k| k.strip_prefix("SCHILY.xattr.")) {
                     xattrs.insert(
@@ -389,16 +493,20 @@ fn plan(input: &mut File) -> Result<Vec<Planned>, ConvertError> {
                 t.xattrs = Some(xattrs);
             }
         }
+        let rfc3339 = |t: Option<(i64, u32)>| {
+            t.filter(|&t| t != (0, 0))
+                .map(|(secs, nsec)| format_rfc3339_nanos(secs, nsec))
+        };
         out.push(Planned {
             header_start,
             data_start,
             size,
             toc: t,
+            raw_name,
+            raw_link,
+            access_time: rfc3339(atime),
+            change_time: rfc3339(ctime),
         });
-    }
-    let names: HashSet<&str> = out.iter().map(|p| p.toc.name.as_str()).collect();
-    if names.contains(TOC_TAR_NAME) {
-        return Err(bad(format!("input already holds {TOC_TAR_NAME}")));
     }
     Ok(out)
 }
@@ -467,16 +575,7 @@ impl<W: Write> Writer<W> {
         chunk_size: u64,
         toc: &mut Toc,
     ) -> Result<(), ConvertError> {
-        let header_len = p
-            .data_start
-            .checked_sub(p.header_start)
-            .filter(|&n| n <= 64 << 20)
-            .ok_or_else(|| {
-                ConvertError::BadInput(format!("{}: implausible header records", p.toc.name))
-            })?;
-        let mut header = vec![0u8; header_len as usize];
-        input.seek(SeekFrom::Start(p.header_start))?;
-        input.read_exact(&mut header)?;
+        let header = read_header(input, p.header_start, p)?;
         self.tar(&header)?;
         let mut first = p.toc.clone();
         if p.toc.kind != "reg" || p.size == 0 {
@@ -580,18 +679,47 @@ impl<W: Write> Writer<W> {
         self.close_member()?;
         self.raw(&footer_bytes(toc_offset))?;
         self.out.flush()?;
-        Ok(ConvertedLayer {
-            blob_digest: self.blob_hash.finish(),
-            blob_size: self.blob_pos,
-            diff_id: self.tar_hash.finish(),
-            uncompressed_size: self.tar_pos,
+        let annotations = vec![
+            (
+                super::estargz::TOC_DIGEST_ANNOTATION.to_string(),
+                toc_digest.to_string(),
+            ),
+            (
+                super::estargz::UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
+                self.tar_pos.to_string(),
+            ),
+        ];
+        Ok(ConvertedLayer::new(
+            (self.blob_hash.finish(), self.blob_pos),
+            (self.tar_hash.finish(), self.tar_pos),
             toc_digest,
-        })
+            annotations,
+        ))
     }
 }
 
+/// The bytes of `input` from `from` to where `p`'s data starts: its header records,
+/// and whatever comes before them from `from` on (padding of the previous entry).
+pub(crate) fn read_header(
+    input: &mut File,
+    from: u64,
+    p: &Planned,
+) -> Result<Vec<u8>, ConvertError> {
+    let len = p
+        .data_start
+        .checked_sub(from)
+        .filter(|&n| n <= 64 << 20)
+        .ok_or_else(|| {
+            ConvertError::BadInput(format!("{}: implausible header records", p.toc.name))
+        })?;
+    let mut header = vec![0u8; len as usize];
+    input.seek(SeekFrom::Start(from))?;
+    input.read_exact(&mut header)?;
+    Ok(header)
+}
+
 /// Reads `len` bytes at `offset` of `input` in pieces and hands them to `sink`.
-fn copy_range(
+pub(crate) fn copy_range(
     input: &mut File,
     offset: u64,
     len: u64,
@@ -646,7 +774,7 @@ mod tests {
             &blob,
             "application/vnd.docker.image.rootfs.diff.tar.gzip",
             &mut out,
-            &opts,
+            &Target::Estargz(opts.clone()),
             None,
         )
         .unwrap();
@@ -678,7 +806,7 @@ mod tests {
             &wrong,
             "application/vnd.oci.image.layer.v1.tar+gzip",
             Vec::new(),
-            &opts,
+            &Target::Estargz(opts),
             None,
         )
         .unwrap_err();

@@ -18,7 +18,8 @@
 //! nothing unverified. TOCs are verified against their annotations before use. Indexes
 //! are kept in an [`store::IndexStore`] keyed by layer digest, and can be published as
 //! an OCI artifact ([`artifact`]: manifest contents, referrers fallback tag, lookup).
-//! [`convert`] writes eStargz (`skiff convert`).
+//! [`convert`] writes eStargz and [`zstd_chunked_writer`] zstd:chunked (`skiff convert`,
+//! `skiff push`).
 //!
 //! For a remote [`crate::blob::BlobReader`]: building a plain-layer index reads the
 //! blob once through `stream()` (override it with one streaming GET); TOC formats only
@@ -38,6 +39,7 @@ pub mod validate;
 pub mod verify;
 pub mod zstd;
 pub mod zstd_chunked;
+pub mod zstd_chunked_writer;
 
 use crate::image::LayerEncoding;
 pub use decode::{decode_chunk, decode_chunks};
