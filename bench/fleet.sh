@@ -64,6 +64,8 @@ DELAY=$(python3 -c "print($RTT / 2)")
 TAG=$$
 HUB=fleet-hub-$TAG
 W=$(mktemp -d /tmp/skiff-fleet.XXXXXX)
+# Where the output of a node that failed is kept (the work directory is removed).
+FAILED_DIR=${FLEET_FAILED_DIR:-/var/tmp/skiff-bench/failed-logs}
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 nodes() { seq 1 "$NODES"; }
@@ -226,6 +228,15 @@ for img in "${IMGS[@]}"; do
         if [ "$MIRROR" = skiff ]; then
             printf '%s\t%s\t%s\n' "$img" "$tool" "$(mirror_stats || echo '{}')" >> "$W/mirror-stats.tsv"
         fi
+        # A failed node's output outlives the work directory, for the report to name.
+        for i in $(nodes); do
+            read -r _ rc _ _ < "$W/time-$i"
+            if [ "$rc" != 0 ]; then
+                kept="$FAILED_DIR/fleet-$TAG-$img-$tool-node$i.log"
+                mkdir -p "$FAILED_DIR" && cp "$W/out-$i" "$kept"
+                log "node $i failed ($img / $tool, exit $rc): $(tail -2 "$W/out-$i" | tr '\n' ' ') — kept in $kept"
+            fi
+        done
         ok=$(cat "$W"/time-* | awk '$2 == 0' | wc -l)
         last=$(cat "$W"/time-* | awk '{print $4}' | sort -n | tail -1)
         median=$(cat "$W"/time-* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
