@@ -16,6 +16,7 @@ pub mod keeper;
 pub mod persist;
 pub mod protocol;
 pub mod restart;
+pub mod restart_containers;
 pub mod server;
 pub mod snapshots;
 pub mod state;
@@ -207,6 +208,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
                 }
             })?;
     }
+    restart_containers::spawn(global);
     eprintln!("skiff: daemon listening on {}", socket.display());
     server::serve(state, listener, socket, stop);
     snapshots.stop();
