@@ -369,4 +369,39 @@ mod tests {
         assert!(matches!(find(root, "aa"), Err(StateError::Ambiguous(_))));
         assert!(matches!(find(root, "zzz"), Err(StateError::NotFound(_))));
     }
+
+    #[test]
+    fn a_stop_by_the_user_is_kept_beside_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // A container removed meanwhile is not brought back by the marker.
+        assert!(request_stop(root, "gone").is_err());
+        assert!(!RootLayout::new(root).container("gone").dir().exists());
+
+        let mut s = state("ccc333", "loop");
+        s.status = Status::Restarting;
+        s.restart_policy = RestartPolicy::Always;
+        s.exit_code = Some(1);
+        s.monitor = ProcessId::of(std::process::id() as i32);
+        s.save(root).unwrap();
+        assert!(!stop_requested(root, "ccc333"));
+        request_stop(root, "ccc333").unwrap();
+        assert!(stop_requested(root, "ccc333"));
+        // The monitor rewriting its state does not lose the stop.
+        s.save(root).unwrap();
+        assert!(stop_requested(root, "ccc333"));
+        clear_stop_request(root, "ccc333");
+        assert!(!stop_requested(root, "ccc333"));
+
+        let back = reload(root, "ccc333").unwrap();
+        assert_eq!(back.status, Status::Restarting);
+        assert_eq!(back.restart_policy, RestartPolicy::Always);
+        // Its monitor gone, a restarting container is stale: exited with its last code.
+        s.monitor = None;
+        s.save(root).unwrap();
+        let back = reload(root, "ccc333").unwrap();
+        assert_eq!(back.status, Status::Exited);
+        assert_eq!(back.exit_code, Some(1));
+        assert!(back.finished_at.is_some());
+    }
 }

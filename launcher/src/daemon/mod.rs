@@ -208,7 +208,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
                 }
             })?;
     }
-    restart_containers::spawn(global);
+    restart_containers::spawn(global, &socket);
     eprintln!("skiff: daemon listening on {}", socket.display());
     server::serve(state, listener, socket, stop);
     snapshots.stop();

@@ -9,8 +9,13 @@ use crate::container::state::{self, Status};
 
 /// Looks for such containers in a thread of its own, so that the cleanup of a dead
 /// monitor's mount, and the new monitor's mount, can go through this daemon's socket
-/// once it serves.
-pub fn spawn(global: &Global) {
+/// once it serves. Only a daemon on the root's own socket does (`socket`): monitors
+/// look for the daemon there.
+pub fn spawn(global: &Global, socket: &std::path::Path) {
+    if socket != global.layout().daemon_socket() {
+        tracing::info!("not restarting containers: the daemon is not on the root's socket");
+        return;
+    }
     let global = global.clone();
     let spawned = std::thread::Builder::new()
         .name("skiff-daemon-restart-containers".into())
