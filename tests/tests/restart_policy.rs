@@ -29,7 +29,10 @@ fn counting(then: &str) -> String {
 /// How many times container `id` has started (lines of `/runs` in its upper).
 fn runs(root: &Path, id: &str) -> usize {
     let file = root.join("containers").join(id).join("upper/runs");
-    std::fs::read_to_string(file).unwrap_or_default().lines().count()
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .count()
 }
 
 /// `skiff inspect NAME`'s document of a container.
@@ -77,7 +80,12 @@ fn alive(pid: i32) -> bool {
 
 /// `skiff run -d ARGS…`, checked; returns the container id.
 fn run_detached(skiff: &Skiff, args: &[&str], daemon: &SkiffDaemon) -> String {
-    let out = skiff.command().args(["run", "-d"]).args(args).output().unwrap();
+    let out = skiff
+        .command()
+        .args(["run", "-d"])
+        .args(args)
+        .output()
+        .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -100,9 +108,23 @@ async fn on_failure_restarts_n_times_then_exits_with_the_code() {
 
     let script = counting("exit 3");
     let out = skiff.run(&[
-        "run", "--restart", "on-failure:2", "--name", "flaky", &image, "sh", "-c", &script,
+        "run",
+        "--restart",
+        "on-failure:2",
+        "--name",
+        "flaky",
+        &image,
+        "sh",
+        "-c",
+        &script,
     ]);
-    assert_eq!(out.status.code(), Some(3), "{}\n{}", describe(&out), daemon.log());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        describe(&out),
+        daemon.log()
+    );
     let doc = inspect(&skiff, "flaky");
     let id = doc["Id"].as_str().unwrap().to_string();
     assert_eq!(runs(root.path(), &id), 3, "{doc}");
@@ -116,7 +138,15 @@ async fn on_failure_restarts_n_times_then_exits_with_the_code() {
 
     let script = counting("exit 0");
     let out = skiff.run(&[
-        "run", "--restart", "on-failure", "--name", "fine", &image, "sh", "-c", &script,
+        "run",
+        "--restart",
+        "on-failure",
+        "--name",
+        "fine",
+        &image,
+        "sh",
+        "-c",
+        &script,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let doc = inspect(&skiff, "fine");
@@ -138,7 +168,16 @@ async fn always_restarts_until_stopped() {
     let script = counting("cat /runs | wc -l > /seen; exit 0");
     let id = run_detached(
         &skiff,
-        &["--restart", "always", "--name", "looper", &image, "sh", "-c", &script],
+        &[
+            "--restart",
+            "always",
+            "--name",
+            "looper",
+            &image,
+            "sh",
+            "-c",
+            &script,
+        ],
         &daemon,
     );
     wait_until(Duration::from_secs(60), "three runs of looper", || {
@@ -150,7 +189,11 @@ async fn always_restarts_until_stopped() {
         "{line}"
     );
     let seen = root.path().join("containers").join(&id).join("upper/seen");
-    let seen: usize = std::fs::read_to_string(seen).unwrap().trim().parse().unwrap();
+    let seen: usize = std::fs::read_to_string(seen)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(seen >= 2, "a later run saw {seen} runs");
 
     let out = skiff.run(&["stop", "-t", "1", "looper"]);
@@ -159,7 +202,11 @@ async fn always_restarts_until_stopped() {
     // Longer than the back-off after that many runs: a restart would show.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(runs(root.path(), &id), stopped_at, "restarted after a stop");
-    assert_eq!(ps_line(&skiff, false, "looper"), None, "ps lists a stopped container");
+    assert_eq!(
+        ps_line(&skiff, false, "looper"),
+        None,
+        "ps lists a stopped container"
+    );
     let line = ps_line(&skiff, true, "looper").expect("ps -a lists it");
     assert!(line.contains("Exited ("), "{line}");
     let doc = inspect(&skiff, "looper");
@@ -171,7 +218,16 @@ async fn always_restarts_until_stopped() {
     // rm -f while it restarts (it fails at once, so it is mostly waiting).
     let id = run_detached(
         &skiff,
-        &["--restart", "always", "--name", "crasher", &image, "sh", "-c", &counting("exit 1")],
+        &[
+            "--restart",
+            "always",
+            "--name",
+            "crasher",
+            &image,
+            "sh",
+            "-c",
+            &counting("exit 1"),
+        ],
         &daemon,
     );
     wait_until(Duration::from_secs(60), "two runs of crasher", || {
@@ -201,10 +257,21 @@ async fn the_daemon_replaces_killed_monitors_at_its_start() {
     let start = |name: &str, policy: &str| {
         let id = run_detached(
             &skiff,
-            &["--restart", policy, "--name", name, &image, "sh", "-c", &script],
+            &[
+                "--restart",
+                policy,
+                "--name",
+                name,
+                &image,
+                "sh",
+                "-c",
+                &script,
+            ],
             &daemon,
         );
-        wait_until(Duration::from_secs(30), name, || runs(root.path(), &id) == 1);
+        wait_until(Duration::from_secs(30), name, || {
+            runs(root.path(), &id) == 1
+        });
         id
     };
     let phoenix = start("phoenix", "always");
@@ -236,11 +303,18 @@ async fn the_daemon_replaces_killed_monitors_at_its_start() {
         assert_eq!(doc["State"]["Status"], "running", "{doc}\n{}", daemon.log());
         assert_eq!(doc["RestartCount"], 1, "{doc}");
         let monitor = monitor_pid(root.path(), id);
-        assert!(monitor != old && alive(monitor), "monitor {monitor} (was {old})");
+        assert!(
+            monitor != old && alive(monitor),
+            "monitor {monitor} (was {old})"
+        );
     }
     let line = ps_line(&skiff, false, "phoenix").expect("ps lists it");
     assert!(line.contains("Up"), "{line}");
-    assert_eq!(runs(root.path(), &resting), 1, "a stopped container came back");
+    assert_eq!(
+        runs(root.path(), &resting),
+        1,
+        "a stopped container came back"
+    );
     assert_eq!(inspect(&skiff, "resting")["State"]["Status"], "exited");
 
     let out = skiff.run(&["stop", "-t", "1", "phoenix", "lazarus"]);
@@ -268,7 +342,15 @@ async fn without_a_daemon_only_no_runs() {
 
     let script = counting("exit 3");
     let out = skiff.run(&[
-        "run", "--restart", "no", "--name", "once", &image, "sh", "-c", &script,
+        "run",
+        "--restart",
+        "no",
+        "--name",
+        "once",
+        &image,
+        "sh",
+        "-c",
+        &script,
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     let doc = inspect(&skiff, "once");

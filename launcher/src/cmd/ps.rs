@@ -27,9 +27,7 @@ fn matches(s: &state::ContainerState, filters: &[String]) -> anyhow::Result<bool
                 .iter()
                 .any(|l| l == want || l.split_once('=').map(|(k, _)| k) == Some(want)),
             Some(("name", name)) => s.name == name,
-            Some(("status", st)) => {
-                status_name(s.status) == st
-            }
+            Some(("status", st)) => status_name(s.status) == st,
             _ => anyhow::bail!(
                 "invalid --filter {f:?}: want label=KEY[=VALUE], name=NAME or status=STATUS"
             ),

@@ -503,7 +503,14 @@ fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Resu
             return Err(e).with_context(|| format!("mounting {image}"));
         }
     };
-    let code = supervise(global, &spec, &mountpoint, &mut record, &mut net, &mut |_| {});
+    let code = supervise(
+        global,
+        &spec,
+        &mountpoint,
+        &mut record,
+        &mut net,
+        &mut |_| {},
+    );
     if let Some((recorder, replace)) = recording {
         save_recording(global, &lazy, &recorder, replace);
     }
@@ -809,8 +816,7 @@ fn supervise(
     net: &mut crate::network::NetworkSetup,
     on_start: &mut dyn FnMut(i32),
 ) -> u8 {
-    let result =
-        restart_policy::run_restarting(&global.root, spec, rootfs, record, net, on_start);
+    let result = restart_policy::run_restarting(&global.root, spec, rootfs, record, net, on_start);
     record.status = Status::Exited;
     let code = match result {
         Ok(status) => status.code(),

@@ -365,7 +365,14 @@ mod tests {
             assert_eq!(text.parse::<RestartPolicy>().unwrap(), policy);
             assert_eq!(policy.to_string(), text);
         }
-        for bad in ["", "never", "always:2", "on-failure:", "on-failure:-1", "on-failure:x"] {
+        for bad in [
+            "",
+            "never",
+            "always:2",
+            "on-failure:",
+            "on-failure:-1",
+            "on-failure:x",
+        ] {
             assert!(bad.parse::<RestartPolicy>().is_err(), "{bad}");
         }
         let json = serde_json::to_string(&RestartPolicy::OnFailure { max_retries: 2 }).unwrap();

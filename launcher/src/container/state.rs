@@ -195,8 +195,7 @@ impl ContainerState {
         matches!(
             self.status,
             Status::Running | Status::Created | Status::Restarting
-        )
-            && !self.monitor.is_some_and(|m| m.alive())
+        ) && !self.monitor.is_some_and(|m| m.alive())
     }
 
     /// Cleans up after a monitor that died: kills PID 1 if it still runs, removes the
@@ -231,7 +230,10 @@ impl ContainerState {
 
 /// The file whose presence says the user stopped container `id` (see [`request_stop`]).
 fn stop_marker(root: &Path, id: &str) -> PathBuf {
-    RootLayout::new(root).container(id).dir().join("stopped-by-user")
+    RootLayout::new(root)
+        .container(id)
+        .dir()
+        .join("stopped-by-user")
 }
 
 /// Records that the user stopped container `id` (`skiff stop`, `rm -f`): its monitor
