@@ -45,11 +45,8 @@ pub fn stop(global: &Global, key: &str, grace: std::time::Duration) -> anyhow::R
     let mut signalled = None;
     let kill_at = std::time::Instant::now() + grace;
     let mut gone_since = None;
-    loop {
-        let now = match state::reload(&global.root, &s.id) {
-            Ok(now) => now,
-            Err(_) => break, // removed (`--rm`)
-        };
+    // Until the end is recorded (or the container removed, with `--rm`).
+    while let Ok(now) = state::reload(&global.root, &s.id) {
         let pid1 = match (now.status, now.pid1) {
             (Status::Running, Some(p)) if p.alive() => p,
             (Status::Running | Status::Restarting, _) => {
