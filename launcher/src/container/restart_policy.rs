@@ -179,25 +179,10 @@ pub fn run_restarting(
 ) -> Result<ExitStatus, RunError> {
     // Signals the runs forward stay blocked between runs too: one that comes while
     // the container waits to restart goes to its next PID 1, not to this monitor.
-    let old_mask = match record.restart_policy.is_no() {
+    let _blocked = match record.restart_policy.is_no() {
         true => None,
-        false => Some(super::block_handled_signals()?),
+        false => Some(BlockedSignals(super::block_handled_signals()?)),
     };
-    let result = restart_loop(root, spec, rootfs, record, attach, on_start);
-    if let Some(mask) = old_mask {
-        let _ = mask.thread_set_mask();
-    }
-    result
-}
-
-fn restart_loop(
-    root: &Path,
-    spec: &ContainerSpec,
-    rootfs: &Path,
-    record: &mut ContainerState,
-    attach: &mut dyn Attach,
-    on_start: &mut dyn FnMut(i32),
-) -> Result<ExitStatus, RunError> {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
@@ -234,6 +219,15 @@ fn restart_loop(
             return result;
         }
         record.restart_count += 1;
+    }
+}
+
+/// The signal mask before [`super::block_handled_signals`], set again on drop.
+struct BlockedSignals(nix::sys::signal::SigSet);
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        let _ = self.0.thread_set_mask();
     }
 }
 
