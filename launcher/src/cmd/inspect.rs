@@ -1,8 +1,10 @@
-//! `skiff inspect`: an image's resolved digest, platform, layers and config.
+//! `skiff inspect`: a container's state, restart policy and count (as docker's JSON),
+//! or an image's resolved digest, platform, layers and config.
 
 use super::pull::human;
 use super::registry_args::{runtime, Format, RegistryArgs};
 use super::Global;
+use crate::container::state::{self, ContainerState, Status};
 use anyhow::Context;
 use serde_json::json;
 use skiff_proto::image::{self, Manifest, Platform, ResolvedImage};
@@ -12,9 +14,9 @@ use skiff_proto::store::Store;
 /// Arguments of `skiff inspect`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Image reference.
+    /// Container (id, id prefix or name), else image reference.
     pub image: String,
-    /// Output format.
+    /// Output format (of an image; a container is always JSON, as docker's).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Read the image from the local store (as pulled) instead of the registry.
@@ -26,6 +28,15 @@ pub struct Args {
 
 /// Runs `skiff inspect`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
+    // A container first, as docker looks: an image reference rarely is a name or an
+    // id prefix of one.
+    if !args.local {
+        if let Ok(container) = state::find(&global.root, &args.image) {
+            let doc = json!([container_json(&container)]);
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            return Ok(0);
+        }
+    }
     // Which host (a mirror from hosts.toml, or the registry) served the manifest.
     let (image, served_by) = if args.local {
         (load_local(global, &Reference::parse(&args.image)?)?, None)
@@ -50,6 +61,48 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// docker's `inspect` document of a container, the parts skiff has.
+pub fn container_json(c: &ContainerState) -> serde_json::Value {
+    let time = |t: Option<u64>| {
+        t.map_or_else(
+            || "0001-01-01T00:00:00Z".to_string(),
+            |t| skiff_proto::index::toc::format_rfc3339(t as i64),
+        )
+    };
+    let running = matches!(c.status, Status::Running | Status::Restarting);
+    json!({
+        "Id": c.id,
+        "Created": time(Some(c.created)),
+        "Path": c.command.first(),
+        "Args": c.command.get(1..).unwrap_or_default(),
+        "State": {
+            "Status": super::ps::status_name(c.status),
+            "Running": running,
+            "Restarting": c.status == Status::Restarting,
+            "Pid": c.pid1.filter(|_| c.status == Status::Running).map_or(0, |p| p.pid),
+            "ExitCode": c.exit_code.unwrap_or_default(),
+            "Error": c.error.clone().unwrap_or_default(),
+            "StartedAt": time(c.started_at),
+            "FinishedAt": time(c.finished_at),
+        },
+        "Name": format!("/{}", c.name),
+        "RestartCount": c.restart_count,
+        "HostConfig": {
+            "RestartPolicy": {
+                "Name": c.restart_policy.name(),
+                "MaximumRetryCount": c.restart_policy.max_retries(),
+            },
+        },
+        "Config": {
+            "Labels": c.labels.iter().map(|l| match l.split_once('=') {
+                Some((k, v)) => (k.to_string(), json!(v)),
+                None => (l.clone(), json!("")),
+            }).collect::<serde_json::Map<_, _>>(),
+            "StopSignal": c.stop_signal,
+        },
+    })
 }
 
 /// Rebuilds a [`ResolvedImage`] from what `skiff pull` stored.

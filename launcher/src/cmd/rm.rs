@@ -20,7 +20,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     for c in &args.containers {
         let result = (|| -> anyhow::Result<()> {
             let s = state::find(&global.root, c)?;
-            if s.status == Status::Running {
+            if matches!(s.status, Status::Running | Status::Restarting) {
                 if !args.force {
                     anyhow::bail!("container {c} is running: stop it first or use --force");
                 }

@@ -6,6 +6,7 @@
 //! `--rootfs DIR [--image-config FILE]` runs on a plain directory instead.
 
 use super::Global;
+use crate::container::restart_policy::{self, Relaunch, RestartPolicy};
 use crate::container::state::{self, ContainerState, ProcessId, Status};
 use crate::container::{self, ContainerSpec, RunOptions};
 use anyhow::Context;
@@ -158,8 +159,8 @@ pub struct Args {
     /// CPUs the container may use, e.g. 0-2,4.
     #[arg(long = "cpuset-cpus", value_name = "CPUS")]
     pub cpuset_cpus: Option<String>,
-    /// Restart policy: no (default); always, unless-stopped and on-failure[:N] need a
-    /// supervising daemon.
+    /// Restart policy: no (default), always, unless-stopped or on-failure[:N] (these
+    /// need the skiff daemon, which starts the container again if its monitor dies).
     #[arg(long, value_name = "POLICY", default_value = "no")]
     pub restart: String,
     /// IMAGE [COMMAND [ARG...]], or with --rootfs: [COMMAND [ARG...]].
@@ -193,12 +194,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     {
         anyhow::bail!("unknown flag: {first}\nSee 'skiff run --help'.");
     }
-    check_restart(global, &args.restart)?;
+    let policy = check_restart(global, &args)?;
     if let Some(sig) = &args.stop_signal {
         super::stop::parse_signal(sig)?;
     }
     let Some(rootfs) = args.rootfs.clone() else {
-        return run_image(global, args);
+        return run_image(global, args, policy);
     };
     let image_config = match &args.image_config {
         Some(path) => Some(
@@ -211,7 +212,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     if args.detach && args.tty {
         anyhow::bail!("-d with -t is not supported yet");
     }
-    let id = new_id();
+    // A daemon starting this container's monitor again names the container.
+    let id = std::env::var(DETACHED_ID_ENV).unwrap_or_else(|_| new_id());
     let name = claim_name(global, &args, &id)?;
     let mut net = network_setup(global, &args, &id, &name)?;
     let state_dir = global.layout().container(&id).dir().to_path_buf();
@@ -223,7 +225,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     )?;
     let rootfs =
         std::fs::canonicalize(&rootfs).with_context(|| format!("rootfs {}", rootfs.display()))?;
-    let mut record = new_record(&id, name, &spec, &rootfs, args.detach, &args);
+    let restarts = Restarts::of(global, &id, policy);
+    let mut record = new_record(&id, name, &spec, &rootfs, args.detach, &args, &restarts);
     image_stop_signal(
         &mut record,
         image_config.as_ref().and_then(|c| c.config().as_ref()),
@@ -232,7 +235,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     if args.detach {
         return detach(global, &spec, &rootfs, record, &mut net, args.rm);
     }
-    let code = supervise(global, &spec, &rootfs, &mut record, &mut net);
+    let code = supervise(global, &spec, &rootfs, &mut record, &mut net, &mut |_| {});
     if args.rm {
         let _ = std::fs::remove_dir_all(&state_dir);
     }
@@ -304,22 +307,22 @@ fn network_setup(
     )?)
 }
 
-/// `--restart`: restarting a container needs a supervisor that outlives `skiff run`,
-/// which only the daemon could be; it does not restart containers yet either.
-fn check_restart(global: &Global, policy: &str) -> anyhow::Result<()> {
-    let name = policy.split(':').next().unwrap_or_default();
-    let valid = match policy.split_once(':') {
-        None => ["no", "always", "unless-stopped", "on-failure"].contains(&name),
-        Some(("on-failure", n)) => n.parse::<u32>().is_ok(),
-        Some(_) => false,
-    };
-    if !valid {
-        anyhow::bail!(
-            "invalid --restart {policy:?}: want no, always, unless-stopped or on-failure[:N]"
-        );
+/// `--restart`: the policy, if the run can keep to it. A container restarted by its
+/// monitor needs no daemon, but one whose monitor dies (a reboot, SIGKILL) is started
+/// again by the daemon only, so a policy needs one to answer now, as docker's does.
+fn check_restart(global: &Global, args: &Args) -> anyhow::Result<RestartPolicy> {
+    let policy: RestartPolicy = args.restart.parse()?;
+    if policy.is_no() {
+        return Ok(policy);
     }
-    if name == "no" {
-        return Ok(());
+    if args.rm {
+        anyhow::bail!("conflicting options: --restart {policy} and --rm");
+    }
+    if args.registry.username.is_some() {
+        anyhow::bail!(
+            "--restart {policy} with --username: a restarted container could not read the \
+             password again; use `skiff login` instead"
+        );
     }
     if crate::daemon::connect(global).is_none() {
         anyhow::bail!(
@@ -327,21 +330,53 @@ fn check_restart(global: &Global, policy: &str) -> anyhow::Result<()> {
              not running: start `skiff daemon` (or run without --restart)"
         );
     }
-    anyhow::bail!("--restart {policy}: the skiff daemon does not restart containers yet")
+    Ok(policy)
 }
 
 /// The container's name (given, or the id's first 12 digits), refused if in use.
 fn claim_name(global: &Global, args: &Args, id: &str) -> anyhow::Result<String> {
     let name = args.name.clone().unwrap_or_else(|| id[..12].to_string());
-    // Listing also cleans up after any skiff that was killed.
-    if state::list(&global.root)?.iter().any(|s| s.name == name) {
+    // Listing also cleans up after any skiff that was killed. A container started
+    // again by a new monitor holds its own name.
+    if state::list(&global.root)?
+        .iter()
+        .any(|s| s.name == name && s.id != id)
+    {
         anyhow::bail!("the container name {name:?} is already in use");
     }
     Ok(name)
 }
 
+/// A container's restart policy and, when this process is a new monitor for an
+/// existing container (the daemon starts it again), the container's last record.
+struct Restarts {
+    policy: RestartPolicy,
+    previous: Option<ContainerState>,
+}
+
+impl Restarts {
+    /// `policy`, and the last record of container `id` if it exists (this run then
+    /// starts it again: the user's stop is forgotten).
+    fn of(global: &Global, id: &str, policy: RestartPolicy) -> Restarts {
+        let previous = ContainerState::load(&ContainerState::path(&global.root, id)).ok();
+        if previous.is_some() {
+            state::clear_stop_request(&global.root, id);
+        }
+        Restarts { policy, previous }
+    }
+
+    /// Removes the directory of a container that failed to start, unless it existed
+    /// before this run: a container started again keeps its files.
+    fn discard(&self, state_dir: &Path) {
+        if self.previous.is_none() {
+            let _ = std::fs::remove_dir_all(state_dir);
+        }
+    }
+}
+
 /// A fresh state record, monitored by this process, with the `--label` and
-/// `--stop-signal` of `args`.
+/// `--stop-signal` of `args` and its restart policy. For a container started again,
+/// it goes on from the old record: same creation time, one restart more.
 fn new_record(
     id: &str,
     name: String,
@@ -349,13 +384,15 @@ fn new_record(
     rootfs: &Path,
     detached: bool,
     args: &Args,
+    restarts: &Restarts,
 ) -> ContainerState {
+    let (policy, previous) = (restarts.policy, restarts.previous.as_ref());
     ContainerState {
         id: id.to_string(),
         name,
         command: spec.args.clone(),
         rootfs: rootfs.to_path_buf(),
-        created: state::now(),
+        created: previous.map_or_else(state::now, |p| p.created),
         status: Status::Created,
         monitor: ProcessId::of(std::process::id() as i32),
         pid1: None,
@@ -365,6 +402,12 @@ fn new_record(
         process: Some(container::exec::ProcessDefaults::of(spec)),
         labels: args.label.clone(),
         stop_signal: args.stop_signal.clone(),
+        restart_policy: policy,
+        restart_count: previous.map_or(0, |p| p.restart_count + 1),
+        started_at: None,
+        finished_at: None,
+        relaunch: (!policy.is_no())
+            .then(|| Relaunch::of_this_process(monitor_args(), &[DETACHED_ID_ENV])),
     }
 }
 
@@ -380,11 +423,12 @@ fn image_stop_signal(record: &mut ContainerState, image: Option<&oci_spec::image
 }
 
 /// Set by `skiff run -d IMAGE` for the monitor process it re-executes: the container
-/// id the parent waits for.
-const DETACHED_ID_ENV: &str = "SKIFF_DETACHED_ID";
+/// id the parent waits for. Also set by the daemon for a monitor it starts again for
+/// an existing container (see [`crate::daemon::restart_containers`]).
+pub const DETACHED_ID_ENV: &str = "SKIFF_DETACHED_ID";
 
 /// `skiff run IMAGE`: resolve, mount the lazy view, run the container on it, unmount.
-fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
+fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Result<u8> {
     let Some((image, command)) = args.args.split_first() else {
         anyhow::bail!("\"skiff run\" requires at least 1 argument: IMAGE [COMMAND] [ARG...]\nSee 'skiff run --help'.");
     };
@@ -397,6 +441,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         return detach_image(global);
     }
     let id = detached_id.clone().unwrap_or_else(new_id);
+    let restarts = Restarts::of(global, &id, policy);
     let name = claim_name(global, &args, &id)?;
     let mut net = network_setup(global, &args, &id, &name)?;
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
@@ -415,6 +460,7 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
             name,
             detached_id,
             &mut net,
+            &restarts,
         );
     }
     let mut lazy =
@@ -432,7 +478,15 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
         id.clone(),
         state_dir.clone(),
     )?;
-    let mut record = new_record(&id, name, &spec, &mountpoint, detached_id.is_some(), &args);
+    let mut record = new_record(
+        &id,
+        name,
+        &spec,
+        &mountpoint,
+        detached_id.is_some(),
+        &args,
+        &restarts,
+    );
     image_stop_signal(&mut record, lazy.image.config.config().as_ref());
     // Saved before mounting, so a skiff killed from here on leaves a record whose
     // stale-state cleanup unmounts the view.
@@ -445,11 +499,18 @@ fn run_image(global: &Global, args: Args) -> anyhow::Result<u8> {
     let handle = match skiff_fs::mount(mount_opts, &mountpoint) {
         Ok(h) => h,
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&state_dir);
+            restarts.discard(&state_dir);
             return Err(e).with_context(|| format!("mounting {image}"));
         }
     };
-    let code = supervise(global, &spec, &mountpoint, &mut record, &mut net);
+    let code = supervise(
+        global,
+        &spec,
+        &mountpoint,
+        &mut record,
+        &mut net,
+        &mut |_| {},
+    );
     if let Some((recorder, replace)) = recording {
         save_recording(global, &lazy, &recorder, replace);
     }
@@ -485,6 +546,7 @@ fn run_through(
     name: String,
     detached_id: Option<String>,
     net: &mut crate::network::NetworkSetup,
+    restarts: &Restarts,
 ) -> anyhow::Result<u8> {
     use crate::daemon::protocol::{ImageSource, MountRequest, Request, Response};
     let paths = global.layout().container(id);
@@ -515,11 +577,11 @@ fn run_through(
     let config = match daemon.request(&request) {
         Ok(Response::Mounted { config }) => config,
         Ok(r) => {
-            let _ = std::fs::remove_dir_all(&state_dir);
+            restarts.discard(&state_dir);
             anyhow::bail!("unexpected answer from the daemon: {r:?}");
         }
         Err(e) => {
-            let _ = std::fs::remove_dir_all(&state_dir);
+            restarts.discard(&state_dir);
             return Err(e).with_context(|| format!("mounting {image}"));
         }
     };
@@ -543,17 +605,25 @@ fn run_through(
         Ok(s) => s,
         Err(e) => {
             unmount();
-            let _ = std::fs::remove_dir_all(&state_dir);
+            restarts.discard(&state_dir);
             return Err(e.into());
         }
     };
-    let mut record = new_record(id, name, &spec, &mountpoint, detached_id.is_some(), args);
+    let mut record = new_record(
+        id,
+        name,
+        &spec,
+        &mountpoint,
+        detached_id.is_some(),
+        args,
+        restarts,
+    );
     image_stop_signal(
         &mut record,
         config.as_ref().and_then(|c| c.config().as_ref()),
     );
     let code = match record.save(&global.root) {
-        Ok(()) => supervise(global, &spec, &mountpoint, &mut record, net),
+        Ok(()) => supervise(global, &spec, &mountpoint, &mut record, net, &mut |_| {}),
         Err(e) => {
             eprintln!("skiff: {e}");
             125
@@ -691,13 +761,8 @@ fn detach_image(global: &Global) -> anyhow::Result<u8> {
     }
     let log_file = skiff_proto::store::create_private_file(&log)
         .with_context(|| format!("creating {}", log.display()))?;
-    // The first -d/--detach is skiff's own: everything after IMAGE is the command's.
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = argv.iter().position(|a| a == "-d" || a == "--detach") {
-        argv.remove(i);
-    }
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(&argv)
+    cmd.args(monitor_args())
         .env(DETACHED_ID_ENV, &id)
         .env("SKIFF_ROOT", &global.root)
         .stdin(std::process::Stdio::null())
@@ -735,24 +800,28 @@ fn detach_image(global: &Global) -> anyhow::Result<u8> {
     }
 }
 
-/// Runs the container to its end, keeping its state file current; returns skiff's
-/// exit status (printing a start-up error).
+/// This command's arguments for a monitor of its container: all but the first
+/// `-d`/`--detach`, which is skiff's own (everything after IMAGE is the command's).
+fn monitor_args() -> Vec<String> {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = argv.iter().position(|a| a == "-d" || a == "--detach") {
+        argv.remove(i);
+    }
+    argv
+}
+
+/// Runs the container to its end (starting it again as its restart policy says),
+/// keeping its state file current, calling `on_start` with each PID 1's pid; returns
+/// skiff's exit status (printing a start-up error).
 fn supervise(
     global: &Global,
     spec: &ContainerSpec,
     rootfs: &Path,
     record: &mut ContainerState,
     net: &mut crate::network::NetworkSetup,
+    on_start: &mut dyn FnMut(i32),
 ) -> u8 {
-    let root = global.root.clone();
-    let mut on_start = |pid: i32| {
-        record.status = Status::Running;
-        record.pid1 = ProcessId::of(pid);
-        if let Err(e) = record.save(&root) {
-            tracing::warn!("{e}");
-        }
-    };
-    let result = container::run_attached(spec, rootfs, net, &mut on_start);
+    let result = restart_policy::run_restarting(&global.root, spec, rootfs, record, net, on_start);
     record.status = Status::Exited;
     let code = match result {
         Ok(status) => status.code(),
@@ -799,27 +868,12 @@ fn detach(
             }
             drop(log_file);
             record.monitor = ProcessId::of(std::process::id() as i32);
-            let root = global.root.clone();
-            let ready = std::cell::RefCell::new(Some(ready_w));
-            let mut on_start = |pid: i32| {
-                record.status = Status::Running;
-                record.pid1 = ProcessId::of(pid);
-                let _ = record.save(&root);
-                if let Some(w) = ready.borrow_mut().take() {
+            let mut ready = Some(ready_w);
+            supervise(global, spec, rootfs, &mut record, net, &mut |_| {
+                if let Some(w) = ready.take() {
                     let _ = nix::unistd::write(&w, b"r");
                 }
-            };
-            let result = container::run_attached(spec, rootfs, net, &mut on_start);
-            record.status = Status::Exited;
-            match result {
-                Ok(status) => record.exit_code = Some(status.code()),
-                Err(e) => {
-                    eprintln!("skiff: {e}");
-                    record.error = Some(e.to_string());
-                    record.exit_code = Some(e.exit_code());
-                }
-            }
-            let _ = record.save(&root);
+            });
             if rm {
                 let _ = std::fs::remove_dir_all(global.layout().container(&record.id).dir());
             }

@@ -1,5 +1,5 @@
 //! `skiff stop`: SIGTERM (or the container's `--stop-signal`) to its PID 1, SIGKILL
-//! after a grace period.
+//! after a grace period; a container with a restart policy stays stopped.
 
 use super::Global;
 use crate::container::state::{self, Status};
@@ -17,12 +17,23 @@ pub struct Args {
     pub containers: Vec<String>,
 }
 
-/// Stops one container; true if it was running.
+/// How long `stop` waits for the monitor to record the end once PID 1 is gone.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Stops one container for good; true if it was running (or restarting). A
+/// container with a restart policy is marked as stopped by the user first, so its
+/// monitor does not start it again (and a starting daemon leaves an `unless-stopped`
+/// one alone). PID 1 gets the stop signal, SIGKILL after `grace`; each PID 1 the
+/// monitor started meanwhile is stopped the same way, until the monitor records the
+/// end.
 pub fn stop(global: &Global, key: &str, grace: std::time::Duration) -> anyhow::Result<bool> {
     let s = state::find(&global.root, key)?;
-    let (Status::Running, Some(pid1)) = (s.status, s.pid1) else {
+    if !s.restart_policy.is_no() {
+        state::request_stop(&global.root, &s.id)?;
+    }
+    if !matches!(s.status, Status::Running | Status::Restarting) {
         return Ok(false);
-    };
+    }
     let first = match s.stop_signal.as_deref().map(parse_signal) {
         Some(Ok(sig)) => sig,
         Some(Err(e)) => {
@@ -31,24 +42,35 @@ pub fn stop(global: &Global, key: &str, grace: std::time::Duration) -> anyhow::R
         }
         None => Signal::SIGTERM,
     };
-    if pid1.alive() {
-        let _ = kill(Pid::from_raw(pid1.pid), first);
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while pid1.alive() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    if pid1.alive() {
-        let _ = kill(Pid::from_raw(pid1.pid), Signal::SIGKILL);
-    }
-    // Wait for the monitor to record the exit and clean up.
-    for _ in 0..500 {
-        match state::find(&global.root, &s.id) {
-            Ok(now) if now.status == Status::Running => {
-                std::thread::sleep(std::time::Duration::from_millis(10))
+    let mut signalled = None;
+    let kill_at = std::time::Instant::now() + grace;
+    let mut gone_since = None;
+    // Until the end is recorded (or the container removed, with `--rm`).
+    while let Ok(now) = state::reload(&global.root, &s.id) {
+        let pid1 = match (now.status, now.pid1) {
+            (Status::Running, Some(p)) if p.alive() => p,
+            (Status::Running | Status::Restarting, _) => {
+                // Between runs, or PID 1 is gone and the monitor has yet to record it.
+                let since = *gone_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > RECORD_WAIT {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
             }
             _ => break,
+        };
+        gone_since = None;
+        // A PID 1 the monitor started before it saw the stop gets the signal too,
+        // but no grace period of its own.
+        if signalled != Some(pid1) {
+            let _ = kill(Pid::from_raw(pid1.pid), first);
+            signalled = Some(pid1);
         }
+        if std::time::Instant::now() >= kill_at {
+            let _ = kill(Pid::from_raw(pid1.pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(true)
 }

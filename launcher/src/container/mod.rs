@@ -29,6 +29,7 @@ pub mod main;
 pub mod mounts;
 pub mod process;
 pub mod reexec;
+pub mod restart_policy;
 pub mod rootfs;
 pub mod sealed_exe;
 pub mod seccomp;

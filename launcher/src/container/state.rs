@@ -2,7 +2,10 @@
 //! container under `<root>/containers/<id>/` with `state.json` (and `container.log`
 //! for detached ones). A container whose monitoring skiff died (SIGKILL) is noticed
 //! by the next command: its PID 1 is killed, its cgroups removed, its state marked.
+//! A stop by the user of a container with a restart policy is a file beside the state
+//! ([`request_stop`]), so that the monitor, which rewrites the state, cannot lose it.
 
+use super::restart_policy::{Relaunch, RestartPolicy};
 use serde::{Deserialize, Serialize};
 use skiff_proto::store::RootLayout;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ pub enum Status {
     Created,
     /// PID 1 is running.
     Running,
+    /// PID 1 has exited and the restart policy starts it again after a delay.
+    Restarting,
     /// PID 1 has exited.
     Exited,
 }
@@ -117,6 +122,21 @@ pub struct ContainerState {
     /// `--stop-signal`: what `skiff stop` sends first (SIGTERM when absent).
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// `--restart`.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// How many times PID 1 was started again (by the policy or a new monitor).
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Seconds since the epoch when the current (or last) PID 1 started.
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    /// Seconds since the epoch when the last PID 1 exited.
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    /// How to start a new monitor if this one dies (with a restart policy only).
+    #[serde(default)]
+    pub relaunch: Option<Relaunch>,
 }
 
 /// Seconds since the epoch.
@@ -169,10 +189,13 @@ impl ContainerState {
         })
     }
 
-    /// Whether the container is recorded as running but its monitor is gone.
+    /// Whether the container is recorded as running (or about to) but its monitor is
+    /// gone.
     pub fn is_stale(&self) -> bool {
-        matches!(self.status, Status::Running | Status::Created)
-            && !self.monitor.is_some_and(|m| m.alive())
+        matches!(
+            self.status,
+            Status::Running | Status::Created | Status::Restarting
+        ) && !self.monitor.is_some_and(|m| m.alive())
     }
 
     /// Cleans up after a monitor that died: kills PID 1 if it still runs, removes the
@@ -197,11 +220,59 @@ impl ContainerState {
             let _ = nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH);
         }
         self.status = Status::Exited;
+        self.finished_at.get_or_insert_with(now);
         self.exit_code.get_or_insert(137);
         self.error
             .get_or_insert_with(|| "skiff was killed while the container ran".to_string());
         self.save(root)
     }
+}
+
+/// The file whose presence says the user stopped container `id` (see [`request_stop`]).
+fn stop_marker(root: &Path, id: &str) -> PathBuf {
+    RootLayout::new(root)
+        .container(id)
+        .dir()
+        .join("stopped-by-user")
+}
+
+/// Records that the user stopped container `id` (`skiff stop`, `rm -f`): its monitor
+/// does not restart it, nor does a starting daemon if its policy is `unless-stopped`.
+/// Written before PID 1 is signalled, so the monitor sees it when PID 1 exits.
+pub fn request_stop(root: &Path, id: &str) -> Result<(), StateError> {
+    let path = stop_marker(root, id);
+    // Never creates the container's directory: a container removed meanwhile stays so.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map(drop)
+        .map_err(|source| StateError::Io { path, source })
+}
+
+/// Whether the user stopped container `id` since its monitor started.
+pub fn stop_requested(root: &Path, id: &str) -> bool {
+    stop_marker(root, id).exists()
+}
+
+/// Forgets a stop by the user: a new monitor is starting container `id`.
+pub fn clear_stop_request(root: &Path, id: &str) {
+    let path = stop_marker(root, id);
+    if let Err(e) = std::fs::remove_file(&path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", path.display());
+        }
+    }
+}
+
+/// The current state of container `id` (cleaned up first if its monitor died).
+pub fn reload(root: &Path, id: &str) -> Result<ContainerState, StateError> {
+    let mut state = ContainerState::load(&ContainerState::path(root, id))?;
+    if state.is_stale() {
+        state.clean_stale(root)?;
+    }
+    Ok(state)
 }
 
 /// Every container's state (stale ones cleaned up first), oldest first.
@@ -264,6 +335,11 @@ mod tests {
             process: None,
             labels: Vec::new(),
             stop_signal: None,
+            restart_policy: RestartPolicy::No,
+            restart_count: 0,
+            started_at: None,
+            finished_at: None,
+            relaunch: None,
         }
     }
 
@@ -294,5 +370,40 @@ mod tests {
         assert_eq!(find(root, "aab").unwrap().id, "aab222");
         assert!(matches!(find(root, "aa"), Err(StateError::Ambiguous(_))));
         assert!(matches!(find(root, "zzz"), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_stop_by_the_user_is_kept_beside_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // A container removed meanwhile is not brought back by the marker.
+        assert!(request_stop(root, "gone").is_err());
+        assert!(!RootLayout::new(root).container("gone").dir().exists());
+
+        let mut s = state("ccc333", "loop");
+        s.status = Status::Restarting;
+        s.restart_policy = RestartPolicy::Always;
+        s.exit_code = Some(1);
+        s.monitor = ProcessId::of(std::process::id() as i32);
+        s.save(root).unwrap();
+        assert!(!stop_requested(root, "ccc333"));
+        request_stop(root, "ccc333").unwrap();
+        assert!(stop_requested(root, "ccc333"));
+        // The monitor rewriting its state does not lose the stop.
+        s.save(root).unwrap();
+        assert!(stop_requested(root, "ccc333"));
+        clear_stop_request(root, "ccc333");
+        assert!(!stop_requested(root, "ccc333"));
+
+        let back = reload(root, "ccc333").unwrap();
+        assert_eq!(back.status, Status::Restarting);
+        assert_eq!(back.restart_policy, RestartPolicy::Always);
+        // Its monitor gone, a restarting container is stale: exited with its last code.
+        s.monitor = None;
+        s.save(root).unwrap();
+        let back = reload(root, "ccc333").unwrap();
+        assert_eq!(back.status, Status::Exited);
+        assert_eq!(back.exit_code, Some(1));
+        assert!(back.finished_at.is_some());
     }
 }

@@ -17,6 +17,7 @@ pub mod lazy_images;
 pub mod persist;
 pub mod protocol;
 pub mod restart;
+pub mod restart_containers;
 pub mod server;
 pub mod snapshots;
 pub mod state;
@@ -208,6 +209,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
                 }
             })?;
     }
+    restart_containers::spawn(global, &socket);
     eprintln!("skiff: daemon listening on {}", socket.display());
     server::serve(state, listener, socket, stop);
     snapshots.stop();
