@@ -184,6 +184,10 @@ fn answer(
                 );
             }
             stop.store(true, Ordering::SeqCst);
+            // Unmounted before the answer, so that `skiff daemon stop` returns once
+            // nothing is mounted and the keeper is told to go (a caller that signals
+            // the daemon right after must not leave the keeper holding mounts).
+            unmount_all(state);
             Response::Stopping
         }
     })
