@@ -124,17 +124,7 @@ impl RunViews {
         let id = state.new_mount_id();
         let at = self.dir.join(&id);
         std::fs::create_dir_all(&at).with_context(|| format!("creating {}", at.display()))?;
-        let mut opts = skiff_fs::MountOptions::new(Vec::new(), state.global.layout().cache());
-        opts.fs_name = image.name.clone();
-        opts.prefetch = m.prefetch;
-        // The background fetch of a shared lower is queued once, by its first mount.
-        opts.background_fetch = m.background_fetch && first;
-        if m.prefetch && first {
-            if let Some(digest) = &image.manifest {
-                opts.profile =
-                    crate::cmd::profile::load_local(&state.global.root, digest).map(Arc::new);
-            }
-        }
+        let mut opts = super::server::mount_options(state, image, m, first);
         opts.restart = state.restart_config(&id, 0, None);
         let handle = skiff_fs::mount_shared(image.lower.clone(), opts, &at)
             .with_context(|| format!("mounting the view of {} on {}", image.name, at.display()))?;

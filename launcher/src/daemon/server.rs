@@ -193,18 +193,16 @@ fn answer(
     })
 }
 
-fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Response> {
-    let mountpoint = std::fs::canonicalize(&m.mountpoint)
-        .with_context(|| format!("mount point {}", m.mountpoint.display()))?;
-    if lock(&state.mounts).contains(&mountpoint) {
-        anyhow::bail!("{} is already mounted by the daemon", mountpoint.display());
-    }
-    let (image, first) = state.image(&m.source)?;
-    if m.shared_view && m.container.is_some() && run_views::key_of(&image).is_some() {
-        return mount_on_view(state, m, peer, mountpoint, image, first);
-    }
+/// The options of a FUSE mount of `image` for request `m` (no upper directory):
+/// prefetch as asked, and (`first`: the image was just built) its background fetch and
+/// local profile, queued once per image.
+pub(super) fn mount_options(
+    state: &DaemonState,
+    image: &ImageEntry,
+    m: &MountRequest,
+    first: bool,
+) -> skiff_fs::MountOptions {
     let mut opts = skiff_fs::MountOptions::new(Vec::new(), state.global.layout().cache());
-    opts.upper = m.upper.clone();
     opts.fs_name = image.name.clone();
     opts.prefetch = m.prefetch;
     // The background fetch of a shared lower is queued once, by its first mount.
@@ -215,6 +213,21 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
                 crate::cmd::profile::load_local(&state.global.root, digest).map(Arc::new);
         }
     }
+    opts
+}
+
+fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Response> {
+    let mountpoint = std::fs::canonicalize(&m.mountpoint)
+        .with_context(|| format!("mount point {}", m.mountpoint.display()))?;
+    if lock(&state.mounts).contains(&mountpoint) {
+        anyhow::bail!("{} is already mounted by the daemon", mountpoint.display());
+    }
+    let (image, first) = state.image(&m.source)?;
+    if m.shared_view && m.container.is_some() && run_views::key_of(&image).is_some() {
+        return mount_on_view(state, m, peer, mountpoint, image, first);
+    }
+    let mut opts = mount_options(state, &image, &m, first);
+    opts.upper = m.upper.clone();
     // Counters for `skiff stats` on `skiff mount`s only: as standalone, a container's
     // view has none (its writer thread costs up to 100 ms at unmount).
     let stats_file = state.global.layout().mount_stats(&mountpoint);
