@@ -95,6 +95,29 @@ pub(crate) fn attr_of_lower(ino: u64, n: &LowerNode) -> FileAttr {
     }
 }
 
+/// The answer to a lookup of a name that is not there, for the kernel to remember
+/// as absent for [`LOWER_TTL`] (inode 0 makes it a negative entry). Only for a
+/// read-only view: its tree never changes.
+pub(crate) fn absent() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 /// A `setattr` time as `utimensat` takes it (`None`: now).
 pub(crate) fn to_timespec(t: TimeOrNow) -> Option<libc::timespec> {
     match t {

@@ -111,6 +111,16 @@ impl fuser::Filesystem for SkiffFs {
             self.count_nodes(&st);
         }
         drop(st);
+        if matches!(r, Err(Errno::ENOENT)) && self.upper.is_none() {
+            // A read-only view never changes: the kernel may remember a name is
+            // absent as long as it remembers names that are there (python and node
+            // look for many files that are not).
+            return reply.entry(
+                &super::attr::LOWER_TTL,
+                &super::attr::absent(),
+                Generation(0),
+            );
+        }
         reply.send(r.map(|(_, attr, ttl)| (attr, ttl)))
     }
 

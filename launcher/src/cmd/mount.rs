@@ -278,6 +278,7 @@ fn mount_through(
         container: None,
         prefetch: true,
         background_fetch: false,
+        shared_view: false,
     }))?;
     eprintln!("skiff: mounted on {} (by the daemon)", dir.display());
     Ok(0)

@@ -530,8 +530,9 @@ fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Resu
     Ok(code)
 }
 
-/// `skiff run IMAGE` when a daemon answers: the daemon mounts the container's view (the
-/// image's lower tree, shared with its other containers, plus this container's upper);
+/// `skiff run IMAGE` when a daemon answers: the daemon mounts the container's root (an
+/// overlayfs of this container's upper over the image's read-only view, which all
+/// containers of the image share);
 /// this process stays the container's monitor and asks the daemon to unmount at the
 /// end. If this process dies first, the daemon notices and unmounts by itself.
 /// Profiles are not recorded through the daemon (a local one is prefetched).
@@ -572,6 +573,8 @@ fn run_through(
         container: Some(id.to_string()),
         prefetch: !args.no_prefetch,
         background_fetch: args.background_fetch,
+        // The root is an overlayfs over the image's view shared by its containers.
+        shared_view: true,
     });
     let asked = std::time::Instant::now();
     let config = match daemon.request(&request) {

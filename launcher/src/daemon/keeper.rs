@@ -231,6 +231,8 @@ fn serve_daemon(conn: BorrowedFd<'_>, held: &mut Held) -> bool {
 /// The daemon's connection to its keeper.
 pub struct Keeper {
     conn: Mutex<OwnedFd>,
+    /// Set once told to exit (`skiff daemon stop` tells it before the daemon ends).
+    told_to_exit: std::sync::atomic::AtomicBool,
 }
 
 impl Keeper {
@@ -262,6 +264,7 @@ impl Keeper {
         connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
         Ok(Keeper {
             conn: Mutex::new(fd),
+            told_to_exit: Default::default(),
         })
     }
 
@@ -321,6 +324,12 @@ impl Keeper {
 
     /// Tells the keeper to close everything and exit.
     pub fn exit(&self) {
+        if self
+            .told_to_exit
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         if let Err(e) = self.send(&KeeperMsg::Exit, None) {
             tracing::warn!("telling the keeper to exit: {e}");
         }

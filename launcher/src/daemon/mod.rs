@@ -18,6 +18,7 @@ pub mod persist;
 pub mod protocol;
 pub mod restart;
 pub mod restart_containers;
+pub mod run_views;
 pub mod server;
 pub mod snapshots;
 pub mod state;
@@ -45,9 +46,14 @@ pub struct Args {
     /// RSS), in MiB.
     #[arg(long, default_value_t = 256)]
     pub mem_cache_mib: u64,
-    /// How many images to keep resolved and merged in memory.
+    /// How many images to keep resolved and merged in memory (and at most how many
+    /// unused shared views of `skiff run` images to keep mounted).
     #[arg(long, default_value_t = 16)]
     pub max_images: usize,
+    /// How long the read-only view of an image, shared by the containers `skiff run`
+    /// starts, stays mounted after its last container ends, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub view_idle_secs: u64,
     /// Mirror configuration in containerd's layout, DIR/<registry>/hosts.toml (or
     /// DIR/_default/hosts.toml), for every image the daemon pulls; re-read on change.
     #[arg(
@@ -176,6 +182,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
             mem_cache_limit: args.mem_cache_mib.saturating_mul(1 << 20),
             max_images: args.max_images,
             hosts_dir: Some(args.hosts_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
+            view_idle: std::time::Duration::from_secs(args.view_idle_secs),
         },
         keeper,
     )?);
@@ -236,6 +243,14 @@ fn print_status(s: &StatusReport) {
     println!("images in memory:");
     for i in &s.images {
         println!("  {}  {} layers, {} mounts", i.image, i.layers, i.mounts);
+    }
+    println!("shared views:");
+    for v in &s.views {
+        let use_ = match v.idle_secs {
+            Some(idle) => format!("unused for {idle} s"),
+            None => format!("{} container(s)", v.containers),
+        };
+        println!("  {}  {}  {}", v.mountpoint.display(), v.image, use_);
     }
     println!("mounts:");
     for m in &s.mounts {

@@ -38,6 +38,33 @@ pub struct MountRecord {
     /// snapshotter side of the daemon, not listed among its mounts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<ChainView>,
+    /// Set on the mounts of `skiff run` containers' shared views: the view itself,
+    /// or a container's root filesystem over one (see `super::run_views`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedRole>,
+}
+
+/// What a mount is in the sharing of one read-only view per image among the
+/// containers `skiff run` starts through the daemon.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum SharedRole {
+    /// The read-only FUSE view of an image, shared by its containers under `key`
+    /// (the image's manifest digest).
+    View {
+        /// The key containers find the view by.
+        key: String,
+    },
+    /// A container's root filesystem over the view whose mount id is `view`: an
+    /// overlayfs mount with the record's upper directory and `work` as its work
+    /// directory, or (no `work`: a read-only container) a read-only bind mount of the
+    /// view. A kernel mount: no FUSE connection of its own at the keeper.
+    Container {
+        /// The view's mount id.
+        view: String,
+        /// overlayfs's work directory (next to the upper directory).
+        work: Option<PathBuf>,
+    },
 }
 
 /// Which chain a containerd snapshot view shows: layers `0..=top_layer` of the
@@ -139,6 +166,10 @@ mod tests {
             negotiated: Negotiated { passthrough: true },
             generation: 2,
             view: None,
+            shared: Some(SharedRole::Container {
+                view: "v1".into(),
+                work: Some("/w".into()),
+            }),
         };
         recs.save(&r).unwrap();
         std::fs::write(root.path().join("daemon/mounts/m2.json.tmp"), b"{trunc").unwrap();
@@ -146,10 +177,13 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].generation, 2);
         // Records written before views were recorded still read.
-        let old = serde_json::to_value(&r).unwrap();
+        let mut old = serde_json::to_value(&r).unwrap();
         assert!(old.get("view").is_none());
+        old.as_object_mut().unwrap().remove("shared");
         let back: MountRecord = serde_json::from_value(old).unwrap();
         assert_eq!(back.view, None);
+        assert_eq!(back.shared, None);
+        assert_eq!(all[0].shared, r.shared);
         assert!(!root.path().join("daemon/mounts/m2.json.tmp").exists());
         recs.remove("m1");
         assert!(recs.load_all().is_empty());

@@ -70,6 +70,12 @@ pub struct MountRequest {
     pub prefetch: bool,
     /// Fetch the rest of the image at low priority after mounting.
     pub background_fetch: bool,
+    /// (`skiff run`) Mount the container's root filesystem as an overlayfs over the
+    /// image's one read-only view shared by all its containers (`upper` as the
+    /// overlay's upper directory), instead of a FUSE mount of its own: the kernel's
+    /// caches of the view are then warm for every container after the first.
+    #[serde(default)]
+    pub shared_view: bool,
 }
 
 /// The daemon's answer.
@@ -115,6 +121,22 @@ pub struct StatusReport {
     pub images: Vec<ImageStatus>,
     /// Every mount served.
     pub mounts: Vec<MountStatus>,
+    /// The read-only views shared by `skiff run` containers.
+    #[serde(default)]
+    pub views: Vec<ViewStatus>,
+}
+
+/// A read-only view of an image shared by the containers `skiff run` starts.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ViewStatus {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// The image.
+    pub image: String,
+    /// Containers whose root filesystem stands on it now.
+    pub containers: usize,
+    /// Seconds since its last container ended (`None` while one uses it).
+    pub idle_secs: Option<u64>,
 }
 
 /// A registry the daemon has a client for.
@@ -172,6 +194,7 @@ mod tests {
             container: Some("abc".into()),
             prefetch: true,
             background_fetch: false,
+            shared_view: true,
         });
         let line = serde_json::to_string(&req).unwrap();
         assert!(!line.contains('\n'));

@@ -2,11 +2,14 @@
 //! killed): each [`MountRecord`] with its connection back from the keeper is served
 //! again over the same image; a record whose connection is gone is detached, a
 //! connection without a record is let go. The views of containerd snapshot chains
-//! are records too, picked up by the snapshotter side ([`resume_views`]).
+//! are records too, picked up by the snapshotter side ([`resume_views`]). The shared
+//! views of `skiff run` containers are served again first, then the containers'
+//! roots over them (kernel mounts, with no connection of their own) are counted on
+//! them again.
 
-use super::persist::MountRecord;
+use super::persist::{MountRecord, SharedRole};
 use super::protocol::ImageSource;
-use super::state::{lock, DaemonState, ImageEntry, MountEntry};
+use super::state::{lock, DaemonState, ImageEntry, MountEntry, Served};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -36,15 +39,75 @@ pub fn pinned(source: &ImageSource, image: &ImageEntry) -> ImageSource {
     }
 }
 
+/// Whether `record` is a container's root over a shared view (no connection).
+fn on_view(record: &MountRecord) -> bool {
+    matches!(record.shared, Some(SharedRole::Container { .. }))
+}
+
 /// Serves again every mount the previous daemon left with the keeper (the views of
-/// containerd snapshots are left to [`resume_views`]). Returns how many were picked
-/// up.
+/// containerd snapshots are left to [`resume_views`]), and takes back the
+/// containers' roots standing on shared views. Returns how many were picked up.
 pub fn resume_mounts(state: &DaemonState) -> usize {
-    resume_records(
+    let served = resume_records(
         state,
-        |r| r.view.is_none(),
-        |record, fd, backings| resume_one(state, record, fd, backings),
-    )
+        |r| r.view.is_none() && !on_view(r),
+        |record, fd, backings| {
+            if matches!(record.shared, Some(SharedRole::View { .. })) {
+                state.run_views.resume(state, record, fd, backings)
+            } else {
+                resume_one(state, record, fd, backings)
+            }
+        },
+    );
+    let mut on_views = 0;
+    for record in state.records.load_all().into_iter().filter(on_view) {
+        let (id, mountpoint) = (record.id.clone(), record.mountpoint.clone());
+        match resume_on_view(state, record) {
+            Ok(true) => on_views += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(id, mountpoint = %mountpoint.display(), "could not take a container's root back, detaching it: {e:#}");
+                detach(&mountpoint);
+                state.forget_mount(&id);
+            }
+        }
+    }
+    served + on_views
+}
+
+/// Takes back a container's root over a shared view (still mounted: it is a kernel
+/// mount, served by the view's server, which is this daemon again).
+/// Returns false if it is not mounted any more (then its record is forgotten).
+fn resume_on_view(state: &DaemonState, record: MountRecord) -> anyhow::Result<bool> {
+    let Some(SharedRole::Container { view, .. }) = &record.shared else {
+        anyhow::bail!("the record of {} is not a container root's", record.id);
+    };
+    if !crate::cmd::mount::is_mounted(&record.mountpoint) {
+        // Its container ended while no daemon ran, or the mount never happened.
+        tracing::info!(id = record.id, mountpoint = %record.mountpoint.display(), "a container's root is gone: forgetting it");
+        state.forget_mount(&record.id);
+        return Ok(false);
+    }
+    let image = state
+        .run_views
+        .adopt(view)
+        .with_context(|| format!("its shared view {view} is not served"))?;
+    tracing::info!(
+        id = record.id,
+        mountpoint = %record.mountpoint.display(),
+        view,
+        "container root picked up"
+    );
+    let entry = MountEntry {
+        id: record.id,
+        served: Served::OnView { view: view.clone() },
+        image,
+        upper: record.upper,
+        container: record.container,
+        stats_file: state.global.layout().mount_stats(&record.mountpoint),
+    };
+    lock(&state.mounts).insert(record.mountpoint, entry)?;
+    Ok(true)
 }
 
 /// Hands each view of a containerd snapshot chain the previous daemon left with
@@ -153,7 +216,7 @@ fn resume_one(
     let stats_file = state.global.layout().mount_stats(&record.mountpoint);
     let entry = MountEntry {
         id: record.id,
-        handle,
+        served: Served::Fuse(handle),
         image,
         upper: record.upper,
         container: record.container,

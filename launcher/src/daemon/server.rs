@@ -1,8 +1,9 @@
 //! The daemon's socket: accept, check the peer, answer one request per connection.
 
-use super::persist::MountRecord;
+use super::persist::{MountRecord, SharedRole};
 use super::protocol::{MountRequest, Request, Response};
-use super::state::{lock, DaemonState, MountEntry};
+use super::run_views;
+use super::state::{lock, DaemonState, ImageEntry, MountEntry, Served};
 use crate::container::state::ProcessId;
 use anyhow::Context;
 use std::io::{BufRead, BufReader, Write};
@@ -183,20 +184,25 @@ fn answer(
                 );
             }
             stop.store(true, Ordering::SeqCst);
+            // Unmounted before the answer, so that `skiff daemon stop` returns once
+            // nothing is mounted and the keeper is told to go (a caller that signals
+            // the daemon right after must not leave the keeper holding mounts).
+            unmount_all(state);
             Response::Stopping
         }
     })
 }
 
-fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Response> {
-    let mountpoint = std::fs::canonicalize(&m.mountpoint)
-        .with_context(|| format!("mount point {}", m.mountpoint.display()))?;
-    if lock(&state.mounts).contains(&mountpoint) {
-        anyhow::bail!("{} is already mounted by the daemon", mountpoint.display());
-    }
-    let (image, first) = state.image(&m.source)?;
+/// The options of a FUSE mount of `image` for request `m` (no upper directory):
+/// prefetch as asked, and (`first`: the image was just built) its background fetch and
+/// local profile, queued once per image.
+pub(super) fn mount_options(
+    state: &DaemonState,
+    image: &ImageEntry,
+    m: &MountRequest,
+    first: bool,
+) -> skiff_fs::MountOptions {
     let mut opts = skiff_fs::MountOptions::new(Vec::new(), state.global.layout().cache());
-    opts.upper = m.upper.clone();
     opts.fs_name = image.name.clone();
     opts.prefetch = m.prefetch;
     // The background fetch of a shared lower is queued once, by its first mount.
@@ -207,6 +213,21 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
                 crate::cmd::profile::load_local(&state.global.root, digest).map(Arc::new);
         }
     }
+    opts
+}
+
+fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Response> {
+    let mountpoint = std::fs::canonicalize(&m.mountpoint)
+        .with_context(|| format!("mount point {}", m.mountpoint.display()))?;
+    if lock(&state.mounts).contains(&mountpoint) {
+        anyhow::bail!("{} is already mounted by the daemon", mountpoint.display());
+    }
+    let (image, first) = state.image(&m.source)?;
+    if m.shared_view && m.container.is_some() && run_views::key_of(&image).is_some() {
+        return mount_on_view(state, m, peer, mountpoint, image, first);
+    }
+    let mut opts = mount_options(state, &image, &m, first);
+    opts.upper = m.upper.clone();
     // Counters for `skiff stats` on `skiff mount`s only: as standalone, a container's
     // view has none (its writer thread costs up to 100 ms at unmount).
     let stats_file = state.global.layout().mount_stats(&mountpoint);
@@ -229,6 +250,7 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
         negotiated: handle.negotiated().unwrap_or_default(),
         generation: 0,
         view: None,
+        shared: None,
     };
     if let Err(e) = state.hand_over(&record, &handle) {
         state.forget_mount(&id);
@@ -239,7 +261,7 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
     let config = image.config.clone().map(Box::new);
     let entry = MountEntry {
         id,
-        handle,
+        served: Served::Fuse(handle),
         image,
         upper: m.upper,
         container,
@@ -249,16 +271,86 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
     Ok(Response::Mounted { config })
 }
 
+/// A `skiff run` container's root filesystem on `mountpoint`: an overlayfs with its
+/// upper directory over the image's shared read-only view (a read-only bind of the
+/// view without an upper directory).
+fn mount_on_view(
+    state: &DaemonState,
+    m: MountRequest,
+    peer: &Peer,
+    mountpoint: PathBuf,
+    image: Arc<ImageEntry>,
+    first: bool,
+) -> anyhow::Result<Response> {
+    let view = state.run_views.acquire(state, &image, &m, first)?;
+    let id = state.new_mount_id();
+    let work = m.upper.as_deref().map(run_views::work_dir_of);
+    let container = m.container.clone().map(|c| (c, ProcessId::of(peer.pid)));
+    let record = MountRecord {
+        id: id.clone(),
+        mountpoint: mountpoint.clone(),
+        source: super::restart::pinned(&m.source, &image),
+        name: image.name.clone(),
+        upper: m.upper.clone(),
+        container: container.clone(),
+        stats_file: None,
+        negotiated: Default::default(),
+        generation: 0,
+        view: None,
+        shared: Some(SharedRole::Container {
+            view: view.id.clone(),
+            work: work.clone(),
+        }),
+    };
+    // Recorded before mounting: a successor finding a record whose mount point is
+    // not mounted forgets it, while a mount without a record would be nobody's.
+    let mounted = state.save_record(&record).and_then(|()| {
+        run_views::mount_container_root(
+            &view.path,
+            m.upper.as_deref(),
+            work.as_deref(),
+            &mountpoint,
+        )
+    });
+    if let Err(e) = mounted {
+        state.forget_mount(&id);
+        state.run_views.release(state, &view.id);
+        return Err(e);
+    }
+    tracing::info!(id, image = %image.name, mountpoint = %mountpoint.display(), view = %view.path.display(), container = ?container, "mounted");
+    let config = image.config.clone().map(Box::new);
+    let entry = MountEntry {
+        id,
+        served: Served::OnView { view: view.id },
+        image,
+        upper: m.upper,
+        container,
+        stats_file: state.global.layout().mount_stats(&mountpoint),
+    };
+    lock(&state.mounts).insert(mountpoint, entry)?;
+    Ok(Response::Mounted { config })
+}
+
 fn unmount(state: &DaemonState, mountpoint: &Path, entry: MountEntry) -> anyhow::Result<()> {
     let stats_file = entry.stats_file.clone();
     let id = entry.id.clone();
-    let result = entry.handle.unmount();
+    let result = match entry.served {
+        Served::Fuse(handle) => handle
+            .unmount()
+            .map(|_| ())
+            .with_context(|| format!("unmounting {}", mountpoint.display())),
+        Served::OnView { view } => {
+            let r = run_views::unmount_container_root(mountpoint);
+            state.run_views.release(state, &view);
+            r
+        }
+    };
     let _ = std::fs::remove_file(&stats_file);
     // Unmounted (or detached): nothing for a successor to serve.
     state.forget_mount(&id);
     // The mount's inode table (and maybe the last user of an evicted image) is gone.
     skiff_fs::tree::release_free_memory();
-    result.with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    result?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
 }
@@ -271,13 +363,16 @@ fn unmount_all(state: &DaemonState) {
             tracing::warn!("{e:#}");
         }
     }
+    // The containers' roots are gone: nothing stands on the shared views.
+    state.run_views.unmount_all(state);
     if let Some(k) = &state.keeper {
         k.exit();
     }
 }
 
 /// Every second, unmounts containers' root filesystems whose monitor died (a `skiff
-/// run` killed outright) and forgets mounts unmounted behind the daemon's back.
+/// run` killed outright), forgets mounts unmounted behind the daemon's back, and
+/// unmounts shared views unused for long enough.
 fn spawn_reaper(state: Arc<DaemonState>, stop: Arc<AtomicBool>) {
     let _ = std::thread::Builder::new()
         .name("skiff-daemon-reaper".into())
@@ -291,6 +386,7 @@ fn spawn_reaper(state: Arc<DaemonState>, stop: Arc<AtomicBool>) {
                         tracing::warn!("{e:#}");
                     }
                 }
+                state.run_views.evict(&state);
             }
         });
 }

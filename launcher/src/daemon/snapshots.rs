@@ -151,6 +151,7 @@ impl DaemonLayers {
                 chain: chain.to_string(),
                 top_layer: top.layer,
             }),
+            shared: None,
         };
         if let Err(e) = self.state.hand_over(&record, &handle) {
             self.state.forget_mount(&id);

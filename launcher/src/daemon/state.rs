@@ -9,6 +9,7 @@
 use super::keeper::Keeper;
 use super::persist::{MountRecord, MountRecords};
 use super::protocol::{ImageSource, ImageStatus, MountStatus, RegistryStatus, StatusReport};
+use super::run_views::RunViews;
 use crate::cmd::lazy::{index_layers, resolve_image};
 use crate::cmd::registry_args::RegistryArgs;
 use crate::cmd::Global;
@@ -86,12 +87,25 @@ impl ImageCache {
     }
 }
 
+/// How a mount is served.
+pub enum Served {
+    /// A FUSE session of its own (dropping it unmounts): `skiff mount`, and
+    /// containers of images without a manifest digest.
+    Fuse(MountHandle),
+    /// A container's root filesystem over a shared view (see [`super::run_views`]):
+    /// a kernel mount (overlayfs, or a read-only bind) the view's server serves.
+    OnView {
+        /// The view's mount id.
+        view: String,
+    },
+}
+
 /// One mount the daemon serves.
 pub struct MountEntry {
     /// Its id (its record's, and its descriptor's tag at the keeper).
     pub id: String,
-    /// The FUSE session (dropping it unmounts).
-    pub handle: MountHandle,
+    /// Its FUSE session, or the shared view it stands on.
+    pub served: Served,
     /// The image it shows.
     pub image: Arc<ImageEntry>,
     /// Its upper directory.
@@ -180,6 +194,9 @@ pub struct DaemonConfig {
     /// containerd-style mirror configuration (`<dir>/<registry>/hosts.toml`), re-read
     /// by each registry client when it changes.
     pub hosts_dir: Option<PathBuf>,
+    /// How long a shared view of `skiff run` containers stays mounted after its last
+    /// container (at most `max_images` idle views are kept).
+    pub view_idle: std::time::Duration,
 }
 
 /// Everything one daemon owns.
@@ -196,6 +213,8 @@ pub struct DaemonState {
     images: Mutex<ImageCache>,
     /// Every mount served.
     pub mounts: Mutex<MountTable>,
+    /// The read-only views shared by `skiff run` containers.
+    pub run_views: RunViews,
     /// The process holding every mount's connection across restarts (`None`: it
     /// could not be started, and mounts end with this daemon).
     pub keeper: Option<Arc<Keeper>>,
@@ -228,7 +247,7 @@ impl DaemonState {
             .context("starting the async runtime")?;
         let records = MountRecords::new(&global.root);
         Ok(DaemonState {
-            global,
+            global: global.clone(),
             started: Instant::now(),
             cache,
             cache_limit: config.cache_limit,
@@ -237,6 +256,11 @@ impl DaemonState {
             clients: Mutex::default(),
             images: Mutex::new(ImageCache::new(config.max_images)),
             mounts: Mutex::default(),
+            run_views: RunViews::new(
+                global.root.join("daemon").join("views"),
+                config.view_idle,
+                config.max_images,
+            ),
             keeper,
             records,
             next_mount: Default::default(),
@@ -298,6 +322,17 @@ impl DaemonState {
         keeper
             .put(&record.id, fd)
             .with_context(|| format!("handing mount {} to the keeper", record.id))
+    }
+
+    /// Saves the record of a mount that has no connection of its own (a container's
+    /// root over a shared view), when mounts outlive this daemon at all.
+    pub fn save_record(&self, record: &MountRecord) -> anyhow::Result<()> {
+        if self.keeper.is_none() {
+            return Ok(());
+        }
+        self.records
+            .save(record)
+            .with_context(|| format!("saving the record of mount {}", record.id))
     }
 
     /// Forgets mount `id` for good (unmounted): its record and its connection.
@@ -458,6 +493,7 @@ impl DaemonState {
             registries,
             images,
             mounts: mount_list,
+            views: self.run_views.status(),
         }
     }
 }
