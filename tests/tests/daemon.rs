@@ -240,6 +240,42 @@ async fn mount_through_the_daemon_shows_the_image() {
     assert!(!s.contains(dir.to_str().unwrap()), "{s}");
 }
 
+/// A daemon on a `--socket` outside the root is still found by every command given the
+/// root: it links `<root>/daemon.sock` to its socket, and removes the link when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_a_socket_elsewhere_is_found_through_the_root() {
+    let (_reg, root, skiff, image) = busybox_on_fresh_root("daemon/elsewhere").await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let socket = elsewhere.path().join("skiffd.sock");
+    let mut daemon = Daemon::start_with(&skiff, &["--socket", socket.to_str().unwrap()]);
+    let link = root.path().join("daemon.sock");
+    assert_eq!(std::fs::read_link(&link).unwrap(), socket);
+    let dir = root.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let out = skiff.run(&["mount", &image, dir.to_str().unwrap()]);
+    assert_ok(&out, &daemon);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("by the daemon"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("etc/motd")).unwrap(),
+        "hello from layer two\n"
+    );
+    assert!(status(&skiff).contains(dir.to_str().unwrap()));
+    let out = skiff.run(&["umount", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let out = skiff.run(&["daemon", "stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    daemon.wait_exit();
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the link outlived the daemon"
+    );
+    assert!(fuse_mounts_under(root.path()).is_empty());
+}
+
 /// Two containers of one image started together through the daemon: both print the
 /// right bytes, and each byte of the layer crosses the network once (one merged tree,
 /// one fetcher, one cache). A third run of the image costs no registry request at all.

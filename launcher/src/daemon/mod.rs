@@ -36,7 +36,8 @@ pub struct Args {
     /// Without a subcommand: run the daemon in the foreground.
     #[command(subcommand)]
     pub action: Option<Action>,
-    /// The socket to listen on (default: <root>/daemon.sock, where the CLI looks).
+    /// The socket to listen on (default: <root>/daemon.sock, where the CLI looks; a
+    /// socket elsewhere gets a symbolic link there).
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Bound of the on-disk chunk cache, in MiB.
@@ -167,6 +168,7 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
     mask.add(nix::sys::signal::Signal::SIGTERM);
     mask.thread_block()?;
     let listener = server::listen(&socket)?;
+    let default_link = link_default_socket(&global.layout().daemon_socket(), &socket);
     let keeper = match keeper::Keeper::connect_or_start(global) {
         Ok(k) => Some(Arc::new(k)),
         Err(e) => {
@@ -218,10 +220,40 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
     }
     restart_containers::spawn(global, &socket);
     eprintln!("skiff: daemon listening on {}", socket.display());
-    server::serve(state, listener, socket, stop);
+    server::serve(state, listener, socket.clone(), stop);
+    if let Some(link) = default_link {
+        if std::fs::read_link(&link).is_ok_and(|target| target == socket) {
+            let _ = std::fs::remove_file(&link);
+        }
+    }
     snapshots.stop();
     eprintln!("skiff: daemon stopped");
     Ok(0)
+}
+
+/// With `--socket` elsewhere, a symbolic link at the root's default socket path to
+/// it, so every CLI command given the same `--root` finds the daemon. A live daemon on
+/// the default path keeps it; a stale socket or link is replaced. Returns the link.
+fn link_default_socket(default: &std::path::Path, socket: &std::path::Path) -> Option<PathBuf> {
+    let socket = std::path::absolute(socket).ok()?;
+    if std::path::absolute(default).ok()? == socket {
+        return None;
+    }
+    if std::os::unix::net::UnixStream::connect(default).is_ok() {
+        tracing::warn!(
+            default = %default.display(),
+            "another daemon answers on the root's socket: the CLI will talk to that one"
+        );
+        return None;
+    }
+    let _ = std::fs::remove_file(default);
+    match std::os::unix::fs::symlink(&socket, default) {
+        Ok(()) => Some(default.to_path_buf()),
+        Err(e) => {
+            tracing::warn!(link = %default.display(), "linking the root's socket path to {}: {e}", socket.display());
+            None
+        }
+    }
 }
 
 fn print_status(s: &StatusReport) {
