@@ -61,7 +61,7 @@ fn let_setup_go_on(passwd: &Path, mut writer: std::fs::File) {
 }
 
 /// What the process doing the setup is: its command line (NUL-separated arguments)
-/// and thread count, for `skiff`'s only descendant.
+/// and thread count, for `skiff`'s only descendant, and its `/proc/<pid>/exe`.
 fn setup_process(skiff_pid: u32) -> (Vec<String>, String, std::path::PathBuf) {
     let pids = common::descendants_of(skiff_pid as i32);
     assert_eq!(pids.len(), 1, "one process sets the container up: {pids:?}");
@@ -79,7 +79,7 @@ fn setup_process(skiff_pid: u32) -> (Vec<String>, String, std::path::PathBuf) {
         .unwrap_or("")
         .trim()
         .to_string();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
     (args, threads, exe)
 }
 
@@ -112,9 +112,17 @@ fn assert_fresh_setup(skiff_pid: u32) {
     );
     assert_eq!(args.len(), 2, "{args:?}");
     assert_eq!(threads, "1");
+    // skiff's binary, through the read-only handle the setup executes
+    // (CVE-2019-5736): the same file's size, and no opening it for writing.
     assert_eq!(
-        std::fs::canonicalize(&exe).unwrap(),
-        std::fs::canonicalize(common::skiff_bin()).unwrap()
+        std::fs::metadata(&exe).unwrap().len(),
+        std::fs::metadata(common::skiff_bin()).unwrap().len()
+    );
+    let write = std::fs::OpenOptions::new().write(true).open(&exe);
+    assert_eq!(
+        write.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EROFS),
+        "the setup's executable can be opened for writing"
     );
 }
 

@@ -321,7 +321,7 @@ fn memory_swap_and_cpuset() {
 fn restart_needs_the_daemon() {
     let r = Rootfs::new();
     let out = r
-        .skiff_cmd(&["--rm", "--restart", "always", "true"])
+        .skiff_cmd(&["--restart", "always", "true"])
         .env("SKIFF_NO_DAEMON", "1")
         .output()
         .unwrap();
@@ -331,6 +331,10 @@ fn restart_needs_the_daemon() {
         "{}",
         err(&out)
     );
+    // As docker: a container that restarts cannot also be removed when it exits.
+    let out = r.skiff(&["--rm", "--restart", "always", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(err(&out).contains("conflicting options"), "{}", err(&out));
     let out = r.skiff(&["--rm", "--restart", "sometimes", "true"]);
     assert_eq!(code(&out), 125);
     assert!(err(&out).contains("invalid --restart"), "{}", err(&out));
