@@ -65,8 +65,9 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "no daemon socket ({e}): {}",
-                self.log()
+                "no daemon socket ({e}): {}\n{}",
+                self.log(),
+                kernel_stacks(self.child.id())
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -132,6 +133,28 @@ impl Drop for Daemon {
                 .status();
         }
     }
+}
+
+/// Where each thread of process `pid` waits in the kernel (`wchan` and stack), for a
+/// daemon that does not answer: a restarted daemon was once seen alive but silent
+/// before it listened, and this says where it was.
+fn kernel_stacks(pid: u32) -> String {
+    let mut out = format!("kernel stacks of daemon {pid}:\n");
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out + "(gone)\n";
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        out.push_str(&format!(
+            "--- {} {} {}\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan"),
+            read("stack")
+        ));
+    }
+    out
 }
 
 fn fuse_mounts_under(dir: &Path) -> Vec<String> {

@@ -103,6 +103,30 @@ fn layers_of(
     .unwrap()
 }
 
+/// `etc/motd`'s mode in a layer's index.
+fn motd_mode(index: &LayerIndex) -> u32 {
+    index
+        .entries
+        .iter()
+        .find(|e| e.path == "etc/motd")
+        .expect("etc/motd in the index")
+        .mode
+}
+
+/// A copy of `index` whose `etc/motd` is setuid root: a lie the publisher's own chunk
+/// digests cannot catch.
+fn with_setuid_motd(index: &LayerIndex) -> LayerIndex {
+    let mut forged = index.clone();
+    let motd = forged
+        .entries
+        .iter_mut()
+        .find(|e| e.path == "etc/motd")
+        .expect("etc/motd in the index");
+    assert_eq!(motd.mode, 0o644);
+    motd.mode = 0o4755;
+    forged
+}
+
 #[test]
 fn published_index_is_found_via_tag_fallback_and_used_without_streaming() {
     let reg = Registry::start();
@@ -309,14 +333,7 @@ fn a_published_index_serves_only_its_own_repository() {
     assert_eq!(evil_image.layers()[1].digest, good_image.layers()[1].digest);
     let scratch = tempfile::tempdir().unwrap();
     let genuine = layers_of(&client, &rt, &evil_image, scratch.path());
-    let mut forged = (*genuine[1].index).clone();
-    let motd = forged
-        .entries
-        .iter_mut()
-        .find(|e| e.path == "etc/motd")
-        .unwrap();
-    assert_eq!(motd.mode, 0o644);
-    motd.mode = 0o4755;
+    let forged = with_setuid_motd(&genuine[1].index);
     publish_artifact(
         &client,
         &rt,
@@ -331,14 +348,7 @@ fn a_published_index_serves_only_its_own_repository() {
     let layers = layers_of(&client, &rt, &evil_image, victim.path());
     assert_eq!(layers[1].source, IndexSource::Published);
     assert!(layers[1].published);
-    let mode_of = |l: &ResolvedLayer| {
-        l.index
-            .entries
-            .iter()
-            .find(|e| e.path == "etc/motd")
-            .unwrap()
-            .mode
-    };
+    let mode_of = |l: &ResolvedLayer| motd_mode(&l.index);
     assert_eq!(mode_of(&layers[1]), 0o4755);
     // Then good/app on the same root: the shared layer's index is not evil's.
     let layers = layers_of(&client, &rt, &good_image, victim.path());
@@ -588,13 +598,7 @@ fn a_published_index_that_lies_is_refused_once_the_whole_layer_is_here() {
     let image = resolve(&client, &reg.reference("good/app:v1"));
     let scratch = tempfile::tempdir().unwrap();
     let genuine = layers_of(&client, &rt, &image, scratch.path());
-    let mut forged = (*genuine[1].index).clone();
-    forged
-        .entries
-        .iter_mut()
-        .find(|e| e.path == "etc/motd")
-        .unwrap()
-        .mode = 0o4755;
+    let forged = with_setuid_motd(&genuine[1].index);
     publish_artifact(
         &client,
         &rt,
@@ -763,13 +767,7 @@ fn a_bound_index_decides_over_one_the_repository_published() {
     let image = resolve(&client, &image_ref);
     let scratch = tempfile::tempdir().unwrap();
     let genuine = layers_of(&client, &rt, &image, scratch.path());
-    let mut forged = (*genuine[1].index).clone();
-    let motd = forged
-        .entries
-        .iter_mut()
-        .find(|e| e.path == "etc/motd")
-        .unwrap();
-    motd.mode = 0o4755;
+    let forged = with_setuid_motd(&genuine[1].index);
     publish_artifact(
         &client,
         &rt,
@@ -778,14 +776,7 @@ fn a_bound_index_decides_over_one_the_repository_published() {
         built.digest,
         vec![index_blob(&forged).unwrap()],
     );
-    let mode_of = |l: &ResolvedLayer| {
-        l.index
-            .entries
-            .iter()
-            .find(|e| e.path == "etc/motd")
-            .unwrap()
-            .mode
-    };
+    let mode_of = |l: &ResolvedLayer| motd_mode(&l.index);
     // A root runs the image while only the referrer exists: it takes (and stores) it.
     let victim = tempfile::tempdir().unwrap();
     let layers = layers_of(&client, &rt, &image, victim.path());
@@ -818,13 +809,5 @@ fn a_bound_index_decides_over_one_the_repository_published() {
         )
         .unwrap()
         .expect("the referrer's index stays stored under its repository");
-    assert_eq!(
-        referrer
-            .entries
-            .iter()
-            .find(|e| e.path == "etc/motd")
-            .unwrap()
-            .mode,
-        0o4755
-    );
+    assert_eq!(motd_mode(&referrer), 0o4755);
 }
