@@ -299,6 +299,40 @@ async fn a_daemon_on_a_socket_elsewhere_is_found_through_the_root() {
     assert!(fuse_mounts_under(root.path()).is_empty());
 }
 
+/// A keeper no daemon connects to (its daemon was killed before it could, or its root
+/// was deleted) exits by itself once its idle time passes, removing its socket.
+#[test]
+fn a_keeper_no_daemon_comes_to_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("daemon-keeper.sock");
+    let mut keeper = Skiff::new(dir.path())
+        .command()
+        .args([
+            "daemon",
+            "keeper",
+            "--keeper-socket",
+            socket.to_str().unwrap(),
+        ])
+        .env("SKIFF_KEEPER_IDLE_MS", "500")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = keeper.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = keeper.kill();
+            let _ = keeper.wait();
+            panic!("the keeper waited on with nothing to hold and no daemon");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the keeper left its socket");
+}
+
 /// Two containers of one image started together through the daemon: both print the
 /// right bytes, and each byte of the layer crosses the network once (one merged tree,
 /// one fetcher, one cache). A third run of the image costs no registry request at all.

@@ -149,6 +149,13 @@ pub fn run(socket_file: &Path) -> anyhow::Result<u8> {
     tracing::info!(socket = %socket_file.display(), "keeper started");
     let mut held = Held::default();
     loop {
+        // Holding nothing, the keeper waits only so long for a daemon: one that started
+        // it connects at once, and a daemon killed before it did (or a root deleted
+        // under it) must not leave the keeper waiting forever.
+        if held.fds.is_empty() && !readable_within(listener.as_fd(), idle_exit()) {
+            tracing::info!("no daemon came and nothing is held: exiting");
+            break;
+        }
         let conn = match accept(listener.as_raw_fd()) {
             // SAFETY: a descriptor accept just returned.
             Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
@@ -166,6 +173,37 @@ pub fn run(socket_file: &Path) -> anyhow::Result<u8> {
     let _ = std::fs::remove_file(socket_file);
     let _ = std::fs::remove_file(&pid_file);
     Ok(0)
+}
+
+/// How long a keeper holding nothing waits for a daemon to connect before it exits:
+/// 60 s, or `SKIFF_KEEPER_IDLE_MS` (tests shorten it).
+fn idle_exit() -> std::time::Duration {
+    std::env::var("SKIFF_KEEPER_IDLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(std::time::Duration::from_secs(60))
+}
+
+/// Whether `fd` becomes readable (a connection to accept) within `wait`.
+fn readable_within(fd: BorrowedFd<'_>, wait: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd we own, for at most `left`.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        match n {
+            n if n > 0 => return true,
+            0 => return false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return true,
+        }
+    }
 }
 
 /// Serves one daemon until it disconnects; returns whether it said to exit.
