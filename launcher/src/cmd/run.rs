@@ -782,7 +782,9 @@ fn detach_image(global: &Global) -> anyhow::Result<u8> {
     let state_path = ContainerState::path(&global.root, &id);
     loop {
         if let Ok(s) = ContainerState::load(&state_path) {
-            if s.pid1.is_some() || s.status == Status::Exited {
+            // Started: PID 1 runs, or ran and ended. A restarting container's PID 1 may
+            // live for less than one poll, so `Restarting` counts as started too.
+            if s.pid1.is_some() || matches!(s.status, Status::Exited | Status::Restarting) {
                 if let (Status::Exited, Some(err)) = (&s.status, &s.error) {
                     eprintln!("skiff: {err}");
                     return Ok(s.exit_code.unwrap_or(125));
