@@ -590,7 +590,12 @@ impl MountHandle {
             let done = if self.own_umount {
                 umount_and_join_resumed(&self.mountpoint, s)
             } else {
-                s.umount_and_join()
+                match umount_retrying_busy(&self.mountpoint) {
+                    Ok(()) => s.join(),
+                    // Not ours to unmount (no CAP_SYS_ADMIN): fusermount3 does it.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => s.umount_and_join(),
+                    Err(e) => Err(e),
+                }
             };
             if let Err(e) = done {
                 // Busy: detach lazily so nothing is left mounted. Already unmounted
@@ -631,8 +636,30 @@ fn umount_and_join_resumed(
     mountpoint: &Path,
     session: fuser::BackgroundSession,
 ) -> std::io::Result<()> {
-    nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()).map_err(std::io::Error::from)?;
+    umount_retrying_busy(mountpoint)?;
     session.join()
+}
+
+/// How long an unmount retries while the mount is busy before giving up.
+const UMOUNT_BUSY_RETRIES: u32 = 50;
+const UMOUNT_BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Unmounts, retrying for up to a second while the kernel says EBUSY. A mount is busy
+/// for a moment after its last user let go more often than one would think: a child
+/// another thread forked holds copies of that thread's descriptors until it executes,
+/// and a path walk still holds its reference on the way out (containerd's unmount
+/// retries for the same reason).
+fn umount_retrying_busy(mountpoint: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) if tries < UMOUNT_BUSY_RETRIES => {
+                tries += 1;
+                std::thread::sleep(UMOUNT_BUSY_PAUSE);
+            }
+            r => return r.map_err(std::io::Error::from),
+        }
+    }
 }
 
 impl Drop for MountHandle {

@@ -207,7 +207,19 @@ fn group_add_shm_size_and_sysctl() {
 #[test]
 fn stop_signal_and_labels() {
     let r = Rootfs::new();
-    let script = "trap 'echo got; exit 5' USR1; while :; do sleep 0.05; done";
+    // PID 1 of a PID namespace only gets the signals it has a handler for: the
+    // script says when its trap is in place, and the test waits for that.
+    let script = "trap 'echo got; exit 5' USR1; echo ready; while :; do sleep 0.05; done";
+    let wait_ready = |name: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !text(&r.skiff_at_root(&["logs", name])).starts_with("ready\n") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never set its trap"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
     for (name, label) in [("web", "tier=web"), ("db", "tier=db")] {
         let out = r.skiff(&[
             "-d",
@@ -238,12 +250,12 @@ fn stop_signal_and_labels() {
     assert_eq!(names("label=tier"), ["db", "web"]);
     assert!(names("label=other").is_empty());
 
-    // Give the trap a moment to be installed, then stop sends SIGUSR1.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Once the trap is installed, stop sends SIGUSR1.
+    wait_ready("web");
     assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "20", "web"])), 0);
     let ps = text(&r.skiff_at_root(&["ps", "-a", "--filter", "name=web"]));
     assert!(ps.contains("Exited (5)"), "{ps}");
-    assert_eq!(text(&r.skiff_at_root(&["logs", "web"])), "got\n");
+    assert_eq!(text(&r.skiff_at_root(&["logs", "web"])), "ready\ngot\n");
 
     let out = r.skiff(&["--rm", "--stop-signal", "SIGNOPE", "true"]);
     assert_eq!(code(&out), 125);
@@ -268,7 +280,7 @@ fn stop_signal_and_labels() {
         script,
     ]);
     assert_eq!(code(&out), 0, "{}", err(&out));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_ready("img");
     assert_eq!(code(&r.skiff_at_root(&["stop", "-t", "20", "img"])), 0);
     let ps = text(&r.skiff_at_root(&["ps", "-a", "--filter", "name=img"]));
     assert!(ps.contains("Exited (5)"), "{ps}");
