@@ -268,7 +268,24 @@ pub fn clear_stop_request(root: &Path, id: &str) {
 
 /// The current state of container `id` (cleaned up first if its monitor died).
 pub fn reload(root: &Path, id: &str) -> Result<ContainerState, StateError> {
-    let mut state = ContainerState::load(&ContainerState::path(root, id))?;
+    let path = ContainerState::path(root, id);
+    let state = ContainerState::load(&path)?;
+    settle(root, &path, state)
+}
+
+/// `first`, read from `path`, or, if its monitor is gone, what the file says once
+/// that is known, cleaned up if the monitor died without recording the end.
+///
+/// A monitor records the end and then exits. Between a reader's load and its check
+/// of the monitor, the monitor may have done both: the record is then on disk, and
+/// cleaning up `first` would overwrite a real exit status with 137 (seen as `skiff
+/// stop` reporting a SIGKILL it never sent). So the file is read again after the
+/// monitor is seen gone, and only a state still running then is stale.
+fn settle(root: &Path, path: &Path, first: ContainerState) -> Result<ContainerState, StateError> {
+    if !first.is_stale() {
+        return Ok(first);
+    }
+    let mut state = ContainerState::load(path)?;
     if state.is_stale() {
         state.clean_stale(root)?;
     }
@@ -289,13 +306,16 @@ pub fn list(root: &Path) -> Result<Vec<ContainerState>, StateError> {
         let path = layout
             .container(&entry.file_name().to_string_lossy())
             .state_file();
-        let Ok(mut state) = ContainerState::load(&path) else {
+        let Ok(state) = ContainerState::load(&path) else {
             continue; // being created, or not ours
         };
-        if state.is_stale() {
-            state.clean_stale(root)?;
+        match settle(root, &path, state) {
+            Ok(state) => out.push(state),
+            // Removed meanwhile (`--rm`).
+            Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            }
+            Err(e) => return Err(e),
         }
-        out.push(state);
     }
     out.sort_by_key(|s| (s.created, s.id.clone()));
     Ok(out)
@@ -370,6 +390,29 @@ mod tests {
         assert_eq!(find(root, "aab").unwrap().id, "aab222");
         assert!(matches!(find(root, "aa"), Err(StateError::Ambiguous(_))));
         assert!(matches!(find(root, "zzz"), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn an_end_recorded_after_the_first_read_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // What a reader loaded while the monitor still ran...
+        let mut read = state("ddd444", "web");
+        read.monitor = Some(ProcessId {
+            pid: i32::MAX - 1,
+            start_time: 1,
+        });
+        // ...and what the monitor recorded before it exited.
+        let mut ended = read.clone();
+        ended.status = Status::Exited;
+        ended.exit_code = Some(5);
+        ended.save(root).unwrap();
+
+        let path = ContainerState::path(root, "ddd444");
+        let now = settle(root, &path, read).unwrap();
+        assert_eq!((now.status, now.exit_code), (Status::Exited, Some(5)));
+        let on_disk = ContainerState::load(&path).unwrap();
+        assert_eq!(on_disk.exit_code, Some(5));
     }
 
     #[test]
