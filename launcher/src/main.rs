@@ -67,6 +67,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Stop running containers (SIGTERM, then SIGKILL).
     Stop(cmd::stop::Args),
+    /// Send a signal (SIGKILL by default) to running containers.
+    Kill(cmd::kill::Args),
     /// Remove containers.
     Rm(cmd::rm::Args),
     /// Manage networks: create, ls, rm.
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
         Command::Ps(a) => cmd::ps::run(&cli.global, a),
         Command::Logs(a) => cmd::logs::run(&cli.global, a),
         Command::Stop(a) => cmd::stop::run(&cli.global, a),
+        Command::Kill(a) => cmd::kill::run(&cli.global, a),
         Command::Rm(a) => cmd::rm::run(&cli.global, a),
         Command::Network(a) => cmd::network::run(&cli.global, a),
         Command::Profile(a) => cmd::profile::run(&cli.global, a),

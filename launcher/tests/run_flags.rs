@@ -204,22 +204,66 @@ fn group_add_shm_size_and_sysctl() {
     }
 }
 
+/// Waits until detached container `name` has printed `ready` (its trap is set).
+fn wait_ready(r: &Rootfs, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !text(&r.skiff_at_root(&["logs", name])).starts_with("ready\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never set its trap"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until `skiff ps -a` shows container `name` with `status`.
+fn wait_status(r: &Rootfs, name: &str, status: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ps = text(&r.skiff_at_root(&["ps", "-a", "--filter", &format!("name={name}")]));
+        if ps.contains(status) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ps}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_signals_pid_1_at_once() {
+    let r = Rootfs::new();
+    let script = "trap 'echo got; exit 3' HUP; echo ready; while :; do sleep 0.05; done";
+    let out = r.skiff(&["-d", "--name", "k", "sh", "-c", script]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    wait_ready(&r, "k");
+    let out = r.skiff_at_root(&["kill", "-s", "HUP", "k"]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    assert_eq!(text(&out), "k\n");
+    wait_status(&r, "k", "Exited (3)");
+    assert_eq!(text(&r.skiff_at_root(&["logs", "k"])), "ready\ngot\n");
+    // Not running any more.
+    let out = r.skiff_at_root(&["kill", "k"]);
+    assert_eq!(code(&out), 1);
+    assert!(err(&out).contains("is not running"), "{}", err(&out));
+
+    // SIGKILL by default, which no trap catches.
+    let out = r.skiff(&["-d", "--name", "k2", "sh", "-c", script]);
+    assert_eq!(code(&out), 0, "{}", err(&out));
+    wait_ready(&r, "k2");
+    let out = r.skiff_at_root(&["kill", "--signal", "NOPE", "k2"]);
+    assert_eq!(code(&out), 125);
+    assert!(err(&out).contains("invalid signal"), "{}", err(&out));
+    assert_eq!(code(&r.skiff_at_root(&["kill", "k2"])), 0);
+    wait_status(&r, "k2", "Exited (137)");
+}
+
 #[test]
 fn stop_signal_and_labels() {
     let r = Rootfs::new();
     // PID 1 of a PID namespace only gets the signals it has a handler for: the
     // script says when its trap is in place, and the test waits for that.
     let script = "trap 'echo got; exit 5' USR1; echo ready; while :; do sleep 0.05; done";
-    let wait_ready = |name: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !text(&r.skiff_at_root(&["logs", name])).starts_with("ready\n") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} never set its trap"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
+    let wait_ready = |name: &str| wait_ready(&r, name);
     for (name, label) in [("web", "tier=web"), ("db", "tier=db")] {
         let out = r.skiff(&[
             "-d",

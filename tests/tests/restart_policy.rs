@@ -227,6 +227,19 @@ async fn always_restarts_until_stopped() {
     let dir = f.root.path().join("containers").join(&id);
     assert!(!dir.exists(), "the removed container came back");
     assert_eq!(f.ps_line(true, "crasher"), None);
+
+    // `skiff kill` (SIGKILL) ends it for good too, as `docker kill` does.
+    let id = f.start("always", "killed", "exec sleep 1000");
+    wait_until(Duration::from_secs(30), "killed running", || {
+        f.runs(&id) == 1
+    });
+    f.ok(&["kill", "killed"]);
+    wait_until(Duration::from_secs(30), "killed exited", || {
+        f.ps_line(true, "killed")
+            .is_some_and(|l| l.contains("Exited (137)"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.runs(&id), 1, "restarted after skiff kill");
 }
 
 /// A container whose monitor is SIGKILLed (with the daemon down, as in a crash of

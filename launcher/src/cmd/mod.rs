@@ -7,6 +7,7 @@ pub mod exec;
 pub mod images;
 pub mod index;
 pub mod inspect;
+pub mod kill;
 pub mod lazy;
 pub mod local_image;
 pub mod login;
