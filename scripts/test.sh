@@ -24,5 +24,7 @@ fi
 for tool in pjdfstest fsx; do
   command -v "$tool" >/dev/null || cargo install --locked "$tool"
 done
+# --workspace (not -p skiff-fs): the same feature set as the build above, so cargo
+# reuses it instead of building every dependency again for one package.
 POSIX_SUITE=$suite FSX_OPS=${FSX_OPS:-20000} \
-  cargo test -p skiff-fs --test posix -- --ignored --nocapture --test-threads=1
+  cargo test --workspace --test posix -- --ignored --nocapture --test-threads=1
