@@ -295,6 +295,54 @@ async fn the_daemon_replaces_killed_monitors_at_its_start() {
     assert_eq!(f.ps_line(false, "phoenix"), None);
 }
 
+/// A monitor killed while the daemon runs is replaced by the daemon when the
+/// policy restarts after a SIGKILL (`always`, `on-failure`), as docker's daemon
+/// restarts a container whose shim died; a `no` container stays exited (137).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_daemon_replaces_a_killed_monitor() {
+    let f = Fixture::new("restart/watch", true).await;
+    let phoenix = f.start("always", "phoenix", "exec sleep 1000");
+    let fragile = f.start("on-failure:3", "fragile", "exec sleep 1000");
+    let mortal = f.start("no", "mortal", "exec sleep 1000");
+    let mut old = Vec::new();
+    for id in [&phoenix, &fragile, &mortal] {
+        wait_until(Duration::from_secs(30), "the first run", || f.runs(id) == 1);
+        let pid = f.monitor_pid(id);
+        assert!(alive(pid));
+        // SAFETY: the pid of a monitor this test started, checked alive just now.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        old.push(pid);
+    }
+    for (id, old) in [(&phoenix, old[0]), (&fragile, old[1])] {
+        wait_until(Duration::from_secs(60), "a new monitor and run", || {
+            f.runs(id) == 2
+        });
+        let doc = f.inspect(id);
+        assert_eq!(
+            doc["State"]["Status"],
+            "running",
+            "{doc}\n{}",
+            f.daemon_log()
+        );
+        assert_eq!(doc["RestartCount"], 1, "{doc}");
+        let monitor = f.monitor_pid(id);
+        assert!(
+            monitor != old && alive(monitor),
+            "monitor {monitor} (was {old})"
+        );
+    }
+    wait_until(Duration::from_secs(30), "mortal recorded as killed", || {
+        f.ps_line(true, "mortal")
+            .is_some_and(|l| l.contains("Exited (137)"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.runs(&mortal), 1, "a `no` container came back");
+
+    f.ok(&["stop", "-t", "1", "phoenix", "fragile"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.runs(&phoenix), 2, "a stopped container came back");
+}
+
 /// Without a daemon, a restart policy is refused with an error that says why;
 /// `--restart no` runs as before (once, standalone), and a bad policy is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,6 +292,18 @@ fn settle(root: &Path, path: &Path, first: ContainerState) -> Result<ContainerSt
     Ok(state)
 }
 
+/// The ids of every container directory of `root` (unordered; none if unreadable).
+pub fn ids(root: &Path) -> Vec<String> {
+    std::fs::read_dir(RootLayout::new(root).containers())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every container's state (stale ones cleaned up first), oldest first.
 pub fn list(root: &Path) -> Result<Vec<ContainerState>, StateError> {
     let layout = RootLayout::new(root);
