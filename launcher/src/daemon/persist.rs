@@ -44,6 +44,33 @@ pub struct MountRecord {
     pub shared: Option<SharedRole>,
 }
 
+impl MountRecord {
+    /// The record of a new mount (first generation, no counters, nothing
+    /// negotiated yet, no role in a view): callers set what differs.
+    pub fn new(
+        id: String,
+        mountpoint: PathBuf,
+        source: ImageSource,
+        name: String,
+        upper: Option<PathBuf>,
+        container: Option<(String, Option<ProcessId>)>,
+    ) -> MountRecord {
+        MountRecord {
+            id,
+            mountpoint,
+            source,
+            name,
+            upper,
+            container,
+            stats_file: None,
+            negotiated: Negotiated::default(),
+            generation: 0,
+            view: None,
+            shared: None,
+        }
+    }
+}
+
 /// What a mount is in the sharing of one read-only view per image among the
 /// containers `skiff run` starts through the daemon.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -238,19 +238,11 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
     opts.restart = state.restart_config(&id, 0, None);
     let handle = skiff_fs::mount_shared(image.lower.clone(), opts.clone(), &mountpoint)
         .with_context(|| format!("mounting {} on {}", image.name, mountpoint.display()))?;
-    let container = m.container.map(|c| (c, ProcessId::of(peer.pid)));
+    let container = m.container.clone().map(|c| (c, ProcessId::of(peer.pid)));
     let record = MountRecord {
-        id: id.clone(),
-        mountpoint: mountpoint.clone(),
-        source: super::restart::pinned(&m.source, &image),
-        name: image.name.clone(),
-        upper: m.upper.clone(),
-        container: container.clone(),
         stats_file: opts.stats_file.clone(),
         negotiated: handle.negotiated().unwrap_or_default(),
-        generation: 0,
-        view: None,
-        shared: None,
+        ..new_record(&id, &mountpoint, &m, &image, &container)
     };
     if let Err(e) = state.hand_over(&record, &handle) {
         state.forget_mount(&id);
@@ -271,6 +263,25 @@ fn mount(state: &DaemonState, m: MountRequest, peer: &Peer) -> anyhow::Result<Re
     Ok(Response::Mounted { config })
 }
 
+/// The record of mount `id` of `image` on `mountpoint`, as request `m` asked, with the
+/// image pinned to the manifest digest it was mounted with.
+fn new_record(
+    id: &str,
+    mountpoint: &Path,
+    m: &MountRequest,
+    image: &ImageEntry,
+    container: &Option<(String, Option<ProcessId>)>,
+) -> MountRecord {
+    MountRecord::new(
+        id.to_string(),
+        mountpoint.to_path_buf(),
+        super::restart::pinned(&m.source, image),
+        image.name.clone(),
+        m.upper.clone(),
+        container.clone(),
+    )
+}
+
 /// A `skiff run` container's root filesystem on `mountpoint`: an overlayfs with its
 /// upper directory over the image's shared read-only view (a read-only bind of the
 /// view without an upper directory).
@@ -287,20 +298,11 @@ fn mount_on_view(
     let work = m.upper.as_deref().map(run_views::work_dir_of);
     let container = m.container.clone().map(|c| (c, ProcessId::of(peer.pid)));
     let record = MountRecord {
-        id: id.clone(),
-        mountpoint: mountpoint.clone(),
-        source: super::restart::pinned(&m.source, &image),
-        name: image.name.clone(),
-        upper: m.upper.clone(),
-        container: container.clone(),
-        stats_file: None,
-        negotiated: Default::default(),
-        generation: 0,
-        view: None,
         shared: Some(SharedRole::Container {
             view: view.id.clone(),
             work: work.clone(),
         }),
+        ..new_record(&id, &mountpoint, &m, &image, &container)
     };
     // Recorded before mounting: a successor finding a record whose mount point is
     // not mounted forgets it, while a mount without a record would be nobody's.
