@@ -67,6 +67,15 @@ fn plain_layers() -> Vec<Layer> {
 
 /// Every regular file of `idx`, read through `blob` chunk by chunk (Range reads,
 /// each chunk verified by `decode_chunk`).
+/// Pushes [`plain_layers`] to `reg` as `repo_tag`.
+fn push_plain(
+    reg: &Registry,
+    rt: &tokio::runtime::Runtime,
+    repo_tag: &str,
+) -> fixtures::BuiltImage {
+    rt.block_on(fixtures::push_image(&reg.host(), repo_tag, plain_layers()))
+}
+
 fn read_all(idx: &LayerIndex, blob: &dyn BlobReader) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     for e in idx.entries.iter().filter(|e| e.kind == EntryKind::Reg) {
@@ -131,11 +140,7 @@ fn with_setuid_motd(index: &LayerIndex) -> LayerIndex {
 fn published_index_is_found_via_tag_fallback_and_used_without_streaming() {
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "plain:v1",
-        plain_layers(),
-    ));
+    let built = push_plain(&reg, &rt, "plain:v1");
     let reference = reg.reference("plain:v1");
     let machine_a = tempfile::tempdir().unwrap();
     let out = Skiff::new(machine_a.path()).run(&["index", "-q", "--push", &reference]);
@@ -214,11 +219,7 @@ fn published_index_is_found_via_tag_fallback_and_used_without_streaming() {
 fn tampered_published_index_is_refused_and_a_streaming_pass_used() {
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "tamper:v1",
-        plain_layers(),
-    ));
+    let built = push_plain(&reg, &rt, "tamper:v1");
     let reference = reg.reference("tamper:v1");
     let root = tempfile::tempdir().unwrap();
     ok(
@@ -317,16 +318,8 @@ fn a_published_index_serves_only_its_own_repository() {
     // so chunk verification cannot catch it).
     let reg = Registry::start();
     let rt = rt();
-    let evil = rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "evil/x:v1",
-        plain_layers(),
-    ));
-    rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "good/app:v1",
-        plain_layers(),
-    ));
+    let evil = push_plain(&reg, &rt, "evil/x:v1");
+    push_plain(&reg, &rt, "good/app:v1");
     let client = Arc::new(skiff_tests::client(&reg.host()));
     let evil_image = resolve(&client, &reg.reference("evil/x:v1"));
     let good_image = resolve(&client, &reg.reference("good/app:v1"));
@@ -374,7 +367,7 @@ fn a_published_index_serves_only_its_own_repository() {
 fn published_index_of_another_layer_is_refused() {
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(&reg.host(), "mix:v1", plain_layers()));
+    let built = push_plain(&reg, &rt, "mix:v1");
     let client = Arc::new(skiff_tests::client(&reg.host()));
     let image = resolve(&client, &reg.reference("mix:v1"));
     let here = tempfile::tempdir().unwrap();
@@ -397,7 +390,7 @@ fn published_index_of_another_layer_is_refused() {
 fn malformed_manifest_and_referrers_tag_give_clear_errors() {
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(&reg.host(), "bad:v1", plain_layers()));
+    let built = push_plain(&reg, &rt, "bad:v1");
     let root = tempfile::tempdir().unwrap();
     let skiff = Skiff::new(root.path());
 
@@ -589,11 +582,7 @@ fn a_published_index_that_lies_is_refused_once_the_whole_layer_is_here() {
     // index is checked against it and refused for good.
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "good/app:v1",
-        plain_layers(),
-    ));
+    let built = push_plain(&reg, &rt, "good/app:v1");
     let client = Arc::new(skiff_tests::client(&reg.host()));
     let image = resolve(&client, &reg.reference("good/app:v1"));
     let scratch = tempfile::tempdir().unwrap();
@@ -678,11 +667,7 @@ fn bound_indexes_travel_in_the_image_index_and_other_tools_still_pick_the_image(
     }
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "bind/app:v1",
-        plain_layers(),
-    ));
+    let built = push_plain(&reg, &rt, "bind/app:v1");
     let image_ref = reg.reference("bind/app:v1");
     let publisher = tempfile::tempdir().unwrap();
     for _ in 0..2 {
@@ -757,11 +742,7 @@ fn bound_indexes_travel_in_the_image_index_and_other_tools_still_pick_the_image(
 fn a_bound_index_decides_over_one_the_repository_published() {
     let reg = Registry::start();
     let rt = rt();
-    let built = rt.block_on(fixtures::push_image(
-        &reg.host(),
-        "bind/over:v1",
-        plain_layers(),
-    ));
+    let built = push_plain(&reg, &rt, "bind/over:v1");
     let image_ref = reg.reference("bind/over:v1");
     let client = Arc::new(skiff_tests::client(&reg.host()));
     let image = resolve(&client, &image_ref);
