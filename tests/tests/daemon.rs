@@ -756,6 +756,47 @@ async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
     stop_for_good(&mut daemon, &skiff);
 }
 
+/// A process holding files of a mount open can start the next daemon: its child's
+/// exec closes its copies of those descriptors, and a close that waited for the
+/// FUSE server (FLUSH) waited for that very daemon, which then never listened (the
+/// restart test's rare hang, when its reader held a file open at the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_starts_from_a_process_holding_its_mounts_files_open() {
+    use std::io::{Read, Write};
+    let (_reg, root, skiff, image) = busybox_sized("daemon/open-files", 1 << 20).await;
+    let _guard = skiff.guard(root.path());
+    let mut daemon = Daemon::start(&skiff);
+    let dir = root.path().join("mnt");
+    let upper = root.path().join("upper");
+    std::fs::create_dir(&dir).unwrap();
+    let out = skiff.run(&[
+        "mount",
+        "--upper",
+        upper.to_str().unwrap(),
+        &image,
+        dir.to_str().unwrap(),
+    ]);
+    assert_ok(&out, &daemon);
+    let mut lower = std::fs::File::open(dir.join("etc/motd")).unwrap();
+    let mut written = std::fs::File::create(dir.join("tmp/open")).unwrap();
+    written.write_all(b"written before the crash\n").unwrap();
+
+    daemon.kill();
+    // Spawned from this process, with both files open here.
+    daemon.restart(&skiff);
+
+    let mut text = String::new();
+    lower.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "hello from layer two\n");
+    written.write_all(b"and after\n").unwrap();
+    drop((lower, written));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("tmp/open")).unwrap(),
+        "written before the crash\nand after\n"
+    );
+    stop_for_good(&mut daemon, &skiff);
+}
+
 /// Issue 10: 8 containers of 3 images started at once through the daemon (64 MiB
 /// cache bound): every output is right, no chunk of an image's own layer is fetched
 /// twice, and the cache stays within its bound.

@@ -58,16 +58,18 @@ answer!(ReplyDirectory, (), |r, ()| r.ok());
 answer!(ReplyDirectoryPlus, (), |r, ()| r.ok());
 answer!(ReplyData, Vec<u8>, |r, data| r.data(&data));
 answer!(ReplyWrite, u32, |r, n| r.written(n));
+// Every open file is FOPEN_NOFLUSH: a close never waits for this server (see `flush`).
 answer!(ReplyOpen, Opened, |r, o| match o.backing {
     // The kernel accepts no page-cache flags on a passthrough open.
-    Some(b) => r.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &b),
-    None => r.opened(FileHandle(o.fh), o.flags),
+    Some(b) => r.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &b),
+    None => r.opened(FileHandle(o.fh), o.flags | FopenFlags::FOPEN_NOFLUSH),
 });
 answer!(ReplyCreate, (Attr, Opened), |r, ((attr, ttl), o)| {
     let fh = FileHandle(o.fh);
+    let flags = o.flags | FopenFlags::FOPEN_NOFLUSH;
     match o.backing {
-        Some(b) => r.created_passthrough(&ttl, &attr, Generation(0), fh, o.flags, &b),
-        None => r.created(&ttl, &attr, Generation(0), fh, o.flags),
+        Some(b) => r.created_passthrough(&ttl, &attr, Generation(0), fh, flags, &b),
+        None => r.created(&ttl, &attr, Generation(0), fh, flags),
     }
 });
 // An xattr value (or list) for a caller whose buffer holds `size` bytes (0: it asks
@@ -296,6 +298,14 @@ impl fuser::Filesystem for SkiffFs {
         reply.send(self.do_write(fh.0, offset, data, flags.0))
     }
 
+    /// Writes reach the upper file when they are made and POSIX locks stay in the
+    /// kernel, so a close has nothing to flush. Opens say so (FOPEN_NOFLUSH), and a
+    /// FLUSH that comes anyway (an open from before a daemon restart) gets ENOSYS,
+    /// after which the kernel sends none on this connection.
+    ///
+    /// A FLUSH would make every close wait for a running server: while the daemon
+    /// restarts, the close-on-exec of a FUSE file that a process starting the next
+    /// daemon inherited from its parent waited for that very daemon, forever.
     fn flush(
         &self,
         _req: &Request,
@@ -304,7 +314,7 @@ impl fuser::Filesystem for SkiffFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
