@@ -344,10 +344,10 @@ impl LowerTree {
                 if hops > MAX_SYMLINK_HOPS {
                     return None;
                 }
-                if entry.link.starts_with('/') {
+                if entry.link().starts_with('/') {
                     stack.truncate(1);
                 }
-                let mut target = components(&entry.link);
+                let mut target = components(entry.link());
                 target.reverse();
                 todo.extend(target);
                 continue;
@@ -480,13 +480,13 @@ impl<'a> Builder<'a> {
                     EntryKind::Whiteout | EntryKind::Opaque => {}
                     EntryKind::Hardlink => {
                         let target = b
-                            .resolve(&e.link)?
+                            .resolve(e.link())?
                             .filter(|&t| b.entry(t).kind != EntryKind::Dir);
                         let Some(target) = target else {
                             return Err(TreeError::BadHardlink {
                                 layer: li,
                                 path: e.path.clone(),
-                                target: e.link.clone(),
+                                target: e.link().to_string(),
                             });
                         };
                         if e.path.is_empty() {
@@ -619,7 +619,7 @@ impl<'a> Builder<'a> {
                             path: entry.to_string(),
                         });
                     }
-                    let target: &'a str = &e.link;
+                    let target: &'a str = e.link();
                     if target.starts_with('/') {
                         stack.truncate(1);
                     }
@@ -659,7 +659,7 @@ mod tests {
                 .into_iter()
                 .map(|(p, k, l)| {
                     let mut e = Entry::new(p.into(), k);
-                    e.link = l.into();
+                    e.set_link(l.into());
                     e
                 })
                 .collect(),

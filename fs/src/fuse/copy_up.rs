@@ -64,14 +64,14 @@ impl SkiffFs {
                 }
                 f.sync_all().map_err(errno)?;
             }
-            EntryKind::Symlink => upper::symlink(OsStr::new(&e.link), &work).map_err(errno)?,
+            EntryKind::Symlink => upper::symlink(OsStr::new(e.link()), &work).map_err(errno)?,
             EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
                 let t = match e.kind {
                     EntryKind::Char => libc::S_IFCHR,
                     EntryKind::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                let rdev = libc::makedev(e.dev_major, e.dev_minor);
+                let rdev = libc::makedev(e.dev().0, e.dev().1);
                 upper::mknod(&work, t | 0o600, rdev).map_err(errno)?;
                 if e.kind == EntryKind::Char && rdev == 0 {
                     upper::set_xattr(&work, upper::USER_CHARDEV_XATTR.as_bytes(), b"1", 0)
@@ -85,7 +85,7 @@ impl SkiffFs {
             if e.kind != EntryKind::Symlink {
                 upper::chmod(&work, e.mode & 0o7777)?;
             }
-            for (k, v) in &e.xattrs {
+            for (k, v) in e.xattrs() {
                 if upper::is_private_xattr(k.as_bytes()) {
                     continue;
                 }

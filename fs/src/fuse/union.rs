@@ -146,7 +146,7 @@ impl SkiffFs {
             return Ok(t.into_os_string().into_encoded_bytes());
         }
         match n.lower.and_then(|id| self.tree.node(id)) {
-            Some(l) if l.entry.kind == EntryKind::Symlink => Ok(l.entry.link.as_bytes().to_vec()),
+            Some(l) if l.entry.kind == EntryKind::Symlink => Ok(l.entry.link().as_bytes().to_vec()),
             _ => Err(Errno::EINVAL),
         }
     }
