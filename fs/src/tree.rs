@@ -297,6 +297,23 @@ impl LowerTree {
             .map(|i| run[i].id)
     }
 
+    /// Where name `name` of directory `dir` sits in the tree's table of names: a
+    /// number that stands for the name ([`LowerTree::child_name`]), for tables that
+    /// would otherwise keep a copy of it.
+    pub fn child_position(&self, dir: LowerId, name: &str) -> Option<u32> {
+        let first = self.slots.get(dir as usize)?.first_child;
+        let run = self.child_range(dir);
+        let i = run.binary_search_by(|c| self.name_of(c).cmp(name)).ok()?;
+        first.checked_add(u32::try_from(i).ok()?)
+    }
+
+    /// The name at `pos` ([`LowerTree::child_position`]); empty if there is none.
+    pub fn child_name(&self, pos: u32) -> &str {
+        self.children
+            .get(pos as usize)
+            .map_or("", |c| self.name_of(c))
+    }
+
     /// Approximate bytes of memory the tree itself occupies (not its layer indexes).
     pub fn memory_size(&self) -> usize {
         use std::mem::size_of;

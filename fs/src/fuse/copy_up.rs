@@ -30,7 +30,7 @@ impl SkiffFs {
         self.copy_up(st, parent, false)?;
         let ln = self.tree.node(id).ok_or(Errno::ENOENT)?;
         let e = &ln.entry;
-        let dest = root.join(st.path(ino)?);
+        let dest = root.join(st.path(&self.tree, ino)?);
         let work = root.join(upper::WORK_DIR).join(format!(
             "copyup-{ino}-{}",
             self.scratch.fetch_add(1, Ordering::Relaxed)
@@ -119,7 +119,7 @@ impl SkiffFs {
             Vec::new()
         };
         if paths.len() > 1 {
-            let me = st.path(ino)?;
+            let me = st.path(&self.tree, ino)?;
             for other in &paths {
                 if Path::new(other) != me {
                     self.link_other_name(st, ino, &dest, &root, other);
@@ -128,7 +128,8 @@ impl SkiffFs {
             if let Some(n) = st.get_mut(ino) {
                 // The most recent name must stay the one copy-up was asked for.
                 let mine = n.names.iter().position(|(p, nm)| {
-                    Path::new(nm) == me.file_name().unwrap_or_default() && *p == parent
+                    Path::new(nm.as_os_str(&self.tree)) == me.file_name().unwrap_or_default()
+                        && *p == parent
                 });
                 if let Some(i) = mine {
                     let x = n.names.remove(i);
@@ -153,7 +154,7 @@ impl SkiffFs {
         let Ok(op) = oparent else { return };
         if self.copy_up(st, op, false).is_ok() && upper::link(dest, &root.join(other)).is_ok() {
             if let Some(n) = st.get_mut(ino) {
-                n.add_name(op, OsStr::new(oname));
+                n.add_name(&self.tree, op, OsStr::new(oname));
             }
         }
     }

@@ -165,7 +165,7 @@ impl SkiffFs {
 
     /// The path of `ino` in the upper directory (relative to [`SkiffFs::upper_root`]).
     fn upper_path(&self, st: &Nodes, ino: u64) -> Res<PathBuf> {
-        Ok(self.upper_root()?.join(st.path(ino)?))
+        Ok(self.upper_root()?.join(st.path(&self.tree, ino)?))
     }
 
     fn lower_attr(&self, ino: u64, id: LowerId) -> Res<FileAttr> {

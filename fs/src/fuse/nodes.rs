@@ -10,10 +10,10 @@
 //! same inode number (derived from the lower tree or the upper entry).
 
 use super::{Res, UPPER_INO_BASE};
-use crate::tree::LowerId;
+use crate::tree::{LowerId, LowerTree};
 use fuser::{Errno, FileType};
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
 /// The root directory's inode number.
@@ -43,15 +43,22 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    /// Makes (`parent`, `name`) this node's most recent name.
-    pub fn add_name(&mut self, parent: u64, name: &OsStr) {
-        self.remove_name(parent, name);
-        self.names.push((parent, name));
+    /// Makes (`parent`, `name`) this node's most recent name (`tree`: the lower tree
+    /// the names' texts may refer to).
+    pub fn add_name(&mut self, tree: &LowerTree, parent: u64, name: &OsStr) {
+        self.add_name_as(tree, parent, name, NameText::from(name));
+    }
+
+    /// [`Node::add_name`] with the name's text as it is to be kept.
+    fn add_name_as(&mut self, tree: &LowerTree, parent: u64, name: &OsStr, text: NameText) {
+        self.remove_name(tree, parent, name);
+        self.names.push((parent, text));
     }
 
     /// Forgets the name (`parent`, `name`).
-    pub fn remove_name(&mut self, parent: u64, name: &OsStr) {
-        self.names.retain(|(p, n)| !(*p == parent && **n == *name));
+    pub fn remove_name(&mut self, tree: &LowerTree, parent: u64, name: &OsStr) {
+        self.names
+            .retain(|(p, n)| !(*p == parent && n.as_os_str(tree) == name));
     }
 
     /// The parent of the most recent name.
@@ -61,12 +68,46 @@ impl Node {
 }
 
 /// One name of a node: the parent's inode and the name in it.
-pub(crate) type Name = (u64, Box<OsStr>);
+pub(crate) type Name = (u64, NameText);
+
+/// The text of a name. Most names the kernel is told about are names in the lower
+/// tree too, which holds their bytes already: those are kept as the name's position
+/// there ([`LowerTree::child_position`]), the others as bytes of their own. After a
+/// walk of a 100,000-file image that is 100,000 small allocations fewer (~3 MB).
+#[derive(Debug, Clone)]
+pub(crate) enum NameText {
+    /// Bytes of its own.
+    Own(Box<OsStr>),
+    /// The name at this position of the lower tree's names.
+    Lower(u32),
+}
+
+impl NameText {
+    /// The name, read from `tree` when it keeps no bytes of its own.
+    pub fn as_os_str<'a>(&'a self, tree: &'a LowerTree) -> &'a OsStr {
+        match self {
+            NameText::Own(b) => b,
+            NameText::Lower(pos) => OsStr::new(tree.child_name(*pos)),
+        }
+    }
+}
+
+impl From<&OsStr> for NameText {
+    fn from(name: &OsStr) -> NameText {
+        NameText::Own(name.into())
+    }
+}
+
+impl From<OsString> for NameText {
+    fn from(name: OsString) -> NameText {
+        NameText::Own(name.into_boxed_os_str())
+    }
+}
 
 /// A node's names, most recent last. Almost every node has exactly one, and after a
 /// walk of a big image the kernel holds a node per file: one name is kept inline
-/// (no allocation but the name's bytes), only hard links with several names get a
-/// list.
+/// (no allocation, and none for its text either when the lower tree has it), only
+/// hard links with several names get a list.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Names {
     /// No name (an upper entry whose names all went).
@@ -92,7 +133,7 @@ impl std::ops::Deref for Names {
 
 impl Names {
     /// Adds `name` as the most recent.
-    pub fn push(&mut self, (parent, name): (u64, impl Into<Box<OsStr>>)) {
+    pub fn push(&mut self, (parent, name): (u64, impl Into<NameText>)) {
         let new = (parent, name.into());
         *self = match std::mem::take(self) {
             Names::None => Names::One(new),
@@ -173,7 +214,7 @@ impl Nodes {
                 kind: FileType::Directory,
                 lower: root_lower,
                 upper: root_upper,
-                names: Names::One((ROOT_INO, Box::default())),
+                names: Names::One((ROOT_INO, NameText::Own(Box::default()))),
                 lookups: 0,
             },
         );
@@ -306,15 +347,18 @@ impl Nodes {
     }
 
     /// Registers `ino`, found in the upper directory as `name` in `parent`: its kind
-    /// and lower counterpart are what the upper directory says now.
+    /// and lower counterpart are what the upper directory says now. `tree` is the
+    /// lower tree (as for every method taking one).
     pub fn register_upper(
         &mut self,
+        tree: &LowerTree,
         ino: u64,
         kind: FileType,
         lower: Option<LowerId>,
         parent: u64,
         name: &OsStr,
     ) {
+        let text = self.text_of(tree, parent, name);
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
             kind,
             lower,
@@ -325,19 +369,21 @@ impl Nodes {
         node.kind = kind;
         node.lower = lower;
         node.upper = true;
-        Self::name_node(node, kind, parent, name);
+        Self::name_node(tree, node, kind, parent, name, text);
     }
 
     /// Registers `ino`, lower entry `id`, found as `name` in `parent`; a node already
     /// known keeps what it has and gains the name.
     pub fn register_lower(
         &mut self,
+        tree: &LowerTree,
         ino: u64,
         kind: FileType,
         id: LowerId,
         parent: u64,
         name: &OsStr,
     ) {
+        let text = self.text_of(tree, parent, name);
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
             kind,
             lower: Some(id),
@@ -345,27 +391,44 @@ impl Nodes {
             names: Names::None,
             lookups: 0,
         });
-        Self::name_node(node, kind, parent, name);
+        Self::name_node(tree, node, kind, parent, name, text);
+    }
+
+    /// How to keep `name` of directory `parent`: as a position in the lower tree
+    /// when the parent's lower directory has that name, else as its bytes.
+    fn text_of(&self, tree: &LowerTree, parent: u64, name: &OsStr) -> NameText {
+        let dir = self.nodes.get(&parent).and_then(|p| p.lower);
+        match dir.and_then(|d| tree.child_position(d, name.to_str()?)) {
+            Some(pos) => NameText::Lower(pos),
+            None => NameText::from(name),
+        }
     }
 
     /// A directory has exactly one name (the one it was last found by).
-    fn name_node(node: &mut Node, kind: FileType, parent: u64, name: &OsStr) {
+    fn name_node(
+        tree: &LowerTree,
+        node: &mut Node,
+        kind: FileType,
+        parent: u64,
+        name: &OsStr,
+        text: NameText,
+    ) {
         if kind == FileType::Directory {
             node.names.clear();
         }
-        node.add_name(parent, name);
+        node.add_name_as(tree, parent, name, text);
     }
 
     /// The path of `ino` relative to the root, through the most recent names (of a
     /// hard link, the most recent whose parent is still known).
-    pub fn path(&self, ino: u64) -> Res<PathBuf> {
+    pub fn path(&self, tree: &LowerTree, ino: u64) -> Res<PathBuf> {
         let mut parts = Vec::new();
         let mut cur = ino;
         while cur != ROOT_INO {
             let n = self.node(cur)?;
             let known = |(p, _): &&Name| *p == ROOT_INO || self.nodes.contains_key(p);
             let (p, name) = n.names.iter().rev().find(known).ok_or(Errno::ENOENT)?;
-            parts.push(&**name);
+            parts.push(name.as_os_str(tree));
             cur = *p;
             if parts.len() > MAX_DEPTH {
                 return Err(Errno::ELOOP);
@@ -383,23 +446,27 @@ mod tests {
         OsStr::new(s)
     }
 
+    /// A lower tree with nothing in it: every name keeps its own bytes.
+    static TREE: std::sync::LazyLock<LowerTree> =
+        std::sync::LazyLock::new(|| LowerTree::build(vec![]).unwrap());
+
     /// root ─ etc (10) ─ passwd (11); bin (20, upper only) ─ sh (21)
     fn table() -> Nodes {
         let mut t = Nodes::new(Some(0), true);
-        t.register_lower(10, FileType::Directory, 1, ROOT_INO, os("etc"));
-        t.register_lower(11, FileType::RegularFile, 2, 10, os("passwd"));
-        t.register_upper(20, FileType::Directory, None, ROOT_INO, os("bin"));
-        t.register_upper(21, FileType::RegularFile, None, 20, os("sh"));
+        t.register_lower(&TREE, 10, FileType::Directory, 1, ROOT_INO, os("etc"));
+        t.register_lower(&TREE, 11, FileType::RegularFile, 2, 10, os("passwd"));
+        t.register_upper(&TREE, 20, FileType::Directory, None, ROOT_INO, os("bin"));
+        t.register_upper(&TREE, 21, FileType::RegularFile, None, 20, os("sh"));
         t
     }
 
     #[test]
     fn paths_follow_the_names() {
         let t = table();
-        assert_eq!(t.path(ROOT_INO).unwrap(), PathBuf::new());
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
-        assert_eq!(t.path(21).unwrap(), PathBuf::from("bin/sh"));
-        assert_eq!(t.path(99), Err(Errno::ENOENT));
+        assert_eq!(t.path(&TREE, ROOT_INO).unwrap(), PathBuf::new());
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(t.path(&TREE, 21).unwrap(), PathBuf::from("bin/sh"));
+        assert_eq!(t.path(&TREE, 99), Err(Errno::ENOENT));
         assert_eq!(t.parent_of(11), 10);
         assert_eq!(t.parent_of(99), ROOT_INO);
     }
@@ -407,34 +474,34 @@ mod tests {
     #[test]
     fn hard_links_keep_every_name_most_recent_last() {
         let mut t = table();
-        t.register_lower(11, FileType::RegularFile, 2, ROOT_INO, os("pw"));
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("pw"));
+        t.register_lower(&TREE, 11, FileType::RegularFile, 2, ROOT_INO, os("pw"));
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("pw"));
         // Finding an old name again makes it the most recent, without a duplicate.
-        t.register_lower(11, FileType::RegularFile, 2, 10, os("passwd"));
+        t.register_lower(&TREE, 11, FileType::RegularFile, 2, 10, os("passwd"));
         assert_eq!(t.get(11).unwrap().names.len(), 2);
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
-        t.get_mut(11).unwrap().remove_name(10, os("passwd"));
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("pw"));
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("etc/passwd"));
+        t.get_mut(11).unwrap().remove_name(&TREE, 10, os("passwd"));
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("pw"));
     }
 
     #[test]
     fn a_directory_has_only_its_latest_name() {
         let mut t = table();
-        t.register_lower(10, FileType::Directory, 1, 20, os("etc2"));
+        t.register_lower(&TREE, 10, FileType::Directory, 1, 20, os("etc2"));
         assert_eq!(t.get(10).unwrap().names.len(), 1);
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("bin/etc2/passwd"));
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("bin/etc2/passwd"));
     }
 
     #[test]
     fn upper_registration_overrides_and_lower_keeps() {
         let mut t = table();
         // Copied up (or replaced in the upper dir): upper facts win.
-        t.register_upper(11, FileType::Symlink, None, 10, os("passwd"));
+        t.register_upper(&TREE, 11, FileType::Symlink, None, 10, os("passwd"));
         let n = t.get(11).unwrap();
         assert!(n.upper);
         assert_eq!((n.kind, n.lower), (FileType::Symlink, None));
         // A lower lookup of a known node only adds the name.
-        t.register_lower(11, FileType::RegularFile, 7, 10, os("passwd"));
+        t.register_lower(&TREE, 11, FileType::RegularFile, 7, 10, os("passwd"));
         let n = t.get(11).unwrap();
         assert_eq!((n.kind, n.lower, n.upper), (FileType::Symlink, None, true));
     }
@@ -452,8 +519,8 @@ mod tests {
         t.forget(ROOT_INO, 5);
         assert!(t.get(ROOT_INO).is_some(), "the root stays");
         // A later lookup registers it again under the same number.
-        t.register_lower(11, FileType::RegularFile, 2, 10, os("passwd"));
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
+        t.register_lower(&TREE, 11, FileType::RegularFile, 2, 10, os("passwd"));
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("etc/passwd"));
         // Forgetting an unknown inode is harmless.
         t.forget(12345, 1);
     }
@@ -463,16 +530,16 @@ mod tests {
         let mut t = table();
         let old = t.upper_ino(7);
         assert_eq!(old, UPPER_INO_BASE + 7);
-        t.register_upper(old, FileType::RegularFile, None, 20, os("a"));
+        t.register_upper(&TREE, old, FileType::RegularFile, None, 20, os("a"));
         t.remember(old);
-        t.get_mut(old).unwrap().remove_name(20, os("a"));
+        t.get_mut(old).unwrap().remove_name(&TREE, 20, os("a"));
         t.mark_removed(old);
         // The upper filesystem hands inode 7 to a new file: a number of its own,
         // the same one on every lookup.
         let new = t.upper_ino(7);
         assert!(new >= RENUMBERED_INO_BASE, "{new:#x}");
         assert_eq!(t.upper_ino(7), new);
-        t.register_upper(new, FileType::RegularFile, None, 20, os("b"));
+        t.register_upper(&TREE, new, FileType::RegularFile, None, 20, os("b"));
         t.remember(new);
         // The removed file is forgotten: the new one keeps its number while held.
         t.forget(old, 1);
@@ -487,16 +554,16 @@ mod tests {
     #[test]
     fn a_sweep_keeps_what_the_kernel_holds_and_its_ancestors() {
         let mut t = table();
-        t.register_lower(12, FileType::Directory, 3, 10, os("sub"));
-        t.register_lower(13, FileType::RegularFile, 4, 12, os("deep"));
-        t.register_lower(14, FileType::RegularFile, 5, 10, os("listed"));
+        t.register_lower(&TREE, 12, FileType::Directory, 3, 10, os("sub"));
+        t.register_lower(&TREE, 13, FileType::RegularFile, 4, 12, os("deep"));
+        t.register_lower(&TREE, 14, FileType::RegularFile, 5, 10, os("listed"));
         t.remember(13);
         t.sweep();
         // 13 is held; 12 and 10 are its ancestors; 11, 14, 20, 21 were only listed.
         let mut left: Vec<u64> = t.nodes.keys().copied().collect();
         left.sort();
         assert_eq!(left, vec![ROOT_INO, 10, 12, 13]);
-        assert_eq!(t.path(13).unwrap(), PathBuf::from("etc/sub/deep"));
+        assert_eq!(t.path(&TREE, 13).unwrap(), PathBuf::from("etc/sub/deep"));
         t.forget(13, 1);
         t.sweep();
         assert_eq!(t.len(), 1);
@@ -505,21 +572,57 @@ mod tests {
     #[test]
     fn a_hard_link_whose_recent_parent_went_uses_another_name() {
         let mut t = table();
-        t.register_lower(12, FileType::Directory, 3, ROOT_INO, os("other"));
-        t.register_lower(11, FileType::RegularFile, 2, 12, os("pw"));
+        t.register_lower(&TREE, 12, FileType::Directory, 3, ROOT_INO, os("other"));
+        t.register_lower(&TREE, 11, FileType::RegularFile, 2, 12, os("pw"));
         t.remember(10);
         t.remember(11);
         t.sweep();
         assert!(t.get(12).is_some(), "an ancestor through a name is kept");
         t.nodes.remove(&12);
-        assert_eq!(t.path(11).unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(t.path(&TREE, 11).unwrap(), PathBuf::from("etc/passwd"));
     }
 
     #[test]
     fn a_name_cycle_is_eloop_not_a_hang() {
         let mut t = Nodes::new(None, true);
-        t.register_upper(5, FileType::RegularFile, None, 6, os("a"));
-        t.register_upper(6, FileType::RegularFile, None, 5, os("b"));
-        assert_eq!(t.path(5), Err(Errno::ELOOP));
+        t.register_upper(&TREE, 5, FileType::RegularFile, None, 6, os("a"));
+        t.register_upper(&TREE, 6, FileType::RegularFile, None, 5, os("b"));
+        assert_eq!(t.path(&TREE, 5), Err(Errno::ELOOP));
+    }
+
+    #[test]
+    fn names_the_lower_tree_has_are_kept_as_positions_in_it() {
+        use skiff_proto::index::{Entry, EntryKind, LayerFormat, LayerIndex};
+        let entries = vec![
+            Entry::new("etc".into(), EntryKind::Dir),
+            Entry::new("etc/passwd".into(), EntryKind::Reg),
+        ];
+        let tree = LowerTree::build(vec![std::sync::Arc::new(LayerIndex {
+            blob: skiff_proto::Digest::of(b"x"),
+            blob_size: 0,
+            format: LayerFormat::Tar,
+            entries,
+            chunks: vec![],
+            checkpoints: vec![],
+            prefetch: vec![],
+        })])
+        .unwrap();
+        let etc = tree.child(crate::tree::ROOT, "etc").unwrap();
+        let passwd = tree.child(etc, "passwd").unwrap();
+        let (ei, pi) = (LowerTree::ino(etc), LowerTree::ino(passwd));
+        let mut t = Nodes::new(Some(crate::tree::ROOT), true);
+        t.register_lower(&tree, ei, FileType::Directory, etc, ROOT_INO, os("etc"));
+        t.register_lower(&tree, pi, FileType::RegularFile, passwd, ei, os("passwd"));
+        // A name the lower directory lacks (made in the upper) keeps its bytes.
+        t.register_upper(&tree, 500, FileType::RegularFile, None, ei, os("new"));
+        assert!(matches!(t.get(pi).unwrap().names[0].1, NameText::Lower(_)));
+        assert!(matches!(t.get(500).unwrap().names[0].1, NameText::Own(_)));
+        assert_eq!(t.path(&tree, pi).unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(t.path(&tree, 500).unwrap(), PathBuf::from("etc/new"));
+        // Found again by the same name: still one name.
+        t.register_lower(&tree, pi, FileType::RegularFile, passwd, ei, os("passwd"));
+        assert_eq!(t.get(pi).unwrap().names.len(), 1);
+        t.get_mut(pi).unwrap().remove_name(&tree, ei, os("passwd"));
+        assert!(t.get(pi).unwrap().names.is_empty());
     }
 }

@@ -67,7 +67,7 @@ impl SkiffFs {
                     } else {
                         origin.and_then(|o| self.tree.id_of(o))
                     };
-                    st.register_upper(ino, kind, lower, parent, name);
+                    st.register_upper(&self.tree, ino, kind, lower, parent, name);
                     return Ok((ino, attr_of_stat(ino, &s), UPPER_TTL));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -77,7 +77,14 @@ impl SkiffFs {
         let id = lower_child.ok_or(Errno::ENOENT)?;
         let ino = LowerTree::ino(id);
         let ln = self.tree.node(id).ok_or(Errno::ENOENT)?;
-        st.register_lower(ino, kind_of_entry(ln.entry.kind), id, parent, name);
+        st.register_lower(
+            &self.tree,
+            ino,
+            kind_of_entry(ln.entry.kind),
+            id,
+            parent,
+            name,
+        );
         Ok((ino, self.lower_attr(ino, id)?, LOWER_TTL))
     }
 
@@ -334,7 +341,7 @@ impl SkiffFs {
             upper::make_whiteout(&p).map_err(errno)?;
         }
         if let Some(n) = st.get_mut(ino) {
-            n.remove_name(parent, name);
+            n.remove_name(&self.tree, parent, name);
             if n.names.is_empty() && !in_upper {
                 n.upper = false;
             }
@@ -475,7 +482,7 @@ impl SkiffFs {
         }
         if let Some((d, _)) = dst {
             if let Some(n) = st.get_mut(d) {
-                n.remove_name(newparent, newname);
+                n.remove_name(&self.tree, newparent, newname);
                 if exchange {
                     n.names.push((parent, name.to_os_string()));
                 }
@@ -485,7 +492,7 @@ impl SkiffFs {
             }
         }
         if let Some(n) = st.get_mut(src) {
-            n.remove_name(parent, name);
+            n.remove_name(&self.tree, parent, name);
             n.names.push((newparent, newname.to_os_string()));
         }
         // Re-resolve both names so merged lower state follows the new positions.
