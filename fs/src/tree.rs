@@ -177,6 +177,15 @@ pub struct LowerTree {
     pub layers: Vec<Arc<LayerIndex>>,
 }
 
+impl std::fmt::Debug for LowerTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LowerTree")
+            .field("nodes", &self.slots.len())
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LowerTree {
     /// Folds `layers` (bottom first) into one tree.
     pub fn build(layers: Vec<Arc<LayerIndex>>) -> Result<LowerTree, TreeError> {
@@ -312,6 +321,14 @@ impl LowerTree {
         self.children
             .get(pos as usize)
             .map_or("", |c| self.name_of(c))
+    }
+
+    /// The first name of node `id` (see [`LowerNode::paths`]): the directory holding
+    /// it and its position ([`LowerTree::child_position`]). `None` for the root and
+    /// for nodes no directory names.
+    pub fn first_name(&self, id: LowerId) -> Option<(LowerId, u32)> {
+        let s = self.slots.get(id as usize)?;
+        (s.name != UNNAMED).then_some((s.parent, s.name))
     }
 
     /// Approximate bytes of memory the tree itself occupies (not its layer indexes).

@@ -26,11 +26,11 @@ impl SkiffFs {
             return Ok(());
         }
         let id = node.lower.ok_or(Errno::ENOENT)?;
-        let (parent, _) = node.names.last().cloned().ok_or(Errno::ENOENT)?;
+        let parent = st.recent_parent(ino).ok_or(Errno::ENOENT)?;
         self.copy_up(st, parent, false)?;
         let ln = self.tree.node(id).ok_or(Errno::ENOENT)?;
         let e = &ln.entry;
-        let dest = root.join(st.path(&self.tree, ino)?);
+        let dest = root.join(st.path(ino)?);
         let work = root.join(upper::WORK_DIR).join(format!(
             "copyup-{ino}-{}",
             self.scratch.fetch_add(1, Ordering::Relaxed)
@@ -119,7 +119,7 @@ impl SkiffFs {
             Vec::new()
         };
         if paths.len() > 1 {
-            let me = st.path(&self.tree, ino)?;
+            let me = st.path(ino)?;
             for other in &paths {
                 if Path::new(other) != me {
                     self.link_other_name(st, ino, &dest, &root, other);

@@ -134,7 +134,11 @@ impl SkiffFs {
             },
         );
         Ok(SkiffFs {
-            state: RwLock::new(Nodes::new(Some(crate::tree::ROOT), config.upper.is_some())),
+            state: RwLock::new(Nodes::new(
+                tree.clone(),
+                Some(crate::tree::ROOT),
+                config.upper.is_some(),
+            )),
             handles: Handles::new(&config.restart),
             resumed: config.restart.resumed.is_some(),
             negotiated: Arc::new(config.restart.resumed.map(Into::into).unwrap_or_default()),
@@ -165,7 +169,7 @@ impl SkiffFs {
 
     /// The path of `ino` in the upper directory (relative to [`SkiffFs::upper_root`]).
     fn upper_path(&self, st: &Nodes, ino: u64) -> Res<PathBuf> {
-        Ok(self.upper_root()?.join(st.path(&self.tree, ino)?))
+        Ok(self.upper_root()?.join(st.path(ino)?))
     }
 
     fn lower_attr(&self, ino: u64, id: LowerId) -> Res<FileAttr> {

@@ -67,7 +67,7 @@ impl SkiffFs {
                     } else {
                         origin.and_then(|o| self.tree.id_of(o))
                     };
-                    st.register_upper(&self.tree, ino, kind, lower, parent, name);
+                    st.register_upper(ino, kind, lower, parent, name);
                     return Ok((ino, attr_of_stat(ino, &s), UPPER_TTL));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -77,14 +77,7 @@ impl SkiffFs {
         let id = lower_child.ok_or(Errno::ENOENT)?;
         let ino = LowerTree::ino(id);
         let ln = self.tree.node(id).ok_or(Errno::ENOENT)?;
-        st.register_lower(
-            &self.tree,
-            ino,
-            kind_of_entry(ln.entry.kind),
-            id,
-            parent,
-            name,
-        );
+        st.register_lower(ino, kind_of_entry(ln.entry.kind), id, parent, name);
         Ok((ino, self.lower_attr(ino, id)?, LOWER_TTL))
     }
 
