@@ -697,12 +697,14 @@ pub fn split(path: &str) -> (&str, &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use skiff_proto::index::LayerFormat;
     use skiff_proto::Digest;
 
-    fn layer(entries: Vec<(&str, EntryKind, &str)>) -> Arc<LayerIndex> {
+    /// A layer of (path, kind, link target) entries, for tests here and of the
+    /// inode table.
+    pub(crate) fn layer(entries: Vec<(&str, EntryKind, &str)>) -> Arc<LayerIndex> {
         Arc::new(LayerIndex {
             blob: Digest::of(b"x"),
             blob_size: 0,

@@ -602,6 +602,7 @@ impl Nodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_proto::index::EntryKind::{self, Dir, Hardlink, Reg};
 
     fn os(s: &str) -> &OsStr {
         OsStr::new(s)
@@ -613,6 +614,11 @@ mod tests {
 
     fn empty() -> Arc<LowerTree> {
         TREE.clone()
+    }
+
+    /// The merged tree of one layer of (path, kind, link target) entries.
+    fn tree_of(entries: Vec<(&str, EntryKind, &str)>) -> Arc<LowerTree> {
+        Arc::new(LowerTree::build(vec![crate::tree::tests::layer(entries)]).unwrap())
     }
 
     /// The names of `ino`, as kept or (a plain node) implied by the tree.
@@ -766,23 +772,7 @@ mod tests {
 
     #[test]
     fn names_the_lower_tree_has_are_kept_as_positions_in_it() {
-        use skiff_proto::index::{Entry, EntryKind, LayerFormat, LayerIndex};
-        let entries = vec![
-            Entry::new("etc".into(), EntryKind::Dir),
-            Entry::new("etc/passwd".into(), EntryKind::Reg),
-        ];
-        let tree = Arc::new(
-            LowerTree::build(vec![Arc::new(LayerIndex {
-                blob: skiff_proto::Digest::of(b"x"),
-                blob_size: 0,
-                format: LayerFormat::Tar,
-                entries,
-                chunks: vec![],
-                checkpoints: vec![],
-                prefetch: vec![],
-            })])
-            .unwrap(),
-        );
+        let tree = tree_of(vec![("etc", Dir, ""), ("etc/passwd", Reg, "")]);
         let etc = tree.child(crate::tree::ROOT, "etc").unwrap();
         let passwd = tree.child(etc, "passwd").unwrap();
         let (ei, pi) = (LowerTree::ino(etc), LowerTree::ino(passwd));
@@ -804,27 +794,12 @@ mod tests {
 
     #[test]
     fn plain_lower_nodes_keep_a_count_until_they_differ_from_the_tree() {
-        use skiff_proto::index::{Entry, EntryKind, LayerFormat, LayerIndex};
         // `h` is a hard link to `etc/passwd`; walking by name, `h` is met first.
-        let mut h = Entry::new("h".into(), EntryKind::Hardlink);
-        h.set_link("etc/passwd".into());
-        let entries = vec![
-            Entry::new("etc".into(), EntryKind::Dir),
-            Entry::new("etc/passwd".into(), EntryKind::Reg),
-            h,
-        ];
-        let tree = Arc::new(
-            LowerTree::build(vec![Arc::new(LayerIndex {
-                blob: skiff_proto::Digest::of(b"x"),
-                blob_size: 0,
-                format: LayerFormat::Tar,
-                entries,
-                chunks: vec![],
-                checkpoints: vec![],
-                prefetch: vec![],
-            })])
-            .unwrap(),
-        );
+        let tree = tree_of(vec![
+            ("etc", Dir, ""),
+            ("etc/passwd", Reg, ""),
+            ("h", Hardlink, "etc/passwd"),
+        ]);
         let etc = tree.child(crate::tree::ROOT, "etc").unwrap();
         let file = tree.child(etc, "passwd").unwrap();
         let (ei, fi) = (LowerTree::ino(etc), LowerTree::ino(file));
