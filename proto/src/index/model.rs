@@ -120,7 +120,7 @@ pub enum EntryKind {
 /// Kept small, since a layer of 100,000 files holds 100,000 of them for as long as its
 /// image is in memory: what few entries have (a link target, device numbers,
 /// extended attributes) lives out of line in [`EntryExtra`], reached through
-/// [`Entry::link`], [`Entry::dev`] and [`Entry::xattrs`] (80 bytes instead of 144).
+/// [`Entry::link`], [`Entry::dev`] and [`Entry::xattrs`] (80 bytes instead of 128).
 /// The serialized form is the same as when they were fields.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "EntryWire")]
