@@ -91,6 +91,8 @@ fn main() -> ExitCode {
     {
         container::reexec::main();
     }
+    // Big freed buffers (index decoding, inode tables) go back to the kernel.
+    skiff_fs::tree::tune_allocator();
     // Like docker, a usage error exits 125 (clap's default would be 2).
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -302,7 +302,7 @@ fn check_against_rootfs(idx: &LayerIndex, blob: &RangeOnly, rootfs: &Path, what:
                 }
                 assert!(got == fs::read(&p).unwrap(), "{ctx}: content differs");
                 let mut xa: BTreeMap<String, Vec<u8>> = e
-                    .xattrs
+                    .xattrs()
                     .iter()
                     .filter(|(k, _)| k.starts_with("user."))
                     .cloned()
@@ -314,18 +314,18 @@ fn check_against_rootfs(idx: &LayerIndex, blob: &RangeOnly, rootfs: &Path, what:
                 assert!(md.file_type().is_symlink(), "{ctx}: not a symlink");
                 assert_eq!(
                     fs::read_link(&p).unwrap(),
-                    PathBuf::from(&e.link),
+                    PathBuf::from(e.link()),
                     "{ctx}: target"
                 );
             }
             EntryKind::Hardlink => {
-                let target = fs::symlink_metadata(rootfs.join(&e.link)).unwrap();
-                assert_eq!(md.ino(), target.ino(), "{ctx}: hard link to {}", e.link);
+                let target = fs::symlink_metadata(rootfs.join(e.link())).unwrap();
+                assert_eq!(md.ino(), target.ino(), "{ctx}: hard link to {}", e.link());
             }
             EntryKind::Fifo => assert!(md.file_type().is_fifo(), "{ctx}: not a fifo"),
             EntryKind::Char | EntryKind::Block => {
-                assert_eq!(e.dev_major, libc::major(md.rdev()), "{ctx}: major");
-                assert_eq!(e.dev_minor, libc::minor(md.rdev()), "{ctx}: minor");
+                assert_eq!(e.dev().0, libc::major(md.rdev()), "{ctx}: major");
+                assert_eq!(e.dev().1, libc::minor(md.rdev()), "{ctx}: minor");
             }
             EntryKind::Whiteout | EntryKind::Opaque => panic!("{ctx}: unexpected marker"),
         }

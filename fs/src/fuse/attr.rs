@@ -71,7 +71,7 @@ pub(crate) fn attr_of_lower(ino: u64, n: &LowerNode) -> FileAttr {
     let e = &n.entry;
     let size = match e.kind {
         EntryKind::Reg | EntryKind::Hardlink => e.size,
-        EntryKind::Symlink => e.link.len() as u64,
+        EntryKind::Symlink => e.link().len() as u64,
         EntryKind::Dir => 4096,
         _ => 0,
     };
@@ -89,7 +89,7 @@ pub(crate) fn attr_of_lower(ino: u64, n: &LowerNode) -> FileAttr {
         nlink: n.nlink.max(1),
         uid: e.uid,
         gid: e.gid,
-        rdev: libc::makedev(e.dev_major, e.dev_minor) as u32,
+        rdev: libc::makedev(e.dev().0, e.dev().1) as u32,
         blksize: 4096,
         flags: 0,
     }

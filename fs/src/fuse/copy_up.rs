@@ -26,7 +26,7 @@ impl SkiffFs {
             return Ok(());
         }
         let id = node.lower.ok_or(Errno::ENOENT)?;
-        let (parent, _) = node.names.last().cloned().ok_or(Errno::ENOENT)?;
+        let parent = st.recent_parent(ino).ok_or(Errno::ENOENT)?;
         self.copy_up(st, parent, false)?;
         let ln = self.tree.node(id).ok_or(Errno::ENOENT)?;
         let e = &ln.entry;
@@ -64,14 +64,14 @@ impl SkiffFs {
                 }
                 f.sync_all().map_err(errno)?;
             }
-            EntryKind::Symlink => upper::symlink(OsStr::new(&e.link), &work).map_err(errno)?,
+            EntryKind::Symlink => upper::symlink(OsStr::new(e.link()), &work).map_err(errno)?,
             EntryKind::Char | EntryKind::Block | EntryKind::Fifo => {
                 let t = match e.kind {
                     EntryKind::Char => libc::S_IFCHR,
                     EntryKind::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                let rdev = libc::makedev(e.dev_major, e.dev_minor);
+                let rdev = libc::makedev(e.dev().0, e.dev().1);
                 upper::mknod(&work, t | 0o600, rdev).map_err(errno)?;
                 if e.kind == EntryKind::Char && rdev == 0 {
                     upper::set_xattr(&work, upper::USER_CHARDEV_XATTR.as_bytes(), b"1", 0)
@@ -85,7 +85,7 @@ impl SkiffFs {
             if e.kind != EntryKind::Symlink {
                 upper::chmod(&work, e.mode & 0o7777)?;
             }
-            for (k, v) in &e.xattrs {
+            for (k, v) in e.xattrs() {
                 if upper::is_private_xattr(k.as_bytes()) {
                     continue;
                 }
@@ -128,7 +128,8 @@ impl SkiffFs {
             if let Some(n) = st.get_mut(ino) {
                 // The most recent name must stay the one copy-up was asked for.
                 let mine = n.names.iter().position(|(p, nm)| {
-                    Path::new(nm) == me.file_name().unwrap_or_default() && *p == parent
+                    Path::new(nm.as_os_str(&self.tree)) == me.file_name().unwrap_or_default()
+                        && *p == parent
                 });
                 if let Some(i) = mine {
                     let x = n.names.remove(i);
@@ -153,7 +154,7 @@ impl SkiffFs {
         let Ok(op) = oparent else { return };
         if self.copy_up(st, op, false).is_ok() && upper::link(dest, &root.join(other)).is_ok() {
             if let Some(n) = st.get_mut(ino) {
-                n.add_name(op, OsStr::new(oname));
+                n.add_name(&self.tree, op, OsStr::new(oname));
             }
         }
     }

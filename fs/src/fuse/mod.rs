@@ -134,7 +134,11 @@ impl SkiffFs {
             },
         );
         Ok(SkiffFs {
-            state: RwLock::new(Nodes::new(Some(crate::tree::ROOT), config.upper.is_some())),
+            state: RwLock::new(Nodes::new(
+                tree.clone(),
+                Some(crate::tree::ROOT),
+                config.upper.is_some(),
+            )),
             handles: Handles::new(&config.restart),
             resumed: config.restart.resumed.is_some(),
             negotiated: Arc::new(config.restart.resumed.map(Into::into).unwrap_or_default()),

@@ -146,7 +146,7 @@ impl SkiffFs {
             return Ok(t.into_os_string().into_encoded_bytes());
         }
         match n.lower.and_then(|id| self.tree.node(id)) {
-            Some(l) if l.entry.kind == EntryKind::Symlink => Ok(l.entry.link.as_bytes().to_vec()),
+            Some(l) if l.entry.kind == EntryKind::Symlink => Ok(l.entry.link().as_bytes().to_vec()),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -334,7 +334,7 @@ impl SkiffFs {
             upper::make_whiteout(&p).map_err(errno)?;
         }
         if let Some(n) = st.get_mut(ino) {
-            n.remove_name(parent, name);
+            n.remove_name(&self.tree, parent, name);
             if n.names.is_empty() && !in_upper {
                 n.upper = false;
             }
@@ -475,7 +475,7 @@ impl SkiffFs {
         }
         if let Some((d, _)) = dst {
             if let Some(n) = st.get_mut(d) {
-                n.remove_name(newparent, newname);
+                n.remove_name(&self.tree, newparent, newname);
                 if exchange {
                     n.names.push((parent, name.to_os_string()));
                 }
@@ -485,7 +485,7 @@ impl SkiffFs {
             }
         }
         if let Some(n) = st.get_mut(src) {
-            n.remove_name(parent, name);
+            n.remove_name(&self.tree, parent, name);
             n.names.push((newparent, newname.to_os_string()));
         }
         // Re-resolve both names so merged lower state follows the new positions.

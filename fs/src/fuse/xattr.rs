@@ -26,7 +26,7 @@ impl SkiffFs {
             .and_then(|id| self.tree.node(id))
             .and_then(|l| {
                 l.entry
-                    .xattrs
+                    .xattrs()
                     .iter()
                     .find(|(k, _)| k.as_bytes() == name.as_bytes())
                     .map(|(_, v)| v.clone())
@@ -46,7 +46,7 @@ impl SkiffFs {
                 .and_then(|id| self.tree.node(id))
                 .map(|l| {
                     l.entry
-                        .xattrs
+                        .xattrs()
                         .iter()
                         .map(|(k, _)| k.as_bytes().to_vec())
                         .collect()

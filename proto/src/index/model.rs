@@ -116,7 +116,14 @@ pub enum EntryKind {
 }
 
 /// One file, directory or marker in a layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Kept small, since a layer of 100,000 files holds 100,000 of them for as long as its
+/// image is in memory: what few entries have (a link target, device numbers,
+/// extended attributes) lives out of line in [`EntryExtra`], reached through
+/// [`Entry::link`], [`Entry::dev`] and [`Entry::xattrs`] (80 bytes instead of 128).
+/// The serialized form is the same as when they were fields.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "EntryWire")]
 pub struct Entry {
     /// Path relative to the layer root, cleaned by [`clean_path`]: no leading `/` or
     /// `./`, no `.`/`..` components, no trailing `/`. The root itself is `""`.
@@ -135,18 +142,28 @@ pub struct Entry {
     pub mtime_nsec: u32,
     /// Uncompressed size for regular files, 0 otherwise.
     pub size: u64,
-    /// Symlink target (as stored), or the cleaned path of a hard link's target.
-    pub link: String,
-    /// Device major number (char and block devices).
-    pub dev_major: u32,
-    /// Device minor number (char and block devices).
-    pub dev_minor: u32,
-    /// Extended attributes, in the order found.
-    pub xattrs: Vec<(String, Vec<u8>)>,
     /// Index of this file's first chunk in [`LayerIndex::chunks`].
     pub first_chunk: u32,
     /// Number of chunks; their file offsets cover `0..size` in order.
     pub chunk_count: u32,
+    /// The rare parts; `None` when all of them are empty (kept so by every setter,
+    /// so that equal entries compare equal).
+    extra: Option<Box<EntryExtra>>,
+}
+
+/// The parts of an [`Entry`] that most entries lack.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct EntryExtra {
+    link: String,
+    dev_major: u32,
+    dev_minor: u32,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl EntryExtra {
+    fn is_empty(&self) -> bool {
+        self.link.is_empty() && self.dev_major == 0 && self.dev_minor == 0 && self.xattrs.is_empty()
+    }
 }
 
 impl Entry {
@@ -161,13 +178,142 @@ impl Entry {
             mtime: 0,
             mtime_nsec: 0,
             size: 0,
-            link: String::new(),
-            dev_major: 0,
-            dev_minor: 0,
-            xattrs: Vec::new(),
             first_chunk: 0,
             chunk_count: 0,
+            extra: None,
         }
+    }
+
+    /// Symlink target (as stored), or the cleaned path of a hard link's target; empty
+    /// for anything else.
+    pub fn link(&self) -> &str {
+        self.extra.as_deref().map_or("", |x| x.link.as_str())
+    }
+
+    /// Device (major, minor) numbers of char and block devices; (0, 0) otherwise.
+    pub fn dev(&self) -> (u32, u32) {
+        self.extra
+            .as_deref()
+            .map_or((0, 0), |x| (x.dev_major, x.dev_minor))
+    }
+
+    /// Extended attributes, in the order found.
+    pub fn xattrs(&self) -> &[(String, Vec<u8>)] {
+        self.extra.as_deref().map_or(&[], |x| x.xattrs.as_slice())
+    }
+
+    /// Sets the link target (see [`Entry::link`]).
+    pub fn set_link(&mut self, link: String) {
+        self.change_extra(|x| x.link = link);
+    }
+
+    /// Sets the device numbers (see [`Entry::dev`]).
+    pub fn set_dev(&mut self, major: u32, minor: u32) {
+        self.change_extra(|x| (x.dev_major, x.dev_minor) = (major, minor));
+    }
+
+    /// Adds an extended attribute after the others.
+    pub fn push_xattr(&mut self, name: String, value: Vec<u8>) {
+        self.change_extra(|x| x.xattrs.push((name, value)));
+    }
+
+    /// Keeps only the extended attributes `keep` accepts, in order.
+    pub fn retain_xattrs(&mut self, keep: impl FnMut(&(String, Vec<u8>)) -> bool) {
+        self.change_extra(|x| x.xattrs.retain(keep));
+    }
+
+    /// Heap bytes the entry owns besides its path.
+    fn extra_size(&self) -> usize {
+        use std::mem::size_of;
+        self.extra.as_deref().map_or(0, |x| {
+            size_of::<EntryExtra>()
+                + x.link.capacity()
+                + x.xattrs.capacity() * size_of::<(String, Vec<u8>)>()
+                + x.xattrs
+                    .iter()
+                    .map(|(k, v)| k.capacity() + v.capacity())
+                    .sum::<usize>()
+        })
+    }
+
+    /// Applies `change` to the extra parts, dropping them when they end up empty.
+    fn change_extra(&mut self, change: impl FnOnce(&mut EntryExtra)) {
+        let mut extra = self.extra.take().unwrap_or_default();
+        change(&mut extra);
+        if !extra.is_empty() {
+            extra.link.shrink_to_fit();
+            extra.xattrs.shrink_to_fit();
+            self.extra = Some(extra);
+        }
+    }
+}
+
+/// [`Entry`] as serialized: every part inline, in the order the fields had before
+/// the rare ones moved out of line (stored and published indexes keep decoding).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(rename = "Entry")]
+struct EntryWire {
+    path: String,
+    kind: EntryKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    size: u64,
+    link: String,
+    dev_major: u32,
+    dev_minor: u32,
+    xattrs: Vec<(String, Vec<u8>)>,
+    first_chunk: u32,
+    chunk_count: u32,
+}
+
+impl From<EntryWire> for Entry {
+    fn from(w: EntryWire) -> Entry {
+        let extra = EntryExtra {
+            link: w.link,
+            dev_major: w.dev_major,
+            dev_minor: w.dev_minor,
+            xattrs: w.xattrs,
+        };
+        Entry {
+            path: w.path,
+            kind: w.kind,
+            mode: w.mode,
+            uid: w.uid,
+            gid: w.gid,
+            mtime: w.mtime,
+            mtime_nsec: w.mtime_nsec,
+            size: w.size,
+            first_chunk: w.first_chunk,
+            chunk_count: w.chunk_count,
+            extra: (!extra.is_empty()).then(|| Box::new(extra)),
+        }
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (dev_major, dev_minor) = self.dev();
+        let mut st = s.serialize_struct("Entry", 14)?;
+        st.serialize_field("path", &self.path)?;
+        st.serialize_field("kind", &self.kind)?;
+        st.serialize_field("mode", &self.mode)?;
+        st.serialize_field("uid", &self.uid)?;
+        st.serialize_field("gid", &self.gid)?;
+        st.serialize_field("mtime", &self.mtime)?;
+        st.serialize_field("mtime_nsec", &self.mtime_nsec)?;
+        st.serialize_field("size", &self.size)?;
+        st.serialize_field("link", self.link())?;
+        st.serialize_field("dev_major", &dev_major)?;
+        st.serialize_field("dev_minor", &dev_minor)?;
+        st.serialize_field("xattrs", self.xattrs())?;
+        st.serialize_field("first_chunk", &self.first_chunk)?;
+        st.serialize_field("chunk_count", &self.chunk_count)?;
+        st.end()
     }
 }
 
@@ -272,15 +418,7 @@ impl LayerIndex {
         let entries: usize = self
             .entries
             .iter()
-            .map(|e| {
-                size_of::<Entry>()
-                    + e.path.capacity()
-                    + e.link.capacity()
-                    + e.xattrs
-                        .iter()
-                        .map(|(k, v)| size_of::<(String, Vec<u8>)>() + k.capacity() + v.capacity())
-                        .sum::<usize>()
-            })
+            .map(|e| size_of::<Entry>() + e.path.capacity() + e.extra_size())
             .sum();
         let checkpoints: usize = self
             .checkpoints
@@ -361,11 +499,64 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_serializes_as_when_every_part_was_inline() {
+        let mut e = Entry::new("dev/sda".into(), EntryKind::Block);
+        (e.mode, e.uid, e.gid, e.mtime, e.mtime_nsec) = (0o660, 1, 6, -5, 7);
+        e.set_dev(8, 1);
+        e.set_link("x".into());
+        e.push_xattr("user.a".into(), b"1".to_vec());
+        e.push_xattr("user.b".into(), vec![]);
+        let wire = EntryWire {
+            path: "dev/sda".into(),
+            kind: EntryKind::Block,
+            mode: 0o660,
+            uid: 1,
+            gid: 6,
+            mtime: -5,
+            mtime_nsec: 7,
+            size: 0,
+            link: "x".into(),
+            dev_major: 8,
+            dev_minor: 1,
+            xattrs: vec![("user.a".into(), b"1".to_vec()), ("user.b".into(), vec![])],
+            first_chunk: 0,
+            chunk_count: 0,
+        };
+        let bytes = postcard::to_stdvec(&e).unwrap();
+        assert_eq!(bytes, postcard::to_stdvec(&wire).unwrap());
+        assert_eq!(postcard::from_bytes::<Entry>(&bytes).unwrap(), e);
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::to_value(&wire).unwrap()
+        );
+        // Emptied rare parts compare equal to never-set ones.
+        let mut plain = Entry::new("f".into(), EntryKind::Reg);
+        let mut emptied = plain.clone();
+        emptied.set_link("t".into());
+        emptied.set_link(String::new());
+        emptied.push_xattr("user.a".into(), vec![]);
+        emptied.retain_xattrs(|_| false);
+        assert_eq!(emptied, plain);
+        assert_eq!(
+            (plain.link(), plain.dev(), plain.xattrs()),
+            ("", (0, 0), &[][..])
+        );
+        plain.set_dev(0, 0);
+        let back: Entry = postcard::from_bytes(&postcard::to_stdvec(&plain).unwrap()).unwrap();
+        assert_eq!(back, plain);
+        assert!(
+            std::mem::size_of::<Entry>() <= 80,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+    }
+
+    #[test]
     fn index_round_trips_through_bytes() {
         let mut e = Entry::new("bin/sh".into(), EntryKind::Reg);
         e.size = 3;
         e.chunk_count = 1;
-        e.xattrs.push(("user.k".into(), b"v".to_vec()));
+        e.push_xattr("user.k".into(), b"v".to_vec());
         let idx = LayerIndex {
             blob: Digest::of(b"blob"),
             blob_size: 1024,

@@ -201,8 +201,10 @@ pub fn walk_tar_limited(
         entry.mtime = i64::try_from(mtime)
             .map_err(|_| malformed(format!("{raw_path}: mtime out of range")))?;
         if matches!(kind, EntryKind::Char | EntryKind::Block) {
-            entry.dev_major = header.device_major().ok().flatten().unwrap_or(0);
-            entry.dev_minor = header.device_minor().ok().flatten().unwrap_or(0);
+            entry.set_dev(
+                header.device_major().ok().flatten().unwrap_or(0),
+                header.device_minor().ok().flatten().unwrap_or(0),
+            );
         }
         match kind {
             EntryKind::Symlink => {
@@ -211,10 +213,12 @@ pub fn walk_tar_limited(
                     .map_err(|e| malformed(format!("{raw_path}: bad link: {e}")))?;
                 let target = target
                     .ok_or_else(|| malformed(format!("{raw_path}: symlink without target")))?;
-                entry.link = target
-                    .to_str()
-                    .ok_or_else(|| malformed(format!("{raw_path}: non-UTF-8 link")))?
-                    .to_string();
+                entry.set_link(
+                    target
+                        .to_str()
+                        .ok_or_else(|| malformed(format!("{raw_path}: non-UTF-8 link")))?
+                        .to_string(),
+                );
             }
             EntryKind::Hardlink => {
                 let target = tar_entry
@@ -225,10 +229,10 @@ pub fn walk_tar_limited(
                 let target = target
                     .to_str()
                     .ok_or_else(|| malformed(format!("{raw_path}: non-UTF-8 link")))?;
-                entry.link = clean_path(target).ok_or_else(|| IndexError::UnsafePath {
+                entry.set_link(clean_path(target).ok_or_else(|| IndexError::UnsafePath {
                     blob,
                     path: target.to_string(),
-                })?;
+                })?);
             }
             _ => {}
         }
@@ -240,9 +244,7 @@ pub fn walk_tar_limited(
                 let ext = ext.map_err(|e| malformed(format!("{raw_path}: bad pax record: {e}")))?;
                 let Ok(key) = ext.key() else { continue };
                 if let Some(xattr) = key.strip_prefix("SCHILY.xattr.") {
-                    entry
-                        .xattrs
-                        .push((xattr.to_string(), ext.value_bytes().to_vec()));
+                    entry.push_xattr(xattr.to_string(), ext.value_bytes().to_vec());
                 } else if key == "mtime" {
                     if let Some((secs, nsec)) = ext.value().ok().and_then(parse_pax_time) {
                         entry.mtime = secs;
@@ -471,7 +473,7 @@ mod tests {
             (big.mode, big.uid, big.gid, big.size),
             (0o640, 1000, 50, 9 << 20)
         );
-        assert_eq!(idx.entries[4].link, "/etc/big");
+        assert_eq!(idx.entries[4].link(), "/etc/big");
         let chunks = idx.chunks_of(big);
         assert_eq!(chunks.len(), 3);
         let mut content = Vec::new();

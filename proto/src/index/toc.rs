@@ -375,8 +375,10 @@ pub(crate) fn convert(
         entry.mode = (te.mode & 0o7777) as u32;
         entry.uid = num(te.uid, "uid")?;
         entry.gid = num(te.gid, "gid")?;
-        entry.dev_major = num(te.dev_major, "device major")?;
-        entry.dev_minor = num(te.dev_minor, "device minor")?;
+        entry.set_dev(
+            num(te.dev_major, "device major")?,
+            num(te.dev_minor, "device minor")?,
+        );
         if !te.mod_time.is_empty() {
             let (secs, nsec) = parse_rfc3339(&te.mod_time)
                 .ok_or_else(|| malformed(format!("{}: bad modtime {:?}", te.name, te.mod_time)))?;
@@ -388,18 +390,20 @@ pub(crate) fn convert(
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(v)
                     .map_err(|e| malformed(format!("{}: xattr {k}: {e}", te.name)))?;
-                entry.xattrs.push((k.clone(), value));
+                entry.push_xattr(k.clone(), value);
             }
         }
         match kind {
-            EntryKind::Symlink => entry.link = te.link_name.clone(),
+            EntryKind::Symlink => entry.set_link(te.link_name.clone()),
             EntryKind::Hardlink => {
-                entry.link = clean_path(&te.link_name)
-                    .filter(|l| !l.is_empty())
-                    .ok_or_else(|| IndexError::UnsafePath {
-                        blob,
-                        path: te.link_name.clone(),
-                    })?;
+                entry.set_link(
+                    clean_path(&te.link_name)
+                        .filter(|l| !l.is_empty())
+                        .ok_or_else(|| IndexError::UnsafePath {
+                            blob,
+                            path: te.link_name.clone(),
+                        })?,
+                );
             }
             EntryKind::Reg => {
                 entry.size = te.size;

@@ -31,13 +31,14 @@ impl LayerIndex {
         for (i, e) in self.entries.iter().enumerate() {
             check_path(&e.path).map_err(|r| bad(format!("entry {i} path {:?}: {r}", e.path)))?;
             if e.kind == EntryKind::Hardlink {
-                if e.link.is_empty() {
+                if e.link().is_empty() {
                     return Err(bad(format!("hard link {:?} has no target", e.path)));
                 }
-                check_path(&e.link)
-                    .map_err(|r| bad(format!("hard link {:?} target {:?}: {r}", e.path, e.link)))?;
+                check_path(e.link()).map_err(|r| {
+                    bad(format!("hard link {:?} target {:?}: {r}", e.path, e.link()))
+                })?;
             }
-            if e.link.len() > MAX_PATH_LEN || e.link.contains('\0') {
+            if e.link().len() > MAX_PATH_LEN || e.link().contains('\0') {
                 return Err(bad(format!(
                     "entry {:?} has an invalid link target",
                     e.path
@@ -46,7 +47,7 @@ impl LayerIndex {
             if e.mode & !0o7777 != 0 {
                 return Err(bad(format!("entry {:?} has mode {:#o}", e.path, e.mode)));
             }
-            for (name, value) in &e.xattrs {
+            for (name, value) in e.xattrs() {
                 if name.is_empty()
                     || name.len() > MAX_XATTR_NAME_LEN
                     || name.contains('\0')
@@ -163,7 +164,7 @@ mod tests {
         f.size = 10;
         f.chunk_count = 1;
         let mut h = Entry::new("d/h".into(), EntryKind::Hardlink);
-        h.link = "d/f".into();
+        h.set_link("d/f".into());
         LayerIndex {
             blob: Digest::of(b"blob"),
             blob_size: 100,
@@ -235,7 +236,7 @@ mod tests {
     fn a_hard_link_out_of_the_root_is_refused() {
         let mut idx = index();
         idx.chunks[0].blob_offset = 0;
-        idx.entries[2].link = "d/../../../../etc/shadow".into();
+        idx.entries[2].set_link("d/../../../../etc/shadow".into());
         let err = load(&idx).unwrap_err().to_string();
         assert!(err.contains("hard link"), "{err}");
     }

@@ -151,15 +151,11 @@ fn metadata_difference(p: &Entry, t: &Entry) -> Option<String> {
     if p.size != t.size {
         return pair("size", &p.size, &t.size);
     }
-    if p.link != t.link {
-        return pair("link", &p.link, &t.link);
+    if p.link() != t.link() {
+        return pair("link", &p.link(), &t.link());
     }
-    if (p.dev_major, p.dev_minor) != (t.dev_major, t.dev_minor) {
-        return pair(
-            "device",
-            &(p.dev_major, p.dev_minor),
-            &(t.dev_major, t.dev_minor),
-        );
+    if p.dev() != t.dev() {
+        return pair("device", &p.dev(), &t.dev());
     }
     if (p.mtime, p.mtime_nsec) != (t.mtime, t.mtime_nsec) {
         return pair("mtime", &(p.mtime, p.mtime_nsec), &(t.mtime, t.mtime_nsec));
@@ -169,7 +165,7 @@ fn metadata_difference(p: &Entry, t: &Entry) -> Option<String> {
         v.sort();
         v
     };
-    if sorted(&p.xattrs) != sorted(&t.xattrs) {
+    if sorted(p.xattrs()) != sorted(t.xattrs()) {
         return Some("extended attributes differ".into());
     }
     None

@@ -539,10 +539,10 @@ mod tests {
     fn metadata(idx: &LayerIndex) -> Vec<crate::index::Entry> {
         idx.entries
             .iter()
-            .map(|e| crate::index::Entry {
-                first_chunk: 0,
-                chunk_count: 0,
-                ..e.clone()
+            .map(|e| {
+                let mut e = e.clone();
+                (e.first_chunk, e.chunk_count) = (0, 0);
+                e
             })
             .collect()
     }
@@ -597,11 +597,11 @@ mod tests {
         }
         let hard = idx.entries.iter().find(|e| e.path == "usr/hard").unwrap();
         assert_eq!(
-            (hard.kind, hard.link.as_str()),
+            (hard.kind, hard.link()),
             (EntryKind::Hardlink, "usr/big.bin")
         );
         let small = idx.entries.iter().find(|e| e.path == "etc/small").unwrap();
-        assert_eq!(small.xattrs, [("user.note".to_string(), b"v".to_vec())]);
+        assert_eq!(small.xattrs(), [("user.note".to_string(), b"v".to_vec())]);
     }
 
     #[test]
