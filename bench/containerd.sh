@@ -23,7 +23,8 @@
 # CACHE/last-containerd.tsv, logs of failed runs in CACHE/failed-logs/. --trace DIR
 # keeps each skiff run's daemon log at RUST_LOG=debug (gRPC calls and registry
 # requests, timestamped), containerd's debug log and the rpull/run marks under DIR
-# (bench/lib/skiff-ctr-run.sh's SK_TRACE). --baseline PATH runs a second skiff
+# (bench/lib/skiff-ctr-run.sh's SK_TRACE), and each stargz run's daemon log at
+# debug level (DIR/stargz-IMAGE-RUN/). --baseline PATH runs a second skiff
 # binary (an earlier build) in the same rounds, next to the first (alternating which
 # goes first), and adds its medians and ratios to the table, so a change is measured
 # against its base under the same load. Needs root.
@@ -126,7 +127,15 @@ for img in "${IMGS[@]}"; do build_variant "$img"; push_variant "$img"; done
 start_shaper LINK "$RATE" "$(echo "$RTT / 2" | bc -l)"
 log "shaped link $LINK -> $REG: ${RATE} Mbit/s, ${RTT} ms RTT"
 
-stargz_run() { run_one "$1" stargz "$2" env SGZ_DIR="$WORK/sgz" bash "$PEERS/stargz-run.sh" "$3" "${CMD[@]}"; }
+# (with --trace, stargz-snapshotter logs at debug level and its log is kept beside
+# skiff's, to compare what each fetched)
+stargz_run() {
+    run_one "$1" stargz "$2" env SGZ_DIR="$WORK/sgz" ${TRACE:+SGZ_LOG=debug} bash "$PEERS/stargz-run.sh" "$3" "${CMD[@]}"
+    if [ -n "$TRACE" ]; then
+        mkdir -p "$TRACE/stargz-$1-$2"
+        cp "$WORK/sgz/stargz.log" "$WORK/sgz/containerd.log" "$TRACE/stargz-$1-$2/" 2>/dev/null || true
+    fi
+}
 skiff_one() { run_one "$1" skiff "$2" env SKIFF="$SKIFF" SK_DIR="$WORK/sk" SK_TRACE="$TRACE" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
 baseline_one() { run_one "$1" baseline "$2" env SKIFF="$BASELINE" SK_DIR="$WORK/sk" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
 # skiff, and the baseline if given (alternating which goes first, as with stargz)
