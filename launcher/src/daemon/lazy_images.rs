@@ -24,11 +24,13 @@
 //! (eStargz, zstd:chunked): the layer is committed at once and the config, the TOCs
 //! and the merged tree are fetched and built on a thread of their own, while
 //! containerd finishes the pull. The view of the image waits for that build. Should
-//! it fail (a TOC that does not verify, the registry gone), the view tries once more
-//! from the image pinned to its manifest; failing again, it fails, and so does the
-//! container on it (containerd reports the error): a committed layer never shows
-//! other content. A layer without a TOC is resolved before its Prepare is answered,
-//! as before, so one that cannot be indexed is unpacked by containerd instead.
+//! it fail (a TOC that does not verify, the registry gone), the view resolves the
+//! image once more, building it before it answers; failing again, it fails, and so
+//! does the container on it (containerd reports the error): a committed layer never
+//! shows other content. Once a build has failed, the image's next Prepare (a pull
+//! after its snapshots were removed) also resolves it before answering, so a layer
+//! whose TOC still fails is unpacked by containerd instead. A layer without a TOC is
+//! always resolved before its Prepare is answered, as before.
 //!
 //! Once an image is resolved, the files any container of it reads first (the user
 //! and group files the runtime reads, the image's own program and the libraries its
@@ -126,6 +128,14 @@ struct Resolution {
 }
 
 impl Resolution {
+    /// Whether building its tree (on a thread) failed.
+    fn failed(&self) -> bool {
+        match &self.tree {
+            Tree::Building(b) => matches!(*lock(&b.outcome), Some(Err(_))),
+            Tree::Built(_) => false,
+        }
+    }
+
     /// Which layer of this image `request` names ([`layer_of`]).
     fn check(&self, request: &LazyRequest) -> Result<usize, String> {
         layer_of(&self.layers, request).map_err(|why| {
@@ -225,16 +235,18 @@ impl LazyImages {
     /// is not yet, from the local store if that knows it), with its merged tree
     /// (waited for if it is being built).
     pub fn image(&self, reference: &str) -> Result<LazyImage, NotLazy> {
-        let (known, _) = self.get(reference, false)?;
+        let (mut known, _) = self.get(reference, false)?;
+        if let Tree::Building(building) = &known.tree {
+            if let Err(why) = building.wait() {
+                // Resolved once more, the tree built before this returns: the
+                // registry may have recovered; if not, the view fails.
+                tracing::warn!(image = %reference, "{why}: resolving the image again");
+                known = self.get(reference, false)?.0;
+            }
+        }
         let built = match &known.tree {
             Tree::Built(weak) => weak.upgrade(),
-            Tree::Building(building) => match building.wait() {
-                Ok(weak) => weak.upgrade(),
-                Err(why) => {
-                    tracing::warn!(image = %reference, "{why}: building the image again");
-                    None
-                }
-            },
+            Tree::Building(building) => building.wait().ok().and_then(|w| w.upgrade()),
         };
         let entry = match built {
             Some(entry) => entry,
@@ -265,7 +277,9 @@ impl LazyImages {
     }
 
     /// The resolution of `reference`, and whether this call made it; with `again`,
-    /// resolved from the registry whatever was known.
+    /// resolved from the registry whatever was known. A resolution whose tree
+    /// failed to build is made again, its tree built before this returns: so a
+    /// layer whose TOC still fails is unpacked by containerd on its next Prepare.
     fn get(&self, reference: &str, again: bool) -> Result<(Resolution, bool), NotLazy> {
         let slot = {
             let mut images = lock(&self.images);
@@ -278,18 +292,20 @@ impl LazyImages {
             images.entry(reference.to_string()).or_default().clone()
         };
         let mut slot = lock(&*slot);
-        if let (Some(known), false) = (slot.as_ref(), again) {
+        let failed = slot.as_ref().is_some_and(Resolution::failed);
+        if let (Some(known), false, false) = (slot.as_ref(), again, failed) {
             return Ok((known.clone(), false));
         }
-        let resolution = self.resolve(reference, again)?;
+        let resolution = self.resolve(reference, again, failed)?;
         *slot = Some(resolution.clone());
         Ok((resolution, true))
     }
 
     /// Resolves `reference` (from the registry with `again`, else the local store
-    /// first): its manifest now, its tree now too unless every layer carries a TOC,
-    /// in which case the tree is built on a thread of its own.
-    fn resolve(&self, reference: &str, again: bool) -> Result<Resolution, NotLazy> {
+    /// first): its manifest now, its tree now too unless every layer carries a TOC
+    /// (and `now` is not set), in which case the tree is built on a thread of its
+    /// own.
+    fn resolve(&self, reference: &str, again: bool, now: bool) -> Result<Resolution, NotLazy> {
         let pull = match again {
             true => PullPolicy::Always,
             false => PullPolicy::Missing,
@@ -306,7 +322,8 @@ impl LazyImages {
             .iter()
             .map(|l| l.digest.to_string())
             .collect();
-        let background = matches!(found, FoundManifest::Remote(_)) && all_carry_tocs(found.layers());
+        let background =
+            !now && matches!(found, FoundManifest::Remote(_)) && all_carry_tocs(found.layers());
         let (state, name) = (self.state.clone(), reference.to_string());
         let reference = name.clone();
         let build = move || {
@@ -338,10 +355,9 @@ impl LazyImages {
             Tree::Building(building)
         } else {
             // A layer without a TOC might not index: resolved before it is
-            // committed, so containerd unpacks it instead if it does not.
-            let weak = build().map_err(NotLazy)?;
-            // (held here until the resolution is recorded: the image cache has it)
-            Tree::Built(weak)
+            // committed, so containerd unpacks it instead if it does not. (The
+            // daemon's image cache holds the tree.)
+            Tree::Built(build().map_err(NotLazy)?)
         };
         Ok(Resolution {
             manifest,
@@ -430,7 +446,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
             ends.end(Err("the TOC does not verify".into()));
         });
-        assert_eq!(building.wait().err().as_deref(), Some("the TOC does not verify"));
+        assert_eq!(
+            building.wait().err().as_deref(),
+            Some("the TOC does not verify")
+        );
         t.join().unwrap();
     }
 
