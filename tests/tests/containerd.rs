@@ -365,6 +365,17 @@ async fn push_three_layers(s: &Setup, text: &[u8], version: u32) {
     );
 }
 
+/// A setup with [`push_three_layers`]'s first version (`/opt/three` holding "layer
+/// three"), the proxy counting requests in front of its registry, and the image's
+/// reference through the proxy.
+async fn three_layers_behind_a_proxy() -> (Setup, FaultProxy, String) {
+    let s = Setup::new();
+    push_three_layers(&s, b"layer three\n", 1).await;
+    let proxy = FaultProxy::start(s.reg.addr());
+    let image = format!("{}/ctd/three:latest", proxy.host());
+    (s, proxy, image)
+}
+
 /// What Skiff (not containerd, which fetches the manifest and config itself) asked
 /// the registry for through `proxy`: manifest requests, config requests, and per
 /// layer the TOC reads (ranges that end at the blob's last byte, where eStargz keeps
@@ -428,10 +439,7 @@ async fn a_lazy_rpull_resolves_the_image_once() {
     if !tools() {
         return;
     }
-    let s = Setup::new();
-    push_three_layers(&s, b"layer three\n", 1).await;
-    let proxy = FaultProxy::start(s.reg.addr());
-    let image = format!("{}/ctd/three:latest", proxy.host());
+    let (s, proxy, image) = three_layers_behind_a_proxy().await;
     let first = manifest_layers(&image);
     assert_eq!(first.len(), 3);
     proxy.clear_requests();
@@ -488,10 +496,7 @@ async fn a_toc_that_fails_after_the_commit_fails_the_container_cleanly() {
     if !tools() {
         return;
     }
-    let s = Setup::new();
-    push_three_layers(&s, b"layer three\n", 1).await;
-    let proxy = FaultProxy::start(s.reg.addr());
-    let image = format!("{}/ctd/three:latest", proxy.host());
+    let (s, proxy, image) = three_layers_behind_a_proxy().await;
     let layers = manifest_layers(&image);
     proxy.add_rule(Rule::new(&layers[2].0, Fault::CorruptByte, None));
 

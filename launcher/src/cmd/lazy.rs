@@ -7,8 +7,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use skiff_fs::{Layer, MountOptions};
+use skiff_proto::image::Descriptor;
 use skiff_proto::image::ResolvedImage;
-use skiff_proto::image::{Descriptor, Platform};
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
 use skiff_proto::registry::{Client, ResolvedManifest};
@@ -291,20 +291,9 @@ pub fn resolve_and_index(
         rt.spawn(async move { client.fetch_config(&manifest).await })
     };
     // Indexing reads only the manifest's side of the image (its reference, layers and
-    // index), so it starts before the config is in; the image with its real config
-    // is built once that is.
-    let partial = ResolvedImage {
-        reference: manifest.reference.clone(),
-        index_digest: manifest.index_digest,
-        index_bytes: manifest.index_bytes.clone(),
-        manifest_digest: manifest.manifest_digest,
-        manifest_media_type: manifest.manifest_media_type.clone(),
-        manifest_bytes: manifest.manifest_bytes.clone(),
-        manifest: manifest.manifest.clone(),
-        platform: manifest.platform.clone().unwrap_or_else(Platform::host),
-        config_bytes: Vec::new(),
-        config: Default::default(),
-    };
+    // index), so it starts before the config is in, on the image with an empty
+    // config; the image with its real config is built once that is.
+    let partial = manifest.clone().into_image(Vec::new(), Default::default());
     let layers = index_layers(global, client, rt, &partial, image, progress);
     let config = rt
         .block_on(config)

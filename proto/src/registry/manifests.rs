@@ -8,6 +8,7 @@ use crate::digest::Digest;
 use crate::image::{self, Manifest, ManifestKind, Platform, ResolvedImage, MANIFEST_ACCEPT};
 use crate::reference::Reference;
 use bytes::Bytes;
+use oci_spec::image::ImageConfiguration;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
 
@@ -204,10 +205,17 @@ impl ResolvedManifest {
     /// parsed as its config; the platform is the index entry's, else the config's.
     pub fn with_config(self, config_bytes: Bytes) -> Result<ResolvedImage> {
         let config = image::parse_config(self.manifest.config.digest, &config_bytes)?;
+        Ok(self.into_image(config_bytes.to_vec(), config))
+    }
+
+    /// The resolved image with `config` as its config (`config_bytes` its raw
+    /// form, which this does not check); the platform is the index entry's, else
+    /// the config's.
+    pub fn into_image(self, config_bytes: Vec<u8>, config: ImageConfiguration) -> ResolvedImage {
         let platform = self
             .platform
             .unwrap_or_else(|| image::config_platform(&config));
-        Ok(ResolvedImage {
+        ResolvedImage {
             reference: self.reference,
             index_digest: self.index_digest,
             index_bytes: self.index_bytes,
@@ -216,8 +224,8 @@ impl ResolvedManifest {
             manifest_bytes: self.manifest_bytes,
             manifest: self.manifest,
             platform,
-            config_bytes: config_bytes.to_vec(),
+            config_bytes,
             config,
-        })
+        }
     }
 }
