@@ -171,12 +171,20 @@ import statistics, sys
 path, rate, rtt, runs, load0, load1, skiff, baseline = sys.argv[1:]
 rows = {}
 failed = {}
+by_round = {}
 for line in open(path):
-    img, tool, _n, secs, nbytes, status = line.rstrip("\n").split("\t")
+    img, tool, n, secs, nbytes, status = line.rstrip("\n").split("\t")
     if status != "ok":
         failed[(img, tool)] = failed.get((img, tool), 0) + 1
         continue
     rows.setdefault((img, tool), []).append((float(secs), int(nbytes or 0)))
+    by_round[(img, tool, n)] = float(secs)
+def paired(img, a, b):
+    """Median over rounds of a's time ÷ b's in the same round (runs side by side
+    share the machine's load of the moment, which drifts more than they differ)."""
+    v = [t / by_round[(i, b, n)] for (i, t_, n), t in by_round.items()
+         if i == img and t_ == a and by_round.get((i, b, n))]
+    return statistics.median(v) if v else None
 images = list(dict.fromkeys(k[0] for k in list(rows) + list(failed)))
 def med(img, tool, i):
     v = [r[i] for r in rows.get((img, tool), [])]
@@ -197,6 +205,14 @@ for img in images:
     print(f"| {img} | {fmt(ts, '{:.2f}')} | {fmt(tz, '{:.2f}')} | {fmt(ratio, '{:.2f}×')} "
           f"| {fmt(bs and bs / 1e6, '{:.1f}')} | {fmt(bz and bz / 1e6, '{:.1f}')} "
           f"| {failed.get((img, 'skiff'), 0)}/{failed.get((img, 'stargz'), 0)} |")
+print()
+print("Per round (median over rounds of the ratio of the runs of one round):")
+print()
+cols = [("skiff", "stargz")] + ([("baseline", "stargz"), ("skiff", "baseline")] if baseline else [])
+print("| image | " + " | ".join(f"{a} ÷ {b}" for a, b in cols) + " |")
+print("|" + " --- |" * (len(cols) + 1))
+for img in images:
+    print(f"| {img} | " + " | ".join(fmt(paired(img, a, b), '{:.2f}×') for a, b in cols) + " |")
 if baseline:
     print()
     print(f"Baseline (the same rounds, next to each skiff run): {baseline}")
