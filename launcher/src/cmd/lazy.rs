@@ -183,9 +183,9 @@ pub enum PullPolicy {
 /// Where [`resolve_manifest`] found an image's manifest.
 pub enum FoundManifest {
     /// The local store knew the reference: manifest and config as last resolved.
-    Local(ResolvedImage),
+    Local(Box<ResolvedImage>),
     /// Fetched from the registry now; the config is not fetched yet.
-    Remote(ResolvedManifest),
+    Remote(Box<ResolvedManifest>),
 }
 
 impl FoundManifest {
@@ -230,9 +230,9 @@ pub fn resolve_manifest(
                 Some(base) => {
                     let client = client_for(&base)?;
                     resolved.reference = base;
-                    return Ok((client, FoundManifest::Local(resolved)));
+                    return Ok((client, FoundManifest::Local(Box::new(resolved))));
                 }
-                None => return Ok((client, FoundManifest::Local(resolved))),
+                None => return Ok((client, FoundManifest::Local(Box::new(resolved)))),
             },
             Err(e) if pull == PullPolicy::Never => {
                 return Err(e.context("--pull never"));
@@ -244,7 +244,7 @@ pub fn resolve_manifest(
     let manifest = rt
         .block_on(client.resolve_manifest(&reference, platform.as_ref()))
         .with_context(|| format!("resolving {reference}"))?;
-    Ok((client, FoundManifest::Remote(manifest)))
+    Ok((client, FoundManifest::Remote(Box::new(manifest))))
 }
 
 /// The manifest and config for `image` ([`resolve_manifest`], then the config),
@@ -259,10 +259,10 @@ pub fn resolve_image(
 ) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
     let (client, found) = resolve_manifest(global, registry, client_for, pull, rt, image)?;
     let resolved = match found {
-        FoundManifest::Local(resolved) => resolved,
+        FoundManifest::Local(resolved) => *resolved,
         FoundManifest::Remote(manifest) => {
             let config = rt.block_on(client.fetch_config(&manifest));
-            with_config(global, manifest, config)?
+            with_config(global, *manifest, config)?
         }
     };
     Ok((client, resolved))
@@ -282,9 +282,9 @@ pub fn resolve_and_index(
     let manifest = match found {
         FoundManifest::Local(resolved) => {
             let layers = index_layers(global, client, rt, &resolved, image, progress)?;
-            return Ok((resolved, layers));
+            return Ok((*resolved, layers));
         }
-        FoundManifest::Remote(manifest) => manifest,
+        FoundManifest::Remote(manifest) => *manifest,
     };
     let config = {
         let (client, manifest) = (Arc::clone(client), manifest.clone());
