@@ -23,7 +23,8 @@
 # CACHE/last-containerd.tsv, logs of failed runs in CACHE/failed-logs/. --trace DIR
 # keeps each skiff run's daemon log at RUST_LOG=debug (gRPC calls and registry
 # requests, timestamped), containerd's debug log and the rpull/run marks under DIR
-# (bench/lib/skiff-ctr-run.sh's SK_TRACE). --baseline PATH runs a second skiff
+# (bench/lib/skiff-ctr-run.sh's SK_TRACE), and each stargz run's daemon log at
+# debug level (DIR/stargz-IMAGE-RUN/). --baseline PATH runs a second skiff
 # binary (an earlier build) in the same rounds, next to the first (alternating which
 # goes first), and adds its medians and ratios to the table, so a change is measured
 # against its base under the same load. Needs root.
@@ -126,7 +127,15 @@ for img in "${IMGS[@]}"; do build_variant "$img"; push_variant "$img"; done
 start_shaper LINK "$RATE" "$(echo "$RTT / 2" | bc -l)"
 log "shaped link $LINK -> $REG: ${RATE} Mbit/s, ${RTT} ms RTT"
 
-stargz_run() { run_one "$1" stargz "$2" env SGZ_DIR="$WORK/sgz" bash "$PEERS/stargz-run.sh" "$3" "${CMD[@]}"; }
+# (with --trace, stargz-snapshotter logs at debug level and its log is kept beside
+# skiff's, to compare what each fetched)
+stargz_run() {
+    run_one "$1" stargz "$2" env SGZ_DIR="$WORK/sgz" ${TRACE:+SGZ_LOG=debug} bash "$PEERS/stargz-run.sh" "$3" "${CMD[@]}"
+    if [ -n "$TRACE" ]; then
+        mkdir -p "$TRACE/stargz-$1-$2"
+        cp "$WORK/sgz/stargz.log" "$WORK/sgz/containerd.log" "$TRACE/stargz-$1-$2/" 2>/dev/null || true
+    fi
+}
 skiff_one() { run_one "$1" skiff "$2" env SKIFF="$SKIFF" SK_DIR="$WORK/sk" SK_TRACE="$TRACE" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
 baseline_one() { run_one "$1" baseline "$2" env SKIFF="$BASELINE" SK_DIR="$WORK/sk" bash "$HERE/lib/skiff-ctr-run.sh" "$3" "${CMD[@]}"; }
 # skiff, and the baseline if given (alternating which goes first, as with stargz)
@@ -162,12 +171,20 @@ import statistics, sys
 path, rate, rtt, runs, load0, load1, skiff, baseline = sys.argv[1:]
 rows = {}
 failed = {}
+by_round = {}
 for line in open(path):
-    img, tool, _n, secs, nbytes, status = line.rstrip("\n").split("\t")
+    img, tool, n, secs, nbytes, status = line.rstrip("\n").split("\t")
     if status != "ok":
         failed[(img, tool)] = failed.get((img, tool), 0) + 1
         continue
     rows.setdefault((img, tool), []).append((float(secs), int(nbytes or 0)))
+    by_round[(img, tool, n)] = float(secs)
+def paired(img, a, b):
+    """Median over rounds of a's time ÷ b's in the same round (runs side by side
+    share the machine's load of the moment, which drifts more than they differ)."""
+    v = [t / by_round[(i, b, n)] for (i, t_, n), t in by_round.items()
+         if i == img and t_ == a and by_round.get((i, b, n))]
+    return statistics.median(v) if v else None
 images = list(dict.fromkeys(k[0] for k in list(rows) + list(failed)))
 def med(img, tool, i):
     v = [r[i] for r in rows.get((img, tool), [])]
@@ -188,6 +205,14 @@ for img in images:
     print(f"| {img} | {fmt(ts, '{:.2f}')} | {fmt(tz, '{:.2f}')} | {fmt(ratio, '{:.2f}×')} "
           f"| {fmt(bs and bs / 1e6, '{:.1f}')} | {fmt(bz and bz / 1e6, '{:.1f}')} "
           f"| {failed.get((img, 'skiff'), 0)}/{failed.get((img, 'stargz'), 0)} |")
+print()
+print("Per round (median over rounds of the ratio of the runs of one round):")
+print()
+cols = [("skiff", "stargz")] + ([("baseline", "stargz"), ("skiff", "baseline")] if baseline else [])
+print("| image | " + " | ".join(f"{a} ÷ {b}" for a, b in cols) + " |")
+print("|" + " --- |" * (len(cols) + 1))
+for img in images:
+    print(f"| {img} | " + " | ".join(fmt(paired(img, a, b), '{:.2f}×') for a, b in cols) + " |")
 if baseline:
     print()
     print(f"Baseline (the same rounds, next to each skiff run): {baseline}")

@@ -71,7 +71,10 @@ echo $! >"$D/skiff.pid"
 setsid containerd --config "$D/config.toml" "${CTD_LOG[@]}" >"$D/containerd.log" 2>&1 &
 echo $! >"$D/containerd.pid"
 trap stop EXIT
-for _ in $(seq 100); do [ -S "$A" ] && [ -S "$D/skiff/snapshotter.sock" ] && break; sleep 0.1; done
+# (the snapshotter's socket file exists from its bind on, a moment before it accepts:
+# wait until it does, or the pull's first Prepare may be refused)
+accepts() { python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' "$1" 2>/dev/null; }
+for _ in $(seq 100); do [ -S "$A" ] && accepts "$D/skiff/snapshotter.sock" && break; sleep 0.1; done
 ctr -a "$A" version >/dev/null
 
 t0=$(date +%s.%N)

@@ -631,7 +631,7 @@ fn fetch_bound(
 
 /// Whether `layer` is read through a TOC inside its blob: the same test
 /// [`open_index_with`] makes to pick the eStargz or zstd:chunked reader.
-fn carries_toc(layer: &Descriptor) -> bool {
+pub fn carries_toc(layer: &Descriptor) -> bool {
     let annotations: std::collections::HashMap<String, String> =
         layer.annotations.clone().into_iter().collect();
     estargz::is_estargz(&annotations) || zstd_chunked::is_zstd_chunked(&annotations)

@@ -9,7 +9,7 @@ use skiff_proto::image::Platform;
 use skiff_tests::cli::{describe, Skiff};
 use skiff_tests::containerd::{tail, Containerd, SkiffDaemon};
 use skiff_tests::fixtures::{build_image, busybox_layers, push_built, push_busybox, Entry, Layer};
-use skiff_tests::proxy::{FaultProxy, Recorded};
+use skiff_tests::proxy::{Fault, FaultProxy, Recorded, Rule};
 use skiff_tests::registry::Registry;
 use skiff_tests::tools_or_skip;
 use std::process::Command;
@@ -365,6 +365,17 @@ async fn push_three_layers(s: &Setup, text: &[u8], version: u32) {
     );
 }
 
+/// A setup with [`push_three_layers`]'s first version (`/opt/three` holding "layer
+/// three"), the proxy counting requests in front of its registry, and the image's
+/// reference through the proxy.
+async fn three_layers_behind_a_proxy() -> (Setup, FaultProxy, String) {
+    let s = Setup::new();
+    push_three_layers(&s, b"layer three\n", 1).await;
+    let proxy = FaultProxy::start(s.reg.addr());
+    let image = format!("{}/ctd/three:latest", proxy.host());
+    (s, proxy, image)
+}
+
 /// What Skiff (not containerd, which fetches the manifest and config itself) asked
 /// the registry for through `proxy`: manifest requests, config requests, and per
 /// layer the TOC reads (ranges that end at the blob's last byte, where eStargz keeps
@@ -400,6 +411,24 @@ fn skiff_requests(proxy: &FaultProxy, image: &str) -> (usize, usize, Vec<usize>)
     (manifests, configs, tocs)
 }
 
+/// [`skiff_requests`] once they are `want`, or after 20 s: a Prepare is answered
+/// once the manifest is in, and the config and TOCs are read after it, while the
+/// pull ends.
+fn skiff_requests_settled(
+    proxy: &FaultProxy,
+    image: &str,
+    want: &(usize, usize, Vec<usize>),
+) -> (usize, usize, Vec<usize>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = skiff_requests(proxy, image);
+        if got == *want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A lazy rpull of a 3-layer image resolves it once: Skiff asks the registry for the
 /// manifest and the config once each and reads each layer's TOC once, for the three
 /// Prepares and the container's view. When the tag then moves to an image with
@@ -410,20 +439,18 @@ async fn a_lazy_rpull_resolves_the_image_once() {
     if !tools() {
         return;
     }
-    let s = Setup::new();
-    push_three_layers(&s, b"layer three\n", 1).await;
-    let proxy = FaultProxy::start(s.reg.addr());
-    let image = format!("{}/ctd/three:latest", proxy.host());
+    let (s, proxy, image) = three_layers_behind_a_proxy().await;
     let first = manifest_layers(&image);
     assert_eq!(first.len(), 3);
     proxy.clear_requests();
 
     s.rpull(&image);
     assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
-    let (manifests, configs, tocs) = skiff_requests(&proxy, &image);
+    let want = (1, 1, vec![1, 1, 1]);
+    let (manifests, configs, tocs) = skiff_requests_settled(&proxy, &image, &want);
     assert_eq!(
         (manifests, configs, tocs),
-        (1, 1, vec![1, 1, 1]),
+        want,
         "{}",
         tail(&s.daemon.log(), 40)
     );
@@ -446,17 +473,51 @@ async fn a_lazy_rpull_resolves_the_image_once() {
         "a layer was unpacked: {}",
         tail(&s.daemon.log(), 40)
     );
-    let (manifests, _, tocs) = skiff_requests(&proxy, &image);
-    assert_eq!(manifests, 1, "{}", tail(&s.daemon.log(), 40));
     // The new layers' TOCs are read once, the others' not again.
     let new: Vec<usize> = manifest_layers(&image)
         .iter()
         .map(|l| usize::from(!first.contains(l)))
         .collect();
     assert_eq!(new[2], 1, "the third layer is new");
+    let (manifests, _, tocs) = skiff_requests_settled(&proxy, &image, &(1, 1, new.clone()));
+    assert_eq!(manifests, 1, "{}", tail(&s.daemon.log(), 40));
     assert_eq!(tocs, new, "{}", tail(&s.daemon.log(), 40));
     let out = s.run(&image, "three2", &["cat", "/opt/three"]);
     assert_eq!(out, "layer three, second version\n");
+}
+
+/// A Prepare is answered once the manifest shows the layers carry TOCs, before the
+/// TOCs are read. When a TOC then does not verify (here the registry flips a byte of
+/// the third layer's every read), the container on the image fails to start (ctr
+/// reports it; nothing is served in the layer's place) and the daemon carries on:
+/// once the registry serves the layer intact, the next container runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toc_that_fails_after_the_commit_fails_the_container_cleanly() {
+    if !tools() {
+        return;
+    }
+    let (s, proxy, image) = three_layers_behind_a_proxy().await;
+    let layers = manifest_layers(&image);
+    proxy.add_rule(Rule::new(&layers[2].0, Fault::CorruptByte, None));
+
+    s.rpull(&image);
+    assert_eq!(s.snapshot_dirs(), 0, "{}", tail(&s.daemon.log(), 40));
+    let out = s
+        .containerd
+        .ctr()
+        .args(["run", "--snapshotter", "skiff", "--rm", &image, "bad1"])
+        .args(["cat", "/opt/three"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a container ran on a layer whose TOC does not verify: {}",
+        describe(&out)
+    );
+
+    proxy.clear_rules();
+    let out = s.run(&image, "good1", &["cat", "/opt/three"]);
+    assert_eq!(out, "layer three\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,17 @@
 use super::registry_args::{runtime, RegistryArgs};
 use super::Global;
 use anyhow::Context;
+use bytes::Bytes;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use skiff_fs::{Layer, MountOptions};
+use skiff_proto::image::Descriptor;
 use skiff_proto::image::ResolvedImage;
 use skiff_proto::index::store::IndexStore;
 use skiff_proto::reference::Reference;
-use skiff_proto::registry::Client;
+use skiff_proto::registry::{Client, ResolvedManifest};
 use skiff_proto::resolve::{resolve_layers, ResolveOptions};
 use skiff_proto::store::Store;
+use skiff_proto::Digest;
 use std::sync::Arc;
 
 /// An image resolved down to one verified index and one remote blob reader per layer.
@@ -177,19 +180,45 @@ pub enum PullPolicy {
     Never,
 }
 
-/// The manifest and config for `image`: from the local store when the pull policy
-/// allows and the store knows the reference (so a warm start makes no registry request
-/// at all), else from the registry (platform from `registry`), remembering the answer
-/// for next time. `client_for` gives the client of a registry (a fresh one, or the
+/// Where [`resolve_manifest`] found an image's manifest.
+pub enum FoundManifest {
+    /// The local store knew the reference: manifest and config as last resolved.
+    Local(Box<ResolvedImage>),
+    /// Fetched from the registry now; the config is not fetched yet.
+    Remote(Box<ResolvedManifest>),
+}
+
+impl FoundManifest {
+    /// The image's layers, bottom first.
+    pub fn layers(&self) -> &[Descriptor] {
+        match self {
+            FoundManifest::Local(r) => r.layers(),
+            FoundManifest::Remote(m) => &m.manifest.layers,
+        }
+    }
+
+    /// The manifest's digest.
+    pub fn manifest_digest(&self) -> Digest {
+        match self {
+            FoundManifest::Local(r) => r.manifest_digest,
+            FoundManifest::Remote(m) => m.manifest_digest,
+        }
+    }
+}
+
+/// The manifest for `image`: from the local store (with its config) when the pull
+/// policy allows and the store knows the reference (so a warm start makes no registry
+/// request at all), else from the registry (platform from `registry`), its config not
+/// fetched yet. `client_for` gives the client of a registry (a fresh one, or the
 /// daemon's shared one).
-pub fn resolve_image(
+pub fn resolve_manifest(
     global: &Global,
     registry: &RegistryArgs,
     client_for: &dyn Fn(&Reference) -> anyhow::Result<Arc<Client>>,
     pull: PullPolicy,
     rt: &tokio::runtime::Handle,
     image: &str,
-) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
+) -> anyhow::Result<(Arc<Client>, FoundManifest)> {
     let reference = Reference::parse(image)?;
     let client = client_for(&reference)?;
     if pull != PullPolicy::Always {
@@ -201,9 +230,9 @@ pub fn resolve_image(
                 Some(base) => {
                     let client = client_for(&base)?;
                     resolved.reference = base;
-                    return Ok((client, resolved));
+                    return Ok((client, FoundManifest::Local(Box::new(resolved))));
                 }
-                None => return Ok((client, resolved)),
+                None => return Ok((client, FoundManifest::Local(Box::new(resolved)))),
             },
             Err(e) if pull == PullPolicy::Never => {
                 return Err(e.context("--pull never"));
@@ -212,13 +241,81 @@ pub fn resolve_image(
         }
     }
     let platform = registry.platform()?;
-    let resolved = rt
-        .block_on(client.resolve(&reference, platform.as_ref()))
+    let manifest = rt
+        .block_on(client.resolve_manifest(&reference, platform.as_ref()))
+        .with_context(|| format!("resolving {reference}"))?;
+    Ok((client, FoundManifest::Remote(Box::new(manifest))))
+}
+
+/// The manifest and config for `image` ([`resolve_manifest`], then the config),
+/// remembered in the local store for next time.
+pub fn resolve_image(
+    global: &Global,
+    registry: &RegistryArgs,
+    client_for: &dyn Fn(&Reference) -> anyhow::Result<Arc<Client>>,
+    pull: PullPolicy,
+    rt: &tokio::runtime::Handle,
+    image: &str,
+) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
+    let (client, found) = resolve_manifest(global, registry, client_for, pull, rt, image)?;
+    let resolved = match found {
+        FoundManifest::Local(resolved) => *resolved,
+        FoundManifest::Remote(manifest) => {
+            let config = rt.block_on(client.fetch_config(&manifest));
+            with_config(global, *manifest, config)?
+        }
+    };
+    Ok((client, resolved))
+}
+
+/// [`resolve_image`] and [`index_layers`] in one, from a manifest `found` through
+/// `client`: a registry image's config is fetched while its layers' indexes are read
+/// (one round trip less before the image can be mounted).
+pub fn resolve_and_index(
+    global: &Global,
+    client: &Arc<Client>,
+    rt: &tokio::runtime::Handle,
+    found: FoundManifest,
+    image: &str,
+    progress: bool,
+) -> anyhow::Result<(ResolvedImage, Vec<Layer>)> {
+    let manifest = match found {
+        FoundManifest::Local(resolved) => {
+            let layers = index_layers(global, client, rt, &resolved, image, progress)?;
+            return Ok((*resolved, layers));
+        }
+        FoundManifest::Remote(manifest) => *manifest,
+    };
+    let config = {
+        let (client, manifest) = (Arc::clone(client), manifest.clone());
+        rt.spawn(async move { client.fetch_config(&manifest).await })
+    };
+    // Indexing reads only the manifest's side of the image (its reference, layers and
+    // index), so it starts before the config is in, on the image with an empty
+    // config; the image with its real config is built once that is.
+    let partial = manifest.clone().into_image(Vec::new(), Default::default());
+    let layers = index_layers(global, client, rt, &partial, image, progress);
+    let config = rt
+        .block_on(config)
+        .map_err(|e| anyhow::anyhow!("fetching the config of {image}: {e}"))?;
+    let resolved = with_config(global, manifest, config)?;
+    Ok((resolved, layers?))
+}
+
+/// The image of `manifest` with its fetched `config`, recorded in the local store.
+fn with_config(
+    global: &Global,
+    manifest: ResolvedManifest,
+    config: Result<Bytes, skiff_proto::registry::RegistryError>,
+) -> anyhow::Result<ResolvedImage> {
+    let reference = manifest.reference.clone();
+    let resolved = config
+        .and_then(|c| manifest.with_config(c))
         .with_context(|| format!("resolving {reference}"))?;
     let store = Store::open(&global.root)?;
     super::pull::store_metadata(&store, &resolved)?;
     store.put_image(&super::pull::image_record(&reference, &resolved))?;
-    Ok((client, resolved))
+    Ok(resolved)
 }
 
 impl LazyImage {

@@ -20,6 +20,18 @@
 //! Skiff resolved it: the image is resolved again once, from the registry; a layer
 //! still not found is unpacked by containerd instead.
 //!
+//! A Prepare waits only for the manifest when every layer carries its own TOC
+//! (eStargz, zstd:chunked): the layer is committed at once and the config, the TOCs
+//! and the merged tree are fetched and built on a thread of their own, while
+//! containerd finishes the pull. The view of the image waits for that build. Should
+//! it fail (a TOC that does not verify, the registry gone), the view resolves the
+//! image once more, building it before it answers; failing again, it fails, and so
+//! does the container on it (containerd reports the error): a committed layer never
+//! shows other content. Once a build has failed, the image's next Prepare (a pull
+//! after its snapshots were removed) also resolves it before answering, so a layer
+//! whose TOC still fails is unpacked by containerd instead. A layer without a TOC is
+//! always resolved before its Prepare is answered, as before.
+//!
 //! Once an image is resolved, the files any container of it reads first (the user
 //! and group files the runtime reads, the image's own program and the libraries its
 //! loader will open) are fetched in the background, while containerd finishes the
@@ -27,12 +39,15 @@
 
 use super::protocol::ImageSource;
 use super::state::{lock, DaemonState, ImageEntry};
+use crate::cmd::lazy::FoundManifest;
 use crate::cmd::lazy::PullPolicy;
+use skiff_proto::image::Descriptor;
 use skiff_proto::Digest;
 use skiff_snapshotter::labels::LazyRequest;
 use skiff_snapshotter::NotLazy;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Instant;
 
 /// How many images' resolutions are kept (a forgotten one is resolved again from
 /// the local store).
@@ -47,30 +62,6 @@ pub struct LazyImage {
     pub entry: Arc<ImageEntry>,
     /// The digests of its layers, bottom first, as its manifest lists them.
     pub layers: Vec<String>,
-}
-
-impl LazyImage {
-    fn new(entry: Arc<ImageEntry>) -> LazyImage {
-        let layers = entry
-            .lower
-            .layers()
-            .iter()
-            .map(|l| l.index.blob.to_string())
-            .collect();
-        LazyImage { entry, layers }
-    }
-
-    /// Which layer of this image `request` names ([`layer_of`]).
-    fn check(&self, request: &LazyRequest) -> Result<usize, String> {
-        layer_of(&self.layers, request).map_err(|why| {
-            let manifest = self.entry.manifest.map(|d| d.to_string());
-            format!(
-                "{why} (in {}@{})",
-                request.image,
-                manifest.as_deref().unwrap_or("?")
-            )
-        })
-    }
 }
 
 /// Which of `layers` (an image's, bottom first) `request` names, if its digest is
@@ -92,14 +83,70 @@ fn layer_of(layers: &[String], request: &LazyRequest) -> Result<usize, String> {
     Ok(layer)
 }
 
+/// The merged tree of a resolved image, as far as it got.
+#[derive(Clone)]
+enum Tree {
+    /// Being built on the thread the resolution started.
+    Building(Arc<Building>),
+    /// Built: held by the daemon's image cache (or a view) while they keep it.
+    Built(Weak<ImageEntry>),
+}
+
+/// A merged tree being built on a thread, and how that ended once it has.
+#[derive(Default)]
+struct Building {
+    outcome: Mutex<Option<Result<Weak<ImageEntry>, String>>>,
+    ended: Condvar,
+}
+
+impl Building {
+    fn end(&self, outcome: Result<Weak<ImageEntry>, String>) {
+        *lock(&self.outcome) = Some(outcome);
+        self.ended.notify_all();
+    }
+
+    fn wait(&self) -> Result<Weak<ImageEntry>, String> {
+        let mut outcome = lock(&self.outcome);
+        loop {
+            if let Some(o) = outcome.as_ref() {
+                return o.clone();
+            }
+            outcome = self.ended.wait(outcome).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// What one resolution of an image reference found.
+#[derive(Clone)]
 struct Resolution {
     /// The manifest digest it resolved to.
     manifest: Option<Digest>,
     /// Its layer digests, bottom first.
     layers: Vec<String>,
-    /// Its merged tree, while the daemon's image cache (or a view) keeps it.
-    entry: Weak<ImageEntry>,
+    /// Its merged tree.
+    tree: Tree,
+}
+
+impl Resolution {
+    /// Whether building its tree (on a thread) failed.
+    fn failed(&self) -> bool {
+        match &self.tree {
+            Tree::Building(b) => matches!(*lock(&b.outcome), Some(Err(_))),
+            Tree::Built(_) => false,
+        }
+    }
+
+    /// Which layer of this image `request` names ([`layer_of`]).
+    fn check(&self, request: &LazyRequest) -> Result<usize, String> {
+        layer_of(&self.layers, request).map_err(|why| {
+            let manifest = self.manifest.map(|d| d.to_string());
+            format!(
+                "{why} (in {}@{})",
+                request.image,
+                manifest.as_deref().unwrap_or("?")
+            )
+        })
+    }
 }
 
 /// A slot per image reference: filled once by whoever asks first while later
@@ -121,8 +168,22 @@ fn source_of(image: &str, pull: PullPolicy) -> ImageSource {
     }
 }
 
+/// Small files the C library reads as a program starts, whatever the program, when
+/// the image has them: the loader's cache, the local time zone, the C.UTF-8 locale
+/// (Python coerces an unset locale to it) and the character set converters' cache.
+/// Each would otherwise be one round trip after another once the program runs (a
+/// cold `python3 -c` read three of them in turn, 40–70 ms each).
+const START_UP_FILES: &[&str] = &[
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/usr/lib/locale/C.utf8/LC_CTYPE",
+    "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+    "/usr/lib/aarch64-linux-gnu/gconv/gconv-modules.cache",
+];
+
 /// What a container of `entry` reads first: the user and group files the runtime
-/// reads, then the image's own program (its entrypoint, else its command).
+/// reads, the image's own program (its entrypoint, else its command), then the
+/// files the C library reads as any program starts ([`START_UP_FILES`]).
 fn first_reads(entry: &ImageEntry) -> Vec<Vec<String>> {
     let config = entry.config.as_ref().and_then(|c| c.config().as_ref());
     let program = config.and_then(|c| {
@@ -135,7 +196,15 @@ fn first_reads(entry: &ImageEntry) -> Vec<Vec<String>> {
     let cwd = config
         .and_then(|c| c.working_dir().clone())
         .unwrap_or_else(|| "/".to_string());
-    crate::cmd::run::warm_files_of(program.map(String::as_str), &env, &cwd)
+    let mut reads = crate::cmd::run::warm_files_of(program.map(String::as_str), &env, &cwd);
+    reads.extend(START_UP_FILES.iter().map(|f| vec![f.to_string()]));
+    reads
+}
+
+/// Whether every one of `layers` is read through a TOC inside its blob (the tree
+/// can then be built after the Prepare is answered), judged from the manifest.
+fn all_carry_tocs(layers: &[Descriptor]) -> bool {
+    !layers.is_empty() && layers.iter().all(skiff_proto::resolve::carries_toc)
 }
 
 impl LazyImages {
@@ -147,31 +216,71 @@ impl LazyImages {
         }
     }
 
-    /// The image `request` names and which of its layers it asks for: from the
-    /// image as resolved before, else resolved now; resolved again from the
-    /// registry once if the request does not match it.
-    pub fn layer(&self, request: &LazyRequest) -> Result<(LazyImage, usize), NotLazy> {
+    /// Which layer of the image `request` names: from the image as resolved
+    /// before, else resolved now; resolved again from the registry once if the
+    /// request does not match it.
+    pub fn layer(&self, request: &LazyRequest) -> Result<usize, NotLazy> {
         let (image, fresh) = self.get(&request.image, false)?;
         let why = match image.check(request) {
-            Ok(layer) => return Ok((image, layer)),
+            Ok(layer) => return Ok(layer),
             Err(why) if fresh => return Err(NotLazy(why)),
             Err(why) => why,
         };
         tracing::info!(image = %request.image, "{why}: resolving the image again");
         let (image, _) = self.get(&request.image, true)?;
-        let layer = image.check(request).map_err(NotLazy)?;
-        Ok((image, layer))
+        image.check(request).map_err(NotLazy)
     }
 
     /// The image `reference` as resolved for the snapshotter (resolved now if it
-    /// is not yet, from the local store if that knows it).
+    /// is not yet, from the local store if that knows it), with its merged tree
+    /// (waited for if it is being built).
     pub fn image(&self, reference: &str) -> Result<LazyImage, NotLazy> {
-        self.get(reference, false).map(|(image, _)| image)
+        let (mut known, _) = self.get(reference, false)?;
+        if let Tree::Building(building) = &known.tree {
+            if let Err(why) = building.wait() {
+                // Resolved once more, the tree built before this returns: the
+                // registry may have recovered; if not, the view fails.
+                tracing::warn!(image = %reference, "{why}: resolving the image again");
+                known = self.get(reference, false)?.0;
+            }
+        }
+        let built = match &known.tree {
+            Tree::Built(weak) => weak.upgrade(),
+            Tree::Building(building) => building.wait().ok().and_then(|w| w.upgrade()),
+        };
+        let entry = match built {
+            Some(entry) => entry,
+            None => {
+                let entry = self.rebuild(reference, &known)?;
+                self.remember(reference, &known, &entry);
+                entry
+            }
+        };
+        Ok(LazyImage {
+            entry,
+            layers: known.layers,
+        })
     }
 
-    /// The image of `reference`, and whether this call resolved it; with `again`,
-    /// resolved from the registry whatever was known.
-    fn get(&self, reference: &str, again: bool) -> Result<(LazyImage, bool), NotLazy> {
+    /// Records `entry` as the tree of `known`, if the slot of `reference` still
+    /// holds that resolution.
+    fn remember(&self, reference: &str, known: &Resolution, entry: &Arc<ImageEntry>) {
+        let slot = lock(&self.images).get(reference).cloned();
+        if let Some(slot) = slot {
+            let mut slot = lock(&*slot);
+            if let Some(r) = slot.as_mut() {
+                if r.manifest == known.manifest && r.layers == known.layers {
+                    r.tree = Tree::Built(Arc::downgrade(entry));
+                }
+            }
+        }
+    }
+
+    /// The resolution of `reference`, and whether this call made it; with `again`,
+    /// resolved from the registry whatever was known. A resolution whose tree
+    /// failed to build is made again, its tree built before this returns: so a
+    /// layer whose TOC still fails is unpacked by containerd on its next Prepare.
+    fn get(&self, reference: &str, again: bool) -> Result<(Resolution, bool), NotLazy> {
         let slot = {
             let mut images = lock(&self.images);
             if images.len() >= MAX_IMAGES && !images.contains_key(reference) {
@@ -183,50 +292,83 @@ impl LazyImages {
             images.entry(reference.to_string()).or_default().clone()
         };
         let mut slot = lock(&*slot);
-        if let (Some(known), false) = (slot.as_mut(), again) {
-            let entry = match known.entry.upgrade() {
-                Some(e) => e,
-                None => {
-                    let e = self.rebuild(reference, known)?;
-                    known.entry = Arc::downgrade(&e);
-                    e
-                }
-            };
-            let layers = known.layers.clone();
-            return Ok((LazyImage { entry, layers }, false));
+        let failed = slot.as_ref().is_some_and(Resolution::failed);
+        if let (Some(known), false, false) = (slot.as_ref(), again, failed) {
+            return Ok((known.clone(), false));
         }
+        let resolution = self.resolve(reference, again, failed)?;
+        *slot = Some(resolution.clone());
+        Ok((resolution, true))
+    }
+
+    /// Resolves `reference` (from the registry with `again`, else the local store
+    /// first): its manifest now, its tree now too unless every layer carries a TOC
+    /// (and `now` is not set), in which case the tree is built on a thread of its
+    /// own.
+    fn resolve(&self, reference: &str, again: bool, now: bool) -> Result<Resolution, NotLazy> {
         let pull = match again {
             true => PullPolicy::Always,
             false => PullPolicy::Missing,
         };
-        let started = std::time::Instant::now();
-        let (entry, _) = self
+        let source = source_of(reference, pull);
+        let started = Instant::now();
+        let (client, found) = self
             .state
-            .image(&source_of(reference, pull))
+            .manifest(&source)
             .map_err(|e| NotLazy(format!("resolving {reference}: {e:#}")))?;
-        let image = LazyImage::new(entry);
-        tracing::info!(
-            image = %reference,
-            manifest = ?image.entry.manifest.as_ref().map(|d| d.to_string()),
-            layers = image.layers.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "image resolved for lazy layers"
-        );
-        image
-            .entry
-            .lower
-            .warm(&first_reads(&image.entry), WHOLE_FILE_MAX);
-        *slot = Some(Resolution {
-            manifest: image.entry.manifest,
-            layers: image.layers.clone(),
-            entry: Arc::downgrade(&image.entry),
-        });
-        Ok((image, true))
+        let manifest = Some(found.manifest_digest());
+        let layers: Vec<String> = found
+            .layers()
+            .iter()
+            .map(|l| l.digest.to_string())
+            .collect();
+        let background =
+            !now && matches!(found, FoundManifest::Remote(_)) && all_carry_tocs(found.layers());
+        let (state, name) = (self.state.clone(), reference.to_string());
+        let reference = name.clone();
+        let build = move || {
+            let built = state.image_from(&source, Some((client, found)));
+            let ms = started.elapsed().as_millis() as u64;
+            match &built {
+                Ok((entry, _)) => {
+                    tracing::info!(image = %reference, ms, "image resolved for lazy layers");
+                    entry.lower.warm(&first_reads(entry), WHOLE_FILE_MAX);
+                }
+                Err(e) => tracing::warn!(image = %reference, ms, "resolving the image: {e:#}"),
+            }
+            built
+                .map(|(entry, _)| Arc::downgrade(&entry))
+                .map_err(|e| format!("resolving {reference}: {e:#}"))
+        };
+        let tree = if background {
+            let building = Arc::new(Building::default());
+            let ends = building.clone();
+            std::thread::Builder::new()
+                .name("skiff-lazy-image".into())
+                .spawn(move || ends.end(build()))
+                .map_err(|e| NotLazy(format!("starting the image's resolution: {e}")))?;
+            tracing::info!(
+                image = %name,
+                ms = started.elapsed().as_millis() as u64,
+                "manifest resolved: layers committed while their TOCs are read"
+            );
+            Tree::Building(building)
+        } else {
+            // A layer without a TOC might not index: resolved before it is
+            // committed, so containerd unpacks it instead if it does not. (The
+            // daemon's image cache holds the tree.)
+            Tree::Built(build().map_err(NotLazy)?)
+        };
+        Ok(Resolution {
+            manifest,
+            layers,
+            tree,
+        })
     }
 
-    /// The merged tree of `known` again, after the daemon's image cache let it go:
-    /// built from the image pinned to its manifest digest, which must list the same
-    /// layers.
+    /// The merged tree of `known` again, after the daemon's image cache let it go
+    /// (or building it failed): built from the image pinned to its manifest digest,
+    /// which must list the same layers.
     fn rebuild(&self, reference: &str, known: &Resolution) -> Result<Arc<ImageEntry>, NotLazy> {
         let pinned = match (
             known.manifest,
@@ -239,7 +381,12 @@ impl LazyImages {
             .state
             .image(&source_of(&pinned, PullPolicy::Missing))
             .map_err(|e| NotLazy(format!("resolving {pinned}: {e:#}")))?;
-        let layers = LazyImage::new(entry.clone()).layers;
+        let layers: Vec<String> = entry
+            .lower
+            .layers()
+            .iter()
+            .map(|l| l.index.blob.to_string())
+            .collect();
         if layers != known.layers {
             return Err(NotLazy(format!(
                 "{pinned} lists other layers than when it was resolved"
@@ -261,6 +408,49 @@ mod tests {
             layers: layers.iter().map(|l| l.to_string()).collect(),
             urls: Vec::new(),
         }
+    }
+
+    fn layer(annotations: &[(&str, &str)]) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(b"layer"),
+            size: 5,
+            urls: Vec::new(),
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+
+    #[test]
+    fn only_images_whose_every_layer_has_a_toc_are_committed_before_indexing() {
+        let toc = layer(&[(
+            skiff_proto::index::estargz::TOC_DIGEST_ANNOTATION,
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        )]);
+        let plain = layer(&[]);
+        assert!(all_carry_tocs(&[toc.clone(), toc.clone()]));
+        assert!(!all_carry_tocs(&[toc, plain.clone()]));
+        assert!(!all_carry_tocs(&[plain]));
+        assert!(!all_carry_tocs(&[]));
+    }
+
+    #[test]
+    fn a_building_tree_is_waited_for_and_its_failure_told() {
+        let building = Arc::new(Building::default());
+        let ends = building.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            ends.end(Err("the TOC does not verify".into()));
+        });
+        assert_eq!(
+            building.wait().err().as_deref(),
+            Some("the TOC does not verify")
+        );
+        t.join().unwrap();
     }
 
     #[test]

@@ -218,9 +218,10 @@ impl DaemonLayers {
 
 impl LayerSource for DaemonLayers {
     fn prepare(&self, request: &LazyRequest) -> Result<RemoteLayer, NotLazy> {
-        // The first layer of an image resolves and indexes all of it; every later
-        // layer (and every view) is a lookup.
-        let (_, layer) = self.images.layer(request)?;
+        // The first layer of an image resolves its manifest (and starts indexing
+        // all of it); every later layer is a lookup, and every view waits for the
+        // index.
+        let layer = self.images.layer(request)?;
         Ok(RemoteLayer {
             image: request.image.clone(),
             layer,

@@ -10,7 +10,7 @@ use super::keeper::Keeper;
 use super::persist::{MountRecord, MountRecords};
 use super::protocol::{ImageSource, ImageStatus, MountStatus, RegistryStatus, StatusReport};
 use super::run_views::RunViews;
-use crate::cmd::lazy::{index_layers, resolve_image};
+use crate::cmd::lazy::{resolve_and_index, resolve_manifest, FoundManifest};
 use crate::cmd::registry_args::RegistryArgs;
 use crate::cmd::Global;
 use crate::container::state::ProcessId;
@@ -362,6 +362,47 @@ impl DaemonState {
     /// The image of `source`: from memory, else resolved, indexed and merged now.
     /// The boolean says whether it was built by this call.
     pub fn image(&self, source: &ImageSource) -> anyhow::Result<(Arc<ImageEntry>, bool)> {
+        self.image_from(source, None)
+    }
+
+    /// The manifest of registry image `source` (from the local store when its pull
+    /// policy allows), and the client of its registry: what [`DaemonState::image_from`]
+    /// builds the image from.
+    pub fn manifest(&self, source: &ImageSource) -> anyhow::Result<(Arc<Client>, FoundManifest)> {
+        let ImageSource::Registry {
+            image,
+            pull,
+            platform,
+            insecure_registries,
+        } = source
+        else {
+            anyhow::bail!("{source:?} is not a registry image");
+        };
+        let registry = RegistryArgs {
+            platform: platform.clone(),
+            insecure_registries: insecure_registries.clone(),
+            hosts_dir: self.hosts_dir.clone(),
+            ..RegistryArgs::default()
+        };
+        let client_for = |r: &Reference| self.client_for(&registry, r);
+        resolve_manifest(
+            &self.global,
+            &registry,
+            &client_for,
+            *pull,
+            self.runtime.handle(),
+            image,
+        )
+    }
+
+    /// [`DaemonState::image`], built (if it is not in memory) from `found`, the
+    /// manifest [`DaemonState::manifest`] resolved for `source`, rather than asking
+    /// again.
+    pub fn image_from(
+        &self,
+        source: &ImageSource,
+        found: Option<(Arc<Client>, FoundManifest)>,
+    ) -> anyhow::Result<(Arc<ImageEntry>, bool)> {
         if let ImageSource::Registry {
             pull: crate::cmd::lazy::PullPolicy::Always,
             ..
@@ -374,7 +415,7 @@ impl DaemonState {
         if let Some(e) = slot.as_ref() {
             return Ok((e.clone(), false));
         }
-        let built = self.build_image(source);
+        let built = self.build_image(source, found);
         if built.is_err() {
             lock(&self.images).forget(source);
         }
@@ -383,25 +424,20 @@ impl DaemonState {
         Ok((e, true))
     }
 
-    fn build_image(&self, source: &ImageSource) -> anyhow::Result<ImageEntry> {
+    fn build_image(
+        &self,
+        source: &ImageSource,
+        found: Option<(Arc<Client>, FoundManifest)>,
+    ) -> anyhow::Result<ImageEntry> {
         let (name, layers, config, manifest) = match source {
-            ImageSource::Registry {
-                image,
-                pull,
-                platform,
-                insecure_registries,
-            } => {
-                let registry = RegistryArgs {
-                    platform: platform.clone(),
-                    insecure_registries: insecure_registries.clone(),
-                    hosts_dir: self.hosts_dir.clone(),
-                    ..RegistryArgs::default()
+            ImageSource::Registry { image, .. } => {
+                let (client, found) = match found {
+                    Some(found) => found,
+                    None => self.manifest(source)?,
                 };
-                let client_for = |r: &Reference| self.client_for(&registry, r);
                 let rt = self.runtime.handle();
-                let (client, resolved) =
-                    resolve_image(&self.global, &registry, &client_for, *pull, rt, image)?;
-                let layers = index_layers(&self.global, &client, rt, &resolved, image, false)?;
+                let (resolved, layers) =
+                    resolve_and_index(&self.global, &client, rt, found, image, false)?;
                 (
                     resolved.reference.to_string(),
                     layers,

@@ -5,9 +5,10 @@ use super::client::{read_capped, Client, Req, ServedBy, Subject};
 use super::endpoint::Route;
 use super::error::{RegistryError, Result};
 use crate::digest::Digest;
-use crate::image::{self, ManifestKind, Platform, ResolvedImage, MANIFEST_ACCEPT};
+use crate::image::{self, Manifest, ManifestKind, Platform, ResolvedImage, MANIFEST_ACCEPT};
 use crate::reference::Reference;
 use bytes::Bytes;
+use oci_spec::image::ImageConfiguration;
 use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
 
@@ -80,6 +81,20 @@ impl Client {
         reference: &Reference,
         platform: Option<&Platform>,
     ) -> Result<ResolvedImage> {
+        let manifest = self.resolve_manifest(reference, platform).await?;
+        let config = self.fetch_config(&manifest).await?;
+        manifest.with_config(config)
+    }
+
+    /// The first half of [`Client::resolve`]: `reference`'s manifest for `platform`
+    /// (default: the host's), picked from an index if it names one, without its
+    /// config. A caller that needs the layers before the config (the snapshotter
+    /// reads their TOCs meanwhile) fetches it with [`Client::fetch_config`].
+    pub async fn resolve_manifest(
+        &self,
+        reference: &Reference,
+        platform: Option<&Platform>,
+    ) -> Result<ResolvedManifest> {
         let repo = reference.repository();
         let (bytes, ct, digest) = self
             .get_manifest(repo, &reference.manifest_reference())
@@ -136,15 +151,12 @@ impl Client {
                 })
             }
         };
-        let config_bytes = self.get_blob(repo, manifest.config.digest).await?;
-        let config = image::parse_config(manifest.config.digest, &config_bytes)?;
-        let platform = picked.unwrap_or_else(|| image::config_platform(&config));
         let manifest_media_type = manifest
             .media_type
             .clone()
             .or(manifest_ct)
             .unwrap_or_else(|| image::MEDIA_OCI_MANIFEST.to_string());
-        Ok(ResolvedImage {
+        Ok(ResolvedManifest {
             reference: reference.clone(),
             index_digest,
             index_bytes,
@@ -152,9 +164,68 @@ impl Client {
             manifest_media_type,
             manifest_bytes: manifest_bytes.to_vec(),
             manifest,
-            platform,
-            config_bytes: config_bytes.to_vec(),
-            config,
+            platform: picked,
         })
+    }
+
+    /// The config blob `manifest` names, verified against its digest.
+    pub async fn fetch_config(&self, manifest: &ResolvedManifest) -> Result<Bytes> {
+        self.get_blob(
+            manifest.reference.repository(),
+            manifest.manifest.config.digest,
+        )
+        .await
+    }
+}
+
+/// A reference resolved to one platform's manifest, its config not fetched yet
+/// ([`Client::resolve_manifest`]).
+#[derive(Debug, Clone)]
+pub struct ResolvedManifest {
+    /// The reference as the user gave it (normalized).
+    pub reference: Reference,
+    /// Digest of the index the reference named, if it named one.
+    pub index_digest: Option<Digest>,
+    /// Raw index bytes, if any.
+    pub index_bytes: Option<Vec<u8>>,
+    /// Digest of the platform-specific image manifest.
+    pub manifest_digest: Digest,
+    /// Media type of that manifest.
+    pub manifest_media_type: String,
+    /// Raw manifest bytes (they hash to `manifest_digest`).
+    pub manifest_bytes: Vec<u8>,
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    /// The platform the index entry named, if the manifest came from an index.
+    pub platform: Option<Platform>,
+}
+
+impl ResolvedManifest {
+    /// The resolved image, with `config_bytes` (verified by [`Client::fetch_config`])
+    /// parsed as its config; the platform is the index entry's, else the config's.
+    pub fn with_config(self, config_bytes: Bytes) -> Result<ResolvedImage> {
+        let config = image::parse_config(self.manifest.config.digest, &config_bytes)?;
+        Ok(self.into_image(config_bytes.to_vec(), config))
+    }
+
+    /// The resolved image with `config` as its config (`config_bytes` its raw
+    /// form, which this does not check); the platform is the index entry's, else
+    /// the config's.
+    pub fn into_image(self, config_bytes: Vec<u8>, config: ImageConfiguration) -> ResolvedImage {
+        let platform = self
+            .platform
+            .unwrap_or_else(|| image::config_platform(&config));
+        ResolvedImage {
+            reference: self.reference,
+            index_digest: self.index_digest,
+            index_bytes: self.index_bytes,
+            manifest_digest: self.manifest_digest,
+            manifest_media_type: self.manifest_media_type,
+            manifest_bytes: self.manifest_bytes,
+            manifest: self.manifest,
+            platform,
+            config_bytes,
+            config,
+        }
     }
 }

@@ -37,6 +37,7 @@ mod whole_read;
 pub use client::{is_loopback, Client, FetchStats};
 pub use credentials::Credentials;
 pub use error::RegistryError;
+pub use manifests::ResolvedManifest;
 pub use options::{Access, ClientOptions};
 pub use passthrough::Listing;
 pub use remote_blob::RemoteBlob;
