@@ -576,6 +576,8 @@ fn run_through(
         background_fetch: args.background_fetch,
         // The root is an overlayfs over the image's view shared by its containers.
         shared_view: true,
+        // --rm deletes the upper directory afterwards: nothing in it needs syncing.
+        discard_upper: args.rm,
     });
     let asked = std::time::Instant::now();
     let config = match daemon.request(&request) {
