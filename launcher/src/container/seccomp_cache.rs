@@ -88,22 +88,24 @@ impl FilterCache {
         let tmp = self
             .dir
             .join(format!(".{}.{}.tmp", key.hex(), std::process::id()));
-        let result = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&tmp)?;
-            file.write_all(&encode(key, filter))?;
-            drop(file);
-            std::fs::rename(&tmp, path)
-        })();
+        let result =
+            write_new(&tmp, &encode(key, filter)).and_then(|()| std::fs::rename(&tmp, path));
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result
     }
+}
+
+/// Writes `bytes` to a new file at `path`, readable by its owner only.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// The cache key of `selection`: everything the compiled program depends on.
@@ -172,10 +174,8 @@ fn decode(bytes: &[u8], key: &Digest) -> Option<Filter> {
             k: u32::from_le_bytes([i[4], i[5], i[6], i[7]]),
         })
         .collect();
-    Some(Filter::from_parts(
-        program,
-        libc::c_ulong::try_from(flags).ok()?,
-    ))
+    // Flags the kernel does not know make the seccomp(2) call fail: nothing to trust.
+    Some(Filter::from_parts(program, flags as libc::c_ulong))
 }
 
 /// Reads and checks the file at `path`; `None` if it is missing or not to be trusted.
