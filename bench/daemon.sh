@@ -7,10 +7,15 @@
 # ratios, the daemon's RSS, and where one more warm run of each image spends its time
 # (from the debug log lines of the CLI and the daemon: CLI start -> request sent ->
 # daemon mounted (FUSE INIT done) -> container started and exited -> unmounted -> CLI
-# exit).
+# exit; with a build that has them, the container's own steps: /etc files, cgroups,
+# setup process, PID 1's exec and exit, cgroups removed).
+#
+# With --baseline PATH, a second skiff build runs beside the first, through a daemon of
+# its own (its own root), interleaved in the same rounds: a before/after comparison
+# under the same load.
 #
 #   bash bench/daemon.sh [--runs 10] [--images python,gcc,node] [--format esgz]
-#        [--cache /var/tmp/skiff-bench] [--skiff PATH]
+#        [--cache /var/tmp/skiff-bench] [--skiff PATH] [--baseline PATH]
 #
 # Needs root, the images of bench/coldstart.sh in --cache (run it once first: it builds
 # and pushes bench/{python,gcc,node}:{gzip,esgz,zstd}), umoci, runc, jq,
@@ -21,7 +26,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 export SKIFF_NETWORK=none
-RUNS=10 IMAGES=python,gcc,node FORMAT=esgz CACHE=/var/tmp/skiff-bench SKIFF=
+RUNS=10 IMAGES=python,gcc,node FORMAT=esgz CACHE=/var/tmp/skiff-bench SKIFF= BASE=
 while [ $# -gt 0 ]; do
     case $1 in
     --runs) RUNS=$2; shift 2 ;;
@@ -29,6 +34,7 @@ while [ $# -gt 0 ]; do
     --format) FORMAT=$2; shift 2 ;;
     --cache) CACHE=$2; shift 2 ;;
     --skiff) SKIFF=$2; shift 2 ;;
+    --baseline) BASE=$2; shift 2 ;;
     -h | --help) awk 'NR>1 && /^\{/{exit} NR>1{sub(/^# ?/,""); print}' "$0"; exit 0 ;;
     *) echo "daemon.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -36,6 +42,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "daemon.sh: needs root" >&2; exit 1; }
 [ -n "$SKIFF" ] || SKIFF=$REPO/target/release/skiff
 [ -x "$SKIFF" ] || { echo "daemon.sh: no skiff at $SKIFF (cargo build --release -p skiff)" >&2; exit 1; }
+[ -z "$BASE" ] || [ -x "$BASE" ] || { echo "daemon.sh: no baseline skiff at $BASE" >&2; exit 1; }
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 WORK=$(mktemp -d /tmp/skiff-daemon-bench.XXXXXX)
 PIDS=()
@@ -46,6 +53,7 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     [ -S "$WORK/d/daemon.sock" ] && timeout 30 "$SKIFF" --root "$WORK/d" daemon stop --force >/dev/null 2>&1
+    [ -S "$WORK/b/daemon.sock" ] && timeout 30 "$BASE" --root "$WORK/b" daemon stop --force >/dev/null 2>&1
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
     sleep 0.5
     mount | awk -v d="$WORK/" 'index($3,d)==1{print $3}' | sort -r | xargs -r -n1 umount -l 2>/dev/null
@@ -97,12 +105,12 @@ timed() {
     printf -v "$var" '%s' "$(echo "$t1 - $t0" | bc)"
 }
 
-# wait_quiet: until the daemon's registry request count stays the same for 2 s (the
-# background fetch a first run starts is over), at most 5 minutes.
+# wait_quiet [SKIFF ROOT]: until the daemon's registry request count stays the same for
+# 2 s (the background fetch a first run starts is over), at most 5 minutes.
 wait_quiet() {
-    local last=-1 now same=0 i
+    local skiff=${1:-$SKIFF} root=${2:-$WORK/d} last=-1 now same=0 i
     for i in $(seq 300); do
-        now=$("$SKIFF" --root "$WORK/d" daemon status --json | jq '[.registries[].requests] | add // 0')
+        now=$("$skiff" --root "$root" daemon status --json | jq '[.registries[].requests] | add // 0')
         if [ "$now" = "$last" ]; then
             same=$((same + 1))
             [ "$same" -ge 2 ] && return 0
@@ -119,8 +127,15 @@ log "registry $REG (storage $CACHE/registry)"
 mkdir -p "$WORK/d"
 RUST_LOG=info,skiff=debug,fuser=warn start_daemon "$WORK/d"
 log "daemon pid $DAEMON_PID on $WORK/d"
+MAIN_DAEMON_PID=$DAEMON_PID
+if [ -n "$BASE" ]; then
+    mkdir -p "$WORK/b"
+    SKIFF=$BASE RUST_LOG=info,skiff=debug,fuser=warn start_daemon "$WORK/b"
+    log "baseline daemon pid $DAEMON_PID on $WORK/b ($BASE)"
+    DAEMON_PID=$MAIN_DAEMON_PID
+fi
 IFS=, read -r -a IMGS <<<"$IMAGES"
-echo -e "image\tdaemon_s\tstandalone_s\trunc_s" >"$WORK/medians.tsv"
+echo -e "image\tdaemon_s\tstandalone_s\trunc_s\tbaseline_s" >"$WORK/medians.tsv"
 for img in "${IMGS[@]}"; do
     image_cmd "$img"
     b=$(bundle "$img")
@@ -129,17 +144,22 @@ for img in "${IMGS[@]}"; do
     timed _ "$EXPECT" "$SKIFF" --root "$WORK/d" run --rm "$ref" "${CMD[@]}"
     timed _ "$EXPECT" env SKIFF_NO_DAEMON=1 "$SKIFF" --root "$WORK/s-$img" run --rm "$ref" "${CMD[@]}"
     timed _ "$EXPECT" runc run -b "$b" "skiff-dbench-$$-w"
+    [ -z "$BASE" ] || timed _ "$EXPECT" "$BASE" --root "$WORK/b" run --rm "$ref" "${CMD[@]}"
     # The daemon's first run of an image fetches the rest of it in the background: let
     # that finish, so that what is timed is a warm start, not a start beside a download.
     wait_quiet
-    : >"$WORK/$img.d" ; : >"$WORK/$img.s" ; : >"$WORK/$img.r"
+    [ -z "$BASE" ] || wait_quiet "$BASE" "$WORK/b"
+    : >"$WORK/$img.d" ; : >"$WORK/$img.s" ; : >"$WORK/$img.r" ; : >"$WORK/$img.b"
     for n in $(seq "$RUNS"); do
         timed t "$EXPECT" "$SKIFF" --root "$WORK/d" run --rm "$ref" "${CMD[@]}"; echo "$t" >>"$WORK/$img.d"
+        if [ -n "$BASE" ]; then
+            timed t "$EXPECT" "$BASE" --root "$WORK/b" run --rm "$ref" "${CMD[@]}"; echo "$t" >>"$WORK/$img.b"
+        fi
         timed t "$EXPECT" runc run -b "$b" "skiff-dbench-$$-$n"; echo "$t" >>"$WORK/$img.r"
         timed t "$EXPECT" env SKIFF_NO_DAEMON=1 "$SKIFF" --root "$WORK/s-$img" run --rm "$ref" "${CMD[@]}"; echo "$t" >>"$WORK/$img.s"
     done
-    printf '%s\t%s\t%s\t%s\n' "$img" "$(median <"$WORK/$img.d")" "$(median <"$WORK/$img.s")" \
-        "$(median <"$WORK/$img.r")" >>"$WORK/medians.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$img" "$(median <"$WORK/$img.d")" "$(median <"$WORK/$img.s")" \
+        "$(median <"$WORK/$img.r")" "$(median <"$WORK/$img.b")" >>"$WORK/medians.tsv"
 done
 rss_runs=$(rss_mb "$DAEMON_PID") hwm_runs=$(rss_mb "$DAEMON_PID" VmHWM)
 
@@ -169,6 +189,12 @@ marks = [
     ("-> mount request read", first(daemon, "request req=Mount")),
     ("-> mounted (FUSE INIT answered)", first(daemon, "mounted id=")),
     ("-> CLI has the view", first(cli, "the daemon mounted the view")),
+    ("-> spec + /etc files", first(cli, "container: /etc files written")),
+    ("-> cgroups", first(cli, "container: cgroups created")),
+    ("-> setup process forked", first(cli, "container: setup process started")),
+    ("-> PID 1 exec'd", first(cli, "container: PID 1 executed its program")),
+    ("-> PID 1 exited", first(cli, "container: PID 1 exited")),
+    ("-> cgroups removed", first(cli, "container: cgroups removed")),
     ("-> container ran, unmount asked", first(daemon, "request req=Unmount")),
     ("-> unmounted", first(daemon, "unmounted mountpoint")),
     ("-> CLI exit", t1),
@@ -193,6 +219,14 @@ echo
 echo "| image | skiff run via daemon | skiff run standalone | runc run | daemon ÷ runc | standalone ÷ runc |"
 echo "|---|---|---|---|---|---|"
 tail -n +2 "$WORK/medians.tsv" | awk -F'\t' '{printf "| %s | %.3f | %.3f | %.3f | %.2f× | %.2f× |\n", $1, $2, $3, $4, $2/$4, $3/$4}'
+if [ -n "$BASE" ]; then
+    echo
+    echo "Baseline $BASE through its own daemon, in the same rounds:"
+    echo
+    echo "| image | baseline via daemon | skiff via daemon | runc run | baseline ÷ runc | skiff ÷ runc |"
+    echo "|---|---|---|---|---|---|"
+    tail -n +2 "$WORK/medians.tsv" | awk -F'\t' '{printf "| %s | %.3f | %.3f | %.3f | %.2f× | %.2f× |\n", $1, $5, $2, $4, $5/$4, $2/$4}'
+fi
 echo
 echo "daemon RSS after the runs: ${rss_runs} MB (peak ${hwm_runs} MB)"
 echo

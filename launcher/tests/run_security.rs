@@ -101,6 +101,41 @@ fn default_container_is_refused_what_docker_refuses() {
 }
 
 #[test]
+fn a_cached_filter_refuses_what_the_compiled_one_refuses() {
+    let r = Rootfs::new();
+    install_probe(&r);
+    let cache = r.state.join("seccomp");
+    let cached_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    let refused = |when: &str| {
+        let (text, status) = sh(&r, &[], "echo keyctl: $(probe keyctl)");
+        assert_eq!(status, 0, "{when}: {text}");
+        assert!(
+            text.contains("keyctl: Operation not permitted"),
+            "{when}: {text}"
+        );
+    };
+    // The first run compiles the filter and keeps it under the root, root's only.
+    refused("compiled");
+    let files = cached_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let program = std::fs::read(&files[0]).unwrap();
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // The next run reads it back and refuses the same.
+    refused("from the cache");
+    assert_eq!(cached_files(), files);
+    // A damaged file is not used: the filter is compiled again and the file replaced.
+    std::fs::write(&files[0], b"garbage").unwrap();
+    refused("after damage");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), program);
+    r.assert_no_mounts();
+}
+
+#[test]
 fn capabilities_and_unconfined_open_what_docker_opens() {
     let r = Rootfs::new();
     let mount = "mkdir -p /mnt && mount -t tmpfs none /mnt && echo mount-ok && \

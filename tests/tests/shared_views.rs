@@ -205,6 +205,8 @@ async fn containers_of_one_image_share_one_view_with_an_overlay_each() {
             "{}",
             m.super_options
         );
+        // Kept after the run (no --rm): the overlay syncs its upper as usual.
+        assert!(!m.super_options.contains("volatile"), "{}", m.super_options);
     }
     let status = ok(&skiff.run(&["daemon", "status"]), "status", &daemon);
     assert!(status.contains("2 container(s)"), "{status}");
@@ -271,6 +273,24 @@ async fn containers_of_one_image_share_one_view_with_an_overlay_each() {
     for name in ["a", "b"] {
         ok(&skiff.run(&["rm", name]), "skiff rm", &daemon);
     }
+
+    // A --rm container's upper is deleted after the run: its overlay is volatile, so
+    // the unmount does not sync the upper's whole filesystem.
+    let out = skiff.run(&[
+        "run",
+        "--rm",
+        &image,
+        "busybox",
+        "grep",
+        " / ",
+        "/proc/self/mounts",
+    ]);
+    let root_mount = ok(&out, "a --rm container's root mount", &daemon);
+    assert!(
+        // `volatile`, shown as `fsync=volatile` by kernels with the fsync= option.
+        root_mount.starts_with("overlay / overlay ") && root_mount.contains("volatile"),
+        "{root_mount}"
+    );
 
     // `skiff daemon stop` unmounts a view still in its idle time.
     let out = skiff.run(&["run", "--rm", &image, "cat", "/etc/motd"]);

@@ -279,6 +279,7 @@ fn mount_through(
         prefetch: true,
         background_fetch: false,
         shared_view: false,
+        discard_upper: false,
     }))?;
     eprintln!("skiff: mounted on {} (by the daemon)", dir.display());
     Ok(0)

@@ -208,7 +208,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
         ),
         None => None,
     };
-    let opts = run_options(&args, args.args.clone())?;
+    let opts = run_options(global, &args, args.args.clone())?;
     if args.detach && args.tty {
         anyhow::bail!("-d with -t is not supported yet");
     }
@@ -243,7 +243,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
 }
 
 /// The container's process and resource options from the flags.
-fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> {
+fn run_options(global: &Global, args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> {
     let env_files = args
         .env_file
         .iter()
@@ -281,6 +281,7 @@ fn run_options(args: &Args, command: Vec<String>) -> anyhow::Result<RunOptions> 
         sysctls: args.sysctl.clone(),
         memory_swap: args.memory_swap.clone(),
         cpuset_cpus: args.cpuset_cpus.clone(),
+        seccomp_cache: Some(global.layout().seccomp_cache()),
     })
 }
 
@@ -432,7 +433,7 @@ fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Resu
     let Some((image, command)) = args.args.split_first() else {
         anyhow::bail!("\"skiff run\" requires at least 1 argument: IMAGE [COMMAND] [ARG...]\nSee 'skiff run --help'.");
     };
-    let opts = run_options(&args, command.to_vec())?;
+    let opts = run_options(global, &args, command.to_vec())?;
     if args.detach && args.tty {
         anyhow::bail!("-d with -t is not supported yet");
     }
@@ -575,6 +576,8 @@ fn run_through(
         background_fetch: args.background_fetch,
         // The root is an overlayfs over the image's view shared by its containers.
         shared_view: true,
+        // --rm deletes the upper directory afterwards: nothing in it needs syncing.
+        discard_upper: args.rm,
     });
     let asked = std::time::Instant::now();
     let config = match daemon.request(&request) {

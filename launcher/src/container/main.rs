@@ -119,6 +119,7 @@ pub fn run_attached(
     }
     let etc_dir = ContainerPaths::in_dir(&spec.state_dir).etc();
     etc_files::write(spec, &etc_dir)?;
+    tracing::debug!("container: /etc files written");
     let mut cgroup = if spec.resources != spec::Resources::default() || !spec.privileged {
         Some(cgroups::Cgroup::create(
             &spec.id,
@@ -128,6 +129,7 @@ pub fn run_attached(
     } else {
         None
     };
+    tracing::debug!("container: cgroups created");
     let old_mask = block_handled_signals()?;
     let init_cfg = InitConfig {
         spec,
@@ -149,6 +151,7 @@ pub fn run_attached(
     if let Some(cg) = cgroup.as_mut() {
         cg.destroy()?;
     }
+    tracing::debug!("container: cgroups removed");
     result
 }
 
@@ -194,12 +197,16 @@ fn spawn(
         err_w: &err_w,
     };
     let intermediate = reexec::spawn(&stage, ends, &[])?;
+    tracing::debug!("container: setup process started");
     drop((pid_w, go_r, err_w));
     let ends = MainEnds { pid_r, go_w, err_r };
     let result =
         start_pid1(spec, intermediate, ends, cgroup, attach, pty).and_then(|(pid, mut term)| {
+            tracing::debug!(pid = pid.as_raw(), "container: PID 1 executed its program");
             on_start(pid.as_raw());
-            wait_forwarding(pid, term.as_mut())
+            let status = wait_forwarding(pid, term.as_mut());
+            tracing::debug!("container: PID 1 exited");
+            status
         });
     attach.detach();
     result

@@ -33,6 +33,7 @@ pub mod restart_policy;
 pub mod rootfs;
 pub mod sealed_exe;
 pub mod seccomp;
+pub mod seccomp_cache;
 pub mod security;
 pub mod spec;
 pub mod state;

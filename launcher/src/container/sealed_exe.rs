@@ -83,7 +83,16 @@ fn through_overlay(exe: &Path) -> io::Result<OwnedFd> {
             format!("no directory and name in {}", exe.display()),
         ));
     };
-    let empty = EmptyDir::new()?;
+    let parent = scratch_parent(dir, &scratch_candidates()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no directory outside {} for overlayfs's empty layer",
+                dir.display()
+            ),
+        )
+    })?;
+    let empty = EmptyDir::new(&parent)?;
     let lowerdir = format!("{}:{}", escape_lowerdir(dir), escape_lowerdir(&empty.path));
     let context = fsopen(c"overlay")?;
     fsconfig_string(&context, c"lowerdir", &lowerdir)?;
@@ -130,6 +139,29 @@ fn sealed_copy(exe: &Path) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(target))
 }
 
+/// Where the empty layer may be made, best first: the temporary directory, then
+/// tmpfs directories root can write.
+fn scratch_candidates() -> Vec<PathBuf> {
+    vec![
+        std::env::temp_dir(),
+        PathBuf::from("/run"),
+        PathBuf::from("/dev/shm"),
+        PathBuf::from("/var/tmp"),
+    ]
+}
+
+/// The first of `candidates` that exists and does not lie inside `exe_dir`: overlayfs
+/// refuses a layer inside another one (`ELOOP`), so with skiff's binary in /tmp an
+/// empty layer made in /tmp would fail the mount, and every container start would
+/// pay for copying the binary into a memfd instead.
+fn scratch_parent(exe_dir: &Path, candidates: &[PathBuf]) -> Option<PathBuf> {
+    let exe_dir = std::fs::canonicalize(exe_dir).unwrap_or_else(|_| exe_dir.to_path_buf());
+    candidates
+        .iter()
+        .filter_map(|c| std::fs::canonicalize(c).ok())
+        .find(|c| c.is_dir() && !c.starts_with(&exe_dir))
+}
+
 /// Escapes the characters overlayfs's `lowerdir=` gives a meaning to.
 fn escape_lowerdir(path: &Path) -> String {
     let mut out = String::new();
@@ -148,11 +180,9 @@ struct EmptyDir {
 }
 
 impl EmptyDir {
-    fn new() -> io::Result<EmptyDir> {
-        let mut template = std::env::temp_dir()
-            .join("skiff-exe-XXXXXX")
-            .into_os_string()
-            .into_vec();
+    /// A new empty directory in `parent`.
+    fn new(parent: &Path) -> io::Result<EmptyDir> {
+        let mut template = parent.join("skiff-exe-XXXXXX").into_os_string().into_vec();
         template.push(0);
         // SAFETY: mkdtemp fills in the NUL-terminated template in place.
         let made = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
@@ -302,6 +332,39 @@ mod tests {
             "this machine runs as root with overlayfs"
         );
         check(&sealed, &exe);
+    }
+
+    #[test]
+    fn a_binary_in_the_temporary_directory_still_gets_the_overlay() {
+        // The binary directly in the temporary directory: the empty layer must be made
+        // elsewhere, or overlayfs refuses the mount (ELOOP) and the binary is copied.
+        let file = tempfile::Builder::new()
+            .prefix("skiff-sealed-test-")
+            .tempfile_in(std::env::temp_dir())
+            .unwrap();
+        std::fs::copy("/bin/true", file.path()).unwrap();
+        let sealed = make(file.path()).unwrap();
+        assert_eq!(sealed.kind, Kind::Overlay);
+        check(&sealed, file.path());
+    }
+
+    #[test]
+    fn the_empty_layer_is_never_made_inside_the_binarys_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("sub");
+        std::fs::create_dir(&inside).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let candidates = [
+            inside,
+            dir.path().to_path_buf(),
+            PathBuf::from("/no/such/dir"),
+            outside.path().to_path_buf(),
+        ];
+        assert_eq!(
+            scratch_parent(dir.path(), &candidates),
+            Some(std::fs::canonicalize(outside.path()).unwrap())
+        );
+        assert_eq!(scratch_parent(Path::new("/"), &candidates), None);
     }
 
     #[test]

@@ -11,8 +11,11 @@
 //!    `setupSeccomp`): e.g. `mount`, `unshare` and `setns` only with CAP_SYS_ADMIN.
 //! 3. [`Selection::compile`]: libseccomp turns the rules into a BPF program (runc's
 //!    `InitSeccomp`). The program is exported as instructions before the container is
-//!    forked, so its init only makes one seccomp(2) call ([`Filter::load`]).
+//!    forked, so its init only makes one seccomp(2) call ([`Filter::load`]). Compiled
+//!    programs are kept under the skiff root ([`super::seccomp_cache`]), so a container
+//!    start runs libseccomp only the first time a profile is used.
 
+use super::seccomp_cache::FilterCache;
 use caps::CapsHashSet;
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -26,7 +29,7 @@ use std::str::FromStr;
 pub const DEFAULT_PROFILE: &str = include_str!("seccomp-default.json");
 
 /// The kernel's limit on the length of a seccomp BPF program (`BPF_MAXINSNS`).
-const MAX_INSTRUCTIONS: usize = 4096;
+pub(super) const MAX_INSTRUCTIONS: usize = 4096;
 
 /// Errors from reading, selecting or compiling a seccomp profile.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -449,7 +452,39 @@ impl From<FilterRecord> for Filter {
     }
 }
 
+/// Two filters are equal when they are the same program with the same flags.
+impl PartialEq for Filter {
+    fn eq(&self, other: &Filter) -> bool {
+        let fields = |i: &libc::sock_filter| (i.code, i.jt, i.jf, i.k);
+        self.flags == other.flags
+            && self.program.len() == other.program.len()
+            && self
+                .program
+                .iter()
+                .zip(&other.program)
+                .all(|(a, b)| fields(a) == fields(b))
+    }
+}
+
+impl Eq for Filter {}
+
 impl Filter {
+    /// The filter of `program` with seccomp(2) `flags` (the kernel's verifier checks
+    /// the program when it is loaded).
+    pub(super) fn from_parts(program: Vec<libc::sock_filter>, flags: libc::c_ulong) -> Filter {
+        Filter { program, flags }
+    }
+
+    /// The BPF instructions.
+    pub(super) fn program(&self) -> &[libc::sock_filter] {
+        &self.program
+    }
+
+    /// The seccomp(2) flags.
+    pub(super) fn flags(&self) -> libc::c_ulong {
+        self.flags
+    }
+
     /// Number of BPF instructions.
     pub fn instructions(&self) -> usize {
         self.program.len()
@@ -615,12 +650,20 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>, SeccompErro
 }
 
 /// The filter docker would load for a container with capabilities `caps` under
-/// `profile` on this host; `None` when the profile disables seccomp.
-pub fn filter_for(profile: &Profile, caps: &CapsHashSet) -> Result<Option<Filter>, SeccompError> {
-    profile
-        .select(&Host::current(), caps)?
-        .map(|s| s.compile())
-        .transpose()
+/// `profile` on this host; `None` when the profile disables seccomp. With a `cache`,
+/// a program compiled before for the same rules is read from it instead of compiled.
+pub fn filter_for(
+    profile: &Profile,
+    caps: &CapsHashSet,
+    cache: Option<&FilterCache>,
+) -> Result<Option<Filter>, SeccompError> {
+    let Some(selection) = profile.select(&Host::current(), caps)? else {
+        return Ok(None);
+    };
+    match cache {
+        Some(cache) => cache.filter(&selection).map(|(f, _)| Some(f)),
+        None => selection.compile().map(Some),
+    }
 }
 
 #[cfg(test)]
@@ -880,7 +923,7 @@ mod tests {
     #[test]
     fn default_profile_compiles_within_the_kernel_limit() {
         for extra in [&[][..], &[Capability::CAP_SYS_ADMIN][..]] {
-            let filter = filter_for(&Profile::docker_default(), &with(extra))
+            let filter = filter_for(&Profile::docker_default(), &with(extra), None)
                 .unwrap()
                 .unwrap();
             assert!(
@@ -895,6 +938,6 @@ mod tests {
                 "args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"},{"index":0,"value":2,"op":"SCMP_CMP_EQ"}]}]}"#,
         )
         .unwrap();
-        assert!(filter_for(&p, &CapsHashSet::new()).unwrap().is_some());
+        assert!(filter_for(&p, &CapsHashSet::new(), None).unwrap().is_some());
     }
 }

@@ -7,6 +7,7 @@
 //! and no filter.
 
 use super::seccomp::{self, Profile};
+use super::seccomp_cache::FilterCache;
 use super::sys::docker_default_capabilities;
 use caps::{Capability, CapsHashSet};
 use std::path::Path;
@@ -61,12 +62,14 @@ enum SeccompChoice {
 
 impl Security {
     /// Works out the privileges from `--privileged`, `--cap-add`, `--cap-drop` and
-    /// `--security-opt`, reading and compiling the seccomp profile.
+    /// `--security-opt`, reading and compiling the seccomp profile (or reading its
+    /// compiled program from `seccomp_cache`, when given).
     pub fn new(
         privileged: bool,
         cap_add: &[String],
         cap_drop: &[String],
         security_opts: &[String],
+        seccomp_cache: Option<&FilterCache>,
     ) -> Result<Security, SecurityError> {
         let capabilities = capabilities(privileged, cap_add, cap_drop)?;
         let (choice, no_new_privileges) = parse_security_opts(security_opts)?;
@@ -77,7 +80,7 @@ impl Security {
             SeccompChoice::Unconfined => None,
         };
         let seccomp = match profile {
-            Some(p) if !privileged => seccomp::filter_for(&p, &capabilities)?,
+            Some(p) if !privileged => seccomp::filter_for(&p, &capabilities, seccomp_cache)?,
             _ => None,
         };
         Ok(Security {
@@ -297,15 +300,15 @@ mod tests {
 
     #[test]
     fn seccomp_follows_privileged_and_profile_choice() {
-        let s = Security::new(false, &[], &[], &[]).unwrap();
+        let s = Security::new(false, &[], &[], &[], None).unwrap();
         assert!(s.seccomp.is_some());
         assert!(!s.no_new_privileges);
-        assert!(Security::new(true, &[], &[], &[])
+        assert!(Security::new(true, &[], &[], &[], None)
             .unwrap()
             .seccomp
             .is_none());
         let unconfined = strings(&["seccomp=unconfined"]);
-        assert!(Security::new(false, &[], &[], &unconfined)
+        assert!(Security::new(false, &[], &[], &unconfined, None)
             .unwrap()
             .seccomp
             .is_none());
@@ -314,18 +317,18 @@ mod tests {
         let file = dir.path().join("p.json");
         std::fs::write(&file, r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#).unwrap();
         let opt = vec![format!("seccomp={}", file.display())];
-        assert!(Security::new(false, &[], &[], &opt)
+        assert!(Security::new(false, &[], &[], &opt, None)
             .unwrap()
             .seccomp
             .is_some());
         std::fs::write(&file, "{}").unwrap();
-        assert!(Security::new(false, &[], &[], &opt)
+        assert!(Security::new(false, &[], &[], &opt, None)
             .unwrap()
             .seccomp
             .is_none());
         let missing = vec![format!("seccomp={}", dir.path().join("nope").display())];
         assert!(matches!(
-            Security::new(false, &[], &[], &missing).unwrap_err(),
+            Security::new(false, &[], &[], &missing, None).unwrap_err(),
             SecurityError::ProfileFile { .. }
         ));
     }

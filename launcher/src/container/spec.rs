@@ -221,6 +221,10 @@ pub struct RunOptions {
     pub memory_swap: Option<String>,
     /// `--cpuset-cpus`.
     pub cpuset_cpus: Option<String>,
+    /// Where compiled seccomp filters are kept between runs (the root's
+    /// [`RootLayout::seccomp_cache`](skiff_proto::store::RootLayout::seccomp_cache));
+    /// `None` compiles the filter every time.
+    pub seccomp_cache: Option<PathBuf>,
 }
 
 impl ContainerSpec {
@@ -362,11 +366,16 @@ impl ContainerSpec {
                 Some(n) => return Err(SpecError::BadPids(n)),
             },
         };
+        let seccomp_cache = opts
+            .seccomp_cache
+            .as_ref()
+            .map(super::seccomp_cache::FilterCache::new);
         let security = super::security::Security::new(
             opts.privileged,
             &opts.cap_add,
             &opts.cap_drop,
             &opts.security_opt,
+            seccomp_cache.as_ref(),
         )?;
 
         Ok(ContainerSpec {

@@ -313,27 +313,37 @@ fn escaped(path: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The overlayfs options of a container root over `view`.
-fn overlay_options(view: &Path, upper: &Path, work: &Path) -> anyhow::Result<String> {
+/// The overlayfs options of a container root over `view`; `volatile` for an upper
+/// directory that is deleted after the run.
+fn overlay_options(
+    view: &Path,
+    upper: &Path,
+    work: &Path,
+    volatile: bool,
+) -> anyhow::Result<String> {
     // Plain overlay format in the upper directory: renamed lower directories are
     // copied (EXDEV to the program, as with docker's default), no metadata-only
     // copies, no index of hard links to origins.
     Ok(format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off{}",
         escaped(view)?,
         escaped(upper)?,
-        escaped(work)?
+        escaped(work)?,
+        if volatile { ",volatile" } else { "" }
     ))
 }
 
 /// Mounts a container's root filesystem on `mountpoint` over the view at `view`: an
 /// overlayfs with `upper` and `work`, or without `upper` a read-only bind of the
-/// view.
+/// view. `discard_upper` (the upper is deleted after the run) mounts the overlayfs
+/// `volatile` where the kernel has it (5.10 on), so its unmount does not sync the
+/// upper's whole filesystem.
 pub fn mount_container_root(
     view: &Path,
     upper: Option<&Path>,
     work: Option<&Path>,
     mountpoint: &Path,
+    discard_upper: bool,
 ) -> anyhow::Result<()> {
     use nix::mount::{mount, MsFlags};
     let none: Option<&str> = None;
@@ -341,15 +351,25 @@ pub fn mount_container_root(
         (Some(upper), Some(work)) => {
             std::fs::create_dir_all(work)
                 .with_context(|| format!("creating {}", work.display()))?;
-            let opts = overlay_options(view, upper, work)?;
-            mount(
-                Some("overlay"),
-                mountpoint,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(opts.as_str()),
-            )
-            .with_context(|| format!("mounting overlayfs ({opts}) on {}", mountpoint.display()))
+            let overlay = |volatile: bool| -> anyhow::Result<()> {
+                let opts = overlay_options(view, upper, work, volatile)?;
+                mount(
+                    Some("overlay"),
+                    mountpoint,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(opts.as_str()),
+                )
+                .with_context(|| format!("mounting overlayfs ({opts}) on {}", mountpoint.display()))
+            };
+            match overlay(discard_upper) {
+                // A kernel without `volatile` refuses the option: mount as before.
+                Err(e) if discard_upper => {
+                    tracing::debug!("{e:#}; mounting without volatile");
+                    overlay(false)
+                }
+                result => result,
+            }
         }
         _ => {
             mount(Some(view), mountpoint, none, MsFlags::MS_BIND, none).with_context(|| {
@@ -389,12 +409,16 @@ mod tests {
             Path::new("/r/views/a:b"),
             Path::new("/r/c,1/upper"),
             Path::new("/r/c,1/upper.work"),
+            false,
         )
         .unwrap();
         assert_eq!(
             o,
             r"lowerdir=/r/views/a\:b,upperdir=/r/c\,1/upper,workdir=/r/c\,1/upper.work,redirect_dir=off,metacopy=off,index=off"
         );
+        let discarded =
+            overlay_options(Path::new("/v"), Path::new("/u"), Path::new("/w"), true).unwrap();
+        assert!(discarded.ends_with(",index=off,volatile"), "{discarded}");
         assert_eq!(
             work_dir_of(Path::new("/r/containers/x/upper")),
             Path::new("/r/containers/x/upper.work")

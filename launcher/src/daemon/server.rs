@@ -312,6 +312,7 @@ fn mount_on_view(
             m.upper.as_deref(),
             work.as_deref(),
             &mountpoint,
+            m.discard_upper,
         )
     });
     if let Err(e) = mounted {

@@ -9,6 +9,7 @@
 //! <root>/profiles/<manifest hex>.json   local prefetch profiles, by manifest digest
 //! <root>/mounts/<mount point>.json      counters of a `skiff mount`, '/' → '_'
 //! <root>/containers/<id>/               one container: see [`ContainerPaths`]
+//! <root>/seccomp/<key hex>.bpf          compiled seccomp filters, by what they compile
 //! <root>/daemon.sock                    the socket `skiff daemon` listens on
 //! ```
 //!
@@ -116,6 +117,12 @@ impl RootLayout {
     /// The directory holding every container's directory.
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
+    }
+
+    /// The cache of compiled seccomp filters (the launcher's `seccomp_cache`), private
+    /// to root: a filter read from it is the one containers run under.
+    pub fn seccomp_cache(&self) -> PathBuf {
+        self.root.join("seccomp")
     }
 
     /// The unix socket a `skiff daemon` serving this root listens on (the CLI uses the
