@@ -565,7 +565,6 @@ impl CachedBlob {
             tracing::info!(digest = %self.digest, size = self.size, "blob complete and verified");
             return;
         }
-        self.stats.corrupt.fetch_add(1, Relaxed);
         tracing::error!(
             digest = %self.digest,
             %actual,
@@ -578,6 +577,8 @@ impl CachedBlob {
         if let Some(store) = self.store.upgrade() {
             store.drop_blob(self);
         }
+        // Counted once dropped: whoever sees the count sees the files gone.
+        self.stats.corrupt.fetch_add(1, Relaxed);
     }
 
     /// Reads `len` bytes at `offset` from the file (the caller ensured them first).
