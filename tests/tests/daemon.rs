@@ -333,6 +333,52 @@ fn a_keeper_no_daemon_comes_to_exits() {
     assert!(!socket.exists(), "the keeper left its socket");
 }
 
+/// A keeper lets go of a connection whose mount was unmounted while no daemon ran
+/// (an administrator's `fusermount3 -u`, a test's cleanup) and, holding nothing
+/// more, exits: it held the dead connection forever before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keeper_lets_go_of_a_mount_unmounted_while_no_daemon_ran() {
+    let (_reg, root, skiff, image) = busybox_sized("daemon/keeper-unmounted", 1 << 16).await;
+    let _guard = skiff.guard(root.path());
+    let log = std::fs::File::create(root.path().join("daemon.log")).unwrap();
+    let mut daemon = Daemon {
+        child: skiff
+            .command()
+            .args(["-v", "daemon"])
+            .env("SKIFF_KEEPER_IDLE_MS", "300")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+        root: root.path().to_path_buf(),
+    };
+    daemon.wait_socket();
+    let dir = root.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let out = skiff.run(&["mount", &image, dir.to_str().unwrap()]);
+    assert_ok(&out, &daemon);
+    assert!(dir.join("bin/busybox").exists());
+    assert!(daemon.keeper_pid().is_some(), "no keeper: {}", daemon.log());
+
+    daemon.kill();
+    let unmounted = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while daemon.keeper_pid().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the keeper still holds an unmounted connection: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!root.path().join("daemon-keeper.sock").exists());
+}
+
 /// Two containers of one image started together through the daemon: both print the
 /// right bytes, and each byte of the layer crosses the network once (one merged tree,
 /// one fetcher, one cache). A third run of the image costs no registry request at all.

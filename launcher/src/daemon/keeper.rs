@@ -134,6 +134,37 @@ struct Held {
     backings: BTreeMap<String, BTreeMap<u64, Backing>>,
 }
 
+impl Held {
+    /// Lets go of the connections whose filesystem is gone: the kernel aborts a FUSE
+    /// connection when its last mount goes, and its device then polls as an error
+    /// (a live one polls readable at most, with requests waiting for a daemon).
+    fn drop_unmounted(&mut self) {
+        let gone: Vec<String> = self
+            .fds
+            .iter()
+            .filter(|(_, fd)| connection_aborted(fd.as_fd()))
+            .map(|(mount, _)| mount.clone())
+            .collect();
+        for mount in gone {
+            tracing::info!(mount, "its filesystem was unmounted: letting go of it");
+            self.fds.remove(&mount);
+            self.backings.remove(&mount);
+        }
+    }
+}
+
+/// Whether the FUSE connection behind `dev` (a /dev/fuse descriptor) was aborted.
+fn connection_aborted(dev: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: dev.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one pollfd we own, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Runs the keeper on `socket_file` (the hidden `skiff daemon keeper`).
 pub fn run(socket_file: &Path) -> anyhow::Result<u8> {
     let listener = seqpacket()?;
@@ -151,10 +182,16 @@ pub fn run(socket_file: &Path) -> anyhow::Result<u8> {
     loop {
         // Holding nothing, the keeper waits only so long for a daemon: one that started
         // it connects at once, and a daemon killed before it did (or a root deleted
-        // under it) must not leave the keeper waiting forever.
-        if held.fds.is_empty() && !readable_within(listener.as_fd(), idle_exit()) {
-            tracing::info!("no daemon came and nothing is held: exiting");
-            break;
+        // under it) must not leave the keeper waiting forever. Holding connections, it
+        // looks as often whether their filesystems were unmounted meanwhile (by an
+        // administrator, or a test cleaning up, while no daemon ran).
+        held.drop_unmounted();
+        if !readable_within(listener.as_fd(), idle_exit()) {
+            if held.fds.is_empty() {
+                tracing::info!("no daemon came and nothing is held: exiting");
+                break;
+            }
+            continue;
         }
         let conn = match accept(listener.as_raw_fd()) {
             // SAFETY: a descriptor accept just returned.
