@@ -552,6 +552,28 @@ async fn busybox_sized(repo: &str, big: usize) -> (Registry, tempfile::TempDir, 
     (reg, root, skiff, image)
 }
 
+/// `skiff mount --upper ROOT/upper IMAGE ROOT/mnt` through `daemon`; returns the
+/// mount point and the upper directory.
+fn mount_with_upper(
+    skiff: &Skiff,
+    daemon: &Daemon,
+    image: &str,
+    root: &Path,
+) -> (PathBuf, PathBuf) {
+    let dir = root.join("mnt");
+    let upper = root.join("upper");
+    std::fs::create_dir(&dir).unwrap();
+    let out = skiff.run(&[
+        "mount",
+        "--upper",
+        upper.to_str().unwrap(),
+        image,
+        dir.to_str().unwrap(),
+    ]);
+    assert_ok(&out, daemon);
+    (dir, upper)
+}
+
 /// Kills the daemon three times (SIGKILL, as a crash) and stops it once with
 /// SIGTERM (as an upgrade), each time starting it again after a pause in which no
 /// daemon runs; reads go on all along.
@@ -729,17 +751,7 @@ async fn a_mount_reads_on_while_the_daemon_is_killed_and_restarted() {
     let (_reg, root, skiff, image) = busybox_sized("daemon/restart-mount", big).await;
     let _guard = skiff.guard(root.path());
     let mut daemon = Daemon::start(&skiff);
-    let dir = root.path().join("mnt");
-    let upper = root.path().join("upper");
-    std::fs::create_dir(&dir).unwrap();
-    let out = skiff.run(&[
-        "mount",
-        "--upper",
-        upper.to_str().unwrap(),
-        &image,
-        dir.to_str().unwrap(),
-    ]);
-    assert_ok(&out, &daemon);
+    let (dir, upper) = mount_with_upper(&skiff, &daemon, &image, root.path());
     let data = fixtures::pseudo_random(7, big);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
@@ -812,17 +824,7 @@ async fn a_daemon_starts_from_a_process_holding_its_mounts_files_open() {
     let (_reg, root, skiff, image) = busybox_sized("daemon/open-files", 1 << 20).await;
     let _guard = skiff.guard(root.path());
     let mut daemon = Daemon::start(&skiff);
-    let dir = root.path().join("mnt");
-    let upper = root.path().join("upper");
-    std::fs::create_dir(&dir).unwrap();
-    let out = skiff.run(&[
-        "mount",
-        "--upper",
-        upper.to_str().unwrap(),
-        &image,
-        dir.to_str().unwrap(),
-    ]);
-    assert_ok(&out, &daemon);
+    let (dir, _upper) = mount_with_upper(&skiff, &daemon, &image, root.path());
     let mut lower = std::fs::File::open(dir.join("etc/motd")).unwrap();
     let mut written = std::fs::File::create(dir.join("tmp/open")).unwrap();
     written.write_all(b"written before the crash\n").unwrap();

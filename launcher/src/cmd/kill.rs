@@ -47,17 +47,7 @@ fn kill_one(global: &Global, key: &str, signal: Signal) -> anyhow::Result<()> {
 /// Runs `skiff kill`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
     let signal = super::stop::parse_signal(&args.signal)?;
-    let mut code = 0;
-    for c in &args.containers {
-        match kill_one(global, c, signal) {
-            Ok(()) => println!("{c}"),
-            Err(e) => {
-                eprintln!("skiff: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    Ok(code)
+    super::each_container(&args.containers, |c| kill_one(global, c, signal))
 }
 
 #[cfg(test)]

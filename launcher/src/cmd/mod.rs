@@ -54,6 +54,26 @@ impl Global {
     }
 }
 
+/// Runs `act` on each container named on the command line, as docker's `stop`, `kill`
+/// and `rm` do: each name printed once done, each failure printed and the rest still
+/// done; exit status 1 if any failed.
+pub fn each_container(
+    names: &[String],
+    mut act: impl FnMut(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<u8> {
+    let mut code = 0;
+    for name in names {
+        match act(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("skiff: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
 /// Sets up `tracing` on stderr: `RUST_LOG` if set, else a level from `-v`.
 pub fn init_tracing(verbose: u8) {
     // fuser logs requests it has no handler for (e.g. ioctl) as warnings: noise for a

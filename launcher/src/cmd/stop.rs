@@ -95,17 +95,8 @@ pub fn parse_signal(s: &str) -> anyhow::Result<Signal> {
 
 /// Runs `skiff stop`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
-    let mut code = 0;
-    for c in &args.containers {
-        match stop(global, c, std::time::Duration::from_secs(args.time)) {
-            Ok(_) => println!("{c}"),
-            Err(e) => {
-                eprintln!("skiff: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    Ok(code)
+    let grace = std::time::Duration::from_secs(args.time);
+    super::each_container(&args.containers, |c| stop(global, c, grace).map(drop))
 }
 
 #[cfg(test)]
