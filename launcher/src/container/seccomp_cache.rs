@@ -194,7 +194,8 @@ fn load(path: &Path, key: &Digest) -> Option<Filter> {
         return None;
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.read_to_end(&mut bytes).ok()?;
+    // Bounded by the read, not only by the size seen before it (the file may grow).
+    (&mut file).take(max + 1).read_to_end(&mut bytes).ok()?;
     let filter = decode(&bytes, key);
     if filter.is_none() {
         tracing::debug!(path = %path.display(), "ignoring a damaged seccomp cache file");
