@@ -191,6 +191,7 @@ marks = [
     ("-> CLI has the view", first(cli, "the daemon mounted the view")),
     ("-> spec + /etc files", first(cli, "container: /etc files written")),
     ("-> cgroups", first(cli, "container: cgroups created")),
+    ("-> setup process in its cgroups", first(cli, "container: setup process in its cgroups")),
     ("-> setup process forked", first(cli, "container: setup process started")),
     ("-> PID 1 exec'd", first(cli, "container: PID 1 executed its program")),
     ("-> PID 1 exited", first(cli, "container: PID 1 exited")),

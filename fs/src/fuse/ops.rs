@@ -345,9 +345,17 @@ impl fuser::Filesystem for SkiffFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.known(ino.0);
+        // A read-only view never changes: the kernel may keep a directory's listing
+        // (FOPEN_CACHE_DIR) from one open to the next (FOPEN_KEEP_CACHE), so the
+        // containers after the first list it without asking (no READDIR).
+        let flags = if self.upper.is_none() {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         let r = self.do_opendir(ino.0).map(|fh| Opened {
             fh,
-            flags: FopenFlags::empty(),
+            flags,
             backing: None,
         });
         reply.send(r)

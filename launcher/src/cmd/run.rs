@@ -448,6 +448,9 @@ fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Resu
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
+    // What the container's start waits for in the kernel (RCU grace periods) begins
+    // now, beside the image's mount.
+    container::warm_start::prepare();
     if let Some(daemon) =
         crate::daemon::connect(global).filter(|_| args.registry.username.is_none())
     {

@@ -365,6 +365,7 @@ impl Cgroup {
         for dir in &self.dirs {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
+        super::warm_start::attached();
         Ok(())
     }
 

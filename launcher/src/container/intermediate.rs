@@ -36,9 +36,14 @@ pub fn namespace_flags(spec: &ContainerSpec) -> CloneFlags {
 /// in D state on a request nobody answers. Executed afresh, it holds none (they are
 /// close-on-exec), so the kernel aborts the connection when skiff dies and setup
 /// fails with ENOTCONN instead.
+///
+/// PID 1 is forked only once the main process has closed `setup` (the setup pipe,
+/// see [`super::reexec::spawn_then`]): by then this process is in the container's
+/// cgroups, and PID 1 is born in them.
 pub fn run(
     sys: &dyn Syscall,
     spec: &ContainerSpec,
+    setup: std::fs::File,
     pid_w: OwnedFd,
     err_w: &OwnedFd,
     init: impl FnOnce() -> std::convert::Infallible,
@@ -50,6 +55,12 @@ pub fn run(
                 code: EXIT_SETUP,
                 message: format!("creating namespaces: {}", e.errno),
             },
+        );
+    }
+    if let Err(e) = super::reexec::wait_for_fork(setup) {
+        sync::report_failure(
+            err_w,
+            &InitError::setup("waiting for the container's cgroups", e),
         );
     }
     fork_child(pid_w, err_w, init)

@@ -7,8 +7,10 @@
 //!    the intermediate process, which executes `skiff container-init`
 //!    ([`super::reexec`]) and runs [`super::intermediate`], whose child runs
 //!    [`super::init`];
-//! 3. [`start_pid1`]: learns PID 1's pid, puts it in the cgroups, lets it go, starts
-//!    the terminal session and waits for exec (or its failure);
+//!    The intermediate process joins the cgroups while it starts up, so PID 1 is born
+//!    in them (with a pids limit, PID 1 is moved instead);
+//! 3. [`start_pid1`]: learns PID 1's pid, lets it go, starts the terminal session and
+//!    waits for exec (or its failure);
 //! 4. [`wait_forwarding`]: forwards signals to PID 1 and reaps until it exits.
 
 use super::cgroups;
@@ -196,12 +198,26 @@ fn spawn(
         go_r: &go_r,
         err_w: &err_w,
     };
-    let intermediate = reexec::spawn(&stage, ends, &[])?;
+    // The setup process joins the cgroups while it starts up, and PID 1 is born in
+    // them (see reexec::spawn_then). Not with a pids limit: the setup process and
+    // PID 1 would count twice against it for a moment, so `--pids-limit 1` could not
+    // start; PID 1 alone is moved then.
+    let (early, late) = match cgroup {
+        Some(cg) if spec.resources.pids.is_none() => (Some(cg), None),
+        other => (None, other),
+    };
+    let intermediate = reexec::spawn_then(&stage, ends, &[], |child| {
+        if let Some(cg) = early {
+            cg.add(child.as_raw())?;
+            tracing::debug!("container: setup process in its cgroups");
+        }
+        Ok(())
+    })?;
     tracing::debug!("container: setup process started");
     drop((pid_w, go_r, err_w));
     let ends = MainEnds { pid_r, go_w, err_r };
     let result =
-        start_pid1(spec, intermediate, ends, cgroup, attach, pty).and_then(|(pid, mut term)| {
+        start_pid1(spec, intermediate, ends, late, attach, pty).and_then(|(pid, mut term)| {
             tracing::debug!(pid = pid.as_raw(), "container: PID 1 executed its program");
             on_start(pid.as_raw());
             let status = wait_forwarding(pid, term.as_mut());
@@ -212,9 +228,10 @@ fn spawn(
     result
 }
 
-/// Learns PID 1's pid from the intermediate process, puts PID 1 in its cgroups, lets
-/// it go, starts the terminal session, and waits until PID 1 has exec'd (the error
-/// pipe closes) or failed (the error comes back).
+/// Learns PID 1's pid from the intermediate process, puts PID 1 in `cgroup` (the
+/// container's cgroups, unless PID 1 was born in them), lets it go, starts the
+/// terminal session, and waits until PID 1 has exec'd (the error pipe closes) or
+/// failed (the error comes back).
 fn start_pid1(
     spec: &ContainerSpec,
     intermediate: Pid,

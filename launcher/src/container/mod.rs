@@ -42,6 +42,7 @@ pub mod sys;
 pub mod sysctl;
 pub mod terminal;
 pub mod users;
+pub mod warm_start;
 
 pub use main::{block_handled_signals, run_attached, run_with};
 pub use spec::{ContainerSpec, RunOptions};

@@ -18,9 +18,13 @@
 //! go and error pipes of [`super::sync`], then the descriptors the stage lists (the
 //! namespaces `skiff exec` joins, its stdio). Every other descriptor is close-on-exec,
 //! so none of skiff's (the FUSE server's `/dev/fuse`, sockets) reaches the new
-//! process. The main process writes the [`Stage`] as JSON into the setup pipe after
-//! the fork. The signal mask carries over `execve`, so the signals the main process
-//! blocked stay blocked until the container's program is executed.
+//! process. The main process writes the [`Stage`] as JSON (after its length, 8 bytes
+//! little-endian) into the setup pipe after the fork, and closes the pipe only once
+//! the child may fork (for `skiff run`: once the child is in the container's cgroups,
+//! so that PID 1 is born in them); the child reads the stage, makes its namespaces,
+//! and waits for that end of file before it forks. The signal mask carries over
+//! `execve`, so the signals the main process blocked stay blocked until the
+//! container's program is executed.
 
 use super::cgroups::CgroupMount;
 use super::exec::{self, ExecProcess};
@@ -124,8 +128,27 @@ pub struct ChildEnds<'a> {
 /// intermediate process: the caller reaps it). Call with the child ends still open;
 /// the caller closes its copies afterwards.
 pub fn spawn(stage: &Stage, ends: ChildEnds<'_>, extra: &[RawFd]) -> Result<Pid, RunError> {
-    let payload = serde_json::to_vec(stage)
+    spawn_then(stage, ends, extra, |_| Ok(()))
+}
+
+/// [`spawn`], calling `before_fork` with the child's pid once the stage is written:
+/// the child starts up, reads the stage and makes its namespaces meanwhile, but forks
+/// nothing before `before_fork` has returned. `skiff run` puts the child in the
+/// container's cgroups there, so that PID 1 is born in them: moving a process into a
+/// cgroup waits for an RCU grace period (milliseconds), which then passes while the
+/// child executes skiff's binary instead of after it. If `before_fork` fails, the
+/// child is killed and reaped, and its error returned.
+pub fn spawn_then(
+    stage: &Stage,
+    ends: ChildEnds<'_>,
+    extra: &[RawFd],
+    before_fork: impl FnOnce(Pid) -> Result<(), RunError>,
+) -> Result<Pid, RunError> {
+    let json = serde_json::to_vec(stage)
         .map_err(|e| RunError::Init(InitError::setup("encoding the container's setup", e)))?;
+    let mut payload = Vec::with_capacity(8 + json.len());
+    payload.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    payload.extend_from_slice(&json);
     let (setup_r, setup_w) = sync::pipe()?;
     let mut sources = vec![
         setup_r.as_raw_fd(),
@@ -145,7 +168,15 @@ pub fn spawn(stage: &Stage, ends: ChildEnds<'_>, extra: &[RawFd]) -> Result<Pid,
             drop(setup_r);
             // The child reads the whole stage before it does anything; if it died
             // instead, the write fails and the error pipe says why.
-            let _ = std::fs::File::from(setup_w).write_all(&payload);
+            let mut setup = std::fs::File::from(setup_w);
+            let _ = setup.write_all(&payload);
+            if let Err(e) = before_fork(child) {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(child, None);
+                return Err(e);
+            }
+            // End of file: the child may fork now.
+            drop(setup);
             Ok(child)
         }
     }
@@ -258,6 +289,38 @@ fn handed_over(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// The most a stage may take (a sanity bound on the length the main process sends).
+const MAX_STAGE: u64 = 64 << 20;
+
+/// Reads the stage from the setup pipe: its length, then its JSON. The pipe stays
+/// open: its end of file comes later (see [`spawn_then`]).
+fn read_stage(setup: &mut std::fs::File) -> Result<Stage, String> {
+    let mut len = [0u8; 8];
+    setup.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_STAGE {
+        return Err(format!("a setup of {len} bytes"));
+    }
+    let mut json = vec![0u8; len as usize];
+    setup.read_exact(&mut json).map_err(|e| e.to_string())?;
+    serde_json::from_slice::<Stage>(&json).map_err(|e| e.to_string())
+}
+
+/// Waits until the main process closes the setup pipe: it has done what had to come
+/// before the fork ([`spawn_then`]), or it is gone (PID 1 then learns so from the go
+/// pipe). Anything but the end of file is a broken hand-over.
+pub fn wait_for_fork(mut setup: std::fs::File) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    loop {
+        match setup.read(&mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err("unexpected data after the container's setup".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// `skiff container-init`: reads the stage and runs it. Never returns.
 pub fn main() -> ! {
     // SAFETY: F_GETFD only asks whether the descriptor is open.
@@ -271,12 +334,7 @@ pub fn main() -> ! {
     let pid_w = handed_over(FIRST_FD + 1);
     let go_r = handed_over(FIRST_FD + 2);
     let err_w = handed_over(FIRST_FD + 3);
-    let mut payload = Vec::new();
-    let stage = setup
-        .read_to_end(&mut payload)
-        .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_slice::<Stage>(&payload).map_err(|e| e.to_string()));
-    drop(setup);
+    let stage = read_stage(&mut setup);
     let stage = match stage {
         Ok(s) => s,
         Err(e) => sync::report_failure(
@@ -297,11 +355,13 @@ pub fn main() -> ! {
                 cgroup_mounts: &run.cgroup_mounts,
             };
             let old_mask = mask_from_numbers(&run.old_mask);
-            intermediate::run(&sys, &run.spec, pid_w, &err_w, || {
+            intermediate::run(&sys, &run.spec, setup, pid_w, &err_w, || {
                 init::run(&sys, &cfg, go_r, &err_w, &old_mask)
             })
         }
         Stage::Exec(stage) => {
+            // Nothing to wait for: `skiff exec` closes the pipe once it is written.
+            drop(setup);
             let namespaces: Vec<(OwnedFd, CloneFlags)> = stage
                 .namespaces
                 .iter()
