@@ -120,6 +120,9 @@ pub struct MountOptions {
     /// Continuing an earlier server of the mount's connection ([`resume_shared`]),
     /// or recording what a later one needs.
     pub restart: RestartConfig,
+    /// A read-only mount whose files the kernel opens without asking (see
+    /// [`fuse::FsConfig::kernel_opens`]): for a view many containers share.
+    pub kernel_opens: bool,
 }
 
 impl MountOptions {
@@ -147,6 +150,7 @@ impl MountOptions {
             whole_file_max: 64 << 20,
             warm: Vec::new(),
             restart: RestartConfig::default(),
+            kernel_opens: false,
         }
     }
 }
@@ -285,6 +289,7 @@ fn prepare_on(lower: Arc<SharedLower>, opts: &MountOptions) -> Result<Prepared, 
             whole_file_max: opts.whole_file_max,
             predictor: (opts.whole_file_max > 0).then(|| lower.predictor.clone()),
             restart: opts.restart.clone(),
+            kernel_opens: opts.kernel_opens && opts.upper.is_none() && opts.record.is_none(),
         },
     )
     .map_err(|source| MountError::Upper {

@@ -84,6 +84,25 @@ answer!(ReplyXattr, (u32, Vec<u8>), |r, (size, data)| {
     }
 });
 
+/// The handle the kernel reads and lists with when it opened a file or directory
+/// without asking (see `FsConfig::kernel_opens`); never one of ours.
+const KERNEL_OPENED: u64 = 0;
+
+impl SkiffFs {
+    /// Runs `f` with a directory handle of `ino` for `fh`: `fh` itself, or, for a
+    /// directory the kernel opened without us, a listing taken for this request.
+    fn with_dir_handle<T>(&self, ino: u64, fh: u64, f: impl FnOnce(u64) -> Res<T>) -> Res<T> {
+        if fh != KERNEL_OPENED || self.upper.is_some() {
+            self.known_dir_handle(ino, fh);
+            return f(fh);
+        }
+        let fh = self.do_opendir(ino)?;
+        let r = f(fh);
+        self.handles.release_dir(fh);
+        r
+    }
+}
+
 impl fuser::Filesystem for SkiffFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let _ = config
@@ -252,6 +271,11 @@ impl fuser::Filesystem for SkiffFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.known(ino.0);
+        if self.kernel_opens {
+            // The kernel opens this connection's files by itself from now on (see
+            // FsConfig::kernel_opens) and reads them with handle 0 (see `read`).
+            return reply.error(Errno::ENOSYS);
+        }
         let r = self.do_open(ino.0, flags.0, |f| reply.open_backing(f));
         reply.send(r)
     }
@@ -268,6 +292,20 @@ impl fuser::Filesystem for SkiffFs {
         reply: ReplyData,
     ) {
         self.known(ino.0);
+        if fh.0 == KERNEL_OPENED && self.upper.is_none() {
+            // A file the kernel opened without us: the image's file.
+            let lower = self.state.read().node(ino.0).map(|n| n.lower);
+            return match lower {
+                Ok(Some(id)) => self.reader.read(
+                    id,
+                    offset,
+                    size,
+                    Box::new(move |r| reply.send(r.map_err(|e| e.errno()))),
+                ),
+                Ok(None) => reply.fail(Errno::EIO),
+                Err(e) => reply.fail(e),
+            };
+        }
         self.known_handle(ino.0, fh.0, flags.0);
         match self.do_read(ino.0, fh.0, offset, size) {
             Ok(ReadSource::Data(data)) => reply.ok_with(data),
@@ -345,6 +383,11 @@ impl fuser::Filesystem for SkiffFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.known(ino.0);
+        if self.kernel_opens {
+            // As `open`: the kernel opens directories by itself, keeps their listings
+            // (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE) and lists with handle 0 until then.
+            return reply.error(Errno::ENOSYS);
+        }
         // A read-only view never changes: the kernel may keep a directory's listing
         // (FOPEN_CACHE_DIR) from one open to the next (FOPEN_KEEP_CACHE), so the
         // containers after the first list it without asking (no READDIR).
@@ -370,9 +413,10 @@ impl fuser::Filesystem for SkiffFs {
         mut reply: ReplyDirectory,
     ) {
         self.known(ino.0);
-        self.known_dir_handle(ino.0, fh.0);
-        let r = self.do_readdir(ino.0, fh.0, offset, |cino, next, kind, name| {
-            reply.add(INodeNo(cino), next, kind, name)
+        let r = self.with_dir_handle(ino.0, fh.0, |fh| {
+            self.do_readdir(ino.0, fh, offset, |cino, next, kind, name| {
+                reply.add(INodeNo(cino), next, kind, name)
+            })
         });
         reply.send(r)
     }
@@ -386,9 +430,10 @@ impl fuser::Filesystem for SkiffFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.known(ino.0);
-        self.known_dir_handle(ino.0, fh.0);
-        let r = self.do_readdirplus(ino.0, fh.0, offset, |cino, next, name, (attr, ttl)| {
-            reply.add(INodeNo(cino), next, name, ttl, attr, Generation(0))
+        let r = self.with_dir_handle(ino.0, fh.0, |fh| {
+            self.do_readdirplus(ino.0, fh, offset, |cino, next, name, (attr, ttl)| {
+                reply.add(INodeNo(cino), next, name, ttl, attr, Generation(0))
+            })
         });
         reply.send(r)
     }

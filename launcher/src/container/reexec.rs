@@ -405,6 +405,49 @@ mod tests {
         assert!(!back.contains(Signal::SIGINT));
     }
 
+    /// A pipe whose write end got `bytes` and was closed, as a file to read.
+    fn pipe_with(bytes: &[u8]) -> std::fs::File {
+        let (r, w) = sync::pipe().unwrap();
+        std::fs::File::from(w).write_all(bytes).unwrap();
+        std::fs::File::from(r)
+    }
+
+    #[test]
+    fn the_stage_is_read_after_its_length() {
+        let opts = super::super::spec::RunOptions {
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let spec = ContainerSpec::new(None, &opts, "id".into(), "/tmp".into()).unwrap();
+        let stage = Stage::Run(Box::new(RunStage {
+            spec,
+            rootfs: "/rootfs".into(),
+            etc_dir: "/etc-dir".into(),
+            default_nofile: 1024,
+            console: None,
+            cgroup_mounts: vec![],
+            old_mask: vec![15],
+        }));
+        let json = serde_json::to_vec(&stage).unwrap();
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&json);
+        let Ok(Stage::Run(back)) = read_stage(&mut pipe_with(&bytes)) else {
+            panic!("the stage did not come back");
+        };
+        assert_eq!(back.rootfs, PathBuf::from("/rootfs"));
+        assert_eq!(back.old_mask, vec![15]);
+        // Cut short (the main process died while writing): an error, not a stage.
+        assert!(read_stage(&mut pipe_with(&bytes[..bytes.len() - 1])).is_err());
+        // A length beyond any setup is refused before anything is allocated.
+        assert!(read_stage(&mut pipe_with(&u64::MAX.to_le_bytes())).is_err());
+    }
+
+    #[test]
+    fn the_fork_waits_for_the_end_of_the_setup_pipe() {
+        assert!(wait_for_fork(pipe_with(b"")).is_ok());
+        assert!(wait_for_fork(pipe_with(b"x")).is_err());
+    }
+
     #[test]
     fn copies_sit_above_the_hand_over_range() {
         let (r, w) = sync::pipe().unwrap();

@@ -126,6 +126,9 @@ impl RunViews {
         std::fs::create_dir_all(&at).with_context(|| format!("creating {}", at.display()))?;
         let mut opts = super::server::mount_options(state, image, m, first);
         opts.restart = state.restart_config(&id, 0, None);
+        // Every container of the image opens the same files: let the kernel open them
+        // without asking us each time.
+        opts.kernel_opens = true;
         let handle = skiff_fs::mount_shared(image.lower.clone(), opts, &at)
             .with_context(|| format!("mounting the view of {} on {}", image.name, at.display()))?;
         let record = MountRecord {
@@ -173,6 +176,7 @@ impl RunViews {
         let mut opts = skiff_fs::MountOptions::new(Vec::new(), state.global.layout().cache());
         opts.fs_name = record.name.clone();
         opts.restart = restart::next_generation(state, &mut record, backings)?;
+        opts.kernel_opens = true;
         let handle = skiff_fs::resume_shared(image.lower.clone(), opts, &record.mountpoint, fd)
             .with_context(|| format!("serving the view {} again", record.mountpoint.display()))?;
         tracing::info!(
