@@ -65,6 +65,18 @@ fn test_layers() -> Vec<Vec<u8>> {
 
 #[test]
 fn merged_view_matches_umoci_unpack() {
+    matches_umoci_unpack(false);
+}
+
+/// A view whose files and directories the kernel opens without asking (OPEN and
+/// OPENDIR answered ENOSYS; reads and listings come with handle 0) reads the same,
+/// the first time (through the server) and the second (from the kernel's caches).
+#[test]
+fn merged_view_matches_umoci_unpack_when_the_kernel_opens_files_itself() {
+    matches_umoci_unpack(true);
+}
+
+fn matches_umoci_unpack(kernel_opens: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let img = image(&tmp.path().join("oci"), &test_layers());
     write_oci_layout(&img, "test");
@@ -77,13 +89,36 @@ fn merged_view_matches_umoci_unpack() {
     let rootfs = bundle.join("rootfs");
 
     let mnt = tmp.path().join("mnt");
-    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    let mut opts = options(&img, &tmp.path().join("cache"), None);
+    opts.kernel_opens = kernel_opens;
+    let m = Mounted::new(opts, &mnt);
     let diffs = compare_trees(&rootfs, &mnt);
     assert!(diffs.is_empty(), "differences:\n{}", diffs.join("\n"));
+    for _pass in 0..if kernel_opens { 2 } else { 1 } {
+        diff_contents(&rootfs, &mnt);
+    }
+    // Spot checks a broken implementation would get wrong.
+    assert!(!mnt.join("gone").exists());
+    assert!(!mnt.join("var/opq/old1").exists());
+    assert_eq!(
+        std::fs::read(mnt.join("gonedir/reborn")).unwrap(),
+        b"reborn"
+    );
+    assert!(!mnt.join("gonedir/inner").exists());
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(mnt.join("usr/bin/busybox")).unwrap();
+    let c = std::fs::metadata(mnt.join("usr/bin/cat")).unwrap();
+    assert_eq!(a.ino(), c.ino());
+    assert_eq!(a.nlink(), 3);
+    drop(m);
+}
+
+/// `diff -r` of the two trees finds no difference in contents.
+fn diff_contents(rootfs: &std::path::Path, mnt: &std::path::Path) {
     let out = Command::new("diff")
         .args(["-r", "--no-dereference"])
-        .arg(&rootfs)
-        .arg(&mnt)
+        .arg(rootfs)
+        .arg(mnt)
         .output()
         .unwrap();
     // diff cannot compare special files and says so even when both sides are of the
@@ -107,20 +142,6 @@ fn merged_view_matches_umoci_unpack() {
         "diff failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Spot checks a broken implementation would get wrong.
-    assert!(!mnt.join("gone").exists());
-    assert!(!mnt.join("var/opq/old1").exists());
-    assert_eq!(
-        std::fs::read(mnt.join("gonedir/reborn")).unwrap(),
-        b"reborn"
-    );
-    assert!(!mnt.join("gonedir/inner").exists());
-    use std::os::unix::fs::MetadataExt;
-    let a = std::fs::metadata(mnt.join("usr/bin/busybox")).unwrap();
-    let c = std::fs::metadata(mnt.join("usr/bin/cat")).unwrap();
-    assert_eq!(a.ino(), c.ino());
-    assert_eq!(a.nlink(), 3);
-    drop(m);
 }
 
 #[test]

@@ -441,6 +441,10 @@ fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Resu
     if args.detach && detached_id.is_none() {
         return detach_image(global);
     }
+    // What the container's start waits for in the kernel (RCU grace periods) begins
+    // now, beside the image's mount. Not before `detach_image`: no thread may run
+    // while a process forks without executing.
+    container::warm_start::prepare();
     let id = detached_id.clone().unwrap_or_else(new_id);
     let restarts = Restarts::of(global, &id, policy);
     let name = claim_name(global, &args, &id)?;
@@ -448,9 +452,6 @@ fn run_image(global: &Global, args: Args, policy: RestartPolicy) -> anyhow::Resu
     // Signals skiff forwards are blocked before the runtime and FUSE threads start, so
     // that no helper thread takes them from the wait loop.
     container::block_handled_signals()?;
-    // What the container's start waits for in the kernel (RCU grace periods) begins
-    // now, beside the image's mount.
-    container::warm_start::prepare();
     if let Some(daemon) =
         crate::daemon::connect(global).filter(|_| args.registry.username.is_none())
     {
