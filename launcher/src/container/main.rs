@@ -202,14 +202,21 @@ fn spawn(
     // them (see reexec::spawn_then). Not with a pids limit: the setup process and
     // PID 1 would count twice against it for a moment, so `--pids-limit 1` could not
     // start; PID 1 alone is moved then.
-    let (early, late) = match cgroup {
+    let (early, mut late) = match cgroup {
         Some(cg) if spec.resources.pids.is_none() => (Some(cg), None),
         other => (None, other),
     };
     let intermediate = reexec::spawn_then(&stage, ends, &[], |child| {
         if let Some(cg) = early {
-            cg.add(child.as_raw())?;
-            tracing::debug!("container: setup process in its cgroups");
+            match cg.add(child.as_raw()) {
+                Ok(()) => tracing::debug!("container: setup process in its cgroups"),
+                // It died (its error comes on the error pipe), or the move failed:
+                // PID 1 is moved instead, and a failure reported then.
+                Err(e) => {
+                    tracing::debug!("container: setup process not in its cgroups: {e}");
+                    late = Some(cg);
+                }
+            }
         }
         Ok(())
     })?;
