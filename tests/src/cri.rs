@@ -35,3 +35,26 @@ pub async fn connect(
         v1::image_service_client::ImageServiceClient::new(channel),
     )
 }
+
+/// Waits until containerd's CRI plugin answers: it serves the socket before its
+/// initialisation is over and answers every call "server is not initialized yet" until
+/// then (containerd's `checkInitialized`), as a kubelet sees while the node starts.
+/// Gives the `Version` answer, or the last error after `timeout`.
+pub async fn wait_initialized(
+    runtime: &mut v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    timeout: std::time::Duration,
+) -> Result<v1::VersionResponse, tonic::Status> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match runtime.version(v1::VersionRequest::default()).await {
+            Ok(answer) => return Ok(answer.into_inner()),
+            Err(e)
+                if e.message().contains("not initialized")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

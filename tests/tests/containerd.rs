@@ -582,11 +582,10 @@ async fn cri_runs_a_pod_on_lazily_pulled_images() {
         }),
     );
     let (mut runtime, mut images) = skiff_tests::cri::connect(containerd.socket()).await;
-    let version = runtime
-        .version(cri::VersionRequest::default())
+    let version = skiff_tests::cri::wait_initialized(&mut runtime, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("CRI version: {e}\n{}", tail(&containerd.log(), 40)));
-    eprintln!("CRI: {:?}", version.into_inner());
+    eprintln!("CRI: {version:?}");
 
     let pulled = images
         .pull_image(cri::PullImageRequest {
