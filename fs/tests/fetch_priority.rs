@@ -114,11 +114,17 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
         index.chunks_of(e).to_vec()
     };
     let r = img.readers[0].clone();
-    let fetcher = Fetcher::new(
+    // The locality rule alone: no read-around (see
+    // an_isolated_small_read_takes_a_few_kb_either_side_of_it).
+    let fetcher = Fetcher::with_tuning(
         img.layers.clone(),
         ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
         Arc::new(Stats::default()),
         2,
+        FetchTuning {
+            read_around: 0,
+            ..FetchTuning::default()
+        },
     );
     let reads = || r.reads.load(std::sync::atomic::Ordering::SeqCst);
 
@@ -147,6 +153,50 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     assert_eq!(on_demand(&fetcher, &chunks_of("far0")), far[0]);
     assert_eq!(reads(), 3);
     assert!(fetcher.cached(&chunks_of("far1")).is_none());
+    fetcher.shutdown();
+}
+
+/// `FetchTuning::default().read_around`, stated here rather than read from the code
+/// under test, so that a change to it is seen.
+const READ_AROUND: u64 = 16 << 10;
+
+#[test]
+fn an_isolated_small_read_takes_a_few_kb_either_side_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Six 3000-byte files stored side by side (3584 bytes apart in the tar), between
+    // two 64 KiB ones.
+    let small: Vec<Vec<u8>> = (0..6u32).map(|i| content(20 + i, 3000)).collect();
+    let pads = [content(1, 64 << 10), content(2, 64 << 10)];
+    let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    let mut items = vec![Item::File("pad0", 0o644, &pads[0])];
+    items.extend(names.iter().zip(&small).map(|(n, d)| Item::File(n, 0o644, d)));
+    items.push(Item::File("pad1", 0o644, &pads[1]));
+    let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
+    let index = img.layers[0].index.clone();
+    let chunks_of = |name: &str| {
+        let e = index.entries.iter().find(|e| e.path == name).unwrap();
+        index.chunks_of(e).to_vec()
+    };
+    let r = img.readers[0].clone();
+    let fetcher = Fetcher::new(
+        img.layers.clone(),
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        Arc::new(Stats::default()),
+        2,
+    );
+    // The first read of the layer (not local to anything): one request, which takes
+    // in the small files within the read-around before and after it (s3 is 10.5 KB
+    // after s0's start and 7 KB before s5's end), not the big ones beyond.
+    assert_eq!(on_demand(&fetcher, &chunks_of("s3")), small[3]);
+    assert_eq!(r.reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for n in &names {
+        assert!(fetcher.cached(&chunks_of(n)).is_some(), "{n} not fetched");
+    }
+    for n in ["pad0", "pad1"] {
+        assert!(fetcher.cached(&chunks_of(n)).is_none(), "{n} fetched");
+    }
+    let fetched = r.bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(fetched <= 3000 + 2 * READ_AROUND, "fetched {fetched}");
     fetcher.shutdown();
 }
 
