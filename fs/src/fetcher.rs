@@ -617,8 +617,7 @@ impl Inner {
                         // Background work is waiting for the quiet period to pass.
                         self.changed
                             .wait_for(&mut q, self.tuning.background_quiet / 2);
-                    } else if nothing_else && !q.idle.is_empty() && q.running_idle < IDLE_RUNNING
-                    {
+                    } else if nothing_else && !q.idle.is_empty() && q.running_idle < IDLE_RUNNING {
                         // Idle work is waiting for the link to have been quiet.
                         let left = self.tuning.idle_quiet.saturating_sub(idle_for);
                         self.changed

@@ -169,7 +169,12 @@ fn an_isolated_small_read_takes_a_few_kb_either_side_of_it() {
     let pads = [content(1, 64 << 10), content(2, 64 << 10)];
     let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
     let mut items = vec![Item::File("pad0", 0o644, &pads[0])];
-    items.extend(names.iter().zip(&small).map(|(n, d)| Item::File(n, 0o644, d)));
+    items.extend(
+        names
+            .iter()
+            .zip(&small)
+            .map(|(n, d)| Item::File(n, 0o644, d)),
+    );
     items.push(Item::File("pad1", 0o644, &pads[1]));
     let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
     let index = img.layers[0].index.clone();
@@ -250,4 +255,101 @@ fn first_read_of_a_big_file_queues_the_rest_of_it() {
     assert_eq!(r.reads.load(std::sync::atomic::Ordering::SeqCst), reads);
     drop(f);
     m.unmount();
+}
+
+/// A layer of `n` files of 300 KiB of pseudo-random bytes (each its own chunk, far
+/// beyond any read-around of the others), behind a closed gate; and a fetcher of
+/// `workers` workers over it.
+fn gated_files(
+    tmp: &std::path::Path,
+    n: u32,
+    workers: usize,
+) -> (Arc<GatedBlob>, Vec<Vec<skiff_proto::index::Chunk>>, Fetcher) {
+    let data: Vec<Vec<u8>> = (0..n).map(|i| content(60 + i, 300 << 10)).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+    let items: Vec<Item> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| Item::File(n, 0o644, d))
+        .collect();
+    let img = image(&tmp.join("img"), &[build_layer(&items)]);
+    let gated = GatedBlob::new(img.readers[0].clone());
+    let index = img.layers[0].index.clone();
+    let chunks: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let e = index.entries.iter().find(|e| &e.path == name).unwrap();
+            index.chunks_of(e).to_vec()
+        })
+        .collect();
+    let fetcher = Fetcher::with_tuning(
+        vec![Layer {
+            index,
+            blob: gated.clone(),
+        }],
+        ChunkCache::open(&tmp.join("cache"), 1 << 30, 1 << 28).unwrap(),
+        Arc::new(Stats::default()),
+        workers,
+        FetchTuning {
+            merge_gap: 0,
+            ..FetchTuning::default()
+        },
+    );
+    (gated, chunks, fetcher)
+}
+
+#[test]
+fn one_job_fetches_its_far_apart_chunks_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gated, chunks, fetcher) = gated_files(tmp.path(), 3, 1);
+    let _release = ReleaseOnDrop(gated.clone());
+    // One job (one worker) for the first and last file: two requests, both asked
+    // for before either is answered (one after another, the second would wait for
+    // the gate).
+    let job: Vec<_> = chunks[0].iter().chain(&chunks[2]).copied().collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    fetcher.submit(0, job, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+    let asked = std::time::Instant::now();
+    while gated.seen.lock().len() < 2 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "the second request waits for the first"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    gated.release();
+    assert!(rx.recv().unwrap());
+    assert!(
+        fetcher.cached(&chunks[1]).is_none(),
+        "the file between them"
+    );
+    fetcher.shutdown();
+}
+
+#[test]
+fn later_jobs_run_two_at_a_time_after_queued_prefetch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gated, chunks, fetcher) = gated_files(tmp.path(), 5, 8);
+    let _release = ReleaseOnDrop(gated.clone());
+    for c in &chunks[..4] {
+        fetcher.submit_with(Priority::Later, 0, c.clone(), Box::new(|_| {}));
+    }
+    gated.wait_seen(2);
+    // Free workers exist, yet no third one starts (watched over a window: an
+    // absence has no event to wait for).
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_millis(200) {
+        assert_eq!(gated.seen.lock().len(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A prefetch job is not held back by them.
+    fetcher.submit_with(Priority::Prefetch, 0, chunks[4].clone(), Box::new(|_| {}));
+    gated.wait_seen(3);
+    assert_eq!(gated.seen.lock()[2], chunks[4][0].blob_offset);
+    gated.release();
+    assert!(fetcher.wait_idle(Duration::from_secs(30)));
+    for c in &chunks {
+        assert!(fetcher.cached(c).is_some());
+    }
+    fetcher.shutdown();
 }

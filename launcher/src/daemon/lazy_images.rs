@@ -204,9 +204,15 @@ fn first_reads(entry: &ImageEntry) -> Vec<Vec<String>> {
 /// Share of an upper layer's blob fetched while the link is idle (a quarter).
 const IDLE_FILL_SHARE: u64 = 4;
 
-/// Most blob bytes of one image fetched while the link is idle, unless
-/// `SKIFF_IDLE_FILL_MB` says otherwise (0: off; for benchmarks weighing it).
-const IDLE_FILL_MAX: u64 = 32 << 20;
+/// Most blob bytes of one image fetched while the link is idle: off unless
+/// `SKIFF_IDLE_FILL_MB` says otherwise (for benchmarks weighing it). Measured with
+/// 32 MiB (bench/RESULTS.md, session 8): no faster within noise (python 0.96×, gcc
+/// 1.00×, node 0.96× of the same build without it, two rounds) for +1.6, +9.9 and
+/// +2.9 MB fetched. On a quiet machine containerd asks for the container's view
+/// before the image's tree is built, so no idle spell opens before the program
+/// starts; the fill then runs after it, or in a gap of a program's serial reads,
+/// where the next read waits behind it.
+const IDLE_FILL_MAX: u64 = 0;
 
 /// The idle-fill bound ([`IDLE_FILL_MAX`], or `SKIFF_IDLE_FILL_MB` MiB when set).
 fn idle_fill_max() -> u64 {
@@ -235,7 +241,7 @@ fn idle_fill_plan(sizes: &[u64], max: u64) -> Vec<(usize, u64)> {
 }
 
 /// Fetches the start of the image's upper layers while the link would otherwise be
-/// idle ([`idle_fill_plan`]): containerd's own steps after the pull (starting `ctr`,
+/// idle ([`idle_fill_plan`]; off by default, see [`IDLE_FILL_MAX`]): containerd's own steps after the pull (starting `ctr`,
 /// runc setting up the container) leave the link idle for 200–400 ms, and an
 /// application layer's blob starts with what its packages put in `/usr/bin` and the
 /// libraries beside them (python3.11 lies in the first 2.7 MB of the python image's
