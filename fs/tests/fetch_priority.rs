@@ -298,6 +298,21 @@ fn gated_files(
     (gated, chunks, fetcher)
 }
 
+/// Waits (polling, at most 10 s) until `n` reads were asked of `gated`. (Not
+/// `GatedBlob::wait_seen`: with several reads held at the gate, its condition
+/// variable would be waited on with two mutexes.)
+fn wait_asked(gated: &GatedBlob, n: usize) {
+    let since = std::time::Instant::now();
+    while gated.seen.lock().len() < n {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{} of {n} reads asked for",
+            gated.seen.lock().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn one_job_fetches_its_far_apart_chunks_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();
@@ -309,14 +324,7 @@ fn one_job_fetches_its_far_apart_chunks_side_by_side() {
     let job: Vec<_> = chunks[0].iter().chain(&chunks[2]).copied().collect();
     let (tx, rx) = std::sync::mpsc::channel();
     fetcher.submit(0, job, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
-    let asked = std::time::Instant::now();
-    while gated.seen.lock().len() < 2 {
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "the second request waits for the first"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_asked(&gated, 2);
     gated.release();
     assert!(rx.recv().unwrap());
     assert!(
@@ -334,7 +342,7 @@ fn later_jobs_run_two_at_a_time_after_queued_prefetch() {
     for c in &chunks[..4] {
         fetcher.submit_with(Priority::Later, 0, c.clone(), Box::new(|_| {}));
     }
-    gated.wait_seen(2);
+    wait_asked(&gated, 2);
     // Free workers exist, yet no third one starts (watched over a window: an
     // absence has no event to wait for).
     let window = std::time::Instant::now();
@@ -344,7 +352,7 @@ fn later_jobs_run_two_at_a_time_after_queued_prefetch() {
     }
     // A prefetch job is not held back by them.
     fetcher.submit_with(Priority::Prefetch, 0, chunks[4].clone(), Box::new(|_| {}));
-    gated.wait_seen(3);
+    wait_asked(&gated, 3);
     assert_eq!(gated.seen.lock()[2], chunks[4][0].blob_offset);
     gated.release();
     assert!(fetcher.wait_idle(Duration::from_secs(30)));
