@@ -92,6 +92,21 @@ fn on_demand(fetcher: &Fetcher, chunks: &[skiff_proto::index::Chunk]) -> Vec<u8>
     data.iter().flat_map(|d| d.iter().copied()).collect()
 }
 
+/// An image (under `dir/img`) of one layer of `items`, and the chunks of each of its
+/// files by name.
+fn one_layer(
+    dir: &std::path::Path,
+    items: &[Item],
+) -> (Image, impl Fn(&str) -> Vec<skiff_proto::index::Chunk>) {
+    let img = image(&dir.join("img"), &[build_layer(items)]);
+    let index = img.layers[0].index.clone();
+    let chunks_of = move |name: &str| {
+        let e = index.entries.iter().find(|e| e.path == name).unwrap();
+        index.chunks_of(e).to_vec()
+    };
+    (img, chunks_of)
+}
+
 #[test]
 fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,12 +122,7 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     items.push(Item::File("filler", 0o644, &filler));
     items.push(Item::File("far0", 0o644, &far[0]));
     items.push(Item::File("far1", 0o644, &far[1]));
-    let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
-    let index = img.layers[0].index.clone();
-    let chunks_of = |name: &str| {
-        let e = index.entries.iter().find(|e| e.path == name).unwrap();
-        index.chunks_of(e).to_vec()
-    };
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
     let r = img.readers[0].clone();
     // The locality rule alone: no read-around (see
     // an_isolated_small_read_takes_a_few_kb_either_side_of_it).
@@ -176,12 +186,7 @@ fn an_isolated_small_read_takes_a_few_kb_either_side_of_it() {
             .map(|(n, d)| Item::File(n, 0o644, d)),
     );
     items.push(Item::File("pad1", 0o644, &pads[1]));
-    let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
-    let index = img.layers[0].index.clone();
-    let chunks_of = |name: &str| {
-        let e = index.entries.iter().find(|e| e.path == name).unwrap();
-        index.chunks_of(e).to_vec()
-    };
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
     let r = img.readers[0].clone();
     let fetcher = Fetcher::new(
         img.layers.clone(),
