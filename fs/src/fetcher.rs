@@ -145,13 +145,14 @@ pub struct FetchTuning {
     /// the layer paid for neighbours nobody read (python on eStargz: +1.5 MB, +0.1 s;
     /// `bash bench/coldstart.sh --images python,gcc --tools skiff` with this at 0).
     pub neighbour_window: u64,
-    /// An on-demand request smaller than [`FetchTuning::neighbour_window`] also takes
-    /// in the uncached chunks lying within this many blob bytes before it, and, when
-    /// it is not local (so the neighbour window does not apply), within this many
-    /// bytes after it: a compiler reads headers stored side by side, often the later
-    /// one first, and python's `encodings` package reads `__init__` and then
-    /// `aliases`, stored 0.5 KB after it; each was a round trip of its own (20 ms RTT,
-    /// ~50 ms each under the benchmark's shaper) for a few KB. 0: off.
+    /// An on-demand request also takes in the uncached chunks lying within this many
+    /// blob bytes before it, and, unless the neighbour window applies (a small local
+    /// request), within this many bytes after it: a compiler reads headers stored
+    /// side by side, often the later one first, python's `encodings` package reads
+    /// `__init__` and then `aliases`, stored 0.5 KB after it, and gcc's linker reads
+    /// the files stored 0.3 and 18 KB after the ones it read before; each was a round
+    /// trip of its own (20 ms RTT, 30–50 ms under the benchmark's shaper) for a few KB.
+    /// 0: off.
     pub read_around: u64,
     /// Idle jobs start only once no other job has been queued, running or finished
     /// for this long ([`Priority::Idle`]): a program reading one file after another
@@ -161,7 +162,7 @@ pub struct FetchTuning {
 }
 
 impl Default for FetchTuning {
-    /// 64 KiB gap, 8 MiB requests, 16 KiB read around a small request, 3 s of quiet
+    /// 64 KiB gap, 8 MiB requests, 32 KiB read around a request, 3 s of quiet
     /// before background work. With 500 ms,
     /// background jobs started in the pauses of a cold python start-up and took the link
     /// from it (bench/coldstart.sh, 100 Mbit/s: plain gzip 3.5 s → 10.2 s).
@@ -171,7 +172,7 @@ impl Default for FetchTuning {
             max_request: 8 << 20,
             background_quiet: Duration::from_secs(3),
             neighbour_window: 256 << 10,
-            read_around: 16 << 10,
+            read_around: 32 << 10,
             idle_quiet: Duration::from_millis(30),
         }
     }
@@ -724,18 +725,16 @@ impl Inner {
         prev.is_some_and(|p| start.abs_diff(p) <= LOCALITY)
     }
 
-    /// The blob range an on-demand request for `[start, end)` of `layer` reads: a
-    /// small one grows over the chunks after it (up to the neighbour window from its
-    /// start when it lands near the layer's previous request, else up to
+    /// The blob range an on-demand request for `[start, end)` of `layer` reads: it
+    /// grows over the chunks after it (a small one landing near the layer's previous
+    /// request up to the neighbour window from its start, any other up to
     /// [`FetchTuning::read_around`] past its end) and over those just before it
     /// (up to `read_around`), never over a chunk stored or being fetched.
     fn grow(&self, layer: usize, l: &Layer, start: u64, end: u64) -> (u64, u64) {
         let t = &self.tuning;
         let local = self.near_last_miss(layer, start, end);
-        if end.saturating_sub(start) >= t.neighbour_window {
-            return (start, end);
-        }
-        let window = if local {
+        let small = end.saturating_sub(start) < t.neighbour_window;
+        let window = if local && small {
             t.neighbour_window
         } else {
             (end - start).saturating_add(t.read_around)

@@ -168,7 +168,7 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
 
 /// `FetchTuning::default().read_around`, stated here rather than read from the code
 /// under test, so that a change to it is seen.
-const READ_AROUND: u64 = 16 << 10;
+const READ_AROUND: u64 = 32 << 10;
 
 #[test]
 fn an_isolated_small_read_takes_a_few_kb_either_side_of_it() {

@@ -53,8 +53,8 @@ fn reads_fetch_only_their_chunks_and_cache_serves_remounts() {
     );
     assert_eq!(r.reads.load(Ordering::SeqCst), 0);
     // One small file: its bytes, and the small file stored right after it (within
-    // the 16 KiB an isolated small read takes either side, `FetchTuning::read_around`:
-    // gcc and python read such neighbours next, a round trip each), in one request.
+    // the 32 KiB a read takes either side, `FetchTuning::read_around`: gcc and python
+    // read such neighbours next, a round trip each), in one request.
     assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), files.data[0]);
     assert_eq!(r.reads.load(Ordering::SeqCst), 1);
     let first = r.bytes.load(Ordering::SeqCst);
