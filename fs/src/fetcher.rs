@@ -842,72 +842,70 @@ impl Inner {
             end,
             ref members,
         } = *run;
-        {
-            let members: Vec<&(usize, Arc<Slot>)> = members.iter().map(|&k| &owned[k]).collect();
-            let (start, end) = if neighbours {
-                self.grow(layer, l, start, end)
-            } else {
-                (start, end)
-            };
-            let len = end - start;
-            self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
-            let t0 = Instant::now();
-            let raw = match l.blob.read_at(start, len) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    self.stats.blob_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(blob = %l.index.blob, offset = start, len, error = %e, "blob read failed");
-                    let err = FetchError::Blob {
-                        blob: l.index.blob,
-                        offset: start,
-                        len,
-                        message: e.to_string(),
-                    };
-                    for (_, slot) in members {
-                        slot.fill(Err(err.clone()));
-                    }
-                    return;
-                }
-            };
-            self.stats
-                .blob_bytes
-                .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            // Other chunks of the layer lying wholly inside the fetched range are
-            // decoded too (the bytes are here already): gzip spans holding many small
-            // files, gaps bridged by merging.
-            let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
-            let extras = {
-                let inflight = self.inflight.lock();
-                plan::bonus_chunks(&l.index, start, end, &batch, MAX_BONUS_BYTES, |c| {
-                    self.busy(&inflight, c)
-                })
-            };
-            batch.extend(extras);
-            let t1 = Instant::now();
-            let decoded = decode_chunks(&l.index, &batch, start, &raw);
-            for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
-                let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
+        let members: Vec<&(usize, Arc<Slot>)> = members.iter().map(|&k| &owned[k]).collect();
+        let (start, end) = if neighbours {
+            self.grow(layer, l, start, end)
+        } else {
+            (start, end)
+        };
+        let len = end - start;
+        self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let raw = match l.blob.read_at(start, len) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.stats.blob_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(blob = %l.index.blob, offset = start, len, error = %e, "blob read failed");
+                let err = FetchError::Blob {
                     blob: l.index.blob,
-                    chunk: c.digest,
+                    offset: start,
+                    len,
                     message: e.to_string(),
-                });
-                if let Ok(data) = &res {
-                    self.cache.put(c.digest, data.clone());
+                };
+                for (_, slot) in members {
+                    slot.fill(Err(err.clone()));
                 }
-                if let Some((_, slot)) = members.get(k) {
-                    slot.fill(res);
-                }
+                return;
             }
-            tracing::debug!(
-                blob = %l.index.blob,
-                offset = start,
-                len,
-                chunks = batch.len(),
-                fetch_ms = (t1 - t0).as_millis() as u64,
-                decode_and_store_ms = t1.elapsed().as_millis() as u64,
-                "blob range read"
-            );
+        };
+        self.stats
+            .blob_bytes
+            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        // Other chunks of the layer lying wholly inside the fetched range are
+        // decoded too (the bytes are here already): gzip spans holding many small
+        // files, gaps bridged by merging.
+        let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
+        let extras = {
+            let inflight = self.inflight.lock();
+            plan::bonus_chunks(&l.index, start, end, &batch, MAX_BONUS_BYTES, |c| {
+                self.busy(&inflight, c)
+            })
+        };
+        batch.extend(extras);
+        let t1 = Instant::now();
+        let decoded = decode_chunks(&l.index, &batch, start, &raw);
+        for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
+            let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
+                blob: l.index.blob,
+                chunk: c.digest,
+                message: e.to_string(),
+            });
+            if let Ok(data) = &res {
+                self.cache.put(c.digest, data.clone());
+            }
+            if let Some((_, slot)) = members.get(k) {
+                slot.fill(res);
+            }
         }
+        tracing::debug!(
+            blob = %l.index.blob,
+            offset = start,
+            len,
+            chunks = batch.len(),
+            fetch_ms = (t1 - t0).as_millis() as u64,
+            decode_and_store_ms = t1.elapsed().as_millis() as u64,
+            "blob range read"
+        );
     }
 
     /// Chunk `c` of streamed layer `layer`: from the cache once the layer's stream has
