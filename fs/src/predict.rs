@@ -107,7 +107,7 @@ impl Predictor {
             // loader's files were predicted from it (as a read through the mount
             // does: the head and the loader's next reads come first).
             let rest = match tree.layers.get(layer) {
-                Some(idx) if executable => plan::rest_of_file(idx.chunks_of(&node.entry), &head),
+                Some(idx) if executable => plan::rest_of_file(idx.chunks_of(node.entry), &head),
                 _ => Vec::new(),
             };
             let (tail, rest) = plan::tail_and_rest(rest);
