@@ -3,12 +3,16 @@
 //! whose blob ranges are at most [`FetchTuning::merge_gap`] apart share one request).
 //!
 //! Fetches run on the fetcher's own worker threads and hand their result to a callback,
-//! so a FUSE thread never waits on the network; the number of workers bounds how many
+//! so a FUSE thread never waits on the network; the number of workers (times
+//! [`PARALLEL_RUNS`], for a job whose chunks lie apart in the blob) bounds how many
 //! Range requests are in flight at once, across chunks and layers. Jobs have a
 //! [`Priority`]: on-demand reads go first, then prefetch, and background jobs run only
 //! while no on-demand read is queued or running (and none arrived in the last
 //! [`FetchTuning::background_quiet`]) and no prefetch is queued, on at most half of the
-//! workers; prefetch leaves two workers free for on-demand reads. Concurrent requests
+//! workers; prefetch leaves two workers free for on-demand reads. [`Priority::Later`]
+//! and [`Priority::Idle`] jobs run fewer at a time, so that on a link that serves
+//! bytes in the order they were asked for, a read never queues behind much of them.
+//! Concurrent requests
 //! for the same chunk share one fetch (an in-flight table keyed by chunk digest). Nothing
 //! is returned or cached unless [`decode_chunks`] verified it. Chunks that lie wholly
 //! inside a fetched range are decoded and cached too, asked for or not.
@@ -32,6 +36,21 @@ const LOCALITY: u64 = 1 << 20;
 /// Largest blob span of one prefetch or background job: small enough that many run in
 /// parallel and an on-demand read never waits long behind one.
 const SPECULATIVE_JOB_BYTES: u64 = 1 << 20;
+
+/// Most [`Priority::Later`] jobs running at once: two keep the link busy, and a
+/// read arriving meanwhile waits behind at most two 1 MiB jobs (at 100 Mbit/s,
+/// ~170 ms; with six running, cc1's libraries waited 800 ms behind its text).
+pub const LATER_RUNNING: usize = 2;
+
+/// Most idle jobs running at once: two keep a 20 ms-RTT link busy between them.
+pub const IDLE_RUNNING: usize = 2;
+
+/// Largest blob span of one idle job: an on-demand read arriving while idle jobs run
+/// waits behind at most [`IDLE_RUNNING`] of them (at 100 Mbit/s, ~40 ms each).
+pub const IDLE_JOB_BYTES: u64 = 512 << 10;
+
+/// Most Range requests one job has in flight at once (its runs lie apart in the blob).
+const PARALLEL_RUNS: usize = 4;
 
 /// Most content decoded from one fetched range beyond the chunks asked for.
 const MAX_BONUS_BYTES: u64 = 32 << 20;
@@ -92,8 +111,19 @@ pub enum Priority {
     OnDemand,
     /// Prefetch of a recorded profile or producer-marked files.
     Prefetch,
+    /// The rest of a file whose head a read just got (an executable paged in
+    /// next): starts only when no on-demand or prefetch job is queued, at most
+    /// [`LATER_RUNNING`] at a time, so that what is needed first (the head, the
+    /// files the loader opens next, page faults) does not queue on the link behind
+    /// it.
+    Later,
     /// Filling the cache with the rest of the image; yields to on-demand reads.
     Background,
+    /// Using the link while nothing else does ([`Fetcher::fill_when_idle`]): starts
+    /// only when no other job is queued or running and none ran for
+    /// [`FetchTuning::idle_quiet`], at most [`IDLE_RUNNING`] at a time, in jobs of
+    /// [`IDLE_JOB_BYTES`].
+    Idle,
 }
 
 /// Knobs of the fetcher.
@@ -115,10 +145,25 @@ pub struct FetchTuning {
     /// the layer paid for neighbours nobody read (python on eStargz: +1.5 MB, +0.1 s;
     /// `bash bench/coldstart.sh --images python,gcc --tools skiff` with this at 0).
     pub neighbour_window: u64,
+    /// An on-demand request also takes in the uncached chunks lying within this many
+    /// blob bytes before it, and, unless the neighbour window applies (a small local
+    /// request), within this many bytes after it: a compiler reads headers stored
+    /// side by side, often the later one first, python's `encodings` package reads
+    /// `__init__` and then `aliases`, stored 0.5 KB after it, and gcc's linker reads
+    /// the files stored 0.3 and 18 KB after the ones it read before; each was a round
+    /// trip of its own (20 ms RTT, 30–50 ms under the benchmark's shaper) for a few KB.
+    /// 0: off.
+    pub read_around: u64,
+    /// Idle jobs start only once no other job has been queued, running or finished
+    /// for this long ([`Priority::Idle`]): a program reading one file after another
+    /// leaves the link idle for a few milliseconds between reads, and an idle job
+    /// starting there would make its next read wait behind it.
+    pub idle_quiet: Duration,
 }
 
 impl Default for FetchTuning {
-    /// 64 KiB gap, 8 MiB requests, 3 s of quiet before background work. With 500 ms,
+    /// 64 KiB gap, 8 MiB requests, 32 KiB read around a request, 3 s of quiet
+    /// before background work. With 500 ms,
     /// background jobs started in the pauses of a cold python start-up and took the link
     /// from it (bench/coldstart.sh, 100 Mbit/s: plain gzip 3.5 s → 10.2 s).
     fn default() -> Self {
@@ -127,6 +172,8 @@ impl Default for FetchTuning {
             max_request: 8 << 20,
             background_quiet: Duration::from_secs(3),
             neighbour_window: 256 << 10,
+            read_around: 32 << 10,
+            idle_quiet: Duration::from_millis(30),
         }
     }
 }
@@ -154,13 +201,19 @@ struct Queues {
     on_demand: VecDeque<Job>,
     prefetch: VecDeque<Job>,
     background: VecDeque<Job>,
+    idle: VecDeque<Job>,
+    later: VecDeque<Job>,
     running_on_demand: usize,
+    running_later: usize,
+    running_idle: usize,
     running_prefetch: usize,
     running_background: usize,
     running: usize,
     closed: bool,
     /// When the last on-demand read was queued (initially: when the fetcher started).
     last_on_demand: Option<Instant>,
+    /// When a job other than an idle one was last queued or finished.
+    last_busy: Option<Instant>,
 }
 
 impl Queues {
@@ -169,6 +222,8 @@ impl Queues {
             && self.on_demand.is_empty()
             && self.prefetch.is_empty()
             && self.background.is_empty()
+            && self.idle.is_empty()
+            && self.later.is_empty()
     }
 }
 
@@ -382,6 +437,11 @@ impl Fetcher {
             }
             Priority::Prefetch => q.prefetch.push_back(job),
             Priority::Background => q.background.push_back(job),
+            Priority::Idle => q.idle.push_back(job),
+            Priority::Later => q.later.push_back(job),
+        }
+        if priority != Priority::Idle {
+            q.last_busy = Some(Instant::now());
         }
         drop(q);
         self.inner.changed.notify_all();
@@ -400,6 +460,32 @@ impl Fetcher {
                 Box::new(move |r| {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, ?priority, "speculative fetch failed");
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Queues the chunks of layer `layer` not stored yet, from the start of its blob
+    /// up to `budget` blob bytes, as [`Priority::Idle`] jobs of at most
+    /// [`IDLE_JOB_BYTES`]: fetched only while the link would otherwise be idle.
+    pub fn fill_when_idle(&self, layer: usize, budget: u64) {
+        let Some(l) = self.inner.layers.get(layer) else {
+            return;
+        };
+        if budget == 0 || self.inner.whole.get(layer).copied().unwrap_or(true) {
+            return;
+        }
+        let cache = &self.inner.cache;
+        let chunks = plan::blob_prefix(&l.index.chunks, budget, MAX_CHUNK_FETCH);
+        for job in plan::split_jobs(chunks, IDLE_JOB_BYTES, |c| cache.contains(&c.digest)) {
+            self.submit_with(
+                Priority::Idle,
+                layer,
+                job,
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "idle fetch failed");
                     }
                 }),
             );
@@ -429,6 +515,8 @@ impl Fetcher {
             let mut q = self.inner.queues.lock();
             let mut v: Vec<Job> = q.prefetch.drain(..).collect();
             v.extend(q.background.drain(..));
+            v.extend(q.idle.drain(..));
+            v.extend(q.later.drain(..));
             v
         };
         for j in jobs {
@@ -482,6 +570,16 @@ impl Inner {
                             break (j, Priority::Prefetch);
                         }
                     }
+                    let may_later = q.prefetch.is_empty()
+                        && q.running_later < LATER_RUNNING
+                        && q.running_prefetch + q.running_later
+                            < self.workers.saturating_sub(2).max(1);
+                    if may_later {
+                        if let Some(j) = q.later.pop_front() {
+                            q.running_later += 1;
+                            break (j, Priority::Later);
+                        }
+                    }
                     let quiet = q
                         .last_on_demand
                         .is_none_or(|t| t.elapsed() >= self.tuning.background_quiet);
@@ -495,16 +593,38 @@ impl Inner {
                             break (j, Priority::Background);
                         }
                     }
+                    let nothing_else = q.running == q.running_idle
+                        && q.on_demand.is_empty()
+                        && q.prefetch.is_empty()
+                        && q.later.is_empty()
+                        && q.background.is_empty();
+                    let idle_for = q.last_busy.map_or(Duration::MAX, |t| t.elapsed());
+                    if nothing_else
+                        && q.running_idle < IDLE_RUNNING
+                        && idle_for >= self.tuning.idle_quiet
+                    {
+                        if let Some(j) = q.idle.pop_front() {
+                            q.running_idle += 1;
+                            break (j, Priority::Idle);
+                        }
+                    }
                     if q.closed && q.on_demand.is_empty() {
                         return;
                     }
-                    if q.background.is_empty() || q.running_on_demand > 0 || !q.prefetch.is_empty()
-                    {
-                        self.changed.wait(&mut q);
-                    } else {
+                    let background_waits = !q.background.is_empty()
+                        && q.running_on_demand == 0
+                        && q.prefetch.is_empty();
+                    if background_waits {
                         // Background work is waiting for the quiet period to pass.
                         self.changed
                             .wait_for(&mut q, self.tuning.background_quiet / 2);
+                    } else if nothing_else && !q.idle.is_empty() && q.running_idle < IDLE_RUNNING {
+                        // Idle work is waiting for the link to have been quiet.
+                        let left = self.tuning.idle_quiet.saturating_sub(idle_for);
+                        self.changed
+                            .wait_for(&mut q, left.max(Duration::from_millis(1)));
+                    } else {
+                        self.changed.wait(&mut q);
                     }
                 };
                 q.running += 1;
@@ -524,6 +644,11 @@ impl Inner {
                 Priority::OnDemand => q.running_on_demand -= 1,
                 Priority::Background => q.running_background -= 1,
                 Priority::Prefetch => q.running_prefetch -= 1,
+                Priority::Idle => q.running_idle -= 1,
+                Priority::Later => q.running_later -= 1,
+            }
+            if priority != Priority::Idle {
+                q.last_busy = Some(Instant::now());
             }
             drop(q);
             self.changed.notify_all();
@@ -600,6 +725,29 @@ impl Inner {
         prev.is_some_and(|p| start.abs_diff(p) <= LOCALITY)
     }
 
+    /// The blob range an on-demand request for `[start, end)` of `layer` reads: it
+    /// grows over the chunks after it (a small one landing near the layer's previous
+    /// request up to the neighbour window from its start, any other up to
+    /// [`FetchTuning::read_around`] past its end) and over those just before it
+    /// (up to `read_around`), never over a chunk stored or being fetched.
+    fn grow(&self, layer: usize, l: &Layer, start: u64, end: u64) -> (u64, u64) {
+        let t = &self.tuning;
+        let local = self.near_last_miss(layer, start, end);
+        let small = end.saturating_sub(start) < t.neighbour_window;
+        let window = if local && small {
+            t.neighbour_window
+        } else {
+            (end - start).saturating_add(t.read_around)
+        };
+        let busy = |c: &Chunk| self.busy(&self.inflight.lock(), c);
+        let new_end = plan::neighbour_end(&l.index, start, end, window, busy);
+        let new_start = match t.read_around {
+            0 => start,
+            around => plan::neighbour_start(&l.index, start, around, busy),
+        };
+        (new_start, new_end)
+    }
+
     /// Whether chunk `c` is stored or being fetched (a range request taking it in
     /// would download it again). `inflight` is the locked in-flight table.
     fn busy(&self, inflight: &HashMap<Digest, Arc<Slot>>, c: &Chunk) -> bool {
@@ -652,80 +800,112 @@ impl Inner {
             self.tuning.merge_gap,
             self.tuning.max_request,
         );
-        for plan::Run {
+        // A job's runs lie apart in the blob (a library's header, its writable
+        // segment and its dynamic section; a read spanning far-apart chunks): fetched
+        // side by side, up to [`PARALLEL_RUNS`] at once, not one round trip after
+        // another (node's libnode: its loader ranges took two in turn, 300 ms).
+        for batch in runs.chunks(PARALLEL_RUNS) {
+            let Some((first, others)) = batch.split_first() else {
+                continue;
+            };
+            std::thread::scope(|scope| {
+                for run in others {
+                    let inline = std::thread::Builder::new()
+                        .name("skiff-fetch-run".into())
+                        .spawn_scoped(scope, || {
+                            self.fetch_run(layer, l, chunks, &owned, run, neighbours)
+                        })
+                        .is_err();
+                    if inline {
+                        self.fetch_run(layer, l, chunks, &owned, run, neighbours);
+                    }
+                }
+                self.fetch_run(layer, l, chunks, &owned, first, neighbours);
+            });
+        }
+    }
+
+    /// Fetches one run of `owned` chunks (one Range request, grown by
+    /// [`Inner::grow`] for on-demand reads when `neighbours`), decodes and caches
+    /// what it holds, and fills the members' slots.
+    fn fetch_run(
+        &self,
+        layer: usize,
+        l: &Layer,
+        chunks: &[Chunk],
+        owned: &[(usize, Arc<Slot>)],
+        run: &plan::Run,
+        neighbours: bool,
+    ) {
+        let plan::Run {
             start,
             end,
-            members,
-        } in runs
-        {
-            let members: Vec<&(usize, Arc<Slot>)> = members.iter().map(|&k| &owned[k]).collect();
-            let end = if neighbours && self.near_last_miss(layer, start, end) {
-                let window = self.tuning.neighbour_window;
-                plan::neighbour_end(&l.index, start, end, window, |c| {
-                    self.busy(&self.inflight.lock(), c)
-                })
-            } else {
-                end
-            };
-            let len = end - start;
-            self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
-            let t0 = Instant::now();
-            let raw = match l.blob.read_at(start, len) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    self.stats.blob_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(blob = %l.index.blob, offset = start, len, error = %e, "blob read failed");
-                    let err = FetchError::Blob {
-                        blob: l.index.blob,
-                        offset: start,
-                        len,
-                        message: e.to_string(),
-                    };
-                    for (_, slot) in members {
-                        slot.fill(Err(err.clone()));
-                    }
-                    continue;
-                }
-            };
-            self.stats
-                .blob_bytes
-                .fetch_add(raw.len() as u64, Ordering::Relaxed);
-            // Other chunks of the layer lying wholly inside the fetched range are
-            // decoded too (the bytes are here already): gzip spans holding many small
-            // files, gaps bridged by merging.
-            let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
-            let extras = {
-                let inflight = self.inflight.lock();
-                plan::bonus_chunks(&l.index, start, end, &batch, MAX_BONUS_BYTES, |c| {
-                    self.busy(&inflight, c)
-                })
-            };
-            batch.extend(extras);
-            let t1 = Instant::now();
-            let decoded = decode_chunks(&l.index, &batch, start, &raw);
-            for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
-                let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
+            ref members,
+        } = *run;
+        let members: Vec<&(usize, Arc<Slot>)> = members.iter().map(|&k| &owned[k]).collect();
+        let (start, end) = if neighbours {
+            self.grow(layer, l, start, end)
+        } else {
+            (start, end)
+        };
+        let len = end - start;
+        self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let raw = match l.blob.read_at(start, len) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.stats.blob_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(blob = %l.index.blob, offset = start, len, error = %e, "blob read failed");
+                let err = FetchError::Blob {
                     blob: l.index.blob,
-                    chunk: c.digest,
+                    offset: start,
+                    len,
                     message: e.to_string(),
-                });
-                if let Ok(data) = &res {
-                    self.cache.put(c.digest, data.clone());
+                };
+                for (_, slot) in members {
+                    slot.fill(Err(err.clone()));
                 }
-                if let Some((_, slot)) = members.get(k) {
-                    slot.fill(res);
-                }
+                return;
             }
-            tracing::debug!(
-                blob = %l.index.blob,
-                offset = start,
-                len,
-                chunks = batch.len(),
-                fetch_ms = (t1 - t0).as_millis() as u64,
-                decode_and_store_ms = t1.elapsed().as_millis() as u64,
-                "blob range read"
-            );
+        };
+        self.stats
+            .blob_bytes
+            .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        // Other chunks of the layer lying wholly inside the fetched range are
+        // decoded too (the bytes are here already): gzip spans holding many small
+        // files, gaps bridged by merging.
+        let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
+        let extras = {
+            let inflight = self.inflight.lock();
+            plan::bonus_chunks(&l.index, start, end, &batch, MAX_BONUS_BYTES, |c| {
+                self.busy(&inflight, c)
+            })
+        };
+        batch.extend(extras);
+        let t1 = Instant::now();
+        let decoded = decode_chunks(&l.index, &batch, start, &raw);
+        for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
+            let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
+                blob: l.index.blob,
+                chunk: c.digest,
+                message: e.to_string(),
+            });
+            if let Ok(data) = &res {
+                self.cache.put(c.digest, data.clone());
+            }
+            if let Some((_, slot)) = members.get(k) {
+                slot.fill(res);
+            }
         }
+        tracing::debug!(
+            blob = %l.index.blob,
+            offset = start,
+            len,
+            chunks = batch.len(),
+            fetch_ms = (t1 - t0).as_millis() as u64,
+            decode_and_store_ms = t1.elapsed().as_millis() as u64,
+            "blob range read"
+        );
     }
 
     /// Chunk `c` of streamed layer `layer`: from the cache once the layer's stream has

@@ -109,6 +109,15 @@ pub fn rest_of_file(all: &[Chunk], taken: &[Chunk]) -> Vec<Chunk> {
         .collect()
 }
 
+/// `rest` (the chunks of an executable left after its head, in file order) split
+/// into its last chunk and the others. The loader reads the last one right after
+/// the head: a stripped executable ends with its writable segment and dynamic
+/// section, which name the libraries it needs (cc1's 33 MB: its last 4 MiB chunk).
+pub fn tail_and_rest(mut rest: Vec<Chunk>) -> (Vec<Chunk>, Vec<Chunk>) {
+    let tail = rest.pop().into_iter().collect();
+    (tail, rest)
+}
+
 /// How far a request for blob range `[start, end)` of `index` grows to take in the
 /// chunks after it: in order of where they end, up to `start + window`, stopping at
 /// the first one that is `busy` (stored or being fetched: it would be downloaded
@@ -140,6 +149,35 @@ pub fn neighbour_end(
     new_end
 }
 
+/// How far back a request for blob range `[start, end)` of `index` reaches to take
+/// in the chunks just before it: nearest first (in order of where they end, from
+/// the latest), each lying wholly within `window` bytes before `start`, stopping at
+/// the first one that is `busy`. Files read together are often read in the reverse
+/// of their blob order (a compiler opening a header, then the one stored just before
+/// it), and a request growing only forward misses those.
+pub fn neighbour_start(
+    index: &LayerIndex,
+    start: u64,
+    window: u64,
+    busy: impl Fn(&Chunk) -> bool,
+) -> u64 {
+    let floor = start.saturating_sub(window);
+    let mut before: Vec<&Chunk> = index
+        .chunks
+        .iter()
+        .filter(|c| c.blob_offset >= floor && c.blob_offset < start && blob_end(c) <= start)
+        .collect();
+    before.sort_by_key(|c| std::cmp::Reverse(blob_end(c)));
+    let mut new_start = start;
+    for c in before {
+        if busy(c) {
+            break;
+        }
+        new_start = new_start.min(c.blob_offset);
+    }
+    new_start
+}
+
 /// The chunks of `index`, other than `taken`, whose blob range lies inside
 /// `[start, end)` and that are not `busy`, up to `max_bytes` of content: a fetched
 /// range's bytes are here already, so they are decoded and cached too.
@@ -164,6 +202,21 @@ pub fn bonus_chunks(
         total += c.len;
         out.push(*c);
     }
+    out
+}
+
+/// The chunks of a layer (`chunks`, any order) lying within the first `budget` bytes
+/// of its blob, in blob order, each digest once, leaving out chunks needing more than
+/// `max_chunk` blob bytes.
+pub fn blob_prefix(chunks: &[Chunk], budget: u64, max_chunk: u64) -> Vec<Chunk> {
+    let mut out: Vec<Chunk> = chunks
+        .iter()
+        .filter(|c| blob_end(c) <= budget && c.blob_len <= max_chunk)
+        .copied()
+        .collect();
+    out.sort_by_key(|c| (c.blob_offset, c.blob_len));
+    let mut seen = HashSet::new();
+    out.retain(|c| seen.insert(c.digest));
     out
 }
 
@@ -370,6 +423,16 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_of_an_executable_is_its_last_chunk() {
+        let f = file();
+        let (tail, rest) = tail_and_rest(f[1..].to_vec());
+        assert_eq!(ids(&tail), ids(&f[3..]));
+        assert_eq!(ids(&rest), ids(&f[1..3]));
+        let (tail, rest) = tail_and_rest(Vec::new());
+        assert!(tail.is_empty() && rest.is_empty());
+    }
+
+    #[test]
     fn neighbours_grow_a_small_request_in_order_of_end() {
         // Request [100, 150); chunks ending at 400, 250, 900 (listed out of order) and
         // one starting before the request (never a neighbour).
@@ -395,6 +458,45 @@ mod tests {
         );
         // A request already as long as the window is left alone.
         assert_eq!(neighbour_end(&idx, 100, 150, 50, |_| false), 150);
+    }
+
+    #[test]
+    fn a_request_reaches_back_over_the_chunks_just_before_it() {
+        // Request starting at 1000; chunks before it ending at 1000, 900 and 400, one
+        // overlapping the start (never taken), one past it.
+        let idx = index(vec![
+            ch(1, 0, 1, 900, 100),
+            ch(2, 0, 1, 700, 200),
+            ch(3, 0, 1, 300, 100),
+            ch(4, 0, 1, 950, 100),
+            ch(5, 0, 1, 1200, 100),
+        ]);
+        assert_eq!(neighbour_start(&idx, 1000, 400, |_| false), 700);
+        assert_eq!(neighbour_start(&idx, 1000, 800, |_| false), 300);
+        assert_eq!(neighbour_start(&idx, 1000, 50, |_| false), 1000);
+        // Stops at the first busy one, nearest first.
+        let two = Digest::of(&[2]);
+        assert_eq!(neighbour_start(&idx, 1000, 800, |c| c.digest == two), 900);
+        let one = Digest::of(&[1]);
+        assert_eq!(neighbour_start(&idx, 1000, 800, |c| c.digest == one), 1000);
+        assert_eq!(neighbour_start(&idx, 0, 800, |_| false), 0);
+    }
+
+    #[test]
+    fn a_blob_prefix_is_in_blob_order_within_the_budget() {
+        let chunks = vec![
+            ch(1, 0, 1, 500, 100),
+            ch(2, 0, 1, 0, 100),
+            ch(1, 0, 1, 600, 100), // the same content again: once
+            ch(3, 0, 1, 100, 5000),
+            ch(4, 0, 1, 900, 200), // ends past the budget
+        ];
+        let got = blob_prefix(&chunks, 1000, 1000);
+        assert_eq!(
+            got.iter().map(|c| c.blob_offset).collect::<Vec<_>>(),
+            vec![0, 500]
+        );
+        assert!(blob_prefix(&chunks, 0, 1000).is_empty());
     }
 
     #[test]

@@ -103,23 +103,31 @@ impl Predictor {
             let executable = whole_file_max > 0
                 && node.entry.mode & 0o111 != 0
                 && node.entry.size <= whole_file_max;
-            if executable {
-                if let Some(idx) = tree.layers.get(layer) {
-                    let rest = plan::rest_of_file(idx.chunks_of(&node.entry), &head);
-                    fetcher.queue_speculative(Priority::Prefetch, layer, rest);
-                }
-            }
+            // The rest of an executable is queued once its head is in and the
+            // loader's files were predicted from it (as a read through the mount
+            // does: the head and the loader's next reads come first).
+            let rest = match tree.layers.get(layer) {
+                Some(idx) if executable => plan::rest_of_file(idx.chunks_of(node.entry), &head),
+                _ => Vec::new(),
+            };
+            let (tail, rest) = plan::tail_and_rest(rest);
+            fetcher.queue_speculative(Priority::Prefetch, layer, tail);
             let p = Arc::clone(self);
             let offsets: Vec<u64> = head.iter().map(|c| c.file_offset).collect();
             fetcher.submit(
                 layer,
                 head,
-                Box::new(move |r| match r {
-                    Ok(data) if executable => {
-                        p.on_head(id, offsets.into_iter().zip(data).collect())
+                Box::new(move |r| {
+                    match r {
+                        Ok(data) if executable => {
+                            p.on_head(id, offsets.into_iter().zip(data).collect())
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "warm-up read failed"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "warm-up read failed"),
+                    if !rest.is_empty() {
+                        p.fetcher.queue_speculative(Priority::Later, layer, rest);
+                    }
                 }),
             );
         }

@@ -92,6 +92,21 @@ fn on_demand(fetcher: &Fetcher, chunks: &[skiff_proto::index::Chunk]) -> Vec<u8>
     data.iter().flat_map(|d| d.iter().copied()).collect()
 }
 
+/// An image (under `dir/img`) of one layer of `items`, and the chunks of each of its
+/// files by name.
+fn one_layer(
+    dir: &std::path::Path,
+    items: &[Item],
+) -> (Image, impl Fn(&str) -> Vec<skiff_proto::index::Chunk>) {
+    let img = image(&dir.join("img"), &[build_layer(items)]);
+    let index = img.layers[0].index.clone();
+    let chunks_of = move |name: &str| {
+        let e = index.entries.iter().find(|e| e.path == name).unwrap();
+        index.chunks_of(e).to_vec()
+    };
+    (img, chunks_of)
+}
+
 #[test]
 fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     let tmp = tempfile::tempdir().unwrap();
@@ -107,18 +122,19 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     items.push(Item::File("filler", 0o644, &filler));
     items.push(Item::File("far0", 0o644, &far[0]));
     items.push(Item::File("far1", 0o644, &far[1]));
-    let img = image(&tmp.path().join("img"), &[build_layer(&items)]);
-    let index = img.layers[0].index.clone();
-    let chunks_of = |name: &str| {
-        let e = index.entries.iter().find(|e| e.path == name).unwrap();
-        index.chunks_of(e).to_vec()
-    };
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
     let r = img.readers[0].clone();
-    let fetcher = Fetcher::new(
+    // The locality rule alone: no read-around (see
+    // an_isolated_small_read_takes_a_few_kb_either_side_of_it).
+    let fetcher = Fetcher::with_tuning(
         img.layers.clone(),
         ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
         Arc::new(Stats::default()),
         2,
+        FetchTuning {
+            read_around: 0,
+            ..FetchTuning::default()
+        },
     );
     let reads = || r.reads.load(std::sync::atomic::Ordering::SeqCst);
 
@@ -147,6 +163,50 @@ fn local_small_reads_take_their_neighbours_along_scattered_ones_do_not() {
     assert_eq!(on_demand(&fetcher, &chunks_of("far0")), far[0]);
     assert_eq!(reads(), 3);
     assert!(fetcher.cached(&chunks_of("far1")).is_none());
+    fetcher.shutdown();
+}
+
+/// `FetchTuning::default().read_around`, stated here rather than read from the code
+/// under test, so that a change to it is seen.
+const READ_AROUND: u64 = 32 << 10;
+
+#[test]
+fn an_isolated_small_read_takes_a_few_kb_either_side_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Six 3000-byte files stored side by side (3584 bytes apart in the tar), between
+    // two 64 KiB ones.
+    let small: Vec<Vec<u8>> = (0..6u32).map(|i| content(20 + i, 3000)).collect();
+    let pads = [content(1, 64 << 10), content(2, 64 << 10)];
+    let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    let mut items = vec![Item::File("pad0", 0o644, &pads[0])];
+    items.extend(
+        names
+            .iter()
+            .zip(&small)
+            .map(|(n, d)| Item::File(n, 0o644, d)),
+    );
+    items.push(Item::File("pad1", 0o644, &pads[1]));
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let r = img.readers[0].clone();
+    let fetcher = Fetcher::new(
+        img.layers.clone(),
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        Arc::new(Stats::default()),
+        2,
+    );
+    // The first read of the layer (not local to anything): one request, which takes
+    // in the small files within the read-around before and after it (s3 is 10.5 KB
+    // after s0's start and 7 KB before s5's end), not the big ones beyond.
+    assert_eq!(on_demand(&fetcher, &chunks_of("s3")), small[3]);
+    assert_eq!(r.reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for n in &names {
+        assert!(fetcher.cached(&chunks_of(n)).is_some(), "{n} not fetched");
+    }
+    for n in ["pad0", "pad1"] {
+        assert!(fetcher.cached(&chunks_of(n)).is_none(), "{n} fetched");
+    }
+    let fetched = r.bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(fetched <= 3000 + 2 * READ_AROUND, "fetched {fetched}");
     fetcher.shutdown();
 }
 
@@ -200,4 +260,109 @@ fn first_read_of_a_big_file_queues_the_rest_of_it() {
     assert_eq!(r.reads.load(std::sync::atomic::Ordering::SeqCst), reads);
     drop(f);
     m.unmount();
+}
+
+/// A layer of `n` files of 300 KiB of pseudo-random bytes (each its own chunk, far
+/// beyond any read-around of the others), behind a closed gate; and a fetcher of
+/// `workers` workers over it.
+fn gated_files(
+    tmp: &std::path::Path,
+    n: u32,
+    workers: usize,
+) -> (Arc<GatedBlob>, Vec<Vec<skiff_proto::index::Chunk>>, Fetcher) {
+    let data: Vec<Vec<u8>> = (0..n).map(|i| content(60 + i, 300 << 10)).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("f{i}")).collect();
+    let items: Vec<Item> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| Item::File(n, 0o644, d))
+        .collect();
+    let img = image(&tmp.join("img"), &[build_layer(&items)]);
+    let gated = GatedBlob::new(img.readers[0].clone());
+    let index = img.layers[0].index.clone();
+    let chunks: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let e = index.entries.iter().find(|e| &e.path == name).unwrap();
+            index.chunks_of(e).to_vec()
+        })
+        .collect();
+    let fetcher = Fetcher::with_tuning(
+        vec![Layer {
+            index,
+            blob: gated.clone(),
+        }],
+        ChunkCache::open(&tmp.join("cache"), 1 << 30, 1 << 28).unwrap(),
+        Arc::new(Stats::default()),
+        workers,
+        FetchTuning {
+            merge_gap: 0,
+            ..FetchTuning::default()
+        },
+    );
+    (gated, chunks, fetcher)
+}
+
+/// Waits (polling, at most 10 s) until `n` reads were asked of `gated`. (Not
+/// `GatedBlob::wait_seen`: with several reads held at the gate, its condition
+/// variable would be waited on with two mutexes.)
+fn wait_asked(gated: &GatedBlob, n: usize) {
+    let since = std::time::Instant::now();
+    while gated.seen.lock().len() < n {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "{} of {n} reads asked for",
+            gated.seen.lock().len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn one_job_fetches_its_far_apart_chunks_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gated, chunks, fetcher) = gated_files(tmp.path(), 3, 1);
+    let _release = ReleaseOnDrop(gated.clone());
+    // One job (one worker) for the first and last file: two requests, both asked
+    // for before either is answered (one after another, the second would wait for
+    // the gate).
+    let job: Vec<_> = chunks[0].iter().chain(&chunks[2]).copied().collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    fetcher.submit(0, job, Box::new(move |r| tx.send(r.is_ok()).unwrap()));
+    wait_asked(&gated, 2);
+    gated.release();
+    assert!(rx.recv().unwrap());
+    assert!(
+        fetcher.cached(&chunks[1]).is_none(),
+        "the file between them"
+    );
+    fetcher.shutdown();
+}
+
+#[test]
+fn later_jobs_run_two_at_a_time_after_queued_prefetch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gated, chunks, fetcher) = gated_files(tmp.path(), 5, 8);
+    let _release = ReleaseOnDrop(gated.clone());
+    for c in &chunks[..4] {
+        fetcher.submit_with(Priority::Later, 0, c.clone(), Box::new(|_| {}));
+    }
+    wait_asked(&gated, 2);
+    // Free workers exist, yet no third one starts (watched over a window: an
+    // absence has no event to wait for).
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_millis(200) {
+        assert_eq!(gated.seen.lock().len(), 2);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A prefetch job is not held back by them.
+    fetcher.submit_with(Priority::Prefetch, 0, chunks[4].clone(), Box::new(|_| {}));
+    wait_asked(&gated, 3);
+    assert_eq!(gated.seen.lock()[2], chunks[4][0].blob_offset);
+    gated.release();
+    assert!(fetcher.wait_idle(Duration::from_secs(30)));
+    for c in &chunks {
+        assert!(fetcher.cached(c).is_some());
+    }
+    fetcher.shutdown();
 }
