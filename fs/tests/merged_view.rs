@@ -169,3 +169,54 @@ fn inode_numbers_are_stable_across_mounts() {
     assert_eq!(first, inos(&mnt));
     drop(m);
 }
+
+/// A view the kernel opens itself, of an image without any extended attribute, tells
+/// the kernel it has none (ENOSYS): a read of one fails with EOPNOTSUPP without
+/// reaching the server, as overlayfs's `trusted.overlay.*` lookups on it then do. The
+/// same image mounted plainly answers ENODATA, and a view of an image with xattrs keeps
+/// them (`merged_view_matches_umoci_unpack_when_the_kernel_opens_files_itself`).
+#[test]
+fn a_view_of_an_image_without_xattrs_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = image(
+        &tmp.path().join("oci"),
+        &[build_layer(&[
+            Item::Dir("bin", 0o755),
+            Item::File("bin/tool", 0o755, b"#!/bin/sh\n"),
+        ])],
+    );
+    let xattr_errno = |p: &std::path::Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: valid C strings and a buffer of the length given.
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"trusted.overlay.metacopy".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(n < 0, "{} has trusted.overlay.metacopy", p.display());
+        std::io::Error::last_os_error().raw_os_error()
+    };
+    for kernel_opens in [false, true] {
+        let mnt = tmp.path().join(format!("mnt-{kernel_opens}"));
+        let mut opts = options(&img, &tmp.path().join("cache"), None);
+        opts.kernel_opens = kernel_opens;
+        let m = Mounted::new(opts, &mnt);
+        let want = if kernel_opens {
+            libc::EOPNOTSUPP
+        } else {
+            libc::ENODATA
+        };
+        for p in [mnt.join("bin/tool"), mnt.join("bin"), mnt.join("bin/tool")] {
+            assert_eq!(xattr_errno(&p), Some(want), "{}", p.display());
+        }
+        if !kernel_opens {
+            assert!(xattrs_of(&mnt.join("bin/tool")).is_empty());
+        }
+        assert_eq!(std::fs::read(mnt.join("bin/tool")).unwrap(), b"#!/bin/sh\n");
+        drop(m);
+    }
+}

@@ -91,6 +91,17 @@ fn name_str(name: &OsStr) -> Option<&str> {
     std::str::from_utf8(name.as_bytes()).ok()
 }
 
+/// Whether any entry of `layer` has an extended attribute the view shows (Skiff's
+/// and overlayfs's own are never shown, see `xattr.rs`). Shadowed and whited-out
+/// entries count too: a yes only costs the optimisation it guards.
+fn has_visible_xattrs(layer: &skiff_proto::index::LayerIndex) -> bool {
+    layer.entries.iter().any(|e| {
+        e.xattrs()
+            .iter()
+            .any(|(k, _)| !crate::upper::is_private_xattr(k.as_bytes()))
+    })
+}
+
 /// The union filesystem (implements [`fuser::Filesystem`]).
 pub struct SkiffFs {
     tree: Arc<LowerTree>,
@@ -113,6 +124,10 @@ pub struct SkiffFs {
     negotiated: Arc<std::sync::OnceLock<crate::handover::Negotiated>>,
     /// See [`FsConfig::kernel_opens`].
     kernel_opens: bool,
+    /// A shared view ([`FsConfig::kernel_opens`]) of an image none of whose entries
+    /// has an extended attribute a reader could see: GETXATTR and LISTXATTR are
+    /// answered ENOSYS, so the kernel stops asking (see `getxattr` in `ops.rs`).
+    no_xattrs: bool,
 }
 
 impl SkiffFs {
@@ -143,6 +158,7 @@ impl SkiffFs {
                 predictor: config.predictor.clone(),
             },
         );
+        let no_xattrs = config.kernel_opens && !tree.layers.iter().any(|l| has_visible_xattrs(l));
         Ok(SkiffFs {
             state: RwLock::new(Nodes::new(
                 tree.clone(),
@@ -159,6 +175,7 @@ impl SkiffFs {
             fetcher,
             stats,
             upper: config.upper,
+            no_xattrs,
             kernel_opens: config.kernel_opens,
             scratch: AtomicU64::new(1),
         })

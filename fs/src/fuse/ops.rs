@@ -493,11 +493,25 @@ impl fuser::Filesystem for SkiffFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            // A shared view of an image without extended attributes. overlayfs asks
+            // its lower layer for `trusted.overlay.*` of every file and directory it
+            // looks up, again for each container's new overlay, and FUSE caches no
+            // xattr: 56 of a warm python run's 64 requests, 94 of gcc's 115. After
+            // ENOSYS the kernel answers every xattr read of this connection itself
+            // (EOPNOTSUPP, which overlayfs and exec's file-capability check take as
+            // "none"), and no attribute is lost because there is none.
+            return reply.error(Errno::ENOSYS);
+        }
         self.known(ino.0);
         reply.send(self.do_getxattr(ino.0, name).map(|v| (size, v)))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if self.no_xattrs {
+            // As `getxattr`: the kernel then lists no attribute without asking.
+            return reply.error(Errno::ENOSYS);
+        }
         self.known(ino.0);
         reply.send(self.do_listxattr(ino.0).map(|v| (size, v)))
     }
