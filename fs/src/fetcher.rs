@@ -264,6 +264,8 @@ struct Inner {
     workers: usize,
     /// Per layer: streamed whole instead of fetched by chunk.
     whole: Vec<bool>,
+    /// Per layer: its chunks in blob order, made on its first on-demand request.
+    blob_order: Vec<std::sync::OnceLock<plan::BlobOrder>>,
     /// The streams of the layers streamed whole.
     streams: Arc<Streams>,
 }
@@ -299,6 +301,7 @@ impl Fetcher {
             .map(|l| crate::stream::streams_whole(&l.index))
             .collect();
         let inner = Arc::new(Inner {
+            blob_order: layers.iter().map(|_| std::sync::OnceLock::new()).collect(),
             whole,
             streams: Arc::new(Streams::default()),
             layers,
@@ -739,11 +742,15 @@ impl Inner {
         } else {
             (end - start).saturating_add(t.read_around)
         };
+        let Some(order) = self.blob_order.get(layer) else {
+            return (start, end);
+        };
+        let order = order.get_or_init(|| plan::BlobOrder::of(&l.index));
         let busy = |c: &Chunk| self.busy(&self.inflight.lock(), c);
-        let new_end = plan::neighbour_end(&l.index, start, end, window, busy);
+        let new_end = plan::neighbour_end(&l.index, order, start, end, window, busy);
         let new_start = match t.read_around {
             0 => start,
-            around => plan::neighbour_start(&l.index, start, around, busy),
+            around => plan::neighbour_start(&l.index, order, start, around, busy),
         };
         (new_start, new_end)
     }
