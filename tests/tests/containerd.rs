@@ -74,14 +74,21 @@ impl Setup {
     /// it succeeds.
     fn rpull(&self, image: &str) {
         let c = &self.containerd;
-        c.ok(c.ctr_remote().args([
+        c.ok(&mut self.rpull_command(image));
+    }
+
+    /// The command [`Setup::rpull`] runs, for a test that expects it may fail.
+    fn rpull_command(&self, image: &str) -> std::process::Command {
+        let mut cmd = self.containerd.ctr_remote();
+        cmd.args([
             "images",
             "rpull",
             "--plain-http",
             "--snapshotter",
             "skiff",
             image,
-        ]));
+        ]);
+        cmd
     }
 
     /// The snapshot directories holding unpacked layers and container uppers.
@@ -502,13 +509,7 @@ async fn a_toc_that_fails_after_the_commit_fails_the_container_cleanly() {
     let layers = manifest_layers(&image);
     proxy.add_rule(Rule::new(&layers[2].0, Fault::CorruptByte, None));
 
-    let pulled = s
-        .containerd
-        .ctr_remote()
-        .args(["images", "rpull", "--plain-http", "--snapshotter", "skiff"])
-        .arg(&image)
-        .output()
-        .unwrap();
+    let pulled = s.rpull_command(&image).output().unwrap();
     if !pulled.status.success() {
         // The other timing: the TOC failed before the pull's last Prepare, which then
         // fails naming the layer and its TOC (the layer cannot be lazy, and the view
