@@ -22,7 +22,7 @@ use crate::plan;
 use crate::stats::Stats;
 use crate::stream::{stream_layer, Streams};
 use parking_lot::{Condvar, Mutex};
-use skiff_proto::index::{decode_chunks, Chunk, LayerIndex};
+use skiff_proto::index::{decode_chunks, Chunk, ChunkDecoder, ChunkEncoding, LayerIndex};
 use skiff_proto::{BlobReader, Digest};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -225,6 +225,13 @@ impl Queues {
             && self.idle.is_empty()
             && self.later.is_empty()
     }
+}
+
+/// A chunk of a range being fetched, decoded as its bytes arrive.
+struct Streaming {
+    /// `None` once the chunk was answered.
+    decoder: Option<ChunkDecoder>,
+    slot: Arc<Slot>,
 }
 
 #[derive(Default)]
@@ -858,38 +865,67 @@ impl Inner {
         let len = end - start;
         self.stats.blob_requests.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
-        let raw = match l.blob.read_at(start, len) {
-            Ok(raw) => raw,
-            Err(e) => {
-                self.stats.blob_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(blob = %l.index.blob, offset = start, len, error = %e, "blob read failed");
-                let err = FetchError::Blob {
-                    blob: l.index.blob,
-                    offset: start,
-                    len,
-                    message: e.to_string(),
-                };
-                for (_, slot) in members {
-                    slot.fill(Err(err.clone()));
-                }
-                return;
+        // Members are decoded while the range arrives, each handed to its readers as
+        // soon as its last byte is in: a 4 MiB chunk's inflate overlaps its own
+        // transfer, and a small file at the front of a long range does not wait for
+        // the rest. Checkpoint chunks are inflated together at the end (below).
+        let (at_end, streamed): (Vec<_>, Vec<_>) = members
+            .iter()
+            .copied()
+            .partition(|(i, _)| matches!(chunks[*i].encoding, ChunkEncoding::Checkpoint { .. }));
+        let mut streaming: Vec<Streaming> = streamed
+            .iter()
+            .map(|(i, slot)| Streaming {
+                decoder: Some(ChunkDecoder::new(&chunks[*i])),
+                slot: Arc::clone(slot),
+            })
+            .collect();
+        let mut raw: Vec<u8> = Vec::with_capacity(len as usize);
+        let read = l.blob.read_at_with(start, len, &mut |piece| {
+            let from = start + raw.len() as u64;
+            raw.extend_from_slice(piece);
+            for s in streaming.iter_mut() {
+                self.feed(l, s, from, piece);
             }
-        };
+        });
         self.stats
             .blob_bytes
             .fetch_add(raw.len() as u64, Ordering::Relaxed);
+        if let Err(e) = read {
+            self.stats.blob_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(blob = %l.index.blob, offset = start, len, error = %e, "blob read failed");
+            let err = FetchError::Blob {
+                blob: l.index.blob,
+                offset: start,
+                len,
+                message: e.to_string(),
+            };
+            // Chunks that came whole before the break were answered already.
+            let unanswered = streaming.iter().filter(|s| s.decoder.is_some());
+            for slot in unanswered
+                .map(|s| &s.slot)
+                .chain(at_end.iter().map(|(_, s)| s))
+            {
+                slot.fill(Err(err.clone()));
+            }
+            return;
+        }
+        for s in streaming.iter_mut() {
+            self.finish_streaming(l, s);
+        }
+        let t1 = Instant::now();
         // Other chunks of the layer lying wholly inside the fetched range are
         // decoded too (the bytes are here already): gzip spans holding many small
         // files, gaps bridged by merging.
-        let mut batch: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
+        let all: Vec<Chunk> = members.iter().map(|(i, _)| chunks[*i]).collect();
         let extras = {
             let inflight = self.inflight.lock();
-            plan::bonus_chunks(&l.index, start, end, &batch, MAX_BONUS_BYTES, |c| {
+            plan::bonus_chunks(&l.index, start, end, &all, MAX_BONUS_BYTES, |c| {
                 self.busy(&inflight, c)
             })
         };
+        let mut batch: Vec<Chunk> = at_end.iter().map(|(i, _)| chunks[*i]).collect();
         batch.extend(extras);
-        let t1 = Instant::now();
         let decoded = decode_chunks(&l.index, &batch, start, &raw);
         for (k, (c, res)) in batch.iter().zip(decoded).enumerate() {
             let res = res.map(Arc::new).map_err(|e| FetchError::Verify {
@@ -897,22 +933,60 @@ impl Inner {
                 chunk: c.digest,
                 message: e.to_string(),
             });
-            if let Ok(data) = &res {
-                self.cache.put(c.digest, data.clone());
+            if let Some((_, slot)) = at_end.get(k) {
+                slot.fill(res.clone());
             }
-            if let Some((_, slot)) = members.get(k) {
-                slot.fill(res);
+            if let Ok(data) = res {
+                self.cache.put(c.digest, data);
             }
         }
         tracing::debug!(
             blob = %l.index.blob,
             offset = start,
             len,
-            chunks = batch.len(),
+            chunks = streaming.len() + batch.len(),
             fetch_ms = (t1 - t0).as_millis() as u64,
             decode_and_store_ms = t1.elapsed().as_millis() as u64,
             "blob range read"
         );
+    }
+
+    /// Hands `piece` (blob bytes from offset `from`) to `s`'s decoder as far as they
+    /// belong to its chunk, and the chunk to its readers once its range is complete.
+    fn feed(&self, l: &Layer, s: &mut Streaming, from: u64, piece: &[u8]) {
+        let Some(dec) = s.decoder.as_mut() else {
+            return;
+        };
+        let c = dec.chunk();
+        let chunk_end = c.blob_offset.saturating_add(c.blob_len);
+        let to = from + piece.len() as u64;
+        let (lo, hi) = (c.blob_offset.max(from), chunk_end.min(to));
+        if lo < hi {
+            dec.feed(&piece[(lo - from) as usize..(hi - from) as usize]);
+        }
+        if to >= chunk_end {
+            self.finish_streaming(l, s);
+        }
+    }
+
+    /// Ends `s` (once): verifies its chunk, answers its readers, then caches it.
+    fn finish_streaming(&self, l: &Layer, s: &mut Streaming) {
+        let Some(dec) = s.decoder.take() else {
+            return;
+        };
+        let digest = dec.chunk().digest;
+        let res = dec
+            .finish(&l.index)
+            .map(Arc::new)
+            .map_err(|e| FetchError::Verify {
+                blob: l.index.blob,
+                chunk: digest,
+                message: e.to_string(),
+            });
+        s.slot.fill(res.clone());
+        if let Ok(data) = res {
+            self.cache.put(digest, data);
+        }
     }
 
     /// Chunk `c` of streamed layer `layer`: from the cache once the layer's stream has

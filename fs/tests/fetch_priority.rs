@@ -366,3 +366,116 @@ fn later_jobs_run_two_at_a_time_after_queued_prefetch() {
     }
     fetcher.shutdown();
 }
+
+/// A blob that hands over a range's bytes up to `split` (a blob offset), then holds
+/// the rest back until released.
+struct SplitBlob {
+    inner: Arc<CountingBlob>,
+    split: u64,
+    open: parking_lot::Mutex<bool>,
+    changed: parking_lot::Condvar,
+}
+
+impl skiff_proto::blob::BlobReader for SplitBlob {
+    fn digest(&self) -> skiff_proto::digest::Digest {
+        self.inner.digest()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, skiff_proto::blob::BlobError> {
+        let mut all = Vec::new();
+        self.read_at_with(offset, len, &mut |p| all.extend_from_slice(p))?;
+        Ok(all)
+    }
+    fn read_at_with(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), skiff_proto::blob::BlobError> {
+        let bytes = self.inner.read_at(offset, len)?;
+        let cut = (self.split.saturating_sub(offset) as usize).min(bytes.len());
+        sink(&bytes[..cut]);
+        let mut open = self.open.lock();
+        while !*open {
+            self.changed.wait(&mut open);
+        }
+        drop(open);
+        sink(&bytes[cut..]);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<Vec<u8>> = (0..2).map(|i| content(80 + i, 300 << 10)).collect();
+    let items = [
+        Item::File("f0", 0o644, &data[0]),
+        Item::File("f1", 0o644, &data[1]),
+    ];
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let (f0, f1) = (chunks_of("f0"), chunks_of("f1"));
+    let split = Arc::new(SplitBlob {
+        inner: img.readers[0].clone(),
+        split: f1[0].blob_offset,
+        open: parking_lot::Mutex::new(false),
+        changed: parking_lot::Condvar::new(),
+    });
+    let release = || {
+        *split.open.lock() = true;
+        split.changed.notify_all();
+    };
+    let fetcher = Fetcher::new(
+        vec![Layer {
+            index: img.layers[0].index.clone(),
+            blob: split.clone(),
+        }],
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        Arc::new(Stats::default()),
+        1,
+    );
+    // One job, one Range request for both files (they lie side by side).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: Vec<_> = f0.iter().chain(&f1).copied().collect();
+    fetcher.submit(
+        0,
+        job,
+        Box::new(move |r| tx.send(r.map(|d| d.len())).unwrap()),
+    );
+    // f0's bytes are in, f1's held back: f0 is verified and cached already.
+    let since = std::time::Instant::now();
+    while fetcher.cached(&f0).is_none() {
+        if since.elapsed() > Duration::from_secs(10) {
+            release();
+            panic!("f0 was not answered while the rest of the range was held back");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got: Vec<u8> = fetcher
+        .cached(&f0)
+        .unwrap()
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect();
+    assert_eq!(got, data[0]);
+    assert!(fetcher.cached(&f1).is_none(), "f1's bytes are not in yet");
+    assert!(rx.try_recv().is_err(), "the job waits for f1");
+    release();
+    assert_eq!(rx.recv().unwrap().unwrap(), f0.len() + f1.len());
+    let got: Vec<u8> = fetcher
+        .cached(&f1)
+        .unwrap()
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .collect();
+    assert_eq!(got, data[1]);
+    assert_eq!(
+        img.readers[0]
+            .reads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    fetcher.shutdown();
+}

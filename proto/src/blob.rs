@@ -89,6 +89,20 @@ pub trait BlobReader: Send + Sync {
     /// Reads exactly `len` bytes starting at `offset`.
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError>;
 
+    /// Reads exactly `len` bytes starting at `offset`, handing them to `sink` in order
+    /// as they arrive, so that a caller can decode the first chunks of a range while
+    /// the rest is on its way. On an error `sink` may have had some of the bytes (a
+    /// prefix of the range). The default reads the range whole, then hands it over.
+    fn read_at_with(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BlobError> {
+        sink(&self.read_at(offset, len)?);
+        Ok(())
+    }
+
     /// Where the bytes come from, for remote blobs (`None`: a local blob).
     fn source(&self) -> Option<BlobSource> {
         None

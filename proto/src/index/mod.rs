@@ -42,7 +42,7 @@ pub mod zstd_chunked;
 pub mod zstd_chunked_writer;
 
 use crate::image::LayerEncoding;
-pub use decode::{decode_chunk, decode_chunks};
+pub use decode::{decode_chunk, decode_chunks, ChunkDecoder};
 pub use model::{
     clean_path, Checkpoint, Chunk, ChunkEncoding, Entry, EntryKind, IndexError, LayerFormat,
     LayerIndex,

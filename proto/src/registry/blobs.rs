@@ -113,8 +113,27 @@ impl Client {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
+        let mut out = bytes::BytesMut::new();
+        self.get_blob_range_with(repository, digest, offset, len, &mut |piece| {
+            out.extend_from_slice(piece)
+        })
+        .await?;
+        Ok(out.freeze())
+    }
+
+    /// [`Client::get_blob_range`], handing the bytes to `sink` in order as they arrive
+    /// instead of returning them at the end. On an error `sink` may have had a prefix
+    /// of the range.
+    pub async fn get_blob_range_with<F: FnMut(&[u8])>(
+        &self,
+        repository: &str,
+        digest: Digest,
+        offset: u64,
+        len: u64,
+        sink: &mut F,
+    ) -> Result<()> {
         if len == 0 {
-            return Ok(Bytes::new());
+            return Ok(());
         }
         let end = offset
             .checked_add(len - 1)
@@ -126,7 +145,8 @@ impl Client {
         // has not passed them yet; else, once it ends, the host (a pull-through cache)
         // has the blob and answers Range.
         if let Some(bytes) = self.in_flight.ride(digest, offset, len).await {
-            return Ok(bytes);
+            sink(&bytes);
+            return Ok(());
         }
         let gate = self.in_flight.gate(digest);
         drop(gate.lock().await);
@@ -153,28 +173,37 @@ impl Client {
             };
             let bytes = self.range_from_whole_body(resp, digest, offset, len).await;
             drop(held);
-            return bytes;
+            sink(&bytes?);
+            return Ok(());
         };
         let url = resp.url().to_string();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| RegistryError::Network {
-                method: "GET".into(),
-                url: url.clone(),
-                source,
-            })?;
-        self.stats.add_bytes(bytes.len() as u64);
-        if bytes.len() as u64 != len {
-            return Err(RegistryError::BadResponse {
-                url,
-                message: format!(
-                    "asked for {len} bytes at offset {offset}, got {}",
-                    bytes.len()
-                ),
-            });
+        let mut resp = resp;
+        let mut got = 0u64;
+        let wrong_length = |got: String| RegistryError::BadResponse {
+            url: url.clone(),
+            message: format!("asked for {len} bytes at offset {offset}, got {got}"),
+        };
+        loop {
+            let piece = resp
+                .chunk()
+                .await
+                .map_err(|source| RegistryError::Network {
+                    method: "GET".into(),
+                    url: url.clone(),
+                    source,
+                })?;
+            let Some(piece) = piece else { break };
+            self.stats.add_bytes(piece.len() as u64);
+            got = got.saturating_add(piece.len() as u64);
+            if got > len {
+                return Err(wrong_length("more".into()));
+            }
+            sink(&piece);
         }
-        Ok(bytes)
+        if got != len {
+            return Err(wrong_length(got.to_string()));
+        }
+        Ok(())
     }
 
     /// Downloads a whole blob into `file` (from its start), verifying size and digest

@@ -108,6 +108,33 @@ impl BlobReader for RemoteBlob {
         Ok(bytes.to_vec())
     }
 
+    fn read_at_with(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), BlobError> {
+        check_range(self.digest, self.size, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.stats.add_request();
+        let stats = &self.stats;
+        let mut counted = |piece: &[u8]| {
+            stats.add_bytes(piece.len() as u64);
+            sink(piece)
+        };
+        self.handle
+            .block_on(self.client.get_blob_range_with(
+                &self.repository,
+                self.digest,
+                offset,
+                len,
+                &mut counted,
+            ))
+            .map_err(|e| self.remote_err(offset, len, e))
+    }
+
     fn stream(&self) -> Result<Box<dyn Read + Send + '_>, BlobError> {
         let resp = self
             .handle
