@@ -240,6 +240,12 @@ impl SharedLower {
         self.predictor.warm(files, whole_file_max);
     }
 
+    /// Fetches libraries `libs` into the cache now, as a program's load would
+    /// ([`predict::Predictor::warm_libraries`]).
+    pub fn warm_libraries(&self, libs: &[&str]) {
+        self.predictor.warm_libraries(libs);
+    }
+
     /// Fetches the first `budget` blob bytes of layer `layer` (bottom first) while
     /// the link would otherwise be idle ([`fetcher::Fetcher::fill_when_idle`]).
     pub fn fill_when_idle(&self, layer: usize, budget: u64) {

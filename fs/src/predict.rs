@@ -133,6 +133,20 @@ impl Predictor {
         }
     }
 
+    /// Fetches the libraries `libs` (absolute paths, or names looked up in the
+    /// loader's default directories) as if a program being loaded needed them: their
+    /// heads, loader ranges and what they need in turn, each once. Meant for the C
+    /// library and its loader, which nearly every program of an image loads: fetched
+    /// while the container is set up, they are not on the link after the program's
+    /// head, where its exec waits for them.
+    pub fn warm_libraries(self: &Arc<Self>, libs: &[&str]) {
+        for name in libs {
+            if let Some(id) = self.find_library(name, &[], "/") {
+                self.predict(id);
+            }
+        }
+    }
+
     /// Marks `id` as seen; false if it was already (or the bound is reached).
     fn first_look(&self, id: LowerId) -> bool {
         let mut seen = self.seen.lock();

@@ -479,3 +479,70 @@ fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range()
     );
     fetcher.shutdown();
 }
+
+#[test]
+fn the_c_library_and_its_loader_are_fetched_when_asked_for_by_name_or_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (libc, loader, other) = (content(90, 200_000), content(91, 50_000), content(92, 9000));
+    let items = [
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/lib", 0o755),
+        Item::Dir("usr/lib/x86_64-linux-gnu", 0o755),
+        Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", 0o755, &libc),
+        Item::File(
+            "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            0o755,
+            &loader,
+        ),
+        Item::File("usr/lib/x86_64-linux-gnu/libother.so.1", 0o644, &other),
+        Item::Dir("usr/lib64", 0o755),
+        Item::Symlink(
+            "usr/lib64/ld-linux-x86-64.so.2",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
+        Item::Symlink("lib64", "usr/lib64"),
+        Item::Symlink("lib", "usr/lib"),
+    ];
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let lower = skiff_fs::SharedLower::build(
+        img.layers.clone(),
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        2,
+        FetchTuning {
+            read_around: 0,
+            ..FetchTuning::default()
+        },
+    )
+    .unwrap();
+    lower.warm_libraries(&[
+        "/lib64/ld-linux-x86-64.so.2",
+        "libc.so.6",
+        "/lib/ld-musl-x86_64.so.1",
+    ]);
+    let cached = |name: &str| {
+        chunks_of(name)
+            .iter()
+            .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .flat_map(|p| p.iter().copied())
+                    .collect::<Vec<u8>>()
+            })
+    };
+    let since = std::time::Instant::now();
+    let libc_path = "usr/lib/x86_64-linux-gnu/libc.so.6";
+    let loader_path = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
+    while cached(libc_path).is_none() || cached(loader_path).is_none() {
+        assert!(since.elapsed() < Duration::from_secs(10), "not fetched");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(cached(libc_path).unwrap(), libc);
+    assert_eq!(cached(loader_path).unwrap(), loader);
+    assert!(
+        cached("usr/lib/x86_64-linux-gnu/libother.so.1").is_none(),
+        "only what was named"
+    );
+    lower.shutdown();
+}

@@ -660,10 +660,22 @@ pub(crate) fn warm_files_of(program: Option<&str>, env: &[String], cwd: &str) ->
         vec!["/etc/passwd".to_string()],
         vec!["/etc/group".to_string()],
     ];
-    let Some(program) = program.filter(|p| !p.is_empty()) else {
-        return warm;
-    };
-    let candidates = if program.contains('/') {
+    // After the small files: on a shared link, a program's megabytes would hold up
+    // the user lookups the setup waits for before it can exec.
+    warm.extend(program_candidates(program, env, cwd));
+    warm
+}
+
+/// Where the container's exec of `program` finds it: the path given (made absolute
+/// against `cwd`), or every place `PATH` in `env` may find it, in order, as execvp
+/// looks. `None` without a program.
+pub(crate) fn program_candidates(
+    program: Option<&str>,
+    env: &[String],
+    cwd: &str,
+) -> Option<Vec<String>> {
+    let program = program.filter(|p| !p.is_empty())?;
+    Some(if program.contains('/') {
         let cwd = cwd.trim_end_matches('/');
         vec![match program.starts_with('/') {
             true => program.to_string(),
@@ -678,11 +690,7 @@ pub(crate) fn warm_files_of(program: Option<&str>, env: &[String], cwd: &str) ->
             .filter(|d| d.starts_with('/'))
             .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
             .collect()
-    };
-    // After the small files: on a shared link, a program's megabytes would hold up
-    // the user lookups the setup waits for before it can exec.
-    warm.push(candidates);
-    warm
+    })
 }
 
 /// Sets the prefetch profile, recording and background fetch of a `run` mount. Returns
