@@ -187,6 +187,11 @@ impl Headers {
         file.c_str(s.offset, s.filesz).filter(|p| !p.is_empty())
     }
 
+    /// The file range of the ELF header and program header table.
+    pub fn header_range(&self) -> Range<u64> {
+        0..self.header_end
+    }
+
     /// The file range of the dynamic section, if the file has one.
     pub fn dynamic_range(&self) -> Option<Range<u64>> {
         let s = self.segments.iter().find(|s| s.kind == PT_DYNAMIC)?;
@@ -221,9 +226,8 @@ impl Headers {
             .and_then(|s| s.offset.checked_add(vaddr - s.vaddr))
     }
 
-    /// The libraries and search path the dynamic section names, if it and its string
-    /// table are among the known pieces.
-    pub fn dynamic(&self, file: &Sparse) -> Option<Dynamic> {
+    /// The dynamic section's entries (tag, value), if its bytes are known.
+    fn dynamic_entries(&self, file: &Sparse) -> Option<Vec<(u64, u64)>> {
         let range = self.dynamic_range()?;
         let bytes = file.get(range.start, range.end - range.start)?;
         let size = if self.wide { 16 } else { 8 };
@@ -239,9 +243,40 @@ impl Headers {
             }
             entries.push((tag, val));
         }
+        Some(entries)
+    }
+
+    /// The string table's file offset and size, from the dynamic section `entries`.
+    fn string_table(&self, entries: &[(u64, u64)]) -> Option<(u64, u64)> {
         let find = |t: u64| entries.iter().find(|(tag, _)| *tag == t).map(|(_, v)| *v);
         let strtab = self.file_offset(find(DT_STRTAB)?)?;
-        let strsz = find(DT_STRSZ).unwrap_or(MAX_NAME as u64);
+        Some((strtab, find(DT_STRSZ).unwrap_or(MAX_NAME as u64)))
+    }
+
+    /// The file range holding the names the dynamic section points at (needed
+    /// libraries, run path), once the dynamic section's bytes are known: in a big
+    /// library they sit at the end of a string table megabytes long, chunks away
+    /// from both the headers and the dynamic section. `None` without such names.
+    pub fn needed_strings(&self, file: &Sparse) -> Option<Range<u64>> {
+        let entries = self.dynamic_entries(file)?;
+        let (strtab, strsz) = self.string_table(&entries)?;
+        let offsets = entries
+            .iter()
+            .filter(|(tag, _)| matches!(*tag, DT_NEEDED | DT_RUNPATH | DT_RPATH))
+            .map(|(_, v)| *v)
+            .filter(|v| *v < strsz);
+        let (first, last) = offsets.fold(None, |acc: Option<(u64, u64)>, v| {
+            Some(acc.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
+        })?;
+        let end = last.saturating_add(MAX_NAME as u64).min(strsz);
+        Some(strtab.checked_add(first)?..strtab.checked_add(end)?)
+    }
+
+    /// The libraries and search path the dynamic section names, if it and its string
+    /// table are among the known pieces.
+    pub fn dynamic(&self, file: &Sparse) -> Option<Dynamic> {
+        let entries = self.dynamic_entries(file)?;
+        let (strtab, strsz) = self.string_table(&entries)?;
         let string = |off: u64| {
             if off >= strsz {
                 return None;
@@ -277,6 +312,33 @@ mod tests {
     /// test binaries dynamically against libc).
     fn this_binary() -> Vec<u8> {
         std::fs::read("/proc/self/exe").unwrap()
+    }
+
+    #[test]
+    fn the_needed_names_are_found_from_the_dynamic_section_alone() {
+        let bytes = this_binary();
+        let whole = Sparse::new(vec![(0, &bytes[..])]);
+        let h = headers(&whole).expect("an ELF file");
+        let want = h.dynamic(&whole).expect("dynamic section");
+        // Only the headers and the dynamic section known: where the names are, not
+        // what they say.
+        let head = h.header_range();
+        let dynr = h.dynamic_range().unwrap();
+        let pieces = |ranges: &[std::ops::Range<u64>]| {
+            Sparse::new(
+                ranges
+                    .iter()
+                    .map(|r| (r.start, &bytes[r.start as usize..r.end as usize]))
+                    .collect(),
+            )
+        };
+        let known = pieces(&[head.clone(), dynr.clone()]);
+        assert_eq!(h.dynamic(&known), None);
+        let names = h.needed_strings(&known).expect("where the names are");
+        assert!(names.end <= bytes.len() as u64 && names.start < names.end);
+        // With that range too, the names read as from the whole file.
+        let more = pieces(&[head, dynr, names]);
+        assert_eq!(h.dynamic(&more), Some(want));
     }
 
     #[test]
