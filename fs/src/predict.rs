@@ -190,18 +190,14 @@ impl Predictor {
             }
             None if !second_look => {
                 // The dynamic section is not among the pieces: it goes on the link
-                // first, alone, and the loader's other ranges right behind it; the
-                // needed names are read as soon as the chunk holding them is in.
-                let dynamic_first = self.fetch_dynamic_then_names(id, &headers, as_library);
-                match loader_chunks {
-                    Some((layer, chunks)) if dynamic_first => {
-                        self.fetcher
-                            .queue_speculative(Priority::Prefetch, layer, chunks)
+                // first, alone, then the chunk holding the needed names, alone (side
+                // by side with the loader's other ranges, it came in with the last of
+                // them); those follow once the libraries named are queued.
+                let rest = loader_chunks.clone();
+                if !self.fetch_dynamic_then_names(id, &headers, as_library, rest) {
+                    if let Some((layer, chunks)) = loader_chunks {
+                        self.fetch_then_examine(id, layer, chunks, as_library, true);
                     }
-                    Some((layer, chunks)) => {
-                        self.fetch_then_examine(id, layer, chunks, as_library, true)
-                    }
-                    None => {}
                 }
             }
             None => {}
@@ -225,16 +221,19 @@ impl Predictor {
 
     /// Fetches the chunks of file `id` holding its headers and dynamic section, then
     /// those holding the names the dynamic section points at, and looks at the file
-    /// again with all of them. A big library's needed names sit at the end of a
+    /// again with all of them; then queues `rest` (the loader's other chunks) at
+    /// `Later` priority, behind the libraries named (the loader maps them all before
+    /// it relocates anything). A big library's needed names sit at the end of a
     /// string table megabytes long (libnode's: 6.5 MB in, the second of its twelve
     /// chunks), so they are known once that chunk is in, not after every range the
-    /// loader reads (libnode's 2.2 MB of them took 210 ms). False if the file has no
-    /// dynamic section to start from.
+    /// loader reads (libnode's 2.2 MB of them took 210 ms). False (nothing done) if
+    /// the file has no dynamic section to start from.
     fn fetch_dynamic_then_names(
         self: &Arc<Self>,
         id: LowerId,
         headers: &elf::Headers,
         as_library: bool,
+        rest: Option<(usize, Vec<Chunk>)>,
     ) -> bool {
         let (head, dynamic) = match headers.dynamic_range() {
             Some(d) => (headers.header_range(), d),
@@ -244,29 +243,49 @@ impl Predictor {
             return false;
         };
         let me = Arc::clone(self);
+        self.fetch_parts(layer, chunks, move |parts| {
+            let file = Sparse::new(parts.iter().map(|(o, b)| (*o, b.as_slice())).collect());
+            let names = elf::headers(&file).and_then(|h| h.needed_strings(&file));
+            let found = names.and_then(|n| me.chunks_for(id, &[head, dynamic, n]));
+            let Some((layer, chunks)) = found else {
+                me.queue_later(rest);
+                return;
+            };
+            let again = Arc::clone(&me);
+            me.fetch_parts(layer, chunks, move |parts| {
+                again.examine(id, parts, as_library, true);
+                again.queue_later(rest);
+            });
+        });
+        true
+    }
+
+    /// Fetches `chunks` (at prefetch priority) and hands them, by file offset, to
+    /// `then`; a failure is only logged.
+    fn fetch_parts(
+        &self,
+        layer: usize,
+        chunks: Vec<Chunk>,
+        then: impl FnOnce(Vec<(u64, Arc<Vec<u8>>)>) + Send + 'static,
+    ) {
         let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
         self.fetcher.submit_with(
             Priority::Prefetch,
             layer,
             chunks,
-            Box::new(move |r| {
-                let data = match r {
-                    Ok(data) => data,
-                    Err(e) => {
-                        return tracing::debug!(error = %e, "fetching a dynamic section failed")
-                    }
-                };
-                let parts: Vec<(u64, Arc<Vec<u8>>)> = offsets.into_iter().zip(data).collect();
-                let file = Sparse::new(parts.iter().map(|(o, b)| (*o, b.as_slice())).collect());
-                let names = elf::headers(&file).and_then(|h| h.needed_strings(&file));
-                if let Some(names) = names {
-                    if let Some((layer, chunks)) = me.chunks_for(id, &[head, dynamic, names]) {
-                        me.fetch_then_examine(id, layer, chunks, as_library, true);
-                    }
-                }
+            Box::new(move |r| match r {
+                Ok(data) => then(offsets.into_iter().zip(data).collect()),
+                Err(e) => tracing::debug!(error = %e, "fetch ahead of the loader failed"),
             }),
         );
-        true
+    }
+
+    /// Queues `chunks` (of a layer) at `Later` priority.
+    fn queue_later(&self, chunks: Option<(usize, Vec<Chunk>)>) {
+        if let Some((layer, chunks)) = chunks {
+            self.fetcher
+                .queue_speculative(Priority::Later, layer, chunks);
+        }
     }
 
     /// Fetches `chunks` of file `id` (at prefetch priority) and looks at the file
@@ -280,19 +299,9 @@ impl Predictor {
         second_look: bool,
     ) {
         let me = Arc::clone(self);
-        let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
-        self.fetcher.submit_with(
-            Priority::Prefetch,
-            layer,
-            chunks,
-            Box::new(move |r| match r {
-                Ok(data) => {
-                    let parts = offsets.into_iter().zip(data).collect();
-                    me.examine(id, parts, as_library, second_look);
-                }
-                Err(e) => tracing::debug!(error = %e, "fetch ahead of the loader failed"),
-            }),
-        );
+        self.fetch_parts(layer, chunks, move |parts| {
+            me.examine(id, parts, as_library, second_look)
+        });
     }
 
     /// The layer and chunks of regular file `id` that cover `ranges` (file offsets),
