@@ -492,6 +492,8 @@ impl LazyImages {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_bare_shell_command_is_not_fetched_ahead_an_entrypoint_or_a_program_is() {
         let v = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -509,8 +511,6 @@ mod tests {
         assert_eq!(likely_program(&v(&["/bin/bash"]), &[]), Some("/bin/bash"));
         assert_eq!(likely_program(&[], &[]), None);
     }
-
-    use super::*;
 
     fn request(digest: &str, layers: &[&str]) -> LazyRequest {
         LazyRequest {

@@ -48,6 +48,11 @@ pub fn decode_chunk(index: &LayerIndex, chunk: &Chunk, raw: &[u8]) -> Result<Vec
             super::checkpoint::inflate_from(cp, raw, skip, len).map_err(decode_err)?
         }
     };
+    verified(index, chunk, data)
+}
+
+/// `data` if it matches `chunk`'s digest: nothing unverified leaves this module.
+fn verified(index: &LayerIndex, chunk: &Chunk, data: Vec<u8>) -> Result<Vec<u8>, IndexError> {
     chunk.digest.verify(
         &format!(
             "chunk at offset {} of layer {}",
@@ -181,8 +186,7 @@ impl ChunkDecoder {
         let res = match &mut self.state {
             Feed::Gzip(d) => d.try_finish(),
             Feed::Zstd(d) => std::io::Write::flush(d.as_mut()),
-            Feed::Whole(raw) => return decode_chunk(index, &self.chunk, raw),
-            Feed::Full(_) | Feed::Failed(_) => Ok(()),
+            Feed::Whole(_) | Feed::Full(_) | Feed::Failed(_) => Ok(()),
         };
         self.settle(res);
         let chunk = self.chunk;
@@ -192,20 +196,13 @@ impl ChunkDecoder {
             reason,
         };
         let data = match self.state {
+            Feed::Whole(raw) => return decode_chunk(index, &chunk, &raw),
             Feed::Full(data) => data,
             Feed::Failed(reason) => return Err(decode_err(reason)),
             Feed::Gzip(mut d) => return Err(decode_err(short_output(d.get_mut()))),
             Feed::Zstd(mut d) => return Err(decode_err(short_output(d.get_mut()))),
-            Feed::Whole(_) => unreachable!("returned above"),
         };
-        chunk.digest.verify(
-            &format!(
-                "chunk at offset {} of layer {}",
-                chunk.blob_offset, index.blob
-            ),
-            &data,
-        )?;
-        Ok(data)
+        verified(index, &chunk, data)
     }
 }
 
@@ -362,11 +359,7 @@ fn inflate_group(
                         reason: "shared inflate ended early".into(),
                     })?
                     .to_vec();
-                c.digest.verify(
-                    &format!("chunk at offset {} of layer {}", c.blob_offset, index.blob),
-                    &bytes,
-                )?;
-                Ok(bytes)
+                verified(index, c, bytes)
             })
             .collect(),
     )
