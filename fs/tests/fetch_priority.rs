@@ -376,6 +376,13 @@ struct SplitBlob {
     changed: parking_lot::Condvar,
 }
 
+impl SplitBlob {
+    fn open(&self) {
+        *self.open.lock() = true;
+        self.changed.notify_all();
+    }
+}
+
 impl skiff_proto::blob::BlobReader for SplitBlob {
     fn digest(&self) -> skiff_proto::digest::Digest {
         self.inner.digest()
@@ -423,10 +430,6 @@ fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range()
         open: parking_lot::Mutex::new(false),
         changed: parking_lot::Condvar::new(),
     });
-    let release = || {
-        *split.open.lock() = true;
-        split.changed.notify_all();
-    };
     let fetcher = Fetcher::new(
         vec![Layer {
             index: img.layers[0].index.clone(),
@@ -436,6 +439,16 @@ fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range()
         Arc::new(Stats::default()),
         1,
     );
+    // After the fetcher, so dropped first: a failing assertion opens the gate
+    // before the fetcher's drop waits for its worker.
+    struct Open(Arc<SplitBlob>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = Open(split.clone());
+    let release = || split.open();
     // One job, one Range request for both files (they lie side by side).
     let (tx, rx) = std::sync::mpsc::channel();
     let job: Vec<_> = f0.iter().chain(&f1).copied().collect();
@@ -447,10 +460,10 @@ fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range()
     // f0's bytes are in, f1's held back: f0 is verified and cached already.
     let since = std::time::Instant::now();
     while fetcher.cached(&f0).is_none() {
-        if since.elapsed() > Duration::from_secs(10) {
-            release();
-            panic!("f0 was not answered while the rest of the range was held back");
-        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "f0 was not answered while the rest of the range was held back"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let got: Vec<u8> = fetcher
@@ -544,5 +557,166 @@ fn the_c_library_and_its_loader_are_fetched_when_asked_for_by_name_or_path() {
         cached("usr/lib/x86_64-linux-gnu/libother.so.1").is_none(),
         "only what was named"
     );
+    lower.shutdown();
+}
+
+/// A 64-bit ELF shared object of `12 MiB + 4 KiB` laid out as a big C++ library is:
+/// a first loadable segment of 9 MiB (its string table, naming `needed`, 6 MiB in),
+/// and the writable segment with the dynamic section 12 MiB in. With 4 MiB chunks the
+/// headers, the names, the rest of the first segment and the dynamic section are
+/// chunks 0, 1, 2 and 3.
+fn big_library(needed: &str) -> Vec<u8> {
+    const MIB: u64 = 1 << 20;
+    let (strtab, dynamic) = (6 * MIB, 12 * MIB);
+    let mut f = vec![0u8; (dynamic + 4096) as usize];
+    let put = |f: &mut Vec<u8>, at: u64, bytes: &[u8]| {
+        f[at as usize..at as usize + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut f, 16, &3u16.to_le_bytes()); // ET_DYN
+    put(&mut f, 18, &62u16.to_le_bytes()); // x86-64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 32, &64u64.to_le_bytes()); // program headers right after
+    put(&mut f, 52, &64u16.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 56, &3u16.to_le_bytes());
+    // (type, flags, offset = vaddr, size)
+    let segments = [
+        (1u32, 4u32, 0, 9 * MIB), // PT_LOAD, R
+        (1, 6, dynamic, 4096),    // PT_LOAD, RW
+        (2, 6, dynamic, 64),      // PT_DYNAMIC
+    ];
+    for (i, (kind, flags, offset, size)) in segments.into_iter().enumerate() {
+        let at = 64 + 56 * i as u64;
+        put(&mut f, at, &kind.to_le_bytes());
+        put(&mut f, at + 4, &flags.to_le_bytes());
+        for (field, v) in [
+            (8, offset),
+            (16, offset),
+            (24, offset),
+            (32, size),
+            (40, size),
+        ] {
+            put(&mut f, at + field, &v.to_le_bytes());
+        }
+    }
+    let names = format!("\0{needed}\0");
+    put(&mut f, strtab, names.as_bytes());
+    // DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_NULL
+    let entries = [(1u64, 1u64), (5, strtab), (10, names.len() as u64), (0, 0)];
+    for (i, (tag, val)) in entries.into_iter().enumerate() {
+        put(&mut f, dynamic + 16 * i as u64, &tag.to_le_bytes());
+        put(&mut f, dynamic + 16 * i as u64 + 8, &val.to_le_bytes());
+    }
+    f
+}
+
+/// A blob whose reads touching `held` (blob offsets) wait until released.
+struct HeldRange {
+    inner: Arc<CountingBlob>,
+    held: std::ops::Range<u64>,
+    open: parking_lot::Mutex<bool>,
+    changed: parking_lot::Condvar,
+}
+
+impl HeldRange {
+    fn release(&self) {
+        *self.open.lock() = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Releases a [`HeldRange`] when dropped.
+struct Release(Arc<HeldRange>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl skiff_proto::blob::BlobReader for HeldRange {
+    fn digest(&self) -> skiff_proto::digest::Digest {
+        self.inner.digest()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, skiff_proto::blob::BlobError> {
+        if offset < self.held.end && self.held.start < offset + len {
+            let mut open = self.open.lock();
+            while !*open {
+                self.changed.wait(&mut open);
+            }
+        }
+        self.inner.read_at(offset, len)
+    }
+}
+
+#[test]
+fn a_big_librarys_needs_are_known_before_the_loaders_other_ranges_are_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big = big_library("libneeded.so.1");
+    let needed = content(95, 5000);
+    let dir = "usr/lib/x86_64-linux-gnu";
+    let items = [
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/lib", 0o755),
+        Item::Dir(dir, 0o755),
+        Item::File("usr/lib/x86_64-linux-gnu/libbig.so", 0o755, &big),
+        Item::File("usr/lib/x86_64-linux-gnu/libneeded.so.1", 0o644, &needed),
+    ];
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let big_chunks = chunks_of("usr/lib/x86_64-linux-gnu/libbig.so");
+    assert_eq!(big_chunks.len(), 4, "4 MiB chunks");
+    // The rest of the first segment (chunk 2) is held back: the loader reads it,
+    // but the names are known without it.
+    let rest = big_chunks[2];
+    let held = Arc::new(HeldRange {
+        inner: img.readers[0].clone(),
+        held: rest.blob_offset..rest.blob_offset + rest.blob_len,
+        open: parking_lot::Mutex::new(false),
+        changed: parking_lot::Condvar::new(),
+    });
+    let lower = skiff_fs::SharedLower::build(
+        vec![Layer {
+            index: img.layers[0].index.clone(),
+            blob: held.clone(),
+        }],
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        4,
+        FetchTuning {
+            read_around: 0,
+            merge_gap: 0,
+            ..FetchTuning::default()
+        },
+    )
+    .unwrap();
+    // Declared after `lower`, so dropped (the range released) before it: a failing
+    // assertion must not leave `lower`'s workers waiting at the hold while its drop
+    // waits for them.
+    let _release = Release(held.clone());
+    lower.warm_libraries(&["libbig.so"]);
+    let cached = |c: &skiff_proto::index::Chunk| lower.cache().get(&c.digest).map(|(d, _)| d);
+    let needed_chunks = chunks_of("usr/lib/x86_64-linux-gnu/libneeded.so.1");
+    let since = std::time::Instant::now();
+    while needed_chunks.iter().any(|c| cached(c).is_none()) {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "libneeded.so.1 was not fetched while the loader's other range was held"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got: Vec<u8> = needed_chunks
+        .iter()
+        .flat_map(|c| cached(c).unwrap().to_vec())
+        .collect();
+    assert_eq!(got, needed);
+    // The head, the dynamic section and the names came; the held chunk did not.
+    for k in [0, 1, 3] {
+        assert!(cached(&big_chunks[k]).is_some(), "chunk {k} of libbig.so");
+    }
+    assert!(cached(&rest).is_none(), "the held chunk");
+    held.release();
     lower.shutdown();
 }
