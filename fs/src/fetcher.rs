@@ -10,12 +10,13 @@
 //! while no on-demand read is queued or running (and none arrived in the last
 //! [`FetchTuning::background_quiet`]) and no prefetch is queued, on at most half of the
 //! workers; prefetch leaves two workers free for on-demand reads. [`Priority::Later`]
-//! and [`Priority::Idle`] jobs run fewer at a time, so that on a link that serves
-//! bytes in the order they were asked for, a read never queues behind much of them.
-//! Concurrent requests
-//! for the same chunk share one fetch (an in-flight table keyed by chunk digest). Nothing
-//! is returned or cached unless [`decode_chunks`] verified it. Chunks that lie wholly
-//! inside a fetched range are decoded and cached too, asked for or not.
+//! jobs run fewer at a time, so that on a link that serves bytes in the order they were
+//! asked for, a read never queues behind much of them. Concurrent requests for the same
+//! chunk share one fetch (an in-flight table keyed by chunk digest). A range's chunks
+//! are decoded as its bytes arrive ([`ChunkDecoder`]), each answered once its last
+//! byte is in; nothing is returned or cached unless it was verified against its digest.
+//! Chunks that lie wholly inside a fetched range are decoded and cached too, asked for
+//! or not ([`decode_chunks`]).
 
 use crate::cache::ChunkCache;
 use crate::plan;
@@ -41,13 +42,6 @@ const SPECULATIVE_JOB_BYTES: u64 = 1 << 20;
 /// read arriving meanwhile waits behind at most two 1 MiB jobs (at 100 Mbit/s,
 /// ~170 ms; with six running, cc1's libraries waited 800 ms behind its text).
 pub const LATER_RUNNING: usize = 2;
-
-/// Most idle jobs running at once: two keep a 20 ms-RTT link busy between them.
-pub const IDLE_RUNNING: usize = 2;
-
-/// Largest blob span of one idle job: an on-demand read arriving while idle jobs run
-/// waits behind at most [`IDLE_RUNNING`] of them (at 100 Mbit/s, ~40 ms each).
-pub const IDLE_JOB_BYTES: u64 = 512 << 10;
 
 /// Most Range requests one job has in flight at once (its runs lie apart in the blob).
 const PARALLEL_RUNS: usize = 4;
@@ -119,11 +113,6 @@ pub enum Priority {
     Later,
     /// Filling the cache with the rest of the image; yields to on-demand reads.
     Background,
-    /// Using the link while nothing else does ([`Fetcher::fill_when_idle`]): starts
-    /// only when no other job is queued or running and none ran for
-    /// [`FetchTuning::idle_quiet`], at most [`IDLE_RUNNING`] at a time, in jobs of
-    /// [`IDLE_JOB_BYTES`].
-    Idle,
 }
 
 /// Knobs of the fetcher.
@@ -154,11 +143,6 @@ pub struct FetchTuning {
     /// trip of its own (20 ms RTT, 30–50 ms under the benchmark's shaper) for a few KB.
     /// 0: off.
     pub read_around: u64,
-    /// Idle jobs start only once no other job has been queued, running or finished
-    /// for this long ([`Priority::Idle`]): a program reading one file after another
-    /// leaves the link idle for a few milliseconds between reads, and an idle job
-    /// starting there would make its next read wait behind it.
-    pub idle_quiet: Duration,
 }
 
 impl Default for FetchTuning {
@@ -173,7 +157,6 @@ impl Default for FetchTuning {
             background_quiet: Duration::from_secs(3),
             neighbour_window: 256 << 10,
             read_around: 32 << 10,
-            idle_quiet: Duration::from_millis(30),
         }
     }
 }
@@ -201,19 +184,15 @@ struct Queues {
     on_demand: VecDeque<Job>,
     prefetch: VecDeque<Job>,
     background: VecDeque<Job>,
-    idle: VecDeque<Job>,
     later: VecDeque<Job>,
     running_on_demand: usize,
     running_later: usize,
-    running_idle: usize,
     running_prefetch: usize,
     running_background: usize,
     running: usize,
     closed: bool,
     /// When the last on-demand read was queued (initially: when the fetcher started).
     last_on_demand: Option<Instant>,
-    /// When a job other than an idle one was last queued or finished.
-    last_busy: Option<Instant>,
 }
 
 impl Queues {
@@ -222,7 +201,6 @@ impl Queues {
             && self.on_demand.is_empty()
             && self.prefetch.is_empty()
             && self.background.is_empty()
-            && self.idle.is_empty()
             && self.later.is_empty()
     }
 }
@@ -447,11 +425,7 @@ impl Fetcher {
             }
             Priority::Prefetch => q.prefetch.push_back(job),
             Priority::Background => q.background.push_back(job),
-            Priority::Idle => q.idle.push_back(job),
             Priority::Later => q.later.push_back(job),
-        }
-        if priority != Priority::Idle {
-            q.last_busy = Some(Instant::now());
         }
         drop(q);
         self.inner.changed.notify_all();
@@ -470,32 +444,6 @@ impl Fetcher {
                 Box::new(move |r| {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, ?priority, "speculative fetch failed");
-                    }
-                }),
-            );
-        }
-    }
-
-    /// Queues the chunks of layer `layer` not stored yet, from the start of its blob
-    /// up to `budget` blob bytes, as [`Priority::Idle`] jobs of at most
-    /// [`IDLE_JOB_BYTES`]: fetched only while the link would otherwise be idle.
-    pub fn fill_when_idle(&self, layer: usize, budget: u64) {
-        let Some(l) = self.inner.layers.get(layer) else {
-            return;
-        };
-        if budget == 0 || self.inner.whole.get(layer).copied().unwrap_or(true) {
-            return;
-        }
-        let cache = &self.inner.cache;
-        let chunks = plan::blob_prefix(&l.index.chunks, budget, MAX_CHUNK_FETCH);
-        for job in plan::split_jobs(chunks, IDLE_JOB_BYTES, |c| cache.contains(&c.digest)) {
-            self.submit_with(
-                Priority::Idle,
-                layer,
-                job,
-                Box::new(|r| {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "idle fetch failed");
                     }
                 }),
             );
@@ -525,7 +473,6 @@ impl Fetcher {
             let mut q = self.inner.queues.lock();
             let mut v: Vec<Job> = q.prefetch.drain(..).collect();
             v.extend(q.background.drain(..));
-            v.extend(q.idle.drain(..));
             v.extend(q.later.drain(..));
             v
         };
@@ -603,21 +550,6 @@ impl Inner {
                             break (j, Priority::Background);
                         }
                     }
-                    let nothing_else = q.running == q.running_idle
-                        && q.on_demand.is_empty()
-                        && q.prefetch.is_empty()
-                        && q.later.is_empty()
-                        && q.background.is_empty();
-                    let idle_for = q.last_busy.map_or(Duration::MAX, |t| t.elapsed());
-                    if nothing_else
-                        && q.running_idle < IDLE_RUNNING
-                        && idle_for >= self.tuning.idle_quiet
-                    {
-                        if let Some(j) = q.idle.pop_front() {
-                            q.running_idle += 1;
-                            break (j, Priority::Idle);
-                        }
-                    }
                     if q.closed && q.on_demand.is_empty() {
                         return;
                     }
@@ -628,11 +560,6 @@ impl Inner {
                         // Background work is waiting for the quiet period to pass.
                         self.changed
                             .wait_for(&mut q, self.tuning.background_quiet / 2);
-                    } else if nothing_else && !q.idle.is_empty() && q.running_idle < IDLE_RUNNING {
-                        // Idle work is waiting for the link to have been quiet.
-                        let left = self.tuning.idle_quiet.saturating_sub(idle_for);
-                        self.changed
-                            .wait_for(&mut q, left.max(Duration::from_millis(1)));
                     } else {
                         self.changed.wait(&mut q);
                     }
@@ -654,11 +581,7 @@ impl Inner {
                 Priority::OnDemand => q.running_on_demand -= 1,
                 Priority::Background => q.running_background -= 1,
                 Priority::Prefetch => q.running_prefetch -= 1,
-                Priority::Idle => q.running_idle -= 1,
                 Priority::Later => q.running_later -= 1,
-            }
-            if priority != Priority::Idle {
-                q.last_busy = Some(Instant::now());
             }
             drop(q);
             self.changed.notify_all();

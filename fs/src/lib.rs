@@ -246,12 +246,6 @@ impl SharedLower {
         self.predictor.warm_libraries(libs);
     }
 
-    /// Fetches the first `budget` blob bytes of layer `layer` (bottom first) while
-    /// the link would otherwise be idle ([`fetcher::Fetcher::fill_when_idle`]).
-    pub fn fill_when_idle(&self, layer: usize, budget: u64) {
-        self.fetcher.fill_when_idle(layer, budget);
-    }
-
     /// The chunk cache the fetcher reads into.
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache

@@ -241,21 +241,6 @@ pub fn bonus_chunks(
     out
 }
 
-/// The chunks of a layer (`chunks`, any order) lying within the first `budget` bytes
-/// of its blob, in blob order, each digest once, leaving out chunks needing more than
-/// `max_chunk` blob bytes.
-pub fn blob_prefix(chunks: &[Chunk], budget: u64, max_chunk: u64) -> Vec<Chunk> {
-    let mut out: Vec<Chunk> = chunks
-        .iter()
-        .filter(|c| blob_end(c) <= budget && c.blob_len <= max_chunk)
-        .copied()
-        .collect();
-    out.sort_by_key(|c| (c.blob_offset, c.blob_len));
-    let mut seen = HashSet::new();
-    out.retain(|c| seen.insert(c.digest));
-    out
-}
-
 /// One Range request: blob bytes `[start, end)` and the indexes of the chunks it
 /// reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,23 +530,6 @@ mod tests {
             neighbour_start(&idx, &BlobOrder::of(&idx), 0, 800, |_| false),
             0
         );
-    }
-
-    #[test]
-    fn a_blob_prefix_is_in_blob_order_within_the_budget() {
-        let chunks = vec![
-            ch(1, 0, 1, 500, 100),
-            ch(2, 0, 1, 0, 100),
-            ch(1, 0, 1, 600, 100), // the same content again: once
-            ch(3, 0, 1, 100, 5000),
-            ch(4, 0, 1, 900, 200), // ends past the budget
-        ];
-        let got = blob_prefix(&chunks, 1000, 1000);
-        assert_eq!(
-            got.iter().map(|c| c.blob_offset).collect::<Vec<_>>(),
-            vec![0, 500]
-        );
-        assert!(blob_prefix(&chunks, 0, 1000).is_empty());
     }
 
     #[test]

@@ -240,60 +240,6 @@ fn warm_up(entry: &ImageEntry) {
     }
 }
 
-/// Share of an upper layer's blob fetched while the link is idle (a quarter).
-const IDLE_FILL_SHARE: u64 = 4;
-
-/// Most blob bytes of one image fetched while the link is idle: off unless
-/// `SKIFF_IDLE_FILL_MB` says otherwise (for benchmarks weighing it). Measured with
-/// 32 MiB (bench/RESULTS.md, session 8): no faster within noise (python 0.96×, gcc
-/// 1.00×, node 0.96× of the same build without it, two rounds) for +1.6, +9.9 and
-/// +2.9 MB fetched. On a quiet machine containerd asks for the container's view
-/// before the image's tree is built, so no idle spell opens before the program
-/// starts; the fill then runs after it, or in a gap of a program's serial reads,
-/// where the next read waits behind it.
-const IDLE_FILL_MAX: u64 = 0;
-
-/// The idle-fill bound ([`IDLE_FILL_MAX`], or `SKIFF_IDLE_FILL_MB` MiB when set).
-fn idle_fill_max() -> u64 {
-    std::env::var("SKIFF_IDLE_FILL_MB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(IDLE_FILL_MAX, |mb| mb.saturating_mul(1 << 20))
-}
-
-/// The blob bytes of each layer (bottom first, `sizes`) to fetch while the link is
-/// idle, top layer first: the layers above the bottom one (all of a one-layer
-/// image), a quarter of each from its start, `max` in all.
-fn idle_fill_plan(sizes: &[u64], max: u64) -> Vec<(usize, u64)> {
-    let lowest = usize::from(sizes.len() > 1);
-    let mut left = max;
-    let mut plan = Vec::new();
-    for (layer, size) in sizes.iter().enumerate().skip(lowest).rev() {
-        let budget = (size / IDLE_FILL_SHARE).min(left);
-        if budget == 0 {
-            break;
-        }
-        left -= budget;
-        plan.push((layer, budget));
-    }
-    plan
-}
-
-/// Fetches the start of the image's upper layers while the link would otherwise be
-/// idle ([`idle_fill_plan`]; off by default, see [`IDLE_FILL_MAX`]): containerd's own steps after the pull (starting `ctr`,
-/// runc setting up the container) leave the link idle for 200–400 ms, and an
-/// application layer's blob starts with what its packages put in `/usr/bin` and the
-/// libraries beside them (python3.11 lies in the first 2.7 MB of the python image's
-/// top layer; node and its libraries in the first 3 MB of node's; `as` and gcc's
-/// driver in the first 2 MB of gcc's). The image's program and start-up files
-/// ([`warm_up`]) go first; on-demand reads always do.
-fn fill_when_idle(lower: &skiff_fs::SharedLower) {
-    let sizes: Vec<u64> = lower.layers().iter().map(|l| l.index.blob_size).collect();
-    for (layer, budget) in idle_fill_plan(&sizes, idle_fill_max()) {
-        lower.fill_when_idle(layer, budget);
-    }
-}
-
 /// Whether every one of `layers` is read through a TOC inside its blob (the tree
 /// can then be built after the Prepare is answered), judged from the manifest.
 fn all_carry_tocs(layers: &[Descriptor]) -> bool {
@@ -426,7 +372,6 @@ impl LazyImages {
                 Ok((entry, _)) => {
                     tracing::info!(image = %reference, ms, "image resolved for lazy layers");
                     warm_up(entry);
-                    fill_when_idle(&entry.lower);
                 }
                 Err(e) => tracing::warn!(image = %reference, ms, "resolving the image: {e:#}"),
             }
@@ -535,23 +480,6 @@ mod tests {
             platform: None,
             artifact_type: None,
         }
-    }
-
-    #[test]
-    fn the_idle_fill_takes_a_quarter_of_each_upper_layer_top_first() {
-        let mb = 1 << 20;
-        assert_eq!(
-            idle_fill_plan(&[40 * mb, 8 * mb, 20 * mb], 32 * mb),
-            vec![(2, 5 * mb), (1, 2 * mb)]
-        );
-        // The bound cuts the lower layers' share; a one-layer image fills its only one.
-        assert_eq!(
-            idle_fill_plan(&[40 * mb, 8 * mb, 20 * mb], 6 * mb),
-            vec![(2, 5 * mb), (1, mb)]
-        );
-        assert_eq!(idle_fill_plan(&[8 * mb], 32 * mb), vec![(0, 2 * mb)]);
-        assert!(idle_fill_plan(&[8 * mb, 8 * mb], 0).is_empty());
-        assert!(idle_fill_plan(&[], 32 * mb).is_empty());
     }
 
     #[test]
