@@ -656,14 +656,19 @@ fn warm_files(spec: &ContainerSpec) -> Vec<Vec<String>> {
 /// [`warm_files`] of a container that execs `program` (as given: a path, or a name
 /// looked up in `env`'s `PATH`) in the directory `cwd`.
 pub(crate) fn warm_files_of(program: Option<&str>, env: &[String], cwd: &str) -> Vec<Vec<String>> {
-    let mut warm = vec![
-        vec!["/etc/passwd".to_string()],
-        vec!["/etc/group".to_string()],
-    ];
+    let mut warm = user_files();
     // After the small files: on a shared link, a program's megabytes would hold up
     // the user lookups the setup waits for before it can exec.
     warm.extend(program_candidates(program, env, cwd));
     warm
+}
+
+/// The user and group files a container's setup reads before it can exec.
+pub(crate) fn user_files() -> Vec<Vec<String>> {
+    vec![
+        vec!["/etc/passwd".to_string()],
+        vec!["/etc/group".to_string()],
+    ]
 }
 
 /// Where the container's exec of `program` finds it: the path given (made absolute

@@ -231,7 +231,7 @@ fn warm_up(entry: &ImageEntry) {
     let cwd = config
         .and_then(|c| c.working_dir().clone())
         .unwrap_or_else(|| "/".to_string());
-    let mut small = crate::cmd::run::warm_files_of(None, &env, &cwd);
+    let mut small = crate::cmd::run::user_files();
     small.extend(START_UP_FILES.iter().map(|f| vec![f.to_string()]));
     entry.lower.warm(&small, WHOLE_FILE_MAX);
     entry.lower.warm_libraries(C_LIBRARY);

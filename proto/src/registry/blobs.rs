@@ -113,7 +113,8 @@ impl Client {
         offset: u64,
         len: u64,
     ) -> Result<Bytes> {
-        let mut out = bytes::BytesMut::new();
+        // `len` is the caller's request, bounded by what it plans to read.
+        let mut out = bytes::BytesMut::with_capacity(len.min(MAX_SMALL_BLOB_SIZE as u64) as usize);
         self.get_blob_range_with(repository, digest, offset, len, &mut |piece| {
             out.extend_from_slice(piece)
         })
