@@ -108,6 +108,14 @@ pub trait BlobReader: Send + Sync {
         None
     }
 
+    /// The blob's last bytes if they were read ahead, before anyone asked (a remote
+    /// layer's tail, read alongside its manifest: see
+    /// [`crate::resolve::read_tocs_ahead`]): their offset and the bytes, which run to
+    /// the blob's end. Given once; unverified, as any read. The default has none.
+    fn tail_read_ahead(&self) -> Option<(u64, Vec<u8>)> {
+        None
+    }
+
     /// Streams the whole blob from the start. The default reads it in 4 MiB ranges;
     /// remote readers override it with one streaming GET.
     fn stream(&self) -> Result<Box<dyn Read + Send + '_>, BlobError> {

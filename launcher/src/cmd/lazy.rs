@@ -210,7 +210,10 @@ impl FoundManifest {
 /// policy allows and the store knows the reference (so a warm start makes no registry
 /// request at all), else from the registry (platform from `registry`), its config not
 /// fetched yet. `client_for` gives the client of a registry (a fresh one, or the
-/// daemon's shared one).
+/// daemon's shared one). `ahead` names layers the caller expects the manifest to
+/// list (containerd's labels): when the manifest is fetched, the tails of those the
+/// index store has no index of are read alongside it
+/// ([`skiff_proto::resolve::read_tocs_ahead`]).
 pub fn resolve_manifest(
     global: &Global,
     registry: &RegistryArgs,
@@ -218,6 +221,7 @@ pub fn resolve_manifest(
     pull: PullPolicy,
     rt: &tokio::runtime::Handle,
     image: &str,
+    ahead: &[Digest],
 ) -> anyhow::Result<(Arc<Client>, FoundManifest)> {
     let reference = Reference::parse(image)?;
     let client = client_for(&reference)?;
@@ -241,6 +245,15 @@ pub fn resolve_manifest(
         }
     }
     let platform = registry.platform()?;
+    if !ahead.is_empty() {
+        let store = IndexStore::open(global.layout().indexes())?;
+        let unknown: Vec<Digest> = ahead
+            .iter()
+            .filter(|d| !store.path_for(d).exists())
+            .copied()
+            .collect();
+        skiff_proto::resolve::read_tocs_ahead(&client, rt, reference.repository(), &unknown);
+    }
     let manifest = rt
         .block_on(client.resolve_manifest(&reference, platform.as_ref()))
         .with_context(|| format!("resolving {reference}"))?;
@@ -257,7 +270,7 @@ pub fn resolve_image(
     rt: &tokio::runtime::Handle,
     image: &str,
 ) -> anyhow::Result<(Arc<Client>, ResolvedImage)> {
-    let (client, found) = resolve_manifest(global, registry, client_for, pull, rt, image)?;
+    let (client, found) = resolve_manifest(global, registry, client_for, pull, rt, image, &[])?;
     let resolved = match found {
         FoundManifest::Local(resolved) => *resolved,
         FoundManifest::Remote(manifest) => {

@@ -53,6 +53,9 @@ use std::time::Instant;
 /// the local store).
 const MAX_IMAGES: usize = 256;
 
+/// Most layers of one image whose tails are read ahead of its manifest.
+const MAX_LAYERS_AHEAD: usize = 128;
+
 /// Executables up to this size are fetched whole when warmed (a mount's default).
 const WHOLE_FILE_MAX: u64 = 64 << 20;
 
@@ -240,6 +243,21 @@ fn warm_up(entry: &ImageEntry) {
     }
 }
 
+/// The layers whose tails (TOCs) are read alongside the manifest when `request`
+/// resolves its image: the layer it names and those its labels list above it (all of
+/// the image's, in containerd's first Prepare), at most [`MAX_LAYERS_AHEAD`].
+fn layers_ahead(request: &LazyRequest) -> Vec<Digest> {
+    std::iter::once(&request.digest)
+        .chain(&request.layers)
+        .filter_map(|d| d.parse::<Digest>().ok())
+        .fold(Vec::new(), |mut all, d| {
+            if !all.contains(&d) && all.len() < MAX_LAYERS_AHEAD {
+                all.push(d);
+            }
+            all
+        })
+}
+
 /// Whether every one of `layers` is read through a TOC inside its blob (the tree
 /// can then be built after the Prepare is answered), judged from the manifest.
 fn all_carry_tocs(layers: &[Descriptor]) -> bool {
@@ -259,14 +277,15 @@ impl LazyImages {
     /// before, else resolved now; resolved again from the registry once if the
     /// request does not match it.
     pub fn layer(&self, request: &LazyRequest) -> Result<usize, NotLazy> {
-        let (image, fresh) = self.get(&request.image, false)?;
+        let ahead = layers_ahead(request);
+        let (image, fresh) = self.get(&request.image, false, &ahead)?;
         let why = match image.check(request) {
             Ok(layer) => return Ok(layer),
             Err(why) if fresh => return Err(NotLazy(why)),
             Err(why) => why,
         };
         tracing::info!(image = %request.image, "{why}: resolving the image again");
-        let (image, _) = self.get(&request.image, true)?;
+        let (image, _) = self.get(&request.image, true, &ahead)?;
         image.check(request).map_err(NotLazy)
     }
 
@@ -274,13 +293,13 @@ impl LazyImages {
     /// is not yet, from the local store if that knows it), with its merged tree
     /// (waited for if it is being built).
     pub fn image(&self, reference: &str) -> Result<LazyImage, NotLazy> {
-        let (mut known, _) = self.get(reference, false)?;
+        let (mut known, _) = self.get(reference, false, &[])?;
         if let Tree::Building(building) = &known.tree {
             if let Err(why) = building.wait() {
                 // Resolved once more, the tree built before this returns: the
                 // registry may have recovered; if not, the view fails.
                 tracing::warn!(image = %reference, "{why}: resolving the image again");
-                known = self.get(reference, false)?.0;
+                known = self.get(reference, false, &[])?.0;
             }
         }
         let built = match &known.tree {
@@ -319,7 +338,12 @@ impl LazyImages {
     /// resolved from the registry whatever was known. A resolution whose tree
     /// failed to build is made again, its tree built before this returns: so a
     /// layer whose TOC still fails is unpacked by containerd on its next Prepare.
-    fn get(&self, reference: &str, again: bool) -> Result<(Resolution, bool), NotLazy> {
+    fn get(
+        &self,
+        reference: &str,
+        again: bool,
+        ahead: &[Digest],
+    ) -> Result<(Resolution, bool), NotLazy> {
         let slot = {
             let mut images = lock(&self.images);
             if images.len() >= MAX_IMAGES && !images.contains_key(reference) {
@@ -335,7 +359,7 @@ impl LazyImages {
         if let (Some(known), false, false) = (slot.as_ref(), again, failed) {
             return Ok((known.clone(), false));
         }
-        let resolution = self.resolve(reference, again, failed)?;
+        let resolution = self.resolve(reference, again, failed, ahead)?;
         *slot = Some(resolution.clone());
         Ok((resolution, true))
     }
@@ -344,7 +368,13 @@ impl LazyImages {
     /// first): its manifest now, its tree now too unless every layer carries a TOC
     /// (and `now` is not set), in which case the tree is built on a thread of its
     /// own.
-    fn resolve(&self, reference: &str, again: bool, now: bool) -> Result<Resolution, NotLazy> {
+    fn resolve(
+        &self,
+        reference: &str,
+        again: bool,
+        now: bool,
+        ahead: &[Digest],
+    ) -> Result<Resolution, NotLazy> {
         let pull = match again {
             true => PullPolicy::Always,
             false => PullPolicy::Missing,
@@ -353,7 +383,7 @@ impl LazyImages {
         let started = Instant::now();
         let (client, found) = self
             .state
-            .manifest(&source)
+            .manifest(&source, ahead)
             .map_err(|e| NotLazy(format!("resolving {reference}: {e:#}")))?;
         let manifest = Some(found.manifest_digest());
         let layers: Vec<String> = found

@@ -367,8 +367,13 @@ impl DaemonState {
 
     /// The manifest of registry image `source` (from the local store when its pull
     /// policy allows), and the client of its registry: what [`DaemonState::image_from`]
-    /// builds the image from.
-    pub fn manifest(&self, source: &ImageSource) -> anyhow::Result<(Arc<Client>, FoundManifest)> {
+    /// builds the image from. The tails of the layers `ahead` names are read alongside
+    /// the manifest ([`resolve_manifest`]).
+    pub fn manifest(
+        &self,
+        source: &ImageSource,
+        ahead: &[skiff_proto::Digest],
+    ) -> anyhow::Result<(Arc<Client>, FoundManifest)> {
         let ImageSource::Registry {
             image,
             pull,
@@ -392,6 +397,7 @@ impl DaemonState {
             *pull,
             self.runtime.handle(),
             image,
+            ahead,
         )
     }
 
@@ -433,7 +439,7 @@ impl DaemonState {
             ImageSource::Registry { image, .. } => {
                 let (client, found) = match found {
                     Some(found) => found,
-                    None => self.manifest(source)?,
+                    None => self.manifest(source, &[])?,
                 };
                 let rt = self.runtime.handle();
                 let (resolved, layers) =

@@ -123,9 +123,18 @@ pub fn read_toc(blob: &dyn BlobReader, expected: Option<Digest>) -> Result<Fetch
             format!("blob of {size} bytes is too small to hold a footer"),
         ));
     }
-    let tail_len = size.min(tail_read(size));
-    let tail_start = size - tail_len;
-    let tail = blob.read_at(tail_start, tail_len)?;
+    let (tail_start, tail) = match blob.tail_read_ahead() {
+        Some((start, tail))
+            if start.checked_add(tail.len() as u64) == Some(size)
+                && tail.len() as u64 >= LEGACY_FOOTER_SIZE =>
+        {
+            (start, tail)
+        }
+        _ => {
+            let tail_len = size.min(tail_read(size));
+            (size - tail_len, blob.read_at(size - tail_len, tail_len)?)
+        }
+    };
     let (toc_offset, footer) = parse_footer(&tail).map_err(|e| malformed(digest, e))?;
     let toc_end = size - footer;
     if toc_offset >= toc_end {

@@ -137,7 +137,17 @@ pub fn read_toc(
             ),
         ));
     }
-    let compressed = blob.read_at(pos.offset, pos.length)?;
+    // A tail read ahead covers the TOC when it is small (it ends the blob, before a
+    // short footer).
+    let ahead = blob.tail_read_ahead().and_then(|(start, tail)| {
+        let from = usize::try_from(pos.offset.checked_sub(start)?).ok()?;
+        tail.get(from..from.checked_add(pos.length as usize)?)
+            .map(<[u8]>::to_vec)
+    });
+    let compressed = match ahead {
+        Some(compressed) => compressed,
+        None => blob.read_at(pos.offset, pos.length)?,
+    };
     checksum.verify(&format!("zstd:chunked TOC of layer {digest}"), &compressed)?;
     let json = decompress_bounded(&compressed, pos.uncompressed)
         .map_err(|e| malformed(digest, format!("decompressing TOC: {e}")))?;

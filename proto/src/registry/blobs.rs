@@ -86,14 +86,26 @@ impl Client {
         digest: Digest,
         range: Option<(u64, u64)>,
     ) -> Result<Response> {
+        let spec = range.map(|(start, end_inclusive)| format!("bytes={start}-{end_inclusive}"));
+        self.blob_get_spec(repository, digest, spec).await
+    }
+
+    /// GET of a blob with `Range: <spec>` if given (`bytes=a-b`, `bytes=-n`), past
+    /// redirects, with success checked.
+    pub(crate) async fn blob_get_spec(
+        &self,
+        repository: &str,
+        digest: Digest,
+        range: Option<String>,
+    ) -> Result<Response> {
         let url = self.url(&format!("{repository}/blobs/{digest}"))?;
         let subject = Subject::Blob(digest);
         let mut req = Req::new(Method::GET, url, Some(repository));
         req.redirect_key = Some(digest);
         req.route = Route::Pull;
         let mut ok = vec![StatusCode::OK];
-        if let Some((start, end_inclusive)) = range {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes={start}-{end_inclusive}")) {
+        if let Some(spec) = range {
+            if let Ok(v) = HeaderValue::from_str(&spec) {
                 req.headers.insert(header::RANGE, v);
             }
             ok.push(StatusCode::PARTIAL_CONTENT);

@@ -124,6 +124,8 @@ pub struct Client {
     pub(super) in_flight: InFlight,
     /// Which host last served each blob or manifest, by digest.
     served: Mutex<HashMap<Digest, String>>,
+    /// Blob tails read ahead of their manifest (`tails_ahead.rs`).
+    pub(super) tails_ahead: super::tails_ahead::TailsAhead,
 }
 
 impl std::fmt::Debug for Client {
@@ -192,6 +194,7 @@ impl Client {
             stats: Arc::new(FetchStats::default()),
             in_flight: InFlight::default(),
             served: Mutex::new(HashMap::new()),
+            tails_ahead: Default::default(),
         })
     }
 

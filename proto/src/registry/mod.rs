@@ -32,6 +32,7 @@ mod push;
 pub mod referrers;
 mod remote_blob;
 mod retry;
+mod tails_ahead;
 mod whole_read;
 
 pub use client::{is_loopback, Client, FetchStats};
@@ -42,3 +43,4 @@ pub use options::{Access, ClientOptions};
 pub use passthrough::Listing;
 pub use remote_blob::RemoteBlob;
 pub use retry::RetryPolicy;
+pub use tails_ahead::{BlobTail, TailPromise, MAX_TAIL_AHEAD};

@@ -91,6 +91,16 @@ impl BlobReader for RemoteBlob {
         self.size
     }
 
+    /// Waits for the tail if its read is still on its way (blocking, as every read).
+    fn tail_read_ahead(&self) -> Option<(u64, Vec<u8>)> {
+        let tail = self
+            .client
+            .take_tail_ahead(&self.repository, self.digest, self.size)?;
+        self.stats.add_request();
+        self.stats.add_bytes(tail.bytes.len() as u64);
+        Some((tail.offset, tail.bytes.to_vec()))
+    }
+
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {
         let mut out = Vec::with_capacity(len.min(8 << 20) as usize);
         self.read_at_with(offset, len, &mut |piece| out.extend_from_slice(piece))?;
