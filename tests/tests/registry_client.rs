@@ -206,3 +206,123 @@ async fn multi_platform_selection() {
     );
     assert!(err.to_string().contains("linux/arm/v7"), "{err}");
 }
+
+/// An eStargz blob of `files` small files with long, distinct names (a TOC of
+/// roughly `files` × 60 compressed bytes), and its TOC digest.
+fn estargz_blob(files: usize) -> (Vec<u8>, skiff_proto::Digest) {
+    use skiff_proto::index::convert::{convert_to_estargz, EstargzOptions};
+    let entries: Vec<Entry> = (0..files)
+        .map(|i| {
+            let name = format!("dir-{}/file-{i:06}-{:016x}", i % 97, i * 2654435761);
+            Entry::file(&name, &pseudo_random(i as u64, 100 + i % 300), 0o644)
+        })
+        .collect();
+    let mut tar = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut tar, &fixtures::tar_of(&entries)).unwrap();
+    let mut out = Vec::new();
+    let converted =
+        convert_to_estargz(&mut tar, &mut out, &EstargzOptions::default(), None).unwrap();
+    (out, converted.toc_digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layers_toc_is_read_ahead_by_digest_alone_and_then_not_asked_for_again() {
+    use skiff_proto::index::estargz::{self, read_toc};
+    use skiff_proto::resolve::{read_tocs_ahead, TOC_PROBE};
+    let reg = Registry::start();
+    let c = Arc::new(client(&reg.host()));
+    // One layer whose TOC fits in the probe, one whose TOC does not.
+    let (small, small_toc) = estargz_blob(20);
+    let (big, big_toc) = estargz_blob(4000);
+    let mut pushed = Vec::new();
+    for blob in [&small, &big] {
+        let d = c
+            .push_blob("ahead", Bytes::from(blob.clone()))
+            .await
+            .unwrap();
+        pushed.push(d);
+    }
+    let (small_d, big_d) = (pushed[0], pushed[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let expected = |blob: &[u8], toc| {
+        let path = dir.path().join(skiff_proto::Digest::of(blob).hex());
+        std::fs::write(&path, blob).unwrap();
+        let local = skiff_proto::FileBlob::open(skiff_proto::Digest::of(blob), &path).unwrap();
+        read_toc(&local, Some(toc)).unwrap()
+    };
+    let (want_small, want_big) = (expected(&small, small_toc), expected(&big, big_toc));
+    assert!(
+        big.len() as u64 - want_big.toc_offset > TOC_PROBE,
+        "the big layer's TOC must not fit in the probe"
+    );
+    assert!(small.len() as u64 - want_small.toc_offset < TOC_PROBE);
+
+    let handle = tokio::runtime::Handle::current();
+    let before = (c.stats().requests(), c.stats().bytes());
+    let missing = skiff_proto::Digest::of(b"no such layer");
+    read_tocs_ahead(&c, &handle, "ahead", &[small_d, big_d, missing]);
+    let (c2, h2) = (Arc::clone(&c), handle.clone());
+    let (sizes, small_len, big_len) = (
+        [small.len() as u64, big.len() as u64],
+        small.len() as u64,
+        big.len() as u64,
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let rb = |d, size| RemoteBlob::new(Arc::clone(&c2), "ahead", d, size, h2.clone());
+        let small = read_toc(&rb(small_d, sizes[0]), Some(small_toc)).unwrap();
+        let big = read_toc(&rb(big_d, sizes[1]), Some(big_toc)).unwrap();
+        // A tail is taken once: the next reader reads the blob itself.
+        let again = rb(big_d, sizes[1]).tail_read_ahead();
+        (small, big, again)
+    })
+    .await
+    .unwrap();
+    let (got_small, got_big, again) = got;
+    assert_eq!(got_small.digest, want_small.digest);
+    assert_eq!(got_small.toc_offset, want_small.toc_offset);
+    assert_eq!(got_big.digest, want_big.digest);
+    assert_eq!(got_big.toc.entries.len(), want_big.toc.entries.len());
+    assert!(again.is_none(), "a tail read ahead was given twice");
+    // Small layer: one suffix read of the whole probe. Big layer: the probe, then
+    // exactly the rest of its TOC. The missing layer: one failed suffix read. Nothing
+    // else: neither TOC was asked for once the readers wanted it.
+    let (requests, bytes) = (
+        c.stats().requests() - before.0,
+        c.stats().bytes() - before.1,
+    );
+    assert_eq!(requests, 4, "requests made");
+    assert_eq!(
+        bytes,
+        small_len.min(TOC_PROBE) + (big_len - want_big.toc_offset),
+        "bytes read"
+    );
+    assert!(estargz::FOOTER_SIZE < TOC_PROBE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_read_ahead_serves_only_a_blob_of_the_size_the_manifest_gives() {
+    use skiff_proto::resolve::read_tocs_ahead;
+    let reg = Registry::start();
+    let c = Arc::new(client(&reg.host()));
+    let (blob, _) = estargz_blob(20);
+    let d = c
+        .push_blob("sized", Bytes::from(blob.clone()))
+        .await
+        .unwrap();
+    let handle = tokio::runtime::Handle::current();
+    read_tocs_ahead(&c, &handle, "sized", &[d]);
+    let (c2, size) = (Arc::clone(&c), blob.len() as u64);
+    let (other_size, other_repo) = tokio::task::spawn_blocking(move || {
+        let rb = |repo, size| RemoteBlob::new(Arc::clone(&c2), repo, d, size, handle.clone());
+        let other_repo = rb("elsewhere", size).tail_read_ahead();
+        let other_size = rb("sized", size + 1).tail_read_ahead();
+        (other_size, other_repo)
+    })
+    .await
+    .unwrap();
+    assert!(
+        other_repo.is_none(),
+        "served to another repository's reader"
+    );
+    assert!(other_size.is_none(), "served for a blob of another size");
+}

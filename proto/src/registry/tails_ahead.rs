@@ -142,7 +142,11 @@ impl Client {
     /// Registers a tail of blob `digest` in `repository` as being read ahead, if none
     /// is and the table has room: the caller reads it and fulfils the promise.
     pub fn begin_tail_ahead(&self, repository: &str, digest: Digest) -> Option<TailPromise> {
-        let mut slots = self.tails_ahead.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self
+            .tails_ahead
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         slots.retain(|_, s| s.begun.elapsed() < MAX_AGE);
         let key = (repository.to_string(), digest);
         if slots.len() >= MAX_TAILS || slots.contains_key(&key) {
@@ -224,7 +228,10 @@ mod tests {
         assert!(c.take_tail_ahead("r", d, 11).is_none(), "wrong size");
         assert!(c.take_tail_ahead("r", d, 10).is_none(), "taken once");
         c.begin_tail_ahead("r", d).unwrap().fulfil(Some(tail(10)));
-        assert!(c.take_tail_ahead("other", d, 10).is_none(), "other repository");
+        assert!(
+            c.take_tail_ahead("other", d, 10).is_none(),
+            "other repository"
+        );
         assert_eq!(c.take_tail_ahead("r", d, 10).unwrap().offset, 8);
         assert!(c.take_tail_ahead("r", Digest::of(b"x"), 10).is_none());
     }
@@ -241,7 +248,10 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(50));
         promise.fulfil(Some(tail(10)));
-        assert_eq!(reader.join().unwrap().unwrap().bytes, Bytes::from_static(b"ab"));
+        assert_eq!(
+            reader.join().unwrap().unwrap().bytes,
+            Bytes::from_static(b"ab")
+        );
 
         let promise = c.begin_tail_ahead("r", d).unwrap();
         let reader = {
@@ -257,7 +267,10 @@ mod tests {
     fn the_table_is_bounded() {
         let c = client();
         let promises: Vec<_> = (0..MAX_TAILS)
-            .map(|i| c.begin_tail_ahead("r", Digest::of(&i.to_le_bytes())).unwrap())
+            .map(|i| {
+                c.begin_tail_ahead("r", Digest::of(&i.to_le_bytes()))
+                    .unwrap()
+            })
             .collect();
         assert!(c.begin_tail_ahead("r", Digest::of(b"one more")).is_none());
         drop(promises);
