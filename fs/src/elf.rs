@@ -17,8 +17,11 @@ const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 /// `PT_INTERP`.
 const PT_INTERP: u32 = 3;
-/// Writable segment flag.
+/// Executable and writable segment flags.
+const PF_X: u32 = 1;
 const PF_W: u32 = 2;
+/// Longest library file name [`library_like_names`] takes.
+const MAX_LIBRARY_NAME: usize = 128;
 /// `DT_NEEDED`, `DT_STRTAB`, `DT_STRSZ`, `DT_RPATH`, `DT_RUNPATH`.
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
@@ -114,6 +117,36 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The strings in `bytes` (taken as NUL-separated, as in a string table) that look
+/// like library file names: `lib*.so` or `ld-*.so`, optionally with a numeric version
+/// (`libm.so.6`, `libisl.so.23`, `ld-linux-x86-64.so.2`). In an ELF file's string
+/// table these are the libraries it needs (and its own soname): a guess at what its
+/// dynamic section names, made before that section is in. A guess only: whatever a
+/// file holds, these are names to look up, nothing more.
+pub fn library_like_names(bytes: &[u8]) -> impl Iterator<Item = &str> {
+    bytes.split(|&b| b == 0).filter_map(|s| {
+        if s.len() < 6 || s.len() > MAX_LIBRARY_NAME {
+            return None;
+        }
+        if !(s.starts_with(b"lib") || s.starts_with(b"ld-")) {
+            return None;
+        }
+        let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"._+-".contains(b);
+        if !s.iter().all(allowed) {
+            return None;
+        }
+        let text = std::str::from_utf8(s).ok()?;
+        let at = text.find(".so").filter(|&at| at > 3)?;
+        let version = &text[at + 3..];
+        let numeric = version.is_empty()
+            || (version.starts_with('.')
+                && version[1..]
+                    .split('.')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())));
+        numeric.then_some(text)
+    })
 }
 
 /// Whether `head` (a file's first bytes) starts like an ELF file.
@@ -215,6 +248,15 @@ impl Headers {
         }
         out.extend(self.dynamic_range());
         out
+    }
+
+    /// The file range of the first loadable segment, when it starts the file and is
+    /// not executable: where linkers put the dynamic symbol and string tables in
+    /// what they write today (and so the names of the libraries needed), before the
+    /// text.
+    pub fn first_table_segment(&self) -> Option<Range<u64>> {
+        let s = self.segments.iter().find(|s| s.kind == PT_LOAD)?;
+        (s.offset == 0 && s.flags & PF_X == 0).then_some(0..s.filesz)
     }
 
     /// The file offset of virtual address `vaddr`, through the loadable segments.
@@ -380,6 +422,40 @@ mod tests {
         assert_eq!(h2.dynamic(&head), None);
         // Nothing at offset 0: nothing at all.
         assert!(headers(&Sparse::new(vec![(4096, &bytes[4096..8192])])).is_none());
+    }
+
+    #[test]
+    fn library_names_are_guessed_from_a_string_table() {
+        let table = b"\0libm.so.6\0sin\0libz.so.1\0GLIBC_2.2.5\0libstdc++.so.6\0\
+            ld-linux-x86-64.so.2\0libfoo.so\0libbar.so.x\0libc.so.6.\0lib.so\0\
+            notlib.so.1\0libsp ace.so.1\0libisl.so.23\0";
+        let names: Vec<&str> = library_like_names(table).collect();
+        assert_eq!(
+            names,
+            [
+                "libm.so.6",
+                "libz.so.1",
+                "libstdc++.so.6",
+                "ld-linux-x86-64.so.2",
+                "libfoo.so",
+                "libisl.so.23"
+            ]
+        );
+        // The test binary's first segment names the libraries its dynamic section
+        // needs.
+        let bin = this_binary();
+        let file = Sparse::new(vec![(0, &bin[..])]);
+        let h = headers(&file).unwrap();
+        let needed = h.dynamic(&file).unwrap().needed;
+        let tables = h.first_table_segment().expect("a read-only first segment");
+        let guessed: Vec<&str> =
+            library_like_names(&bin[tables.start as usize..tables.end as usize]).collect();
+        for n in &needed {
+            assert!(
+                guessed.contains(&n.as_str()),
+                "{n} not guessed from {guessed:?}"
+            );
+        }
     }
 
     #[test]

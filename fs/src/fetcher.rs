@@ -54,6 +54,22 @@ const MAX_BONUS_BYTES: u64 = 32 << 20;
 /// (one-frame tar+zstd) are streamed once instead ([`crate::stream`]).
 pub const MAX_CHUNK_FETCH: u64 = 64 << 20;
 
+/// Most peeks waiting at once ([`Fetcher::peek`]); more are dropped unheard.
+const MAX_PEEKS: usize = 256;
+
+/// A look at the first bytes of a chunk while it is still arriving, before it is
+/// verified ([`Fetcher::peek`]).
+pub type Peek = Box<dyn FnOnce(&[u8]) + Send>;
+
+/// Peeks waiting for their chunk's bytes, by chunk digest, each with how many
+/// decoded bytes it waits for.
+#[derive(Default)]
+struct Peeks {
+    waiting: Mutex<HashMap<Digest, Vec<(usize, Peek)>>>,
+    /// How many are waiting (read without the lock on every piece of every range).
+    count: std::sync::atomic::AtomicUsize,
+}
+
 /// One lower layer: its index and where its blob's bytes come from.
 #[derive(Clone)]
 pub struct Layer {
@@ -253,6 +269,8 @@ struct Inner {
     blob_order: Vec<std::sync::OnceLock<plan::BlobOrder>>,
     /// The streams of the layers streamed whole.
     streams: Arc<Streams>,
+    /// Looks at chunks still arriving.
+    peeks: Peeks,
 }
 
 /// The chunk fetcher with its worker threads (stopped when dropped).
@@ -301,6 +319,7 @@ impl Fetcher {
             }),
             changed: Condvar::new(),
             workers: threads,
+            peeks: Peeks::default(),
         });
         let mut workers = Vec::new();
         for i in 0..threads {
@@ -315,6 +334,32 @@ impl Fetcher {
         Fetcher {
             inner,
             workers: Mutex::new(workers),
+        }
+    }
+
+    /// Calls `peek` with the first `at` decoded bytes of `chunk` (fewer if the chunk
+    /// is shorter) as soon as they are in, **before the chunk is verified**: the
+    /// predictor guesses from them what a file's loading will ask for next, which
+    /// for a chunk of megabytes is known long before its last byte. Only a chunk
+    /// decoded while its range arrives (gzip, zstd) is looked at; a peek that never
+    /// fires is dropped by [`Fetcher::unpeek`], or replaced once [`MAX_PEEKS`] wait.
+    /// `peek` runs on the thread reading the range: it must be quick.
+    pub fn peek(&self, chunk: &Chunk, at: usize, peek: Peek) {
+        let peeks = &self.inner.peeks;
+        let mut waiting = peeks.waiting.lock();
+        if peeks.count.load(Ordering::Relaxed) >= MAX_PEEKS {
+            return;
+        }
+        waiting.entry(chunk.digest).or_default().push((at, peek));
+        peeks.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops the peeks at chunk `digest` that have not fired (its fetch ended, or it
+    /// was found stored).
+    pub fn unpeek(&self, digest: &Digest) {
+        let peeks = &self.inner.peeks;
+        if let Some(dropped) = peeks.waiting.lock().remove(digest) {
+            peeks.count.fetch_sub(dropped.len(), Ordering::Relaxed);
         }
     }
 
@@ -887,8 +932,40 @@ impl Inner {
         if lo < hi {
             dec.feed(&piece[(lo - from) as usize..(hi - from) as usize]);
         }
+        self.fire_peeks(dec);
         if to >= chunk_end {
             self.finish_streaming(l, s);
+        }
+    }
+
+    /// Runs the peeks at `dec`'s chunk that its decoded bytes satisfy.
+    fn fire_peeks(&self, dec: &ChunkDecoder) {
+        let peeks = &self.peeks;
+        if peeks.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let have = dec.decoded();
+        if have.is_empty() {
+            return;
+        }
+        let complete = have.len() as u64 >= dec.chunk().len;
+        let ready: Vec<(usize, Peek)> = {
+            let mut waiting = peeks.waiting.lock();
+            let Some(list) = waiting.get_mut(&dec.chunk().digest) else {
+                return;
+            };
+            let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|(at, _)| complete || *at <= have.len());
+            *list = wait;
+            if list.is_empty() {
+                waiting.remove(&dec.chunk().digest);
+            }
+            peeks.count.fetch_sub(ready.len(), Ordering::Relaxed);
+            ready
+        };
+        for (at, peek) in ready {
+            peek(&have[..at.min(have.len())]);
         }
     }
 

@@ -19,6 +19,7 @@ use crate::plan;
 use crate::tree::{LowerId, LowerTree};
 use parking_lot::Mutex;
 use skiff_proto::index::{Chunk, EntryKind};
+use skiff_proto::Digest;
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
@@ -44,6 +45,12 @@ const DEFAULT_DIRS: &[&str] = &[
 ];
 /// Most files predicted for one mount: a bound on what a hostile image can queue.
 const MAX_PREDICTED: usize = 4096;
+/// Decoded bytes of a file's first chunk looked at for its program headers.
+const PEEK_HEADERS: usize = 4096;
+/// Most decoded bytes of a first chunk looked through for library names.
+const MAX_PEEK_NAMES: u64 = 4 << 20;
+/// Most library names guessed from one file.
+const MAX_GUESSED: usize = 64;
 
 /// The files of one image whose loads were predicted, and how to fetch ahead.
 pub struct Predictor {
@@ -51,6 +58,8 @@ pub struct Predictor {
     fetcher: Arc<Fetcher>,
     /// Files examined or queued already (each is looked at once).
     seen: Mutex<HashSet<LowerId>>,
+    /// Files whose first chunk was peeked at (each once).
+    peeked: Mutex<HashSet<LowerId>>,
 }
 
 impl std::fmt::Debug for Predictor {
@@ -68,6 +77,73 @@ impl Predictor {
             tree,
             fetcher,
             seen: Mutex::new(HashSet::new()),
+            peeked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The chunks of a read from the start of lower file `id` (exec, or the loader
+    /// opening a library) are being fetched: looks at the first of them while it
+    /// arrives ([`Fetcher::peek`]), before it is verified. From its program headers
+    /// the chunk holding the dynamic section is put on the link at once, and the
+    /// libraries named in the file's first (table) segment are predicted as soon as
+    /// that segment is decoded ([`elf::library_like_names`]): python3.11's 4 MiB first
+    /// chunk arrives over 190 ms, its names are in its first 106 KB. Nothing is
+    /// served from these bytes; the verified head is looked at as before
+    /// ([`Predictor::on_head`]). Returns the digest to [`Fetcher::unpeek`] once the
+    /// read ended, if a peek was set.
+    pub fn watch_head(self: &Arc<Self>, id: LowerId, chunks: &[Chunk]) -> Option<Digest> {
+        let first = *chunks.iter().find(|c| c.file_offset == 0)?;
+        {
+            let mut peeked = self.peeked.lock();
+            if peeked.len() >= MAX_PREDICTED || !peeked.insert(id) {
+                return None;
+            }
+        }
+        let me = Arc::clone(self);
+        self.fetcher.peek(
+            &first,
+            PEEK_HEADERS,
+            Box::new(move |head| me.on_early_headers(id, first, head)),
+        );
+        Some(first.digest)
+    }
+
+    /// The first bytes of file `id` (its first chunk, `first`), unverified.
+    fn on_early_headers(self: &Arc<Self>, id: LowerId, first: Chunk, head: &[u8]) {
+        let file = Sparse::new(vec![(0, head)]);
+        let Some(headers) = elf::headers(&file) else {
+            return;
+        };
+        if let Some(dynamic) = headers.dynamic_range() {
+            if let Some((layer, chunks)) = self.chunks_for(id, &[dynamic]) {
+                let later: Vec<Chunk> = chunks.into_iter().filter(|c| *c != first).collect();
+                self.fetcher
+                    .queue_speculative(Priority::Prefetch, layer, later);
+            }
+        }
+        let Some(tables) = headers.first_table_segment() else {
+            return;
+        };
+        let upto = tables.end.min(first.len).min(MAX_PEEK_NAMES) as usize;
+        let me = Arc::clone(self);
+        self.fetcher.peek(
+            &first,
+            upto,
+            Box::new(move |tables| me.on_early_names(id, tables)),
+        );
+    }
+
+    /// The first (table) segment of file `id`, unverified: the libraries it seems
+    /// to name are predicted (looked up in the default directories only; the
+    /// verified dynamic section adds those found through its run path).
+    fn on_early_names(self: &Arc<Self>, id: LowerId, tables: &[u8]) {
+        let origin = self.origin(id);
+        for name in elf::library_like_names(tables).take(MAX_GUESSED) {
+            if let Some(dep) = self.find_library(name, &[], &origin) {
+                if dep != id {
+                    self.predict(dep);
+                }
+            }
         }
     }
 
@@ -114,10 +190,14 @@ impl Predictor {
             fetcher.queue_speculative(Priority::Prefetch, layer, tail);
             let p = Arc::clone(self);
             let offsets: Vec<u64> = head.iter().map(|c| c.file_offset).collect();
+            let watched = executable.then(|| self.watch_head(id, &head)).flatten();
             fetcher.submit(
                 layer,
                 head,
                 Box::new(move |r| {
+                    if let Some(d) = watched {
+                        p.fetcher.unpeek(&d);
+                    }
                     match r {
                         Ok(data) if executable => {
                             p.on_head(id, offsets.into_iter().zip(data).collect())
@@ -216,7 +296,11 @@ impl Predictor {
         if let Some(path) = self.tree.node(id).and_then(|n| n.path()) {
             tracing::debug!(path = %path, "predicted: the loader will open it");
         }
-        self.fetch_then_examine(id, layer, chunks, true, false);
+        let watched = self.watch_head(id, &chunks);
+        let me = Arc::clone(self);
+        self.fetch_parts_watched(layer, chunks, watched, move |parts| {
+            me.examine(id, parts, true, false)
+        });
     }
 
     /// Fetches the chunks of file `id` holding its headers and dynamic section, then
@@ -268,14 +352,32 @@ impl Predictor {
         chunks: Vec<Chunk>,
         then: impl FnOnce(Vec<(u64, Arc<Vec<u8>>)>) + Send + 'static,
     ) {
+        self.fetch_parts_watched(layer, chunks, None, then)
+    }
+
+    /// [`Predictor::fetch_parts`], dropping the peek at chunk `watched` once the
+    /// fetch ended ([`Predictor::watch_head`]).
+    fn fetch_parts_watched(
+        &self,
+        layer: usize,
+        chunks: Vec<Chunk>,
+        watched: Option<Digest>,
+        then: impl FnOnce(Vec<(u64, Arc<Vec<u8>>)>) + Send + 'static,
+    ) {
         let offsets: Vec<u64> = chunks.iter().map(|c| c.file_offset).collect();
+        let fetcher = Arc::downgrade(&self.fetcher);
         self.fetcher.submit_with(
             Priority::Prefetch,
             layer,
             chunks,
-            Box::new(move |r| match r {
-                Ok(data) => then(offsets.into_iter().zip(data).collect()),
-                Err(e) => tracing::debug!(error = %e, "fetch ahead of the loader failed"),
+            Box::new(move |r| {
+                if let (Some(d), Some(f)) = (watched, fetcher.upgrade()) {
+                    f.unpeek(&d);
+                }
+                match r {
+                    Ok(data) => then(offsets.into_iter().zip(data).collect()),
+                    Err(e) => tracing::debug!(error = %e, "fetch ahead of the loader failed"),
+                }
             }),
         );
     }

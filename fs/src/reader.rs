@@ -196,6 +196,9 @@ impl LowerReader {
         } else {
             Vec::new()
         };
+        // An exec or a library's load: what it will ask for next is guessed from
+        // the first chunk while it arrives.
+        let watched = predictor.as_ref().and_then(|p| p.watch_head(id, &chunks));
         let fetcher = Arc::downgrade(&self.fetcher);
         self.fetcher.submit_readahead(
             layer,
@@ -204,6 +207,7 @@ impl LowerReader {
             extra,
             Box::new(move |r| match r {
                 Ok(data) => {
+                    unpeek(&fetcher, watched);
                     let out = assemble(&chunks, &data, offset, end);
                     stats.record_read(start.elapsed(), out.len());
                     done(Ok(out));
@@ -213,6 +217,7 @@ impl LowerReader {
                     queue_rest(&fetcher, layer, rest);
                 }
                 Err(e) => {
+                    unpeek(&fetcher, watched);
                     tracing::warn!(error = %e, "lower read failed");
                     done(Err(e.into()));
                     queue_rest(&fetcher, layer, rest);
@@ -281,6 +286,14 @@ fn queue_rest(fetcher: &Weak<Fetcher>, layer: usize, rest: Vec<Chunk>) {
     }
     if let Some(f) = fetcher.upgrade() {
         f.queue_speculative(crate::fetcher::Priority::Later, layer, rest);
+    }
+}
+
+/// Drops the peek a read set at chunk `watched` ([`crate::predict::Predictor::watch_head`])
+/// once the read ended.
+fn unpeek(fetcher: &Weak<Fetcher>, watched: Option<skiff_proto::Digest>) {
+    if let (Some(d), Some(f)) = (watched, fetcher.upgrade()) {
+        f.unpeek(&d);
     }
 }
 

@@ -32,6 +32,10 @@
 //! whose TOC still fails is unpacked by containerd instead. A layer without a TOC is
 //! always resolved before its Prepare is answered, as before.
 //!
+//! The tails of the layers the first Prepare's labels name are read while the
+//! manifest is fetched ([`layers_ahead`], `skiff_proto::resolve::read_tocs_ahead`):
+//! their TOCs are then in about when the manifest is, not a round trip after it.
+//!
 //! Once an image is resolved, the files any container of it reads first (the user
 //! and group files the runtime reads, the image's own program and the libraries its
 //! loader will open) are fetched in the background, while containerd finishes the
@@ -485,6 +489,20 @@ mod tests {
         );
         assert_eq!(likely_program(&v(&["/bin/bash"]), &[]), Some("/bin/bash"));
         assert_eq!(likely_program(&[], &[]), None);
+    }
+
+    #[test]
+    fn the_layers_read_ahead_are_the_named_ones_once_each_and_bounded() {
+        let d = |i: usize| Digest::of(&i.to_le_bytes()).to_string();
+        let (a, b) = (d(1), d(2));
+        let r = request(&a, &[&a, &b, "not a digest", &b]);
+        let ahead: Vec<String> = layers_ahead(&r).iter().map(|d| d.to_string()).collect();
+        assert_eq!(ahead, vec![a.clone(), b]);
+        // Labels without the list: the named layer alone.
+        assert_eq!(layers_ahead(&request(&a, &[])).len(), 1);
+        let many: Vec<String> = (0..1000).map(d).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(layers_ahead(&request(&a, &many)).len(), MAX_LAYERS_AHEAD);
     }
 
     fn request(digest: &str, layers: &[&str]) -> LazyRequest {

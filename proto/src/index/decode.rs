@@ -150,6 +150,18 @@ impl ChunkDecoder {
         &self.chunk
     }
 
+    /// The chunk's bytes decoded so far, from its start: **not verified** (the
+    /// digest covers the whole chunk), so good for guesses (which chunks to fetch
+    /// next), never for content. Empty for chunks decoded only at the end.
+    pub fn decoded(&self) -> &[u8] {
+        match &self.state {
+            Feed::Gzip(d) if d.get_ref().skip == 0 => &d.get_ref().out,
+            Feed::Zstd(d) if d.get_ref().skip == 0 => &d.get_ref().out,
+            Feed::Full(data) => data,
+            _ => &[],
+        }
+    }
+
     /// The next bytes of the chunk's blob range.
     pub fn feed(&mut self, bytes: &[u8]) {
         use std::io::Write;

@@ -12,7 +12,7 @@
 //!
 //! Nothing read ahead is trusted more than any Range read: a tail is used only for a
 //! blob of the size the manifest gives, and the TOC in it is verified against the
-//! manifest's annotation as always. The table is bounded in entries and age.
+//! manifest's annotation as always. The table is bounded in entries, bytes and age.
 
 use super::client::Client;
 use super::error::{RegistryError, Result};
@@ -20,6 +20,7 @@ use crate::digest::Digest;
 use bytes::Bytes;
 use reqwest::{header, StatusCode};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ const MAX_AGE: Duration = Duration::from_secs(120);
 const MAX_WAIT: Duration = Duration::from_secs(30);
 /// Largest suffix [`Client::get_blob_tail`] asks for.
 pub const MAX_TAIL_AHEAD: u64 = 16 << 20;
+/// Most bytes of tails held at once; a tail past it is dropped (its reader reads it
+/// once the manifest is in), so a registry with huge TOCs costs no memory here.
+const MAX_HELD_BYTES: u64 = 64 << 20;
 
 /// The last bytes of a blob.
 #[derive(Clone, Debug)]
@@ -48,12 +52,25 @@ struct Slot {
     begun: Instant,
     tail: Mutex<Option<Option<BlobTail>>>,
     done: Condvar,
+    /// The table's count of bytes held, which this slot's tail is part of.
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let tail = self.tail.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(t)) = tail {
+            self.held.fetch_sub(t.bytes.len() as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The tails read ahead, by repository and digest.
 #[derive(Default)]
 pub(crate) struct TailsAhead {
     slots: Mutex<HashMap<(String, Digest), Arc<Slot>>>,
+    /// Bytes of the tails held by slots (bounded by [`MAX_HELD_BYTES`]).
+    held: Arc<AtomicU64>,
 }
 
 /// The promise of a tail read ahead: [`TailPromise::fulfil`] it; dropped unfulfilled,
@@ -70,10 +87,20 @@ impl TailPromise {
 
     fn settle(&self, tail: Option<BlobTail>) {
         let mut held = self.slot.tail.lock().unwrap_or_else(|e| e.into_inner());
-        if held.is_none() {
-            *held = Some(tail);
-            self.slot.done.notify_all();
+        if held.is_some() {
+            return;
         }
+        let counted = |t: &BlobTail| {
+            let len = t.bytes.len() as u64;
+            let total = &self.slot.held;
+            total
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n + len <= MAX_HELD_BYTES).then_some(n + len)
+                })
+                .is_ok()
+        };
+        *held = Some(tail.filter(counted));
+        self.slot.done.notify_all();
     }
 }
 
@@ -156,6 +183,7 @@ impl Client {
             begun: Instant::now(),
             tail: Mutex::new(None),
             done: Condvar::new(),
+            held: self.tails_ahead.held.clone(),
         });
         slots.insert(key, slot.clone());
         Some(TailPromise { slot })
@@ -261,6 +289,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         drop(promise);
         assert!(reader.join().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_bytes_held_are_bounded_and_given_back() {
+        let c = client();
+        let big = |i: u64| BlobTail {
+            blob_size: 100 << 20,
+            offset: (100 << 20) - (40 << 20),
+            bytes: Bytes::from(vec![i as u8; 40 << 20]),
+        };
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        c.begin_tail_ahead("r", a).unwrap().fulfil(Some(big(1)));
+        c.begin_tail_ahead("r", b).unwrap().fulfil(Some(big(2)));
+        assert!(
+            c.take_tail_ahead("r", b, 100 << 20).is_none(),
+            "over the bound"
+        );
+        assert!(c.take_tail_ahead("r", a, 100 << 20).is_some());
+        assert_eq!(c.tails_ahead.held.load(Ordering::Relaxed), 0);
+        c.begin_tail_ahead("r", b).unwrap().fulfil(Some(big(2)));
+        assert!(c.take_tail_ahead("r", b, 100 << 20).is_some(), "room again");
     }
 
     #[test]
