@@ -949,23 +949,30 @@ impl Inner {
             return;
         }
         let complete = have.len() as u64 >= dec.chunk().len;
-        let ready: Vec<(usize, Peek)> = {
-            let mut waiting = peeks.waiting.lock();
-            let Some(list) = waiting.get_mut(&dec.chunk().digest) else {
-                return;
+        // A peek may set another on the same chunk (a further look once more is
+        // in): it runs here too if the bytes it waits for are in already.
+        loop {
+            let ready: Vec<(usize, Peek)> = {
+                let mut waiting = peeks.waiting.lock();
+                let Some(list) = waiting.get_mut(&dec.chunk().digest) else {
+                    return;
+                };
+                let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|(at, _)| complete || *at <= have.len());
+                *list = wait;
+                if list.is_empty() {
+                    waiting.remove(&dec.chunk().digest);
+                }
+                peeks.count.fetch_sub(ready.len(), Ordering::Relaxed);
+                ready
             };
-            let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(list)
-                .into_iter()
-                .partition(|(at, _)| complete || *at <= have.len());
-            *list = wait;
-            if list.is_empty() {
-                waiting.remove(&dec.chunk().digest);
+            if ready.is_empty() {
+                return;
             }
-            peeks.count.fetch_sub(ready.len(), Ordering::Relaxed);
-            ready
-        };
-        for (at, peek) in ready {
-            peek(&have[..at.min(have.len())]);
+            for (at, peek) in ready {
+                peek(&have[..at.min(have.len())]);
+            }
         }
     }
 

@@ -720,3 +720,132 @@ fn a_big_librarys_needs_are_known_before_the_loaders_other_ranges_are_in() {
     held.release();
     lower.shutdown();
 }
+
+/// A 64-bit ELF program of `len` bytes (random beyond its tables): a first, read-only
+/// loadable segment of 64 KiB whose string table (8 KiB in) names `needed`, and a
+/// dynamic section near the end.
+fn program_naming(needed: &str, len: usize) -> Vec<u8> {
+    let (strtab, dynamic) = (8192u64, len as u64 - 4096);
+    let mut f = content(97, len);
+    let put = |f: &mut Vec<u8>, at: u64, bytes: &[u8]| {
+        f[at as usize..at as usize + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut f, 0, &[0; 64]);
+    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut f, 16, &3u16.to_le_bytes());
+    put(&mut f, 18, &62u16.to_le_bytes());
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 32, &64u64.to_le_bytes());
+    put(&mut f, 52, &64u16.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 56, &3u16.to_le_bytes());
+    let segments = [
+        (1u32, 4u32, 0, 64 << 10), // PT_LOAD, R: headers and tables
+        (1, 6, dynamic, 4096),     // PT_LOAD, RW
+        (2, 6, dynamic, 64),       // PT_DYNAMIC
+    ];
+    for (i, (kind, flags, offset, size)) in segments.into_iter().enumerate() {
+        let at = 64 + 56 * i as u64;
+        put(&mut f, at, &[0; 56]);
+        put(&mut f, at, &kind.to_le_bytes());
+        put(&mut f, at + 4, &flags.to_le_bytes());
+        for (field, v) in [
+            (8, offset),
+            (16, offset),
+            (24, offset),
+            (32, size),
+            (40, size),
+        ] {
+            put(&mut f, at + field, &v.to_le_bytes());
+        }
+    }
+    let names = format!("\0{needed}\0printf\0GLIBC_2.2.5\0");
+    put(&mut f, strtab, names.as_bytes());
+    let entries = [(1u64, 1u64), (5, strtab), (10, names.len() as u64), (0, 0)];
+    for (i, (tag, val)) in entries.into_iter().enumerate() {
+        put(&mut f, dynamic + 16 * i as u64, &tag.to_le_bytes());
+        put(&mut f, dynamic + 16 * i as u64 + 8, &val.to_le_bytes());
+    }
+    f
+}
+
+#[test]
+fn a_files_libraries_are_guessed_from_its_first_chunk_before_that_chunk_is_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let program = program_naming("libneeded.so.1", 3 << 20);
+    let needed = content(96, 5000);
+    let dir = "usr/lib/x86_64-linux-gnu";
+    // libneeded.so.1 lies before the program in the blob: its range is not held.
+    let items = [
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/lib", 0o755),
+        Item::Dir(dir, 0o755),
+        Item::File("usr/lib/x86_64-linux-gnu/libneeded.so.1", 0o644, &needed),
+        Item::File("usr/lib/x86_64-linux-gnu/libprog.so", 0o755, &program),
+    ];
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let prog = chunks_of("usr/lib/x86_64-linux-gnu/libprog.so");
+    assert_eq!(prog.len(), 1, "one chunk");
+    let needed_chunks = chunks_of("usr/lib/x86_64-linux-gnu/libneeded.so.1");
+    assert!(needed_chunks
+        .iter()
+        .all(|c| c.blob_offset < prog[0].blob_offset));
+    // The program's chunk arrives half: its tables are in, its digest cannot be
+    // checked.
+    let split = Arc::new(SplitBlob {
+        inner: img.readers[0].clone(),
+        split: prog[0].blob_offset + prog[0].blob_len / 2,
+        open: parking_lot::Mutex::new(false),
+        changed: parking_lot::Condvar::new(),
+    });
+    let lower = skiff_fs::SharedLower::build(
+        vec![Layer {
+            index: img.layers[0].index.clone(),
+            blob: split.clone(),
+        }],
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        4,
+        FetchTuning {
+            read_around: 0,
+            merge_gap: 0,
+            ..FetchTuning::default()
+        },
+    )
+    .unwrap();
+    // After `lower`: dropped first, so a failing assertion opens the blob before
+    // `lower`'s drop waits for its workers.
+    struct Open(Arc<SplitBlob>);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = Open(split.clone());
+    lower.warm_libraries(&["libprog.so"]);
+    let cached = |c: &skiff_proto::index::Chunk| lower.cache().get(&c.digest).map(|(d, _)| d);
+    let since = std::time::Instant::now();
+    while needed_chunks.iter().any(|c| cached(c).is_none()) {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "libneeded.so.1 was not fetched while the program's chunk was half in"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let got: Vec<u8> = needed_chunks
+        .iter()
+        .flat_map(|c| cached(c).unwrap().to_vec())
+        .collect();
+    assert_eq!(got, needed);
+    assert!(cached(&prog[0]).is_none(), "half a chunk is never served");
+    split.open();
+    let since = std::time::Instant::now();
+    while cached(&prog[0]).is_none() {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "program not fetched"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(cached(&prog[0]).unwrap().as_slice(), &program[..]);
+    lower.shutdown();
+}

@@ -152,12 +152,16 @@ impl ChunkDecoder {
 
     /// The chunk's bytes decoded so far, from its start: **not verified** (the
     /// digest covers the whole chunk), so good for guesses (which chunks to fetch
-    /// next), never for content. Empty for chunks decoded only at the end.
+    /// next), never for content. Empty for chunks decoded only at the end (but a
+    /// stored chunk's bytes are its content as they come).
     pub fn decoded(&self) -> &[u8] {
         match &self.state {
             Feed::Gzip(d) if d.get_ref().skip == 0 => &d.get_ref().out,
             Feed::Zstd(d) if d.get_ref().skip == 0 => &d.get_ref().out,
             Feed::Full(data) => data,
+            Feed::Whole(raw) if self.chunk.encoding == ChunkEncoding::Raw => {
+                &raw[..raw.len().min(self.chunk.len as usize)]
+            }
             _ => &[],
         }
     }
