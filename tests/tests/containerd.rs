@@ -110,7 +110,13 @@ fn layer_bytes(reqs: &[Recorded], layers: &[(String, u64)]) -> (u64, Vec<String>
         };
         let range = r.range.as_deref().and_then(|v| {
             let (a, b) = v.strip_prefix("bytes=")?.split_once('-')?;
-            Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
+            let b = b.parse::<u64>().ok()?;
+            match a {
+                // A suffix range (`bytes=-N`): the blob's last N bytes, read ahead of
+                // the manifest.
+                "" => Some((size.saturating_sub(b), size - 1)),
+                a => Some((a.parse::<u64>().ok()?, b)),
+            }
         });
         match range {
             Some((a, b)) => bytes += b.min(size - 1).saturating_sub(a) + 1,
@@ -386,7 +392,7 @@ async fn three_layers_behind_a_proxy() -> (Setup, FaultProxy, String) {
 /// What Skiff (not containerd, which fetches the manifest and config itself) asked
 /// the registry for through `proxy`: manifest requests, config requests, and per
 /// layer the TOC reads (ranges that end at the blob's last byte, where eStargz keeps
-/// its TOC and footer).
+/// its TOC and footer, or suffix ranges: the tails read ahead of the manifest).
 fn skiff_requests(proxy: &FaultProxy, image: &str) -> (usize, usize, Vec<usize>) {
     let m = manifest_json(image);
     let config = m["config"]["digest"].as_str().unwrap().to_string();
@@ -408,10 +414,16 @@ fn skiff_requests(proxy: &FaultProxy, image: &str) -> (usize, usize, Vec<usize>)
     let tocs = layers
         .iter()
         .map(|(digest, size)| {
+            // Reads of the blob's end: a range to its last byte, or a suffix range
+            // (the tail read ahead of the manifest).
             let tail = format!("-{}", size - 1);
             reqs.iter()
                 .filter(|r| r.path.ends_with(digest.as_str()))
-                .filter(|r| r.range.as_deref().is_some_and(|v| v.ends_with(&tail)))
+                .filter(|r| {
+                    r.range
+                        .as_deref()
+                        .is_some_and(|v| v.ends_with(&tail) || v.starts_with("bytes=-"))
+                })
                 .count()
         })
         .collect();
