@@ -16,7 +16,9 @@
 //! are decoded as its bytes arrive ([`ChunkDecoder`]), each answered once its last
 //! byte is in; nothing is returned or cached unless it was verified against its digest.
 //! Chunks that lie wholly inside a fetched range are decoded and cached too, asked for
-//! or not ([`decode_chunks`]).
+//! or not ([`decode_chunks`]). While a chunk arrives, [`Fetcher::peek`] lets the
+//! predictor look at its decoded, not yet verified, first bytes to choose what to
+//! fetch next; such bytes are never answered to a read.
 
 use crate::cache::ChunkCache;
 use crate::plan;

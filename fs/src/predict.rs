@@ -12,6 +12,13 @@
 //! before any code runs (symbol tables, the segments it relocates), then does the
 //! same for their needs as those arrive. The text of bigger libraries stays lazy:
 //! they are mapped and run sparsely.
+//!
+//! A file's first chunk can be megabytes that take a fifth of a second to arrive,
+//! and its dynamic section usually sits in its last chunk. So the predictor also
+//! looks at a first chunk while it arrives ([`Predictor::watch_head`]): its program
+//! headers put the dynamic section's chunk on the link at once, and the library
+//! names in its first segment are predicted before the chunk is whole. These bytes
+//! are unverified and only choose fetches.
 
 use crate::elf::{self, Sparse};
 use crate::fetcher::{Fetcher, Priority};
@@ -58,7 +65,7 @@ pub struct Predictor {
     fetcher: Arc<Fetcher>,
     /// Files examined or queued already (each is looked at once).
     seen: Mutex<HashSet<LowerId>>,
-    /// Files whose first chunk was peeked at (each once).
+    /// ELF files whose first chunk was peeked at (each once).
     peeked: Mutex<HashSet<LowerId>>,
 }
 
@@ -93,11 +100,8 @@ impl Predictor {
     /// read ended, if a peek was set.
     pub fn watch_head(self: &Arc<Self>, id: LowerId, chunks: &[Chunk]) -> Option<Digest> {
         let first = *chunks.iter().find(|c| c.file_offset == 0)?;
-        {
-            let mut peeked = self.peeked.lock();
-            if peeked.len() >= MAX_PREDICTED || !peeked.insert(id) {
-                return None;
-            }
+        if self.peeked.lock().contains(&id) {
+            return None;
         }
         let me = Arc::clone(self);
         self.fetcher.peek(
@@ -114,6 +118,14 @@ impl Predictor {
         let Some(headers) = elf::headers(&file) else {
             return;
         };
+        // Each ELF file once (other files are looked at on every fetch of their
+        // start, which is cheap: they fail the header test).
+        {
+            let mut peeked = self.peeked.lock();
+            if peeked.len() >= MAX_PREDICTED || !peeked.insert(id) {
+                return;
+            }
+        }
         if let Some(dynamic) = headers.dynamic_range() {
             if let Some((layer, chunks)) = self.chunks_for(id, &[dynamic]) {
                 let later: Vec<Chunk> = chunks.into_iter().filter(|c| *c != first).collect();
