@@ -21,6 +21,9 @@ const STARGZ_IMAGE: &str = "containerd.io/snapshot/remote/stargz.reference";
 const STARGZ_DIGEST: &str = "containerd.io/snapshot/remote/stargz.digest";
 const STARGZ_LAYERS: &str = "containerd.io/snapshot/remote/stargz.layers";
 const URLS: &str = "containerd.io/snapshot/remote/urls";
+/// The layer's eStargz TOC digest: a layer annotation, which containerd passes on to
+/// the snapshotter (as every `containerd.io/snapshot/` one).
+const ESTARGZ_TOC: &str = "containerd.io/snapshot/stargz/toc.digest";
 
 /// A request to make one layer of an image available lazily.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +40,9 @@ pub struct LazyRequest {
     pub layers: Vec<String>,
     /// Alternative URLs of the layer blob (foreign layers), if given.
     pub urls: Vec<String>,
+    /// Whether the labels carry the layer's eStargz TOC digest: the image is
+    /// eStargz, and its layers' TOCs sit at their ends.
+    pub estargz: bool,
 }
 
 /// The lazy request in `labels`, if they name a target, an image and a layer (CRI's
@@ -61,6 +67,7 @@ pub fn lazy_request(labels: &BTreeMap<String, String>) -> Option<LazyRequest> {
         digest,
         layers: split(get(CRI_LAYERS, STARGZ_LAYERS)),
         urls: split(labels.get(URLS).cloned()),
+        estargz: labels.contains_key(ESTARGZ_TOC),
     })
 }
 
@@ -95,9 +102,18 @@ mod tests {
             digest: "sha256:l2".into(),
             layers: vec!["sha256:l1".into(), "sha256:l2".into()],
             urls: vec![],
+            estargz: false,
         };
         assert_eq!(lazy_request(&cri), Some(want.clone()));
-        assert_eq!(lazy_request(&stargz), Some(want));
+        assert_eq!(lazy_request(&stargz), Some(want.clone()));
+        // The layer's TOC annotation, passed on as a label, says it is eStargz.
+        let mut with_toc = cri.clone();
+        with_toc.insert(ESTARGZ_TOC.into(), "sha256:toc".into());
+        let want = LazyRequest {
+            estargz: true,
+            ..want
+        };
+        assert_eq!(lazy_request(&with_toc), Some(want));
     }
 
     #[test]

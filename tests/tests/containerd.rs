@@ -473,6 +473,19 @@ async fn a_lazy_rpull_resolves_the_image_once() {
         "{}",
         tail(&s.daemon.log(), 40)
     );
+    // The TOCs were read ahead of the manifest, from the layers the first Prepare's
+    // labels name: by suffix ranges (small TOCs: one each).
+    let suffix_reads = proxy
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.user_agent
+                .as_deref()
+                .is_some_and(|a| a.starts_with("skiff/"))
+        })
+        .filter(|r| r.range.as_deref().is_some_and(|v| v.starts_with("bytes=-")))
+        .count();
+    assert_eq!(suffix_reads, 3, "{}", tail(&s.daemon.log(), 40));
     let out = s.run(&image, "three1", &["cat", "/opt/three"]);
     assert_eq!(out, "layer three\n");
     let (manifests, configs, _) = skiff_requests(&proxy, &image);

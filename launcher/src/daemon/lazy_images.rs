@@ -249,8 +249,14 @@ fn warm_up(entry: &ImageEntry) {
 
 /// The layers whose tails (TOCs) are read alongside the manifest when `request`
 /// resolves its image: the layer it names and those its labels list above it (all of
-/// the image's, in containerd's first Prepare), at most [`MAX_LAYERS_AHEAD`].
+/// the image's, in containerd's first Prepare), at most [`MAX_LAYERS_AHEAD`]; none
+/// unless the labels say the layer is eStargz (its TOC annotation, which containerd
+/// passes on), so that a plain gzip image's layers are not read at their ends for
+/// nothing.
 fn layers_ahead(request: &LazyRequest) -> Vec<Digest> {
+    if !request.estargz {
+        return Vec::new();
+    }
     std::iter::once(&request.digest)
         .chain(&request.layers)
         .filter_map(|d| d.parse::<Digest>().ok())
@@ -497,12 +503,18 @@ mod tests {
         let (a, b) = (d(1), d(2));
         let r = request(&a, &[&a, &b, "not a digest", &b]);
         let ahead: Vec<String> = layers_ahead(&r).iter().map(|d| d.to_string()).collect();
-        assert_eq!(ahead, vec![a.clone(), b]);
+        assert_eq!(ahead, vec![a.clone(), b.clone()]);
         // Labels without the list: the named layer alone.
         assert_eq!(layers_ahead(&request(&a, &[])).len(), 1);
         let many: Vec<String> = (0..1000).map(d).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert_eq!(layers_ahead(&request(&a, &many)).len(), MAX_LAYERS_AHEAD);
+        // Not an eStargz layer: nothing is read ahead.
+        let plain = LazyRequest {
+            estargz: false,
+            ..request(&a, &[&a, &b])
+        };
+        assert!(layers_ahead(&plain).is_empty());
     }
 
     fn request(digest: &str, layers: &[&str]) -> LazyRequest {
@@ -512,6 +524,7 @@ mod tests {
             digest: digest.into(),
             layers: layers.iter().map(|l| l.to_string()).collect(),
             urls: Vec::new(),
+            estargz: true,
         }
     }
 
