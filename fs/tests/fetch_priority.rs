@@ -560,6 +560,51 @@ fn the_c_library_and_its_loader_are_fetched_when_asked_for_by_name_or_path() {
     lower.shutdown();
 }
 
+/// Writes into `f` a 64-bit little-endian ELF header, program headers for `segments`
+/// (type, flags, file offset = address, size), the string table `names` at `strtab`,
+/// and at `dynamic` a dynamic section naming the string at offset 1 of `names` as
+/// needed (`DT_NEEDED`, `DT_STRTAB`, `DT_STRSZ`, `DT_NULL`).
+fn write_elf(
+    f: &mut [u8],
+    segments: &[(u32, u32, u64, u64)],
+    strtab: u64,
+    names: &str,
+    dynamic: u64,
+) {
+    let mut put =
+        |at: u64, bytes: &[u8]| f[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+    put(0, &[0; 64]);
+    put(0, b"\x7fELF\x02\x01\x01");
+    put(16, &3u16.to_le_bytes()); // ET_DYN
+    put(18, &62u16.to_le_bytes()); // x86-64
+    put(20, &1u32.to_le_bytes());
+    put(32, &64u64.to_le_bytes()); // program headers right after
+    put(52, &64u16.to_le_bytes());
+    put(54, &56u16.to_le_bytes());
+    put(56, &(segments.len() as u16).to_le_bytes());
+    for (i, &(kind, flags, offset, size)) in segments.iter().enumerate() {
+        let at = 64 + 56 * i as u64;
+        put(at, &[0; 56]);
+        put(at, &kind.to_le_bytes());
+        put(at + 4, &flags.to_le_bytes());
+        for (field, v) in [
+            (8, offset),
+            (16, offset),
+            (24, offset),
+            (32, size),
+            (40, size),
+        ] {
+            put(at + field, &v.to_le_bytes());
+        }
+    }
+    put(strtab, names.as_bytes());
+    let entries = [(1u64, 1u64), (5, strtab), (10, names.len() as u64), (0, 0)];
+    for (i, (tag, val)) in entries.into_iter().enumerate() {
+        put(dynamic + 16 * i as u64, &tag.to_le_bytes());
+        put(dynamic + 16 * i as u64 + 8, &val.to_le_bytes());
+    }
+}
+
 /// A 64-bit ELF shared object of `12 MiB + 4 KiB` laid out as a big C++ library is:
 /// a first loadable segment of 9 MiB (its string table, naming `needed`, 6 MiB in),
 /// and the writable segment with the dynamic section 12 MiB in. With 4 MiB chunks the
@@ -569,45 +614,12 @@ fn big_library(needed: &str) -> Vec<u8> {
     const MIB: u64 = 1 << 20;
     let (strtab, dynamic) = (6 * MIB, 12 * MIB);
     let mut f = vec![0u8; (dynamic + 4096) as usize];
-    let put = |f: &mut Vec<u8>, at: u64, bytes: &[u8]| {
-        f[at as usize..at as usize + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
-    put(&mut f, 16, &3u16.to_le_bytes()); // ET_DYN
-    put(&mut f, 18, &62u16.to_le_bytes()); // x86-64
-    put(&mut f, 20, &1u32.to_le_bytes());
-    put(&mut f, 32, &64u64.to_le_bytes()); // program headers right after
-    put(&mut f, 52, &64u16.to_le_bytes());
-    put(&mut f, 54, &56u16.to_le_bytes());
-    put(&mut f, 56, &3u16.to_le_bytes());
-    // (type, flags, offset = vaddr, size)
     let segments = [
-        (1u32, 4u32, 0, 9 * MIB), // PT_LOAD, R
-        (1, 6, dynamic, 4096),    // PT_LOAD, RW
-        (2, 6, dynamic, 64),      // PT_DYNAMIC
+        (1, 4, 0, 9 * MIB),    // PT_LOAD, R
+        (1, 6, dynamic, 4096), // PT_LOAD, RW
+        (2, 6, dynamic, 64),   // PT_DYNAMIC
     ];
-    for (i, (kind, flags, offset, size)) in segments.into_iter().enumerate() {
-        let at = 64 + 56 * i as u64;
-        put(&mut f, at, &kind.to_le_bytes());
-        put(&mut f, at + 4, &flags.to_le_bytes());
-        for (field, v) in [
-            (8, offset),
-            (16, offset),
-            (24, offset),
-            (32, size),
-            (40, size),
-        ] {
-            put(&mut f, at + field, &v.to_le_bytes());
-        }
-    }
-    let names = format!("\0{needed}\0");
-    put(&mut f, strtab, names.as_bytes());
-    // DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_NULL
-    let entries = [(1u64, 1u64), (5, strtab), (10, names.len() as u64), (0, 0)];
-    for (i, (tag, val)) in entries.into_iter().enumerate() {
-        put(&mut f, dynamic + 16 * i as u64, &tag.to_le_bytes());
-        put(&mut f, dynamic + 16 * i as u64 + 8, &val.to_le_bytes());
-    }
+    write_elf(&mut f, &segments, strtab, &format!("\0{needed}\0"), dynamic);
     f
 }
 
@@ -727,45 +739,13 @@ fn a_big_librarys_needs_are_known_before_the_loaders_other_ranges_are_in() {
 fn program_naming(needed: &str, len: usize) -> Vec<u8> {
     let (strtab, dynamic) = (8192u64, len as u64 - 4096);
     let mut f = content(97, len);
-    let put = |f: &mut Vec<u8>, at: u64, bytes: &[u8]| {
-        f[at as usize..at as usize + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut f, 0, &[0; 64]);
-    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
-    put(&mut f, 16, &3u16.to_le_bytes());
-    put(&mut f, 18, &62u16.to_le_bytes());
-    put(&mut f, 20, &1u32.to_le_bytes());
-    put(&mut f, 32, &64u64.to_le_bytes());
-    put(&mut f, 52, &64u16.to_le_bytes());
-    put(&mut f, 54, &56u16.to_le_bytes());
-    put(&mut f, 56, &3u16.to_le_bytes());
     let segments = [
-        (1u32, 4u32, 0, 64 << 10), // PT_LOAD, R: headers and tables
-        (1, 6, dynamic, 4096),     // PT_LOAD, RW
-        (2, 6, dynamic, 64),       // PT_DYNAMIC
+        (1, 4, 0, 64 << 10),   // PT_LOAD, R: headers and tables
+        (1, 6, dynamic, 4096), // PT_LOAD, RW
+        (2, 6, dynamic, 64),   // PT_DYNAMIC
     ];
-    for (i, (kind, flags, offset, size)) in segments.into_iter().enumerate() {
-        let at = 64 + 56 * i as u64;
-        put(&mut f, at, &[0; 56]);
-        put(&mut f, at, &kind.to_le_bytes());
-        put(&mut f, at + 4, &flags.to_le_bytes());
-        for (field, v) in [
-            (8, offset),
-            (16, offset),
-            (24, offset),
-            (32, size),
-            (40, size),
-        ] {
-            put(&mut f, at + field, &v.to_le_bytes());
-        }
-    }
     let names = format!("\0{needed}\0printf\0GLIBC_2.2.5\0");
-    put(&mut f, strtab, names.as_bytes());
-    let entries = [(1u64, 1u64), (5, strtab), (10, names.len() as u64), (0, 0)];
-    for (i, (tag, val)) in entries.into_iter().enumerate() {
-        put(&mut f, dynamic + 16 * i as u64, &tag.to_le_bytes());
-        put(&mut f, dynamic + 16 * i as u64 + 8, &val.to_le_bytes());
-    }
+    write_elf(&mut f, &segments, strtab, &names, dynamic);
     f
 }
 
