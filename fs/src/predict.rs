@@ -383,9 +383,7 @@ impl Predictor {
             layer,
             chunks,
             Box::new(move |r| {
-                if let (Some(d), Some(f)) = (watched, fetcher.upgrade()) {
-                    f.unpeek(&d);
-                }
+                crate::reader::unpeek(&fetcher, watched);
                 match r {
                     Ok(data) => then(offsets.into_iter().zip(data).collect()),
                     Err(e) => tracing::debug!(error = %e, "fetch ahead of the loader failed"),

@@ -291,7 +291,7 @@ fn queue_rest(fetcher: &Weak<Fetcher>, layer: usize, rest: Vec<Chunk>) {
 
 /// Drops the peek a read set at chunk `watched` ([`crate::predict::Predictor::watch_head`])
 /// once the read ended.
-fn unpeek(fetcher: &Weak<Fetcher>, watched: Option<skiff_proto::Digest>) {
+pub(crate) fn unpeek(fetcher: &Weak<Fetcher>, watched: Option<skiff_proto::Digest>) {
     if let (Some(d), Some(f)) = (watched, fetcher.upgrade()) {
         f.unpeek(&d);
     }

@@ -383,6 +383,15 @@ impl SplitBlob {
     }
 }
 
+/// Opens a [`SplitBlob`] when dropped.
+struct Open(Arc<SplitBlob>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
 impl skiff_proto::blob::BlobReader for SplitBlob {
     fn digest(&self) -> skiff_proto::digest::Digest {
         self.inner.digest()
@@ -441,12 +450,6 @@ fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range()
     );
     // After the fetcher, so dropped first: a failing assertion opens the gate
     // before the fetcher's drop waits for its worker.
-    struct Open(Arc<SplitBlob>);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
     let _open = Open(split.clone());
     let release = || split.open();
     // One job, one Range request for both files (they lie side by side).
@@ -623,6 +626,50 @@ fn big_library(needed: &str) -> Vec<u8> {
     f
 }
 
+/// A merged lower over `img`'s one layer read through `blob`, with 4 fetch workers
+/// and no request growth (each fetch is just what was asked for).
+fn predicting_lower(
+    dir: &std::path::Path,
+    img: &Image,
+    blob: Arc<dyn skiff_proto::blob::BlobReader>,
+) -> skiff_fs::SharedLower {
+    skiff_fs::SharedLower::build(
+        vec![Layer {
+            index: img.layers[0].index.clone(),
+            blob,
+        }],
+        ChunkCache::open(&dir.join("cache"), 1 << 30, 1 << 28).unwrap(),
+        4,
+        FetchTuning {
+            read_around: 0,
+            merge_gap: 0,
+            ..FetchTuning::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The content of `chunks` once all are in `lower`'s cache (polled for up to 10 s;
+/// past that, fails with `why`).
+fn wait_cached(
+    lower: &skiff_fs::SharedLower,
+    chunks: &[skiff_proto::index::Chunk],
+    why: &str,
+) -> Vec<u8> {
+    let since = std::time::Instant::now();
+    loop {
+        let parts: Option<Vec<_>> = chunks
+            .iter()
+            .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
+            .collect();
+        if let Some(parts) = parts {
+            return parts.iter().flat_map(|p| p.iter().copied()).collect();
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "{why}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A blob whose reads touching `held` (blob offsets) wait until released.
 struct HeldRange {
     inner: Arc<CountingBlob>,
@@ -690,20 +737,7 @@ fn a_big_librarys_needs_are_known_before_the_loaders_other_ranges_are_in() {
         open: parking_lot::Mutex::new(false),
         changed: parking_lot::Condvar::new(),
     });
-    let lower = skiff_fs::SharedLower::build(
-        vec![Layer {
-            index: img.layers[0].index.clone(),
-            blob: held.clone(),
-        }],
-        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
-        4,
-        FetchTuning {
-            read_around: 0,
-            merge_gap: 0,
-            ..FetchTuning::default()
-        },
-    )
-    .unwrap();
+    let lower = predicting_lower(tmp.path(), &img, held.clone());
     // Declared after `lower`, so dropped (the range released) before it: a failing
     // assertion must not leave `lower`'s workers waiting at the hold while its drop
     // waits for them.
@@ -711,18 +745,11 @@ fn a_big_librarys_needs_are_known_before_the_loaders_other_ranges_are_in() {
     lower.warm_libraries(&["libbig.so"]);
     let cached = |c: &skiff_proto::index::Chunk| lower.cache().get(&c.digest).map(|(d, _)| d);
     let needed_chunks = chunks_of("usr/lib/x86_64-linux-gnu/libneeded.so.1");
-    let since = std::time::Instant::now();
-    while needed_chunks.iter().any(|c| cached(c).is_none()) {
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "libneeded.so.1 was not fetched while the loader's other range was held"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let got: Vec<u8> = needed_chunks
-        .iter()
-        .flat_map(|c| cached(c).unwrap().to_vec())
-        .collect();
+    let got = wait_cached(
+        &lower,
+        &needed_chunks,
+        "libneeded.so.1 was not fetched while the loader's other range was held",
+    );
     assert_eq!(got, needed);
     // The head, the dynamic section and the names came; the held chunk did not.
     for k in [0, 1, 3] {
@@ -778,54 +805,20 @@ fn a_files_libraries_are_guessed_from_its_first_chunk_before_that_chunk_is_in() 
         open: parking_lot::Mutex::new(false),
         changed: parking_lot::Condvar::new(),
     });
-    let lower = skiff_fs::SharedLower::build(
-        vec![Layer {
-            index: img.layers[0].index.clone(),
-            blob: split.clone(),
-        }],
-        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
-        4,
-        FetchTuning {
-            read_around: 0,
-            merge_gap: 0,
-            ..FetchTuning::default()
-        },
-    )
-    .unwrap();
+    let lower = predicting_lower(tmp.path(), &img, split.clone());
     // After `lower`: dropped first, so a failing assertion opens the blob before
     // `lower`'s drop waits for its workers.
-    struct Open(Arc<SplitBlob>);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
     let _open = Open(split.clone());
     lower.warm_libraries(&["libprog.so"]);
-    let cached = |c: &skiff_proto::index::Chunk| lower.cache().get(&c.digest).map(|(d, _)| d);
-    let since = std::time::Instant::now();
-    while needed_chunks.iter().any(|c| cached(c).is_none()) {
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "libneeded.so.1 was not fetched while the program's chunk was half in"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let got: Vec<u8> = needed_chunks
-        .iter()
-        .flat_map(|c| cached(c).unwrap().to_vec())
-        .collect();
+    let got = wait_cached(
+        &lower,
+        &needed_chunks,
+        "libneeded.so.1 was not fetched while the program's chunk was half in",
+    );
     assert_eq!(got, needed);
+    let cached = |c: &skiff_proto::index::Chunk| lower.cache().get(&c.digest).map(|(d, _)| d);
     assert!(cached(&prog[0]).is_none(), "half a chunk is never served");
     split.open();
-    let since = std::time::Instant::now();
-    while cached(&prog[0]).is_none() {
-        assert!(
-            since.elapsed() < Duration::from_secs(10),
-            "program not fetched"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(cached(&prog[0]).unwrap().as_slice(), &program[..]);
+    assert_eq!(wait_cached(&lower, &prog, "program not fetched"), program);
     lower.shutdown();
 }
