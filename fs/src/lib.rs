@@ -18,6 +18,7 @@
 
 pub mod cache;
 pub mod elf;
+pub mod exec_args;
 pub mod fetcher;
 pub mod fuse;
 pub mod handover;

@@ -21,6 +21,7 @@
 //! are unverified and only choose fetches.
 
 use crate::elf::{self, Sparse};
+use crate::exec_args::{self, ExecWatch};
 use crate::fetcher::{Fetcher, Priority};
 use crate::plan;
 use crate::tree::{LowerId, LowerTree};
@@ -29,7 +30,7 @@ use skiff_proto::index::{Chunk, EntryKind};
 use skiff_proto::Digest;
 use std::collections::HashSet;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Bytes of a predicted library fetched first: a block, as a random read of a big
 /// file takes. Libraries in small chunks (zstd:chunked) then cost a round trip each,
@@ -67,6 +68,9 @@ pub struct Predictor {
     seen: Mutex<HashSet<LowerId>>,
     /// ELF files whose first chunk was peeked at (each once).
     peeked: Mutex<HashSet<LowerId>>,
+    /// Reads the arguments of programs exec'd from the image (started on the first
+    /// exec; `None` inside if its thread could not start).
+    exec_watch: OnceLock<Option<ExecWatch>>,
 }
 
 impl std::fmt::Debug for Predictor {
@@ -85,6 +89,46 @@ impl Predictor {
             fetcher,
             seen: Mutex::new(HashSet::new()),
             peeked: Mutex::new(HashSet::new()),
+            exec_watch: OnceLock::new(),
+        }
+    }
+
+    /// Process `pid` opened lower file `id` for exec: once it runs it, the regular
+    /// files of the image its command line names are predicted as libraries are
+    /// ([`crate::exec_args`]): gcc's `collect2` is handed the LTO plugin, the start
+    /// files and `-lgcc` / `-lc`, which `ld` then opens one after another.
+    pub fn exec_opened(self: &Arc<Self>, pid: u32, id: LowerId) {
+        let Some(path) = self.tree.node(id).and_then(|n| n.path()) else {
+            return;
+        };
+        let name = crate::tree::split(&path).1;
+        let watch = self.exec_watch.get_or_init(|| {
+            let me = Arc::downgrade(self);
+            let started = ExecWatch::start(Box::new(move |named| {
+                if let Some(p) = me.upgrade() {
+                    p.predict_named(&named);
+                }
+            }));
+            started
+                .map_err(|e| tracing::warn!(error = %e, "no watch of exec'd programs' arguments"))
+                .ok()
+        });
+        if let Some(w) = watch {
+            w.exec_opened(pid, name);
+        }
+    }
+
+    /// Predicts, of each item of `named` (alternative paths), the first that is a
+    /// regular file of the image.
+    fn predict_named(self: &Arc<Self>, named: &[Vec<String>]) {
+        for candidates in named.iter().take(exec_args::MAX_NAMED) {
+            let Some(id) = candidates.iter().find_map(|p| self.tree.resolve_file(p)) else {
+                continue;
+            };
+            if let Some(path) = self.tree.node(id).and_then(|n| n.path()) {
+                tracing::debug!(path = %path, "predicted: named on a command line");
+            }
+            self.predict(id);
         }
     }
 

@@ -226,6 +226,13 @@ impl LowerReader {
         );
     }
 
+    /// Process `pid` opened lower file `id` for exec ([`Predictor::exec_opened`]).
+    pub fn exec_opened(&self, pid: u32, id: LowerId) {
+        if let Some(p) = &self.predictor {
+            p.exec_opened(pid, id);
+        }
+    }
+
     /// Keeps a big file that is read from start to end fetched ahead of its reader, as
     /// the kernel's read-ahead does for a disk: when the reader comes within half a
     /// window of what is queued, the next window is queued (as prefetch jobs that

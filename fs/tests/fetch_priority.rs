@@ -822,3 +822,67 @@ fn a_files_libraries_are_guessed_from_its_first_chunk_before_that_chunk_is_in() 
     assert_eq!(wait_cached(&lower, &prog, "program not fetched"), program);
     lower.shutdown();
 }
+
+#[test]
+fn the_files_a_started_program_is_handed_are_fetched_before_it_opens_them() {
+    // A program of the image (a copy of the host's bash, run from the mount) is
+    // started with an image path among its arguments, as gcc starts `collect2` with
+    // the start files and libraries `ld` will open: that file is fetched while the
+    // program runs, before anyone reads it; a file no argument names is not.
+    let tmp = tempfile::tempdir().unwrap();
+    let bash = std::fs::read("/bin/bash").expect("the host's /bin/bash");
+    let (named, other) = (content(70, 300_000), content(71, 300_000));
+    let program = build_layer(&[
+        Item::Dir("bin", 0o755),
+        Item::File("bin/bash", 0o755, &bash),
+    ]);
+    let data = |name: &str, bytes: &[u8]| {
+        build_layer(&[Item::Dir("data", 0o755), Item::File(name, 0o644, bytes)])
+    };
+    let img = image(
+        &tmp.path().join("img"),
+        &[
+            program,
+            data("data/named.bin", &named),
+            data("data/other.bin", &other),
+        ],
+    );
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    let mut child = std::process::Command::new(mnt.join("bin/bash"))
+        .args(["-c", "sleep 10; :", "/data/named.bin"])
+        .spawn()
+        .unwrap();
+    let (named_blob, other_blob) = (&img.readers[1], &img.readers[2]);
+    let since = std::time::Instant::now();
+    let mut fetched = 0;
+    while since.elapsed() < Duration::from_secs(8) {
+        fetched = named_blob.bytes.load(std::sync::atomic::Ordering::SeqCst);
+        if fetched >= named.len() as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(still_running, "the program ended before the check");
+    assert!(
+        fetched >= named.len() as u64,
+        "the named file was not fetched ({fetched} bytes)"
+    );
+    m.wait_fetches_idle();
+    assert_eq!(
+        other_blob.bytes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a file no argument names was fetched"
+    );
+    // What was fetched is what the file holds, and reading it costs no request.
+    let reads = named_blob.reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(std::fs::read(mnt.join("data/named.bin")).unwrap(), named);
+    assert_eq!(
+        named_blob.reads.load(std::sync::atomic::Ordering::SeqCst),
+        reads
+    );
+    m.unmount();
+}

@@ -269,8 +269,15 @@ impl fuser::Filesystem for SkiffFs {
         reply.send(self.do_link(ino.0, newparent.0, newname))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.known(ino.0);
+        if flags.0 & crate::exec_args::FMODE_EXEC != 0 {
+            // A program of the image is being started: what its command line names
+            // is fetched once it runs.
+            if let Ok(Some(id)) = self.state.read().node(ino.0).map(|n| n.lower) {
+                self.reader.exec_opened(req.pid(), id);
+            }
+        }
         if self.kernel_opens {
             // The kernel opens this connection's files by itself from now on (see
             // FsConfig::kernel_opens) and reads them with handle 0 (see `read`).
