@@ -119,12 +119,18 @@ impl Predictor {
     }
 
     /// Predicts, of each item of `named` (alternative paths), the first that is a
-    /// regular file of the image.
+    /// regular file of the image; smallest first, so that the few bytes of start
+    /// files and linker scripts do not queue on the link behind a 2 MB archive.
     fn predict_named(self: &Arc<Self>, named: &[Vec<String>]) {
-        for candidates in named.iter().take(exec_args::MAX_NAMED) {
-            let Some(id) = candidates.iter().find_map(|p| self.tree.resolve_file(p)) else {
-                continue;
-            };
+        let mut files: Vec<(u64, LowerId)> = named
+            .iter()
+            .take(exec_args::MAX_NAMED)
+            .filter_map(|candidates| candidates.iter().find_map(|p| self.tree.resolve_file(p)))
+            .filter_map(|id| Some((self.tree.node(id)?.entry.size, id)))
+            .collect();
+        files.sort_unstable();
+        files.dedup_by_key(|(_, id)| *id);
+        for (_, id) in files {
             if let Some(path) = self.tree.node(id).and_then(|n| n.path()) {
                 tracing::debug!(path = %path, "predicted: named on a command line");
             }
