@@ -22,6 +22,7 @@ pub mod exec_args;
 pub mod fetcher;
 pub mod fuse;
 pub mod handover;
+pub mod ld_script;
 pub mod materialize;
 mod pack;
 pub mod plan;

@@ -213,14 +213,54 @@ impl Predictor {
     /// read got, by file offset). If it is a dynamically linked ELF file seen for the
     /// first time, what its loading will open next is queued.
     pub fn on_head(self: &Arc<Self>, id: LowerId, parts: Vec<(u64, Arc<Vec<u8>>)>) {
-        let starts_elf = parts
+        let Some(head) = parts
             .iter()
             .find(|(off, _)| *off == 0)
-            .is_some_and(|(_, b)| elf::is_elf(b));
-        if !starts_elf || !self.first_look(id) {
+            .map(|(_, b)| b.clone())
+        else {
             return;
+        };
+        if elf::is_elf(&head) {
+            if self.first_look(id) {
+                self.examine(id, parts, false, false);
+            }
+        } else if self.is_small_text(id, &head) && self.first_look(id) {
+            self.follow_script(id, &head);
         }
-        self.examine(id, parts, false, false);
+    }
+
+    /// Whether file `id` is small enough to be a linker script and its `head` holds
+    /// all of it.
+    fn is_small_text(&self, id: LowerId, head: &[u8]) -> bool {
+        self.tree.node(id).is_some_and(|n| {
+            n.entry.size as usize <= crate::ld_script::MAX_SCRIPT
+                && head.len() as u64 >= n.entry.size
+        })
+    }
+
+    /// If file `id` (whole in `text`) is a linker script standing in for a library
+    /// (glibc's `libc.so`), predicts the files it names, found as the linker finds
+    /// them (paths as given; names in the script's directory, then the default
+    /// ones).
+    fn follow_script(self: &Arc<Self>, id: LowerId, text: &[u8]) {
+        let origin = self.origin(id);
+        for input in crate::ld_script::inputs(text) {
+            let names = match &input {
+                crate::ld_script::Input::File(f) => vec![f.clone()],
+                crate::ld_script::Input::Library(l) => {
+                    vec![format!("lib{l}.so"), format!("lib{l}.a")]
+                }
+            };
+            let found = names
+                .iter()
+                .find_map(|n| self.find_library(n, std::slice::from_ref(&origin), &origin));
+            if let Some(dep) = found {
+                if let Some(path) = self.tree.node(dep).and_then(|n| n.path()) {
+                    tracing::debug!(path = %path, "predicted: a linker script names it");
+                }
+                self.predict(dep);
+            }
+        }
     }
 
     /// Reads the head of the first regular file of each item of `warm` (candidate
@@ -307,6 +347,12 @@ impl Predictor {
     ) {
         let file = Sparse::new(parts.iter().map(|(o, b)| (*o, b.as_slice())).collect());
         let Some(headers) = elf::headers(&file) else {
+            // Not ELF: maybe a linker script a command line named (`-lc`).
+            if let Some((_, head)) = parts.iter().find(|(o, _)| *o == 0) {
+                if self.is_small_text(id, head) {
+                    self.follow_script(id, head);
+                }
+            }
             return;
         };
         let origin = self.origin(id);

@@ -886,3 +886,76 @@ fn the_files_a_started_program_is_handed_are_fetched_before_it_opens_them() {
     );
     m.unmount();
 }
+
+#[test]
+fn a_linker_scripts_inputs_are_fetched_with_it() {
+    // glibc's libc.so is a linker script: once it is fetched for a link (named by
+    // `-lc`), the files it names are fetched too (a path as given, a bare name in
+    // the script's directory, `-lNAME` there as libNAME.so or libNAME.a); a file
+    // it does not name is not.
+    let tmp = tempfile::tempdir().unwrap();
+    let script = b"/* GNU ld script */\nOUTPUT_FORMAT(elf64-x86-64)\nGROUP ( /usr/lib/x86_64-linux-gnu/libc_nonshared.a libc.so.6 AS_NEEDED ( -lhelper ) )\n";
+    let (nonshared, libc, helper, other) = (
+        content(80, 20_000),
+        content(81, 90_000),
+        content(82, 30_000),
+        content(83, 40_000),
+    );
+    let dir = "usr/lib/x86_64-linux-gnu";
+    let items = [
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/lib", 0o755),
+        Item::Dir(dir, 0o755),
+        Item::File("usr/lib/x86_64-linux-gnu/libc.so", 0o644, script),
+        Item::File("usr/lib/x86_64-linux-gnu/libother.a", 0o644, &other),
+        Item::File(
+            "usr/lib/x86_64-linux-gnu/libc_nonshared.a",
+            0o644,
+            &nonshared,
+        ),
+        Item::File("usr/lib/x86_64-linux-gnu/libhelper.a", 0o644, &helper),
+        Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", 0o755, &libc),
+    ];
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let lower = skiff_fs::SharedLower::build(
+        img.layers.clone(),
+        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
+        2,
+        FetchTuning {
+            read_around: 0,
+            neighbour_window: 0,
+            ..FetchTuning::default()
+        },
+    )
+    .unwrap();
+    lower.warm_libraries(&["/usr/lib/x86_64-linux-gnu/libc.so"]);
+    let cached = |name: &str| {
+        chunks_of(&format!("{dir}/{name}"))
+            .iter()
+            .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| {
+                parts
+                    .iter()
+                    .flat_map(|p| p.iter().copied())
+                    .collect::<Vec<u8>>()
+            })
+    };
+    let since = std::time::Instant::now();
+    while ["libc_nonshared.a", "libc.so.6", "libhelper.a"]
+        .iter()
+        .any(|f| cached(f).is_none())
+    {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "inputs not fetched"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(cached("libc_nonshared.a").unwrap(), nonshared);
+    assert_eq!(cached("libc.so.6").unwrap(), libc);
+    assert_eq!(cached("libhelper.a").unwrap(), helper);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(cached("libother.a").is_none(), "only what the script names");
+    lower.shutdown();
+}
