@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 /// How to reach and authenticate to the image's registry.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct RegistryArgs {
     /// Platform to pick from a multi-platform image, as os/arch[/variant]
     /// (default: this machine's, e.g. linux/amd64).
@@ -47,6 +47,22 @@ pub struct RegistryArgs {
         default_value_t = 60
     )]
     pub read_timeout: u64,
+}
+
+/// The flags' defaults, for the daemon's own requests. (A derived `Default` gave a
+/// read timeout of 0 s, which [`RegistryArgs::client_options`] raised to 1 s: the
+/// daemon gave up on an attempt after a second of a registry's silence.)
+impl Default for RegistryArgs {
+    fn default() -> Self {
+        RegistryArgs {
+            platform: None,
+            insecure_registries: Vec::new(),
+            username: None,
+            password_stdin: false,
+            hosts_dir: Some(PathBuf::from("/etc/containerd/certs.d")),
+            read_timeout: 60,
+        }
+    }
 }
 
 impl RegistryArgs {
@@ -127,4 +143,29 @@ pub enum Format {
     Text,
     /// JSON on one document.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        registry: RegistryArgs,
+    }
+
+    #[test]
+    fn the_default_is_what_no_flags_give() {
+        let parsed = Cli::parse_from(["skiff"])
+            .registry
+            .client_options()
+            .unwrap();
+        let default = RegistryArgs::default().client_options().unwrap();
+        assert_eq!(default.read_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(default.read_timeout, parsed.read_timeout);
+        assert_eq!(default.hosts_dir, parsed.hosts_dir);
+        assert_eq!(default.insecure_registries, parsed.insecure_registries);
+    }
 }

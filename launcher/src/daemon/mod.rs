@@ -177,6 +177,11 @@ fn serve(global: &Global, args: &Args, socket: PathBuf) -> anyhow::Result<u8> {
         }
     };
     let keeps_mounts = keeper.is_some();
+    // The HTTP client every registry without TLS settings of its own shares: built
+    // now, not on the way to the first container's view.
+    if let Ok(options) = crate::cmd::registry_args::RegistryArgs::default().client_options() {
+        std::thread::spawn(move || skiff_proto::registry::prepare_http(&options));
+    }
     let state = Arc::new(state::DaemonState::new(
         global.clone(),
         &state::DaemonConfig {

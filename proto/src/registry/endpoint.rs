@@ -201,21 +201,32 @@ impl Endpoint {
             && url.port_or_known_default() == self.api_root.port_or_known_default()
     }
 
-    /// The HTTP client for this host, built on first use. (With native-tls, building
-    /// loaded the system CA bundle twice: ~90 ms here; rustls with the platform verifier
-    /// reads the roots at the first TLS handshake.)
+    /// The HTTP client for this host, built on first use; a host without TLS settings
+    /// of its own takes the process's shared one ([`prepare_http`]).
     pub fn http(&self, options: &ClientOptions) -> Result<&reqwest::Client> {
         if let Some(c) = self.http.get() {
             return Ok(c);
         }
-        // reqwest is built without a crypto provider (its default one, aws-lc-rs, needs
-        // cmake and more to build); ring it is. An error only means one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(options.connect_timeout)
-            .read_timeout(options.read_timeout);
+        let plain = !self.tls.skip_verify && self.tls.ca.is_empty() && self.tls.client.is_empty();
+        let built = if plain {
+            shared_http(options).map_err(|e| self.init_error(e))?
+        } else {
+            self.own_http(options)?
+        };
+        Ok(self.http.get_or_init(|| built))
+    }
+
+    fn init_error(&self, source: reqwest::Error) -> RegistryError {
+        RegistryError::Network {
+            method: "INIT".into(),
+            url: self.api_root.to_string(),
+            source,
+        }
+    }
+
+    /// A client with this host's CA files, client identity or unverified certificates.
+    fn own_http(&self, options: &ClientOptions) -> Result<reqwest::Client> {
+        let mut builder = http_builder(options);
         if self.tls.skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
@@ -249,12 +260,47 @@ impl Endpoint {
                 .map_err(|e| tls_err(format!("client {}: {e}", cert.display())))?;
             builder = builder.identity(identity);
         }
-        let built = builder.build().map_err(|e| RegistryError::Network {
-            method: "INIT".into(),
-            url: self.api_root.to_string(),
-            source: e,
-        })?;
-        Ok(self.http.get_or_init(|| built))
+        builder.build().map_err(|e| self.init_error(e))
+    }
+}
+
+/// A client builder with the settings every host's client has.
+fn http_builder(options: &ClientOptions) -> reqwest::ClientBuilder {
+    // reqwest is built without a crypto provider (its default one, aws-lc-rs, needs
+    // cmake and more to build); ring it is. An error only means one is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(options.connect_timeout)
+        .read_timeout(options.read_timeout)
+}
+
+/// The clients of hosts without TLS settings of their own, by (connect, read)
+/// timeouts: one per process, so the system's CA roots are loaded once. Building a
+/// client loads them (rustls's platform verifier: ~10 ms), and a daemon's first
+/// request to a registry waited for that three times over (the manifest and two
+/// layer tails each built one at once) on the way to the container's first view.
+static SHARED_HTTP: Mutex<Vec<((Duration, Duration), reqwest::Client)>> = Mutex::new(Vec::new());
+
+/// The shared client for `options`' timeouts, built now if there is none yet.
+fn shared_http(options: &ClientOptions) -> std::result::Result<reqwest::Client, reqwest::Error> {
+    let key = (options.connect_timeout, options.read_timeout);
+    let mut shared = SHARED_HTTP.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = shared.iter().find(|(k, _)| *k == key) {
+        return Ok(c.clone());
+    }
+    let built = http_builder(options).build()?;
+    shared.push((key, built.clone()));
+    Ok(built)
+}
+
+/// Builds the shared HTTP client for `options` now (a daemon at start-up), so that
+/// the first request to a registry does not wait for it. A failure is left for that
+/// request to report.
+pub fn prepare_http(options: &ClientOptions) {
+    if let Err(e) = shared_http(options) {
+        tracing::debug!(error = %e, "building the shared HTTP client");
     }
 }
 

@@ -37,6 +37,7 @@ mod whole_read;
 
 pub use client::{is_loopback, Client, FetchStats};
 pub use credentials::Credentials;
+pub use endpoint::prepare_http;
 pub use error::RegistryError;
 pub use manifests::ResolvedManifest;
 pub use options::{Access, ClientOptions};
