@@ -23,8 +23,8 @@ fn main() {
         .annotations(ann)
         .build()
         .unwrap();
-    phases(&path);
-    for _ in 0..5 {
+    //phases(&path);
+    for _ in 0..60 {
         let blob = FileBlob::open(digest, &path).unwrap();
         let t = Instant::now();
         let i = open_index_with(&d, &blob, &IndexOptions::default()).unwrap();

@@ -299,20 +299,25 @@ pub fn resolve_and_index(
         }
         FoundManifest::Remote(manifest) => *manifest,
     };
-    let config = {
-        let (client, manifest) = (Arc::clone(client), manifest.clone());
-        rt.spawn(async move { client.fetch_config(&manifest).await })
-    };
     // Indexing reads only the manifest's side of the image (its reference, layers and
     // index), so it starts before the config is in, on the image with an empty
-    // config; the image with its real config is built once that is.
+    // config; the config is fetched and recorded in the local store meanwhile, on a
+    // thread of its own (the store's writes are not on the way to the first view).
     let partial = manifest.clone().into_image(Vec::new(), Default::default());
-    let layers = index_layers(global, client, rt, &partial, image, progress);
-    let config = rt
-        .block_on(config)
-        .map_err(|e| anyhow::anyhow!("fetching the config of {image}: {e}"))?;
-    let resolved = with_config(global, manifest, config)?;
-    Ok((resolved, layers?))
+    let (resolved, layers) = std::thread::scope(|scope| {
+        let configured = scope.spawn(|| {
+            let config = rt.block_on(client.fetch_config(&manifest));
+            with_config(global, manifest.clone(), config)
+        });
+        let layers = index_layers(global, client, rt, &partial, image, progress);
+        let resolved = configured.join().unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "fetching the config of {image}: the thread panicked"
+            ))
+        });
+        (resolved, layers)
+    });
+    Ok((resolved?, layers?))
 }
 
 /// The image of `manifest` with its fetched `config`, recorded in the local store.
