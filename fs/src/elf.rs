@@ -149,6 +149,36 @@ pub fn library_like_names(bytes: &[u8]) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Longest absolute path [`absolute_paths`] returns.
+const MAX_PATH: usize = 255;
+
+/// The NUL-terminated strings in `bytes` that look like absolute paths of files
+/// (`/usr/share/nodejs/undici/undici-fetch.js`: at least two components of file
+/// name characters, no `.` or `..` component). In a program's read-only data these
+/// are files it may open (libnode names the five JavaScript files node loads as it
+/// starts). Names to look up, nothing more.
+pub fn absolute_paths(bytes: &[u8]) -> impl Iterator<Item = &str> {
+    memchr::memmem::find_iter(bytes, b"\0/").filter_map(move |at| {
+        let rest = &bytes[at + 1..];
+        let end = memchr::memchr(0, rest)?;
+        let s = &rest[..end];
+        if s.len() < 4 || s.len() > MAX_PATH {
+            return None;
+        }
+        let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"._+-/@".contains(b);
+        if !s.iter().all(allowed) {
+            return None;
+        }
+        let text = std::str::from_utf8(s).ok()?;
+        let components: Vec<&str> = text[1..].split('/').collect();
+        let plain = components.len() >= 2
+            && components
+                .iter()
+                .all(|c| !c.is_empty() && *c != "." && *c != "..");
+        plain.then_some(text)
+    })
+}
+
 /// Whether `head` (a file's first bytes) starts like an ELF file.
 pub fn is_elf(head: &[u8]) -> bool {
     head.starts_with(b"\x7fELF")
@@ -422,6 +452,24 @@ mod tests {
         assert_eq!(h2.dynamic(&head), None);
         // Nothing at offset 0: nothing at all.
         assert!(headers(&Sparse::new(vec![(4096, &bytes[4096..8192])])).is_none());
+    }
+
+    #[test]
+    fn absolute_paths_are_found_between_nuls() {
+        let data = b"/first/not/after/a/nul\0/usr/share/nodejs/acorn/dist/acorn.js\0\
+            /etc\0/etc/hosts\0x/usr/lib/a\0/usr/../etc/shadow\0/usr//lib\0/a b/c\0\
+            /opt/app/@scope/mod-1.2+x.js\0/usr/lib/unterminated";
+        let found: Vec<&str> = absolute_paths(data).collect();
+        assert_eq!(
+            found,
+            [
+                "/usr/share/nodejs/acorn/dist/acorn.js",
+                "/etc/hosts",
+                "/opt/app/@scope/mod-1.2+x.js"
+            ]
+        );
+        let long = format!("\0/{}\0", "a/".repeat(200));
+        assert_eq!(absolute_paths(long.as_bytes()).count(), 0);
     }
 
     #[test]

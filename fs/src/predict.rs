@@ -59,6 +59,13 @@ const PEEK_HEADERS: usize = 4096;
 const MAX_PEEK_NAMES: u64 = 4 << 20;
 /// Most library names guessed from one file.
 const MAX_GUESSED: usize = 64;
+/// Largest file fetched because a program's data names it: configuration and
+/// script files, not data sets.
+const MAX_DATA_FILE: u64 = 1 << 20;
+/// Most files fetched because one chunk of a program names them.
+const MAX_DATA_FILES: usize = 16;
+/// Most chunks of ELF files looked through for data files, per image.
+const MAX_SCANNED: usize = 4096;
 
 /// The files of one image whose loads were predicted, and how to fetch ahead.
 pub struct Predictor {
@@ -68,6 +75,10 @@ pub struct Predictor {
     seen: Mutex<HashSet<LowerId>>,
     /// ELF files whose first chunk was peeked at (each once).
     peeked: Mutex<HashSet<LowerId>>,
+    /// ELF files looked at (their data chunks are looked through for data files).
+    elf_files: Mutex<HashSet<LowerId>>,
+    /// Chunks (file, offset) of ELF files looked through for data files (each once).
+    scanned: Mutex<HashSet<(LowerId, u64)>>,
     /// Reads the arguments of programs exec'd from the image (started on the first
     /// exec; `None` inside if its thread could not start).
     exec_watch: OnceLock<Option<ExecWatch>>,
@@ -90,6 +101,51 @@ impl Predictor {
             seen: Mutex::new(HashSet::new()),
             peeked: Mutex::new(HashSet::new()),
             exec_watch: OnceLock::new(),
+            elf_files: Mutex::new(HashSet::new()),
+            scanned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// A program read chunks of lower file `id` past its start (`parts`, verified, by
+    /// file offset): a page fault in its code or data. If the file is an ELF file,
+    /// each chunk is looked through once for absolute paths
+    /// ([`elf::absolute_paths`]); those naming small regular files of the image that
+    /// are not programs are fetched at `Later` priority, as files the program is
+    /// about to open. libnode's read-only data names the five JavaScript files node
+    /// loads as it starts, which it then read one round trip after another.
+    pub fn on_data(self: &Arc<Self>, id: LowerId, parts: &[(u64, Arc<Vec<u8>>)]) {
+        if !self.elf_files.lock().contains(&id) {
+            return;
+        }
+        for (offset, bytes) in parts.iter().filter(|(o, _)| *o > 0) {
+            {
+                let mut scanned = self.scanned.lock();
+                if scanned.len() >= MAX_SCANNED || !scanned.insert((id, *offset)) {
+                    continue;
+                }
+            }
+            let mut found = 0;
+            for path in elf::absolute_paths(bytes) {
+                let Some(dep) = self.tree.resolve_file(path) else {
+                    continue;
+                };
+                let Some(node) = self.tree.node(dep) else {
+                    continue;
+                };
+                let data_file = node.entry.mode & 0o111 == 0 && node.entry.size <= MAX_DATA_FILE;
+                if !data_file || !self.first_look(dep) {
+                    continue;
+                }
+                if let Some((layer, chunks)) = self.chunks_for(dep, &[0..node.entry.size]) {
+                    tracing::debug!(path, "predicted: named in a program's data");
+                    self.fetcher
+                        .queue_speculative(Priority::Later, layer, chunks);
+                }
+                found += 1;
+                if found == MAX_DATA_FILES {
+                    break;
+                }
+            }
         }
     }
 
@@ -355,6 +411,12 @@ impl Predictor {
             }
             return;
         };
+        {
+            let mut elf_files = self.elf_files.lock();
+            if elf_files.len() < MAX_PREDICTED {
+                elf_files.insert(id);
+            }
+        }
         let origin = self.origin(id);
         if let Some(interp) = headers.interp(&file) {
             if let Some(dep) = self.tree.resolve_file(&interp) {

@@ -152,6 +152,8 @@ impl LowerReader {
         // fetcher does not ask again.
         // A read from a file's start may be exec or the loader opening a library.
         let predictor = self.predictor.clone().filter(|_| offset == 0);
+        // A read past the start: a program's page fault, maybe in data naming files.
+        let data_watch = self.predictor.clone().filter(|_| offset > 0);
         let found = match self.fetcher.lookup(&chunks) {
             Ok(data) => {
                 if let Some(p) = &predictor {
@@ -159,7 +161,12 @@ impl LowerReader {
                 }
                 let out = assemble(&chunks, &data, offset, end);
                 self.stats.record_read(start.elapsed(), out.len());
-                return done(Ok(out));
+                done(Ok(out));
+                // (after the reply: looking through a chunk takes a moment, once)
+                if let Some(p) = &data_watch {
+                    p.on_data(id, &pieces(&chunks, &data));
+                }
+                return;
             }
             Err(found) => found,
         };
@@ -213,6 +220,9 @@ impl LowerReader {
                     done(Ok(out));
                     if let Some(p) = predictor {
                         p.on_head(id, pieces(&chunks, &data));
+                    }
+                    if let Some(p) = data_watch {
+                        p.on_data(id, &pieces(&chunks, &data));
                     }
                     queue_rest(&fetcher, layer, rest);
                 }

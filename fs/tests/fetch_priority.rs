@@ -959,3 +959,66 @@ fn a_linker_scripts_inputs_are_fetched_with_it() {
     assert!(cached("libother.a").is_none(), "only what the script names");
     lower.shutdown();
 }
+
+#[test]
+fn a_data_file_a_programs_data_names_is_fetched_when_that_data_is_read() {
+    // libnode's read-only data names the JavaScript files node loads as it starts.
+    // A library whose third chunk holds the path of a small file of the image: once
+    // a program reads that chunk (a page fault, through the mount), the file is
+    // fetched before anyone opens it; a file no chunk names is not.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut library = big_library("libnothing.so.1");
+    let at = (9 << 20) + 512;
+    let named = b"\0/data/conf.json\0";
+    library[at..at + named.len()].copy_from_slice(named);
+    let (conf, other) = (content(60, 5000), content(61, 5000));
+    let lib = build_layer(&[
+        Item::Dir("lib", 0o755),
+        Item::File("lib/libbig.so", 0o755, &library),
+    ]);
+    let data = |name: &str, bytes: &[u8]| {
+        build_layer(&[Item::Dir("data", 0o755), Item::File(name, 0o644, bytes)])
+    };
+    let img = image(
+        &tmp.path().join("img"),
+        &[
+            lib,
+            data("data/conf.json", &conf),
+            data("data/other.json", &other),
+        ],
+    );
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    let f = std::fs::File::open(mnt.join("lib/libbig.so")).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 64];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head[..4], b"\x7fELF");
+    let (conf_blob, other_blob) = (&img.readers[1], &img.readers[2]);
+    m.wait_fetches_idle();
+    assert_eq!(
+        conf_blob.bytes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "fetched before the chunk naming it was read"
+    );
+    let mut page = vec![0u8; 4096];
+    f.read_exact_at(&mut page, (9 << 20) as u64).unwrap();
+    assert_eq!(&page[512..512 + named.len()], named);
+    m.wait_fetches_idle();
+    assert!(
+        conf_blob.bytes.load(std::sync::atomic::Ordering::SeqCst) >= conf.len() as u64,
+        "the file the data names was not fetched"
+    );
+    assert_eq!(
+        other_blob.bytes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let reads = conf_blob.reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(std::fs::read(mnt.join("data/conf.json")).unwrap(), conf);
+    assert_eq!(
+        conf_blob.reads.load(std::sync::atomic::Ordering::SeqCst),
+        reads
+    );
+    drop(f);
+    m.unmount();
+}
