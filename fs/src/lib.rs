@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod c_include;
 pub mod cache;
 pub mod elf;
 pub mod exec_args;

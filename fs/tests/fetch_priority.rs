@@ -1022,3 +1022,94 @@ fn a_data_file_a_programs_data_names_is_fetched_when_that_data_is_read() {
     drop(f);
     m.unmount();
 }
+
+#[test]
+fn the_headers_a_header_includes_are_fetched_when_it_is_read_and_theirs_in_turn() {
+    // A compiler reads headers one after another as it meets each #include. Reading
+    // one header through the mount fetches what its #include lines name (a quoted
+    // name beside it, an angle one in the include directories), and what those
+    // include in turn (here from gcc's own include directory); a header nothing
+    // includes is not fetched.
+    let tmp = tempfile::tempdir().unwrap();
+    let top = b"#ifndef TOP\n#include <mid.h>\n#if 0\n# include \"sub/near.h\"\n#endif\n#endif\n";
+    let mid = b"#pragma once\n#include_next <deep.h>\n";
+    let (near, deep, unused) = (content(50, 3000), content(51, 4000), content(52, 5000));
+    let gcc = "usr/lib/gcc/x86_64-linux-gnu/12/include";
+    let dirs = |extra: &[&'static str]| -> Vec<Item<'static>> {
+        let mut items = vec![Item::Dir("usr", 0o755), Item::Dir("usr/include", 0o755)];
+        items.extend(extra.iter().map(|d| Item::Dir(d, 0o755)));
+        items
+    };
+    let layer = |extra: &[&'static str], files: Vec<Item>| {
+        let mut items = dirs(extra);
+        items.extend(files);
+        build_layer(&items)
+    };
+    let img = image(
+        &tmp.path().join("img"),
+        &[
+            layer(&[], vec![Item::File("usr/include/top.h", 0o644, top)]),
+            layer(
+                &["usr/include/x86_64-linux-gnu", "usr/include/sub"],
+                vec![
+                    Item::File("usr/include/x86_64-linux-gnu/mid.h", 0o644, mid),
+                    Item::File("usr/include/sub/near.h", 0o644, &near),
+                ],
+            ),
+            layer(
+                &[
+                    "usr/lib",
+                    "usr/lib/gcc",
+                    "usr/lib/gcc/x86_64-linux-gnu",
+                    "usr/lib/gcc/x86_64-linux-gnu/12",
+                    gcc,
+                ],
+                vec![Item::File(
+                    "usr/lib/gcc/x86_64-linux-gnu/12/include/deep.h",
+                    0o644,
+                    &deep,
+                )],
+            ),
+            layer(
+                &[],
+                vec![Item::File("usr/include/unused.h", 0o644, &unused)],
+            ),
+        ],
+    );
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    assert_eq!(std::fs::read(mnt.join("usr/include/top.h")).unwrap(), top);
+    let bytes = |i: usize| {
+        img.readers[i]
+            .bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let since = std::time::Instant::now();
+    while bytes(2) == 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "deep.h not fetched"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    m.wait_fetches_idle();
+    assert!(
+        bytes(1) >= (mid.len() + near.len()) as u64,
+        "mid.h and near.h"
+    );
+    assert_eq!(bytes(3), 0, "a header nothing includes was fetched");
+    let reads = img.readers[2]
+        .reads
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        std::fs::read(mnt.join(format!("{gcc}/deep.h"))).unwrap(),
+        deep
+    );
+    assert_eq!(
+        img.readers[2]
+            .reads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        reads
+    );
+    m.unmount();
+}
