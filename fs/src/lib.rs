@@ -16,7 +16,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod c_include;
 pub mod cache;
 pub mod elf;
 pub mod exec_args;

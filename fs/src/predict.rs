@@ -79,8 +79,6 @@ pub struct Predictor {
     elf_files: Mutex<HashSet<LowerId>>,
     /// Chunks (file, offset) of ELF files looked through for data files (each once).
     scanned: Mutex<HashSet<(LowerId, u64)>>,
-    /// Where `#include <...>` looks, as paths of the image (found on first use).
-    include_dirs: OnceLock<Vec<String>>,
     /// Reads the arguments of programs exec'd from the image (started on the first
     /// exec; `None` inside if its thread could not start).
     exec_watch: OnceLock<Option<ExecWatch>>,
@@ -105,7 +103,6 @@ impl Predictor {
             exec_watch: OnceLock::new(),
             elf_files: Mutex::new(HashSet::new()),
             scanned: Mutex::new(HashSet::new()),
-            include_dirs: OnceLock::new(),
         }
     }
 
@@ -283,104 +280,9 @@ impl Predictor {
             if self.first_look(id) {
                 self.examine(id, parts, false, false);
             }
-        } else if self.is_header(id) {
-            if self.first_look(id) {
-                self.follow_includes(id, &head);
-            }
         } else if self.is_small_text(id, &head) && self.first_look(id) {
             self.follow_script(id, &head);
         }
-    }
-
-    /// Whether file `id` is a C or C++ header: a regular file under a directory named
-    /// `include`, small enough to be looked through.
-    fn is_header(&self, id: LowerId) -> bool {
-        let Some(node) = self.tree.node(id) else {
-            return false;
-        };
-        node.entry.size <= crate::c_include::MAX_HEADER
-            && node
-                .path()
-                .is_some_and(|p| p.starts_with("include/") || p.contains("/include/"))
-    }
-
-    /// Predicts the headers header `id` includes (`text`: its first bytes), found as
-    /// the compiler finds them: a quoted name beside the header first, then the
-    /// include directories ([`Predictor::include_dirs`]); each is looked through in
-    /// turn once it is in.
-    fn follow_includes(self: &Arc<Self>, id: LowerId, text: &[u8]) {
-        let here = self.origin(id);
-        let dirs = self.include_dirs();
-        for include in crate::c_include::includes(text) {
-            let beside = matches!(include, crate::c_include::Include::Quoted(_))
-                .then(|| format!("{here}/{}", include.name()));
-            let found = beside
-                .into_iter()
-                .chain(dirs.iter().map(|d| format!("{d}/{}", include.name())))
-                .find_map(|p| self.tree.resolve_file(&p));
-            let Some(dep) = found.filter(|&dep| self.is_header(dep)) else {
-                continue;
-            };
-            if !self.first_look(dep) {
-                continue;
-            }
-            let Some(size) = self.tree.node(dep).map(|n| n.entry.size) else {
-                continue;
-            };
-            let Some((layer, chunks)) = self.chunks_for(dep, &[0..size]) else {
-                continue;
-            };
-            let me = Arc::clone(self);
-            self.fetch_parts(layer, chunks, move |parts| {
-                if let Some((_, text)) = parts.iter().find(|(o, _)| *o == 0) {
-                    me.follow_includes(dep, text);
-                }
-            });
-        }
-    }
-
-    /// The directories `#include <...>` looks in, in the order gcc looks: the
-    /// compiler's own (`/usr/lib/gcc/TRIPLET/VERSION/include`, and C++'s
-    /// `/usr/include/c++/VERSION`), then `/usr/local/include`, the multiarch ones and
-    /// `/usr/include`.
-    fn include_dirs(&self) -> &[String] {
-        self.include_dirs.get_or_init(|| {
-            let mut dirs = Vec::new();
-            let listed = |path: &str| -> Vec<String> {
-                let mut id = crate::tree::ROOT;
-                for name in path.split('/') {
-                    match self.tree.child(id, name) {
-                        Some(c) => id = c,
-                        None => return Vec::new(),
-                    }
-                }
-                let Some(node) = self.tree.node(id) else {
-                    return Vec::new();
-                };
-                node.children()
-                    .take(16)
-                    .map(|(name, _)| format!("{path}/{name}"))
-                    .collect()
-            };
-            for triplet in listed("usr/lib/gcc") {
-                for version in listed(&triplet) {
-                    dirs.push(format!("/{version}/include"));
-                }
-            }
-            for cxx in listed("usr/include/c++") {
-                dirs.push(format!("/{cxx}"));
-            }
-            dirs.extend(
-                [
-                    "/usr/local/include",
-                    "/usr/include/x86_64-linux-gnu",
-                    "/usr/include/aarch64-linux-gnu",
-                    "/usr/include",
-                ]
-                .map(String::from),
-            );
-            dirs
-        })
     }
 
     /// Whether file `id` is small enough to be a linker script and its `head` holds
