@@ -19,6 +19,15 @@
 //! headers put the dynamic section's chunk on the link at once, and the library
 //! names in its first segment are predicted before the chunk is whole. These bytes
 //! are unverified and only choose fetches.
+//!
+//! Past the loader, other files name what a program opens next, and are followed
+//! the same way: the arguments of a program exec'd from the image
+//! ([`Predictor::exec_opened`], [`crate::exec_args`]: a linker is handed its start
+//! files and libraries), the inputs of a linker script standing in for a library
+//! ([`crate::ld_script`]: glibc's `libc.so`), and the absolute paths in a program's
+//! data as its chunks are read ([`Predictor::on_data`]: libnode names the JavaScript
+//! files node loads). All are bounded per file and per image, and resolved inside
+//! the image's tree.
 
 use crate::elf::{self, Sparse};
 use crate::exec_args::{self, ExecWatch};
