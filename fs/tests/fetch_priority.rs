@@ -1022,3 +1022,51 @@ fn a_data_file_a_programs_data_names_is_fetched_when_that_data_is_read() {
     drop(f);
     m.unmount();
 }
+
+#[test]
+fn what_follows_a_warm_up_waits_until_its_reads_have_ended() {
+    // The daemon fetches /etc/group (containerd waits for it) alone, and the C
+    // library only once it is in: `then` runs after the last warm-up read ends,
+    // not before; and at once when there is nothing to read.
+    let tmp = tempfile::tempdir().unwrap();
+    let (group, passwd) = (content(40, 3000), content(41, 3000));
+    let items = [
+        Item::Dir("etc", 0o755),
+        Item::File("etc/group", 0o644, &group),
+        Item::File("etc/passwd", 0o644, &passwd),
+    ];
+    let (img, chunks_of) = one_layer(tmp.path(), &items);
+    let group_chunk = chunks_of("etc/group")[0];
+    let held = Arc::new(HeldRange {
+        inner: img.readers[0].clone(),
+        held: group_chunk.blob_offset..group_chunk.blob_offset + group_chunk.blob_len,
+        open: parking_lot::Mutex::new(false),
+        changed: parking_lot::Condvar::new(),
+    });
+    let lower = predicting_lower(tmp.path(), &img, held.clone());
+    let _release = Release(held.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let files = vec![
+        vec!["/etc/passwd".to_string()],
+        vec!["/etc/group".to_string()],
+    ];
+    lower.warm_then(&files, 0, Box::new(move || tx.send(()).unwrap()));
+    wait_cached(&lower, &chunks_of("etc/passwd"), "passwd not read");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "ran while a read was held"
+    );
+    held.release();
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("not run once the reads ended");
+    assert_eq!(wait_cached(&lower, &[group_chunk], "group"), group);
+    let (tx, rx) = std::sync::mpsc::channel();
+    lower.warm_then(
+        &[vec!["/nothing".into()]],
+        0,
+        Box::new(move || tx.send(()).unwrap()),
+    );
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("nothing to read: run at once");
+    lower.shutdown();
+}
