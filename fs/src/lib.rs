@@ -242,16 +242,6 @@ impl SharedLower {
         self.predictor.warm(files, whole_file_max);
     }
 
-    /// [`SharedLower::warm`], then `then` once all of those reads have ended.
-    pub fn warm_then(
-        &self,
-        files: &[Vec<String>],
-        whole_file_max: u64,
-        then: Box<dyn FnOnce() + Send>,
-    ) {
-        self.predictor.warm_then(files, whole_file_max, then);
-    }
-
     /// Fetches libraries `libs` into the cache now, as a program's load would
     /// ([`predict::Predictor::warm_libraries`]).
     pub fn warm_libraries(&self, libs: &[&str]) {

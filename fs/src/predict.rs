@@ -76,23 +76,6 @@ const MAX_DATA_FILES: usize = 16;
 /// Most chunks of ELF files looked through for data files, per image.
 const MAX_SCANNED: usize = 4096;
 
-/// Reads still running of one [`Predictor::warm_then`], and what follows them.
-struct Pending {
-    left: std::sync::atomic::AtomicUsize,
-    then: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl Pending {
-    /// One read ended (or the submitting loop did): the last one runs `then`.
-    fn one_ended(&self) {
-        if self.left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            if let Some(then) = self.then.lock().take() {
-                then();
-            }
-        }
-    }
-}
-
 /// The files of one image whose loads were predicted, and how to fetch ahead.
 pub struct Predictor {
     tree: Arc<LowerTree>,
@@ -351,25 +334,7 @@ impl Predictor {
     /// the program the container is about to exec is on its way while the container is
     /// set up. Nothing waits for these reads.
     pub fn warm(self: &Arc<Self>, warm: &[Vec<String>], whole_file_max: u64) {
-        self.warm_then(warm, whole_file_max, Box::new(|| {}));
-    }
-
-    /// [`Predictor::warm`], then `then` once every one of these reads has ended
-    /// (at once if there is none): what is wanted next can wait for them on the
-    /// link instead of sharing it with them.
-    pub fn warm_then(
-        self: &Arc<Self>,
-        warm: &[Vec<String>],
-        whole_file_max: u64,
-        then: Box<dyn FnOnce() + Send>,
-    ) {
         let (tree, fetcher) = (&self.tree, &self.fetcher);
-        // Called by the last read to end (the count starts at one for this loop,
-        // which drops it when every read is submitted).
-        let pending = Arc::new(Pending {
-            left: std::sync::atomic::AtomicUsize::new(1),
-            then: Mutex::new(Some(then)),
-        });
         for candidates in warm {
             let Some(id) = candidates.iter().find_map(|p| tree.resolve_file(p)) else {
                 continue;
@@ -393,15 +358,10 @@ impl Predictor {
             let p = Arc::clone(self);
             let offsets: Vec<u64> = head.iter().map(|c| c.file_offset).collect();
             let watched = executable.then(|| self.watch_head(id, &head)).flatten();
-            pending
-                .left
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let done = Arc::clone(&pending);
             fetcher.submit(
                 layer,
                 head,
                 Box::new(move |r| {
-                    done.one_ended();
                     if let Some(d) = watched {
                         p.fetcher.unpeek(&d);
                     }
@@ -418,7 +378,6 @@ impl Predictor {
                 }),
             );
         }
-        pending.one_ended();
     }
 
     /// Fetches the libraries `libs` (absolute paths, or names looked up in the

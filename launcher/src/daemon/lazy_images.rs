@@ -223,13 +223,11 @@ fn likely_program<'a>(entrypoint: &'a [String], cmd: &'a [String]) -> Option<&'a
 }
 
 /// Fetches what a container of `entry` reads first, in this order: the user and
-/// group files the runtime reads, and once they are in, the files the C library
-/// reads as any program starts ([`START_UP_FILES`]), the C library itself
-/// ([`C_LIBRARY`]), and last the image's own program ([`likely_program`]). The
-/// user files go alone: containerd reads `/etc/group` right after the view is
-/// mounted and starts nothing before it has it, and on a link that is one queue they
-/// waited behind the C library's 0.9 MB (122 ms instead of ~25; runc's read of
-/// `/etc/passwd` once waited 30 ms behind `bash`).
+/// group files the runtime reads, the files the C library reads as any program
+/// starts ([`START_UP_FILES`]), the C library itself ([`C_LIBRARY`]), and last the
+/// image's own program ([`likely_program`]), whose megabytes would otherwise hold up
+/// the small files on the shared link (runc's read of `/etc/passwd` waited 30 ms
+/// behind `bash`).
 fn warm_up(entry: &ImageEntry) {
     let config = entry.config.as_ref().and_then(|c| c.config().as_ref());
     let (entrypoint, cmd) = config.map_or((None, None), |c| {
@@ -240,19 +238,13 @@ fn warm_up(entry: &ImageEntry) {
     let cwd = config
         .and_then(|c| c.working_dir().clone())
         .unwrap_or_else(|| "/".to_string());
-    let start_up: Vec<Vec<String>> = START_UP_FILES.iter().map(|f| vec![f.to_string()]).collect();
-    let program = crate::cmd::run::program_candidates(program, &env, &cwd);
-    let lower = entry.lower.clone();
-    let then = Box::new(move || {
-        lower.warm(&start_up, WHOLE_FILE_MAX);
-        lower.warm_libraries(C_LIBRARY);
-        if let Some(program) = program {
-            lower.warm(&[program], WHOLE_FILE_MAX);
-        }
-    });
-    entry
-        .lower
-        .warm_then(&crate::cmd::run::user_files(), WHOLE_FILE_MAX, then);
+    let mut small = crate::cmd::run::user_files();
+    small.extend(START_UP_FILES.iter().map(|f| vec![f.to_string()]));
+    entry.lower.warm(&small, WHOLE_FILE_MAX);
+    entry.lower.warm_libraries(C_LIBRARY);
+    if let Some(program) = crate::cmd::run::program_candidates(program, &env, &cwd) {
+        entry.lower.warm(&[program], WHOLE_FILE_MAX);
+    }
 }
 
 /// The layers whose tails (TOCs) are read alongside the manifest when `request`
