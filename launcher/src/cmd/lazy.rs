@@ -253,15 +253,6 @@ pub fn resolve_manifest(
             .copied()
             .collect();
         skiff_proto::resolve::read_tocs_ahead(&client, rt, reference.repository(), &unknown);
-        // A cold start: the reads that follow the TOCs (the container's first files)
-        // find their connections open.
-        if let Some(&first) = unknown.first() {
-            let (client, repository) = (Arc::clone(&client), reference.repository().to_string());
-            rt.spawn(async move {
-                let n = skiff_proto::registry::CONNECTIONS_AHEAD;
-                client.open_connections_ahead(&repository, first, n).await
-            });
-        }
     }
     let manifest = rt
         .block_on(client.resolve_manifest(&reference, platform.as_ref()))

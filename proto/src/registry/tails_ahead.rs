@@ -36,10 +36,6 @@ pub const MAX_TAIL_AHEAD: u64 = 16 << 20;
 /// once the manifest is in), so a registry with huge TOCs costs no memory here.
 const MAX_HELD_BYTES: u64 = 64 << 20;
 
-/// Connections opened ahead of a cold start's reads ([`Client::open_connections_ahead`]):
-/// with the three or four the manifest and the tails use, about one per fetch worker.
-pub const CONNECTIONS_AHEAD: usize = 6;
-
 /// The last bytes of a blob.
 #[derive(Clone, Debug)]
 pub struct BlobTail {
@@ -115,40 +111,6 @@ impl Drop for TailPromise {
 }
 
 impl Client {
-    /// Opens `n` connections, kept alive in the pool, to the host that serves blob
-    /// `digest` of `repository` (`HEAD` of it, as a blob read is routed and
-    /// authorised), so the first reads of a cold start find them open: each new one
-    /// cost its first request a round trip more (the daemon's read of `/etc/group`,
-    /// which containerd waits for before it starts the container, took 38 ms to its
-    /// answer instead of ~20). Failures only mean the reads open their own.
-    pub async fn open_connections_ahead(
-        self: &Arc<Self>,
-        repository: &str,
-        digest: Digest,
-        n: usize,
-    ) {
-        let heads: Vec<_> = (0..n)
-            .map(|_| {
-                let (client, repository) = (Arc::clone(self), repository.to_string());
-                tokio::spawn(async move {
-                    client
-                        .head_blob(
-                            &repository,
-                            digest,
-                            super::options::Access::Pull,
-                            super::endpoint::Route::Pull,
-                        )
-                        .await
-                })
-            })
-            .collect();
-        for head in heads {
-            if let Ok(Err(e)) = head.await {
-                tracing::debug!(layer = %digest, "opening a connection ahead: {e}");
-            }
-        }
-    }
-
     /// Reads the last `len` bytes of blob `digest` (all of it if it is smaller) with a
     /// suffix Range, without knowing its size. A host that ignores the Range (or gives
     /// a `Content-Range` that does not match the body) is an error: the caller reads
