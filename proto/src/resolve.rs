@@ -115,6 +115,12 @@ pub struct ResolveOptions<'a> {
     pub use_published: bool,
     /// Save indexes fetched or built to the store.
     pub save: bool,
+    /// Save them on a thread of their own rather than before the layer is returned:
+    /// for a long-lived daemon, the store's write and fsync (5 ms for a Debian base
+    /// layer's index, more on a busy disk) are then not on the way to the first
+    /// view. A save cut short by the process's end only costs the next start a TOC
+    /// read.
+    pub save_in_background: bool,
     /// Told about streaming passes (one per layer streamed), if anyone listens.
     pub progress: Option<&'a dyn ResolveProgress>,
     /// Distance between gzip checkpoints in an index built here (uncompressed bytes).
@@ -132,6 +138,7 @@ impl Default for ResolveOptions<'_> {
             parallel: 4,
             use_published: true,
             save: true,
+            save_in_background: false,
             progress: None,
             span: gzip::DEFAULT_SPAN,
             whole_layers: None,
@@ -358,18 +365,34 @@ fn resolve_one(
                 refused: Vec<String>,
                 publisher: Option<&Publisher>,
                 matched_layer| {
+        let index = Arc::new(index);
         if opts.save && source != IndexSource::Store {
-            let saved = match publisher {
-                Some(p) => store.save_published(&index, p),
-                None => store.save(&index),
+            let (store, saving, publisher) =
+                (store.clone(), Arc::clone(&index), publisher.cloned());
+            let digest = layer.digest;
+            let save = move || {
+                let saved = match &publisher {
+                    Some(p) => store.save_published(&saving, p),
+                    None => store.save(&saving),
+                };
+                if let Err(e) = saved {
+                    tracing::warn!(layer = %digest, "saving the index: {e}");
+                }
             };
-            if let Err(e) = saved {
-                tracing::warn!(layer = %layer.digest, "saving the index: {e}");
+            if opts.save_in_background {
+                let spawned = std::thread::Builder::new()
+                    .name("skiff-index-save".into())
+                    .spawn(save);
+                if let Err(e) = spawned {
+                    tracing::warn!(layer = %digest, "saving the index: no thread: {e}");
+                }
+            } else {
+                save();
             }
         }
         ResolvedLayer {
             descriptor: layer.clone(),
-            index: Arc::new(index),
+            index,
             blob: Arc::clone(&blob),
             source,
             refused,

@@ -792,3 +792,45 @@ fn a_bound_index_decides_over_one_the_repository_published() {
         .expect("the referrer's index stays stored under its repository");
     assert_eq!(motd_mode(&referrer), 0o4755);
 }
+
+#[test]
+fn indexes_saved_in_the_background_reach_the_store_and_serve_the_next_resolution() {
+    // The daemon saves the indexes it builds on threads of their own (the write and
+    // fsync are not on the way to the first view): the layers come back at once, the
+    // store has each index soon after, and a later resolution takes it from there.
+    let reg = Registry::start();
+    let rt = rt();
+    push_plain(&reg, &rt, "saved:v1");
+    let client = Arc::new(skiff_tests::client(&reg.host()));
+    let image = resolve(&client, &reg.reference("saved:v1"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = IndexStore::open(dir.path()).unwrap();
+    let opts = ResolveOptions {
+        use_published: false,
+        save_in_background: true,
+        ..ResolveOptions::default()
+    };
+    let layers = resolve_layers(&client, rt.handle(), &image, &store, &opts).unwrap();
+    let since = std::time::Instant::now();
+    for l in &layers {
+        assert_eq!(l.source, IndexSource::Streamed, "{}", l.descriptor.digest);
+        let stored = loop {
+            if let Some(idx) = store.load(&l.descriptor.digest).unwrap() {
+                break idx;
+            }
+            assert!(
+                since.elapsed() < std::time::Duration::from_secs(10),
+                "the index of {} never reached the store",
+                l.descriptor.digest
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(stored.entries.len(), l.index.entries.len());
+        assert_eq!(stored.chunks.len(), l.index.chunks.len());
+        assert_eq!(stored.blob, l.index.blob);
+    }
+    let again = resolve_layers(&client, rt.handle(), &image, &store, &opts).unwrap();
+    for l in &again {
+        assert_eq!(l.source, IndexSource::Store, "{}", l.descriptor.digest);
+    }
+}

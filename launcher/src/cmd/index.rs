@@ -102,6 +102,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<u8> {
             parallel: args.parallel,
             use_published: !args.no_published,
             save: true,
+            save_in_background: false,
             progress: Some(&IndexingBars(&bars)),
             span: args.span,
             whole_layers: Some(&whole),

@@ -95,7 +95,15 @@ fn resolve_inner(
             rt.spawn(async move { super::profile::fetch_published(&c, &i).await }),
         )
     };
-    let layers = index_layers(global, &client, rt.handle(), &resolved, image, progress)?;
+    let layers = index_layers(
+        global,
+        &client,
+        rt.handle(),
+        &resolved,
+        image,
+        progress,
+        IndexSaves::Wait,
+    )?;
     Ok(LazyImage {
         image: resolved,
         layers,
@@ -115,6 +123,7 @@ pub fn index_layers(
     resolved: &ResolvedImage,
     image: &str,
     progress: bool,
+    saves: IndexSaves,
 ) -> anyhow::Result<Vec<Layer>> {
     let store = IndexStore::open(global.layout().indexes())
         .with_context(|| format!("opening the index store under {}", global.root.display()))?;
@@ -133,6 +142,7 @@ pub fn index_layers(
         &ResolveOptions {
             progress: Some(&super::index::IndexingBars(&bars)),
             whole_layers: Some(&whole),
+            save_in_background: saves == IndexSaves::Background,
             ..ResolveOptions::default()
         },
     )
@@ -204,6 +214,16 @@ impl FoundManifest {
             FoundManifest::Remote(m) => m.manifest_digest,
         }
     }
+}
+
+/// When the indexes built for an image are saved to the index store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexSaves {
+    /// Before the layers are returned (a command that may exit right after).
+    Wait,
+    /// On threads of their own (the daemon: the write and fsync are not on the way
+    /// to the first view; see `ResolveOptions::save_in_background`).
+    Background,
 }
 
 /// The manifest for `image`: from the local store (with its config) when the pull
@@ -291,10 +311,11 @@ pub fn resolve_and_index(
     found: FoundManifest,
     image: &str,
     progress: bool,
+    saves: IndexSaves,
 ) -> anyhow::Result<(ResolvedImage, Vec<Layer>)> {
     let manifest = match found {
         FoundManifest::Local(resolved) => {
-            let layers = index_layers(global, client, rt, &resolved, image, progress)?;
+            let layers = index_layers(global, client, rt, &resolved, image, progress, saves)?;
             return Ok((*resolved, layers));
         }
         FoundManifest::Remote(manifest) => *manifest,
@@ -309,7 +330,7 @@ pub fn resolve_and_index(
             let config = rt.block_on(client.fetch_config(&manifest));
             with_config(global, manifest.clone(), config)
         });
-        let layers = index_layers(global, client, rt, &partial, image, progress);
+        let layers = index_layers(global, client, rt, &partial, image, progress, saves);
         let resolved = configured.join().unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
                 "fetching the config of {image}: the thread panicked"

@@ -442,8 +442,15 @@ impl DaemonState {
                     None => self.manifest(source, &[])?,
                 };
                 let rt = self.runtime.handle();
-                let (resolved, layers) =
-                    resolve_and_index(&self.global, &client, rt, found, image, false)?;
+                let (resolved, layers) = resolve_and_index(
+                    &self.global,
+                    &client,
+                    rt,
+                    found,
+                    image,
+                    false,
+                    crate::cmd::lazy::IndexSaves::Background,
+                )?;
                 (
                     resolved.reference.to_string(),
                     layers,
