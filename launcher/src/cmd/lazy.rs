@@ -331,11 +331,16 @@ pub fn resolve_and_index(
             with_config(global, manifest.clone(), config)
         });
         let layers = index_layers(global, client, rt, &partial, image, progress, saves);
+        let waiting = std::time::Instant::now();
         let resolved = configured.join().unwrap_or_else(|_| {
             Err(anyhow::anyhow!(
                 "fetching the config of {image}: the thread panicked"
             ))
         });
+        tracing::debug!(
+            wait_ms = waiting.elapsed().as_secs_f64() * 1e3,
+            "image config recorded"
+        );
         (resolved, layers)
     });
     Ok((resolved?, layers?))

@@ -472,6 +472,7 @@ impl DaemonState {
             }
         };
         let count = layers.len();
+        let merging = std::time::Instant::now();
         let lower = SharedLower::build(
             layers,
             self.cache.clone(),
@@ -479,12 +480,14 @@ impl DaemonState {
             skiff_fs::FetchTuning::default(),
         )
         .with_context(|| format!("merging the layers of {name}"))?;
+        let merge_ms = merging.elapsed().as_secs_f64() * 1e3;
         let (index_bytes, tree_bytes) = lower.memory_size();
         tracing::info!(
             image = %name,
             layers = count,
             index_bytes,
             tree_bytes,
+            merge_ms,
             "image ready in memory"
         );
         Ok(ImageEntry {
