@@ -240,6 +240,104 @@ fn expected_regular() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// An eStargz blob whose tail was read ahead with its TOC still arriving: the head
+/// (from the TOC's start to the last 64 bytes) comes through a channel in 100-byte
+/// pieces from a thread; `cut` stops it after that many bytes (a dropped
+/// connection), `flip` corrupts the byte at that offset of it. Counts `read_at`s.
+struct StreamedTail {
+    blob: MemBlob,
+    ahead: std::sync::Mutex<Option<crate::blob::TailAhead>>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl StreamedTail {
+    fn new(data: Vec<u8>, cut: Option<usize>, flip: Option<usize>) -> StreamedTail {
+        let size = data.len();
+        let (toc_offset, _) = parse_footer(&data[size - 64..]).unwrap();
+        let (offset, probe_start) = (toc_offset as usize, size - 64);
+        let mut head = data[offset..probe_start].to_vec();
+        if let Some(at) = flip {
+            head[at] ^= 0x55;
+        }
+        let head_len = head.len() as u64;
+        head.truncate(cut.unwrap_or(head.len()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for piece in head.chunks(100) {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                let _ = tx.send(Ok(bytes::Bytes::copy_from_slice(piece)));
+            }
+            if cut.is_some() {
+                let _ = tx.send(Err("connection dropped (test)".to_string()));
+            }
+        });
+        let stream = std::sync::Arc::new(crate::registry::StreamedHead {
+            len: head_len,
+            pieces: std::sync::Mutex::new(rx),
+        });
+        let reader: Box<dyn std::io::Read + Send> =
+            Box::new(crate::registry::HeadReader::new(stream));
+        StreamedTail {
+            ahead: std::sync::Mutex::new(Some(crate::blob::TailAhead {
+                offset: offset as u64,
+                head: Some((head_len, reader)),
+                bytes: data[probe_start..].to_vec(),
+            })),
+            blob: MemBlob::new(data),
+            reads: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl BlobReader for StreamedTail {
+    fn digest(&self) -> Digest {
+        self.blob.digest()
+    }
+    fn size(&self) -> u64 {
+        self.blob.size()
+    }
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, crate::BlobError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.blob.read_at(offset, len)
+    }
+    fn tail_read_ahead_streamed(&self) -> Option<crate::blob::TailAhead> {
+        self.ahead.lock().unwrap().take()
+    }
+}
+
+#[test]
+fn a_toc_read_ahead_is_parsed_while_it_arrives_and_verified_the_same() {
+    let (data, ann) = sample_estargz();
+    let plain = estargz::index_estargz(&MemBlob::new(data.clone()), &ann).unwrap();
+    // Whole: the same index, and no read of its own.
+    let blob = StreamedTail::new(data.clone(), None, None);
+    let idx = estargz::index_estargz(&blob, &ann).unwrap();
+    assert_eq!(idx.entries, plain.entries);
+    assert_eq!(idx.chunks, plain.chunks);
+    assert_eq!(blob.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Stopped short: read again the ordinary way, the same index.
+    let blob = StreamedTail::new(data.clone(), Some(150), None);
+    let idx = estargz::index_estargz(&blob, &ann).unwrap();
+    assert_eq!(idx.entries, plain.entries);
+    assert!(blob.reads.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    // A corrupted byte: refused (the digest, or the gzip member's own check), never
+    // parsed into an index; and a wrong annotation refuses an intact TOC.
+    for at in [20, 300] {
+        let blob = StreamedTail::new(data.clone(), None, Some(at));
+        assert!(estargz::index_estargz(&blob, &ann).is_err(), "flip at {at}");
+    }
+    let mut wrong = ann.clone();
+    wrong.insert(
+        TOC_DIGEST_ANNOTATION.into(),
+        Digest::of(b"other").to_string(),
+    );
+    let blob = StreamedTail::new(data, None, None);
+    assert!(matches!(
+        estargz::index_estargz(&blob, &wrong),
+        Err(IndexError::Digest(_))
+    ));
+}
+
 #[test]
 fn own_estargz_and_generated_zstd_chunked_read_back() {
     let (data, ann) = sample_estargz();
