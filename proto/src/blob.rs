@@ -116,17 +116,6 @@ pub trait BlobReader: Send + Sync {
         None
     }
 
-    /// [`BlobReader::tail_read_ahead`], with the tail's first bytes possibly still
-    /// arriving ([`TailAhead::head`]), so that a reader can parse them as they come.
-    /// Given once, as the tail is. The default has no bytes still arriving.
-    fn tail_read_ahead_streamed(&self) -> Option<TailAhead> {
-        self.tail_read_ahead().map(|(offset, bytes)| TailAhead {
-            offset,
-            head: None,
-            bytes,
-        })
-    }
-
     /// Streams the whole blob from the start. The default reads it in 4 MiB ranges;
     /// remote readers override it with one streaming GET.
     fn stream(&self) -> Result<Box<dyn Read + Send + '_>, BlobError> {
@@ -137,17 +126,6 @@ pub trait BlobReader: Send + Sync {
             buf_pos: 0,
         }))
     }
-}
-
-/// A blob's tail read ahead ([`BlobReader::tail_read_ahead_streamed`]), unverified.
-pub struct TailAhead {
-    /// Blob offset of the tail's first byte.
-    pub offset: u64,
-    /// The tail's first bytes, still arriving: how many, and their reader (an error
-    /// if they stop short). `bytes` follow them.
-    pub head: Option<(u64, Box<dyn Read + Send>)>,
-    /// The rest of the tail, to the blob's end.
-    pub bytes: Vec<u8>,
 }
 
 /// Adapts [`BlobReader::read_at`] into a sequential [`Read`].

@@ -9,7 +9,7 @@
 
 use super::model::{IndexError, LayerFormat, LayerIndex};
 use super::toc::{convert, Flavor, Toc};
-use crate::blob::{BlobReader, TailAhead};
+use crate::blob::BlobReader;
 use crate::digest::Digest;
 use std::collections::HashMap;
 use std::io::Read;
@@ -123,29 +123,17 @@ pub fn read_toc(blob: &dyn BlobReader, expected: Option<Digest>) -> Result<Fetch
             format!("blob of {size} bytes is too small to hold a footer"),
         ));
     }
-    let read_tail = || -> Result<(u64, Vec<u8>), IndexError> {
-        let tail_len = size.min(tail_read(size));
-        Ok((size - tail_len, blob.read_at(size - tail_len, tail_len)?))
-    };
-    let (tail_start, tail) = match blob.tail_read_ahead_streamed() {
-        Some(TailAhead {
-            offset,
-            head: Some((head_len, head)),
-            bytes,
-        }) => match streamed_toc(blob, offset, head_len, head, &bytes, expected)? {
-            Some(fetched) => return Ok(fetched),
-            None => read_tail()?,
-        },
-        Some(TailAhead {
-            offset,
-            head: None,
-            bytes,
-        }) if offset.checked_add(bytes.len() as u64) == Some(size)
-            && bytes.len() as u64 >= LEGACY_FOOTER_SIZE =>
+    let (tail_start, tail) = match blob.tail_read_ahead() {
+        Some((start, tail))
+            if start.checked_add(tail.len() as u64) == Some(size)
+                && tail.len() as u64 >= LEGACY_FOOTER_SIZE =>
         {
-            (offset, bytes)
+            (start, tail)
         }
-        _ => read_tail()?,
+        _ => {
+            let tail_len = size.min(tail_read(size));
+            (size - tail_len, blob.read_at(size - tail_len, tail_len)?)
+        }
     };
     let (toc_offset, footer) = parse_footer(&tail).map_err(|e| malformed(digest, e))?;
     let toc_end = size - footer;
@@ -174,7 +162,17 @@ pub fn read_toc(blob: &dyn BlobReader, expected: Option<Digest>) -> Result<Fetch
     };
     let json = toc_json(&compressed).map_err(|e| malformed(digest, e))?;
     let toc_digest = Digest::of(&json);
-    check_toc_digest(digest, expected, toc_digest)?;
+    if let Some(expected) = expected {
+        if expected != toc_digest {
+            return Err(IndexError::Digest(crate::digest::DigestError::Mismatch {
+                what: format!("eStargz TOC of layer {digest} (annotation {TOC_DIGEST_ANNOTATION})"),
+                expected,
+                actual: toc_digest,
+            }));
+        }
+    } else {
+        tracing::warn!(layer = %digest, "eStargz TOC has no digest annotation; not verified");
+    }
     let toc: Toc =
         serde_json::from_slice(&json).map_err(|e| malformed(digest, format!("TOC JSON: {e}")))?;
     Ok(FetchedToc {
@@ -184,139 +182,14 @@ pub fn read_toc(blob: &dyn BlobReader, expected: Option<Digest>) -> Result<Fetch
     })
 }
 
-/// That the TOC's digest is the one the layer's annotation gives (a warning when it
-/// gives none).
-fn check_toc_digest(
-    layer: Digest,
-    expected: Option<Digest>,
-    actual: Digest,
-) -> Result<(), IndexError> {
-    match expected {
-        Some(expected) if expected != actual => {
-            Err(IndexError::Digest(crate::digest::DigestError::Mismatch {
-                what: format!("eStargz TOC of layer {layer} (annotation {TOC_DIGEST_ANNOTATION})"),
-                expected,
-                actual,
-            }))
-        }
-        Some(_) => Ok(()),
-        None => {
-            tracing::warn!(layer = %layer, "eStargz TOC has no digest annotation; not verified");
-            Ok(())
-        }
-    }
-}
-
-/// The TOC of `blob` from a tail read ahead whose first `head_len` bytes (from blob
-/// offset `offset`) are still arriving through `head`, then `bytes`: inflated, hashed
-/// and parsed while they arrive, and verified as [`read_toc`] verifies. `None` when
-/// the tail is not this blob's TOC as expected (it must start the TOC and hold the
-/// footer) or its bytes stopped short: the caller reads the TOC the ordinary way.
-fn streamed_toc(
-    blob: &dyn BlobReader,
-    offset: u64,
-    head_len: u64,
-    head: Box<dyn Read + Send>,
-    bytes: &[u8],
-    expected: Option<Digest>,
-) -> Result<Option<FetchedToc>, IndexError> {
-    let (digest, size) = (blob.digest(), blob.size());
-    let Some(probe_start) = offset.checked_add(head_len) else {
-        return Ok(None);
-    };
-    if probe_start.checked_add(bytes.len() as u64) != Some(size)
-        || (bytes.len() as u64) < LEGACY_FOOTER_SIZE
-    {
-        return Ok(None);
-    }
-    let Ok((toc_offset, footer)) = parse_footer(bytes) else {
-        return Ok(None);
-    };
-    let toc_end = size - footer;
-    if toc_offset != offset || toc_end < probe_start || toc_end - toc_offset > MAX_TOC_COMPRESSED {
-        return Ok(None);
-    }
-    let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let head = Watched {
-        inner: head,
-        stopped: stopped.clone(),
-    };
-    let read = toc_from_reader(head.chain(&bytes[..(toc_end - probe_start) as usize]));
-    if stopped.load(std::sync::atomic::Ordering::SeqCst) {
-        tracing::debug!(layer = %digest, "the TOC read ahead stopped short; reading it again");
-        return Ok(None);
-    }
-    let (parsed, toc_digest) = read.map_err(|e| malformed(digest, e))?;
-    check_toc_digest(digest, expected, toc_digest)?;
-    let toc = parsed.map_err(|e| malformed(digest, e))?;
-    Ok(Some(FetchedToc {
-        toc,
-        toc_offset,
-        digest: toc_digest,
-    }))
-}
-
-/// A reader that notes when its inner one fails.
-struct Watched {
-    inner: Box<dyn Read + Send>,
-    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Read for Watched {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        self.inner.read(out).inspect_err(|_| {
-            self.stopped
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        })
-    }
-}
-
-/// Hashes what is read through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: crate::digest::Hasher,
-    count: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(out)?;
-        self.hasher.update(&out[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-/// Inflates a TOC member from `compressed` and parses the `stargz.index.json` in it
-/// as it comes: the parsed TOC (or why not) and the digest of all of its bytes.
-fn toc_from_reader(compressed: impl Read) -> Result<(Result<Toc, String>, Digest), String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(compressed));
-    let (entry, size) = toc_entry(&mut archive)?;
-    let mut hashing = Hashing {
-        inner: entry.take(size),
-        hasher: crate::digest::Hasher::new(),
-        count: 0,
-    };
-    let parsed = serde_json::from_reader::<_, Toc>(std::io::BufReader::with_capacity(
-        64 << 10,
-        &mut hashing,
-    ))
-    .map_err(|e| format!("TOC JSON: {e}"));
-    // What the parser left (all of it, if it stopped early) still counts in the digest.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| format!("inflating TOC: {e}"))?;
-    if hashing.count != size {
-        return Err(format!("TOC ends after {} of {size} bytes", hashing.count));
-    }
-    Ok((parsed, hashing.hasher.finish()))
-}
-
-/// The `stargz.index.json` entry an inflated TOC member starts with, and its size
-/// (at most [`MAX_TOC_JSON`]).
-fn toc_entry<R: Read>(archive: &mut tar::Archive<R>) -> Result<(tar::Entry<'_, R>, u64), String> {
+/// Inflates the TOC member and returns the `stargz.index.json` bytes in it.
+fn toc_json(compressed: &[u8]) -> Result<Vec<u8>, String> {
+    let gz = flate2::read::GzDecoder::new(compressed);
+    let mut archive = tar::Archive::new(gz);
     let mut entries = archive
         .entries()
         .map_err(|e| format!("reading TOC tar: {e}"))?;
-    let entry = entries
+    let mut entry = entries
         .next()
         .ok_or_else(|| "TOC member holds no tar entry".to_string())?
         .map_err(|e| format!("reading TOC tar header: {e}"))?;
@@ -332,13 +205,6 @@ fn toc_entry<R: Read>(archive: &mut tar::Archive<R>) -> Result<(tar::Entry<'_, R
     if size > MAX_TOC_JSON {
         return Err(format!("TOC of {size} bytes is too large"));
     }
-    Ok((entry, size))
-}
-
-/// Inflates the TOC member and returns the `stargz.index.json` bytes in it.
-fn toc_json(compressed: &[u8]) -> Result<Vec<u8>, String> {
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(compressed));
-    let (mut entry, size) = toc_entry(&mut archive)?;
     let mut json = Vec::with_capacity(size.min(16 << 20) as usize);
     (&mut entry)
         .take(size)

@@ -44,4 +44,4 @@ pub use options::{Access, ClientOptions};
 pub use passthrough::Listing;
 pub use remote_blob::RemoteBlob;
 pub use retry::RetryPolicy;
-pub use tails_ahead::{BlobTail, HeadReader, StreamedHead, TailPromise, MAX_TAIL_AHEAD};
+pub use tails_ahead::{BlobTail, TailPromise, MAX_TAIL_AHEAD};

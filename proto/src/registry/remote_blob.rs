@@ -93,31 +93,12 @@ impl BlobReader for RemoteBlob {
 
     /// Waits for the tail if its read is still on its way (blocking, as every read).
     fn tail_read_ahead(&self) -> Option<(u64, Vec<u8>)> {
-        let tail = self.tail_read_ahead_streamed()?;
-        let Some((len, mut head)) = tail.head else {
-            return Some((tail.offset, tail.bytes));
-        };
-        let mut all = Vec::with_capacity((len as usize).saturating_add(tail.bytes.len()));
-        std::io::Read::read_to_end(&mut head, &mut all).ok()?;
-        all.extend_from_slice(&tail.bytes);
-        Some((tail.offset, all))
-    }
-
-    fn tail_read_ahead_streamed(&self) -> Option<crate::blob::TailAhead> {
         let tail = self
             .client
             .take_tail_ahead(&self.repository, self.digest, self.size)?;
-        let head_len = tail.head.as_ref().map_or(0, |h| h.len);
         self.stats.add_request();
-        self.stats.add_bytes(tail.bytes.len() as u64 + head_len);
-        Some(crate::blob::TailAhead {
-            offset: tail.offset,
-            head: tail.head.map(|h| {
-                let reader: Box<dyn std::io::Read + Send> = Box::new(super::HeadReader::new(h));
-                (head_len, reader)
-            }),
-            bytes: tail.bytes.to_vec(),
-        })
+        self.stats.add_bytes(tail.bytes.len() as u64);
+        Some((tail.offset, tail.bytes.to_vec()))
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, BlobError> {

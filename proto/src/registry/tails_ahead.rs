@@ -41,37 +41,10 @@ const MAX_HELD_BYTES: u64 = 64 << 20;
 pub struct BlobTail {
     /// The blob's size, as the registry gave it.
     pub blob_size: u64,
-    /// Where the tail starts: `bytes[0]`, or the first byte of `head`.
+    /// Blob offset of `bytes[0]`; the bytes run to the blob's end.
     pub offset: u64,
-    /// The bytes, unverified, to the blob's end.
+    /// The bytes, unverified.
     pub bytes: Bytes,
-    /// The tail's first bytes, still arriving (a TOC read ahead while it is parsed):
-    /// `[offset, offset + head.len)`, then `bytes`. `None`: `bytes` start at `offset`.
-    pub head: Option<Arc<StreamedHead>>,
-}
-
-/// Bytes of a tail still arriving ([`BlobTail::head`]).
-pub struct StreamedHead {
-    /// How many bytes arrive.
-    pub len: u64,
-    /// The pieces in order; an `Err` (the read failed) or the end of the channel
-    /// before `len` bytes means they did not all come.
-    pub pieces: Mutex<std::sync::mpsc::Receiver<std::result::Result<Bytes, String>>>,
-}
-
-impl std::fmt::Debug for StreamedHead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamedHead")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BlobTail {
-    /// Bytes the tail holds or will: what the table counts against its bound.
-    fn held_len(&self) -> u64 {
-        self.bytes.len() as u64 + self.head.as_ref().map_or(0, |h| h.len)
-    }
 }
 
 /// One tail read ahead: empty while on its way, then the tail or `None` (failed).
@@ -87,7 +60,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let tail = self.tail.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(Some(t)) = tail {
-            self.held.fetch_sub(t.held_len(), Ordering::Relaxed);
+            self.held.fetch_sub(t.bytes.len() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -118,7 +91,7 @@ impl TailPromise {
             return;
         }
         let counted = |t: &BlobTail| {
-            let len = t.held_len();
+            let len = t.bytes.len() as u64;
             let total = &self.slot.held;
             total
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -190,7 +163,6 @@ impl Client {
             blob_size,
             offset,
             bytes,
-            head: None,
         })
     }
 
@@ -237,61 +209,6 @@ impl Client {
     }
 }
 
-/// Reads a [`StreamedHead`]'s bytes as they arrive; an error if they stop short.
-pub struct HeadReader {
-    head: Arc<StreamedHead>,
-    piece: Bytes,
-    read: u64,
-}
-
-impl HeadReader {
-    /// A reader of `head` from its first byte.
-    pub fn new(head: Arc<StreamedHead>) -> HeadReader {
-        HeadReader {
-            head,
-            piece: Bytes::new(),
-            read: 0,
-        }
-    }
-}
-
-impl std::io::Read for HeadReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if !self.piece.is_empty() {
-                let n = out.len().min(self.piece.len());
-                out[..n].copy_from_slice(&self.piece.split_to(n));
-                self.read += n as u64;
-                return Ok(n);
-            }
-            let left = self.head.len - self.read;
-            if left == 0 || out.is_empty() {
-                return Ok(0);
-            }
-            let next = self
-                .head
-                .pieces
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .recv();
-            match next {
-                // (never more than announced)
-                Ok(Ok(piece)) => self.piece = piece.slice(..piece.len().min(left as usize)),
-                Ok(Err(e)) => return Err(std::io::Error::other(e)),
-                Err(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "the tail stopped after {} of {} bytes",
-                            self.read, self.head.len
-                        ),
-                    ))
-                }
-            }
-        }
-    }
-}
-
 /// `bytes a-b/total` → `(a, b, total)`, with `a <= b < total`.
 fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
     let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
@@ -328,7 +245,6 @@ mod tests {
             blob_size: size,
             offset: size - 2,
             bytes: Bytes::from_static(b"ab"),
-            head: None,
         }
     }
 
@@ -382,7 +298,6 @@ mod tests {
             blob_size: 100 << 20,
             offset: (100 << 20) - (40 << 20),
             bytes: Bytes::from(vec![i as u8; 40 << 20]),
-            head: None,
         };
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
         c.begin_tail_ahead("r", a).unwrap().fulfil(Some(big(1)));
