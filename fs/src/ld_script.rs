@@ -23,7 +23,9 @@ pub enum Input {
 /// script of at most [`MAX_SCRIPT`] bytes (empty otherwise, and for an ELF file or
 /// any other binary).
 pub fn inputs(text: &[u8]) -> Vec<Input> {
-    if text.len() > MAX_SCRIPT {
+    let has = |word: &[u8]| memchr::memmem::find(text, word).is_some();
+    // (most small files a container reads are not scripts: no work for them)
+    if text.len() > MAX_SCRIPT || !(has(b"GROUP") || has(b"INPUT")) {
         return Vec::new();
     }
     let Ok(text) = std::str::from_utf8(text) else {

@@ -289,7 +289,10 @@ impl Predictor {
             if self.first_look(id) {
                 self.examine(id, parts, false, false);
             }
-        } else if self.is_small_text(id, &head) && self.first_look(id) {
+        } else if self.is_small_text(id, &head) {
+            // (not marked as seen: the set is for ELF files and predicted ones, and a
+            // container reads thousands of small files; looking through 4 KiB costs
+            // little, and what a script names is predicted once)
             self.follow_script(id, &head);
         }
     }

@@ -1022,3 +1022,69 @@ fn a_data_file_a_programs_data_names_is_fetched_when_that_data_is_read() {
     drop(f);
     m.unmount();
 }
+
+#[test]
+fn reading_thousands_of_small_files_leaves_library_prediction_working() {
+    // Every small file read is looked at as a possible linker script; that must not
+    // use up the bound on predicted files, or a program started after a container
+    // read thousands of small files would get no library fetched ahead.
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..4200).map(|i| format!("etc/small/f{i:04}")).collect();
+    let program = program_naming("libneeded.so.1", 200_000);
+    let needed = content(98, 6000);
+    let spacer = content(99, 1 << 20);
+    let mut items = vec![
+        Item::Dir("etc", 0o755),
+        Item::Dir("etc/small", 0o755),
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/lib", 0o755),
+        Item::Dir("usr/lib/x86_64-linux-gnu", 0o755),
+        Item::File("usr/lib/x86_64-linux-gnu/libneeded.so.1", 0o644, &needed),
+        Item::File("usr/lib/spacer", 0o644, &spacer),
+        Item::Dir("bin", 0o755),
+    ];
+    // (a megabyte nobody reads between the library and the small files, and those
+    // between it and the program: no read takes the library along as a neighbour)
+    items.extend(names.iter().map(|n| Item::File(n, 0o644, b"key = value\n")));
+    items.push(Item::File("bin/program", 0o755, &program));
+    let lib_layer = build_layer(&items);
+    let img = image(&tmp.path().join("img"), &[lib_layer]);
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new(options(&img, &tmp.path().join("cache"), None), &mnt);
+    for n in &names {
+        assert_eq!(std::fs::read(mnt.join(n)).unwrap(), b"key = value\n");
+    }
+    m.wait_fetches_idle();
+    let before = img.readers[0]
+        .bytes
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // The program's head read (as exec reads it): its library is fetched ahead.
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 64];
+    std::fs::File::open(mnt.join("bin/program"))
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    m.wait_fetches_idle();
+    let reads = img.readers[0]
+        .reads
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        img.readers[0]
+            .bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > before
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("usr/lib/x86_64-linux-gnu/libneeded.so.1")).unwrap(),
+        needed
+    );
+    assert_eq!(
+        img.readers[0]
+            .reads
+            .load(std::sync::atomic::Ordering::SeqCst),
+        reads,
+        "the library was not fetched ahead"
+    );
+    m.unmount();
+}
