@@ -115,18 +115,22 @@ impl Predictor {
         }
     }
 
-    /// A program read chunks of lower file `id` past its start (`parts`, verified, by
-    /// file offset): a page fault in its code or data. If the file is an ELF file,
+    /// A program read chunks of lower file `id` past its start (`chunks`, and their
+    /// verified `data`): a page fault in its code or data. If the file is an ELF file,
     /// each chunk is looked through once for absolute paths
     /// ([`elf::absolute_paths`]); those naming small regular files of the image that
     /// are not programs are fetched at `Later` priority, as files the program is
     /// about to open. libnode's read-only data names the five JavaScript files node
     /// loads as it starts, which it then read one round trip after another.
-    pub fn on_data(self: &Arc<Self>, id: LowerId, parts: &[(u64, Arc<Vec<u8>>)]) {
-        if !self.elf_files.lock().contains(&id) {
+    pub fn on_data(self: &Arc<Self>, id: LowerId, chunks: &[Chunk], data: &[Arc<Vec<u8>>]) {
+        // (an ELF file whose head was peeked at is known as one before that read is
+        // answered; its full look may come after the program's next page fault)
+        let elf = self.elf_files.lock().contains(&id) || self.peeked.lock().contains(&id);
+        if !elf {
             return;
         }
-        for (offset, bytes) in parts.iter().filter(|(o, _)| *o > 0) {
+        let parts = chunks.iter().map(|c| &c.file_offset).zip(data);
+        for (offset, bytes) in parts.filter(|(o, _)| **o > 0) {
             {
                 let mut scanned = self.scanned.lock();
                 if scanned.len() >= MAX_SCANNED || !scanned.insert((id, *offset)) {

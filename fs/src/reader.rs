@@ -164,7 +164,7 @@ impl LowerReader {
                 done(Ok(out));
                 // (after the reply: looking through a chunk takes a moment, once)
                 if let Some(p) = &data_watch {
-                    p.on_data(id, &pieces(&chunks, &data));
+                    p.on_data(id, &chunks, &data);
                 }
                 return;
             }
@@ -222,7 +222,7 @@ impl LowerReader {
                         p.on_head(id, pieces(&chunks, &data));
                     }
                     if let Some(p) = data_watch {
-                        p.on_data(id, &pieces(&chunks, &data));
+                        p.on_data(id, &chunks, &data);
                     }
                     queue_rest(&fetcher, layer, rest);
                 }
