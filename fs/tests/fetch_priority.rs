@@ -92,6 +92,20 @@ fn on_demand(fetcher: &Fetcher, chunks: &[skiff_proto::index::Chunk]) -> Vec<u8>
     data.iter().flat_map(|d| d.iter().copied()).collect()
 }
 
+/// The multiarch library directory of the test images.
+const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
+
+/// The items of a layer: [`LIB_DIR`] and its parents, then `files`.
+fn with_lib_dir<'a>(files: impl IntoIterator<Item = Item<'a>>) -> Vec<Item<'a>> {
+    let mut items = vec![
+        Item::Dir("usr", 0o755),
+        Item::Dir("usr/lib", 0o755),
+        Item::Dir(LIB_DIR, 0o755),
+    ];
+    items.extend(files);
+    items
+}
+
 /// An image (under `dir/img`) of one layer of `items`, and the chunks of each of its
 /// files by name.
 fn one_layer(
@@ -500,10 +514,7 @@ fn a_chunk_is_answered_as_soon_as_its_bytes_are_in_not_at_the_end_of_the_range()
 fn the_c_library_and_its_loader_are_fetched_when_asked_for_by_name_or_path() {
     let tmp = tempfile::tempdir().unwrap();
     let (libc, loader, other) = (content(90, 200_000), content(91, 50_000), content(92, 9000));
-    let items = [
-        Item::Dir("usr", 0o755),
-        Item::Dir("usr/lib", 0o755),
-        Item::Dir("usr/lib/x86_64-linux-gnu", 0o755),
+    let items = with_lib_dir([
         Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", 0o755, &libc),
         Item::File(
             "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
@@ -518,7 +529,7 @@ fn the_c_library_and_its_loader_are_fetched_when_asked_for_by_name_or_path() {
         ),
         Item::Symlink("lib64", "usr/lib64"),
         Item::Symlink("lib", "usr/lib"),
-    ];
+    ]);
     let (img, chunks_of) = one_layer(tmp.path(), &items);
     let lower = skiff_fs::SharedLower::build(
         img.layers.clone(),
@@ -535,18 +546,7 @@ fn the_c_library_and_its_loader_are_fetched_when_asked_for_by_name_or_path() {
         "libc.so.6",
         "/lib/ld-musl-x86_64.so.1",
     ]);
-    let cached = |name: &str| {
-        chunks_of(name)
-            .iter()
-            .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
-            .collect::<Option<Vec<_>>>()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .flat_map(|p| p.iter().copied())
-                    .collect::<Vec<u8>>()
-            })
-    };
+    let cached = |name: &str| cached_whole(&lower, &chunks_of(name));
     let since = std::time::Instant::now();
     let libc_path = "usr/lib/x86_64-linux-gnu/libc.so.6";
     let loader_path = "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
@@ -658,16 +658,24 @@ fn wait_cached(
 ) -> Vec<u8> {
     let since = std::time::Instant::now();
     loop {
-        let parts: Option<Vec<_>> = chunks
-            .iter()
-            .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
-            .collect();
-        if let Some(parts) = parts {
-            return parts.iter().flat_map(|p| p.iter().copied()).collect();
+        if let Some(bytes) = cached_whole(lower, chunks) {
+            return bytes;
         }
         assert!(since.elapsed() < Duration::from_secs(10), "{why}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The content of `chunks` if all are in `lower`'s cache now.
+fn cached_whole(
+    lower: &skiff_fs::SharedLower,
+    chunks: &[skiff_proto::index::Chunk],
+) -> Option<Vec<u8>> {
+    let parts: Vec<_> = chunks
+        .iter()
+        .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
+        .collect::<Option<_>>()?;
+    Some(parts.iter().flat_map(|p| p.iter().copied()).collect())
 }
 
 /// A blob whose reads touching `held` (blob offsets) wait until released.
@@ -717,14 +725,10 @@ fn a_big_librarys_needs_are_known_before_the_loaders_other_ranges_are_in() {
     let tmp = tempfile::tempdir().unwrap();
     let big = big_library("libneeded.so.1");
     let needed = content(95, 5000);
-    let dir = "usr/lib/x86_64-linux-gnu";
-    let items = [
-        Item::Dir("usr", 0o755),
-        Item::Dir("usr/lib", 0o755),
-        Item::Dir(dir, 0o755),
+    let items = with_lib_dir([
         Item::File("usr/lib/x86_64-linux-gnu/libbig.so", 0o755, &big),
         Item::File("usr/lib/x86_64-linux-gnu/libneeded.so.1", 0o644, &needed),
-    ];
+    ]);
     let (img, chunks_of) = one_layer(tmp.path(), &items);
     let big_chunks = chunks_of("usr/lib/x86_64-linux-gnu/libbig.so");
     assert_eq!(big_chunks.len(), 4, "4 MiB chunks");
@@ -781,15 +785,11 @@ fn a_files_libraries_are_guessed_from_its_first_chunk_before_that_chunk_is_in() 
     let tmp = tempfile::tempdir().unwrap();
     let program = program_naming("libneeded.so.1", 3 << 20);
     let needed = content(96, 5000);
-    let dir = "usr/lib/x86_64-linux-gnu";
     // libneeded.so.1 lies before the program in the blob: its range is not held.
-    let items = [
-        Item::Dir("usr", 0o755),
-        Item::Dir("usr/lib", 0o755),
-        Item::Dir(dir, 0o755),
+    let items = with_lib_dir([
         Item::File("usr/lib/x86_64-linux-gnu/libneeded.so.1", 0o644, &needed),
         Item::File("usr/lib/x86_64-linux-gnu/libprog.so", 0o755, &program),
-    ];
+    ]);
     let (img, chunks_of) = one_layer(tmp.path(), &items);
     let prog = chunks_of("usr/lib/x86_64-linux-gnu/libprog.so");
     assert_eq!(prog.len(), 1, "one chunk");
@@ -926,11 +926,7 @@ fn a_linker_scripts_inputs_are_fetched_with_it() {
         content(82, 30_000),
         content(83, 40_000),
     );
-    let dir = "usr/lib/x86_64-linux-gnu";
-    let items = [
-        Item::Dir("usr", 0o755),
-        Item::Dir("usr/lib", 0o755),
-        Item::Dir(dir, 0o755),
+    let items = with_lib_dir([
         Item::File("usr/lib/x86_64-linux-gnu/libc.so", 0o644, script),
         Item::File("usr/lib/x86_64-linux-gnu/libother.a", 0o644, &other),
         Item::File(
@@ -940,32 +936,11 @@ fn a_linker_scripts_inputs_are_fetched_with_it() {
         ),
         Item::File("usr/lib/x86_64-linux-gnu/libhelper.a", 0o644, &helper),
         Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", 0o755, &libc),
-    ];
+    ]);
     let (img, chunks_of) = one_layer(tmp.path(), &items);
-    let lower = skiff_fs::SharedLower::build(
-        img.layers.clone(),
-        ChunkCache::open(&tmp.path().join("cache"), 1 << 30, 1 << 28).unwrap(),
-        2,
-        FetchTuning {
-            read_around: 0,
-            neighbour_window: 0,
-            ..FetchTuning::default()
-        },
-    )
-    .unwrap();
+    let lower = predicting_lower(tmp.path(), &img, img.readers[0].clone());
     lower.warm_libraries(&["/usr/lib/x86_64-linux-gnu/libc.so"]);
-    let cached = |name: &str| {
-        chunks_of(&format!("{dir}/{name}"))
-            .iter()
-            .map(|c| lower.cache().get(&c.digest).map(|(d, _)| d))
-            .collect::<Option<Vec<_>>>()
-            .map(|parts| {
-                parts
-                    .iter()
-                    .flat_map(|p| p.iter().copied())
-                    .collect::<Vec<u8>>()
-            })
-    };
+    let cached = |name: &str| cached_whole(&lower, &chunks_of(&format!("{LIB_DIR}/{name}")));
     let since = std::time::Instant::now();
     while ["libc_nonshared.a", "libc.so.6", "libhelper.a"]
         .iter()
@@ -1042,16 +1017,13 @@ fn reading_thousands_of_small_files_leaves_library_prediction_working() {
     let program = program_naming("libneeded.so.1", 200_000);
     let needed = content(98, 6000);
     let spacer = content(99, 1 << 20);
-    let mut items = vec![
-        Item::Dir("etc", 0o755),
-        Item::Dir("etc/small", 0o755),
-        Item::Dir("usr", 0o755),
-        Item::Dir("usr/lib", 0o755),
-        Item::Dir("usr/lib/x86_64-linux-gnu", 0o755),
+    let mut items = with_lib_dir([
         Item::File("usr/lib/x86_64-linux-gnu/libneeded.so.1", 0o644, &needed),
         Item::File("usr/lib/spacer", 0o644, &spacer),
+        Item::Dir("etc", 0o755),
+        Item::Dir("etc/small", 0o755),
         Item::Dir("bin", 0o755),
-    ];
+    ]);
     // (a megabyte nobody reads between the library and the small files, and those
     // between it and the program: no read takes the library along as a neighbour)
     items.extend(names.iter().map(|n| Item::File(n, 0o644, b"key = value\n")));
